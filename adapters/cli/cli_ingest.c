@@ -1,0 +1,376 @@
+/* adapters/cli/cli_ingest.c - tally ingest: apply a JSONL file of events.
+ *
+ * The same engine call the daemon uses (tly_pipeline_apply) on batches of
+ * lines, one SQLite transaction per batch. A malformed line never stops the run:
+ * it is reported with its line number on stderr and appended to the reject
+ * file, one JSON object per line:
+ *
+ *   {"line":17,"error":"missing field \"storeId\"","input":"{\"orderId\":...}"}
+ *
+ * "input" holds the line as a JSON string; a line that is not valid UTF-8 is
+ * written as "input_base64" instead, so the reject file is always valid JSONL
+ * and always holds the exact original bytes. */
+#include "cli_common.h"
+#include "commands.h"
+
+#include "pipeline.h"
+#include "store.h"
+
+#include <getopt.h>
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_SETTINGS 16
+#define REPORT_LIMIT 100 /* rejects echoed on stderr; all go to the reject file */
+
+static const char ingest_usage[] =
+    "usage: tally ingest --pipeline orders|telemetry|FILE.sql --db PATH [OPTIONS] [FILE|-]\n"
+    "\n"
+    "Applies JSON Lines events from FILE (or standard input) to the state database,\n"
+    "exactly as the daemon does. Malformed lines are reported with their line number,\n"
+    "written to the reject file and counted; they never stop the run.\n"
+    "\n"
+    "  --pipeline NAME      orders, telemetry, or a pipeline .sql file of your own\n"
+    "  --db PATH            state database (created if missing)\n"
+    "  --window-size DUR    orders window, e.g. 60s, 5m (default 60s; fixed per database)\n"
+    "  --set NAME=VALUE     any other pipeline setting (repeatable)\n"
+    "  --batch N            events per transaction (default 5000)\n"
+    "  --rejects PATH       reject file (default PATH.rejects.jsonl next to the database)\n"
+    "  --synchronous MODE   OFF, NORMAL (default) or FULL\n"
+    "\n"
+    "Prints a summary line; exit status 0 when the file was read to the end (even with\n"
+    "rejects), 1 on a database or I/O error, 2 on a bad option.\n";
+
+static bool valid_utf8(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t n;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        for (size_t k = 1; k <= n; k++) {
+            if (i + k >= len || (s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+static char *base64(const unsigned char *s, size_t len)
+{
+    static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc((len + 2) / 3 * 4 + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < len ? (uint32_t)s[i + 1] << 8 : 0) |
+                     (i + 2 < len ? s[i + 2] : 0);
+        *o++ = table[v >> 18 & 63];
+        *o++ = table[v >> 12 & 63];
+        *o++ = i + 1 < len ? table[v >> 6 & 63] : '=';
+        *o++ = i + 2 < len ? table[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+static int write_reject(FILE *rejects, int64_t line_no, const char *reason, const char *data,
+                        size_t len)
+{
+    json_object *obj = json_object_new_object();
+    int rc;
+    json_object_object_add(obj, "line", json_object_new_int64(line_no));
+    json_object_object_add(obj, "error", json_object_new_string(reason));
+    if (valid_utf8((const unsigned char *)data, len)) {
+        json_object_object_add(obj, "input", json_object_new_string_len(data, (int)len));
+    } else {
+        char *b64 = base64((const unsigned char *)data, len);
+        json_object_object_add(obj, "input_base64", json_object_new_string(b64 ? b64 : ""));
+        free(b64);
+    }
+    rc = fprintf(rejects, "%s\n",
+                 json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
+                                                         JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(obj);
+    return rc < 0 ? -1 : 0;
+}
+
+struct ingest {
+    const char *input_name;
+    tly_store *store;
+    tly_pipeline *pipeline;
+    FILE *rejects;
+    const char *rejects_path;
+    size_t batch_size;
+    /* The current batch: copies of the lines and their line numbers. */
+    size_t count;
+    tly_event *events;
+    char **lines;
+    size_t *capacities;
+    int64_t *line_numbers;
+    tly_event_result *results;
+    /* Totals. */
+    int64_t lines_read, blank, applied, skipped, rejected, changes;
+};
+
+static int flush_batch(struct ingest *in, char *err, size_t errlen)
+{
+    tly_batch_stats stats;
+    char quoted[256];
+
+    if (in->count == 0)
+        return 0;
+    if (tly_store_begin(in->store, err, errlen) < 0)
+        return -1;
+    if (tly_pipeline_apply(in->pipeline, in->events, in->count, in->results, &stats, err, errlen) < 0) {
+        tly_store_rollback(in->store);
+        return -1;
+    }
+    /* Rejects are written before the commit: a crash in between repeats the
+     * batch, and a duplicate reject line is better than a lost one. */
+    for (size_t i = 0; i < in->count; i++) {
+        tly_event_result *r = &in->results[i];
+        if (r->status == TLY_EVENT_REJECTED) {
+            if (in->rejected + 1 <= REPORT_LIMIT)
+                cli_log("warn", "reject", "line=%lld error=%s", (long long)in->line_numbers[i],
+                        cli_quote(r->reason, quoted, sizeof(quoted)));
+            else if (in->rejected + 1 == REPORT_LIMIT + 1)
+                cli_log("warn", "reject", "note=%s",
+                        cli_quote("further rejects are only written to the reject file", quoted,
+                                  sizeof(quoted)));
+            in->rejected++;
+            if (write_reject(in->rejects, in->line_numbers[i], r->reason, in->events[i].data,
+                             in->events[i].len) < 0 || fflush(in->rejects) == EOF) {
+                snprintf(err, errlen, "cannot write reject file %s: %m", in->rejects_path);
+                tly_store_rollback(in->store);
+                return -1;
+            }
+        } else if (r->status == TLY_EVENT_SKIPPED) {
+            if (in->skipped < REPORT_LIMIT)
+                cli_log("info", "skip", "line=%lld reason=%s", (long long)in->line_numbers[i],
+                        cli_quote(r->reason, quoted, sizeof(quoted)));
+            in->skipped++;
+        }
+    }
+    if (tly_store_commit(in->store, err, errlen) < 0) {
+        tly_store_rollback(in->store);
+        return -1;
+    }
+    in->applied += stats.applied;
+    in->changes += stats.changes;
+    in->count = 0;
+    return 0;
+}
+
+static int add_line(struct ingest *in, const char *line, size_t len)
+{
+    size_t i = in->count;
+    if (in->capacities[i] < len + 1) {
+        char *grown = realloc(in->lines[i], len + 1);
+        if (!grown)
+            return -1;
+        in->lines[i] = grown;
+        in->capacities[i] = len + 1;
+    }
+    memcpy(in->lines[i], line, len);
+    in->lines[i][len] = '\0';
+    in->events[i].data = in->lines[i];
+    in->events[i].len = len;
+    in->line_numbers[i] = in->lines_read;
+    in->count++;
+    return 0;
+}
+
+static bool is_blank(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+            return false;
+    return true;
+}
+
+int cmd_ingest(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"pipeline", required_argument, NULL, 'p'}, {"db", required_argument, NULL, 'd'},
+        {"window-size", required_argument, NULL, 'w'}, {"set", required_argument, NULL, 's'},
+        {"batch", required_argument, NULL, 'b'}, {"rejects", required_argument, NULL, 'r'},
+        {"synchronous", required_argument, NULL, 'y'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *pipeline_name = NULL, *db_path = NULL, *rejects_path = NULL;
+    const char *settings[MAX_SETTINGS + 1] = {0};
+    char window_setting[64], default_rejects[4096], err[512];
+    int nsettings = 0, opt, status = CLI_EXIT_FAILURE;
+    int64_t batch = 5000, window_ms = -1, started;
+    tly_store_options store_opts;
+    struct ingest in = {0};
+    FILE *input = stdin;
+    char *line = NULL;
+    size_t line_cap = 0;
+    ssize_t len;
+    cli_progress progress;
+
+    tly_store_options_init(&store_opts);
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'p': pipeline_name = optarg; break;
+        case 'd': db_path = optarg; break;
+        case 'r': rejects_path = optarg; break;
+        case 'y': store_opts.synchronous = optarg; break;
+        case 'w':
+            if (cli_parse_duration_ms("ingest", "--window-size", optarg, &window_ms) < 0)
+                return CLI_EXIT_USAGE;
+            if (window_ms < 1)
+                return cli_usage_error("ingest", "--window-size must be at least 1ms");
+            break;
+        case 's':
+            if (nsettings == MAX_SETTINGS || !strchr(optarg, '='))
+                return cli_usage_error("ingest", "--set takes NAME=VALUE (at most %d)", MAX_SETTINGS);
+            settings[nsettings++] = optarg;
+            break;
+        case 'b':
+            if (cli_parse_int64("ingest", "--batch", optarg, 1, 1000000, &batch) < 0)
+                return CLI_EXIT_USAGE;
+            break;
+        case 'h': fputs(ingest_usage, stdout); return CLI_EXIT_OK;
+        default: return cli_bad_option("ingest", opt, argv, optind);
+        }
+    }
+    if (!pipeline_name)
+        return cli_usage_error("ingest", "--pipeline is required (orders, telemetry or a .sql file)");
+    if (!db_path)
+        return cli_usage_error("ingest", "--db is required (the state database to write)");
+    if (argc - optind > 1)
+        return cli_usage_error("ingest", "one input file at most (got %d)", argc - optind);
+    if (window_ms > 0) {
+        if (nsettings == MAX_SETTINGS)
+            return cli_usage_error("ingest", "too many settings");
+        snprintf(window_setting, sizeof(window_setting), "window_ms=%lld", (long long)window_ms);
+        settings[nsettings++] = window_setting;
+    }
+    if (strcmp(store_opts.synchronous, "OFF") && strcmp(store_opts.synchronous, "NORMAL") &&
+        strcmp(store_opts.synchronous, "FULL"))
+        return cli_usage_error("ingest", "--synchronous must be OFF, NORMAL or FULL, not \"%s\"",
+                               store_opts.synchronous);
+    in.input_name = "-";
+    if (optind < argc && strcmp(argv[optind], "-") != 0) {
+        in.input_name = argv[optind];
+        if (!(input = fopen(argv[optind], "rb"))) {
+            fprintf(stderr, "tally ingest: cannot open %s: %m\n", argv[optind]);
+            return CLI_EXIT_FAILURE;
+        }
+    }
+    if (tly_store_open(db_path, &store_opts, &in.store, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally ingest: %s\n", err);
+        goto done;
+    }
+    if (tly_pipeline_open(in.store, pipeline_name, settings, 0, &in.pipeline, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally ingest: %s\n", err);
+        if (strstr(err, "has no setting") || strstr(err, "unknown pipeline"))
+            status = CLI_EXIT_USAGE;
+        goto done;
+    }
+    if (!rejects_path) {
+        snprintf(default_rejects, sizeof(default_rejects), "%s.rejects.jsonl", db_path);
+        rejects_path = default_rejects;
+    }
+    in.rejects_path = rejects_path;
+    if (!(in.rejects = fopen(rejects_path, "ab"))) {
+        fprintf(stderr, "tally ingest: cannot open reject file %s: %m\n", rejects_path);
+        goto done;
+    }
+    in.batch_size = (size_t)batch;
+    in.events = calloc(in.batch_size, sizeof(*in.events));
+    in.lines = calloc(in.batch_size, sizeof(*in.lines));
+    in.capacities = calloc(in.batch_size, sizeof(*in.capacities));
+    in.line_numbers = calloc(in.batch_size, sizeof(*in.line_numbers));
+    in.results = calloc(in.batch_size, sizeof(*in.results));
+    if (!in.events || !in.lines || !in.capacities || !in.line_numbers || !in.results) {
+        fprintf(stderr, "tally ingest: out of memory\n");
+        goto done;
+    }
+    cli_progress_init(&progress, "ingest");
+    started = cli_now_ms();
+    while ((len = getline(&line, &line_cap, input)) >= 0) {
+        in.lines_read++;
+        if (len > 0 && line[len - 1] == '\n')
+            len--;
+        if (is_blank(line, (size_t)len)) {
+            in.blank++;
+            continue;
+        }
+        if (add_line(&in, line, (size_t)len) < 0) {
+            fprintf(stderr, "tally ingest: out of memory at line %lld\n", (long long)in.lines_read);
+            goto done;
+        }
+        if (in.count == in.batch_size) {
+            if (flush_batch(&in, err, sizeof(err)) < 0) {
+                fprintf(stderr, "tally ingest: %s (batch ending at line %lld not applied)\n", err,
+                        (long long)in.lines_read);
+                goto done;
+            }
+            cli_progress_tick(&progress, in.lines_read);
+        }
+    }
+    if (ferror(input)) {
+        fprintf(stderr, "tally ingest: read error on %s after line %lld: %m\n", in.input_name,
+                (long long)in.lines_read);
+        goto done;
+    }
+    if (flush_batch(&in, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally ingest: %s (last batch not applied)\n", err);
+        goto done;
+    }
+    cli_progress_done(&progress);
+    {
+        int64_t elapsed = cli_now_ms() - started;
+        int64_t events = in.applied + in.skipped + in.rejected;
+        printf("ingested pipeline=%s input=%s lines=%lld applied=%lld skipped=%lld rejected=%lld "
+               "blank=%lld changes=%lld seconds=%.3f events_per_s=%.0f rejects=%s\n",
+               tly_pipeline_name(in.pipeline), in.input_name, (long long)in.lines_read,
+               (long long)in.applied, (long long)in.skipped, (long long)in.rejected,
+               (long long)in.blank, (long long)in.changes, elapsed / 1000.0,
+               events * 1000.0 / (double)(elapsed > 0 ? elapsed : 1), rejects_path);
+    }
+    status = CLI_EXIT_OK;
+done:
+    free(line);
+    for (size_t i = 0; in.lines && i < in.batch_size; i++)
+        free(in.lines[i]);
+    free(in.lines);
+    free(in.events);
+    free(in.capacities);
+    free(in.line_numbers);
+    free(in.results);
+    if (in.rejects)
+        fclose(in.rejects);
+    tly_pipeline_close(in.pipeline);
+    tly_store_close(in.store);
+    if (input != stdin)
+        fclose(input);
+    return status;
+}

@@ -1,0 +1,51 @@
+/* adapters/cli/main.c - tally: embedded-SQL stream aggregation engine. */
+#include "cli_common.h"
+#include "commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: tally COMMAND [OPTIONS]\n"
+    "\n"
+    "tally folds JSON events into SQLite tables you can query with SQL while it runs,\n"
+    "records every change in a changelog, and replays it.\n"
+    "\n"
+    "Commands:\n"
+    "  ingest      apply a JSONL file of events to a state database\n"
+    "  query       run a read-only SQL query against a state database\n"
+    "  changelog   export the changelog as JSONL (tally changelog export)\n"
+    "  replay      rebuild or update a state database from a changelog export\n"
+    "\n"
+    "Run 'tally COMMAND --help' for a command's options.\n";
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(int, char **);
+    } commands[] = {
+        {"ingest", cmd_ingest},
+        {"query", cmd_query},
+        {"changelog", cmd_changelog},
+        {"replay", cmd_replay},
+    };
+
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("tally 0.1.0\n");
+        return CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "tally: unknown command \"%s\"\n\n%s", argv[1], usage);
+    return CLI_EXIT_USAGE;
+}

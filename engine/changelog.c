@@ -1,0 +1,240 @@
+/* engine/changelog.c - export the changelog as JSON Lines and replay exports.
+ * The format is documented in changelog.h. */
+#include "changelog.h"
+
+#include "pipeline.h"
+
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_REPLAY_PIPELINES 16
+
+static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (errbuf && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
+                             void (*progress)(void *ctx, int64_t rows), void *ctx,
+                             char *errbuf, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int64_t rows = 0;
+    int rc;
+
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        fail(errbuf, errlen, "cannot open %s: %s", db_path, db ? sqlite3_errmsg(db) : "out of memory");
+        goto err;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    /* SQLite builds each line: json() re-emits stored JSON exactly, so numbers
+     * keep their digits. */
+    rc = sqlite3_prepare_v2(db,
+                            "SELECT json_object('seq', seq, 'entity', entity, 'key', key, "
+                            "'key_seq', key_seq, 'image', json(image), 'delta', json(delta), "
+                            "'changed_ms', changed_ms) FROM changelog WHERE seq > ?1 ORDER BY seq",
+                            -1, &stmt, NULL);
+    if (rc != SQLITE_OK) {
+        fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        goto err;
+    }
+    sqlite3_bind_int64(stmt, 1, since_seq);
+    if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        fail(errbuf, errlen, "cannot start read transaction: %s", sqlite3_errmsg(db));
+        goto err;
+    }
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const char *line = (const char *)sqlite3_column_text(stmt, 0);
+        if (fputs(line, out) == EOF || fputc('\n', out) == EOF) {
+            fail(errbuf, errlen, "cannot write export: %m");
+            goto err_txn;
+        }
+        if (++rows % 65536 == 0 && progress)
+            progress(ctx, rows);
+    }
+    if (rc != SQLITE_DONE) {
+        fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        goto err_txn;
+    }
+    if (fflush(out) == EOF) {
+        fail(errbuf, errlen, "cannot write export: %m");
+        goto err_txn;
+    }
+    sqlite3_finalize(stmt);
+    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(db);
+    return rows;
+err_txn:
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+err:
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return -1;
+}
+
+struct tly_replayer {
+    tly_store *store;
+    int pipeline_count;
+    tly_pipeline *pipelines[MAX_REPLAY_PIPELINES];
+    sqlite3_stmt *insert_row;
+    json_tokener *tokener;
+    int64_t next_seq; /* the seq that follows everything the target holds */
+};
+
+int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tly_replayer **out,
+                      char *errbuf, size_t errlen)
+{
+    tly_replayer *r = calloc(1, sizeof(*r));
+    tly_store_options opts;
+
+    *out = NULL;
+    if (!r)
+        return fail(errbuf, errlen, "out of memory");
+    tly_store_options_init(&opts);
+    opts.disable_triggers = 1;
+    if (tly_store_open(db_path, &opts, &r->store, errbuf, errlen) < 0)
+        goto err;
+    for (const char *const *name = tly_pipeline_builtin_names(); *name; name++)
+        if (tly_pipeline_open(r->store, *name, NULL, TLY_PIPELINE_REPLAY_ONLY,
+                              &r->pipelines[r->pipeline_count++], errbuf, errlen) < 0)
+            goto err;
+    for (; pipeline_files && *pipeline_files; pipeline_files++) {
+        if (r->pipeline_count == MAX_REPLAY_PIPELINES) {
+            fail(errbuf, errlen, "too many pipeline files");
+            goto err;
+        }
+        if (tly_pipeline_open(r->store, *pipeline_files, NULL, TLY_PIPELINE_REPLAY_ONLY,
+                              &r->pipelines[r->pipeline_count++], errbuf, errlen) < 0)
+            goto err;
+    }
+    if (sqlite3_prepare_v2(tly_store_db(r->store),
+                           "INSERT INTO changelog (seq, entity, key, key_seq, image, delta, "
+                           "changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+                           "ON CONFLICT (seq) DO NOTHING",
+                           -1, &r->insert_row, NULL) != SQLITE_OK) {
+        fail(errbuf, errlen, "%s", sqlite3_errmsg(tly_store_db(r->store)));
+        goto err;
+    }
+    r->tokener = json_tokener_new();
+    if (!r->tokener) {
+        fail(errbuf, errlen, "out of memory");
+        goto err;
+    }
+    json_tokener_set_flags(r->tokener, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    r->next_seq = tly_store_last_seq(r->store) + 1;
+    *out = r;
+    return 0;
+err:
+    tly_replayer_close(r);
+    return -1;
+}
+
+void tly_replayer_close(tly_replayer *r)
+{
+    if (!r)
+        return;
+    for (int i = 0; i < r->pipeline_count; i++)
+        tly_pipeline_close(r->pipelines[i]);
+    sqlite3_finalize(r->insert_row);
+    if (r->tokener)
+        json_tokener_free(r->tokener);
+    tly_store_close(r->store);
+    free(r);
+}
+
+tly_store *tly_replayer_store(tly_replayer *r) { return r->store; }
+int64_t tly_replayer_last_seq(tly_replayer *r) { return r->next_seq - 1; }
+
+/* Fetches a member of the given type; NULL if absent or of another type. */
+static json_object *member(json_object *row, const char *name, enum json_type type)
+{
+    json_object *o;
+    if (!json_object_object_get_ex(row, name, &o) || !json_object_is_type(o, type))
+        return NULL;
+    return o;
+}
+
+int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
+                            tly_replay_outcome *outcome, char *errbuf, size_t errlen)
+{
+    json_object *row, *seq, *entity, *key, *key_seq, *image, *delta, *changed_ms;
+    sqlite3 *db = tly_store_db(r->store);
+    const char *entity_name, *image_text;
+    tly_pipeline *pipeline = NULL;
+    int rc = -1;
+
+    memset(outcome, 0, sizeof(*outcome));
+    json_tokener_reset(r->tokener);
+    row = json_tokener_parse_ex(r->tokener, line, (int)len);
+    if (!row)
+        return fail(errbuf, errlen, "not JSON: %s",
+                    json_tokener_error_desc(json_tokener_get_error(r->tokener)));
+    seq = member(row, "seq", json_type_int);
+    entity = member(row, "entity", json_type_string);
+    key = member(row, "key", json_type_string);
+    key_seq = member(row, "key_seq", json_type_int);
+    image = member(row, "image", json_type_object);
+    changed_ms = member(row, "changed_ms", json_type_int);
+    if (!json_object_object_get_ex(row, "delta", &delta))
+        delta = NULL;
+    if (!seq || !entity || !key || !key_seq || !image || !changed_ms ||
+        json_object_get_int64(seq) <= 0 || json_object_get_int64(key_seq) <= 0) {
+        fail(errbuf, errlen, "not a changelog row: needs seq, entity, key, key_seq, image, "
+             "changed_ms (see tally changelog export --help)");
+        goto done;
+    }
+    entity_name = json_object_get_string(entity);
+    for (int i = 0; i < r->pipeline_count && !pipeline; i++)
+        if (strcmp(tly_pipeline_entity(r->pipelines[i]), entity_name) == 0)
+            pipeline = r->pipelines[i];
+    if (!pipeline) {
+        fail(errbuf, errlen, "unknown entity \"%s\" (pass its pipeline file with --pipeline-file)",
+             entity_name);
+        goto done;
+    }
+    outcome->seq = json_object_get_int64(seq);
+    if (outcome->seq > r->next_seq) {
+        outcome->gap_from = r->next_seq;
+        outcome->gap_to = outcome->seq - 1;
+    }
+    image_text = json_object_to_json_string_ext(image, JSON_C_TO_STRING_PLAIN |
+                                                           JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (tly_pipeline_replay_image(pipeline, image_text, json_object_get_int64(key_seq),
+                                  &outcome->changed, errbuf, errlen) < 0)
+        goto done;
+    sqlite3_bind_int64(r->insert_row, 1, outcome->seq);
+    sqlite3_bind_text(r->insert_row, 2, entity_name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(r->insert_row, 3, json_object_get_string(key), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(r->insert_row, 4, json_object_get_int64(key_seq));
+    sqlite3_bind_text(r->insert_row, 5, image_text, -1, SQLITE_STATIC);
+    if (delta && !json_object_is_type(delta, json_type_null))
+        sqlite3_bind_text(r->insert_row, 6,
+                          json_object_to_json_string_ext(delta, JSON_C_TO_STRING_PLAIN |
+                                                                    JSON_C_TO_STRING_NOSLASHESCAPE),
+                          -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(r->insert_row, 6);
+    sqlite3_bind_int64(r->insert_row, 7, json_object_get_int64(changed_ms));
+    if (sqlite3_step(r->insert_row) != SQLITE_DONE) {
+        fail(errbuf, errlen, "cannot record changelog row %lld: %s", (long long)outcome->seq,
+             sqlite3_errmsg(db));
+        sqlite3_reset(r->insert_row);
+        goto done;
+    }
+    sqlite3_reset(r->insert_row);
+    if (outcome->seq >= r->next_seq)
+        r->next_seq = outcome->seq + 1;
+    rc = 0;
+done:
+    json_object_put(row);
+    return rc;
+}

@@ -1,0 +1,69 @@
+/* engine/changelog.h - export the changelog, and replay an export.
+ *
+ * Export format (JSON Lines, one changelog row per line, in seq order):
+ *
+ *   {"seq":42,"entity":"order_window","key":"s1#p7#1700000040000","key_seq":3,
+ *    "image":{"store_id":"s1","product_id":"p7","window_start_ms":1700000040000,
+ *             "sum_micros":251130000,"count":3},
+ *    "delta":{"sum_micros":83710000,"count":1},"changed_ms":1700000041234}
+ *
+ *   seq         global change number, strictly increasing, never reused
+ *   entity      state table family: "order_window" or "vehicle_sensor"
+ *   key         the entity key as text (the Kafka key of the changelog topic)
+ *   key_seq     per-key version; 1 is the key's first change
+ *   image       the whole state row after the change (the only field replay needs)
+ *   delta       the change against the previous image, or null
+ *   changed_ms  wall-clock time of the change, epoch milliseconds
+ *
+ * Replay applies a row only if its key_seq is newer than the key's current one,
+ * so replaying an export twice, or overlapping exports, changes nothing. It also
+ * copies each row into the target's changelog under its original seq, so the
+ * target can be exported again. A row whose seq skips ahead of what the target
+ * already holds is a gap: rows are missing and the state may be stale. */
+#ifndef TLY_CHANGELOG_H
+#define TLY_CHANGELOG_H
+
+#include "store.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* Writes every changelog row with seq > since_seq of the database at db_path to
+ * out, one per line. Uses its own read-only connection and one read transaction:
+ * a consistent cut even while another process writes. progress, if not NULL, is
+ * called every 65536 rows with the count so far. Returns the number of rows
+ * written, or -1 with errbuf. */
+int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
+                             void (*progress)(void *ctx, int64_t rows), void *ctx,
+                             char *errbuf, size_t errlen);
+
+typedef struct tly_replayer tly_replayer;
+
+typedef struct tly_replay_outcome {
+    int changed;      /* 1 if the state moved */
+    int64_t seq;      /* the row's seq */
+    int64_t gap_from; /* when the row's seq skipped ahead: first missing seq, */
+    int64_t gap_to;   /* last missing seq; both 0 when there is no gap */
+} tly_replay_outcome;
+
+/* Opens the database at db_path for replay (its own connection, triggers off,
+ * created and migrated if missing). pipeline_files is a NULL-terminated list of
+ * extra pipeline files whose entities may appear, or NULL. Returns 0 and sets
+ * *out, or -1 with errbuf. */
+int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tly_replayer **out,
+                      char *errbuf, size_t errlen);
+void tly_replayer_close(tly_replayer *replayer);
+
+/* The replayer's store, for transactions (borrowed). */
+tly_store *tly_replayer_store(tly_replayer *replayer);
+
+/* The highest seq the target held when the replayer opened, plus what it has
+ * replayed since. */
+int64_t tly_replayer_last_seq(tly_replayer *replayer);
+
+/* Replays one export line. Returns 0 and fills *outcome, or -1 with errbuf for a
+ * line that is not a changelog row or names an unknown entity. */
+int tly_replayer_apply_line(tly_replayer *replayer, const char *line, size_t len,
+                            tly_replay_outcome *outcome, char *errbuf, size_t errlen);
+
+#endif

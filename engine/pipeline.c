@@ -1,0 +1,1052 @@
+/* engine/pipeline.c - decode JSON events and apply them with a pipeline's SQL.
+ *
+ * Pipeline file format
+ * --------------------
+ * A pipeline file is SQL text. Lines of the form "-- @word ..." are directives;
+ * everything else is SQL or ordinary comments.
+ *
+ *   -- @pipeline NAME
+ *   -- @entity NAME          changelog entity written by this pipeline's tables;
+ *                            replay routes changelog rows here by it
+ *   -- @param NAME VALUE     a setting, bound as :NAME in every statement; the
+ *                            caller may override VALUE ("window_ms=300000")
+ *   -- @field PARAM PATHS TYPE MODE
+ *        PATHS  dot path into the event ("data.id"); "a|b" uses the first of a, b
+ *               that is present and not null
+ *        TYPE   id       string or integer, bound as text
+ *               text     string
+ *               int      integer (JSON integer syntax, within int64)
+ *               decimal6 number or decimal string, exact, bound as integer
+ *                        millionths ("83.71" -> 83710000); more places is an error
+ *               time_ms  integer epoch milliseconds, 0 .. year 9999
+ *               bool     true/false, bound as 1/0
+ *               json     any value, bound as its JSON text
+ *        MODE   required     absent -> the event is rejected
+ *               optional     absent -> :PARAM is NULL
+ *               skip_empty   required, and an empty string skips the event
+ *   -- @each KEY VALUE PATH [except NAME,...]
+ *                            run @stage once per member of the object at PATH,
+ *                            with :KEY = member name and :VALUE = its JSON text
+ *
+ * Sections start with "-- @setup", "-- @check", "-- @stage", "-- @merge" or
+ * "-- @replay" alone on a line and run to the next section. A section may hold
+ * several statements; they run in order.
+ *
+ *   @setup   once when the pipeline opens (temporary staging tables)
+ *   @check   per event: a SELECT whose first column is NULL for a valid event or
+ *            the reason it is invalid
+ *   @stage   per event (per @each member): write into the staging tables
+ *   @merge   per batch: fold staging into the state tables, whose triggers write
+ *            the changelog; empty the staging tables
+ *   @replay  per changelog row: :image (after-image JSON), :key_seq; must change
+ *            nothing unless :key_seq is newer than the key's
+ *
+ * Batches: staging coalesces a batch per key, so merge writes one state update
+ * and one changelog row per changed key. If a statement fails on an event that
+ * decoded fine (a constraint, an overflow), the batch is redone one event at a
+ * time under savepoints so that only the offending event is rejected.
+ */
+#include "pipeline.h"
+
+#include "decimal.h"
+#include "embedded_sql.h"
+
+#include <ctype.h>
+#include <json-c/json.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_FIELDS 32
+#define MAX_PARAMS 16
+#define MAX_ALTERNATIVES 4
+#define MAX_SEGMENTS 8
+#define MAX_STATEMENTS 8
+#define MAX_EXCEPT 16
+#define MAX_TIME_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
+
+enum field_type { FT_ID, FT_TEXT, FT_INT, FT_DECIMAL6, FT_TIME_MS, FT_BOOL, FT_JSON };
+enum field_mode { FM_REQUIRED, FM_OPTIONAL, FM_SKIP_EMPTY };
+
+struct path {
+    int segment_count;
+    char *segments[MAX_SEGMENTS];
+};
+
+struct field {
+    char *param;
+    char *paths_text; /* as written, for messages: "normTs|ts" */
+    int alternative_count;
+    struct path alternatives[MAX_ALTERNATIVES];
+    enum field_type type;
+    enum field_mode mode;
+};
+
+struct setting {
+    char *name;
+    char *value;
+};
+
+/* A per-event statement with the bind index of every field (0 = unused). */
+struct bound_statement {
+    sqlite3_stmt *stmt;
+    int field_index[MAX_FIELDS];
+    int each_key_index, each_value_index;
+};
+
+struct section {
+    int count;
+    struct bound_statement statements[MAX_STATEMENTS];
+};
+
+/* A decoded field value, borrowed from the json-c tree or from `buf`. */
+struct value {
+    enum { V_NULL, V_INT, V_TEXT } kind;
+    int64_t i;
+    const char *text;
+    int text_len;
+    char buf[24];
+};
+
+struct tly_pipeline {
+    tly_store *store;
+    sqlite3 *db;
+    char *name;
+    char *entity;
+    char *source_name;
+    int field_count;
+    struct field fields[MAX_FIELDS];
+    int setting_count;
+    struct setting settings[MAX_PARAMS];
+    bool has_each;
+    char *each_key, *each_value;
+    struct path each_path;
+    int except_count;
+    char *except[MAX_EXCEPT];
+    struct section check, stage, merge, replay;
+    sqlite3_stmt *last_seq;
+    json_tokener *tokener;
+    char meta_applied[96], meta_skipped[96], meta_rejected[96];
+};
+
+static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (errbuf && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(errbuf, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parsing the pipeline file                                                 */
+/* ------------------------------------------------------------------------ */
+
+static int parse_path(const char *text, struct path *path)
+{
+    char *copy = strdup(text), *save = NULL, *seg;
+    int rc = 0;
+    path->segment_count = 0;
+    if (!copy)
+        return -1;
+    for (seg = strtok_r(copy, ".", &save); seg; seg = strtok_r(NULL, ".", &save)) {
+        if (path->segment_count == MAX_SEGMENTS || !(path->segments[path->segment_count] = strdup(seg))) {
+            rc = -1;
+            break;
+        }
+        path->segment_count++;
+    }
+    free(copy);
+    return path->segment_count > 0 ? rc : -1;
+}
+
+static void free_path(struct path *path)
+{
+    for (int i = 0; i < path->segment_count; i++)
+        free(path->segments[i]);
+    path->segment_count = 0;
+}
+
+static int parse_field(tly_pipeline *p, char **words, int nwords, char *errbuf, size_t errlen)
+{
+    static const char *types[] = {"id", "text", "int", "decimal6", "time_ms", "bool", "json"};
+    static const char *modes[] = {"required", "optional", "skip_empty"};
+    struct field *f;
+    char *alt, *save = NULL, *copy;
+    int t, m;
+
+    if (nwords != 5)
+        return fail(errbuf, errlen, "@field needs PARAM PATHS TYPE MODE");
+    if (p->field_count == MAX_FIELDS)
+        return fail(errbuf, errlen, "more than %d @field lines", MAX_FIELDS);
+    for (t = 0; t < 7 && strcmp(words[3], types[t]); t++)
+        ;
+    for (m = 0; m < 3 && strcmp(words[4], modes[m]); m++)
+        ;
+    if (t == 7)
+        return fail(errbuf, errlen, "@field %s: unknown type \"%s\" (id, text, int, decimal6, "
+                    "time_ms, bool, json)", words[1], words[3]);
+    if (m == 3)
+        return fail(errbuf, errlen, "@field %s: unknown mode \"%s\" (required, optional, "
+                    "skip_empty)", words[1], words[4]);
+    f = &p->fields[p->field_count++];
+    f->param = strdup(words[1]);
+    f->paths_text = strdup(words[2]);
+    f->type = (enum field_type)t;
+    f->mode = (enum field_mode)m;
+    if (!f->param || !f->paths_text || !(copy = strdup(words[2])))
+        return fail(errbuf, errlen, "out of memory");
+    for (alt = strtok_r(copy, "|", &save); alt; alt = strtok_r(NULL, "|", &save)) {
+        if (f->alternative_count == MAX_ALTERNATIVES ||
+            parse_path(alt, &f->alternatives[f->alternative_count]) < 0) {
+            free(copy);
+            return fail(errbuf, errlen, "@field %s: bad path \"%s\"", words[1], words[2]);
+        }
+        f->alternative_count++;
+    }
+    free(copy);
+    return 0;
+}
+
+static int parse_each(tly_pipeline *p, char **words, int nwords, char *errbuf, size_t errlen)
+{
+    if (nwords != 4 && !(nwords == 6 && strcmp(words[4], "except") == 0))
+        return fail(errbuf, errlen, "@each needs KEY VALUE PATH [except NAME,...]");
+    p->has_each = true;
+    p->each_key = strdup(words[1]);
+    p->each_value = strdup(words[2]);
+    if (!p->each_key || !p->each_value || parse_path(words[3], &p->each_path) < 0)
+        return fail(errbuf, errlen, "@each: bad path \"%s\"", words[3]);
+    if (nwords == 6) {
+        char *save = NULL, *name;
+        for (name = strtok_r(words[5], ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+            if (p->except_count == MAX_EXCEPT)
+                return fail(errbuf, errlen, "@each: too many except names");
+            p->except[p->except_count++] = strdup(name);
+        }
+    }
+    return 0;
+}
+
+static int split_words(char *line, char **words, int max)
+{
+    int n = 0;
+    char *save = NULL, *w;
+    for (w = strtok_r(line, " \t\r", &save); w && n < max; w = strtok_r(NULL, " \t\r", &save))
+        words[n++] = w;
+    return n;
+}
+
+/* Prepares every statement of one section's text. */
+static int prepare_section(tly_pipeline *p, const char *section_name, const char *sql,
+                           struct section *out, char *errbuf, size_t errlen)
+{
+    const char *tail = sql;
+    while (tail && *tail) {
+        sqlite3_stmt *stmt = NULL;
+        if (sqlite3_prepare_v3(p->db, tail, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) != SQLITE_OK)
+            return fail(errbuf, errlen, "%s @%s: %s", p->source_name, section_name,
+                        sqlite3_errmsg(p->db));
+        if (!stmt)
+            continue; /* only comments or whitespace left */
+        if (out->count == MAX_STATEMENTS) {
+            sqlite3_finalize(stmt);
+            return fail(errbuf, errlen, "%s @%s: more than %d statements", p->source_name,
+                        section_name, MAX_STATEMENTS);
+        }
+        out->statements[out->count++].stmt = stmt;
+    }
+    return 0;
+}
+
+static int parse_file(tly_pipeline *p, const char *text, char **section_sql, char *errbuf,
+                      size_t errlen)
+{
+    static const char *section_names[] = {"setup", "check", "stage", "merge", "replay"};
+    const char *line = text;
+    int current = -1;
+    size_t lengths[5] = {0};
+
+    for (int i = 0; i < 5; i++) {
+        section_sql[i] = calloc(1, strlen(text) + 1);
+        if (!section_sql[i])
+            return fail(errbuf, errlen, "out of memory");
+    }
+    while (*line) {
+        const char *eol = strchr(line, '\n');
+        size_t len = eol ? (size_t)(eol - line) : strlen(line);
+        const char *q = line;
+
+        while (q < line + len && (*q == ' ' || *q == '\t'))
+            q++;
+        if ((size_t)(line + len - q) > 4 && strncmp(q, "-- @", 4) == 0) {
+            char buf[512], *words[8];
+            int nwords, s;
+            size_t dlen = (size_t)(line + len - q) - 4;
+            if (dlen >= sizeof(buf))
+                return fail(errbuf, errlen, "%s: directive line too long", p->source_name);
+            memcpy(buf, q + 4, dlen);
+            buf[dlen] = '\0';
+            nwords = split_words(buf, words, 8);
+            for (s = 0; s < 5 && nwords == 1 && strcmp(words[0], section_names[s]); s++)
+                ;
+            if (nwords == 1 && s < 5) {
+                current = s;
+            } else if (nwords == 2 && strcmp(words[0], "pipeline") == 0) {
+                free(p->name);
+                p->name = strdup(words[1]);
+            } else if (nwords == 2 && strcmp(words[0], "entity") == 0) {
+                free(p->entity);
+                p->entity = strdup(words[1]);
+            } else if (nwords == 3 && strcmp(words[0], "param") == 0) {
+                if (p->setting_count == MAX_PARAMS)
+                    return fail(errbuf, errlen, "%s: too many @param", p->source_name);
+                p->settings[p->setting_count].name = strdup(words[1]);
+                p->settings[p->setting_count++].value = strdup(words[2]);
+            } else if (nwords >= 1 && strcmp(words[0], "field") == 0) {
+                if (parse_field(p, words, nwords, errbuf, errlen) < 0)
+                    return -1;
+            } else if (nwords >= 1 && strcmp(words[0], "each") == 0) {
+                if (parse_each(p, words, nwords, errbuf, errlen) < 0)
+                    return -1;
+            } else {
+                return fail(errbuf, errlen, "%s: unknown directive \"-- @%.*s\"",
+                            p->source_name, (int)dlen, q + 4);
+            }
+        } else if (current >= 0) {
+            memcpy(section_sql[current] + lengths[current], line, len);
+            lengths[current] += len;
+            section_sql[current][lengths[current]++] = '\n';
+        }
+        line += len + (eol ? 1 : 0);
+    }
+    if (!p->name || !p->entity)
+        return fail(errbuf, errlen, "%s: needs \"-- @pipeline NAME\" and \"-- @entity NAME\"",
+                    p->source_name);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Binding names to parameters                                               */
+/* ------------------------------------------------------------------------ */
+
+static const char *setting_value(tly_pipeline *p, const char *name)
+{
+    for (int i = 0; i < p->setting_count; i++)
+        if (strcmp(p->settings[i].name, name) == 0)
+            return p->settings[i].value;
+    return NULL;
+}
+
+static void bind_setting(sqlite3_stmt *stmt, int index, const char *value)
+{
+    char *end;
+    long long n = strtoll(value, &end, 10);
+    if (*value && *end == '\0')
+        sqlite3_bind_int64(stmt, index, n);
+    else
+        sqlite3_bind_text(stmt, index, value, -1, SQLITE_TRANSIENT);
+}
+
+/* Resolves every :name in the section's statements. Per-event sections may use
+ * fields and @each names; all may use settings; @replay may use :image and
+ * :key_seq. Anything else is a mistake in the pipeline file, caught here rather
+ * than as a NULL at run time. */
+static int resolve_parameters(tly_pipeline *p, const char *section_name, struct section *s,
+                              bool per_event, bool replay, char *errbuf, size_t errlen)
+{
+    for (int k = 0; k < s->count; k++) {
+        struct bound_statement *b = &s->statements[k];
+        int n = sqlite3_bind_parameter_count(b->stmt);
+        for (int i = 1; i <= n; i++) {
+            const char *full = sqlite3_bind_parameter_name(b->stmt, i);
+            const char *name = full ? full + 1 : NULL;
+            const char *value;
+            bool known = false;
+
+            if (!name)
+                return fail(errbuf, errlen, "%s @%s: use named parameters (:name), not ?",
+                            p->source_name, section_name);
+            if ((value = setting_value(p, name))) {
+                bind_setting(b->stmt, i, value);
+                continue;
+            }
+            if (per_event) {
+                for (int f = 0; f < p->field_count; f++)
+                    if (strcmp(p->fields[f].param, name) == 0) {
+                        b->field_index[f] = i;
+                        known = true;
+                    }
+                if (p->has_each && strcmp(p->each_key, name) == 0) {
+                    b->each_key_index = i;
+                    known = true;
+                }
+                if (p->has_each && strcmp(p->each_value, name) == 0) {
+                    b->each_value_index = i;
+                    known = true;
+                }
+            }
+            if (replay && (strcmp(name, "image") == 0 || strcmp(name, "key_seq") == 0))
+                known = true;
+            if (!known)
+                return fail(errbuf, errlen, "%s @%s uses %s, which no @field, @param or @each "
+                            "defines", p->source_name, section_name, full);
+        }
+    }
+    return 0;
+}
+
+/* Overrides @param defaults with "name=value" strings. */
+static int apply_overrides(tly_pipeline *p, const char *const *params, char *errbuf, size_t errlen)
+{
+    for (; params && *params; params++) {
+        const char *eq = strchr(*params, '=');
+        bool found = false;
+        if (!eq)
+            return fail(errbuf, errlen, "setting \"%s\" must look like name=value", *params);
+        for (int i = 0; i < p->setting_count; i++) {
+            if (strlen(p->settings[i].name) == (size_t)(eq - *params) &&
+                strncmp(p->settings[i].name, *params, (size_t)(eq - *params)) == 0) {
+                free(p->settings[i].value);
+                p->settings[i].value = strdup(eq + 1);
+                found = true;
+            }
+        }
+        if (!found)
+            return fail(errbuf, errlen, "pipeline %s has no setting \"%.*s\"", p->name,
+                        (int)(eq - *params), *params);
+    }
+    return 0;
+}
+
+/* The first open records the settings; later opens must match them. */
+static int check_recorded_settings(tly_pipeline *p, char *errbuf, size_t errlen)
+{
+    for (int i = 0; i < p->setting_count; i++) {
+        char key[160], recorded[128];
+        int rc;
+        snprintf(key, sizeof(key), "pipeline.%s.%s", p->name, p->settings[i].name);
+        rc = tly_store_meta_get_text(p->store, key, recorded, sizeof(recorded));
+        if (rc < 0)
+            return fail(errbuf, errlen, "cannot read %s from meta: %s", key, sqlite3_errmsg(p->db));
+        if (rc == 1 && strcmp(recorded, p->settings[i].value) != 0)
+            return fail(errbuf, errlen,
+                        "database %s was built by pipeline %s with %s=%s, not %s; mixing them "
+                        "would corrupt the state: use the same setting or a new database",
+                        tly_store_path(p->store), p->name, p->settings[i].name, recorded,
+                        p->settings[i].value);
+        if (rc == 0 && tly_store_meta_set_text(p->store, key, p->settings[i].value) < 0)
+            return fail(errbuf, errlen, "cannot record %s in meta: %s", key, sqlite3_errmsg(p->db));
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Open / close                                                              */
+/* ------------------------------------------------------------------------ */
+
+const char *const *tly_pipeline_builtin_names(void)
+{
+    static char names[16][32];
+    static const char *list[17];
+    if (!list[0]) {
+        int n = 0;
+        for (const struct tly_embedded_sql *e = tly_embedded_pipelines; e->name && n < 16; e++) {
+            snprintf(names[n], sizeof(names[n]), "%.*s", (int)(strlen(e->name) - 4), e->name);
+            list[n] = names[n];
+            n++;
+        }
+    }
+    return list;
+}
+
+static char *read_file(const char *path, char *errbuf, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long size;
+    if (!f) {
+        fail(errbuf, errlen, "cannot open pipeline file %s: %m", path);
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (text = malloc((size_t)size + 1)) && fread(text, 1, (size_t)size, f) == (size_t)size) {
+        text[size] = '\0';
+    } else {
+        free(text);
+        text = NULL;
+        fail(errbuf, errlen, "cannot read pipeline file %s", path);
+    }
+    fclose(f);
+    return text;
+}
+
+int tly_pipeline_open(tly_store *store, const char *name, const char *const *params, int flags,
+                      tly_pipeline **out, char *errbuf, size_t errlen)
+{
+    tly_pipeline *p = calloc(1, sizeof(*p));
+    char *owned_text = NULL, *section_sql[5] = {0};
+    const char *text = NULL;
+    char *msg = NULL;
+    int rc = -1;
+
+    *out = NULL;
+    if (!p)
+        return fail(errbuf, errlen, "out of memory");
+    p->store = store;
+    p->db = tly_store_db(store);
+    if (strchr(name, '/') || (strlen(name) > 4 && strcmp(name + strlen(name) - 4, ".sql") == 0)) {
+        if (!(text = owned_text = read_file(name, errbuf, errlen)))
+            goto done;
+        p->source_name = strdup(name);
+    } else {
+        for (const struct tly_embedded_sql *e = tly_embedded_pipelines; e->name; e++)
+            if (strlen(e->name) == strlen(name) + 4 && strncmp(e->name, name, strlen(name)) == 0) {
+                text = e->text;
+                p->source_name = malloc(strlen(e->name) + 5);
+                if (p->source_name)
+                    sprintf(p->source_name, "sql/%s", e->name);
+            }
+        if (!text) {
+            char known[256] = "";
+            for (const char *const *n = tly_pipeline_builtin_names(); *n; n++)
+                snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s",
+                         known[0] ? ", " : "", *n);
+            fail(errbuf, errlen, "unknown pipeline \"%s\" (built in: %s; or a path to a .sql "
+                 "pipeline file)", name, known);
+            goto done;
+        }
+    }
+    if (!p->source_name) {
+        fail(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    if (parse_file(p, text, section_sql, errbuf, errlen) < 0 ||
+        apply_overrides(p, params, errbuf, errlen) < 0)
+        goto done;
+    if (sqlite3_exec(p->db, section_sql[0], NULL, NULL, &msg) != SQLITE_OK) {
+        fail(errbuf, errlen, "%s @setup: %s", p->source_name, msg ? msg : "?");
+        sqlite3_free(msg);
+        goto done;
+    }
+    if (prepare_section(p, "check", section_sql[1], &p->check, errbuf, errlen) < 0 ||
+        prepare_section(p, "stage", section_sql[2], &p->stage, errbuf, errlen) < 0 ||
+        prepare_section(p, "merge", section_sql[3], &p->merge, errbuf, errlen) < 0 ||
+        prepare_section(p, "replay", section_sql[4], &p->replay, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "check", &p->check, true, false, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "stage", &p->stage, true, false, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "merge", &p->merge, false, false, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "replay", &p->replay, false, true, errbuf, errlen) < 0)
+        goto done;
+    if (!(flags & TLY_PIPELINE_REPLAY_ONLY)) {
+        if (p->stage.count == 0 || p->merge.count == 0) {
+            fail(errbuf, errlen, "%s: needs @stage and @merge sections", p->source_name);
+            goto done;
+        }
+        if (check_recorded_settings(p, errbuf, errlen) < 0)
+            goto done;
+    }
+    if (sqlite3_prepare_v3(p->db, "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'", -1,
+                           SQLITE_PREPARE_PERSISTENT, &p->last_seq, NULL) != SQLITE_OK) {
+        fail(errbuf, errlen, "%s", sqlite3_errmsg(p->db));
+        goto done;
+    }
+    p->tokener = json_tokener_new_ex(64);
+    if (!p->tokener) {
+        fail(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    json_tokener_set_flags(p->tokener, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    snprintf(p->meta_applied, sizeof(p->meta_applied), "pipeline.%s.events_applied", p->name);
+    snprintf(p->meta_skipped, sizeof(p->meta_skipped), "pipeline.%s.events_skipped", p->name);
+    snprintf(p->meta_rejected, sizeof(p->meta_rejected), "pipeline.%s.events_rejected", p->name);
+    rc = 0;
+done:
+    for (int i = 0; i < 5; i++)
+        free(section_sql[i]);
+    free(owned_text);
+    if (rc == 0)
+        *out = p;
+    else
+        tly_pipeline_close(p);
+    return rc;
+}
+
+static void finalize_section(struct section *s)
+{
+    for (int i = 0; i < s->count; i++)
+        sqlite3_finalize(s->statements[i].stmt);
+    s->count = 0;
+}
+
+void tly_pipeline_close(tly_pipeline *p)
+{
+    if (!p)
+        return;
+    finalize_section(&p->check);
+    finalize_section(&p->stage);
+    finalize_section(&p->merge);
+    finalize_section(&p->replay);
+    sqlite3_finalize(p->last_seq);
+    if (p->tokener)
+        json_tokener_free(p->tokener);
+    for (int i = 0; i < p->field_count; i++) {
+        free(p->fields[i].param);
+        free(p->fields[i].paths_text);
+        for (int a = 0; a < p->fields[i].alternative_count; a++)
+            free_path(&p->fields[i].alternatives[a]);
+    }
+    for (int i = 0; i < p->setting_count; i++) {
+        free(p->settings[i].name);
+        free(p->settings[i].value);
+    }
+    for (int i = 0; i < p->except_count; i++)
+        free(p->except[i]);
+    free_path(&p->each_path);
+    free(p->each_key);
+    free(p->each_value);
+    free(p->name);
+    free(p->entity);
+    free(p->source_name);
+    free(p);
+}
+
+const char *tly_pipeline_name(const tly_pipeline *p) { return p->name; }
+const char *tly_pipeline_entity(const tly_pipeline *p) { return p->entity; }
+
+/* ------------------------------------------------------------------------ */
+/* Decoding one event                                                        */
+/* ------------------------------------------------------------------------ */
+
+static json_object *lookup(json_object *root, const struct path *path)
+{
+    json_object *node = root;
+    for (int i = 0; i < path->segment_count; i++) {
+        if (!json_object_is_type(node, json_type_object) ||
+            !json_object_object_get_ex(node, path->segments[i], &node))
+            return NULL;
+    }
+    return node;
+}
+
+static const char *json_type_label(json_object *o)
+{
+    return o ? json_type_to_name(json_object_get_type(o)) : "null";
+}
+
+/* json-c saturates integers outside int64; its saturated values are the only
+ * ones that can mean "too large", and no field accepts them. */
+static int get_int64(json_object *o, int64_t *out)
+{
+    int64_t v = json_object_get_int64(o);
+    if (v == INT64_MAX || v == INT64_MIN)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+typedef enum { DECODE_OK, DECODE_SKIP, DECODE_REJECT } decode_result;
+
+static decode_result decode_field(const struct field *f, json_object *root, struct value *v,
+                                  char *reason, size_t reason_len)
+{
+    json_object *o = NULL;
+    enum json_type type;
+
+    v->kind = V_NULL;
+    for (int a = 0; a < f->alternative_count && !o; a++)
+        o = lookup(root, &f->alternatives[a]);
+    if (!o) {
+        if (f->mode == FM_OPTIONAL)
+            return DECODE_OK;
+        snprintf(reason, reason_len, "missing field \"%s\"", f->paths_text);
+        return DECODE_REJECT;
+    }
+    type = json_object_get_type(o);
+    switch (f->type) {
+    case FT_ID:
+        if (type == json_type_int) {
+            int64_t n;
+            if (get_int64(o, &n) < 0)
+                goto out_of_range;
+            v->kind = V_TEXT;
+            v->text_len = snprintf(v->buf, sizeof(v->buf), "%lld", (long long)n);
+            v->text = v->buf;
+            return DECODE_OK;
+        }
+        __attribute__((fallthrough)); /* otherwise it must be a string */
+    case FT_TEXT:
+        if (type != json_type_string)
+            goto wrong_type;
+        v->kind = V_TEXT;
+        v->text = json_object_get_string(o);
+        v->text_len = json_object_get_string_len(o);
+        if (v->text_len == 0 && f->mode == FM_SKIP_EMPTY) {
+            snprintf(reason, reason_len, "empty %s", f->paths_text);
+            return DECODE_SKIP;
+        }
+        if (v->text_len == 0 && f->type == FT_ID) {
+            snprintf(reason, reason_len, "field \"%s\" is empty", f->paths_text);
+            return DECODE_REJECT;
+        }
+        return DECODE_OK;
+    case FT_INT:
+    case FT_TIME_MS:
+        if (type != json_type_int)
+            goto wrong_type;
+        if (get_int64(o, &v->i) < 0)
+            goto out_of_range;
+        if (f->type == FT_TIME_MS && (v->i < 0 || v->i > MAX_TIME_MS)) {
+            snprintf(reason, reason_len, "field \"%s\" is %lld, not epoch milliseconds between "
+                     "0 and %lld", f->paths_text, (long long)v->i, MAX_TIME_MS);
+            return DECODE_REJECT;
+        }
+        v->kind = V_INT;
+        return DECODE_OK;
+    case FT_DECIMAL6: {
+        char err[128];
+        const char *text;
+        if (type == json_type_int) {
+            if (get_int64(o, &v->i) < 0 || v->i > INT64_MAX / 1000000 || v->i < INT64_MIN / 1000000)
+                goto out_of_range;
+            v->i *= 1000000;
+            v->kind = V_INT;
+            return DECODE_OK;
+        }
+        if (type != json_type_double && type != json_type_string)
+            goto wrong_type;
+        /* For a JSON number json-c keeps the text as written, which is what makes
+         * exactness possible. */
+        text = json_object_get_string(o);
+        if (tly_decimal_parse(text, strlen(text), 6, &v->i, err, sizeof(err)) < 0) {
+            snprintf(reason, reason_len, "field \"%s\": %s", f->paths_text, err);
+            return DECODE_REJECT;
+        }
+        v->kind = V_INT;
+        return DECODE_OK;
+    }
+    case FT_BOOL:
+        if (type != json_type_boolean)
+            goto wrong_type;
+        v->kind = V_INT;
+        v->i = json_object_get_boolean(o) ? 1 : 0;
+        return DECODE_OK;
+    case FT_JSON:
+        v->kind = V_TEXT;
+        v->text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                        JSON_C_TO_STRING_NOSLASHESCAPE);
+        v->text_len = (int)strlen(v->text);
+        return DECODE_OK;
+    }
+wrong_type: {
+    static const char *expected[] = {"a string or integer", "a string", "an integer",
+                                     "a number or decimal string", "an integer (epoch ms)",
+                                     "true or false", "JSON"};
+    snprintf(reason, reason_len, "field \"%s\" must be %s, got %s", f->paths_text,
+             expected[f->type], json_type_label(o));
+    return DECODE_REJECT;
+}
+out_of_range:
+    snprintf(reason, reason_len, "field \"%s\" is out of range (beyond a 64-bit integer)",
+             f->paths_text);
+    return DECODE_REJECT;
+}
+
+/* Parses one event into a json-c tree; returns NULL with a reason. */
+static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reason, size_t reason_len)
+{
+    json_object *root;
+    size_t end;
+
+    if (ev->len > TLY_MAX_EVENT_BYTES) {
+        snprintf(reason, reason_len, "event is %zu bytes, over the %d-byte limit", ev->len,
+                 TLY_MAX_EVENT_BYTES);
+        return NULL;
+    }
+    if (memchr(ev->data, '\0', ev->len)) {
+        snprintf(reason, reason_len, "invalid JSON: NUL byte in event");
+        return NULL;
+    }
+    json_tokener_reset(p->tokener);
+    root = json_tokener_parse_ex(p->tokener, ev->data, (int)ev->len);
+    if (!root) {
+        enum json_tokener_error e = json_tokener_get_error(p->tokener);
+        if (e == json_tokener_continue || e == json_tokener_success)
+            snprintf(reason, reason_len, "invalid JSON: truncated or empty");
+        else
+            snprintf(reason, reason_len, "invalid JSON: %s at byte %zu", json_tokener_error_desc(e),
+                     json_tokener_get_parse_end(p->tokener));
+        return NULL;
+    }
+    for (end = json_tokener_get_parse_end(p->tokener); end < ev->len; end++) {
+        char c = ev->data[end];
+        if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
+            snprintf(reason, reason_len, "invalid JSON: unexpected data after the value at byte %zu",
+                     end);
+            json_object_put(root);
+            return NULL;
+        }
+    }
+    if (!json_object_is_type(root, json_type_object)) {
+        snprintf(reason, reason_len, "event must be a JSON object, got %s", json_type_label(root));
+        json_object_put(root);
+        return NULL;
+    }
+    return root;
+}
+
+static void bind_value(sqlite3_stmt *stmt, int index, const struct value *v)
+{
+    switch (v->kind) {
+    case V_NULL:
+        sqlite3_bind_null(stmt, index);
+        break;
+    case V_INT:
+        sqlite3_bind_int64(stmt, index, v->i);
+        break;
+    case V_TEXT:
+        sqlite3_bind_text(stmt, index, v->text, v->text_len, SQLITE_STATIC);
+        break;
+    }
+}
+
+static void bind_fields(tly_pipeline *p, struct section *s, const struct value *values)
+{
+    for (int k = 0; k < s->count; k++)
+        for (int f = 0; f < p->field_count; f++)
+            if (s->statements[k].field_index[f])
+                bind_value(s->statements[k].stmt, s->statements[k].field_index[f], &values[f]);
+}
+
+/* Runs every statement of a section once. Returns SQLITE_DONE or the error. */
+static int run_section(struct section *s)
+{
+    for (int k = 0; k < s->count; k++) {
+        sqlite3_stmt *stmt = s->statements[k].stmt;
+        int rc;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+            ;
+        sqlite3_reset(stmt);
+        if (rc != SQLITE_DONE)
+            return rc;
+    }
+    return SQLITE_DONE;
+}
+
+static bool is_excepted(tly_pipeline *p, const char *key)
+{
+    for (int i = 0; i < p->except_count; i++)
+        if (strcmp(p->except[i], key) == 0)
+            return true;
+    return false;
+}
+
+/* Runs @check and @stage for one event. Returns SQLITE_DONE when it was staged
+ * (or skipped/rejected, see result), else the SQLite error of a statement. */
+static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *result)
+{
+    struct value values[MAX_FIELDS];
+    json_object *root;
+    int rc = SQLITE_DONE;
+
+    result->status = TLY_EVENT_APPLIED;
+    result->reason[0] = '\0';
+    root = parse_event(p, ev, result->reason, sizeof(result->reason));
+    if (!root) {
+        result->status = TLY_EVENT_REJECTED;
+        return SQLITE_DONE;
+    }
+    for (int f = 0; f < p->field_count; f++) {
+        decode_result d = decode_field(&p->fields[f], root, &values[f], result->reason,
+                                       sizeof(result->reason));
+        if (d != DECODE_OK) {
+            result->status = d == DECODE_SKIP ? TLY_EVENT_SKIPPED : TLY_EVENT_REJECTED;
+            goto done;
+        }
+    }
+    bind_fields(p, &p->check, values);
+    for (int k = 0; k < p->check.count; k++) {
+        sqlite3_stmt *stmt = p->check.statements[k].stmt;
+        rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL) {
+            snprintf(result->reason, sizeof(result->reason), "%s", sqlite3_column_text(stmt, 0));
+            result->status = TLY_EVENT_REJECTED;
+        }
+        sqlite3_reset(stmt);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            goto done;
+        rc = SQLITE_DONE;
+        if (result->status != TLY_EVENT_APPLIED)
+            goto done;
+    }
+    bind_fields(p, &p->stage, values);
+    if (!p->has_each) {
+        rc = run_section(&p->stage);
+        goto done;
+    }
+    {
+        json_object *members = lookup(root, &p->each_path);
+        if (!json_object_is_type(members, json_type_object)) {
+            snprintf(result->reason, sizeof(result->reason), "field \"%s\" must be an object, got %s",
+                     p->each_path.segments[0], members ? json_type_label(members) : "nothing");
+            result->status = TLY_EVENT_REJECTED;
+            goto done;
+        }
+        json_object_object_foreach(members, key, member)
+        {
+            const char *member_json;
+            if (is_excepted(p, key))
+                continue;
+            member_json = json_object_to_json_string_ext(
+                member, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+            for (int k = 0; k < p->stage.count; k++) {
+                struct bound_statement *b = &p->stage.statements[k];
+                if (b->each_key_index)
+                    sqlite3_bind_text(b->stmt, b->each_key_index, key, -1, SQLITE_STATIC);
+                if (b->each_value_index)
+                    sqlite3_bind_text(b->stmt, b->each_value_index, member_json, -1, SQLITE_STATIC);
+            }
+            rc = run_section(&p->stage);
+            if (rc != SQLITE_DONE)
+                goto done;
+        }
+    }
+done:
+    json_object_put(root);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Batches                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Errors that belong to one event's data, as opposed to the database itself. */
+static bool is_event_error(int rc)
+{
+    int primary = rc & 0xff;
+    return primary == SQLITE_CONSTRAINT || primary == SQLITE_MISMATCH ||
+           primary == SQLITE_TOOBIG || primary == SQLITE_ERROR || primary == SQLITE_RANGE;
+}
+
+static int64_t last_seq(tly_pipeline *p)
+{
+    int64_t seq = 0;
+    if (sqlite3_step(p->last_seq) == SQLITE_ROW)
+        seq = sqlite3_column_int64(p->last_seq, 0);
+    sqlite3_reset(p->last_seq);
+    return seq;
+}
+
+static int exec(tly_pipeline *p, const char *sql)
+{
+    return sqlite3_exec(p->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+/* The fallback when a statement failed on some event: each event under its own
+ * savepoint with its own merge, so the failing one is rejected alone. */
+static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t count,
+                            tly_event_result *results, char *errbuf, size_t errlen)
+{
+    for (size_t i = 0; i < count; i++) {
+        int rc;
+        if (exec(p, "SAVEPOINT tly_event") < 0)
+            goto fatal;
+        rc = stage_event(p, &events[i], &results[i]);
+        if (rc == SQLITE_DONE && results[i].status == TLY_EVENT_APPLIED)
+            rc = run_section(&p->merge);
+        if (rc != SQLITE_DONE) {
+            if (!is_event_error(rc))
+                goto fatal;
+            results[i].status = TLY_EVENT_REJECTED;
+            snprintf(results[i].reason, sizeof(results[i].reason), "rejected by the database: %s",
+                     sqlite3_errmsg(p->db));
+            if (exec(p, "ROLLBACK TO tly_event") < 0)
+                goto fatal;
+        }
+        if (exec(p, "RELEASE tly_event") < 0)
+            goto fatal;
+    }
+    return 0;
+fatal:
+    return fail(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
+}
+
+int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
+                       tly_event_result *results, tly_batch_stats *stats, char *errbuf,
+                       size_t errlen)
+{
+    tly_batch_stats local = {0};
+    int64_t seq_before;
+    int rc = SQLITE_DONE;
+
+    if (exec(p, "SAVEPOINT tly_batch") < 0)
+        return fail(errbuf, errlen, "cannot start batch: %s", sqlite3_errmsg(p->db));
+    seq_before = last_seq(p);
+    for (size_t i = 0; i < count && rc == SQLITE_DONE; i++)
+        rc = stage_event(p, &events[i], &results[i]);
+    if (rc == SQLITE_DONE)
+        rc = run_section(&p->merge);
+    if (rc != SQLITE_DONE) {
+        if (!is_event_error(rc)) {
+            fail(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
+            goto fatal;
+        }
+        if (exec(p, "ROLLBACK TO tly_batch") < 0 ||
+            apply_one_by_one(p, events, count, results, errbuf, errlen) < 0)
+            goto fatal;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (results[i].status == TLY_EVENT_APPLIED)
+            local.applied++;
+        else if (results[i].status == TLY_EVENT_SKIPPED)
+            local.skipped++;
+        else
+            local.rejected++;
+    }
+    local.changes = last_seq(p) - seq_before;
+    if ((local.applied && tly_store_meta_add_int(p->store, p->meta_applied, local.applied) < 0) ||
+        (local.skipped && tly_store_meta_add_int(p->store, p->meta_skipped, local.skipped) < 0) ||
+        (local.rejected && tly_store_meta_add_int(p->store, p->meta_rejected, local.rejected) < 0)) {
+        fail(errbuf, errlen, "cannot update counters: %s", sqlite3_errmsg(p->db));
+        goto fatal;
+    }
+    if (exec(p, "RELEASE tly_batch") < 0) {
+        fail(errbuf, errlen, "cannot finish batch: %s", sqlite3_errmsg(p->db));
+        goto fatal;
+    }
+    if (stats)
+        *stats = local;
+    return 0;
+fatal:
+    exec(p, "ROLLBACK TO tly_batch");
+    exec(p, "RELEASE tly_batch");
+    return -1;
+}
+
+int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_seq, int *changed,
+                              char *errbuf, size_t errlen)
+{
+    int total = 0;
+    if (p->replay.count == 0)
+        return fail(errbuf, errlen, "%s has no @replay section", p->source_name);
+    for (int k = 0; k < p->replay.count; k++) {
+        sqlite3_stmt *stmt = p->replay.statements[k].stmt;
+        int index, rc;
+        if ((index = sqlite3_bind_parameter_index(stmt, ":image")))
+            sqlite3_bind_text(stmt, index, image, -1, SQLITE_STATIC);
+        if ((index = sqlite3_bind_parameter_index(stmt, ":key_seq")))
+            sqlite3_bind_int64(stmt, index, key_seq);
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+            ;
+        sqlite3_reset(stmt);
+        if (rc != SQLITE_DONE)
+            return fail(errbuf, errlen, "%s @replay: %s", p->source_name, sqlite3_errmsg(p->db));
+        total += sqlite3_changes(p->db);
+    }
+    *changed = total > 0;
+    return 0;
+}

@@ -1,0 +1,84 @@
+/* engine/pipeline.h - a pipeline: JSON events in, SQL state changes out.
+ *
+ * A pipeline is data, not C: a SQL file (sql/orders.sql, sql/telemetry.sql, or a
+ * user's own) that declares a field map and the statements that stage, check,
+ * merge and replay events. This module decodes each event with json-c, binds the
+ * mapped fields, and runs the statements in batches on the store's connection.
+ * See pipeline.c for the file format.
+ *
+ * Not thread-safe; a pipeline belongs to the thread that uses its store. */
+#ifndef TLY_PIPELINE_H
+#define TLY_PIPELINE_H
+
+#include "store.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tly_pipeline tly_pipeline;
+
+/* Events larger than this are rejected without being parsed. */
+#define TLY_MAX_EVENT_BYTES (1024 * 1024)
+
+typedef struct tly_event {
+    const char *data; /* the raw bytes, borrowed for the duration of the call */
+    size_t len;
+} tly_event;
+
+typedef enum tly_event_status {
+    TLY_EVENT_APPLIED = 0,  /* folded into the state */
+    TLY_EVENT_SKIPPED = 1,  /* deliberately ignored (e.g. empty data.id) */
+    TLY_EVENT_REJECTED = 2, /* malformed or invalid: belongs in a dead-letter place */
+} tly_event_status;
+
+typedef struct tly_event_result {
+    tly_event_status status;
+    char reason[200]; /* why it was skipped or rejected; "" when applied */
+} tly_event_result;
+
+typedef struct tly_batch_stats {
+    int64_t applied, skipped, rejected;
+    int64_t changes; /* changelog rows the batch appended */
+} tly_batch_stats;
+
+/* Flags for tly_pipeline_open. */
+#define TLY_PIPELINE_REPLAY_ONLY 1 /* only @replay is used: settings are not checked */
+
+/* Names of the built-in pipelines, NULL-terminated, static storage. */
+const char *const *tly_pipeline_builtin_names(void);
+
+/* Opens built-in pipeline `name` (or, if `name` contains a '/' or ends in ".sql",
+ * the pipeline file at that path) on `store`. `params` is a NULL-terminated list
+ * of "name=value" settings overriding the file's @param defaults, or NULL.
+ * The first open of a pipeline on a database records its settings in meta; a
+ * later open with different settings (say another window size) fails, because
+ * mixing them would silently corrupt the state. Returns 0 and sets *out, or -1
+ * with errbuf. The store is borrowed and must outlive the pipeline. */
+int tly_pipeline_open(tly_store *store, const char *name, const char *const *params,
+                      int flags, tly_pipeline **out, char *errbuf, size_t errlen);
+
+/* Frees the pipeline; NULL is a no-op. */
+void tly_pipeline_close(tly_pipeline *pipeline);
+
+const char *tly_pipeline_name(const tly_pipeline *pipeline);
+const char *tly_pipeline_entity(const tly_pipeline *pipeline);
+
+/* Applies a batch of events. Each event gets a result in results[i]; rejected
+ * and skipped events change nothing. Updates within the batch are coalesced per
+ * key, so each changed key gets one changelog row per batch. Runs inside the
+ * caller's transaction if one is open (the daemon's commit protocol), else in
+ * its own. Returns 0 when every event has its result (some may be rejected), or
+ * -1 when the database itself failed (disk full, I/O error): the batch then
+ * changed nothing and the caller should roll back its transaction. stats may be
+ * NULL. */
+int tly_pipeline_apply(tly_pipeline *pipeline, const tly_event *events, size_t count,
+                       tly_event_result *results, tly_batch_stats *stats,
+                       char *errbuf, size_t errlen);
+
+/* Applies one changelog after-image (see changelog.h) of this pipeline's
+ * entity; *changed is set to 1 if the state moved, 0 if the key already had
+ * key_seq or newer. Returns 0 or -1 with errbuf. */
+int tly_pipeline_replay_image(tly_pipeline *pipeline, const char *image, int64_t key_seq,
+                              int *changed, char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,291 @@
+/* engine/store.c - the state database: open, configure, migrate, meta.
+ *
+ * Migrations are the files migrations/NNN_name.sql, embedded at build time.
+ * Version N is the N-th file; each runs in its own transaction together with
+ * "PRAGMA user_version = N", so a crash mid-migration leaves the previous
+ * version intact and the next open simply runs it again. */
+#include "store.h"
+
+#include "embedded_sql.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tly_store {
+    sqlite3 *db;
+    char *path;
+    sqlite3_stmt *meta_get;
+    sqlite3_stmt *meta_set;
+    sqlite3_stmt *meta_add;
+};
+
+static int set_error(char *errbuf, size_t errlen, const char *fmt, const char *a, const char *b)
+{
+    if (errbuf && errlen)
+        snprintf(errbuf, errlen, fmt, a, b);
+    return -1;
+}
+
+void tly_store_options_init(tly_store_options *opts)
+{
+    memset(opts, 0, sizeof(*opts));
+    opts->synchronous = "NORMAL";
+    opts->busy_timeout_ms = 5000;
+    opts->cache_kib = 65536;
+}
+
+int tly_store_latest_schema_version(void)
+{
+    int n = 0;
+    while (tly_embedded_migrations[n].name)
+        n++;
+    return n;
+}
+
+static int user_version(sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int version = -1;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        version = sqlite3_column_int(stmt, 0);
+    sqlite3_finalize(stmt);
+    return version;
+}
+
+static int migrate(sqlite3 *db, int target, char *errbuf, size_t errlen)
+{
+    int latest = tly_store_latest_schema_version();
+    int current = user_version(db);
+    char sql[64];
+    char *msg = NULL;
+
+    if (current < 0)
+        return set_error(errbuf, errlen, "cannot read schema version: %s%s",
+                         sqlite3_errmsg(db), "");
+    if (current > latest) {
+        char detail[160];
+        snprintf(detail, sizeof(detail), "schema version %d, newer than this tally's %d",
+                 current, latest);
+        return set_error(errbuf, errlen,
+                         "database has %s; upgrade tally (or open a copy with the tally "
+                         "that wrote it)%s", detail, "");
+    }
+    for (int v = current + 1; v <= target; v++) {
+        const struct tly_embedded_sql *m = &tly_embedded_migrations[v - 1];
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK)
+            goto fail;
+        if (sqlite3_exec(db, m->text, NULL, NULL, &msg) != SQLITE_OK) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            goto fail;
+        }
+        snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", v);
+        if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            goto fail;
+        }
+        continue;
+    fail:
+        set_error(errbuf, errlen, "migration %s failed: %s", m->name, msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+int tly_store_open(const char *path, const tly_store_options *opts, tly_store **out,
+                   char *errbuf, size_t errlen)
+{
+    tly_store_options defaults;
+    tly_store *store = NULL;
+    char pragmas[256];
+    char *msg = NULL;
+    int target;
+
+    *out = NULL;
+    if (!opts) {
+        tly_store_options_init(&defaults);
+        opts = &defaults;
+    }
+    if (strcmp(opts->synchronous, "OFF") && strcmp(opts->synchronous, "NORMAL") &&
+        strcmp(opts->synchronous, "FULL"))
+        return set_error(errbuf, errlen, "synchronous must be OFF, NORMAL or FULL, not \"%s\"%s",
+                         opts->synchronous, "");
+    store = calloc(1, sizeof(*store));
+    if (!store || !(store->path = strdup(path))) {
+        set_error(errbuf, errlen, "out of memory%s%s", "", "");
+        goto err;
+    }
+    if (sqlite3_open_v2(path, &store->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        set_error(errbuf, errlen, "cannot open %s: %s", path,
+                  store->db ? sqlite3_errmsg(store->db) : "out of memory");
+        goto err;
+    }
+    sqlite3_extended_result_codes(store->db, 1);
+    sqlite3_busy_timeout(store->db, opts->busy_timeout_ms);
+    /* journal_mode is the first statement that reads the file, so "file is not a
+     * database" surfaces here. */
+    snprintf(pragmas, sizeof(pragmas),
+             "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA temp_store = MEMORY;"
+             "PRAGMA cache_size = -%lld; PRAGMA foreign_keys = OFF;",
+             opts->synchronous, (long long)opts->cache_kib);
+    if (sqlite3_exec(store->db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
+        set_error(errbuf, errlen, "cannot open %s: %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        goto err;
+    }
+    target = opts->migrate_to > 0 ? opts->migrate_to : tly_store_latest_schema_version();
+    if (migrate(store->db, target, errbuf, errlen) < 0)
+        goto err;
+    /* Must come before any statement is prepared: triggers are compiled into
+     * statements when they are prepared. */
+    if (opts->disable_triggers &&
+        sqlite3_db_config(store->db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, NULL) != SQLITE_OK) {
+        set_error(errbuf, errlen, "cannot disable triggers on %s: %s", path,
+                  sqlite3_errmsg(store->db));
+        goto err;
+    }
+    if (sqlite3_prepare_v3(store->db, "SELECT value FROM meta WHERE key = ?1",
+                           -1, SQLITE_PREPARE_PERSISTENT, &store->meta_get, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(store->db,
+                           "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+                           "ON CONFLICT DO UPDATE SET value = excluded.value",
+                           -1, SQLITE_PREPARE_PERSISTENT, &store->meta_set, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(store->db,
+                           "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+                           "ON CONFLICT DO UPDATE SET value = value + excluded.value",
+                           -1, SQLITE_PREPARE_PERSISTENT, &store->meta_add, NULL) != SQLITE_OK) {
+        set_error(errbuf, errlen, "cannot prepare meta statements in %s: %s", path,
+                  sqlite3_errmsg(store->db));
+        goto err;
+    }
+    *out = store;
+    return 0;
+err:
+    tly_store_close(store);
+    return -1;
+}
+
+void tly_store_close(tly_store *store)
+{
+    if (!store)
+        return;
+    sqlite3_finalize(store->meta_get);
+    sqlite3_finalize(store->meta_set);
+    sqlite3_finalize(store->meta_add);
+    sqlite3_close_v2(store->db);
+    free(store->path);
+    free(store);
+}
+
+sqlite3 *tly_store_db(tly_store *store) { return store->db; }
+const char *tly_store_path(tly_store *store) { return store->path; }
+int tly_store_schema_version(tly_store *store) { return user_version(store->db); }
+
+int tly_store_exec(tly_store *store, const char *sql, char *errbuf, size_t errlen)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(store->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        set_error(errbuf, errlen, "%s%s", msg ? msg : sqlite3_errmsg(store->db), "");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+int tly_store_begin(tly_store *store, char *errbuf, size_t errlen)
+{
+    return tly_store_exec(store, "BEGIN IMMEDIATE", errbuf, errlen);
+}
+
+int tly_store_commit(tly_store *store, char *errbuf, size_t errlen)
+{
+    return tly_store_exec(store, "COMMIT", errbuf, errlen);
+}
+
+void tly_store_rollback(tly_store *store)
+{
+    if (!sqlite3_get_autocommit(store->db))
+        sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int meta_get(tly_store *store, const char *key, sqlite3_stmt **row)
+{
+    int rc;
+    sqlite3_reset(store->meta_get);
+    sqlite3_bind_text(store->meta_get, 1, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(store->meta_get);
+    *row = store->meta_get;
+    if (rc == SQLITE_ROW)
+        return 1;
+    sqlite3_reset(store->meta_get);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int tly_store_meta_get_int(tly_store *store, const char *key, int64_t *value)
+{
+    sqlite3_stmt *row;
+    int rc = meta_get(store, key, &row);
+    if (rc == 1) {
+        *value = sqlite3_column_int64(row, 0);
+        sqlite3_reset(row);
+    }
+    return rc;
+}
+
+int tly_store_meta_get_text(tly_store *store, const char *key, char *buf, size_t buflen)
+{
+    sqlite3_stmt *row;
+    int rc = meta_get(store, key, &row);
+    if (rc == 1) {
+        const unsigned char *text = sqlite3_column_text(row, 0);
+        snprintf(buf, buflen, "%s", text ? (const char *)text : "");
+        sqlite3_reset(row);
+    }
+    return rc;
+}
+
+static int meta_write(tly_store *store, sqlite3_stmt *stmt, const char *key)
+{
+    int rc;
+    sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(stmt);
+    sqlite3_reset(stmt);
+    (void)store;
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int tly_store_meta_set_int(tly_store *store, const char *key, int64_t value)
+{
+    sqlite3_bind_int64(store->meta_set, 2, value);
+    return meta_write(store, store->meta_set, key);
+}
+
+int tly_store_meta_set_text(tly_store *store, const char *key, const char *value)
+{
+    sqlite3_bind_text(store->meta_set, 2, value, -1, SQLITE_TRANSIENT);
+    return meta_write(store, store->meta_set, key);
+}
+
+int tly_store_meta_add_int(tly_store *store, const char *key, int64_t delta)
+{
+    sqlite3_bind_int64(store->meta_add, 2, delta);
+    return meta_write(store, store->meta_add, key);
+}
+
+int64_t tly_store_last_seq(tly_store *store)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t seq = 0;
+    if (sqlite3_prepare_v2(store->db,
+                           "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'",
+                           -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        seq = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return seq;
+}

@@ -1,0 +1,77 @@
+-- sql/orders.sql - the orders pipeline: enriched orders folded into tumbling
+-- windows per store and product (state: order_window_state, view: order_windows).
+--
+-- A pipeline file is plain SQL divided into sections by "-- @name" lines, plus
+-- one-line directives. engine/pipeline.c documents the format; in short:
+--
+--   @pipeline NAME            the name used by --pipeline
+--   @entity NAME              the changelog entity its state tables write
+--   @param NAME DEFAULT       a setting bound as :NAME (window_ms <- --window-size)
+--   @field PARAM PATHS TYPE [required|optional|skip_empty]
+--                             decode the JSON at PATHS (dot paths; "a|b" takes the
+--                             first present) as TYPE and bind it to :PARAM
+--   @setup                    run once per connection (temporary staging tables)
+--   @check                    one SELECT per event: NULL = valid, text = why not
+--   @stage                    run once per valid event, coalesces in a temp table
+--   @merge                    run once per batch: staging -> state (triggers write
+--                             the changelog), then empty the staging table
+--   @replay                   apply one changelog image (:image, :key_seq); must
+--                             change nothing unless :key_seq is newer
+--
+-- @pipeline orders
+-- @entity order_window
+-- @param window_ms 60000
+-- @field order_id     orderId    id       required
+-- @field store_id     storeId    id       required
+-- @field product_id   productId  id       required
+-- @field price_micros price      decimal6 required
+-- @field qty          qty        int      required
+-- @field event_ms     normTs|ts  time_ms  required
+-- @field validated    validated  bool     optional
+
+-- @setup
+CREATE TEMP TABLE IF NOT EXISTS orders_stage (
+    store_id        TEXT NOT NULL,
+    product_id      TEXT NOT NULL,
+    window_start_ms INTEGER NOT NULL,
+    sum_micros      INTEGER NOT NULL,
+    count           INTEGER NOT NULL,
+    PRIMARY KEY (store_id, product_id, window_start_ms)
+) STRICT, WITHOUT ROWID;
+
+-- @check
+-- Bounds keep every sum far from int64 overflow: a window could take 9 million
+-- orders at the maximum price and quantity before it overflowed.
+SELECT CASE
+    WHEN :validated IS 0 THEN 'order is not validated (validated=false)'
+    WHEN :price_micros < 0 THEN 'price must be >= 0'
+    WHEN :price_micros > 1000000000000000 THEN 'price must be <= 1000000000'
+    WHEN :qty < 1 OR :qty > 1000 THEN 'qty must be between 1 and 1000'
+END;
+
+-- @stage
+INSERT INTO temp.orders_stage (store_id, product_id, window_start_ms, sum_micros, count)
+VALUES (:store_id, :product_id,
+        :event_ms - ((:event_ms % :window_ms) + :window_ms) % :window_ms,
+        :price_micros * :qty, 1)
+ON CONFLICT DO UPDATE SET sum_micros = sum_micros + excluded.sum_micros,
+                          count = count + 1;
+
+-- @merge
+INSERT INTO order_window_state (store_id, product_id, window_start_ms, sum_micros, count, key_seq)
+SELECT store_id, product_id, window_start_ms, sum_micros, count, 1
+FROM temp.orders_stage WHERE true
+ON CONFLICT DO UPDATE SET sum_micros = order_window_state.sum_micros + excluded.sum_micros,
+                          count = order_window_state.count + excluded.count,
+                          key_seq = order_window_state.key_seq + 1;
+DELETE FROM temp.orders_stage;
+
+-- @replay
+INSERT INTO order_window_state (store_id, product_id, window_start_ms, sum_micros, count, key_seq)
+SELECT json_extract(:image, '$.store_id'), json_extract(:image, '$.product_id'),
+       json_extract(:image, '$.window_start_ms'), json_extract(:image, '$.sum_micros'),
+       json_extract(:image, '$.count'), :key_seq
+WHERE true
+ON CONFLICT DO UPDATE SET sum_micros = excluded.sum_micros, count = excluded.count,
+                          key_seq = excluded.key_seq
+WHERE excluded.key_seq > order_window_state.key_seq;
