@@ -33,6 +33,7 @@ void tly_store_options_init(tly_store_options *opts)
     opts->synchronous = "NORMAL";
     opts->busy_timeout_ms = 5000;
     opts->cache_kib = 65536;
+    opts->wal_autocheckpoint = 10000;
 }
 
 int tly_store_latest_schema_version(void)
@@ -131,8 +132,8 @@ int tly_store_open(const char *path, const tly_store_options *opts, tly_store **
      * database" surfaces here. */
     snprintf(pragmas, sizeof(pragmas),
              "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA temp_store = MEMORY;"
-             "PRAGMA cache_size = -%lld; PRAGMA foreign_keys = OFF;",
-             opts->synchronous, (long long)opts->cache_kib);
+             "PRAGMA cache_size = -%lld; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = %d;",
+             opts->synchronous, (long long)opts->cache_kib, opts->wal_autocheckpoint);
     if (sqlite3_exec(store->db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
         set_error(errbuf, errlen, "cannot open %s: %s", path, msg ? msg : "?");
         sqlite3_free(msg);

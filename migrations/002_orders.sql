@@ -23,7 +23,7 @@ BEGIN
             json_object('store_id', NEW.store_id, 'product_id', NEW.product_id,
                         'window_start_ms', NEW.window_start_ms,
                         'sum_micros', NEW.sum_micros, 'count', NEW.count),
-            json_object('sum_micros', NEW.sum_micros, 'count', NEW.count),
+            NULL,
             CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
 END;
 
@@ -40,6 +40,8 @@ BEGIN
                         'count', NEW.count - OLD.count),
             CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
 END;
+
+-- The delta of a key's first change would repeat its image, so it is NULL.
 
 -- Stable view for users: window_start in epoch ms, sum as exact decimal text
 -- with at least two decimals ("251.13", "10.50", "-3.125").
