@@ -1,2 +1,492 @@
+/* tests/unit/test_pipeline.c - decoding, exact money, windows, latest-wins,
+ * coalescing, malformed input, a user-defined pipeline, consistent readers. */
 #include "tly_test.h"
-int main(void){ CHECK(1); end: return tly_test_finish(); }
+
+#include "pipeline.h"
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdint.h>
+#include <sys/wait.h>
+
+static tly_store *open_store(const char *name)
+{
+    static char path[256];
+    char err[256];
+    tly_store *store = NULL;
+    snprintf(path, sizeof(path), "%s/%s", tly_test_dir(), name);
+    if (tly_store_open(path, NULL, &store, err, sizeof(err)) < 0)
+        fprintf(stderr, "open %s: %s\n", path, err);
+    return store;
+}
+
+/* Applies NULL-terminated event strings as one batch; results optional. */
+static int apply(tly_pipeline *p, const char *const *lines, tly_event_result *results,
+                 tly_batch_stats *stats)
+{
+    tly_event events[256];
+    tly_event_result local[256];
+    char err[256];
+    size_t n = 0;
+    for (; lines[n] && n < 256; n++) {
+        events[n].data = lines[n];
+        events[n].len = strlen(lines[n]);
+    }
+    if (tly_pipeline_apply(p, events, n, results ? results : local, stats, err, sizeof(err)) < 0) {
+        fprintf(stderr, "apply: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int64_t query_int(tly_store *store, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t v = INT64_MIN;
+    if (sqlite3_prepare_v2(tly_store_db(store), sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    else
+        fprintf(stderr, "query_int(%s): %s\n", sql, sqlite3_errmsg(tly_store_db(store)));
+    sqlite3_finalize(stmt);
+    return v;
+}
+
+static const char *query_text(tly_store *store, const char *sql)
+{
+    static char buf[4096];
+    sqlite3_stmt *stmt = NULL;
+    snprintf(buf, sizeof(buf), "(no row)");
+    if (sqlite3_prepare_v2(tly_store_db(store), sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        snprintf(buf, sizeof(buf), "%s",
+                 sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0) : "NULL");
+    sqlite3_finalize(stmt);
+    return buf;
+}
+
+static void test_orders_money_is_exact(void)
+{
+    tly_store *store = open_store("money.db");
+    tly_pipeline *p = NULL;
+    char err[256];
+    const char *batch[] = {
+        "{\"orderId\":\"o1\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":83.71,\"qty\":1,\"ts\":1700000001000}",
+        "{\"orderId\":\"o2\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":\"83.71\",\"qty\":1,\"ts\":1700000002000}",
+        "{\"orderId\":\"o3\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":8.371e1,\"qty\":1,\"ts\":1700000003000}",
+        "{\"orderId\":\"o4\",\"productId\":\"p2\",\"storeId\":\"s1\",\"price\":0.1,\"qty\":1,\"ts\":1700000003000}",
+        "{\"orderId\":\"o5\",\"productId\":\"p2\",\"storeId\":\"s1\",\"price\":0.2,\"qty\":1,\"ts\":1700000003000}",
+        "{\"orderId\":\"o6\",\"productId\":\"p3\",\"storeId\":\"s1\",\"price\":10,\"qty\":3,\"ts\":1700000003000}",
+        NULL};
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK(apply(p, batch, NULL, NULL) == 0);
+    CHECK_STR(query_text(store, "SELECT sum FROM order_windows WHERE product_id = 'p1'"), "251.13");
+    CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE product_id = 'p1'"), 3);
+    CHECK_STR(query_text(store, "SELECT sum FROM order_windows WHERE product_id = 'p2'"), "0.30");
+    CHECK_STR(query_text(store, "SELECT sum FROM order_windows WHERE product_id = 'p3'"), "30.00");
+    CHECK_INT(query_int(store, "SELECT typeof(sum_micros) = 'integer' FROM order_window_state LIMIT 1"), 1);
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
+static void test_orders_windows(void)
+{
+    tly_store *store = open_store("windows.db");
+    tly_pipeline *p = NULL, *other = NULL;
+    const char *five_minutes[] = {"window_ms=300000", NULL};
+    const char *one_minute[] = {"window_ms=60000", NULL};
+    char err[256] = "";
+    const char *batch[] = {
+        /* normTs wins over ts (a string here); 1700000000000 falls in the 5-minute window 1699999800000 */
+        "{\"orderId\":\"o1\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":\"2023-11-14T22:13:20Z\",\"normTs\":1700000000000,\"validated\":true}",
+        /* exactly on a boundary */
+        "{\"orderId\":\"o2\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1699999800000}",
+        /* one ms before it */
+        "{\"orderId\":\"o3\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1699999799999}",
+        NULL};
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "orders", five_minutes, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK(apply(p, batch, NULL, NULL) == 0);
+    CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE window_start = 1699999800000"), 2);
+    CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE window_start = 1699999500000"), 1);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM order_windows"), 2);
+    /* A second pipeline with another window size on the same database is refused. */
+    CHECK(tly_pipeline_open(store, "orders", one_minute, 0, &other, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "window_ms=300000") && strstr(err, "60000"), "%s", err);
+    /* An unknown setting is refused by name. */
+    {
+        const char *bogus[] = {"windw_ms=1", NULL};
+        CHECK(tly_pipeline_open(store, "orders", bogus, 0, &other, err, sizeof(err)) < 0);
+        CHECK_MSG(strstr(err, "windw_ms") != NULL, "%s", err);
+    }
+end:
+    tly_pipeline_close(p);
+    tly_pipeline_close(other);
+    tly_store_close(store);
+}
+
+static void test_orders_coalesce_per_batch(void)
+{
+    tly_store *store = open_store("coalesce.db");
+    tly_pipeline *p = NULL;
+    tly_batch_stats stats = {0};
+    char err[256], lines[40][160];
+    const char *batch[41];
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    for (int i = 0; i < 40; i++) {
+        snprintf(lines[i], sizeof(lines[i]),
+                 "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s\",\"price\":\"2.50\",\"qty\":2,\"ts\":1700000000000}",
+                 i, i % 2);
+        batch[i] = lines[i];
+    }
+    batch[40] = NULL;
+    CHECK(apply(p, batch, NULL, &stats) == 0);
+    CHECK_INT(stats.applied, 40);
+    CHECK_INT(stats.changes, 2); /* one changelog row per key per batch */
+    CHECK_INT(query_int(store, "SELECT count(*) FROM changelog"), 2);
+    CHECK_INT(query_int(store, "SELECT max(key_seq) FROM order_window_state"), 1);
+    CHECK(apply(p, batch, NULL, &stats) == 0);
+    CHECK_INT(stats.changes, 2);
+    CHECK_INT(query_int(store, "SELECT min(key_seq) FROM order_window_state"), 2);
+    CHECK_STR(query_text(store, "SELECT sum FROM order_windows WHERE product_id = 'p0'"), "200.00");
+    CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE product_id = 'p0'"), 40);
+    /* The changelog carries the after-image, the delta and the key. */
+    CHECK_STR(query_text(store, "SELECT key FROM changelog WHERE seq = 3"), "s#p0#1699999980000");
+    CHECK_INT(query_int(store, "SELECT image ->> '$.sum_micros' FROM changelog WHERE seq = 3"), 200000000);
+    CHECK_INT(query_int(store, "SELECT delta ->> '$.count' FROM changelog WHERE seq = 3"), 20);
+    CHECK_INT(query_int(store, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"), 80);
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
+struct bad_case {
+    const char *line;
+    const char *reason_part;
+};
+
+static void test_orders_malformed(void)
+{
+    static const struct bad_case cases[] = {
+        {"not json", "invalid JSON"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\"", "truncated"},
+        {"[1,2,3]", "must be a JSON object"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1}", "missing field \"normTs|ts\""},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"price\":1,\"qty\":1,\"ts\":1}", "missing field \"storeId\""},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":\"x\",\"ts\":1}", "must be an integer"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":{},\"price\":1,\"qty\":1,\"ts\":1}", "must be a string or integer"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":true,\"qty\":1,\"ts\":1}", "must be a number or decimal string"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1.0000001,\"qty\":1,\"ts\":1}", "more than 6 decimal places"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1e400,\"qty\":1,\"ts\":1}", "too large"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":\"12abc\",\"qty\":1,\"ts\":1}", "not a decimal"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":-1,\"qty\":1,\"ts\":1}", "price must be >= 0"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":5000,\"ts\":1}", "qty must be between"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":99999999999999999999}", "out of range"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":-5}", "epoch milliseconds"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1,\"validated\":false}", "not validated"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1} trailing", "invalid JSON"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\xff\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "utf-8"},
+        {"{\"orderId\":\"o\",\"productId\":\"\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "is empty"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":NaN,\"qty\":1,\"ts\":1}", "not a decimal"},
+    };
+    const size_t ncases = sizeof(cases) / sizeof(cases[0]);
+    tly_store *store = open_store("malformed.db");
+    tly_pipeline *p = NULL;
+    tly_event events[64];
+    tly_event_result results[64];
+    tly_batch_stats stats;
+    const char *good = "{\"orderId\":\"g\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":\"1.25\",\"qty\":2,\"ts\":1700000000000}";
+    char err[256];
+    size_t n = 0;
+
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    /* good, bad, good, bad, ... in one batch */
+    for (size_t i = 0; i < ncases; i++) {
+        events[n].data = good;
+        events[n++].len = strlen(good);
+        events[n].data = cases[i].line;
+        events[n++].len = strlen(cases[i].line);
+    }
+    /* an event with a NUL byte inside */
+    events[n].data = "{\"orderId\":\"o\0\"}";
+    events[n++].len = 16;
+    CHECK_MSG(tly_pipeline_apply(p, events, n, results, &stats, err, sizeof(err)) == 0, "%s", err);
+    for (size_t i = 0; i < ncases; i++) {
+        CHECK_INT(results[2 * i].status, TLY_EVENT_APPLIED);
+        CHECK_MSG(results[2 * i + 1].status == TLY_EVENT_REJECTED, "case %zu accepted: %s", i, cases[i].line);
+        CHECK_MSG(strstr(results[2 * i + 1].reason, cases[i].reason_part) != NULL,
+                  "case %zu: reason \"%s\" lacks \"%s\"", i, results[2 * i + 1].reason,
+                  cases[i].reason_part);
+    }
+    CHECK_INT(results[n - 1].status, TLY_EVENT_REJECTED);
+    CHECK(strstr(results[n - 1].reason, "NUL") != NULL);
+    CHECK_INT(stats.applied, (int64_t)ncases);
+    CHECK_INT(stats.rejected, (int64_t)ncases + 1);
+    /* Only the good events reached the state. */
+    CHECK_INT(query_int(store, "SELECT count FROM order_windows"), (int64_t)ncases);
+    CHECK_INT(query_int(store, "SELECT sum_micros FROM order_window_state"), 2500000 * (int64_t)ncases);
+    CHECK_INT(query_int(store, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_rejected'"),
+              (int64_t)ncases + 1);
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
+static void test_telemetry_latest_wins(void)
+{
+    tly_store *store = open_store("telemetry.db");
+    tly_pipeline *p = NULL;
+    tly_event_result results[8];
+    tly_batch_stats stats;
+    char err[256];
+    const char *batch1[] = {
+        "{\"data\":{\"id\":\"VIN1\",\"speed\":80.50,\"door\":\"closed\"},\"received_at\":2000,\"produced_at\":1990}",
+        /* older, later in the same batch: must not win */
+        "{\"data\":{\"id\":\"VIN1\",\"speed\":10},\"received_at\":1000,\"produced_at\":990}",
+        "{\"data\":{\"id\":\"\",\"speed\":1},\"received_at\":1000}",
+        "{\"data\":{\"id\":\"VIN2\",\"fuel\":{\"level\":0.5,\"unit\":\"ratio\"}},\"received_at\":1500}",
+        NULL};
+    const char *batch2[] = {
+        /* older, in a later batch: must not win either */
+        "{\"data\":{\"id\":\"VIN1\",\"speed\":20,\"door\":\"open\"},\"received_at\":1999,\"produced_at\":1900}",
+        /* newer for one sensor only */
+        "{\"data\":{\"id\":\"VIN1\",\"door\":\"open\"},\"received_at\":2500,\"produced_at\":2490}",
+        "{\"data\":{\"speed\":1},\"received_at\":1000}",
+        "{\"data\":{\"id\":\"VIN3\",\"speed\":1},\"received_at\":\"soon\"}",
+        "{\"data\":\"VIN4\",\"received_at\":1000}",
+        NULL};
+
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "telemetry", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK(apply(p, batch1, results, &stats) == 0);
+    CHECK_INT(results[2].status, TLY_EVENT_SKIPPED);
+    CHECK(strstr(results[2].reason, "empty data.id") != NULL);
+    CHECK_INT(stats.applied, 3);
+    CHECK_INT(stats.skipped, 1);
+    CHECK_STR(query_text(store, "SELECT value FROM vehicle_sensor_state WHERE vin='VIN1' AND sensor='speed'"), "80.50");
+    CHECK(apply(p, batch2, results, &stats) == 0);
+    CHECK_INT(results[2].status, TLY_EVENT_REJECTED);
+    CHECK(strstr(results[2].reason, "missing field \"data.id\"") != NULL);
+    CHECK_INT(results[3].status, TLY_EVENT_REJECTED);
+    CHECK_INT(results[4].status, TLY_EVENT_REJECTED);
+    CHECK_INT(stats.applied, 2);
+    CHECK_STR(query_text(store, "SELECT record FROM vehicle_latest WHERE vin='VIN1'"),
+              "{\"data\":{\"id\":\"VIN1\",\"door\":\"open\",\"speed\":80.50},\"received_at\":2500,\"produced_at\":2490}");
+    CHECK_STR(query_text(store, "SELECT record FROM vehicle_latest WHERE vin='VIN2'"),
+              "{\"data\":{\"id\":\"VIN2\",\"fuel\":{\"level\":0.5,\"unit\":\"ratio\"}},\"received_at\":1500,\"produced_at\":null}");
+    CHECK_INT(query_int(store, "SELECT received_at FROM vehicle_latest WHERE vin='VIN1'"), 2500);
+    /* The older reading of batch 2 made no changelog row; the newer door did. */
+    CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN1#door'"), 2);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN1#speed'"), 1);
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
+/* A third pipeline is a SQL file, not C: page views counted per page, with a
+ * CHECK constraint in its own table that only the database can enforce. */
+static const char clicks_sql[] =
+    "-- @pipeline clicks\n"
+    "-- @entity page\n"
+    "-- @field page   page  text  required\n"
+    "-- @field user   user  id    optional\n"
+    "-- @setup\n"
+    "CREATE TABLE IF NOT EXISTS page_state (page TEXT PRIMARY KEY CHECK (length(page) <= 10),\n"
+    "    views INTEGER NOT NULL, key_seq INTEGER NOT NULL) STRICT;\n"
+    "CREATE TRIGGER IF NOT EXISTS page_state_insert AFTER INSERT ON page_state BEGIN\n"
+    "  INSERT INTO changelog (entity, key, key_seq, image, changed_ms)\n"
+    "  VALUES ('page', NEW.page, NEW.key_seq, json_object('page', NEW.page, 'views', NEW.views), 0);\n"
+    "END;\n"
+    "CREATE TRIGGER IF NOT EXISTS page_state_update AFTER UPDATE ON page_state BEGIN\n"
+    "  INSERT INTO changelog (entity, key, key_seq, image, changed_ms)\n"
+    "  VALUES ('page', NEW.page, NEW.key_seq, json_object('page', NEW.page, 'views', NEW.views), 0);\n"
+    "END;\n"
+    "CREATE TEMP TABLE IF NOT EXISTS clicks_stage (page TEXT PRIMARY KEY, views INTEGER);\n"
+    "-- @stage\n"
+    "INSERT INTO temp.clicks_stage VALUES (:page, 1) ON CONFLICT DO UPDATE SET views = views + 1;\n"
+    "-- @merge\n"
+    "INSERT INTO page_state SELECT page, views, 1 FROM temp.clicks_stage WHERE true\n"
+    "ON CONFLICT DO UPDATE SET views = page_state.views + excluded.views, key_seq = page_state.key_seq + 1;\n"
+    "DELETE FROM temp.clicks_stage;\n"
+    "-- @replay\n"
+    "INSERT INTO page_state SELECT :image ->> '$.page', :image ->> '$.views', :key_seq WHERE true\n"
+    "ON CONFLICT DO UPDATE SET views = excluded.views, key_seq = excluded.key_seq\n"
+    "WHERE excluded.key_seq > page_state.key_seq;\n";
+
+static void test_user_pipeline_and_isolation(void)
+{
+    const char *dir = tly_test_dir();
+    char path[256], db_path[256], err[256];
+    tly_store *store = NULL;
+    tly_pipeline *p = NULL;
+    tly_event_result results[8];
+    tly_batch_stats stats;
+    FILE *f;
+    const char *batch[] = {"{\"page\":\"home\",\"user\":1}", "{\"page\":\"about\"}",
+                           "{\"page\":\"a-very-long-page-name\"}", "{\"page\":\"home\",\"user\":\"u2\"}",
+                           "{\"page\":5}", NULL};
+
+    snprintf(path, sizeof(path), "%s/clicks.sql", dir);
+    snprintf(db_path, sizeof(db_path), "%s/clicks.db", dir);
+    f = fopen(path, "w");
+    CHECK(f);
+    fputs(clicks_sql, f);
+    fclose(f);
+    CHECK_MSG(tly_store_open(db_path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_open(store, path, NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK_STR(tly_pipeline_name(p), "clicks");
+    CHECK_STR(tly_pipeline_entity(p), "page");
+    CHECK(apply(p, batch, results, &stats) == 0);
+    /* The CHECK constraint failed in @merge; only that event is rejected. */
+    CHECK_INT(results[0].status, TLY_EVENT_APPLIED);
+    CHECK_INT(results[1].status, TLY_EVENT_APPLIED);
+    CHECK_INT(results[2].status, TLY_EVENT_REJECTED);
+    CHECK_MSG(strstr(results[2].reason, "CHECK constraint") != NULL, "%s", results[2].reason);
+    CHECK_INT(results[3].status, TLY_EVENT_APPLIED);
+    CHECK_INT(results[4].status, TLY_EVENT_REJECTED);
+    CHECK_INT(stats.applied, 3);
+    CHECK_INT(query_int(store, "SELECT views FROM page_state WHERE page = 'home'"), 2);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM page_state"), 2);
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
+static void test_bad_pipeline_files(void)
+{
+    static const struct bad_case files[] = {
+        {"-- @pipeline x\n-- @entity e\n-- @stage\nSELECT :nope;\n-- @merge\nSELECT 1;\n", ":nope"},
+        {"-- @pipeline x\n-- @entity e\n-- @field a a wat required\n", "unknown type"},
+        {"-- @pipeline x\n-- @entity e\n-- @frobnicate\n", "unknown directive"},
+        {"-- @entity e\n-- @stage\nSELECT 1;\n", "@pipeline"},
+        {"-- @pipeline x\n-- @entity e\n-- @stage\nSELEKT 1;\n", "syntax error"},
+        {"-- @pipeline x\n-- @entity e\n-- @stage\nSELECT 1;\n", "needs @stage and @merge"},
+    };
+    const char *dir = tly_test_dir();
+    char path[256], db_path[256], err[256];
+    tly_store *store = NULL;
+    tly_pipeline *p = NULL;
+
+    snprintf(db_path, sizeof(db_path), "%s/bad.db", dir);
+    CHECK_MSG(tly_store_open(db_path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        FILE *f;
+        snprintf(path, sizeof(path), "%s/bad%zu.sql", dir, i);
+        f = fopen(path, "w");
+        CHECK(f);
+        fputs(files[i].line, f);
+        fclose(f);
+        err[0] = '\0';
+        CHECK_MSG(tly_pipeline_open(store, path, NULL, 0, &p, err, sizeof(err)) < 0, "file %zu opened", i);
+        CHECK_MSG(strstr(err, files[i].reason_part) != NULL, "file %zu: \"%s\"", i, err);
+    }
+    CHECK(tly_pipeline_open(store, "nonesuch", NULL, 0, &p, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "orders") && strstr(err, "telemetry"), "%s", err);
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
+/* A reader in another process, looping over read transactions while the
+ * writer applies batches, must always see the counter in meta agree with the
+ * state: both are written in the same transaction. */
+static void test_reader_sees_consistent_state(void)
+{
+    const char *dir = tly_test_dir();
+    char db_path[256], err[256], lines[200][200];
+    const char *batch[201];
+    tly_store *store = NULL;
+    tly_pipeline *p = NULL;
+    pid_t child = -1;
+    int pipefd[2] = {-1, -1}, status = 0;
+
+    snprintf(db_path, sizeof(db_path), "%s/concurrent.db", dir);
+    CHECK_MSG(tly_store_open(db_path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK(pipe(pipefd) == 0);
+    child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        /* reader: exit 0 if it saw progress and never an inconsistency */
+        sqlite3 *db = NULL;
+        sqlite3_stmt *stmt = NULL;
+        int64_t last = 0, reads = 0, distinct = 0;
+        char go;
+        close(pipefd[1]);
+        if (read(pipefd[0], &go, 1) != 1)
+            _exit(3);
+        if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+            sqlite3_prepare_v2(db,
+                               "SELECT (SELECT coalesce(sum(count), 0) FROM order_window_state),"
+                               " (SELECT coalesce(max(value), 0) FROM meta WHERE key = 'pipeline.orders.events_applied'),"
+                               " (SELECT count(*) FROM changelog)",
+                               -1, &stmt, NULL) != SQLITE_OK)
+            _exit(4);
+        sqlite3_busy_timeout(db, 5000);
+        while (last < 200 * 50) {
+            if (sqlite3_step(stmt) != SQLITE_ROW)
+                _exit(5);
+            int64_t counted = sqlite3_column_int64(stmt, 0), applied = sqlite3_column_int64(stmt, 1);
+            if (counted != applied || counted % 200 != 0) {
+                fprintf(stderr, "reader saw sum(count)=%lld events_applied=%lld\n", (long long)counted,
+                        (long long)applied);
+                _exit(6);
+            }
+            if (counted != last)
+                distinct++;
+            last = counted;
+            reads++;
+            sqlite3_reset(stmt);
+        }
+        sqlite3_finalize(stmt);
+        sqlite3_close(db);
+        _exit(distinct >= 3 ? 0 : 7);
+    }
+    close(pipefd[0]);
+    pipefd[0] = -1;
+    CHECK(write(pipefd[1], "g", 1) == 1);
+    for (int b = 0; b < 50; b++) {
+        for (int i = 0; i < 200; i++) {
+            snprintf(lines[i], sizeof(lines[i]),
+                     "{\"orderId\":\"o%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.10\",\"qty\":1,\"ts\":%lld}",
+                     b, i, i % 17, i % 5, 1700000000000LL + b * 1000LL);
+            batch[i] = lines[i];
+        }
+        batch[200] = NULL;
+        CHECK(tly_store_begin(store, err, sizeof(err)) == 0);
+        CHECK(apply(p, batch, NULL, NULL) == 0);
+        CHECK(tly_store_commit(store, err, sizeof(err)) == 0);
+        usleep(2000);
+    }
+    CHECK(waitpid(child, &status, 0) == child);
+    child = -1;
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reader exit status %d", WEXITSTATUS(status));
+end:
+    if (child > 0) {
+        kill(child, 9);
+        waitpid(child, NULL, 0);
+    }
+    if (pipefd[0] >= 0)
+        close(pipefd[0]);
+    if (pipefd[1] >= 0)
+        close(pipefd[1]);
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
+int main(void)
+{
+    RUN(test_orders_money_is_exact);
+    RUN(test_orders_windows);
+    RUN(test_orders_coalesce_per_batch);
+    RUN(test_orders_malformed);
+    RUN(test_telemetry_latest_wins);
+    RUN(test_user_pipeline_and_isolation);
+    RUN(test_bad_pipeline_files);
+    RUN(test_reader_sees_consistent_state);
+    return tly_test_finish();
+}

@@ -1,2 +1,192 @@
+/* tests/unit/test_store.c - open, WAL, migrations, version guard, meta. */
 #include "tly_test.h"
-int main(void){ CHECK(1); end: return tly_test_finish(); }
+
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdint.h>
+
+static char *path_in(const char *dir, const char *name)
+{
+    static char buf[8][256];
+    static int next;
+    char *p = buf[next++ % 8];
+    snprintf(p, 256, "%s/%s", dir, name);
+    return p;
+}
+
+static int raw_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open(path, &db) == SQLITE_OK &&
+             sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK;
+    sqlite3_close(db);
+    return rc ? 0 : -1;
+}
+
+static int64_t raw_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int64_t v = -1;
+    if (sqlite3_open(path, &db) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return v;
+}
+
+static void test_open_creates_wal_database(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "state.db"), err[256], mode[32] = "";
+    tly_store *store = NULL;
+    sqlite3_stmt *stmt = NULL;
+
+    CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_store_schema_version(store), tly_store_latest_schema_version());
+    CHECK(tly_store_latest_schema_version() >= 3);
+    CHECK(sqlite3_prepare_v2(tly_store_db(store), "PRAGMA journal_mode", -1, &stmt, NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(stmt) == SQLITE_ROW);
+    snprintf(mode, sizeof(mode), "%s", sqlite3_column_text(stmt, 0));
+    CHECK_STR(mode, "wal");
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    CHECK(sqlite3_prepare_v2(tly_store_db(store), "PRAGMA synchronous", -1, &stmt, NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(stmt) == SQLITE_ROW);
+    CHECK_INT(sqlite3_column_int(stmt, 0), 1); /* NORMAL */
+    CHECK_INT(tly_store_last_seq(store), 0);
+    /* The stable views exist. */
+    CHECK(tly_store_exec(store, "SELECT store_id, product_id, window_start, sum, count FROM order_windows;"
+                                "SELECT vin, received_at, record FROM vehicle_latest;", err, sizeof(err)) == 0);
+    /* Reopening an up-to-date database changes nothing. */
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    tly_store_close(store);
+    store = NULL;
+    CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_store_schema_version(store), tly_store_latest_schema_version());
+end:
+    sqlite3_finalize(stmt);
+    tly_store_close(store);
+}
+
+static void test_synchronous_option(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "sync.db"), err[256] = "";
+    tly_store_options opts;
+    tly_store *store = NULL;
+
+    tly_store_options_init(&opts);
+    opts.synchronous = "SOMETIMES";
+    CHECK(tly_store_open(path, &opts, &store, err, sizeof(err)) < 0);
+    CHECK(store == NULL);
+    CHECK(strstr(err, "OFF, NORMAL or FULL") != NULL);
+    opts.synchronous = "FULL";
+    CHECK_MSG(tly_store_open(path, &opts, &store, err, sizeof(err)) == 0, "%s", err);
+end:
+    tly_store_close(store);
+}
+
+static void test_refuses_newer_schema(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "newer.db"), err[256] = "";
+    tly_store *store = NULL;
+
+    CHECK(raw_exec(path, "PRAGMA user_version = 999") == 0);
+    CHECK(tly_store_open(path, NULL, &store, err, sizeof(err)) < 0);
+    CHECK(store == NULL);
+    CHECK_MSG(strstr(err, "newer") && strstr(err, "999"), "%s", err);
+    /* and it did not touch the file */
+    CHECK_INT(raw_int(path, "PRAGMA user_version"), 999);
+end:
+    tly_store_close(store);
+}
+
+static void test_refuses_non_database(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "junk.db"), err[256] = "";
+    tly_store *store = NULL;
+    FILE *f = fopen(path, "wb");
+
+    CHECK(f != NULL);
+    for (int i = 0; i < 200; i++)
+        fputs("this is not a database file. ", f);
+    fclose(f);
+    CHECK(tly_store_open(path, NULL, &store, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "not a database") != NULL, "%s", err);
+end:
+    tly_store_close(store);
+}
+
+static void test_migrates_older_schema(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "old.db"), err[256];
+    tly_store_options opts;
+    tly_store *store = NULL;
+    int64_t value = 0;
+
+    /* A database left at version 1 (only the core tables) with data in it. */
+    tly_store_options_init(&opts);
+    opts.migrate_to = 1;
+    CHECK_MSG(tly_store_open(path, &opts, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_store_schema_version(store), 1);
+    CHECK(tly_store_exec(store, "SELECT 1 FROM order_window_state", err, sizeof(err)) < 0);
+    CHECK(tly_store_meta_set_int(store, "kept.across.migration", 42) == 0);
+    tly_store_close(store);
+    store = NULL;
+
+    CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_store_schema_version(store), tly_store_latest_schema_version());
+    CHECK(tly_store_exec(store, "SELECT 1 FROM order_window_state; SELECT 1 FROM vehicle_sensor_state",
+                         err, sizeof(err)) == 0);
+    CHECK_INT(tly_store_meta_get_int(store, "kept.across.migration", &value), 1);
+    CHECK_INT(value, 42);
+end:
+    tly_store_close(store);
+}
+
+static void test_meta(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "meta.db"), err[256], text[64];
+    tly_store *store = NULL;
+    int64_t value = -1;
+
+    CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_store_meta_get_int(store, "absent", &value), 0);
+    CHECK(tly_store_meta_set_int(store, "n", 5) == 0);
+    CHECK(tly_store_meta_add_int(store, "n", 7) == 0);
+    CHECK(tly_store_meta_add_int(store, "fresh", 3) == 0);
+    CHECK_INT(tly_store_meta_get_int(store, "n", &value), 1);
+    CHECK_INT(value, 12);
+    CHECK_INT(tly_store_meta_get_int(store, "fresh", &value), 1);
+    CHECK_INT(value, 3);
+    CHECK(tly_store_meta_set_text(store, "name", "vehicle-7") == 0);
+    CHECK_INT(tly_store_meta_get_text(store, "name", text, sizeof(text)), 1);
+    CHECK_STR(text, "vehicle-7");
+    /* A rolled-back write is not visible. */
+    CHECK(tly_store_begin(store, err, sizeof(err)) == 0);
+    CHECK(tly_store_meta_set_int(store, "n", 1000) == 0);
+    tly_store_rollback(store);
+    CHECK_INT(tly_store_meta_get_int(store, "n", &value), 1);
+    CHECK_INT(value, 12);
+end:
+    tly_store_close(store);
+}
+
+int main(void)
+{
+    RUN(test_open_creates_wal_database);
+    RUN(test_synchronous_option);
+    RUN(test_refuses_newer_schema);
+    RUN(test_refuses_non_database);
+    RUN(test_migrates_older_schema);
+    RUN(test_meta);
+    return tly_test_finish();
+}
