@@ -10,6 +10,7 @@
  * Scenarios:
  *   orders_many_keys   1,000 stores x 1,000 products, events spread over 10
  *                      windows: almost every event touches a new key
+ *                      (events come from adapters/loadgen.c)
  *   orders_few_keys    10 stores x 10 products, one window: heavy coalescing
  *   telemetry_full     100,000 VINs x 30 sensors, every event carries all 30
  *                      sensors (one full record per vehicle)
@@ -19,6 +20,7 @@
  *   scenario=... events=... readings=... batch=... seconds=... events_per_s=...
  *   readings_per_s=... changes=... db_bytes=...
  */
+#include "loadgen.h"
 #include "pipeline.h"
 #include "store.h"
 
@@ -29,17 +31,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
-
-static uint64_t next_random(void)
-{
-    /* xorshift64*: deterministic, so every run sees the same events */
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717ULL;
-}
 
 static double now_s(void)
 {
@@ -57,56 +48,50 @@ struct events {
 
 static void generate(const char *scenario, size_t count, struct events *out)
 {
-    size_t cap = count * (strncmp(scenario, "telemetry_full", 14) == 0 ? 900 : 200);
+    int orders = strncmp(scenario, "orders", 6) == 0;
+    size_t cap = count * (strcmp(scenario, "telemetry_full") == 0 ? 1100 : 240) + 8192;
     size_t used = 0;
-    int64_t base_ms = 1700000000000LL;
+    const int64_t base_ms = 1700000000000LL;
+    tly_loadgen_options opts;
+    tly_loadgen *gen;
 
+    tly_loadgen_options_init(&opts, orders ? "orders" : "telemetry");
+    if (strcmp(scenario, "orders_many_keys") == 0) {
+        opts.stores = 1000;
+        opts.products = 1000;
+        opts.time_spread_ms = 600000; /* ten one-minute windows */
+    } else if (strcmp(scenario, "orders_few_keys") == 0) {
+        opts.stores = 10;
+        opts.products = 10;
+    } else {
+        opts.vins = 100000;
+        opts.sensors = 30;
+        opts.sensors_per_event = strcmp(scenario, "telemetry_full") == 0 ? 30 : 1;
+    }
+    gen = tly_loadgen_new(&opts);
     out->count = count;
     out->readings = 0;
     out->list = calloc(count, sizeof(tly_event));
     out->arena = malloc(cap);
-    if (!out->list || !out->arena) {
+    if (!gen || !out->list || !out->arena) {
         fprintf(stderr, "out of memory\n");
         exit(1);
     }
     for (size_t i = 0; i < count; i++) {
-        char *p = out->arena + used;
-        int n = 0;
-        if (strncmp(scenario, "orders", 6) == 0) {
-            int many = strcmp(scenario, "orders_many_keys") == 0;
-            unsigned store = (unsigned)(next_random() % (many ? 1000 : 10));
-            unsigned product = (unsigned)(next_random() % (many ? 1000 : 10));
-            int64_t ts = base_ms + (int64_t)(next_random() % (many ? 600000 : 60000));
-            unsigned cents = (unsigned)(next_random() % 100000);
-            n = sprintf(p,
-                        "{\"orderId\":\"o-%zu\",\"productId\":\"p-%u\",\"storeId\":\"s-%u\","
-                        "\"price\":%u.%02u,\"qty\":%u,\"ts\":%lld,\"validated\":true,"
-                        "\"normTs\":%lld}",
-                        i, product, store, cents / 100, cents % 100,
-                        (unsigned)(next_random() % 5 + 1), (long long)ts, (long long)ts);
-            out->readings++;
-        } else {
-            int full = strcmp(scenario, "telemetry_full") == 0;
-            unsigned vin = (unsigned)(next_random() % 100000);
-            int64_t received = base_ms + (int64_t)i;
-            n = sprintf(p, "{\"data\":{\"id\":\"VIN%07u\"", vin);
-            for (int s = 0; s < (full ? 30 : 1); s++) {
-                int sensor = full ? s : (int)(next_random() % 30);
-                n += sprintf(p + n, ",\"sensor_%02d\":%u.%u", sensor,
-                             (unsigned)(next_random() % 1000), (unsigned)(next_random() % 10));
-                out->readings++;
-            }
-            n += sprintf(p + n, "},\"received_at\":%lld,\"produced_at\":%lld}",
-                         (long long)received, (long long)received - 5);
-        }
-        out->list[i].data = p;
-        out->list[i].len = (size_t)n;
-        used += (size_t)n + 1;
-        if (used + 1024 > cap) {
+        /* orders: one fixed "now" (windows come from the spread);
+         * telemetry: time moves on, one millisecond per event */
+        int n = tly_loadgen_next(gen, orders ? base_ms : base_ms + (int64_t)i, out->arena + used,
+                                 cap - used);
+        if (n < 0) {
             fprintf(stderr, "event arena too small\n");
             exit(1);
         }
+        out->list[i].data = out->arena + used;
+        out->list[i].len = (size_t)n;
+        out->readings += tly_loadgen_last_readings(gen);
+        used += (size_t)n + 1;
     }
+    tly_loadgen_free(gen);
 }
 
 static int run(const char *scenario, size_t count, size_t batch, const char *dir)

@@ -7,5 +7,6 @@ int cmd_ingest(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_changelog(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@ static const char usage[] =
     "  query       run a read-only SQL query against a state database\n"
     "  changelog   export the changelog as JSONL (tally changelog export)\n"
     "  replay      rebuild or update a state database from a changelog export\n"
+    "  demo        run both pipelines on generated events and show them live\n"
     "\n"
     "Run 'tally COMMAND --help' for a command's options.\n";
 
@@ -29,6 +30,7 @@ int main(int argc, char **argv)
         {"query", cmd_query},
         {"changelog", cmd_changelog},
         {"replay", cmd_replay},
+        {"demo", cmd_demo},
     };
 
     if (argc < 2) {
