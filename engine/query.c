@@ -123,7 +123,6 @@ int tly_query_open(const char *path, const tly_query_options *opts, tly_query **
     sqlite3_busy_timeout(q->db, 5000);
     sqlite3_db_config(q->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
     sqlite3_db_config(q->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
-    sqlite3_db_config(q->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
     /* A query's temporary b-trees (ORDER BY, DISTINCT) must not grow without
      * bound in memory either; spill them to a temp file. */
     if (sqlite3_exec(q->db, "PRAGMA query_only = 1; PRAGMA temp_store = FILE;", NULL, NULL, NULL) != SQLITE_OK ||

@@ -3,6 +3,7 @@
 # Environment (set by tests/CMakeLists.txt):
 #   TALLY             path to the tally binary (required)
 #   TALLY_SOURCE_DIR  repository root (optional)
+#   TALLY_KEEP_WORK   if set, keep the temp dir for inspection
 #
 # Provides: $WORK (a temp dir removed on exit), fail, ok, assert_eq,
 # assert_contains, assert_not_contains, assert_files_eq, run (captures status,
@@ -27,7 +28,11 @@ cleanup() {
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$WORK"
+    if [[ -n "${TALLY_KEEP_WORK:-}" ]]; then
+        echo "kept $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 
