@@ -166,7 +166,7 @@ int main(int argc, char **argv)
         {"batch", required_argument, NULL, 'b'}, {"dir", required_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char *scenario = "all", *dir = "/tmp";
-    long events = 1000000, batch = 5000;
+    long events = 1000000, batch = 20000;
     int opt, rc = 0;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {

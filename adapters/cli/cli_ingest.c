@@ -36,7 +36,7 @@ static const char ingest_usage[] =
     "  --db PATH            state database (created if missing)\n"
     "  --window-size DUR    orders window, e.g. 60s, 5m (default 60s; fixed per database)\n"
     "  --set NAME=VALUE     any other pipeline setting (repeatable)\n"
-    "  --batch N            events per transaction (default 5000)\n"
+    "  --batch N            events per transaction (default 20000)\n"
     "  --rejects PATH       reject file (default PATH.rejects.jsonl next to the database)\n"
     "  --synchronous MODE   OFF, NORMAL (default) or FULL\n"
     "\n"
@@ -223,7 +223,7 @@ int cmd_ingest(int argc, char **argv)
     const char *settings[MAX_SETTINGS + 1] = {0};
     char window_setting[64], default_rejects[4096], err[512];
     int nsettings = 0, opt, status = CLI_EXIT_FAILURE;
-    int64_t batch = 5000, window_ms = -1, started;
+    int64_t batch = 20000, window_ms = -1, started;
     tly_store_options store_opts;
     struct ingest in = {0};
     FILE *input = stdin;
