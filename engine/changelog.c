@@ -22,6 +22,12 @@ static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* One export line per changelog row; SQLite builds it, and json() re-emits
+ * stored JSON exactly, so numbers keep their digits. */
+#define ROW_AS_JSON                                                                        \
+    "json_object('seq', seq, 'entity', entity, 'key', key, 'key_seq', key_seq, "           \
+    "'image', json(image), 'delta', json(delta), 'changed_ms', changed_ms)"
+
 int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
                              void (*progress)(void *ctx, int64_t rows), void *ctx,
                              char *errbuf, size_t errlen)
@@ -36,12 +42,7 @@ int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
         goto err;
     }
     sqlite3_busy_timeout(db, 5000);
-    /* SQLite builds each line: json() re-emits stored JSON exactly, so numbers
-     * keep their digits. */
-    rc = sqlite3_prepare_v2(db,
-                            "SELECT json_object('seq', seq, 'entity', entity, 'key', key, "
-                            "'key_seq', key_seq, 'image', json(image), 'delta', json(delta), "
-                            "'changed_ms', changed_ms) FROM changelog WHERE seq > ?1 ORDER BY seq",
+    rc = sqlite3_prepare_v2(db, "SELECT " ROW_AS_JSON " FROM changelog WHERE seq > ?1 ORDER BY seq",
                             -1, &stmt, NULL);
     if (rc != SQLITE_OK) {
         fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
@@ -79,6 +80,33 @@ err:
     sqlite3_finalize(stmt);
     sqlite3_close(db);
     return -1;
+}
+
+int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
+                       tly_changelog_row_fn fn, void *ctx, char *errbuf, size_t errlen)
+{
+    sqlite3 *db = tly_store_db(store);
+    sqlite3_stmt *stmt = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v3(db, "SELECT seq, key, " ROW_AS_JSON " FROM changelog "
+                           "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                           -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
+        return fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+    sqlite3_bind_int64(stmt, 1, from_seq);
+    sqlite3_bind_int64(stmt, 2, to_seq);
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (fn(ctx, sqlite3_column_int64(stmt, 0), (const char *)sqlite3_column_text(stmt, 1),
+               (size_t)sqlite3_column_bytes(stmt, 1), (const char *)sqlite3_column_text(stmt, 2),
+               (size_t)sqlite3_column_bytes(stmt, 2)) != 0) {
+            sqlite3_finalize(stmt);
+            return fail(errbuf, errlen, "changelog scan stopped by the caller");
+        }
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE)
+        return fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+    return 0;
 }
 
 struct tly_replayer {

@@ -37,6 +37,17 @@ int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
                              void (*progress)(void *ctx, int64_t rows), void *ctx,
                              char *errbuf, size_t errlen);
 
+/* Receives one changelog row: its seq, key and export line (NUL-terminated,
+ * borrowed for the call). Returns 0 to go on. */
+typedef int (*tly_changelog_row_fn)(void *ctx, int64_t seq, const char *key, size_t key_len,
+                                    const char *line, size_t line_len);
+
+/* Passes every row with from_seq < seq <= to_seq, in seq order, to fn, reading
+ * on the store's own connection (so inside its open transaction: the daemon
+ * mirrors a batch's rows before it commits). Returns 0 or -1 with errbuf. */
+int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
+                       tly_changelog_row_fn fn, void *ctx, char *errbuf, size_t errlen);
+
 typedef struct tly_replayer tly_replayer;
 
 typedef struct tly_replay_outcome {

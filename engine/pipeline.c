@@ -40,6 +40,8 @@
  *            the changelog; empty the staging tables
  *   @replay  per changelog row: :image (after-image JSON), :key_seq; must change
  *            nothing unless :key_seq is newer than the key's
+ *   @emit    per committed batch in the daemon: a SELECT of (key, value) output
+ *            records for the changes with :from_seq < seq <= :to_seq
  *
  * Batches: staging coalesces a batch per key, so merge writes one state update
  * and one changelog row per changed key. If a statement fails on an event that
@@ -66,6 +68,7 @@
 #define MAX_STATEMENTS 8
 #define MAX_EXCEPT 16
 #define MAX_TIME_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
+#define SECTION_COUNT 6
 
 enum field_type { FT_ID, FT_TEXT, FT_INT, FT_DECIMAL6, FT_TIME_MS, FT_BOOL, FT_JSON };
 enum field_mode { FM_REQUIRED, FM_OPTIONAL, FM_SKIP_EMPTY };
@@ -125,7 +128,7 @@ struct tly_pipeline {
     struct path each_path;
     int except_count;
     char *except[MAX_EXCEPT];
-    struct section check, stage, merge, replay;
+    struct section check, stage, merge, replay, emit;
     sqlite3_stmt *last_seq;
     json_tokener *tokener;
     char meta_applied[96], meta_skipped[96], meta_rejected[96];
@@ -266,12 +269,12 @@ static int prepare_section(tly_pipeline *p, const char *section_name, const char
 static int parse_file(tly_pipeline *p, const char *text, char **section_sql, char *errbuf,
                       size_t errlen)
 {
-    static const char *section_names[] = {"setup", "check", "stage", "merge", "replay"};
+    static const char *section_names[] = {"setup", "check", "stage", "merge", "replay", "emit"};
     const char *line = text;
     int current = -1;
-    size_t lengths[5] = {0};
+    size_t lengths[SECTION_COUNT] = {0};
 
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < SECTION_COUNT; i++) {
         section_sql[i] = calloc(1, strlen(text) + 1);
         if (!section_sql[i])
             return fail(errbuf, errlen, "out of memory");
@@ -292,9 +295,9 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
             memcpy(buf, q + 4, dlen);
             buf[dlen] = '\0';
             nwords = split_words(buf, words, 8);
-            for (s = 0; s < 5 && nwords == 1 && strcmp(words[0], section_names[s]); s++)
+            for (s = 0; s < SECTION_COUNT && nwords == 1 && strcmp(words[0], section_names[s]); s++)
                 ;
-            if (nwords == 1 && s < 5) {
+            if (nwords == 1 && s < SECTION_COUNT) {
                 current = s;
             } else if (nwords == 2 && strcmp(words[0], "pipeline") == 0) {
                 free(p->name);
@@ -391,6 +394,8 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
                 }
             }
             if (replay && (strcmp(name, "image") == 0 || strcmp(name, "key_seq") == 0))
+                known = true;
+            if (s == &p->emit && (strcmp(name, "from_seq") == 0 || strcmp(name, "to_seq") == 0))
                 known = true;
             if (!known)
                 return fail(errbuf, errlen, "%s @%s uses %s, which no @field, @param or @each "
@@ -489,7 +494,7 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
                       tly_pipeline **out, char *errbuf, size_t errlen)
 {
     tly_pipeline *p = calloc(1, sizeof(*p));
-    char *owned_text = NULL, *section_sql[5] = {0};
+    char *owned_text = NULL, *section_sql[SECTION_COUNT] = {0};
     const char *text = NULL;
     char *msg = NULL;
     int rc = -1;
@@ -537,10 +542,12 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         prepare_section(p, "stage", section_sql[2], &p->stage, errbuf, errlen) < 0 ||
         prepare_section(p, "merge", section_sql[3], &p->merge, errbuf, errlen) < 0 ||
         prepare_section(p, "replay", section_sql[4], &p->replay, errbuf, errlen) < 0 ||
+        prepare_section(p, "emit", section_sql[5], &p->emit, errbuf, errlen) < 0 ||
         resolve_parameters(p, "check", &p->check, true, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "stage", &p->stage, true, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "merge", &p->merge, false, false, errbuf, errlen) < 0 ||
-        resolve_parameters(p, "replay", &p->replay, false, true, errbuf, errlen) < 0)
+        resolve_parameters(p, "replay", &p->replay, false, true, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "emit", &p->emit, false, false, errbuf, errlen) < 0)
         goto done;
     if (!(flags & TLY_PIPELINE_REPLAY_ONLY)) {
         if (p->stage.count == 0 || p->merge.count == 0) {
@@ -566,7 +573,7 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
     snprintf(p->meta_rejected, sizeof(p->meta_rejected), "pipeline.%s.events_rejected", p->name);
     rc = 0;
 done:
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < SECTION_COUNT; i++)
         free(section_sql[i]);
     free(owned_text);
     if (rc == 0)
@@ -591,6 +598,7 @@ void tly_pipeline_close(tly_pipeline *p)
     finalize_section(&p->stage);
     finalize_section(&p->merge);
     finalize_section(&p->replay);
+    finalize_section(&p->emit);
     sqlite3_finalize(p->last_seq);
     if (p->tokener)
         json_tokener_free(p->tokener);
@@ -1048,5 +1056,32 @@ int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_se
         total += sqlite3_changes(p->db);
     }
     *changed = total > 0;
+    return 0;
+}
+
+int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emit_fn fn,
+                      void *ctx, char *errbuf, size_t errlen)
+{
+    for (int k = 0; k < p->emit.count; k++) {
+        sqlite3_stmt *stmt = p->emit.statements[k].stmt;
+        int index, rc;
+        if ((index = sqlite3_bind_parameter_index(stmt, ":from_seq")))
+            sqlite3_bind_int64(stmt, index, from_seq);
+        if ((index = sqlite3_bind_parameter_index(stmt, ":to_seq")))
+            sqlite3_bind_int64(stmt, index, to_seq);
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+            const char *key = (const char *)sqlite3_column_text(stmt, 0);
+            size_t key_len = (size_t)sqlite3_column_bytes(stmt, 0);
+            const char *value = (const char *)sqlite3_column_text(stmt, 1);
+            size_t value_len = (size_t)sqlite3_column_bytes(stmt, 1);
+            if (fn(ctx, key, key_len, value, value_len) != 0) {
+                sqlite3_reset(stmt);
+                return fail(errbuf, errlen, "%s @emit: stopped by the caller", p->source_name);
+            }
+        }
+        sqlite3_reset(stmt);
+        if (rc != SQLITE_DONE)
+            return fail(errbuf, errlen, "%s @emit: %s", p->source_name, sqlite3_errmsg(p->db));
+    }
     return 0;
 }

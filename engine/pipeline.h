@@ -81,4 +81,16 @@ int tly_pipeline_apply(tly_pipeline *pipeline, const tly_event *events, size_t c
 int tly_pipeline_replay_image(tly_pipeline *pipeline, const char *image, int64_t key_seq,
                               int *changed, char *errbuf, size_t errlen);
 
+/* Receives one output record: key and value (NUL-terminated, borrowed for the
+ * call). Returns 0 to go on. */
+typedef int (*tly_emit_fn)(void *ctx, const char *key, size_t key_len, const char *value,
+                           size_t value_len);
+
+/* Runs the pipeline's @emit section for the changes with from_seq < seq <=
+ * to_seq (normally one batch, inside its transaction) and passes each output
+ * record to fn. A pipeline without @emit emits nothing. Returns 0, or -1 with
+ * errbuf when a statement or the callback failed. */
+int tly_pipeline_emit(tly_pipeline *pipeline, int64_t from_seq, int64_t to_seq, tly_emit_fn fn,
+                      void *ctx, char *errbuf, size_t errlen);
+
 #endif

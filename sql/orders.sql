@@ -17,6 +17,8 @@
 --                             the changelog), then empty the staging table
 --   @replay                   apply one changelog image (:image, :key_seq); must
 --                             change nothing unless :key_seq is newer
+--   @emit                     (key, value) output records for the changes with
+--                             :from_seq < seq <= :to_seq
 --
 -- @pipeline orders
 -- @entity order_window
@@ -75,3 +77,16 @@ WHERE true
 ON CONFLICT DO UPDATE SET sum_micros = excluded.sum_micros, count = excluded.count,
                           key_seq = excluded.key_seq
 WHERE excluded.key_seq > order_window_state.key_seq;
+
+-- @emit
+-- One record per window the batch changed, keyed storeId#productId#windowStart;
+-- sum is a JSON number written with its exact decimal digits.
+SELECT c.key,
+       json_object('storeId', w.store_id, 'productId', w.product_id,
+                   'windowStart', w.window_start, 'sum', json(w.sum), 'count', w.count)
+FROM (SELECT DISTINCT key, image ->> '$.store_id' AS store_id, image ->> '$.product_id' AS product_id,
+             image ->> '$.window_start_ms' AS window_start_ms
+      FROM changelog
+      WHERE seq > :from_seq AND seq <= :to_seq AND entity = 'order_window') AS c
+JOIN order_windows AS w
+  ON w.store_id = c.store_id AND w.product_id = c.product_id AND w.window_start = c.window_start_ms;

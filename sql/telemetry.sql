@@ -56,3 +56,9 @@ WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value, received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms, key_seq = excluded.key_seq
 WHERE excluded.key_seq > vehicle_sensor_state.key_seq;
+
+-- @emit
+-- The full latest record of every vehicle the batch changed, keyed by VIN.
+SELECT vin, record FROM vehicle_latest
+WHERE vin IN (SELECT image ->> '$.vin' FROM changelog
+              WHERE seq > :from_seq AND seq <= :to_seq AND entity = 'vehicle_sensor');
