@@ -8,5 +8,8 @@ int cmd_query(int argc, char **argv);
 int cmd_changelog(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_topics(int argc, char **argv);
+int cmd_produce(int argc, char **argv);
 
 #endif

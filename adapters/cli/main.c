@@ -16,6 +16,9 @@ static const char usage[] =
     "  query       run a read-only SQL query against a state database\n"
     "  changelog   export the changelog as JSONL (tally changelog export)\n"
     "  replay      rebuild or update a state database from a changelog export\n"
+    "  run         the daemon: consume Kafka, apply, commit exactly once\n"
+    "  topics      create a pipeline's Kafka topics (tally topics create)\n"
+    "  produce     send generated events to Kafka at a steady rate\n"
     "  demo        run both pipelines on generated events and show them live\n"
     "\n"
     "Run 'tally COMMAND --help' for a command's options.\n";
@@ -31,6 +34,9 @@ int main(int argc, char **argv)
         {"changelog", cmd_changelog},
         {"replay", cmd_replay},
         {"demo", cmd_demo},
+        {"run", cmd_run},
+        {"topics", cmd_topics},
+        {"produce", cmd_produce},
     };
 
     if (argc < 2) {

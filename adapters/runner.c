@@ -1,0 +1,1 @@
+typedef int tly_runner_placeholder;

@@ -1,0 +1,1 @@
+typedef int tly_topics_placeholder;
