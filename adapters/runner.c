@@ -1,1 +1,810 @@
-typedef int tly_runner_placeholder;
+/* adapters/runner.c - the daemon: consume -> apply -> produce -> commit.
+ *
+ * Per batch (after librdkafka's examples/transactions.c, v2.0.2):
+ *
+ *   1. collect up to max_batch messages or commit_interval_ms, whichever first
+ *   2. Kafka: begin_transaction
+ *   3. SQLite: BEGIN IMMEDIATE; apply the batch; triggers append changelog rows
+ *   4. produce: dead letters (original bytes, reason in headers), the batch's
+ *      changelog rows (key = state key, value = export line), the outputs
+ *   5. send_offsets_to_transaction(input positions), commit_transaction
+ *   6. SQLite: record input positions and changelog offsets in meta; COMMIT
+ *
+ * Abortable Kafka error: abort the transaction, ROLLBACK, rewind the consumer
+ * to the committed offsets, go on. Fatal (fenced, or the broker lost our
+ * producer): ROLLBACK and return -1. A crash between 5 and 6 leaves SQLite one
+ * transaction behind; on start, replay_changelog() applies the changelog
+ * records after the offsets meta recorded, which closes exactly that gap.
+ *
+ * Rebalances: the Kafka transaction is only open while a batch is processed,
+ * never during a poll, so a revoke (served inside poll) has nothing to commit:
+ * it drops the collected, unprocessed messages and the consumer is rewound to
+ * the committed offsets before the next batch. */
+#include "runner.h"
+
+#include "changelog.h"
+#include "log.h"
+#include "pipeline.h"
+#include "store.h"
+#include "topics.h"
+
+#include <errno.h>
+#include <librdkafka/rdkafka.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define MAX_PARTITIONS 256
+#define KAFKA_TIMEOUT_MS 30000
+
+struct runner {
+    const tly_runner_config *cfg;
+    tly_topic_layout topics;
+    char db_path[4096];
+    tly_store *store;
+    tly_pipeline *pipeline;
+    rd_kafka_t *producer, *consumer;
+    /* the batch being collected */
+    rd_kafka_message_t **messages;
+    tly_event *events;
+    tly_event_result *results;
+    int count;
+    bool drop_collected; /* a revoke happened during collection */
+    /* highest changelog offset per partition delivered in this transaction */
+    int64_t changelog_offsets[MAX_PARTITIONS];
+    bool delivery_failed;
+    char delivery_error[256];
+    /* crash points */
+    const char *crash_at;
+    long crash_batch;
+    long batches;
+    /* figures */
+    int64_t applied, rejected, skipped, changes, outputs, aborted;
+};
+
+static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->pipeline = pipeline;
+    cfg->topic_prefix = "opb";
+    cfg->group_id = "opb";
+    cfg->instance_id = NULL;
+    cfg->state_dir = "state";
+    cfg->commit_interval_ms = 100;
+    cfg->max_batch = 5000;
+    cfg->changelog = 1;
+}
+
+static void crash_point(struct runner *r, const char *step)
+{
+    if (r->crash_at && strcmp(r->crash_at, step) == 0 && r->batches == r->crash_batch) {
+        tly_log("warn", "crash_point", "step=%s batch=%ld note=\"TALLY_CRASH_AT\"", step, r->batches);
+        abort();
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* librdkafka handles                                                        */
+/* ------------------------------------------------------------------------ */
+
+static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errbuf,
+                    size_t errlen)
+{
+    char err[256];
+    if (rd_kafka_conf_set(conf, name, value, err, sizeof(err)) != RD_KAFKA_CONF_OK)
+        return fail(errbuf, errlen, "kafka setting %s=%s: %s", name, value, err);
+    return 0;
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    struct runner *r = opaque;
+    (void)rk;
+    if (m->err) {
+        if (!r->delivery_failed)
+            snprintf(r->delivery_error, sizeof(r->delivery_error), "%s: %s",
+                     rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+        r->delivery_failed = true;
+        return;
+    }
+    if (r->cfg->changelog && strcmp(rd_kafka_topic_name(m->rkt), r->topics.changelog.name) == 0 &&
+        m->partition >= 0 && m->partition < MAX_PARTITIONS && m->offset > r->changelog_offsets[m->partition])
+        r->changelog_offsets[m->partition] = m->offset;
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *partitions, void *opaque)
+{
+    struct runner *r = opaque;
+    rd_kafka_error_t *error = NULL;
+
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        tly_log("info", "rebalance", "change=assigned partitions=%d", partitions->cnt);
+        error = rd_kafka_incremental_assign(rk, partitions);
+    } else {
+        tly_log("info", "rebalance", "change=%s partitions=%d",
+                rd_kafka_assignment_lost(rk) ? "lost" : "revoked", partitions->cnt);
+        /* Nothing is in flight during a poll; what was collected is dropped
+         * and read again from the committed offsets. */
+        r->drop_collected = true;
+        error = rd_kafka_incremental_unassign(rk, partitions);
+    }
+    if (error) {
+        tly_log("error", "rebalance", "error=\"%s\"", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    }
+}
+
+static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char transactional_id[512], err[512];
+    rd_kafka_t *rk;
+    rd_kafka_error_t *error;
+
+    /* The same instance id always gets the same transactional.id, so a
+     * restarted instance fences its previous self. */
+    snprintf(transactional_id, sizeof(transactional_id), "tally-%s-%s", r->cfg->group_id,
+             r->cfg->instance_id);
+    if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
+        conf_set(conf, "transactional.id", transactional_id, errbuf, errlen) < 0 ||
+        conf_set(conf, "transaction.timeout.ms", "60000", errbuf, errlen) < 0 ||
+        conf_set(conf, "linger.ms", "5", errbuf, errlen) < 0 ||
+        conf_set(conf, "message.timeout.ms", "60000", errbuf, errlen) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_opaque(conf, r);
+    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
+        rd_kafka_conf_destroy(conf);
+        fail(errbuf, errlen, "cannot create producer: %s", err);
+        return NULL;
+    }
+    if ((error = rd_kafka_init_transactions(rk, KAFKA_TIMEOUT_MS))) {
+        fail(errbuf, errlen, "init_transactions (transactional.id %s): %s", transactional_id,
+             rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+        rd_kafka_destroy(rk);
+        return NULL;
+    }
+    tly_log("info", "producer_ready", "transactional_id=%s", transactional_id);
+    return rk;
+}
+
+static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_topic_partition_list_t *topics;
+    rd_kafka_resp_err_t err;
+    char errstr[512];
+    rd_kafka_t *rk;
+
+    if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
+        conf_set(conf, "group.id", r->cfg->group_id, errbuf, errlen) < 0 ||
+        /* static membership: a restart within the session timeout gets its
+         * partitions back without a rebalance */
+        conf_set(conf, "group.instance.id", r->cfg->instance_id, errbuf, errlen) < 0 ||
+        conf_set(conf, "session.timeout.ms", "10000", errbuf, errlen) < 0 ||
+        conf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
+        conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
+        conf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) < 0 ||
+        conf_set(conf, "auto.offset.reset", "earliest", errbuf, errlen) < 0 ||
+        conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errbuf, errlen) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_opaque(conf, r);
+    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr)))) {
+        rd_kafka_conf_destroy(conf);
+        fail(errbuf, errlen, "cannot create consumer: %s", errstr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, r->topics.input.name, RD_KAFKA_PARTITION_UA);
+    err = rd_kafka_subscribe(rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (err) {
+        fail(errbuf, errlen, "cannot subscribe to %s: %s", r->topics.input.name, rd_kafka_err2str(err));
+        rd_kafka_destroy(rk);
+        return NULL;
+    }
+    return rk;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Recovery: replay the changelog topic after the offsets SQLite recorded    */
+/* ------------------------------------------------------------------------ */
+
+static void changelog_meta_key(const struct runner *r, int partition, char *buf, size_t len)
+{
+    snprintf(buf, len, "kafka.changelog.%s.%d", r->topics.changelog.name, partition);
+}
+
+static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
+{
+    int64_t started = now_ms(), records = 0, bytes = 0;
+    tly_replayer *replayer = NULL;
+    rd_kafka_t *rk = NULL;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_partition_list_t *assignment = rd_kafka_topic_partition_list_new(8);
+    int64_t high[MAX_PARTITIONS], next[MAX_PARTITIONS];
+    int partitions = 0, remaining = 0, rc = -1;
+    bool in_txn = false;
+    char errstr[512];
+
+    if (tly_replayer_open(r->db_path, NULL, &replayer, errbuf, errlen) < 0)
+        goto done;
+    if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
+        conf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
+        conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
+        conf_set(conf, "enable.partition.eof", "true", errbuf, errlen) < 0 ||
+        conf_set(conf, "group.id", "tally-changelog-replay", errbuf, errlen) < 0)
+        goto done;
+    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr)))) {
+        fail(errbuf, errlen, "cannot create changelog reader: %s", errstr);
+        goto done;
+    }
+    conf = NULL;
+    {
+        rd_kafka_topic_t *topic = rd_kafka_topic_new(rk, r->topics.changelog.name, NULL);
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, topic, &md, KAFKA_TIMEOUT_MS);
+        rd_kafka_topic_destroy(topic);
+        if (err || md->topic_cnt != 1 || md->topics[0].err) {
+            fail(errbuf, errlen, "cannot read metadata of %s: %s", r->topics.changelog.name,
+                 rd_kafka_err2str(err ? err : md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+            goto done;
+        }
+        partitions = md->topics[0].partition_cnt;
+    }
+    if (partitions > MAX_PARTITIONS) {
+        fail(errbuf, errlen, "%s has %d partitions; at most %d are supported",
+             r->topics.changelog.name, partitions, MAX_PARTITIONS);
+        goto done;
+    }
+    for (int p = 0; p < partitions; p++) {
+        char key[512];
+        int64_t low, recorded = -1;
+        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
+            rk, r->topics.changelog.name, p, &low, &high[p], KAFKA_TIMEOUT_MS);
+        if (err) {
+            fail(errbuf, errlen, "cannot read offsets of %s [%d]: %s", r->topics.changelog.name, p,
+                 rd_kafka_err2str(err));
+            goto done;
+        }
+        changelog_meta_key(r, p, key, sizeof(key));
+        if (tly_store_meta_get_int(tly_replayer_store(replayer), key, &recorded) < 0)
+            recorded = -1;
+        next[p] = recorded + 1 > low ? recorded + 1 : low;
+        r->changelog_offsets[p] = recorded;
+        if (next[p] < high[p]) {
+            rd_kafka_topic_partition_list_add(assignment, r->topics.changelog.name, p)->offset = next[p];
+            remaining++;
+        }
+    }
+    if (remaining) {
+        rd_kafka_resp_err_t err = rd_kafka_assign(rk, assignment);
+        if (err) {
+            fail(errbuf, errlen, "cannot read %s: %s", r->topics.changelog.name, rd_kafka_err2str(err));
+            goto done;
+        }
+        if (tly_store_begin(tly_replayer_store(replayer), errbuf, errlen) < 0)
+            goto done;
+        in_txn = true;
+    }
+    while (remaining > 0) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
+        tly_replay_outcome outcome;
+        if (r->cfg->stop && *r->cfg->stop) {
+            fail(errbuf, errlen, "stopped during recovery");
+            goto done;
+        }
+        if (!m)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            remaining--;
+        } else if (m->err) {
+            fail(errbuf, errlen, "reading %s: %s", r->topics.changelog.name, rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            goto done;
+        } else if (m->len > 0) {
+            /* A compacted changelog has holes in seq by design: gaps are
+             * expected here, and key_seq keeps replay idempotent. */
+            if (tly_replayer_apply_line(replayer, m->payload, m->len, &outcome, errbuf, errlen) < 0) {
+                rd_kafka_message_destroy(m);
+                goto done;
+            }
+            records++;
+            bytes += (int64_t)m->len;
+            if (m->partition < MAX_PARTITIONS && m->offset > r->changelog_offsets[m->partition]) {
+                char key[512];
+                r->changelog_offsets[m->partition] = m->offset;
+                changelog_meta_key(r, m->partition, key, sizeof(key));
+                tly_store_meta_set_int(tly_replayer_store(replayer), key, m->offset);
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    if (in_txn && tly_store_commit(tly_replayer_store(replayer), errbuf, errlen) < 0)
+        goto done;
+    in_txn = false;
+    tly_log("info", "recovered", "source=%s ttr_ms=%lld records_replayed=%lld bytes_replayed=%lld",
+            records ? "changelog" : "local", (long long)(now_ms() - started), (long long)records,
+            (long long)bytes);
+    rc = 0;
+done:
+    if (in_txn)
+        tly_store_rollback(tly_replayer_store(replayer));
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_partition_list_destroy(assignment);
+    if (rk) {
+        rd_kafka_consumer_close(rk);
+        rd_kafka_destroy(rk);
+    }
+    tly_replayer_close(replayer);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* One batch                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void release_collected(struct runner *r)
+{
+    for (int i = 0; i < r->count; i++)
+        rd_kafka_message_destroy(r->messages[i]);
+    r->count = 0;
+}
+
+/* Seeks every assigned partition back to its committed offset (or the start). */
+static int rewind_consumer(struct runner *r, char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *assigned = NULL;
+    rd_kafka_error_t *error;
+    rd_kafka_resp_err_t err = rd_kafka_assignment(r->consumer, &assigned);
+    int rc = -1;
+
+    if (err) {
+        fail(errbuf, errlen, "cannot read assignment: %s", rd_kafka_err2str(err));
+        goto done;
+    }
+    if (assigned->cnt == 0) {
+        rc = 0;
+        goto done;
+    }
+    if ((err = rd_kafka_committed(r->consumer, assigned, KAFKA_TIMEOUT_MS))) {
+        fail(errbuf, errlen, "cannot read committed offsets: %s", rd_kafka_err2str(err));
+        goto done;
+    }
+    for (int i = 0; i < assigned->cnt; i++)
+        if (assigned->elems[i].offset < 0)
+            assigned->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
+    if ((error = rd_kafka_seek_partitions(r->consumer, assigned, KAFKA_TIMEOUT_MS))) {
+        fail(errbuf, errlen, "cannot rewind: %s", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+        goto done;
+    }
+    tly_log("info", "rewind", "partitions=%d", assigned->cnt);
+    rc = 0;
+done:
+    if (assigned)
+        rd_kafka_topic_partition_list_destroy(assigned);
+    return rc;
+}
+
+/* Produces one message inside the open transaction, waiting while the local
+ * queue is full. Returns 0 or the librdkafka error. */
+static rd_kafka_resp_err_t produce(struct runner *r, const char *topic, const void *key,
+                                   size_t key_len, const void *value, size_t value_len,
+                                   rd_kafka_headers_t *headers)
+{
+    rd_kafka_resp_err_t err;
+    for (;;) {
+        if (headers)
+            err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
+                                    RD_KAFKA_V_KEY(key, key_len),
+                                    RD_KAFKA_V_VALUE((void *)value, value_len),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                    RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
+        else
+            err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
+                                    RD_KAFKA_V_KEY(key, key_len),
+                                    RD_KAFKA_V_VALUE((void *)value, value_len),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            return err;
+        rd_kafka_poll(r->producer, 10);
+    }
+}
+
+struct produce_ctx {
+    struct runner *r;
+    const char *topic;
+    rd_kafka_resp_err_t err;
+    int64_t count;
+};
+
+static int produce_changelog_row(void *ctx, int64_t seq, const char *key, size_t key_len,
+                                 const char *line, size_t line_len)
+{
+    struct produce_ctx *c = ctx;
+    (void)seq;
+    c->err = produce(c->r, c->topic, key, key_len, line, line_len, NULL);
+    c->count++;
+    return c->err ? 1 : 0;
+}
+
+static int produce_output(void *ctx, const char *key, size_t key_len, const char *value,
+                          size_t value_len)
+{
+    struct produce_ctx *c = ctx;
+    c->err = produce(c->r, c->topic, key, key_len, value, value_len, NULL);
+    c->count++;
+    return c->err ? 1 : 0;
+}
+
+static rd_kafka_resp_err_t produce_dead_letter(struct runner *r, const rd_kafka_message_t *m,
+                                               const char *reason)
+{
+    rd_kafka_headers_t *headers = rd_kafka_headers_new(4);
+    char number[32];
+    rd_kafka_resp_err_t err;
+
+    rd_kafka_header_add(headers, "tally.error", -1, reason, -1);
+    rd_kafka_header_add(headers, "tally.topic", -1, rd_kafka_topic_name(m->rkt), -1);
+    snprintf(number, sizeof(number), "%d", (int)m->partition);
+    rd_kafka_header_add(headers, "tally.partition", -1, number, -1);
+    snprintf(number, sizeof(number), "%lld", (long long)m->offset);
+    rd_kafka_header_add(headers, "tally.offset", -1, number, -1);
+    err = produce(r, r->topics.dlq.name, m->key, m->key_len, m->payload, m->len, headers);
+    if (err)
+        rd_kafka_headers_destroy(headers); /* producev only takes ownership on success */
+    return err;
+}
+
+/* The input positions after this batch: per partition, last offset + 1. */
+static rd_kafka_topic_partition_list_t *batch_offsets(struct runner *r)
+{
+    rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(8);
+    for (int i = 0; i < r->count; i++) {
+        rd_kafka_message_t *m = r->messages[i];
+        rd_kafka_topic_partition_t *p =
+            rd_kafka_topic_partition_list_find(offsets, rd_kafka_topic_name(m->rkt), m->partition);
+        if (!p)
+            p = rd_kafka_topic_partition_list_add(offsets, rd_kafka_topic_name(m->rkt), m->partition);
+        if (m->offset + 1 > p->offset)
+            p->offset = m->offset + 1;
+    }
+    return offsets;
+}
+
+enum batch_result { BATCH_COMMITTED, BATCH_ABORTED, BATCH_FATAL };
+
+/* Aborts the Kafka transaction after an abortable error; rolls SQLite back. */
+static enum batch_result abort_batch(struct runner *r, const char *what, const char *why,
+                                     char *errbuf, size_t errlen)
+{
+    rd_kafka_error_t *error;
+    tly_store_rollback(r->store);
+    tly_log("warn", "transaction_aborted", "step=%s error=\"%s\"", what, why);
+    r->aborted++;
+    if ((error = rd_kafka_abort_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
+        fail(errbuf, errlen, "cannot abort the transaction after %s failed (%s): %s", what, why,
+             rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+        return BATCH_FATAL;
+    }
+    if (rewind_consumer(r, errbuf, errlen) < 0)
+        return BATCH_FATAL;
+    return BATCH_ABORTED;
+}
+
+/* Classifies a transactional API error: fatal, abortable, or retriable. */
+static enum batch_result txn_error(struct runner *r, const char *what, rd_kafka_error_t *error,
+                                   char *errbuf, size_t errlen)
+{
+    char why[512];
+    enum batch_result result;
+    snprintf(why, sizeof(why), "%s", rd_kafka_error_string(error));
+    if (rd_kafka_error_is_fatal(error) || !rd_kafka_error_txn_requires_abort(error)) {
+        tly_store_rollback(r->store);
+        fail(errbuf, errlen, "%s: %s%s", what, why,
+             rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__FENCED ||
+                     rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR_PRODUCER_FENCED
+                 ? " (another instance with the same --instance-id took over)"
+                 : "");
+        rd_kafka_error_destroy(error);
+        return BATCH_FATAL;
+    }
+    rd_kafka_error_destroy(error);
+    result = abort_batch(r, what, why, errbuf, errlen);
+    return result;
+}
+
+static enum batch_result process_batch(struct runner *r, char *errbuf, size_t errlen)
+{
+    rd_kafka_error_t *error;
+    rd_kafka_topic_partition_list_t *offsets;
+    rd_kafka_consumer_group_metadata_t *group;
+    struct produce_ctx ctx = {r, NULL, 0, 0};
+    tly_batch_stats stats;
+    int64_t seq_before, seq_after;
+    char err[512];
+
+    r->batches++;
+    r->delivery_failed = false;
+    if ((error = rd_kafka_begin_transaction(r->producer)))
+        return txn_error(r, "begin_transaction", error, errbuf, errlen);
+    for (int i = 0; i < r->count; i++) {
+        r->events[i].data = r->messages[i]->payload ? r->messages[i]->payload : "";
+        r->events[i].len = r->messages[i]->len;
+    }
+    if (tly_store_begin(r->store, err, sizeof(err)) < 0)
+        goto database_failed;
+    seq_before = tly_store_last_seq(r->store);
+    if (tly_pipeline_apply(r->pipeline, r->events, (size_t)r->count, r->results, &stats, err,
+                           sizeof(err)) < 0)
+        goto database_failed;
+    seq_after = tly_store_last_seq(r->store);
+    crash_point(r, "after_apply");
+
+    for (int i = 0; i < r->count; i++) {
+        if (r->results[i].status == TLY_EVENT_REJECTED) {
+            rd_kafka_resp_err_t e = produce_dead_letter(r, r->messages[i], r->results[i].reason);
+            if (e)
+                return abort_batch(r, "produce dead letter", rd_kafka_err2str(e), errbuf, errlen);
+        } else if (r->results[i].status == TLY_EVENT_SKIPPED) {
+            char quoted[256];
+            tly_log("info", "skip", "partition=%d offset=%lld reason=%s", (int)r->messages[i]->partition,
+                    (long long)r->messages[i]->offset,
+                    tly_log_quote(r->results[i].reason, quoted, sizeof(quoted)));
+        }
+    }
+    if (r->cfg->changelog) {
+        ctx.topic = r->topics.changelog.name;
+        if (tly_changelog_scan(r->store, seq_before, seq_after, produce_changelog_row, &ctx, err,
+                               sizeof(err)) < 0)
+            return abort_batch(r, "produce changelog", ctx.err ? rd_kafka_err2str(ctx.err) : err,
+                               errbuf, errlen);
+    }
+    ctx.topic = r->topics.output.name;
+    ctx.count = 0;
+    if (tly_pipeline_emit(r->pipeline, seq_before, seq_after, produce_output, &ctx, err,
+                          sizeof(err)) < 0)
+        return abort_batch(r, "produce outputs", ctx.err ? rd_kafka_err2str(ctx.err) : err, errbuf,
+                           errlen);
+    crash_point(r, "after_produce");
+
+    offsets = batch_offsets(r);
+    group = rd_kafka_consumer_group_metadata(r->consumer);
+    error = rd_kafka_send_offsets_to_transaction(r->producer, offsets, group, KAFKA_TIMEOUT_MS);
+    rd_kafka_consumer_group_metadata_destroy(group);
+    if (error) {
+        rd_kafka_topic_partition_list_destroy(offsets);
+        return txn_error(r, "send_offsets_to_transaction", error, errbuf, errlen);
+    }
+    crash_point(r, "after_offsets");
+    while ((error = rd_kafka_commit_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
+        if (rd_kafka_error_is_retriable(error)) {
+            tly_log("warn", "commit_retry", "error=\"%s\"", rd_kafka_error_string(error));
+            rd_kafka_error_destroy(error);
+            continue;
+        }
+        rd_kafka_topic_partition_list_destroy(offsets);
+        return txn_error(r, "commit_transaction", error, errbuf, errlen);
+    }
+    rd_kafka_poll(r->producer, 0); /* serve the last delivery reports */
+    crash_point(r, "after_commit");
+
+    /* Kafka has the batch; now SQLite records where it stands and commits. */
+    for (int i = 0; i < offsets->cnt; i++) {
+        char key[512];
+        snprintf(key, sizeof(key), "kafka.input.%s.%d", offsets->elems[i].topic,
+                 (int)offsets->elems[i].partition);
+        if (tly_store_meta_set_int(r->store, key, offsets->elems[i].offset) < 0) {
+            rd_kafka_topic_partition_list_destroy(offsets);
+            snprintf(err, sizeof(err), "%s", sqlite3_errmsg(tly_store_db(r->store)));
+            goto database_failed_after_kafka;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(offsets);
+    for (int p = 0; r->cfg->changelog && p < MAX_PARTITIONS; p++) {
+        char key[512];
+        if (r->changelog_offsets[p] < 0)
+            continue;
+        changelog_meta_key(r, p, key, sizeof(key));
+        if (tly_store_meta_set_int(r->store, key, r->changelog_offsets[p]) < 0) {
+            snprintf(err, sizeof(err), "%s", sqlite3_errmsg(tly_store_db(r->store)));
+            goto database_failed_after_kafka;
+        }
+    }
+    if (tly_store_commit(r->store, err, sizeof(err)) < 0)
+        goto database_failed_after_kafka;
+    r->applied += stats.applied;
+    r->rejected += stats.rejected;
+    r->skipped += stats.skipped;
+    r->changes += stats.changes;
+    r->outputs += ctx.count;
+    return BATCH_COMMITTED;
+
+database_failed:
+    tly_store_rollback(r->store);
+    {
+        char why[600];
+        snprintf(why, sizeof(why), "database: %s", err);
+        if (abort_batch(r, "apply", why, errbuf, errlen) == BATCH_FATAL)
+            return BATCH_FATAL;
+        fail(errbuf, errlen, "database error, batch aborted: %s", err);
+        return BATCH_FATAL;
+    }
+database_failed_after_kafka:
+    /* Kafka committed; the changelog replay on the next start restores it. */
+    tly_store_rollback(r->store);
+    fail(errbuf, errlen, "database error after the Kafka commit (restart replays it): %s", err);
+    return BATCH_FATAL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The loop                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static int collect(struct runner *r, char *errbuf, size_t errlen)
+{
+    int64_t deadline = now_ms() + r->cfg->commit_interval_ms;
+    while (r->count < r->cfg->max_batch && !(r->cfg->stop && *r->cfg->stop)) {
+        int64_t left = deadline - now_ms();
+        rd_kafka_message_t *m;
+        if (left <= 0)
+            break;
+        m = rd_kafka_consumer_poll(r->consumer, (int)(left > 100 ? 100 : left));
+        if (r->drop_collected) {
+            /* A revoke was served inside that poll. */
+            r->drop_collected = false;
+            release_collected(r);
+            if (m)
+                rd_kafka_message_destroy(m);
+            if (rewind_consumer(r, errbuf, errlen) < 0)
+                return -1;
+            continue;
+        }
+        if (!m)
+            continue;
+        if (m->err) {
+            if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+                char reason[512];
+                rd_kafka_fatal_error(r->consumer, reason, sizeof(reason));
+                rd_kafka_message_destroy(m);
+                return fail(errbuf, errlen, "consumer: %s%s", reason,
+                            strstr(reason, "FENCED") || strstr(reason, "fenced")
+                                ? " (another instance with the same --instance-id joined)"
+                                : "");
+            }
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                tly_log("warn", "consumer_error", "error=\"%s\"", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        r->messages[r->count++] = m;
+    }
+    return 0;
+}
+
+int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
+{
+    struct runner r;
+    char err[1024], window_setting[64];
+    const char *settings[2] = {NULL, NULL};
+    int64_t last_report;
+    int rc = -1;
+
+    memset(&r, 0, sizeof(r));
+    r.cfg = cfg;
+    for (int p = 0; p < MAX_PARTITIONS; p++)
+        r.changelog_offsets[p] = -1;
+    r.crash_at = getenv("TALLY_CRASH_AT");
+    r.crash_batch = getenv("TALLY_CRASH_BATCH") ? atol(getenv("TALLY_CRASH_BATCH")) : 1;
+    if (tly_topics_layout(cfg->pipeline, cfg->topic_prefix, cfg->input_topic, cfg->output_topic,
+                          &r.topics, errbuf, errlen) < 0)
+        return -1;
+    if (mkdir(cfg->state_dir, 0755) != 0 && errno != EEXIST)
+        return fail(errbuf, errlen, "cannot create state directory %s: %s", cfg->state_dir,
+                    strerror(errno));
+    snprintf(r.db_path, sizeof(r.db_path), "%s/%s.db", cfg->state_dir, cfg->pipeline);
+    r.messages = calloc((size_t)cfg->max_batch, sizeof(*r.messages));
+    r.events = calloc((size_t)cfg->max_batch, sizeof(*r.events));
+    r.results = calloc((size_t)cfg->max_batch, sizeof(*r.results));
+    if (!r.messages || !r.events || !r.results) {
+        fail(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    /* Internal and output topics are created if missing; the input must exist. */
+    if (tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,
+                          KAFKA_TIMEOUT_MS, NULL, errbuf, errlen) < 0)
+        goto done;
+    if (cfg->changelog && replay_changelog(&r, errbuf, errlen) < 0)
+        goto done;
+    if (tly_store_open(r.db_path, NULL, &r.store, errbuf, errlen) < 0)
+        goto done;
+    if (cfg->window_ms > 0) {
+        snprintf(window_setting, sizeof(window_setting), "window_ms=%lld", (long long)cfg->window_ms);
+        settings[0] = window_setting;
+    }
+    if (tly_pipeline_open(r.store, cfg->pipeline, settings, 0, &r.pipeline, errbuf, errlen) < 0)
+        goto done;
+    if (!(r.producer = new_producer(&r, errbuf, errlen)) ||
+        !(r.consumer = new_consumer(&r, errbuf, errlen)))
+        goto done;
+    tly_log("info", "started",
+            "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s db=%s",
+            cfg->pipeline, r.topics.input.name, r.topics.output.name,
+            cfg->changelog ? r.topics.changelog.name : "off", cfg->group_id, cfg->instance_id,
+            r.db_path);
+    last_report = now_ms();
+    while (!(cfg->stop && *cfg->stop)) {
+        enum batch_result result;
+        if (collect(&r, errbuf, errlen) < 0)
+            goto done;
+        if (r.count > 0) {
+            result = process_batch(&r, errbuf, errlen);
+            release_collected(&r);
+            if (result == BATCH_FATAL)
+                goto done;
+        }
+        if (now_ms() - last_report >= 10000) {
+            last_report = now_ms();
+            tly_log("info", "progress",
+                    "applied=%lld rejected=%lld skipped=%lld changes=%lld outputs=%lld "
+                    "batches=%ld aborted=%lld",
+                    (long long)r.applied, (long long)r.rejected, (long long)r.skipped,
+                    (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
+        }
+    }
+    tly_log("info", "shutdown", "applied=%lld rejected=%lld skipped=%lld changes=%lld outputs=%lld "
+            "batches=%ld aborted=%lld",
+            (long long)r.applied, (long long)r.rejected, (long long)r.skipped,
+            (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
+    rc = 0;
+done:
+    release_collected(&r);
+    if (r.consumer) {
+        rd_kafka_consumer_close(r.consumer);
+        rd_kafka_destroy(r.consumer);
+    }
+    if (r.producer) {
+        rd_kafka_flush(r.producer, 10000);
+        rd_kafka_destroy(r.producer);
+    }
+    tly_pipeline_close(r.pipeline);
+    tly_store_close(r.store);
+    free(r.messages);
+    free(r.events);
+    free(r.results);
+    (void)err;
+    return rc;
+}

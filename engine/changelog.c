@@ -116,7 +116,13 @@ struct tly_replayer {
     sqlite3_stmt *insert_row;
     json_tokener *tokener;
     int64_t next_seq; /* the seq that follows everything the target holds */
+    int stop_at_gaps;
 };
+
+void tly_replayer_stop_at_gaps(tly_replayer *r, int on)
+{
+    r->stop_at_gaps = on;
+}
 
 int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tly_replayer **out,
                       char *errbuf, size_t errlen)
@@ -233,6 +239,11 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     if (outcome->seq > r->next_seq) {
         outcome->gap_from = r->next_seq;
         outcome->gap_to = outcome->seq - 1;
+        if (r->stop_at_gaps) {
+            outcome->held = 1;
+            rc = 0;
+            goto done;
+        }
     }
     image_text = json_object_to_json_string_ext(image, JSON_C_TO_STRING_PLAIN |
                                                            JSON_C_TO_STRING_NOSLASHESCAPE);

@@ -55,6 +55,8 @@ typedef struct tly_replay_outcome {
     int64_t seq;      /* the row's seq */
     int64_t gap_from; /* when the row's seq skipped ahead: first missing seq, */
     int64_t gap_to;   /* last missing seq; both 0 when there is no gap */
+    int held;         /* 1: the row was not applied because it follows a gap and
+                         the replayer stops at gaps */
 } tly_replay_outcome;
 
 /* Opens the database at db_path for replay (its own connection, triggers off,
@@ -64,6 +66,10 @@ typedef struct tly_replay_outcome {
 int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tly_replayer **out,
                       char *errbuf, size_t errlen);
 void tly_replayer_close(tly_replayer *replayer);
+
+/* With on = 1, a row that follows a gap is not applied (outcome.held = 1), so
+ * the caller can commit everything before the gap and stop there. Default 0. */
+void tly_replayer_stop_at_gaps(tly_replayer *replayer, int on);
 
 /* The replayer's store, for transactions (borrowed). */
 tly_store *tly_replayer_store(tly_replayer *replayer);

@@ -52,6 +52,7 @@
 
 #include "decimal.h"
 #include "embedded_sql.h"
+#include "utf8.h"
 
 #include <ctype.h>
 #include <json-c/json.h>
@@ -769,6 +770,7 @@ static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reas
 {
     json_object *root;
     size_t end;
+    bool consumed_whole = false;
 
     if (ev->len > TLY_MAX_EVENT_BYTES) {
         snprintf(reason, reason_len, "event is %zu bytes, over the %d-byte limit", ev->len,
@@ -779,18 +781,31 @@ static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reas
         snprintf(reason, reason_len, "invalid JSON: NUL byte in event");
         return NULL;
     }
+    if ((end = tly_utf8_check(ev->data, ev->len)) != ev->len) {
+        snprintf(reason, reason_len, "invalid UTF-8 at byte %zu", end);
+        return NULL;
+    }
     json_tokener_reset(p->tokener);
     root = json_tokener_parse_ex(p->tokener, ev->data, (int)ev->len);
+    /* A bare number at the very end ("42") is still open to json-c: a space
+     * tells it the input is over. */
+    if (!root && json_tokener_get_error(p->tokener) == json_tokener_continue) {
+        root = json_tokener_parse_ex(p->tokener, " ", 1);
+        consumed_whole = true;
+    }
     if (!root) {
         enum json_tokener_error e = json_tokener_get_error(p->tokener);
-        if (e == json_tokener_continue || e == json_tokener_success)
+        if (e == json_tokener_success)
+            snprintf(reason, reason_len, "event must be a JSON object, got null");
+        else if (e == json_tokener_continue)
             snprintf(reason, reason_len, "invalid JSON: truncated or empty");
         else
             snprintf(reason, reason_len, "invalid JSON: %s at byte %zu", json_tokener_error_desc(e),
                      json_tokener_get_parse_end(p->tokener));
         return NULL;
     }
-    for (end = json_tokener_get_parse_end(p->tokener); end < ev->len; end++) {
+    for (end = consumed_whole ? ev->len : json_tokener_get_parse_end(p->tokener); end < ev->len;
+         end++) {
         char c = ev->data[end];
         if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
             snprintf(reason, reason_len, "invalid JSON: unexpected data after the value at byte %zu",

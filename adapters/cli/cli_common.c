@@ -2,6 +2,7 @@
 #include "cli_common.h"
 
 #include "duration.h"
+#include "log.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -90,33 +91,15 @@ void cli_progress_done(cli_progress *p)
 
 const char *cli_quote(const char *value, char *buf, size_t buflen)
 {
-    size_t n = 0;
-    if (buflen < 3)
-        return "\"\"";
-    buf[n++] = '"';
-    for (const char *s = value; *s && n + 3 < buflen; s++) {
-        if (*s == '"' || *s == '\\')
-            buf[n++] = '\\';
-        buf[n++] = (*s == '\n' || *s == '\r') ? ' ' : *s;
-    }
-    buf[n++] = '"';
-    buf[n] = '\0';
-    return buf;
+    return tly_log_quote(value, buf, buflen);
 }
 
 void cli_log(const char *level, const char *event, const char *fmt, ...)
 {
-    struct timespec ts;
-    struct tm tm;
-    char stamp[32];
+    char rest[1800];
     va_list ap;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-    fprintf(stderr, "ts=%s.%03ldZ level=%s event=%s ", stamp, ts.tv_nsec / 1000000, level, event);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(rest, sizeof(rest), fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    tly_log(level, event, "%s", rest);
 }

@@ -15,6 +15,7 @@
 
 #include "pipeline.h"
 #include "store.h"
+#include "utf8.h"
 
 #include <getopt.h>
 #include <json-c/json.h>
@@ -43,41 +44,6 @@ static const char ingest_usage[] =
     "Prints a summary line; exit status 0 when the file was read to the end (even with\n"
     "rejects), 1 on a database or I/O error, 2 on a bad option.\n";
 
-static bool valid_utf8(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t n;
-        uint32_t cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            n = 1;
-            cp = c & 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            n = 2;
-            cp = c & 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
-            return false;
-        }
-        for (size_t k = 1; k <= n; k++) {
-            if (i + k >= len || (s[i + k] & 0xC0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
-            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += n + 1;
-    }
-    return true;
-}
-
 static char *base64(const unsigned char *s, size_t len)
 {
     static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -103,7 +69,7 @@ static int write_reject(FILE *rejects, int64_t line_no, const char *reason, cons
     int rc;
     json_object_object_add(obj, "line", json_object_new_int64(line_no));
     json_object_object_add(obj, "error", json_object_new_string(reason));
-    if (valid_utf8((const unsigned char *)data, len)) {
+    if (tly_utf8_check(data, len) == len) {
         json_object_object_add(obj, "input", json_object_new_string_len(data, (int)len));
     } else {
         char *b64 = base64((const unsigned char *)data, len);
@@ -284,14 +250,26 @@ int cmd_ingest(int argc, char **argv)
             return CLI_EXIT_FAILURE;
         }
     }
+    /* Check the pipeline and its settings on a scratch database first, so a
+     * mistake on the command line never creates or touches the real one. */
+    {
+        tly_store *scratch = NULL;
+        tly_pipeline *check = NULL;
+        int ok = tly_store_open(":memory:", NULL, &scratch, err, sizeof(err)) == 0 &&
+                 tly_pipeline_open(scratch, pipeline_name, settings, 0, &check, err, sizeof(err)) == 0;
+        tly_pipeline_close(check);
+        tly_store_close(scratch);
+        if (!ok) {
+            status = cli_usage_error("ingest", "%s", err);
+            goto done;
+        }
+    }
     if (tly_store_open(db_path, &store_opts, &in.store, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally ingest: %s\n", err);
         goto done;
     }
     if (tly_pipeline_open(in.store, pipeline_name, settings, 0, &in.pipeline, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally ingest: %s\n", err);
-        if (strstr(err, "has no setting") || strstr(err, "unknown pipeline"))
-            status = CLI_EXIT_USAGE;
         goto done;
     }
     if (!rejects_path) {

@@ -87,6 +87,7 @@ int cmd_replay(int argc, char **argv)
         fprintf(stderr, "tally replay: %s\n", err);
         goto done;
     }
+    tly_replayer_stop_at_gaps(replayer, !warn_gaps);
     cli_progress_init(&progress, "replay");
     while ((len = getline(&line, &cap, input)) >= 0) {
         tly_replay_outcome outcome;
@@ -112,8 +113,12 @@ int cmd_replay(int argc, char **argv)
             cli_log(warn_gaps ? "warn" : "error", "replay_gap",
                     "line=%lld missing_from_seq=%lld missing_to_seq=%lld", (long long)line_no,
                     (long long)outcome.gap_from, (long long)outcome.gap_to);
-            if (!warn_gaps) {
-                tly_store_rollback(tly_replayer_store(replayer));
+            if (outcome.held) {
+                /* Keep what came before the gap: it is a consistent state. */
+                if (tly_store_commit(tly_replayer_store(replayer), err, sizeof(err)) < 0) {
+                    fprintf(stderr, "tally replay: %s\n", err);
+                    goto done;
+                }
                 in_txn = 0;
                 fprintf(stderr, "tally replay: gap in the changelog before seq %lld (line %lld): "
                         "seq %lld..%lld missing. The database holds a consistent state up to seq "

@@ -1,4 +1,5 @@
 # tests/cli/lib.sh - helpers shared by the CLI tests (source it, do not run it).
+# shellcheck shell=bash
 #
 # Environment (set by tests/CMakeLists.txt):
 #   TALLY             path to the tally binary (required)

@@ -210,7 +210,7 @@ done
 UDB=$WORK/utf8.db
 run tally ingest --pipeline orders --db "$UDB" "$WORK/utf8.jsonl"
 expect_rc "utf-8 ingest" 0
-assert_eq "invalid UTF-8 in event ids is stored in the state" "" \
+assert_eq "no invalid UTF-8 reaches the state (hex of stored product_id)" "" \
     "$(sq "$UDB" "SELECT group_concat(hex(product_id), ' ') FROM order_window_state WHERE product_id != 'p1'")"
 assert_eq "strict utf-8: applied" 1 "$(summary_field applied "$OUT")"
 assert_eq "strict utf-8: rejected" 4 "$(summary_field rejected "$OUT")"

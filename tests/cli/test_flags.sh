@@ -43,6 +43,7 @@ done
 # --- --help on every command -----------------------------------------------
 for args in "ingest --help" "query --help" "changelog --help" "changelog export --help" "replay --help" \
     "ingest -h" "query -h" "replay -h"; do
+    # shellcheck disable=SC2086 # split on purpose
     run tally $args
     expect_rc "tally $args" 0
     assert_contains "tally $args: usage on stdout" "$OUT" "usage:"

@@ -212,10 +212,16 @@ csv_body "$WORK/run.out" >"$WORK/sensors.actual"
 assert_files_eq "vehicle_sensor_state vs awk (latest received_at wins)" "$WORK/sensors.expected" "$WORK/sensors.actual"
 assert_eq "200 vehicles" 200 "$(sq "$DB" 'SELECT count(DISTINCT vin) FROM vehicle_sensor_state')"
 
-# The view, read with the sqlite3 shell (see test_views.sh for tally query).
+# The view, read with the sqlite3 shell and through tally query (json).
 expected_latest "$TELE_TSV" >"$WORK/latest.expected"
 sq "$DB" '.separator "\t"' 'SELECT vin, received_at, record FROM vehicle_latest' | sort >"$WORK/latest.actual"
-assert_files_eq "vehicle_latest vs awk" "$WORK/latest.expected" "$WORK/latest.actual"
+assert_files_eq "vehicle_latest (sqlite3) vs awk" "$WORK/latest.expected" "$WORK/latest.actual"
+run tally query --db "$DB" --format json 'SELECT vin, received_at, record FROM vehicle_latest'
+expect_rc "tally query vehicle_latest" 0
+cp "$WORK/run.out" "$WORK/latest.json"
+sqlite3 -separator $'\t' :memory: "SELECT json_extract(value, '\$.vin'), json_extract(value, '\$.received_at'),
+    json_extract(value, '\$.record') FROM json_each(readfile('$WORK/latest.json'))" | sort >"$WORK/latest.query"
+assert_files_eq "vehicle_latest (tally query) vs awk" "$WORK/latest.expected" "$WORK/latest.query"
 
 # --------------------------------------------------------------------------
 # Export and replay into a new database

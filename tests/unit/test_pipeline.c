@@ -188,7 +188,11 @@ static void test_orders_malformed(void)
         {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":-5}", "epoch milliseconds"},
         {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1,\"validated\":false}", "not validated"},
         {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1} trailing", "invalid JSON"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\xff\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "utf-8"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\xff\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "invalid UTF-8"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\xc0\xaf\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "invalid UTF-8"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\xed\xa0\x80\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "invalid UTF-8"},
+        {"42", "must be a JSON object, got int"},
+        {"null", "must be a JSON object, got null"},
         {"{\"orderId\":\"o\",\"productId\":\"\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "is empty"},
         {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":NaN,\"qty\":1,\"ts\":1}", "not a decimal"},
     };

@@ -1,0 +1,17 @@
+/* adapters/log.h - one logfmt line per event on stderr:
+ *   ts=2026-11-21T05:11:42.123Z level=info event=flush vin_count=12 ...
+ * Thread-safe (one fprintf per line). */
+#ifndef TLY_LOG_H
+#define TLY_LOG_H
+
+#include <stddef.h>
+
+/* level: "debug", "info", "warn", "error". fmt is the rest of the line
+ * ("key=value ..."); quote values with spaces using tly_log_quote. */
+void tly_log(const char *level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Writes value as a quoted logfmt string into buf and returns buf. */
+const char *tly_log_quote(const char *value, char *buf, size_t buflen);
+
+#endif

@@ -1,0 +1,42 @@
+/* adapters/runner.h - tally run: consume Kafka, apply, commit exactly once.
+ *
+ * The commit protocol (see runner.c): one Kafka transaction carries a batch's
+ * changelog records, its outputs, its dead letters and its input offsets;
+ * SQLite commits only after Kafka did. So SQLite is never ahead of Kafka and at
+ * most one transaction behind it, and on start the runner replays the
+ * changelog topic from the offsets SQLite recorded to close that gap. */
+#ifndef TLY_RUNNER_H
+#define TLY_RUNNER_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tly_runner_config {
+    const char *pipeline;      /* "orders" or "telemetry" */
+    const char *brokers;       /* bootstrap.servers */
+    const char *topic_prefix;  /* internal topics: <prefix>-changelog, -snapshots, -dlq */
+    const char *group_id;      /* consumer group */
+    const char *instance_id;   /* group.instance.id; transactional.id derives from it */
+    const char *input_topic;   /* NULL: the pipeline's default */
+    const char *output_topic;  /* NULL: the pipeline's default */
+    const char *state_dir;     /* the database is <state_dir>/<pipeline>.db */
+    int64_t window_ms;         /* orders window; <= 0: the pipeline's default */
+    int64_t commit_interval_ms;/* longest a batch collects before it commits */
+    int max_batch;             /* most events in one batch */
+    int changelog;             /* 1: mirror the changelog to Kafka (default) */
+    volatile sig_atomic_t *stop; /* set by a signal handler: finish the batch, exit 0 */
+} tly_runner_config;
+
+/* Fills cfg with defaults: prefix and group "opb", instance "<pipeline>-0",
+ * state dir "state", commit interval 100 ms, batch 5000, changelog on. */
+void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
+
+/* Runs until *cfg->stop is set (returns 0 after a clean shutdown) or a fatal
+ * error (returns -1 with errbuf: fenced by a newer instance, broker refused the
+ * transaction, database failure). Crash points for tests: the environment
+ * variable TALLY_CRASH_AT=after_apply|after_produce|after_offsets|after_commit
+ * aborts the process at that step of the TALLY_CRASH_BATCH-th batch (default 1). */
+int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen);
+
+#endif
