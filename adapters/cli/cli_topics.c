@@ -1,2 +1,184 @@
+/* adapters/cli/cli_topics.c - tally topics create: a pipeline's five Kafka
+ * topics, with the cleanup policies tally needs.
+ *
+ * The work is tly_topics_ensure's (adapters/topics.c): it checks every topic
+ * before creating any, so a conflict changes nothing. This file adds the flags
+ * and the report, one line per topic; to tell "created" from "exists" and to
+ * print partition counts it reads the topic list itself, before and after. */
+#include "cli_common.h"
 #include "commands.h"
-int cmd_topics(int argc, char **argv) { (void)argc; (void)argv; return 2; }
+
+#include "topics.h"
+
+#include <getopt.h>
+#include <librdkafka/rdkafka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_TIMEOUT_MS 30000
+
+static const char topics_usage[] =
+    "usage: tally topics create --pipeline orders|telemetry [--brokers B] [OPTIONS]\n"
+    "\n"
+    "Creates the pipeline's Kafka topics that do not exist yet:\n"
+    "  input       the events (orders: orders.enriched, cleanup.policy=delete;\n"
+    "              telemetry: sensor-service.dispatch.telemetry-aggregated, compact)\n"
+    "  output      the results (orders: orders.output; telemetry:\n"
+    "              sensor-service.dispatch.telemetry-latest-compacted), compact\n"
+    "  PREFIX-changelog  compact, PREFIX-snapshots  compact, PREFIX-dlq  delete\n"
+    "The internal PREFIX-* topics and a new output get the input's partition count;\n"
+    "the replication factor is the broker's default. Topics that exist with the right\n"
+    "cleanup.policy (and, internal ones, partition count) are left alone; any other\n"
+    "difference is an error and nothing is created.\n"
+    "\n"
+    "  --brokers B          bootstrap servers (default: $KAFKA_BROKERS)\n"
+    "  --pipeline NAME      orders or telemetry\n"
+    "  --partitions N       partitions of the input if it must be created (default 1)\n"
+    "  --topic-prefix P     prefix of the internal topics (default opb)\n"
+    "  --input-topic T      input topic (default: the pipeline's)\n"
+    "  --output-topic T     output topic (default: the pipeline's)\n"
+    "  --timeout DUR        give up after DUR (default 30s)\n"
+    "\n"
+    "Prints one line per topic:\n"
+    "  topic=NAME partitions=N cleanup.policy=POLICY status=created|exists\n"
+    "Exit status 0 when all five topics are in place, 1 on a conflict or a Kafka\n"
+    "error, 2 on a bad option.\n";
+
+static void drop_log(const rd_kafka_t *rk, int level, const char *facility, const char *message)
+{
+    (void)rk;
+    (void)level;
+    (void)facility;
+    (void)message;
+}
+
+/* Sets partitions[i] to the partition count of names[i], or -1 if it does not
+ * exist. Returns 0, or the librdkafka error. */
+static rd_kafka_resp_err_t read_partitions(rd_kafka_t *rk, const char *const *names, int n,
+                                           int *partitions, int timeout_ms)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err;
+    for (int i = 0; i < n; i++)
+        partitions[i] = -1;
+    /* All topics: a metadata request naming one may auto-create it. */
+    if ((err = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms)))
+        return err;
+    for (int t = 0; t < md->topic_cnt; t++)
+        for (int i = 0; i < n; i++)
+            if (strcmp(md->topics[t].topic, names[i]) == 0 &&
+                md->topics[t].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                partitions[i] = md->topics[t].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+static int topics_create(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"brokers", required_argument, NULL, 'b'},     {"pipeline", required_argument, NULL, 'p'},
+        {"partitions", required_argument, NULL, 'n'},  {"topic-prefix", required_argument, NULL, 'x'},
+        {"input-topic", required_argument, NULL, 'i'}, {"output-topic", required_argument, NULL, 'o'},
+        {"timeout", required_argument, NULL, 't'},     {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *brokers = getenv("KAFKA_BROKERS"), *pipeline = NULL, *prefix = "opb";
+    const char *input = NULL, *output = NULL;
+    int64_t partitions = 0, timeout_ms = DEFAULT_TIMEOUT_MS;
+    tly_topic_layout layout;
+    const tly_topic_spec *specs[5];
+    const char *names[5];
+    int before[5], after[5], created = 0, known_before, opt, status = CLI_EXIT_FAILURE;
+    rd_kafka_resp_err_t kerr;
+    rd_kafka_conf_t *conf = NULL;
+    rd_kafka_t *rk = NULL;
+    char err[1024];
+
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'b': brokers = optarg; break;
+        case 'p': pipeline = optarg; break;
+        case 'x': prefix = optarg; break;
+        case 'i': input = optarg; break;
+        case 'o': output = optarg; break;
+        case 'n':
+            if (cli_parse_int64("topics create", "--partitions", optarg, 1, 100000, &partitions) < 0)
+                return CLI_EXIT_USAGE;
+            break;
+        case 't':
+            if (cli_parse_duration_ms("topics create", "--timeout", optarg, &timeout_ms) < 0)
+                return CLI_EXIT_USAGE;
+            if (timeout_ms < 1 || timeout_ms > 3600000)
+                return cli_usage_error("topics create", "--timeout must be between 1ms and 1h");
+            break;
+        case 'h': fputs(topics_usage, stdout); return CLI_EXIT_OK;
+        default: return cli_bad_option("topics create", opt, argv, optind);
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("topics create", "unexpected argument \"%s\"", argv[optind]);
+    if (!brokers || !*brokers)
+        return cli_usage_error("topics create", "--brokers is required (or set KAFKA_BROKERS)");
+    if (!pipeline)
+        return cli_usage_error("topics create", "--pipeline is required (orders or telemetry)");
+    /* A bad name is a bad flag value: the user must change the command line. */
+    if (tly_topics_layout(pipeline, prefix, input, output, &layout, err, sizeof(err)) < 0)
+        return cli_usage_error("topics create", "%s", err);
+
+    specs[0] = &layout.input;
+    specs[1] = &layout.output;
+    specs[2] = &layout.changelog;
+    specs[3] = &layout.snapshots;
+    specs[4] = &layout.dlq;
+    for (int i = 0; i < 5; i++)
+        names[i] = specs[i]->name;
+
+    conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, drop_log);
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof(err)) != RD_KAFKA_CONF_OK ||
+        !(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
+        fprintf(stderr, "tally topics create: %s\n", err);
+        rd_kafka_conf_destroy(conf); /* rd_kafka_new() owns conf only on success */
+        return CLI_EXIT_FAILURE;
+    }
+    /* Errors are tly_topics_ensure's to report, with their cause; without
+     * this first list the counts below tell created from existing. */
+    known_before = read_partitions(rk, names, 5, before, (int)timeout_ms) == 0;
+    if (tly_topics_ensure(brokers, &layout, TLY_TOPIC_ALL, (int)partitions, (int)timeout_ms,
+                          &created, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally topics create: %s\n", err);
+        goto done;
+    }
+    if ((kerr = read_partitions(rk, names, 5, after, (int)timeout_ms))) {
+        fprintf(stderr, "tally topics create: the topics are in place, but reading the topic list "
+                        "from %s failed: %s\n", brokers, rd_kafka_err2str(kerr));
+        goto done;
+    }
+    if (partitions > 0 && before[0] > 0 && before[0] != partitions)
+        fprintf(stderr, "tally topics create: note: input %s already has %d partitions; "
+                        "--partitions %lld applies only to a new input\n",
+                layout.input.name, before[0], (long long)partitions);
+    for (int i = 0; i < 5; i++)
+        printf("topic=%s partitions=%d cleanup.policy=%s status=%s\n", names[i], after[i],
+               specs[i]->cleanup_policy,
+               known_before ? (before[i] < 0 ? "created" : "exists")
+                            : (created == 0 ? "exists" : created == 5 ? "created" : "unknown"));
+    status = CLI_EXIT_OK;
+done:
+    rd_kafka_destroy(rk);
+    return status;
+}
+
+int cmd_topics(int argc, char **argv)
+{
+    if (argc < 2)
+        return cli_usage_error("topics", "a subcommand is required: tally topics create");
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(topics_usage, stdout);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(argv[1], "create") == 0)
+        return topics_create(argc - 1, argv + 1);
+    return cli_usage_error("topics", "unknown subcommand \"%s\" (the only one is create)", argv[1]);
+}
