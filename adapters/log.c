@@ -6,6 +6,26 @@
 #include <string.h>
 #include <time.h>
 
+static const char *const levels[] = {"debug", "info", "warn", "error"};
+static int min_level = 1;
+
+static int level_index(const char *level)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(level, levels[i]) == 0)
+            return i;
+    return -1;
+}
+
+int tly_log_set_level(const char *level)
+{
+    int i = level_index(level);
+    if (i < 0)
+        return -1;
+    min_level = i;
+    return 0;
+}
+
 const char *tly_log_quote(const char *value, char *buf, size_t buflen)
 {
     size_t n = 0;
@@ -30,6 +50,8 @@ void tly_log(const char *level, const char *event, const char *fmt, ...)
     int n;
     va_list ap;
 
+    if (level_index(level) < min_level)
+        return;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);

@@ -11,6 +11,10 @@
 void tly_log(const char *level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Lines below `level` ("debug", "info", "warn", "error") are not written.
+ * Returns 0, or -1 for an unknown level. Default "info". */
+int tly_log_set_level(const char *level);
+
 /* Writes value as a quoted logfmt string into buf and returns buf. */
 const char *tly_log_quote(const char *value, char *buf, size_t buflen);
 

@@ -93,6 +93,7 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
     cfg->commit_interval_ms = 100;
     cfg->max_batch = 5000;
     cfg->changelog = 1;
+    cfg->manage_topics = 1;
 }
 
 static void crash_point(struct runner *r, const char *step)
@@ -744,7 +745,8 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         goto done;
     }
     /* Internal and output topics are created if missing; the input must exist. */
-    if (tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,
+    if (cfg->manage_topics &&
+        tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,
                           KAFKA_TIMEOUT_MS, NULL, errbuf, errlen) < 0)
         goto done;
     if (cfg->changelog && replay_changelog(&r, errbuf, errlen) < 0)

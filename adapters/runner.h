@@ -25,6 +25,9 @@ typedef struct tly_runner_config {
     int64_t commit_interval_ms;/* longest a batch collects before it commits */
     int max_batch;             /* most events in one batch */
     int changelog;             /* 1: mirror the changelog to Kafka (default) */
+    int manage_topics;         /* 1: create missing output/internal topics (default);
+                                  0: they exist already (the demo's mock cluster has
+                                  no Admin API) */
     volatile sig_atomic_t *stop; /* set by a signal handler: finish the batch, exit 0 */
 } tly_runner_config;
 

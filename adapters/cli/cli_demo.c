@@ -1,21 +1,31 @@
-/* adapters/cli/cli_demo.c - tally demo: the engine at work with nothing to
+/* adapters/cli/cli_demo.c - tally demo: the daemon at work with nothing to
  * install or start.
  *
- * Generates orders and telemetry at a steady rate in process, applies them
- * through both built-in pipelines into a state database (the same calls the
- * daemon makes), slips in one malformed event a second to show rejection, and
- * prints a live view of the busiest windows and the key figures every second.
- * The database path is printed first, so `tally query` or `sqlite3` can read it
- * while the demo runs. */
+ * Starts librdkafka's mock cluster in process, creates both pipelines' topics
+ * on it, produces generated orders and telemetry at a steady rate (plus one
+ * malformed event a second per pipeline, which lands in the dead-letter topic),
+ * and runs `tally run` for both pipelines in threads against it. Every second it
+ * prints the busiest windows and the key figures, read from the state databases
+ * with SQL. The database paths are printed first so `tally query` or `sqlite3`
+ * can read them while the demo runs.
+ *
+ * The mock cluster is a demo's broker only: it does not implement
+ * read_committed filtering, fencing or compaction, so exactly-once is proven by
+ * the tests against a real broker (tests/kafka), never here. */
 #include "cli_common.h"
 #include "commands.h"
 
 #include "loadgen.h"
-#include "pipeline.h"
-#include "store.h"
+#include "log.h"
+#include "runner.h"
+#include "topics.h"
 
 #include <getopt.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,21 +33,23 @@
 #include <time.h>
 #include <unistd.h>
 
-#define TICKS_PER_SECOND 10
-#define MAX_BATCH 20000
+#define TICKS_PER_SECOND 20
+#define DEMO_PARTITIONS 2
 
 static const char demo_usage[] =
     "usage: tally demo [--duration DUR] [--rate N] [--dir DIR]\n"
     "\n"
-    "Runs the orders and telemetry pipelines on generated events, with no external\n"
-    "service, and shows the busiest windows and key figures every second. The state\n"
-    "database is printed first: query it with 'tally query' while the demo runs.\n"
+    "Runs both pipelines (orders, telemetry) as daemons against an in-process Kafka\n"
+    "mock cluster fed by the load generator - no external service - and shows the\n"
+    "busiest windows and key figures every second. The state databases are printed\n"
+    "first: query them with 'tally query' while the demo runs.\n"
     "\n"
     "  --duration DUR   stop by itself after DUR (e.g. 30s) and exit 0; default: until Ctrl-C\n"
-    "  --rate N         events per second per pipeline (default 5000)\n"
-    "  --dir DIR        where to put the state database (default: a new /tmp/tally-demo-*)\n";
+    "  --rate N         events per second per pipeline (default 2000)\n"
+    "  --dir DIR        where the state databases go (default: a new /tmp/tally-demo-*)\n";
 
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t runners_stop;
 
 static void on_signal(int sig)
 {
@@ -52,121 +64,154 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-struct demo_pipeline {
-    tly_pipeline *pipeline;
-    tly_loadgen *gen;
-    tly_event *events;
-    char *arena;
-    tly_event_result *results;
-    int64_t applied, skipped, rejected, readings;
+struct demo_runner {
+    pthread_t thread;
+    tly_runner_config cfg;
+    char instance[64];
+    int rc;
+    char err[1024];
 };
 
-static int setup(struct demo_pipeline *d, tly_store *store, const char *name, char *err, size_t errlen)
+static void *run_pipeline(void *arg)
 {
-    tly_loadgen_options opts;
-    tly_loadgen_options_init(&opts, name);
-    opts.time_spread_ms = 5000; /* a little out-of-order, as real streams are */
-    opts.skewed = 1;
-    d->gen = tly_loadgen_new(&opts);
-    d->events = calloc(MAX_BATCH + 1, sizeof(*d->events));
-    d->results = calloc(MAX_BATCH + 1, sizeof(*d->results));
-    d->arena = malloc((size_t)(MAX_BATCH + 1) * 1024);
-    if (!d->gen || !d->events || !d->results || !d->arena) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
+    struct demo_runner *d = arg;
+    d->rc = tly_runner_run(&d->cfg, d->err, sizeof(d->err));
+    if (d->rc < 0) {
+        fprintf(stderr, "tally demo: %s pipeline stopped: %s\n", d->cfg.pipeline, d->err);
+        stop_requested = 1;
     }
-    return tly_pipeline_open(store, name, NULL, 0, &d->pipeline, err, errlen);
+    return NULL;
 }
 
-static void teardown(struct demo_pipeline *d)
+static int create_topics(rd_kafka_mock_cluster_t *mock, const tly_topic_layout *t, char *err,
+                         size_t errlen)
 {
-    tly_pipeline_close(d->pipeline);
-    tly_loadgen_free(d->gen);
-    free(d->events);
-    free(d->results);
-    free(d->arena);
-}
-
-/* Generates and applies one tick's events; every `with_bad` adds one malformed. */
-static int tick(struct demo_pipeline *d, int count, bool with_bad, char *err, size_t errlen)
-{
-    static const char *const bad[] = {"{\"orderId\":\"x\",\"price\":\"12.3.4\"}",
-                                      "{\"data\":{\"id\":\"VIN1\"},\"received_at\":\"yesterday\"}",
-                                      "not json at all", "{\"data\":{\"id\":\"\"},\"received_at\":1}"};
-    static unsigned bad_index;
-    size_t used = 0;
-    int64_t now = wall_ms();
-    tly_batch_stats stats;
-    int n = 0;
-
-    for (; n < count; n++) {
-        int len = tly_loadgen_next(d->gen, now, d->arena + used, 1024);
-        if (len < 0)
-            break;
-        d->events[n].data = d->arena + used;
-        d->events[n].len = (size_t)len;
-        d->readings += tly_loadgen_last_readings(d->gen);
-        used += (size_t)len + 1;
+    const tly_topic_spec *all[] = {&t->input, &t->output, &t->changelog, &t->snapshots, &t->dlq};
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        rd_kafka_resp_err_t e = rd_kafka_mock_topic_create(mock, all[i]->name, DEMO_PARTITIONS, 1);
+        if (e) {
+            snprintf(err, errlen, "cannot create %s on the mock cluster: %s", all[i]->name,
+                     rd_kafka_err2str(e));
+            return -1;
+        }
     }
-    if (with_bad) {
-        d->events[n].data = bad[bad_index++ % 4];
-        d->events[n].len = strlen(d->events[n].data);
-        n++;
-    }
-    if (tly_pipeline_apply(d->pipeline, d->events, (size_t)n, d->results, &stats, err, errlen) < 0)
-        return -1;
-    d->applied += stats.applied;
-    d->skipped += stats.skipped;
-    d->rejected += stats.rejected;
     return 0;
 }
 
-static void print_view(tly_store *store, const char *db_path, double seconds,
-                       struct demo_pipeline *orders, struct demo_pipeline *telemetry,
-                       int64_t last_total, bool tty)
+/* Sends one tick of events for a pipeline, keyed like the real streams. */
+static void produce_tick(rd_kafka_t *producer, tly_loadgen *gen, const char *topic, int count,
+                         bool with_bad, int64_t *sent)
+{
+    static const char *const bad[] = {"{\"orderId\":\"x\",\"price\":\"12.3.4\"}", "not json at all",
+                                      "{\"data\":{\"id\":\"VIN1\"},\"received_at\":\"yesterday\"}"};
+    static unsigned bad_index;
+    char buf[4096];
+    int64_t now = wall_ms();
+    for (int i = 0; i < count; i++) {
+        int len = tly_loadgen_next(gen, now, buf, sizeof(buf));
+        const char *key = strstr(buf, "\"storeId\":\"");
+        size_t key_len = 0;
+        if (len < 0)
+            break;
+        if (key) {
+            key += 11;
+        } else if ((key = strstr(buf, "\"id\":\""))) {
+            key += 6;
+        }
+        if (key)
+            key_len = strcspn(key, "\"");
+        while (rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
+                                 RD_KAFKA_V_VALUE(buf, (size_t)len),
+                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            rd_kafka_poll(producer, 10);
+        (*sent)++;
+    }
+    if (with_bad) {
+        const char *b = bad[bad_index++ % 3];
+        rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE((void *)b, strlen(b)),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        (*sent)++;
+    }
+    rd_kafka_poll(producer, 0);
+}
+
+static int64_t scalar(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *stmt = NULL;
-    struct stat st;
-    char wal[4200];
-    long long db_bytes = stat(db_path, &st) == 0 ? (long long)st.st_size : 0;
-    snprintf(wal, sizeof(wal), "%s-wal", db_path);
-    if (stat(wal, &st) == 0)
-        db_bytes += (long long)st.st_size;
+    int64_t v = 0;
+    if (db && sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return v;
+}
 
+static sqlite3 *open_read_only(const char *path)
+{
+    sqlite3 *db = NULL;
+    if (access(path, F_OK) != 0 || sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 1000);
+    return db;
+}
+
+/* Events a pipeline has finished with: applied, skipped or dead-lettered. */
+static int64_t events_done(const char *db_path, const char *pipeline)
+{
+    char sql[256];
+    sqlite3 *db = open_read_only(db_path);
+    int64_t n;
+    snprintf(sql, sizeof(sql), "SELECT coalesce(sum(value), 0) FROM meta WHERE key IN "
+             "('pipeline.%s.events_applied', 'pipeline.%s.events_skipped', 'pipeline.%s.events_rejected')",
+             pipeline, pipeline, pipeline);
+    n = scalar(db, sql);
+    sqlite3_close(db);
+    return n;
+}
+
+static void print_view(const char *orders_db, const char *telemetry_db, double seconds,
+                       int64_t produced, int64_t last_applied, bool tty, int64_t *applied_now)
+{
+    sqlite3 *orders = open_read_only(orders_db), *telemetry = open_read_only(telemetry_db);
+    sqlite3_stmt *stmt = NULL;
+    int64_t o_applied = scalar(orders, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'), 0)");
+    int64_t o_rejected = scalar(orders, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.orders.events_rejected'), 0)");
+    int64_t t_applied = scalar(telemetry, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.telemetry.events_applied'), 0)");
+    int64_t t_rejected = scalar(telemetry, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.telemetry.events_rejected'), 0)");
+    int64_t t_skipped = scalar(telemetry, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.telemetry.events_skipped'), 0)");
+
+    *applied_now = o_applied + t_applied;
     if (tty)
         fputs("\033[H\033[2J", stdout);
-    printf("tally demo  t=%.0fs  state=%s\n", seconds, db_path);
-    printf("  orders     applied=%lld rejected=%lld  (%lld events/s)\n", (long long)orders->applied,
-           (long long)orders->rejected,
-           (long long)(orders->applied + orders->rejected + telemetry->applied +
-                       telemetry->rejected + telemetry->skipped - last_total));
-    printf("  telemetry  applied=%lld readings=%lld skipped=%lld rejected=%lld\n",
-           (long long)telemetry->applied, (long long)telemetry->readings,
-           (long long)telemetry->skipped, (long long)telemetry->rejected);
-    if (sqlite3_prepare_v2(tly_store_db(store),
-                           "SELECT (SELECT count(*) FROM order_window_state), "
-                           "(SELECT count(DISTINCT vin) FROM vehicle_sensor_state), "
-                           "(SELECT coalesce(max(seq), 0) FROM changelog)",
-                           -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        printf("  state      windows=%lld vehicles=%lld changelog_seq=%lld db_bytes=%lld\n",
-               (long long)sqlite3_column_int64(stmt, 0), (long long)sqlite3_column_int64(stmt, 1),
-               (long long)sqlite3_column_int64(stmt, 2), db_bytes);
-    sqlite3_finalize(stmt);
-    stmt = NULL;
+    printf("tally demo  t=%.0fs  produced=%lld  committed %lld events/s\n", seconds,
+           (long long)produced, (long long)(*applied_now - last_applied));
+    printf("  orders     applied=%lld dead-lettered=%lld windows=%lld changelog_seq=%lld\n",
+           (long long)o_applied, (long long)o_rejected,
+           (long long)scalar(orders, "SELECT count(*) FROM order_window_state"),
+           (long long)scalar(orders, "SELECT coalesce(max(seq), 0) FROM changelog"));
+    printf("  telemetry  applied=%lld dead-lettered=%lld skipped=%lld vehicles=%lld sensors=%lld\n",
+           (long long)t_applied, (long long)t_rejected, (long long)t_skipped,
+           (long long)scalar(telemetry, "SELECT count(DISTINCT vin) FROM vehicle_sensor_state"),
+           (long long)scalar(telemetry, "SELECT count(*) FROM vehicle_sensor_state"));
     printf("  busiest windows (order_windows):\n");
-    printf("    %-8s %-8s %-24s %14s %7s\n", "store", "product", "window_start (UTC)", "sum", "count");
-    if (sqlite3_prepare_v2(tly_store_db(store),
-                           "SELECT store_id, product_id, strftime('%Y-%m-%d %H:%M:%S', window_start / 1000, 'unixepoch'), sum, count "
-                           "FROM order_windows ORDER BY count DESC, window_start DESC LIMIT 5",
+    printf("    %-8s %-8s %-22s %12s %7s\n", "store", "product", "window_start (UTC)", "sum", "count");
+    if (orders &&
+        sqlite3_prepare_v2(orders,
+                           "SELECT store_id, product_id, strftime('%Y-%m-%d %H:%M:%S', window_start / 1000, "
+                           "'unixepoch'), sum, count FROM order_windows "
+                           "ORDER BY count DESC, window_start DESC LIMIT 5",
                            -1, &stmt, NULL) == SQLITE_OK)
         while (sqlite3_step(stmt) == SQLITE_ROW)
-            printf("    %-8s %-8s %-24s %14s %7lld\n", sqlite3_column_text(stmt, 0),
+            printf("    %-8s %-8s %-22s %12s %7lld\n", sqlite3_column_text(stmt, 0),
                    sqlite3_column_text(stmt, 1), sqlite3_column_text(stmt, 2),
                    sqlite3_column_text(stmt, 3), (long long)sqlite3_column_int64(stmt, 4));
     sqlite3_finalize(stmt);
     printf("\n");
     fflush(stdout);
+    sqlite3_close(orders);
+    sqlite3_close(telemetry);
 }
 
 int cmd_demo(int argc, char **argv)
@@ -175,12 +220,18 @@ int cmd_demo(int argc, char **argv)
         {"duration", required_argument, NULL, 'd'}, {"rate", required_argument, NULL, 'r'},
         {"dir", required_argument, NULL, 'D'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
-    int64_t duration_ms = 0, rate = 5000, started, next_tick, next_view, last_total = 0;
-    char dir_buf[64], db_path[4096], err[512];
-    const char *dir = NULL;
-    struct demo_pipeline orders = {0}, telemetry = {0};
-    tly_store *store = NULL;
-    int opt, status = CLI_EXIT_FAILURE;
+    static const char *const pipelines[2] = {"orders", "telemetry"};
+    int64_t duration_ms = 0, rate = 2000, started, next_tick, next_view, produced = 0, last_applied = 0;
+    int64_t produced_by[2] = {0, 0};
+    char dir_buf[64], err[1024], db_paths[2][4200], prefixes[2][32], errstr[256];
+    const char *dir = NULL, *bootstraps;
+    struct demo_runner runners[2];
+    tly_topic_layout layouts[2];
+    tly_loadgen *gens[2] = {NULL, NULL};
+    rd_kafka_t *mock_handle = NULL, *producer = NULL;
+    rd_kafka_mock_cluster_t *mock = NULL;
+    rd_kafka_conf_t *conf;
+    int opt, status = CLI_EXIT_FAILURE, started_runners = 0;
     unsigned ticks = 0;
     bool tty = isatty(STDOUT_FILENO);
 
@@ -214,60 +265,125 @@ int cmd_demo(int argc, char **argv)
         fprintf(stderr, "tally demo: cannot use directory %s: %m\n", dir);
         return CLI_EXIT_FAILURE;
     }
-    snprintf(db_path, sizeof(db_path), "%s/state.db", dir);
-    if (tly_store_open(db_path, NULL, &store, err, sizeof(err)) < 0 ||
-        setup(&orders, store, "orders", err, sizeof(err)) < 0 ||
-        setup(&telemetry, store, "telemetry", err, sizeof(err)) < 0) {
-        fprintf(stderr, "tally demo: %s\n", err);
+
+    /* The mock cluster lives inside a librdkafka handle of its own. */
+    conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "0", NULL, 0);
+    if (!(mock_handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "tally demo: %s\n", errstr);
+        return CLI_EXIT_FAILURE;
+    }
+    if (!(mock = rd_kafka_mock_cluster_new(mock_handle, 1))) {
+        fprintf(stderr, "tally demo: cannot start the mock cluster\n");
         goto done;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    printf("tally demo: state database %s\n"
-           "  query it while the demo runs, e.g.\n"
-           "    tally query --db %s 'SELECT * FROM order_windows ORDER BY count DESC LIMIT 5'\n"
-           "    tally query --db %s 'SELECT record FROM vehicle_latest LIMIT 1'\n"
-           "  (the Kafka-backed daemon demo arrives with 'tally run'; this one is offline)\n\n",
-           db_path, db_path, db_path);
-    fflush(stdout);
-    started = next_tick = next_view = cli_now_ms();
-    next_view += 1000;
-    while (!stop_requested && (duration_ms == 0 || cli_now_ms() - started < duration_ms)) {
-        int per_tick = (int)(rate / TICKS_PER_SECOND);
-        bool bad = ticks % TICKS_PER_SECOND == 0;
-        int64_t now;
-        if (tly_store_begin(store, err, sizeof(err)) < 0 ||
-            tick(&orders, per_tick, bad, err, sizeof(err)) < 0 ||
-            tick(&telemetry, per_tick, bad, err, sizeof(err)) < 0 ||
-            tly_store_commit(store, err, sizeof(err)) < 0) {
-            tly_store_rollback(store);
+    bootstraps = rd_kafka_mock_cluster_bootstraps(mock);
+    tly_log_set_level("warn"); /* the view below replaces the daemons' info lines */
+    for (int i = 0; i < 2; i++) {
+        tly_loadgen_options gopts;
+        snprintf(prefixes[i], sizeof(prefixes[i]), "demo-%s", pipelines[i]);
+        if (tly_topics_layout(pipelines[i], prefixes[i], NULL, NULL, &layouts[i], err, sizeof(err)) < 0 ||
+            create_topics(mock, &layouts[i], err, sizeof(err)) < 0) {
             fprintf(stderr, "tally demo: %s\n", err);
             goto done;
         }
+        tly_loadgen_options_init(&gopts, pipelines[i]);
+        gopts.time_spread_ms = 3000;
+        gopts.skewed = 1;
+        gens[i] = tly_loadgen_new(&gopts);
+        snprintf(db_paths[i], sizeof(db_paths[i]), "%s/%s.db", dir, pipelines[i]);
+    }
+    conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstraps, errstr, sizeof(errstr)) ||
+        rd_kafka_conf_set(conf, "linger.ms", "5", errstr, sizeof(errstr)) ||
+        !(producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "tally demo: %s\n", errstr);
+        goto done;
+    }
+    for (int i = 0; i < 2; i++) {
+        struct demo_runner *d = &runners[i];
+        tly_runner_config_init(&d->cfg, pipelines[i]);
+        snprintf(d->instance, sizeof(d->instance), "demo-%s-0", pipelines[i]);
+        d->cfg.brokers = bootstraps;
+        d->cfg.topic_prefix = prefixes[i];
+        d->cfg.group_id = prefixes[i];
+        d->cfg.instance_id = d->instance;
+        d->cfg.state_dir = dir;
+        d->cfg.manage_topics = 0;
+        d->cfg.stop = &runners_stop;
+        if (pthread_create(&d->thread, NULL, run_pipeline, d) != 0) {
+            fprintf(stderr, "tally demo: cannot start a thread\n");
+            goto done;
+        }
+        started_runners++;
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    printf("tally demo: Kafka mock cluster at %s; state databases\n  %s\n  %s\n"
+           "  query them while the demo runs, e.g.\n"
+           "    tally query --db %s 'SELECT * FROM order_windows ORDER BY count DESC LIMIT 5'\n"
+           "    tally query --db %s 'SELECT record FROM vehicle_latest LIMIT 1'\n\n",
+           bootstraps, db_paths[0], db_paths[1], db_paths[0], db_paths[1]);
+    fflush(stdout);
+    started = next_tick = cli_now_ms();
+    next_view = started + 1000;
+    while (!stop_requested && (duration_ms == 0 || cli_now_ms() - started < duration_ms)) {
+        int64_t now;
+        bool bad = ticks % TICKS_PER_SECOND == 0;
+        for (int i = 0; i < 2; i++)
+            produce_tick(producer, gens[i], layouts[i].input.name, (int)(rate / TICKS_PER_SECOND),
+                         bad, &produced_by[i]);
+        produced = produced_by[0] + produced_by[1];
         ticks++;
         now = cli_now_ms();
         if (now >= next_view) {
-            int64_t total = orders.applied + orders.rejected + telemetry.applied +
-                            telemetry.rejected + telemetry.skipped;
-            print_view(store, db_path, (now - started) / 1000.0, &orders, &telemetry, last_total, tty);
-            last_total = total;
+            int64_t applied;
+            print_view(db_paths[0], db_paths[1], (now - started) / 1000.0, produced, last_applied,
+                       tty, &applied);
+            last_applied = applied;
             next_view += 1000;
         }
         next_tick += 1000 / TICKS_PER_SECOND;
         if (next_tick > now)
             usleep((useconds_t)(next_tick - now) * 1000);
         else
-            next_tick = now; /* running behind: do not try to catch up in a burst */
+            next_tick = now;
     }
-    printf("tally demo: stopped after %.1fs; orders applied=%lld rejected=%lld; telemetry "
-           "applied=%lld readings=%lld skipped=%lld rejected=%lld\nstate database: %s\n",
-           (cli_now_ms() - started) / 1000.0, (long long)orders.applied, (long long)orders.rejected,
-           (long long)telemetry.applied, (long long)telemetry.readings, (long long)telemetry.skipped,
-           (long long)telemetry.rejected, db_path);
+    rd_kafka_flush(producer, 5000);
+    /* Let the daemons drain what was produced (every event ends applied,
+     * skipped or dead-lettered) before they stop, so the figures add up. */
+    for (int64_t deadline = cli_now_ms() + 15000; cli_now_ms() < deadline && !runners[0].rc && !runners[1].rc;) {
+        if (events_done(db_paths[0], "orders") + events_done(db_paths[1], "telemetry") >= produced)
+            break;
+        usleep(100000);
+    }
     status = CLI_EXIT_OK;
 done:
-    teardown(&orders);
-    teardown(&telemetry);
-    tly_store_close(store);
+    runners_stop = 1;
+    for (int i = 0; i < started_runners; i++) {
+        pthread_join(runners[i].thread, NULL);
+        if (runners[i].rc < 0)
+            status = CLI_EXIT_FAILURE;
+    }
+    if (status == CLI_EXIT_OK) {
+        int64_t applied;
+        print_view(db_paths[0], db_paths[1], (cli_now_ms() - started) / 1000.0, produced,
+                   last_applied, false, &applied);
+        printf("tally demo: stopped; produced orders=%lld telemetry=%lld; done orders=%lld "
+               "telemetry=%lld\nstate databases: %s %s\n",
+               (long long)produced_by[0], (long long)produced_by[1],
+               (long long)events_done(db_paths[0], "orders"),
+               (long long)events_done(db_paths[1], "telemetry"), db_paths[0], db_paths[1]);
+    }
+    if (producer)
+        rd_kafka_destroy(producer);
+    for (int i = 0; i < 2; i++)
+        tly_loadgen_free(gens[i]);
+    if (mock)
+        rd_kafka_mock_cluster_destroy(mock);
+    if (mock_handle)
+        rd_kafka_destroy(mock_handle);
     return status;
 }
