@@ -558,6 +558,8 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     int64_t seq_before, seq_after;
     char err[512];
 
+    int64_t t_start = now_ms(), t_applied, t_produced, t_kafka;
+
     r->batches++;
     r->delivery_failed = false;
     if ((error = rd_kafka_begin_transaction(r->producer)))
@@ -573,6 +575,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
                            sizeof(err)) < 0)
         goto database_failed;
     seq_after = tly_store_last_seq(r->store);
+    t_applied = now_ms();
     crash_point(r, "after_apply");
 
     for (int i = 0; i < r->count; i++) {
@@ -600,6 +603,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
                           sizeof(err)) < 0)
         return abort_batch(r, "produce outputs", ctx.err ? rd_kafka_err2str(ctx.err) : err, errbuf,
                            errlen);
+    t_produced = now_ms();
     crash_point(r, "after_produce");
 
     offsets = batch_offsets(r);
@@ -621,6 +625,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         return txn_error(r, "commit_transaction", error, errbuf, errlen);
     }
     rd_kafka_poll(r->producer, 0); /* serve the last delivery reports */
+    t_kafka = now_ms();
     crash_point(r, "after_commit");
 
     /* Kafka has the batch; now SQLite records where it stands and commits. */
@@ -647,6 +652,13 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     }
     if (tly_store_commit(r->store, err, sizeof(err)) < 0)
         goto database_failed_after_kafka;
+    if (now_ms() - t_start >= 500)
+        tly_log("warn", "slow_batch",
+                "events=%d total_ms=%lld apply_ms=%lld produce_ms=%lld kafka_commit_ms=%lld "
+                "sqlite_commit_ms=%lld",
+                r->count, (long long)(now_ms() - t_start), (long long)(t_applied - t_start),
+                (long long)(t_produced - t_applied), (long long)(t_kafka - t_produced),
+                (long long)(now_ms() - t_kafka));
     r->applied += stats.applied;
     r->rejected += stats.rejected;
     r->skipped += stats.skipped;

@@ -44,12 +44,21 @@ static const char topics_usage[] =
     "Exit status 0 when all five topics are in place, 1 on a conflict or a Kafka\n"
     "error, 2 on a bad option.\n";
 
+/* Errors reach keep_error and our message; the default log lines on stderr
+ * would only repeat them in librdkafka's format. */
 static void drop_log(const rd_kafka_t *rk, int level, const char *facility, const char *message)
 {
     (void)rk;
     (void)level;
     (void)facility;
     (void)message;
+}
+
+static void keep_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    (void)err;
+    snprintf(opaque, 256, "%s", reason);
 }
 
 /* Sets partitions[i] to the partition count of names[i], or -1 if it does not
@@ -87,11 +96,11 @@ static int topics_create(int argc, char **argv)
     tly_topic_layout layout;
     const tly_topic_spec *specs[5];
     const char *names[5];
-    int before[5], after[5], created = 0, known_before, opt, status = CLI_EXIT_FAILURE;
+    int before[5], after[5], created = 0, opt, status = CLI_EXIT_FAILURE;
     rd_kafka_resp_err_t kerr;
     rd_kafka_conf_t *conf = NULL;
     rd_kafka_t *rk = NULL;
-    char err[1024];
+    char err[1024], last_error[256] = "";
 
     opterr = 0;
     optind = 1;
@@ -136,15 +145,22 @@ static int topics_create(int argc, char **argv)
 
     conf = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(conf, drop_log);
+    rd_kafka_conf_set_error_cb(conf, keep_error);
+    rd_kafka_conf_set_opaque(conf, last_error);
     if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof(err)) != RD_KAFKA_CONF_OK ||
         !(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
         fprintf(stderr, "tally topics create: %s\n", err);
         rd_kafka_conf_destroy(conf); /* rd_kafka_new() owns conf only on success */
         return CLI_EXIT_FAILURE;
     }
-    /* Errors are tly_topics_ensure's to report, with their cause; without
-     * this first list the counts below tell created from existing. */
-    known_before = read_partitions(rk, names, 5, before, (int)timeout_ms) == 0;
+    /* This first list tells created from existing below. */
+    if ((kerr = read_partitions(rk, names, 5, before, (int)timeout_ms))) {
+        rd_kafka_poll(rk, 0); /* serves keep_error */
+        fprintf(stderr, "tally topics create: cannot read the topic list from %s: %s%s%s%s\n",
+                brokers, rd_kafka_err2str(kerr), last_error[0] ? " (last error: " : "", last_error,
+                last_error[0] ? ")" : "");
+        goto done;
+    }
     if (tly_topics_ensure(brokers, &layout, TLY_TOPIC_ALL, (int)partitions, (int)timeout_ms,
                           &created, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally topics create: %s\n", err);
@@ -159,11 +175,12 @@ static int topics_create(int argc, char **argv)
         fprintf(stderr, "tally topics create: note: input %s already has %d partitions; "
                         "--partitions %lld applies only to a new input\n",
                 layout.input.name, before[0], (long long)partitions);
+    /* A topic missing from the first list was created by us or, when we
+     * created none, by a concurrent `tally topics create`. */
     for (int i = 0; i < 5; i++)
         printf("topic=%s partitions=%d cleanup.policy=%s status=%s\n", names[i], after[i],
                specs[i]->cleanup_policy,
-               known_before ? (before[i] < 0 ? "created" : "exists")
-                            : (created == 0 ? "exists" : created == 5 ? "created" : "unknown"));
+               before[i] < 0 && created > 0 ? "created" : "exists");
     status = CLI_EXIT_OK;
 done:
     rd_kafka_destroy(rk);

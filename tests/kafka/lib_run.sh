@@ -1,0 +1,431 @@
+# tests/kafka/lib_run.sh - helpers for the `tally run` tests against a real
+# Kafka broker (source it, do not run it).
+# shellcheck shell=bash
+#
+# Environment (set by tests/CMakeLists.txt; the broker is started by the
+# kafka.start fixture with scripts/kafka):
+#   TALLY             path to the tally binary (required)
+#   KAFKA_BROKERS     bootstrap servers of the test broker (required)
+#   KAFKA_PORT        its port, for scripts/kafka (default: from KAFKA_BROKERS)
+#   TALLY_SOURCE_DIR  repository root (default: two levels above this file)
+#   TALLY_KEEP_WORK   if set, keep the temp dir for inspection
+#
+# Everything a test creates on the broker is named after RUN_ID (a random
+# suffix), so tests and repeated runs never share topics, groups or
+# transactional ids. Every tally this library starts is killed on exit.
+#
+# Provides:
+#   $WORK, $RUN_ID, fail, ok, assert_eq, assert_files_eq, finish
+#   name SUFFIX                       a unique topic/group/instance name
+#   create_topic NAME PARTITIONS      via scripts/kafka topics
+#   gen_orders N SEED FIRST TSV       "key|json" order lines on stdout, their
+#                                     store/product/event_ms/micros to TSV
+#   gen_malformed N TAG               "key|value" lines tally must reject
+#   mix FILE... > OUT                 the lines of all FILEs, shuffled
+#   produce TOPIC FILE                "key|value" lines to TOPIC (kcat)
+#   end_offsets TOPIC                 "partition offset" lines
+#   expected_windows TSV              expected order_windows rows (awk)
+#   tally_start LOG ARGS...           `tally run --pipeline orders` in the
+#                                     background; sets TALLY_PID
+#   tally_wait_started PID LOG        until the "event=started" log line
+#   tally_wait_exit PID SECONDS       sets RC to the exit status
+#   tally_stop PID                    SIGTERM, expects exit status 0
+#   wait_done DB N_VALID PREFIX N_BAD SECONDS [PID]
+#                                     until the state counts N_VALID orders
+#                                     and the DLQ holds N_BAD records
+#   meta DB KEY                       a value of the state's meta table
+#   state_windows DB                  order_windows rows (tally query)
+#   read_topic TOPIC FORMAT           every read_committed record (kcat -f)
+#   output_windows TOPIC              latest output value per key, as rows
+#   check_totals WHAT TSV DB OUTPUT   state and output == awk, exactly
+#   check_dlq PREFIX INPUT BAD_FILE   the DLQ holds each bad line once
+#   expect_usage_error WHAT ARGS...   tally run ARGS exits 2 with a message
+#   show_logs                         tails of the tally logs (on failure)
+
+set -euo pipefail
+export LC_ALL=C
+
+: "${TALLY:?set TALLY to the path of the tally binary}"
+: "${KAFKA_BROKERS:?set KAFKA_BROKERS to the test broker (e.g. 127.0.0.1:9092)}"
+[[ -x "$TALLY" ]] || { echo "FAIL: TALLY=$TALLY is not executable" >&2; exit 1; }
+for _tool in kcat sqlite3 awk shuf timeout; do
+    command -v "$_tool" >/dev/null || { echo "FAIL: $_tool is required" >&2; exit 1; }
+done
+if [[ -z "${KAFKA_PORT:-}" ]]; then
+    KAFKA_PORT=${KAFKA_BROKERS##*:}
+    KAFKA_PORT=${KAFKA_PORT%%,*}
+fi
+export KAFKA_PORT KAFKA_BROKERS
+TALLY_SOURCE_DIR=${TALLY_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+KAFKA_SCRIPT=$TALLY_SOURCE_DIR/scripts/kafka
+[[ -x "$KAFKA_SCRIPT" ]] || { echo "FAIL: $KAFKA_SCRIPT missing" >&2; exit 1; }
+
+# abort() must not leave core files behind.
+ulimit -c 0
+
+TEST_NAME=$(basename "$0" .sh)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tally-${TEST_NAME}.XXXXXX")
+RUN_ID="$(date +%s)$((RANDOM % 1000))$((RANDOM % 1000))"
+WINDOW_MS=60000
+CHECKS=0
+TALLY_PIDS=()
+BG_PIDS=()
+TALLY_LOGS=()
+
+# True while the process exists and is not a zombie.
+alive() {
+    local state
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
+    [[ -n "$state" && "$state" != Z ]]
+}
+
+cleanup() {
+    local rc=$? pid
+    for pid in "${TALLY_PIDS[@]+"${TALLY_PIDS[@]}"}" "${BG_PIDS[@]+"${BG_PIDS[@]}"}"; do
+        if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if ((rc != 0)); then show_logs; fi
+    if [[ -n "${TALLY_KEEP_WORK:-}" ]]; then
+        echo "kept $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+fail() {
+    printf 'FAIL [%s]: %s\n' "$TEST_NAME" "$*" >&2
+    exit 1
+}
+
+ok() { CHECKS=$((CHECKS + 1)); }
+
+note() { printf '[%s] %s\n' "$TEST_NAME" "$*" >&2; }
+
+assert_eq() {
+    [[ "$2" == "$3" ]] || fail "$1: expected [$2], got [$3]"
+    ok
+}
+
+# assert_files_eq WHAT EXPECTED_FILE ACTUAL_FILE: shows the first differences.
+assert_files_eq() {
+    if ! cmp -s "$2" "$3"; then
+        printf 'FAIL [%s]: %s differs (expected %s lines, got %s lines); first differences (< expected, > actual):\n' \
+            "$TEST_NAME" "$1" "$(wc -l <"$2")" "$(wc -l <"$3")" >&2
+        diff "$2" "$3" | head -20 >&2 || true
+        exit 1
+    fi
+    ok
+}
+
+show_logs() {
+    local log
+    for log in "${TALLY_LOGS[@]+"${TALLY_LOGS[@]}"}"; do
+        [[ -f "$log" ]] || continue
+        printf -- '--- last lines of %s:\n' "$log" >&2
+        tail -n 15 "$log" | cut -c1-400 >&2 || true
+    done
+}
+
+finish() { echo "ok: $TEST_NAME: $CHECKS checks${1:+; $1}"; }
+
+# name SUFFIX: a name no other test or run uses.
+name() { echo "tr-${TEST_NAME#test_run_}-$RUN_ID-$1"; }
+
+# ------------------------------------------------------------- topics ---
+
+create_topic() {
+    if ! "$KAFKA_SCRIPT" topics --create --topic "$1" --partitions "$2" --replication-factor 1 \
+        >"$WORK/topics.out" 2>&1; then
+        cat "$WORK/topics.out" >&2
+        fail "cannot create topic $1 with scripts/kafka topics"
+    fi
+}
+
+# produce TOPIC FILE: every "key|value" line of FILE as one record.
+produce() {
+    local lines
+    lines=$(wc -l <"$2")
+    if ! timeout 120 kcat -b "$KAFKA_BROKERS" -P -t "$1" -K '|' -l -X acks=all "$2" \
+        2>"$WORK/produce.err"; then
+        cat "$WORK/produce.err" >&2
+        fail "kcat could not produce $lines records to $1"
+    fi
+    if [[ -s "$WORK/produce.err" ]]; then
+        cat "$WORK/produce.err" >&2
+        fail "kcat reported errors producing to $1"
+    fi
+}
+
+# end_offsets TOPIC: "partition offset" per partition (the high watermarks).
+end_offsets() {
+    local parts p args=()
+    parts=$(timeout 30 kcat -b "$KAFKA_BROKERS" -L -t "$1" 2>/dev/null | grep -c '^ *partition ') ||
+        fail "no metadata for topic $1"
+    for ((p = 0; p < parts; p++)); do args+=(-t "$1:$p:-1"); done
+    timeout 30 kcat -b "$KAFKA_BROKERS" -Q "${args[@]}" |
+        awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n
+}
+
+# topic_records TOPIC: the number of records in TOPIC (sum of end offsets;
+# only for topics written without transactions).
+topic_records() { end_offsets "$1" | awk '{ n += $2 } END { printf "%.0f\n", n }'; }
+
+# read_topic TOPIC FORMAT: every committed record of TOPIC, formatted by kcat.
+read_topic() {
+    timeout 120 kcat -b "$KAFKA_BROKERS" -C -t "$1" -o beginning -e -q \
+        -X isolation.level=read_committed -f "$2" ||
+        fail "kcat could not read $1"
+}
+
+# ---------------------------------------------------------- the data ---
+
+# gen_orders N SEED FIRST_ID TSV > "key|json" lines; appends to TSV, per
+# order: store, product, event ms, price micros * qty. 4 stores x 5 products,
+# event times over 4 minutes (5 windows of 60 s, not aligned), out of order.
+# Prices come as JSON numbers with 2 decimals, decimal strings, integers and
+# numbers with 3 decimals. Deterministic (Park-Miller LCG, exact in doubles);
+# mawk prints integers above 2^31 wrongly with %d, so those use %.0f.
+gen_orders() {
+    awk -v n="$1" -v seed="$2" -v first="$3" -v tsv="$4" '
+    function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
+    BEGIN {
+        base = 1700000000000 + 12345
+        for (i = 0; i < n; i++) {
+            id = first + i
+            s = rnd(4); p = rnd(5)
+            qty = (rnd(50) == 0) ? 1000 : 1 + rnd(20)
+            ts = base + rnd(240000)
+            kind = rnd(8); cents = rnd(100000)
+            if (kind <= 3) {
+                micros = cents * 10000; price = sprintf("%d.%02d", int(cents / 100), cents % 100)
+            } else if (kind <= 5) {
+                micros = cents * 10000; price = sprintf("\"%d.%02d\"", int(cents / 100), cents % 100)
+            } else if (kind == 6) {
+                micros = int(cents / 100) * 1000000; price = sprintf("%d", int(cents / 100))
+            } else {
+                mills = rnd(1000000); micros = mills * 1000; price = sprintf("%d.%03d", int(mills / 1000), mills % 1000)
+            }
+            printf "o%d|{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":%s,\"qty\":%d,\"ts\":%.0f}\n", id, id, p, s, price, qty, ts
+            printf "s%d\tp%d\t%.0f\t%.0f\n", s, p, ts, micros * qty >> tsv
+        }
+    }'
+}
+
+# gen_malformed N TAG > "key|value" lines that tally must send to the DLQ,
+# each one different (TAG and a counter make it unique). Values hold no '|'.
+gen_malformed() {
+    awk -v n="$1" -v tag="$2" '
+    BEGIN {
+        for (i = 0; i < n; i++) {
+            id = tag "-" i; k = i % 10
+            if (k == 0) v = "not json " id
+            else if (k == 1) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":\"abc\",\"qty\":1,\"ts\":1700000000000}"
+            else if (k == 2) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":0,\"ts\":1700000000000}"
+            else if (k == 3) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":1001,\"ts\":1700000000000}"
+            else if (k == 4) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":-1.5,\"qty\":1,\"ts\":1700000000000}"
+            else if (k == 5) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"price\":1.5,\"qty\":1,\"ts\":1700000000000}"
+            else if (k == 6) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":1,\"ts\":1700000000000,\"validated\":false}"
+            else if (k == 7) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,"
+            else if (k == 8) v = "[\"" id "\",1,2]"
+            else v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":1}"
+            print "bad-" id "|" v
+        }
+    }'
+}
+
+# mix FILE... : all their lines in a random order.
+mix() { cat "$@" | shuf; }
+
+# expected_windows TSV: "store product window_start sum count" (tab separated,
+# sorted), the sum formatted like the order_windows view: at least two
+# decimals, no trailing zeros beyond them.
+expected_windows() {
+    awk -F'\t' -v w="$WINDOW_MS" '
+    function fmt(m,   whole, frac) {
+        whole = sprintf("%.0f", (m - m % 1000000) / 1000000)
+        frac = sprintf("%06d", m % 1000000)
+        while (length(frac) > 2 && substr(frac, length(frac)) == "0") frac = substr(frac, 1, length(frac) - 1)
+        return whole "." frac
+    }
+    {
+        k = $1 "\t" $2 "\t" sprintf("%.0f", $3 - ($3 % w))
+        sum[k] += $4; cnt[k]++
+    }
+    END { for (k in sum) printf "%s\t%s\t%d\n", k, fmt(sum[k]), cnt[k] }' "$1" | sort
+}
+
+# ------------------------------------------------------------- tally ---
+
+# tally_start LOG ARGS...: starts `tally run --pipeline orders` with ARGS in
+# the background, stdout and stderr appended to LOG; sets TALLY_PID.
+tally_start() {
+    local log=$1
+    shift
+    "$TALLY" run --pipeline orders --brokers "$KAFKA_BROKERS" "$@" >>"$log" 2>&1 &
+    TALLY_PID=$!
+    TALLY_PIDS+=("$TALLY_PID")
+    TALLY_LOGS+=("$log")
+}
+
+# tally_wait_started PID LOG [SECONDS]: until LOG has a new "event=started"
+# line (counted from the number of such lines before the start: STARTS_BEFORE,
+# default 0). Fails if the process exits first.
+tally_wait_started() {
+    local pid=$1 log=$2 limit=$((SECONDS + ${3:-60})) before=${STARTS_BEFORE:-0} n
+    while :; do
+        n=$(grep -c 'event=started' "$log" 2>/dev/null || true)
+        ((n > before)) && return 0
+        if ! alive "$pid"; then
+            tally_wait_exit "$pid" 5
+            fail "tally (pid $pid) exited with status $RC before it started; log $log: $(tail -n 3 "$log" | cut -c1-300)"
+        fi
+        ((SECONDS < limit)) || fail "tally (pid $pid) did not log event=started within ${3:-60} s"
+        sleep 0.1
+    done
+}
+
+# tally_wait_exit PID SECONDS: waits for the process to end, sets RC to its
+# exit status (SIGKILL after SECONDS; then RC is 137 and TIMED_OUT=1).
+tally_wait_exit() {
+    local pid=$1 limit=$((SECONDS + $2))
+    TIMED_OUT=0
+    while alive "$pid"; do
+        if ((SECONDS >= limit)); then
+            TIMED_OUT=1
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.1
+    done
+    if wait "$pid" 2>/dev/null; then RC=0; else RC=$?; fi
+}
+
+# tally_stop PID: SIGTERM, then the process must exit 0 within 60 s.
+tally_stop() {
+    kill -TERM "$1" 2>/dev/null || fail "tally (pid $1) is not running any more"
+    tally_wait_exit "$1" 60
+    ((TIMED_OUT == 0)) || fail "tally (pid $1) did not exit within 60 s of SIGTERM"
+    ((RC == 0)) || fail "tally (pid $1) exited with status $RC after SIGTERM, expected 0"
+    ok
+}
+
+# sqlval DB SQL: one value from the state database (read only; retries while
+# the database is locked or not created yet). Empty if there is none.
+sqlval() {
+    sqlite3 -batch -readonly -cmd '.timeout 5000' "$1" "$2" 2>/dev/null || true
+}
+
+meta() { sqlval "$1" "SELECT value FROM meta WHERE key = '$2'"; }
+
+# dlq_records PREFIX: committed records in the DLQ.
+dlq_records() { read_topic "$1-dlq" '%o\n' | wc -l; }
+
+# wait_done DB N_VALID PREFIX N_BAD SECONDS [PID]: waits until the state
+# database counts N_VALID orders (SQLite commits after Kafka did, so those are
+# committed in Kafka too) and the DLQ holds N_BAD committed records. Fails on
+# timeout, on more orders than N_VALID (duplicates), or if PID exits.
+wait_done() {
+    local db=$1 want=$2 prefix=$3 bad=$4 limit=$((SECONDS + $5)) pid=${6:-} have dlq
+    while :; do
+        have=$(sqlval "$db" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
+        have=${have:-0}
+        if ((have > want)); then
+            fail "the state counts $have orders, more than the $want produced (duplicates)"
+        fi
+        if ((have == want)); then
+            dlq=$(dlq_records "$prefix")
+            ((dlq > bad)) && fail "the DLQ holds $dlq records, more than the $bad malformed lines (duplicates)"
+            ((dlq == bad)) && return 0
+        fi
+        if [[ -n "$pid" ]] && ! alive "$pid"; then
+            tally_wait_exit "$pid" 5
+            fail "tally (pid $pid) exited with status $RC while consuming ($have of $want orders applied)"
+        fi
+        ((SECONDS < limit)) || fail "not done within $5 s: the state counts $have of $want orders"
+        sleep 0.5
+    done
+}
+
+# state_windows DB: order_windows as "store product window_start sum count"
+# lines (tab separated, sorted), through tally query.
+state_windows() {
+    timeout 60 "$TALLY" query --db "$1" --format csv \
+        'SELECT store_id, product_id, window_start, sum, count FROM order_windows' >"$WORK/query.csv" ||
+        fail "tally query on $1 failed"
+    tr -d '\r"' <"$WORK/query.csv" | tail -n +2 | tr ',' '\t' | sort
+}
+
+# output_windows TOPIC: the latest committed value per key of the output
+# topic, as "store product window_start sum count" lines (tab separated,
+# sorted). The sum is kept as the exact text of the JSON number. Fails on a
+# value that does not parse or does not match its key.
+output_windows() {
+    read_topic "$1" '%k\t%s\n' >"$WORK/output.raw"
+    awk -F'\t' -v out="$WORK/output.latest" '
+    function field(v, name,   re, s) {
+        re = "\"" name "\":(\"[^\"]*\"|-?[0-9][0-9.eE+-]*)"
+        if (!match(v, re)) return "\001"
+        s = substr(v, RSTART + length(name) + 3, RLENGTH - length(name) - 3)
+        gsub(/"/, "", s)
+        return s
+    }
+    {
+        st = field($2, "storeId"); pr = field($2, "productId"); ws = field($2, "windowStart")
+        sm = field($2, "sum"); ct = field($2, "count")
+        if (st == "\001" || pr == "\001" || ws == "\001" || sm == "\001" || ct == "\001") {
+            print "bad output record: " $0 > "/dev/stderr"; bad = 1; exit 1
+        }
+        if ($1 != st "#" pr "#" ws) {
+            print "output key " $1 " does not match its value " $2 > "/dev/stderr"; bad = 1; exit 1
+        }
+        last[$1] = st "\t" pr "\t" ws "\t" sm "\t" ct
+    }
+    END { if (!bad) for (k in last) print last[k] > out }' "$WORK/output.raw" ||
+        fail "the output topic $1 holds a malformed record"
+    [[ -f "$WORK/output.latest" ]] || : >"$WORK/output.latest"
+    sort "$WORK/output.latest"
+    rm -f "$WORK/output.latest"
+}
+
+# check_totals WHAT TSV DB OUTPUT_TOPIC: the state database and the latest
+# output per key must equal the awk totals of TSV exactly (sum and count).
+check_totals() {
+    local what=$1 tsv=$2 db=$3 out=$4
+    expected_windows "$tsv" >"$WORK/expected.tsv"
+    [[ -s "$WORK/expected.tsv" ]] || fail "no expected windows (test bug)"
+    output_windows "$out" >"$WORK/actual-output.tsv"
+    assert_files_eq "$what: latest output per key vs awk" "$WORK/expected.tsv" "$WORK/actual-output.tsv"
+    if [[ -n "$db" ]]; then
+        state_windows "$db" >"$WORK/actual-state.tsv"
+        assert_files_eq "$what: SQLite order_windows vs awk" "$WORK/expected.tsv" "$WORK/actual-state.tsv"
+    fi
+}
+
+# check_dlq PREFIX INPUT_TOPIC BAD_FILE: the DLQ (read_committed) holds the
+# value of each line of BAD_FILE exactly once, each with a tally.error header
+# and tally.topic = INPUT_TOPIC.
+check_dlq() {
+    local prefix=$1 input=$2 bad=$3 n
+    cut -d'|' -f2- "$bad" | sort >"$WORK/dlq.expected"
+    read_topic "$prefix-dlq" '%s\n' | sort >"$WORK/dlq.actual"
+    assert_files_eq "DLQ values (multiset) vs the malformed lines" "$WORK/dlq.expected" "$WORK/dlq.actual"
+    read_topic "$prefix-dlq" '%h\n' >"$WORK/dlq.headers"
+    n=$(wc -l <"$bad")
+    assert_eq "DLQ records with a tally.error header" "$n" "$(grep -c 'tally\.error=.' "$WORK/dlq.headers" || true)"
+    assert_eq "DLQ records with tally.topic=$input" "$n" "$(grep -cF "tally.topic=$input" "$WORK/dlq.headers" || true)"
+    assert_eq "DLQ records with tally.partition and tally.offset" "$n" \
+        "$(grep -cE 'tally\.partition=[0-9]+.*tally\.offset=[0-9]+' "$WORK/dlq.headers" || true)"
+}
+
+# expect_usage_error WHAT ARGS...: `tally run ARGS` (KAFKA_BROKERS unset)
+# must exit 2 with a message on stderr, quickly and without a broker.
+expect_usage_error() {
+    local what=$1 rc=0
+    shift
+    env -u KAFKA_BROKERS timeout 20 "$TALLY" run "$@" >"$WORK/usage.out" 2>"$WORK/usage.err" || rc=$?
+    [[ "$rc" == 2 ]] || fail "$what: expected exit status 2, got $rc; stderr: $(head -c 300 "$WORK/usage.err")"
+    [[ -s "$WORK/usage.err" ]] || fail "$what: no message on stderr"
+    ok
+}
