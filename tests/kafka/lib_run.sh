@@ -33,6 +33,9 @@
 #   wait_done DB N_VALID PREFIX N_BAD SECONDS [PID]
 #                                     until the state counts N_VALID orders
 #                                     and the DLQ holds N_BAD records
+#   wait_positions DB TOPIC PREFIX N_BAD SECONDS [PID]
+#                                     until the recorded input positions are
+#                                     the partition ends, DLQ holds N_BAD
 #   meta DB KEY                       a value of the state's meta table
 #   state_windows DB                  order_windows rows (tally query)
 #   read_topic TOPIC FORMAT           every read_committed record (kcat -f)
@@ -344,6 +347,32 @@ wait_done() {
             fail "tally (pid $pid) exited with status $RC while consuming ($have of $want orders applied)"
         fi
         ((SECONDS < limit)) || fail "not done within $5 s: the state counts $have of $want orders"
+        sleep 0.5
+    done
+}
+
+# wait_positions DB TOPIC PREFIX N_BAD SECONDS [PID]: waits until the input
+# positions SQLite recorded (meta kafka.input.TOPIC.P) are the ends of every
+# partition of TOPIC and the DLQ holds N_BAD committed records. For runs whose
+# state database did not see every batch (another instance did some).
+wait_positions() {
+    local db=$1 topic=$2 prefix=$3 bad=$4 limit=$((SECONDS + $5)) pid=${6:-} p end behind dlq
+    end_offsets "$topic" >"$WORK/ends"
+    while :; do
+        behind=0
+        while read -r p end; do
+            [[ "$(meta "$db" "kafka.input.$topic.$p")" == "$end" ]] || behind=$((behind + 1))
+        done <"$WORK/ends"
+        if ((behind == 0)); then
+            dlq=$(dlq_records "$prefix")
+            ((dlq > bad)) && fail "the DLQ holds $dlq records, more than the $bad malformed lines (duplicates)"
+            ((dlq == bad)) && return 0
+        fi
+        if [[ -n "$pid" ]] && ! alive "$pid"; then
+            tally_wait_exit "$pid" 5
+            fail "tally (pid $pid) exited with status $RC while consuming ($behind partitions behind)"
+        fi
+        ((SECONDS < limit)) || fail "not done within $5 s: $behind partitions of $topic behind their ends"
         sleep 0.5
     done
 }
