@@ -259,6 +259,13 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
 
     if (tly_replayer_open(r->db_path, NULL, &replayer, errbuf, errlen) < 0)
         goto done;
+    /* Pipelines that share a topic prefix share the changelog topic. */
+    if (tly_replayer_only_entity(replayer, strcmp(r->cfg->pipeline, "orders") == 0
+                                               ? "order_window"
+                                               : "vehicle_sensor") < 0) {
+        fail(errbuf, errlen, "out of memory");
+        goto done;
+    }
     if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
         conf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
         conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
@@ -338,8 +345,10 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
                 rd_kafka_message_destroy(m);
                 goto done;
             }
-            records++;
-            bytes += (int64_t)m->len;
+            if (!outcome.foreign) {
+                records++;
+                bytes += (int64_t)m->len;
+            }
             if (m->partition < MAX_PARTITIONS && m->offset > r->changelog_offsets[m->partition]) {
                 char key[512];
                 r->changelog_offsets[m->partition] = m->offset;

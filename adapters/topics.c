@@ -27,8 +27,8 @@
 #include <string.h>
 #include <time.h>
 
-#define DEFAULT_TIMEOUT_MS 30000
-#define MAX_TOPIC_NAME 249 /* Kafka's limit */
+#define DEFAULT_TIMEOUT_MS 30000 /* when timeout_ms <= 0 */
+#define MAX_TOPIC_NAME 249       /* Kafka's limit */
 #define RETRY_INTERVAL_MS 100
 #define MAX_CREATE_ATTEMPTS 5
 
@@ -46,8 +46,9 @@ static int check_topic_name(const char *what, const char *name, char *errbuf, si
 {
     size_t len = strlen(name);
     if (len == 0 || len > MAX_TOPIC_NAME) {
-        snprintf(errbuf, errlen, "%s topic name \"%s\" must be 1 to %d characters long (it has %zu)",
-                 what, name, MAX_TOPIC_NAME, len);
+        snprintf(errbuf, errlen,
+                 "%s topic name \"%s\" must be 1 to %d characters long (it has %zu)", what, name,
+                 MAX_TOPIC_NAME, len);
         return -1;
     }
     /* Kafka reserves "." and ".." (they would be log directory names). */
@@ -105,8 +106,10 @@ int tly_topics_layout(const char *pipeline, const char *prefix, const char *inpu
                  errlen) < 0 ||
         set_spec(&layout->output, "output", output ? output : p->output, "", "compact", errbuf,
                  errlen) < 0 ||
-        set_spec(&layout->changelog, "changelog", prefix, "-changelog", "compact", errbuf, errlen) < 0 ||
-        set_spec(&layout->snapshots, "snapshots", prefix, "-snapshots", "compact", errbuf, errlen) < 0 ||
+        set_spec(&layout->changelog, "changelog", prefix, "-changelog", "compact", errbuf, errlen) <
+            0 ||
+        set_spec(&layout->snapshots, "snapshots", prefix, "-snapshots", "compact", errbuf, errlen) <
+            0 ||
         set_spec(&layout->dlq, "dlq", prefix, "-dlq", "delete", errbuf, errlen) < 0)
         return -1;
     /* One topic in two roles would mix records of different kinds (and needs
@@ -119,8 +122,9 @@ int tly_topics_layout(const char *pipeline, const char *prefix, const char *inpu
     for (int i = 0; i < 5; i++)
         for (int j = i + 1; j < 5; j++)
             if (strcmp(all[i]->name, all[j]->name) == 0) {
-                snprintf(errbuf, errlen, "topic %s is used twice in the layout (input, output and "
-                                         "the internal topics must all differ)",
+                snprintf(errbuf, errlen,
+                         "topic %s is used twice in the layout (input, output and "
+                         "the internal topics must all differ)",
                          all[i]->name);
                 return -1;
             }
@@ -142,10 +146,11 @@ struct topic_state {
     unsigned bit;
     const char *role;
     int exists, ready, partitions; /* from metadata; ready = every partition has a leader */
-    char policy[128];              /* from DescribeConfigs, when it exists */
-    int created;                   /* by this call */
-    int await;                     /* created or raced this round: wait until visible */
-    char raced_reason[256];        /* the broker's TOPIC_ALREADY_EXISTS message */
+    rd_kafka_resp_err_t metadata_err;
+    char policy[128];       /* from DescribeConfigs, when it exists */
+    int created;            /* by this call */
+    int await;              /* created or raced this round: wait until visible */
+    char raced_reason[256]; /* the broker's TOPIC_ALREADY_EXISTS message */
 };
 
 static int64_t now_ms(void)
@@ -202,8 +207,10 @@ static int admin_open(struct admin *a, const char *brokers, char *errbuf, size_t
 
     memset(a, 0, sizeof(*a));
     a->brokers = brokers;
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "client.id", "tally-admin", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof(errstr)) !=
+            RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "client.id", "tally-admin", errstr, sizeof(errstr)) !=
+            RD_KAFKA_CONF_OK) {
         snprintf(errbuf, errlen, "%s", errstr);
         rd_kafka_conf_destroy(conf);
         return -1;
@@ -253,6 +260,7 @@ static rd_kafka_event_t *wait_result(struct admin *a, rd_kafka_event_type_t type
 static void apply_metadata(const struct rd_kafka_metadata *md, struct topic_state *t)
 {
     t->exists = t->ready = t->partitions = 0;
+    t->metadata_err = RD_KAFKA_RESP_ERR_NO_ERROR;
     for (int i = 0; i < md->topic_cnt; i++) {
         const rd_kafka_metadata_topic_t *mt = &md->topics[i];
         if (strcmp(mt->topic, t->spec->name) != 0)
@@ -260,6 +268,7 @@ static void apply_metadata(const struct rd_kafka_metadata *md, struct topic_stat
         if (mt->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
             return;
         t->exists = 1;
+        t->metadata_err = mt->err;
         t->partitions = mt->partition_cnt;
         t->ready = mt->err == RD_KAFKA_RESP_ERR_NO_ERROR && mt->partition_cnt > 0;
         for (int p = 0; p < mt->partition_cnt; p++)
@@ -301,13 +310,18 @@ static int refresh(struct admin *a, struct topic_state *t, int n, int64_t deadli
             return 0;
         if (remaining_ms(deadline) == 0) {
             if (!pending->exists && pending->raced_reason[0])
-                snprintf(errbuf, errlen, "topic %s: the broker says \"%s\", but it is not in the "
-                                         "topic list; try again later",
+                snprintf(errbuf, errlen,
+                         "topic %s: the broker says \"%s\", but it is not in the "
+                         "topic list; try again later",
                          pending->spec->name, pending->raced_reason);
             else if (!pending->exists)
-                snprintf(errbuf, errlen, "topic %s was created but is not in the topic list of %s "
-                                         "in time",
+                snprintf(errbuf, errlen,
+                         "topic %s was created but is not in the topic list of %s "
+                         "in time",
                          pending->spec->name, a->brokers);
+            else if (pending->metadata_err)
+                snprintf(errbuf, errlen, "topic %s is not usable on %s: %s", pending->spec->name,
+                         a->brokers, rd_kafka_err2str(pending->metadata_err));
             else
                 snprintf(errbuf, errlen, "topic %s has partitions without a leader on %s",
                          pending->spec->name, a->brokers);
@@ -332,7 +346,8 @@ static int describe_policies(struct admin *a, struct topic_state *t, int n, unsi
     for (int i = 0; i < n; i++) {
         t[i].policy[0] = '\0';
         if (t[i].exists && (which & t[i].bit))
-            resources[count++] = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, t[i].spec->name);
+            resources[count++] =
+                rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, t[i].spec->name);
     }
     if (count == 0)
         return 0;
@@ -481,8 +496,9 @@ static int find_conflicts(struct admin *a, const struct topic_state *t, int n, u
                         t[i].policy, t[i].spec->cleanup_policy);
         if ((t[i].bit & TLY_TOPIC_INTERNAL) && t[i].partitions != input_partitions) {
             if (input->exists)
-                add_problem(errbuf, errlen, &problems, "topic %s has %d partitions, the input %s has %d",
-                            t[i].spec->name, t[i].partitions, input->spec->name, input_partitions);
+                add_problem(errbuf, errlen, &problems,
+                            "topic %s has %d partitions, the input %s has %d", t[i].spec->name,
+                            t[i].partitions, input->spec->name, input_partitions);
             else
                 add_problem(errbuf, errlen, &problems,
                             "topic %s has %d partitions, the input %s would be created with %d",
@@ -542,7 +558,8 @@ static int create_missing(struct admin *a, struct topic_state *t, int n, unsigne
                  last_error_note(a, note, sizeof(note)));
         goto done;
     }
-    results = rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &nresults);
+    results =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &nresults);
     for (size_t r = 0; r < nresults; r++) {
         const char *name = rd_kafka_topic_result_name(results[r]);
         rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[r]);
@@ -598,9 +615,15 @@ int tly_topics_ensure(const char *brokers, const tly_topic_layout *layout, unsig
         snprintf(errbuf, errlen, "no Kafka brokers given");
         return -1;
     }
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (check_topic_name(t[i].role, t[i].spec->name, errbuf, errlen) < 0)
             return -1;
+        if (!t[i].spec->cleanup_policy) {
+            snprintf(errbuf, errlen, "%s topic %s has no cleanup.policy in the layout", t[i].role,
+                     t[i].spec->name);
+            return -1;
+        }
+    }
     if (admin_open(&a, brokers, errbuf, errlen) < 0)
         goto done;
     for (int attempt = 1;; attempt++) {
@@ -620,14 +643,16 @@ int tly_topics_ensure(const char *brokers, const tly_topic_layout *layout, unsig
         if (missing == 0)
             break;
         if (attempt > MAX_CREATE_ATTEMPTS) {
-            snprintf(errbuf, errlen, "topics of the layout keep being created and deleted on %s; "
-                                     "gave up after %d attempts",
+            snprintf(errbuf, errlen,
+                     "topics of the layout keep being created and deleted on %s; "
+                     "gave up after %d attempts",
                      brokers, MAX_CREATE_ATTEMPTS);
             goto done;
         }
         /* The input goes first in the same request: the others take its
          * partition count, fixed above. */
-        if (create_missing(&a, t, n, which, input_partitions, deadline, &raced, errbuf, errlen) < 0 ||
+        if (create_missing(&a, t, n, which, input_partitions, deadline, &raced, errbuf, errlen) <
+                0 ||
             refresh(&a, t, n, deadline, errbuf, errlen) < 0)
             goto done;
         /* A topic created by someone else must pass the checks too. */

@@ -117,7 +117,15 @@ struct tly_replayer {
     json_tokener *tokener;
     int64_t next_seq; /* the seq that follows everything the target holds */
     int stop_at_gaps;
+    char *only_entity;
 };
+
+int tly_replayer_only_entity(tly_replayer *r, const char *entity)
+{
+    free(r->only_entity);
+    r->only_entity = entity ? strdup(entity) : NULL;
+    return entity && !r->only_entity ? -1 : 0;
+}
 
 void tly_replayer_stop_at_gaps(tly_replayer *r, int on)
 {
@@ -179,6 +187,7 @@ void tly_replayer_close(tly_replayer *r)
     for (int i = 0; i < r->pipeline_count; i++)
         tly_pipeline_close(r->pipelines[i]);
     sqlite3_finalize(r->insert_row);
+    free(r->only_entity);
     if (r->tokener)
         json_tokener_free(r->tokener);
     tly_store_close(r->store);
@@ -227,6 +236,12 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         goto done;
     }
     entity_name = json_object_get_string(entity);
+    if (r->only_entity && strcmp(r->only_entity, entity_name) != 0) {
+        outcome->foreign = 1;
+        outcome->seq = json_object_get_int64(seq);
+        rc = 0;
+        goto done;
+    }
     for (int i = 0; i < r->pipeline_count && !pipeline; i++)
         if (strcmp(tly_pipeline_entity(r->pipelines[i]), entity_name) == 0)
             pipeline = r->pipelines[i];

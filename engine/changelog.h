@@ -57,6 +57,7 @@ typedef struct tly_replay_outcome {
     int64_t gap_to;   /* last missing seq; both 0 when there is no gap */
     int held;         /* 1: the row was not applied because it follows a gap and
                          the replayer stops at gaps */
+    int foreign;      /* 1: the row belongs to another entity (see only_entity) */
 } tly_replay_outcome;
 
 /* Opens the database at db_path for replay (its own connection, triggers off,
@@ -66,6 +67,11 @@ typedef struct tly_replay_outcome {
 int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tly_replayer **out,
                       char *errbuf, size_t errlen);
 void tly_replayer_close(tly_replayer *replayer);
+
+/* Replays only rows of `entity` (a copy is kept; NULL = all): other rows are
+ * passed over with outcome.foreign = 1. For a changelog topic that several
+ * pipelines share. */
+int tly_replayer_only_entity(tly_replayer *replayer, const char *entity);
 
 /* With on = 1, a row that follows a gap is not applied (outcome.held = 1), so
  * the caller can commit everything before the gap and stop there. Default 0. */

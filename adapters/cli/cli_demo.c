@@ -221,7 +221,7 @@ int cmd_demo(int argc, char **argv)
         {"dir", required_argument, NULL, 'D'}, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     static const char *const pipelines[2] = {"orders", "telemetry"};
-    int64_t duration_ms = 0, rate = 2000, started, next_tick, next_view, produced = 0, last_applied = 0;
+    int64_t duration_ms = 0, rate = 2000, started = 0, next_tick, next_view, produced = 0, last_applied = 0;
     int64_t produced_by[2] = {0, 0};
     char dir_buf[64], err[1024], db_paths[2][4200], prefixes[2][32], errstr[256];
     const char *dir = NULL, *bootstraps;

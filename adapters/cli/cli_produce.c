@@ -66,39 +66,51 @@ static void on_signal(int sig)
     signals_received++;
 }
 
-/* Counters the delivery report callback keeps; it runs in rd_kafka_poll and
- * rd_kafka_flush on this thread, so no locking. */
-struct deliveries {
-    int64_t delivered, readings, failed;
+/* One run: the generator, the producer and the counts. The delivery report
+ * callback updates the counts from rd_kafka_poll and rd_kafka_flush, on this
+ * thread, so nothing is locked. */
+struct producer {
+    const char *brokers, *pipeline, *topic;
+    int orders;
+    int64_t rate, total; /* total = INT64_MAX: until a signal */
+    tly_loadgen *gen;
+    json_tokener *tok;
+    rd_kafka_t *rk;
+    rd_kafka_topic_t *rkt;
+    int64_t sent, delivered, readings, failed;
     char first_error[256];
     int fatal;
+    int progress;
+    int64_t start_ms, send_end_ms, progress_ms;
+    char event[EVENT_BUFFER], key[128];
 };
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
-    struct deliveries *d = opaque;
+    struct producer *p = opaque;
     (void)rk;
     if (msg->err) {
-        if (d->failed++ == 0)
-            snprintf(d->first_error, sizeof(d->first_error), "%s", rd_kafka_err2str(msg->err));
+        if (p->failed++ == 0)
+            snprintf(p->first_error, sizeof(p->first_error), "%s", rd_kafka_err2str(msg->err));
         return;
     }
-    d->delivered++;
-    d->readings += (intptr_t)msg->_private; /* the event's readings, set at produce */
+    p->delivered++;
+    p->readings += (intptr_t)msg->_private; /* the event's readings, set by send_one */
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    struct deliveries *d = opaque;
+    struct producer *p = opaque;
     char quoted[600], fatal_reason[512];
     /* An idempotent producer that hits a fatal error (e.g. a sequence gap)
      * cannot go on without risking duplicates: stop sending. */
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason));
-        d->fatal = 1;
+        p->fatal = 1;
         reason = fatal_reason;
     }
-    cli_log(d->fatal ? "error" : "warn", "kafka", "error=%s", cli_quote(reason, quoted, sizeof(quoted)));
+    cli_log(p->fatal ? "error" : "warn", "kafka", "error=%s",
+            cli_quote(reason, quoted, sizeof(quoted)));
 }
 
 /* librdkafka's own log lines repeat what on_error reports. */
@@ -120,31 +132,31 @@ static int64_t wall_ms(void)
 /* The message key of a generated event: orders: storeId; telemetry: data.id
  * (the VIN). Parsed rather than predicted, so the key is always the event's
  * own. Returns its length, or -1. */
-static int event_key(json_tokener *tok, int orders, const char *event, int len, char *key,
-                     size_t keylen)
+static int event_key(struct producer *p, int len)
 {
     json_object *root, *node = NULL;
-    int n = -1;
+    int found, n = -1;
 
-    json_tokener_reset(tok);
-    root = json_tokener_parse_ex(tok, event, len);
+    json_tokener_reset(p->tok);
+    root = json_tokener_parse_ex(p->tok, p->event, len);
     if (!root)
         return -1;
-    if (orders ? json_object_object_get_ex(root, "storeId", &node)
-               : json_object_object_get_ex(root, "data", &node) &&
-                     json_object_object_get_ex(node, "id", &node)) {
-        if (json_object_is_type(node, json_type_string) &&
-            (size_t)json_object_get_string_len(node) < keylen) {
-            n = json_object_get_string_len(node);
-            memcpy(key, json_object_get_string(node), (size_t)n + 1);
-        }
+    if (p->orders)
+        found = json_object_object_get_ex(root, "storeId", &node);
+    else
+        found = json_object_object_get_ex(root, "data", &node) &&
+                json_object_object_get_ex(node, "id", &node);
+    if (found && json_object_is_type(node, json_type_string) &&
+        (size_t)json_object_get_string_len(node) < sizeof(p->key)) {
+        n = json_object_get_string_len(node);
+        memcpy(p->key, json_object_get_string(node), (size_t)n + 1);
     }
     json_object_put(root);
     return n;
 }
 
-/* Returns 1 if `topic` exists, 0 if not, -1 on a metadata error (in err). */
-static int topic_exists(rd_kafka_t *rk, const char *topic, char *err, size_t errlen)
+/* Returns 1 if the topic exists, 0 if not, -1 on a metadata error. */
+static int topic_exists(struct producer *p, char *err, size_t errlen)
 {
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t kerr;
@@ -152,26 +164,17 @@ static int topic_exists(rd_kafka_t *rk, const char *topic, char *err, size_t err
 
     /* All topics: a request naming this one could make a broker with
      * auto.create.topics.enable create it with the wrong settings. */
-    if ((kerr = rd_kafka_metadata(rk, 1, NULL, &md, METADATA_TIMEOUT_MS))) {
-        snprintf(err, errlen, "%s", rd_kafka_err2str(kerr));
+    if ((kerr = rd_kafka_metadata(p->rk, 1, NULL, &md, METADATA_TIMEOUT_MS))) {
+        snprintf(err, errlen, "cannot read the topic list from %s: %s", p->brokers,
+                 rd_kafka_err2str(kerr));
         return -1;
     }
     for (int i = 0; i < md->topic_cnt; i++)
-        if (strcmp(md->topics[i].topic, topic) == 0 &&
+        if (strcmp(md->topics[i].topic, p->topic) == 0 &&
             md->topics[i].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
             found = 1;
     rd_kafka_metadata_destroy(md);
     return found;
-}
-
-/* Queues one event (copied: RD_KAFKA_MSG_F_COPY, so event is not written);
- * its readings ride along to the delivery report. */
-static rd_kafka_resp_err_t send_event(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const char *key,
-                                      size_t key_len, char *event, size_t len, int readings)
-{
-    return rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                             RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(event, len),
-                             RD_KAFKA_V_OPAQUE((void *)(intptr_t)readings), RD_KAFKA_V_END);
 }
 
 static int set_conf(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,
@@ -180,51 +183,162 @@ static int set_conf(rd_kafka_conf_t *conf, const char *name, const char *value, 
     return rd_kafka_conf_set(conf, name, value, err, errlen) == RD_KAFKA_CONF_OK ? 0 : -1;
 }
 
-static void show_progress(int enabled, int64_t start_ms, int64_t *last_ms, int64_t sent,
-                          const struct deliveries *d)
+/* Creates the idempotent producer. Returns 0, or -1 with err. */
+static int open_producer(struct producer *p, char *err, size_t errlen)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+
+    /* murmur2_random: the same key -> partition mapping as the Java producer,
+     * so these events land where the upstream services would put them. */
+    if (set_conf(conf, "bootstrap.servers", p->brokers, errstr, sizeof(errstr)) < 0 ||
+        set_conf(conf, "client.id", "tally-produce", errstr, sizeof(errstr)) < 0 ||
+        set_conf(conf, "enable.idempotence", "true", errstr, sizeof(errstr)) < 0 ||
+        set_conf(conf, "linger.ms", "5", errstr, sizeof(errstr)) < 0 ||
+        set_conf(conf, "compression.type", "none", errstr, sizeof(errstr)) < 0 ||
+        set_conf(conf, "partitioner", "murmur2_random", errstr, sizeof(errstr)) < 0) {
+        snprintf(err, errlen, "%s", errstr);
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_conf_set_opaque(conf, p);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_log_cb(conf, drop_log);
+    if (!(p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
+        rd_kafka_conf_destroy(conf); /* rd_kafka_new() takes ownership of conf only on success */
+        snprintf(err, errlen, "cannot create a Kafka producer for %s: %s", p->brokers, errstr);
+        return -1;
+    }
+    if (!(p->rkt = rd_kafka_topic_new(p->rk, p->topic, NULL))) {
+        snprintf(err, errlen, "topic %s: %s", p->topic, rd_kafka_err2str(rd_kafka_last_error()));
+        return -1;
+    }
+    return 0;
+}
+
+static void show_progress(struct producer *p)
 {
     int64_t now = cli_now_ms();
-    if (!enabled || now - *last_ms < 1000)
+    if (!p->progress || now - p->progress_ms < 1000)
         return;
-    *last_ms = now;
+    p->progress_ms = now;
     fprintf(stderr, "\rproduce: sent %lld, delivered %lld, errors %lld, %.0f events/s   ",
-            (long long)sent, (long long)d->delivered, (long long)d->failed,
-            d->delivered * 1000.0 / (double)(now - start_ms > 0 ? now - start_ms : 1));
+            (long long)p->sent, (long long)p->delivered, (long long)p->failed,
+            p->delivered * 1000.0 / (double)(now - p->start_ms > 0 ? now - p->start_ms : 1));
+}
+
+/* Generates one event and queues it. Returns 0 when queued, 1 when a signal
+ * or a fatal error came first, -1 on an error (in err). */
+static int send_one(struct producer *p, char *err, size_t errlen)
+{
+    int len = tly_loadgen_next(p->gen, wall_ms(), p->event, sizeof(p->event));
+    int key_len = len > 0 ? event_key(p, len) : -1;
+    /* Rides along to the delivery report, which adds it to the readings. */
+    void *readings = (void *)(intptr_t)tly_loadgen_last_readings(p->gen);
+    rd_kafka_resp_err_t kerr;
+
+    if (len < 0 || key_len < 0) {
+        snprintf(err, errlen, "the generator made an event without a %s: %.200s",
+                 p->orders ? "storeId" : "data.id", len > 0 ? p->event : "(too long)");
+        return -1;
+    }
+    for (;;) {
+        if (signals_received || p->fatal)
+            return 1;
+        /* F_COPY: the buffers are reused for the next event. */
+        kerr = rd_kafka_producev(
+            p->rk, RD_KAFKA_V_RKT(p->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY(p->key, (size_t)key_len), RD_KAFKA_V_VALUE(p->event, (size_t)len),
+            RD_KAFKA_V_OPAQUE(readings), RD_KAFKA_V_END);
+        if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            break;
+        /* The local queue is full: the broker takes less than the rate. Wait
+         * for deliveries; the lag shows as behind= at the end. */
+        rd_kafka_poll(p->rk, TICK_MS);
+    }
+    if (kerr) {
+        snprintf(err, errlen, "cannot send to %s: %s", p->topic, rd_kafka_err2str(kerr));
+        return -1;
+    }
+    p->sent++;
+    return 0;
+}
+
+/* Sends p->total events at p->rate, in ticks of TICK_MS: each tick sends the
+ * events due since the start, so rounding never accumulates and a slow tick
+ * is made up by the next. Returns 0 (also when stopped by a signal), or -1. */
+static int send_paced(struct producer *p, char *err, size_t errlen)
+{
+    int rc = 0;
+    p->start_ms = p->progress_ms = cli_now_ms();
+    while (rc == 0 && p->sent < p->total) {
+        int64_t now = cli_now_ms(), elapsed = now - p->start_ms, next_tick;
+        int64_t due = p->rate * elapsed / 1000;
+        if (due > p->total)
+            due = p->total;
+        while (rc == 0 && p->sent < due)
+            rc = send_one(p, err, errlen);
+        show_progress(p);
+        if (rc != 0 || p->sent >= p->total)
+            break;
+        /* Sleep to the next tick, serving delivery reports meanwhile. */
+        next_tick = p->start_ms + (elapsed / TICK_MS + 1) * TICK_MS;
+        now = cli_now_ms();
+        rd_kafka_poll(p->rk, next_tick > now ? (int)(next_tick - now) : 0);
+    }
+    p->send_end_ms = cli_now_ms();
+    return rc < 0 ? -1 : 0;
+}
+
+/* Waits for every delivery report; a further signal gives up waiting. What is
+ * left then is purged, and fails in its delivery report, so every sent event
+ * is counted once: delivered or failed. */
+static void drain(struct producer *p)
+{
+    int64_t deadline = cli_now_ms() + FLUSH_TIMEOUT_MS;
+    int signals_at_start = signals_received;
+    while (rd_kafka_outq_len(p->rk) > 0 && cli_now_ms() < deadline &&
+           signals_received == signals_at_start) {
+        rd_kafka_flush(p->rk, 100);
+        show_progress(p);
+    }
+    rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(p->rk, 0);
 }
 
 int cmd_produce(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"brokers", required_argument, NULL, 'b'}, {"pipeline", required_argument, NULL, 'p'},
-        {"rate", required_argument, NULL, 'r'},    {"duration", required_argument, NULL, 'd'},
-        {"keys", required_argument, NULL, 'k'},    {"topic", required_argument, NULL, 't'},
-        {"seed", required_argument, NULL, 's'},    {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    const char *brokers = getenv("KAFKA_BROKERS"), *pipeline = NULL, *topic = NULL;
-    int64_t rate = 1000, duration_ms = -1, keys = -1, seed = -1;
-    int64_t total, sent = 0, start_ms, end_ms, send_end_ms = -1, behind_ms = 0, last_progress;
-    int opt, orders, custom_topic, progress, status = CLI_EXIT_FAILURE;
+    static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
+                                            {"pipeline", required_argument, NULL, 'p'},
+                                            {"rate", required_argument, NULL, 'r'},
+                                            {"duration", required_argument, NULL, 'd'},
+                                            {"keys", required_argument, NULL, 'k'},
+                                            {"topic", required_argument, NULL, 't'},
+                                            {"seed", required_argument, NULL, 's'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
+    struct producer run, *p = &run;
+    const char *topic = NULL;
+    int64_t duration_ms = -1, keys = -1, seed = -1, end_ms, behind_ms = 0, errors;
+    int opt, status = CLI_EXIT_FAILURE;
     tly_topic_layout layout;
     tly_loadgen_options gen_opts;
-    tly_loadgen *gen = NULL;
-    json_tokener *tok = NULL;
-    rd_kafka_conf_t *conf = NULL;
-    rd_kafka_t *rk = NULL;
-    rd_kafka_topic_t *rkt = NULL;
-    struct deliveries d = {0};
     struct sigaction sa;
-    char err[512], event[EVENT_BUFFER], key[128];
-    int64_t errors;
+    char err[512];
 
+    memset(p, 0, sizeof(*p));
+    p->brokers = getenv("KAFKA_BROKERS");
+    p->rate = 1000;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         switch (opt) {
-        case 'b': brokers = optarg; break;
-        case 'p': pipeline = optarg; break;
+        case 'b': p->brokers = optarg; break;
+        case 'p': p->pipeline = optarg; break;
         case 't': topic = optarg; break;
         case 'r':
-            if (cli_parse_int64("produce", "--rate", optarg, 1, 10000000, &rate) < 0)
+            if (cli_parse_int64("produce", "--rate", optarg, 1, 10000000, &p->rate) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'd':
@@ -247,75 +361,46 @@ int cmd_produce(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("produce", "unexpected argument \"%s\"", argv[optind]);
-    if (!pipeline)
+    if (!p->pipeline)
         return cli_usage_error("produce", "--pipeline is required (orders or telemetry)");
-    if (!brokers || !*brokers)
+    if (!p->brokers || !*p->brokers)
         return cli_usage_error("produce", "--brokers is required (or set KAFKA_BROKERS)");
-    if (tly_topics_layout(pipeline, NULL, NULL, NULL, &layout, err, sizeof(err)) < 0)
+    if (tly_topics_layout(p->pipeline, NULL, NULL, NULL, &layout, err, sizeof(err)) < 0)
         return cli_usage_error("produce", "%s", err);
     if (topic && !*topic)
         return cli_usage_error("produce", "--topic must not be empty");
-    custom_topic = topic != NULL;
-    if (!topic)
-        topic = layout.input.name;
-    orders = strcmp(pipeline, "orders") == 0;
-    /* rate x duration fits: at most 1e7 x 3.2e10 ms / 1000. */
-    total = duration_ms > 0 ? rate * duration_ms / 1000 : INT64_MAX;
+    p->topic = topic ? topic : layout.input.name;
+    p->orders = strcmp(p->pipeline, "orders") == 0;
+    /* Fits: at most 1e7 events/s x 3.2e10 ms / 1000. */
+    p->total = duration_ms > 0 ? p->rate * duration_ms / 1000 : INT64_MAX;
 
-    tly_loadgen_options_init(&gen_opts, pipeline);
+    tly_loadgen_options_init(&gen_opts, p->pipeline);
     if (seed >= 0)
         gen_opts.seed = (uint64_t)seed;
     if (keys > 0) {
-        if (orders)
+        if (p->orders)
             gen_opts.stores = (int)keys;
         else
             gen_opts.vins = (int)keys;
     }
-    gen = tly_loadgen_new(&gen_opts);
-    tok = json_tokener_new();
-    if (!gen || !tok) {
+    p->gen = tly_loadgen_new(&gen_opts);
+    p->tok = json_tokener_new();
+    if (!p->gen || !p->tok) {
         fprintf(stderr, "tally produce: out of memory\n");
         goto done;
     }
-
-    conf = rd_kafka_conf_new();
-    /* murmur2_random: the same key -> partition mapping as the Java producer,
-     * so these events land where the upstream services would put them. */
-    if (set_conf(conf, "bootstrap.servers", brokers, err, sizeof(err)) < 0 ||
-        set_conf(conf, "client.id", "tally-produce", err, sizeof(err)) < 0 ||
-        set_conf(conf, "enable.idempotence", "true", err, sizeof(err)) < 0 ||
-        set_conf(conf, "linger.ms", "5", err, sizeof(err)) < 0 ||
-        set_conf(conf, "compression.type", "none", err, sizeof(err)) < 0 ||
-        set_conf(conf, "partitioner", "murmur2_random", err, sizeof(err)) < 0) {
+    if (open_producer(p, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally produce: %s\n", err);
-        rd_kafka_conf_destroy(conf);
         goto done;
     }
-    rd_kafka_conf_set_opaque(conf, &d);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_error_cb(conf, on_error);
-    rd_kafka_conf_set_log_cb(conf, drop_log);
-    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
-        rd_kafka_conf_destroy(conf); /* rd_kafka_new() takes ownership of conf only on success */
-        fprintf(stderr, "tally produce: cannot create a Kafka producer for %s: %s\n", brokers, err);
-        goto done;
-    }
-    switch (topic_exists(rk, topic, err, sizeof(err))) {
-    case -1:
-        fprintf(stderr, "tally produce: cannot read the topic list from %s: %s\n", brokers, err);
-        goto done;
+    switch (topic_exists(p, err, sizeof(err))) {
+    case -1: fprintf(stderr, "tally produce: %s\n", err); goto done;
     case 0:
         fprintf(stderr,
                 "tally produce: topic %s does not exist on %s; create it with "
                 "`tally topics create --pipeline %s --brokers %s%s%s`\n",
-                topic, brokers, pipeline, brokers, custom_topic ? " --input-topic " : "",
-                custom_topic ? topic : "");
-        goto done;
-    }
-    rkt = rd_kafka_topic_new(rk, topic, NULL);
-    if (!rkt) {
-        fprintf(stderr, "tally produce: topic %s: %s\n", topic,
-                rd_kafka_err2str(rd_kafka_last_error()));
+                p->topic, p->brokers, p->pipeline, p->brokers, topic ? " --input-topic " : "",
+                topic ? topic : "");
         goto done;
     }
 
@@ -324,81 +409,32 @@ int cmd_produce(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    p->progress = isatty(STDERR_FILENO);
 
-    progress = isatty(STDERR_FILENO);
-    start_ms = last_progress = cli_now_ms();
-    while (sent < total && !signals_received && !d.fatal) {
-        int64_t now = cli_now_ms(), elapsed = now - start_ms;
-        int64_t due = rate * elapsed / 1000, next_tick;
-        if (due > total)
-            due = total;
-        while (sent < due && !signals_received && !d.fatal) {
-            int len = tly_loadgen_next(gen, wall_ms(), event, sizeof(event));
-            int key_len = len > 0 ? event_key(tok, orders, event, len, key, sizeof(key)) : -1;
-            rd_kafka_resp_err_t kerr;
-            if (len < 0 || key_len < 0) {
-                fprintf(stderr, "tally produce: the generator made an event without a %s: %.200s\n",
-                        orders ? "storeId" : "data.id", len > 0 ? event : "(too long)");
-                goto stop;
-            }
-            kerr = send_event(rk, rkt, key, (size_t)key_len, event, (size_t)len,
-                              tly_loadgen_last_readings(gen));
-            while (kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL && !signals_received && !d.fatal) {
-                /* The local queue is full: the broker is slower than the rate.
-                 * Wait for deliveries; the lag shows as behind= at the end. */
-                rd_kafka_poll(rk, TICK_MS);
-                kerr = send_event(rk, rkt, key, (size_t)key_len, event, (size_t)len,
-                                  tly_loadgen_last_readings(gen));
-            }
-            if (kerr == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-                break; /* stopping: the event was generated but not sent */
-            if (kerr) {
-                fprintf(stderr, "tally produce: cannot send to %s: %s\n", topic, rd_kafka_err2str(kerr));
-                goto stop;
-            }
-            sent++;
-        }
-        show_progress(progress, start_ms, &last_progress, sent, &d);
-        if (sent >= total)
-            break;
-        /* Sleep to the next tick, serving delivery reports meanwhile. */
-        next_tick = start_ms + (elapsed / TICK_MS + 1) * TICK_MS;
-        now = cli_now_ms();
-        rd_kafka_poll(rk, next_tick > now ? (int)(next_tick - now) : 0);
-    }
-stop:
-    send_end_ms = cli_now_ms();
-    if (duration_ms > 0 && sent == total && send_end_ms - start_ms - duration_ms > BEHIND_TOLERANCE_MS)
-        behind_ms = send_end_ms - start_ms - duration_ms;
-    {
-        /* Wait for every delivery report; a second Ctrl-C gives up waiting. */
-        int64_t flush_deadline = cli_now_ms() + FLUSH_TIMEOUT_MS;
-        int signals_at_stop = signals_received;
-        while (rd_kafka_outq_len(rk) > 0 && cli_now_ms() < flush_deadline &&
-               signals_received <= signals_at_stop) {
-            rd_kafka_flush(rk, 100);
-            show_progress(progress, start_ms, &last_progress, sent, &d);
-        }
-        /* Whatever is left fails with a purge error in its delivery report, so
-         * every sent event is counted once, delivered or failed. */
-        rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        rd_kafka_poll(rk, 0);
-    }
+    if (send_paced(p, err, sizeof(err)) < 0)
+        fprintf(stderr, "tally produce: %s\n", err);
+    if (duration_ms > 0 && p->sent == p->total &&
+        p->send_end_ms - p->start_ms - duration_ms > BEHIND_TOLERANCE_MS)
+        behind_ms = p->send_end_ms - p->start_ms - duration_ms;
+    drain(p);
     end_ms = cli_now_ms();
-    if (progress && end_ms - start_ms >= 1000)
+    if (p->progress && p->progress_ms != p->start_ms)
         fputc('\n', stderr);
-    errors = d.failed + (sent - d.delivered - d.failed); /* the latter: reports never seen */
-    if (d.failed)
-        fprintf(stderr, "tally produce: %lld deliveries failed; the first: %s\n", (long long)d.failed,
-                d.first_error);
+
+    errors = p->sent - p->delivered; /* failed, or (never seen) no report at all */
+    if (p->failed)
+        fprintf(stderr, "tally produce: %lld deliveries failed; the first: %s\n",
+                (long long)p->failed, p->first_error);
     if (behind_ms)
-        fprintf(stderr, "tally produce: could not keep up %lld events/s: sending took %.3f s instead of %.3f s\n",
-                (long long)rate, (send_end_ms - start_ms) / 1000.0, duration_ms / 1000.0);
+        fprintf(stderr,
+                "tally produce: could not keep up %lld events/s: sending took %.3f s "
+                "instead of %.3f s\n",
+                (long long)p->rate, (p->send_end_ms - p->start_ms) / 1000.0, duration_ms / 1000.0);
     printf("produced pipeline=%s topic=%s events=%lld readings=%lld seconds=%.3f events_per_s=%.0f "
            "errors=%lld",
-           pipeline, topic, (long long)d.delivered, (long long)d.readings,
-           (end_ms - start_ms) / 1000.0,
-           d.delivered * 1000.0 / (double)(end_ms - start_ms > 0 ? end_ms - start_ms : 1),
+           p->pipeline, p->topic, (long long)p->delivered, (long long)p->readings,
+           (end_ms - p->start_ms) / 1000.0,
+           p->delivered * 1000.0 / (double)(end_ms - p->start_ms > 0 ? end_ms - p->start_ms : 1),
            (long long)errors);
     if (behind_ms)
         printf(" behind=%.3fs", behind_ms / 1000.0);
@@ -406,14 +442,16 @@ stop:
         printf(" interrupted=true");
     putchar('\n');
     fflush(stdout);
-    status = errors || d.fatal || (sent < total && !signals_received) ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
+    /* Short of the total without a signal: a send error or a fatal one. */
+    if (!errors && !p->fatal && (p->sent == p->total || signals_received))
+        status = CLI_EXIT_OK;
 done:
-    if (rkt)
-        rd_kafka_topic_destroy(rkt);
-    if (rk)
-        rd_kafka_destroy(rk);
-    if (tok)
-        json_tokener_free(tok);
-    tly_loadgen_free(gen);
+    if (p->rkt)
+        rd_kafka_topic_destroy(p->rkt);
+    if (p->rk)
+        rd_kafka_destroy(p->rk);
+    if (p->tok)
+        json_tokener_free(p->tok);
+    tly_loadgen_free(p->gen);
     return status;
 }

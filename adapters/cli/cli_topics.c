@@ -16,6 +16,7 @@
 #include <string.h>
 
 #define DEFAULT_TIMEOUT_MS 30000
+#define COMMAND "topics create" /* for usage errors */
 
 static const char topics_usage[] =
     "usage: tally topics create --pipeline orders|telemetry [--brokers B] [OPTIONS]\n"
@@ -84,12 +85,15 @@ static rd_kafka_resp_err_t read_partitions(rd_kafka_t *rk, const char *const *na
 
 static int topics_create(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"brokers", required_argument, NULL, 'b'},     {"pipeline", required_argument, NULL, 'p'},
-        {"partitions", required_argument, NULL, 'n'},  {"topic-prefix", required_argument, NULL, 'x'},
-        {"input-topic", required_argument, NULL, 'i'}, {"output-topic", required_argument, NULL, 'o'},
-        {"timeout", required_argument, NULL, 't'},     {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
+                                            {"pipeline", required_argument, NULL, 'p'},
+                                            {"partitions", required_argument, NULL, 'n'},
+                                            {"topic-prefix", required_argument, NULL, 'x'},
+                                            {"input-topic", required_argument, NULL, 'i'},
+                                            {"output-topic", required_argument, NULL, 'o'},
+                                            {"timeout", required_argument, NULL, 't'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *brokers = getenv("KAFKA_BROKERS"), *pipeline = NULL, *prefix = "opb";
     const char *input = NULL, *output = NULL;
     int64_t partitions = 0, timeout_ms = DEFAULT_TIMEOUT_MS;
@@ -112,28 +116,28 @@ static int topics_create(int argc, char **argv)
         case 'i': input = optarg; break;
         case 'o': output = optarg; break;
         case 'n':
-            if (cli_parse_int64("topics create", "--partitions", optarg, 1, 100000, &partitions) < 0)
+            if (cli_parse_int64(COMMAND, "--partitions", optarg, 1, 100000, &partitions) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 't':
-            if (cli_parse_duration_ms("topics create", "--timeout", optarg, &timeout_ms) < 0)
+            if (cli_parse_duration_ms(COMMAND, "--timeout", optarg, &timeout_ms) < 0)
                 return CLI_EXIT_USAGE;
             if (timeout_ms < 1 || timeout_ms > 3600000)
-                return cli_usage_error("topics create", "--timeout must be between 1ms and 1h");
+                return cli_usage_error(COMMAND, "--timeout must be between 1ms and 1h");
             break;
         case 'h': fputs(topics_usage, stdout); return CLI_EXIT_OK;
-        default: return cli_bad_option("topics create", opt, argv, optind);
+        default: return cli_bad_option(COMMAND, opt, argv, optind);
         }
     }
     if (optind < argc)
-        return cli_usage_error("topics create", "unexpected argument \"%s\"", argv[optind]);
+        return cli_usage_error(COMMAND, "unexpected argument \"%s\"", argv[optind]);
     if (!brokers || !*brokers)
-        return cli_usage_error("topics create", "--brokers is required (or set KAFKA_BROKERS)");
+        return cli_usage_error(COMMAND, "--brokers is required (or set KAFKA_BROKERS)");
     if (!pipeline)
-        return cli_usage_error("topics create", "--pipeline is required (orders or telemetry)");
+        return cli_usage_error(COMMAND, "--pipeline is required (orders or telemetry)");
     /* A bad name is a bad flag value: the user must change the command line. */
     if (tly_topics_layout(pipeline, prefix, input, output, &layout, err, sizeof(err)) < 0)
-        return cli_usage_error("topics create", "%s", err);
+        return cli_usage_error(COMMAND, "%s", err);
 
     specs[0] = &layout.input;
     specs[1] = &layout.output;
@@ -147,7 +151,8 @@ static int topics_create(int argc, char **argv)
     rd_kafka_conf_set_log_cb(conf, drop_log);
     rd_kafka_conf_set_error_cb(conf, keep_error);
     rd_kafka_conf_set_opaque(conf, last_error);
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof(err)) != RD_KAFKA_CONF_OK ||
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof(err)) !=
+            RD_KAFKA_CONF_OK ||
         !(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
         fprintf(stderr, "tally topics create: %s\n", err);
         rd_kafka_conf_destroy(conf); /* rd_kafka_new() owns conf only on success */
@@ -167,20 +172,22 @@ static int topics_create(int argc, char **argv)
         goto done;
     }
     if ((kerr = read_partitions(rk, names, 5, after, (int)timeout_ms))) {
-        fprintf(stderr, "tally topics create: the topics are in place, but reading the topic list "
-                        "from %s failed: %s\n", brokers, rd_kafka_err2str(kerr));
+        fprintf(stderr,
+                "tally topics create: the topics are in place, but reading the topic list "
+                "from %s failed: %s\n",
+                brokers, rd_kafka_err2str(kerr));
         goto done;
     }
     if (partitions > 0 && before[0] > 0 && before[0] != partitions)
-        fprintf(stderr, "tally topics create: note: input %s already has %d partitions; "
-                        "--partitions %lld applies only to a new input\n",
+        fprintf(stderr,
+                "tally topics create: note: input %s already has %d partitions; "
+                "--partitions %lld applies only to a new input\n",
                 layout.input.name, before[0], (long long)partitions);
     /* A topic missing from the first list was created by us or, when we
      * created none, by a concurrent `tally topics create`. */
     for (int i = 0; i < 5; i++)
         printf("topic=%s partitions=%d cleanup.policy=%s status=%s\n", names[i], after[i],
-               specs[i]->cleanup_policy,
-               before[i] < 0 && created > 0 ? "created" : "exists");
+               specs[i]->cleanup_policy, before[i] < 0 && created > 0 ? "created" : "exists");
     status = CLI_EXIT_OK;
 done:
     rd_kafka_destroy(rk);
@@ -191,7 +198,8 @@ int cmd_topics(int argc, char **argv)
 {
     if (argc < 2)
         return cli_usage_error("topics", "a subcommand is required: tally topics create");
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
         fputs(topics_usage, stdout);
         return CLI_EXIT_OK;
     }

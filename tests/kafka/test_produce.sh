@@ -11,6 +11,7 @@
 # Environment: TALLY (the binary), KAFKA_BROKERS (default 127.0.0.1:9092).
 # Run by hand: TALLY=build/tally bash tests/kafka/test_produce.sh
 
+# shellcheck source=../cli/lib.sh
 source "$(dirname "$0")/../cli/lib.sh"
 
 BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
@@ -23,7 +24,7 @@ kcat -b "$BROKERS" -L -m 10 >/dev/null 2>&1 ||
 # Removes this run's topics, best effort (only scripts/kafka's Apache broker
 # has the tool), so reruns do not fill the broker.
 delete_run_topics() {
-    if [[ "$BROKERS" == "127.0.0.1:9092" ]] && "$SRC/scripts/kafka" status 2>/dev/null | grep -q 'Apache Kafka'; then
+    if [[ "$BROKERS" == "127.0.0.1:${KAFKA_PORT:-9092}" ]] && "$SRC/scripts/kafka" status 2>/dev/null | grep -q 'Apache Kafka'; then
         "$SRC/scripts/kafka" topics --delete --topic "$RUN_ID.*" >/dev/null 2>&1 || true
     fi
 }

@@ -12,8 +12,8 @@
 source "$(dirname "$0")/lib_run.sh"
 
 N_PRE=10000
-CHUNKS=8
-N_CHUNK=1500
+CHUNKS=20
+N_CHUNK=750
 
 # ---- flags: usage errors need no broker -----------------------------------
 expect_usage_error "--commit-interval-ms 0" --pipeline orders --brokers "$KAFKA_BROKERS" \
@@ -38,6 +38,11 @@ mix "$WORK/pre.kv" "$WORK/bad.kv" >"$WORK/chunk0.kv"
 for ((c = 1; c <= CHUNKS; c++)); do
     gen_orders "$N_CHUNK" $((500 + c)) $((N_PRE + (c - 1) * N_CHUNK + 1)) "$WORK/orders.tsv" >"$WORK/chunk$c.kv"
 done
+# The tail is produced after A is gone, so B has work on every partition.
+gen_orders "$N_CHUNK" 4711 $((N_PRE + CHUNKS * N_CHUNK + 1)) "$WORK/orders.tsv" >"$WORK/tail-orders.kv"
+gen_malformed 5 "fence-tail" >"$WORK/tail-bad.kv"
+cat "$WORK/tail-bad.kv" >>"$WORK/bad.kv"
+mix "$WORK/tail-orders.kv" "$WORK/tail-bad.kv" >"$WORK/tail.kv"
 N_ORDERS=$(wc -l <"$WORK/orders.tsv")
 N_BAD=$(wc -l <"$WORK/bad.kv")
 produce "$IN" "$WORK/chunk0.kv"
@@ -48,16 +53,9 @@ LOG_B=$WORK/b.log
 tally_start "$LOG_A" "${COMMON[@]}" --state-dir "$WORK/state-a"
 PID_A=$TALLY_PID
 tally_wait_started "$PID_A" "$LOG_A"
-(
-    for ((c = 1; c <= CHUNKS; c++)); do
-        sleep 0.7
-        produce "$IN" "$WORK/chunk$c.kv"
-    done
-) &
-PRODUCER=$!
-BG_PIDS+=("$PRODUCER")
 
-# Wait until A has committed a few batches, then start B.
+# Wait until A has committed a few batches, then start B while more input
+# arrives (one chunk every 0.5 s).
 limit=$((SECONDS + 60))
 while :; do
     have=$(sqlval "$DB_A" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
@@ -67,6 +65,14 @@ while :; do
     sleep 0.2
 done
 note "A has committed ${have} orders; starting B with the same --instance-id"
+(
+    for ((c = 1; c <= CHUNKS; c++)); do
+        produce "$IN" "$WORK/chunk$c.kv"
+        sleep 0.5
+    done
+) &
+PRODUCER=$!
+BG_PIDS+=("$PRODUCER")
 tally_start "$LOG_B" "${COMMON[@]}" --state-dir "$WORK/state-b"
 PID_B=$TALLY_PID
 
@@ -84,6 +90,7 @@ A_COMMITTED=$(sqlval "$DB_A" 'SELECT coalesce(sum(count), 0) FROM order_window_s
 
 tally_wait_started "$PID_B" "$LOG_B"
 if wait "$PRODUCER"; then :; else fail "the background producer failed"; fi
+produce "$IN" "$WORK/tail.kv"
 assert_eq "records in the input topic" $((N_ORDERS + N_BAD)) "$(topic_records "$IN")"
 wait_positions "$DB_B" "$IN" "$PREFIX" "$N_BAD" 150 "$PID_B"
 tally_stop "$PID_B"

@@ -11,6 +11,7 @@
 # Environment: TALLY (the binary), KAFKA_BROKERS (default 127.0.0.1:9092).
 # Run by hand: TALLY=build/tally bash tests/kafka/test_topics.sh
 
+# shellcheck source=../cli/lib.sh
 source "$(dirname "$0")/../cli/lib.sh"
 
 BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
@@ -23,7 +24,7 @@ kcat -b "$BROKERS" -L -m 10 >/dev/null 2>&1 ||
 # Kafka's TopicCommand, only on scripts/kafka's Apache broker: it reads topic
 # configurations, which kcat cannot.
 have_topic_command() {
-    [[ "$BROKERS" == "127.0.0.1:9092" ]] && "$SRC/scripts/kafka" status 2>/dev/null | grep -q 'Apache Kafka'
+    [[ "$BROKERS" == "127.0.0.1:${KAFKA_PORT:-9092}" ]] && "$SRC/scripts/kafka" status 2>/dev/null | grep -q 'Apache Kafka'
 }
 
 # Removes this run's topics, best effort, so reruns do not fill the broker.
