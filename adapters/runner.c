@@ -260,9 +260,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
     if (tly_replayer_open(r->db_path, NULL, &replayer, errbuf, errlen) < 0)
         goto done;
     /* Pipelines that share a topic prefix share the changelog topic. */
-    if (tly_replayer_only_entity(replayer, strcmp(r->cfg->pipeline, "orders") == 0
-                                               ? "order_window"
-                                               : "vehicle_sensor") < 0) {
+    if (tly_replayer_only_entity(replayer, tly_pipeline_entity(r->pipeline)) < 0) {
         fail(errbuf, errlen, "out of memory");
         goto done;
     }
@@ -770,8 +768,6 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,
                           KAFKA_TIMEOUT_MS, NULL, errbuf, errlen) < 0)
         goto done;
-    if (cfg->changelog && replay_changelog(&r, errbuf, errlen) < 0)
-        goto done;
     if (tly_store_open(r.db_path, NULL, &r.store, errbuf, errlen) < 0)
         goto done;
     if (cfg->window_ms > 0) {
@@ -779,6 +775,10 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         settings[0] = window_setting;
     }
     if (tly_pipeline_open(r.store, cfg->pipeline, settings, 0, &r.pipeline, errbuf, errlen) < 0)
+        goto done;
+    /* The replay writes through a connection of its own; the store sees the
+     * result from its first transaction on. */
+    if (cfg->changelog && replay_changelog(&r, errbuf, errlen) < 0)
         goto done;
     if (!(r.producer = new_producer(&r, errbuf, errlen)) ||
         !(r.consumer = new_consumer(&r, errbuf, errlen)))
