@@ -482,6 +482,73 @@ end:
     tly_store_close(store);
 }
 
+struct emitted {
+    int count;
+    char keys[8][128];
+    char values[8][512];
+};
+
+static int collect_emit(void *ctx, const char *key, size_t key_len, const char *value,
+                        size_t value_len)
+{
+    struct emitted *e = ctx;
+    if (e->count == 8)
+        return 1;
+    snprintf(e->keys[e->count], sizeof(e->keys[0]), "%.*s", (int)key_len, key);
+    snprintf(e->values[e->count], sizeof(e->values[0]), "%.*s", (int)value_len, value);
+    e->count++;
+    return 0;
+}
+
+/* @emit: one output record per window (or vehicle) a batch changed. */
+static void test_emit_outputs(void)
+{
+    tly_store *store = open_store("emit.db");
+    tly_pipeline *orders = NULL, *telemetry = NULL;
+    struct emitted e = {0};
+    char err[256];
+    int64_t before, after;
+    const char *batch[] = {
+        "{\"orderId\":\"1\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":83.71,\"qty\":3,\"ts\":1700000000000}",
+        "{\"orderId\":\"2\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":\"0.50\",\"qty\":1,\"ts\":1700000001000}",
+        NULL};
+    const char *readings[] = {
+        "{\"data\":{\"id\":\"V9\",\"speed\":12.50},\"received_at\":5,\"produced_at\":4}",
+        "{\"data\":{\"id\":\"V9\",\"door\":\"open\"},\"received_at\":6,\"produced_at\":5}",
+        NULL};
+
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &orders, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_open(store, "telemetry", NULL, 0, &telemetry, err, sizeof(err)) == 0, "%s", err);
+    before = tly_store_last_seq(store);
+    CHECK(apply(orders, batch, NULL, NULL) == 0);
+    after = tly_store_last_seq(store);
+    CHECK_MSG(tly_pipeline_emit(orders, before, after, collect_emit, &e, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(e.count, 1);
+    CHECK_STR(e.keys[0], "s1#p1#1699999980000");
+    CHECK_STR(e.values[0], "{\"storeId\":\"s1\",\"productId\":\"p1\",\"windowStart\":1699999980000,\"sum\":251.63,\"count\":2}");
+    /* nothing changed in an empty range */
+    memset(&e, 0, sizeof(e));
+    CHECK(tly_pipeline_emit(orders, after, after, collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK_INT(e.count, 0);
+    /* telemetry: the full record of the vehicle, once per batch */
+    before = after;
+    CHECK(apply(telemetry, readings, NULL, NULL) == 0);
+    after = tly_store_last_seq(store);
+    CHECK(tly_pipeline_emit(telemetry, before, after, collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK_INT(e.count, 1);
+    CHECK_STR(e.keys[0], "V9");
+    CHECK_STR(e.values[0], "{\"data\":{\"id\":\"V9\",\"door\":\"open\",\"speed\":12.50},\"received_at\":6,\"produced_at\":5}");
+    /* the orders pipeline emits nothing for telemetry's changes */
+    memset(&e, 0, sizeof(e));
+    CHECK(tly_pipeline_emit(orders, before, after, collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK_INT(e.count, 0);
+end:
+    tly_pipeline_close(orders);
+    tly_pipeline_close(telemetry);
+    tly_store_close(store);
+}
+
 int main(void)
 {
     RUN(test_orders_money_is_exact);
@@ -492,5 +559,6 @@ int main(void)
     RUN(test_user_pipeline_and_isolation);
     RUN(test_bad_pipeline_files);
     RUN(test_reader_sees_consistent_state);
+    RUN(test_emit_outputs);
     return tly_test_finish();
 }
