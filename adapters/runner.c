@@ -21,6 +21,7 @@
  * it drops the collected, unprocessed messages and the consumer is rewound to
  * the committed offsets before the next batch. */
 #include "runner.h"
+#include "error.h"
 
 #include "changelog.h"
 #include "log.h"
@@ -66,15 +67,6 @@ struct runner {
     int64_t applied, rejected, skipped, changes, outputs, aborted;
 };
 
-static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -113,7 +105,7 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, 
 {
     char err[256];
     if (rd_kafka_conf_set(conf, name, value, err, sizeof(err)) != RD_KAFKA_CONF_OK)
-        return fail(errbuf, errlen, "kafka setting %s=%s: %s", name, value, err);
+        return tly_error(errbuf, errlen, "kafka setting %s=%s: %s", name, value, err);
     return 0;
 }
 
@@ -179,11 +171,11 @@ static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
     rd_kafka_conf_set_opaque(conf, r);
     if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
         rd_kafka_conf_destroy(conf);
-        fail(errbuf, errlen, "cannot create producer: %s", err);
+        tly_error(errbuf, errlen, "cannot create producer: %s", err);
         return NULL;
     }
     if ((error = rd_kafka_init_transactions(rk, KAFKA_TIMEOUT_MS))) {
-        fail(errbuf, errlen, "init_transactions (transactional.id %s): %s", transactional_id,
+        tly_error(errbuf, errlen, "init_transactions (transactional.id %s): %s", transactional_id,
              rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
         rd_kafka_destroy(rk);
@@ -219,7 +211,7 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
     rd_kafka_conf_set_opaque(conf, r);
     if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr)))) {
         rd_kafka_conf_destroy(conf);
-        fail(errbuf, errlen, "cannot create consumer: %s", errstr);
+        tly_error(errbuf, errlen, "cannot create consumer: %s", errstr);
         return NULL;
     }
     rd_kafka_poll_set_consumer(rk);
@@ -228,7 +220,7 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
     err = rd_kafka_subscribe(rk, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (err) {
-        fail(errbuf, errlen, "cannot subscribe to %s: %s", r->topics.input.name, rd_kafka_err2str(err));
+        tly_error(errbuf, errlen, "cannot subscribe to %s: %s", r->topics.input.name, rd_kafka_err2str(err));
         rd_kafka_destroy(rk);
         return NULL;
     }
@@ -261,7 +253,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
         goto done;
     /* Pipelines that share a topic prefix share the changelog topic. */
     if (tly_replayer_only_entity(replayer, tly_pipeline_entity(r->pipeline)) < 0) {
-        fail(errbuf, errlen, "out of memory");
+        tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
     if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
@@ -271,7 +263,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
         conf_set(conf, "group.id", "tally-changelog-replay", errbuf, errlen) < 0)
         goto done;
     if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr)))) {
-        fail(errbuf, errlen, "cannot create changelog reader: %s", errstr);
+        tly_error(errbuf, errlen, "cannot create changelog reader: %s", errstr);
         goto done;
     }
     conf = NULL;
@@ -280,14 +272,14 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
         rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, topic, &md, KAFKA_TIMEOUT_MS);
         rd_kafka_topic_destroy(topic);
         if (err || md->topic_cnt != 1 || md->topics[0].err) {
-            fail(errbuf, errlen, "cannot read metadata of %s: %s", r->topics.changelog.name,
+            tly_error(errbuf, errlen, "cannot read metadata of %s: %s", r->topics.changelog.name,
                  rd_kafka_err2str(err ? err : md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
             goto done;
         }
         partitions = md->topics[0].partition_cnt;
     }
     if (partitions > MAX_PARTITIONS) {
-        fail(errbuf, errlen, "%s has %d partitions; at most %d are supported",
+        tly_error(errbuf, errlen, "%s has %d partitions; at most %d are supported",
              r->topics.changelog.name, partitions, MAX_PARTITIONS);
         goto done;
     }
@@ -297,7 +289,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
         rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
             rk, r->topics.changelog.name, p, &low, &high[p], KAFKA_TIMEOUT_MS);
         if (err) {
-            fail(errbuf, errlen, "cannot read offsets of %s [%d]: %s", r->topics.changelog.name, p,
+            tly_error(errbuf, errlen, "cannot read offsets of %s [%d]: %s", r->topics.changelog.name, p,
                  rd_kafka_err2str(err));
             goto done;
         }
@@ -314,7 +306,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
     if (remaining) {
         rd_kafka_resp_err_t err = rd_kafka_assign(rk, assignment);
         if (err) {
-            fail(errbuf, errlen, "cannot read %s: %s", r->topics.changelog.name, rd_kafka_err2str(err));
+            tly_error(errbuf, errlen, "cannot read %s: %s", r->topics.changelog.name, rd_kafka_err2str(err));
             goto done;
         }
         if (tly_store_begin(tly_replayer_store(replayer), errbuf, errlen) < 0)
@@ -325,7 +317,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
         tly_replay_outcome outcome;
         if (r->cfg->stop && *r->cfg->stop) {
-            fail(errbuf, errlen, "stopped during recovery");
+            tly_error(errbuf, errlen, "stopped during recovery");
             goto done;
         }
         if (!m)
@@ -333,7 +325,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
             remaining--;
         } else if (m->err) {
-            fail(errbuf, errlen, "reading %s: %s", r->topics.changelog.name, rd_kafka_message_errstr(m));
+            tly_error(errbuf, errlen, "reading %s: %s", r->topics.changelog.name, rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
             goto done;
         } else if (m->len > 0) {
@@ -399,7 +391,7 @@ static int rewind_consumer(struct runner *r, char *errbuf, size_t errlen)
     int rc = -1;
 
     if (err) {
-        fail(errbuf, errlen, "cannot read assignment: %s", rd_kafka_err2str(err));
+        tly_error(errbuf, errlen, "cannot read assignment: %s", rd_kafka_err2str(err));
         goto done;
     }
     if (assigned->cnt == 0) {
@@ -407,14 +399,14 @@ static int rewind_consumer(struct runner *r, char *errbuf, size_t errlen)
         goto done;
     }
     if ((err = rd_kafka_committed(r->consumer, assigned, KAFKA_TIMEOUT_MS))) {
-        fail(errbuf, errlen, "cannot read committed offsets: %s", rd_kafka_err2str(err));
+        tly_error(errbuf, errlen, "cannot read committed offsets: %s", rd_kafka_err2str(err));
         goto done;
     }
     for (int i = 0; i < assigned->cnt; i++)
         if (assigned->elems[i].offset < 0)
             assigned->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
     if ((error = rd_kafka_seek_partitions(r->consumer, assigned, KAFKA_TIMEOUT_MS))) {
-        fail(errbuf, errlen, "cannot rewind: %s", rd_kafka_error_string(error));
+        tly_error(errbuf, errlen, "cannot rewind: %s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
         goto done;
     }
@@ -523,7 +515,7 @@ static enum batch_result abort_batch(struct runner *r, const char *what, const c
     tly_log("warn", "transaction_aborted", "step=%s error=\"%s\"", what, why);
     r->aborted++;
     if ((error = rd_kafka_abort_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
-        fail(errbuf, errlen, "cannot abort the transaction after %s failed (%s): %s", what, why,
+        tly_error(errbuf, errlen, "cannot abort the transaction after %s failed (%s): %s", what, why,
              rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
         return BATCH_FATAL;
@@ -542,7 +534,7 @@ static enum batch_result txn_error(struct runner *r, const char *what, rd_kafka_
     snprintf(why, sizeof(why), "%s", rd_kafka_error_string(error));
     if (rd_kafka_error_is_fatal(error) || !rd_kafka_error_txn_requires_abort(error)) {
         tly_store_rollback(r->store);
-        fail(errbuf, errlen, "%s: %s%s", what, why,
+        tly_error(errbuf, errlen, "%s: %s%s", what, why,
              rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__FENCED ||
                      rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR_PRODUCER_FENCED
                  ? " (another instance with the same --instance-id took over)"
@@ -680,13 +672,13 @@ database_failed:
         snprintf(why, sizeof(why), "database: %s", err);
         if (abort_batch(r, "apply", why, errbuf, errlen) == BATCH_FATAL)
             return BATCH_FATAL;
-        fail(errbuf, errlen, "database error, batch aborted: %s", err);
+        tly_error(errbuf, errlen, "database error, batch aborted: %s", err);
         return BATCH_FATAL;
     }
 database_failed_after_kafka:
     /* Kafka committed; the changelog replay on the next start restores it. */
     tly_store_rollback(r->store);
-    fail(errbuf, errlen, "database error after the Kafka commit (restart replays it): %s", err);
+    tly_error(errbuf, errlen, "database error after the Kafka commit (restart replays it): %s", err);
     return BATCH_FATAL;
 }
 
@@ -720,7 +712,7 @@ static int collect(struct runner *r, char *errbuf, size_t errlen)
                 char reason[512];
                 rd_kafka_fatal_error(r->consumer, reason, sizeof(reason));
                 rd_kafka_message_destroy(m);
-                return fail(errbuf, errlen, "consumer: %s%s", reason,
+                return tly_error(errbuf, errlen, "consumer: %s%s", reason,
                             strstr(reason, "FENCED") || strstr(reason, "fenced")
                                 ? " (another instance with the same --instance-id joined)"
                                 : "");
@@ -753,14 +745,14 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
                           &r.topics, errbuf, errlen) < 0)
         return -1;
     if (mkdir(cfg->state_dir, 0755) != 0 && errno != EEXIST)
-        return fail(errbuf, errlen, "cannot create state directory %s: %s", cfg->state_dir,
+        return tly_error(errbuf, errlen, "cannot create state directory %s: %s", cfg->state_dir,
                     strerror(errno));
     snprintf(r.db_path, sizeof(r.db_path), "%s/%s.db", cfg->state_dir, cfg->pipeline);
     r.messages = calloc((size_t)cfg->max_batch, sizeof(*r.messages));
     r.events = calloc((size_t)cfg->max_batch, sizeof(*r.events));
     r.results = calloc((size_t)cfg->max_batch, sizeof(*r.results));
     if (!r.messages || !r.events || !r.results) {
-        fail(errbuf, errlen, "out of memory");
+        tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
     /* Internal and output topics are created if missing; the input must exist. */

@@ -1,6 +1,7 @@
 /* engine/changelog.c - export the changelog as JSON Lines and replay exports.
  * The format is documented in changelog.h. */
 #include "changelog.h"
+#include "error.h"
 
 #include "pipeline.h"
 
@@ -10,17 +11,6 @@
 #include <string.h>
 
 #define MAX_REPLAY_PIPELINES 16
-
-static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (errbuf && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* One export line per changelog row; SQLite builds it, and json() re-emits
  * stored JSON exactly, so numbers keep their digits. */
@@ -38,36 +28,36 @@ int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
     int rc;
 
     if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        fail(errbuf, errlen, "cannot open %s: %s", db_path, db ? sqlite3_errmsg(db) : "out of memory");
+        tly_error(errbuf, errlen, "cannot open %s: %s", db_path, db ? sqlite3_errmsg(db) : "out of memory");
         goto err;
     }
     sqlite3_busy_timeout(db, 5000);
     rc = sqlite3_prepare_v2(db, "SELECT " ROW_AS_JSON " FROM changelog WHERE seq > ?1 ORDER BY seq",
                             -1, &stmt, NULL);
     if (rc != SQLITE_OK) {
-        fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
         goto err;
     }
     sqlite3_bind_int64(stmt, 1, since_seq);
     if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
-        fail(errbuf, errlen, "cannot start read transaction: %s", sqlite3_errmsg(db));
+        tly_error(errbuf, errlen, "cannot start read transaction: %s", sqlite3_errmsg(db));
         goto err;
     }
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
         const char *line = (const char *)sqlite3_column_text(stmt, 0);
         if (fputs(line, out) == EOF || fputc('\n', out) == EOF) {
-            fail(errbuf, errlen, "cannot write export: %m");
+            tly_error(errbuf, errlen, "cannot write export: %m");
             goto err_txn;
         }
         if (++rows % 65536 == 0 && progress)
             progress(ctx, rows);
     }
     if (rc != SQLITE_DONE) {
-        fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
         goto err_txn;
     }
     if (fflush(out) == EOF) {
-        fail(errbuf, errlen, "cannot write export: %m");
+        tly_error(errbuf, errlen, "cannot write export: %m");
         goto err_txn;
     }
     sqlite3_finalize(stmt);
@@ -92,7 +82,7 @@ int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
     if (sqlite3_prepare_v3(db, "SELECT seq, key, " ROW_AS_JSON " FROM changelog "
                            "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
                            -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
-        return fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        return tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
     sqlite3_bind_int64(stmt, 1, from_seq);
     sqlite3_bind_int64(stmt, 2, to_seq);
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
@@ -100,12 +90,12 @@ int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
                (size_t)sqlite3_column_bytes(stmt, 1), (const char *)sqlite3_column_text(stmt, 2),
                (size_t)sqlite3_column_bytes(stmt, 2)) != 0) {
             sqlite3_finalize(stmt);
-            return fail(errbuf, errlen, "changelog scan stopped by the caller");
+            return tly_error(errbuf, errlen, "changelog scan stopped by the caller");
         }
     }
     sqlite3_finalize(stmt);
     if (rc != SQLITE_DONE)
-        return fail(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        return tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
     return 0;
 }
 
@@ -140,7 +130,7 @@ int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tl
 
     *out = NULL;
     if (!r)
-        return fail(errbuf, errlen, "out of memory");
+        return tly_error(errbuf, errlen, "out of memory");
     tly_store_options_init(&opts);
     opts.disable_triggers = 1;
     if (tly_store_open(db_path, &opts, &r->store, errbuf, errlen) < 0)
@@ -151,7 +141,7 @@ int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tl
             goto err;
     for (; pipeline_files && *pipeline_files; pipeline_files++) {
         if (r->pipeline_count == MAX_REPLAY_PIPELINES) {
-            fail(errbuf, errlen, "too many pipeline files");
+            tly_error(errbuf, errlen, "too many pipeline files");
             goto err;
         }
         if (tly_pipeline_open(r->store, *pipeline_files, NULL, TLY_PIPELINE_REPLAY_ONLY,
@@ -163,12 +153,12 @@ int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tl
                            "changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
                            "ON CONFLICT (seq) DO NOTHING",
                            -1, &r->insert_row, NULL) != SQLITE_OK) {
-        fail(errbuf, errlen, "%s", sqlite3_errmsg(tly_store_db(r->store)));
+        tly_error(errbuf, errlen, "%s", sqlite3_errmsg(tly_store_db(r->store)));
         goto err;
     }
     r->tokener = json_tokener_new();
     if (!r->tokener) {
-        fail(errbuf, errlen, "out of memory");
+        tly_error(errbuf, errlen, "out of memory");
         goto err;
     }
     json_tokener_set_flags(r->tokener, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
@@ -219,7 +209,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     json_tokener_reset(r->tokener);
     row = json_tokener_parse_ex(r->tokener, line, (int)len);
     if (!row)
-        return fail(errbuf, errlen, "not JSON: %s",
+        return tly_error(errbuf, errlen, "not JSON: %s",
                     json_tokener_error_desc(json_tokener_get_error(r->tokener)));
     seq = member(row, "seq", json_type_int);
     entity = member(row, "entity", json_type_string);
@@ -231,7 +221,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         delta = NULL;
     if (!seq || !entity || !key || !key_seq || !image || !changed_ms ||
         json_object_get_int64(seq) <= 0 || json_object_get_int64(key_seq) <= 0) {
-        fail(errbuf, errlen, "not a changelog row: needs seq, entity, key, key_seq, image, "
+        tly_error(errbuf, errlen, "not a changelog row: needs seq, entity, key, key_seq, image, "
              "changed_ms (see tally changelog export --help)");
         goto done;
     }
@@ -246,7 +236,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         if (strcmp(tly_pipeline_entity(r->pipelines[i]), entity_name) == 0)
             pipeline = r->pipelines[i];
     if (!pipeline) {
-        fail(errbuf, errlen, "unknown entity \"%s\" (pass its pipeline file with --pipeline-file)",
+        tly_error(errbuf, errlen, "unknown entity \"%s\" (pass its pipeline file with --pipeline-file)",
              entity_name);
         goto done;
     }
@@ -279,7 +269,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         sqlite3_bind_null(r->insert_row, 6);
     sqlite3_bind_int64(r->insert_row, 7, json_object_get_int64(changed_ms));
     if (sqlite3_step(r->insert_row) != SQLITE_DONE) {
-        fail(errbuf, errlen, "cannot record changelog row %lld: %s", (long long)outcome->seq,
+        tly_error(errbuf, errlen, "cannot record changelog row %lld: %s", (long long)outcome->seq,
              sqlite3_errmsg(db));
         sqlite3_reset(r->insert_row);
         goto done;

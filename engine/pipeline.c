@@ -49,6 +49,7 @@
  * time under savepoints so that only the offending event is rejected.
  */
 #include "pipeline.h"
+#include "error.h"
 
 #include "decimal.h"
 #include "embedded_sql.h"
@@ -135,17 +136,6 @@ struct tly_pipeline {
     char meta_applied[96], meta_skipped[96], meta_rejected[96];
 };
 
-static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (errbuf && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Parsing the pipeline file                                                 */
 /* ------------------------------------------------------------------------ */
@@ -184,18 +174,18 @@ static int parse_field(tly_pipeline *p, char **words, int nwords, char *errbuf, 
     int t, m;
 
     if (nwords != 5)
-        return fail(errbuf, errlen, "@field needs PARAM PATHS TYPE MODE");
+        return tly_error(errbuf, errlen, "@field needs PARAM PATHS TYPE MODE");
     if (p->field_count == MAX_FIELDS)
-        return fail(errbuf, errlen, "more than %d @field lines", MAX_FIELDS);
+        return tly_error(errbuf, errlen, "more than %d @field lines", MAX_FIELDS);
     for (t = 0; t < 7 && strcmp(words[3], types[t]); t++)
         ;
     for (m = 0; m < 3 && strcmp(words[4], modes[m]); m++)
         ;
     if (t == 7)
-        return fail(errbuf, errlen, "@field %s: unknown type \"%s\" (id, text, int, decimal6, "
+        return tly_error(errbuf, errlen, "@field %s: unknown type \"%s\" (id, text, int, decimal6, "
                     "time_ms, bool, json)", words[1], words[3]);
     if (m == 3)
-        return fail(errbuf, errlen, "@field %s: unknown mode \"%s\" (required, optional, "
+        return tly_error(errbuf, errlen, "@field %s: unknown mode \"%s\" (required, optional, "
                     "skip_empty)", words[1], words[4]);
     f = &p->fields[p->field_count++];
     f->param = strdup(words[1]);
@@ -203,12 +193,12 @@ static int parse_field(tly_pipeline *p, char **words, int nwords, char *errbuf, 
     f->type = (enum field_type)t;
     f->mode = (enum field_mode)m;
     if (!f->param || !f->paths_text || !(copy = strdup(words[2])))
-        return fail(errbuf, errlen, "out of memory");
+        return tly_error(errbuf, errlen, "out of memory");
     for (alt = strtok_r(copy, "|", &save); alt; alt = strtok_r(NULL, "|", &save)) {
         if (f->alternative_count == MAX_ALTERNATIVES ||
             parse_path(alt, &f->alternatives[f->alternative_count]) < 0) {
             free(copy);
-            return fail(errbuf, errlen, "@field %s: bad path \"%s\"", words[1], words[2]);
+            return tly_error(errbuf, errlen, "@field %s: bad path \"%s\"", words[1], words[2]);
         }
         f->alternative_count++;
     }
@@ -219,17 +209,17 @@ static int parse_field(tly_pipeline *p, char **words, int nwords, char *errbuf, 
 static int parse_each(tly_pipeline *p, char **words, int nwords, char *errbuf, size_t errlen)
 {
     if (nwords != 4 && !(nwords == 6 && strcmp(words[4], "except") == 0))
-        return fail(errbuf, errlen, "@each needs KEY VALUE PATH [except NAME,...]");
+        return tly_error(errbuf, errlen, "@each needs KEY VALUE PATH [except NAME,...]");
     p->has_each = true;
     p->each_key = strdup(words[1]);
     p->each_value = strdup(words[2]);
     if (!p->each_key || !p->each_value || parse_path(words[3], &p->each_path) < 0)
-        return fail(errbuf, errlen, "@each: bad path \"%s\"", words[3]);
+        return tly_error(errbuf, errlen, "@each: bad path \"%s\"", words[3]);
     if (nwords == 6) {
         char *save = NULL, *name;
         for (name = strtok_r(words[5], ",", &save); name; name = strtok_r(NULL, ",", &save)) {
             if (p->except_count == MAX_EXCEPT)
-                return fail(errbuf, errlen, "@each: too many except names");
+                return tly_error(errbuf, errlen, "@each: too many except names");
             p->except[p->except_count++] = strdup(name);
         }
     }
@@ -253,13 +243,13 @@ static int prepare_section(tly_pipeline *p, const char *section_name, const char
     while (tail && *tail) {
         sqlite3_stmt *stmt = NULL;
         if (sqlite3_prepare_v3(p->db, tail, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) != SQLITE_OK)
-            return fail(errbuf, errlen, "%s @%s: %s", p->source_name, section_name,
+            return tly_error(errbuf, errlen, "%s @%s: %s", p->source_name, section_name,
                         sqlite3_errmsg(p->db));
         if (!stmt)
             continue; /* only comments or whitespace left */
         if (out->count == MAX_STATEMENTS) {
             sqlite3_finalize(stmt);
-            return fail(errbuf, errlen, "%s @%s: more than %d statements", p->source_name,
+            return tly_error(errbuf, errlen, "%s @%s: more than %d statements", p->source_name,
                         section_name, MAX_STATEMENTS);
         }
         out->statements[out->count++].stmt = stmt;
@@ -278,7 +268,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
     for (int i = 0; i < SECTION_COUNT; i++) {
         section_sql[i] = calloc(1, strlen(text) + 1);
         if (!section_sql[i])
-            return fail(errbuf, errlen, "out of memory");
+            return tly_error(errbuf, errlen, "out of memory");
     }
     while (*line) {
         const char *eol = strchr(line, '\n');
@@ -292,7 +282,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
             int nwords, s;
             size_t dlen = (size_t)(line + len - q) - 4;
             if (dlen >= sizeof(buf))
-                return fail(errbuf, errlen, "%s: directive line too long", p->source_name);
+                return tly_error(errbuf, errlen, "%s: directive line too long", p->source_name);
             memcpy(buf, q + 4, dlen);
             buf[dlen] = '\0';
             nwords = split_words(buf, words, 8);
@@ -308,7 +298,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
                 p->entity = strdup(words[1]);
             } else if (nwords == 3 && strcmp(words[0], "param") == 0) {
                 if (p->setting_count == MAX_PARAMS)
-                    return fail(errbuf, errlen, "%s: too many @param", p->source_name);
+                    return tly_error(errbuf, errlen, "%s: too many @param", p->source_name);
                 p->settings[p->setting_count].name = strdup(words[1]);
                 p->settings[p->setting_count++].value = strdup(words[2]);
             } else if (nwords >= 1 && strcmp(words[0], "field") == 0) {
@@ -318,7 +308,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
                 if (parse_each(p, words, nwords, errbuf, errlen) < 0)
                     return -1;
             } else {
-                return fail(errbuf, errlen, "%s: unknown directive \"-- @%.*s\"",
+                return tly_error(errbuf, errlen, "%s: unknown directive \"-- @%.*s\"",
                             p->source_name, (int)dlen, q + 4);
             }
         } else if (current >= 0) {
@@ -329,7 +319,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
         line += len + (eol ? 1 : 0);
     }
     if (!p->name || !p->entity)
-        return fail(errbuf, errlen, "%s: needs \"-- @pipeline NAME\" and \"-- @entity NAME\"",
+        return tly_error(errbuf, errlen, "%s: needs \"-- @pipeline NAME\" and \"-- @entity NAME\"",
                     p->source_name);
     return 0;
 }
@@ -373,7 +363,7 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
             bool known = false;
 
             if (!name)
-                return fail(errbuf, errlen, "%s @%s: use named parameters (:name), not ?",
+                return tly_error(errbuf, errlen, "%s @%s: use named parameters (:name), not ?",
                             p->source_name, section_name);
             if ((value = setting_value(p, name))) {
                 bind_setting(b->stmt, i, value);
@@ -399,7 +389,7 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
             if (s == &p->emit && (strcmp(name, "from_seq") == 0 || strcmp(name, "to_seq") == 0))
                 known = true;
             if (!known)
-                return fail(errbuf, errlen, "%s @%s uses %s, which no @field, @param or @each "
+                return tly_error(errbuf, errlen, "%s @%s uses %s, which no @field, @param or @each "
                             "defines", p->source_name, section_name, full);
         }
     }
@@ -413,7 +403,7 @@ static int apply_overrides(tly_pipeline *p, const char *const *params, char *err
         const char *eq = strchr(*params, '=');
         bool found = false;
         if (!eq)
-            return fail(errbuf, errlen, "setting \"%s\" must look like name=value", *params);
+            return tly_error(errbuf, errlen, "setting \"%s\" must look like name=value", *params);
         for (int i = 0; i < p->setting_count; i++) {
             if (strlen(p->settings[i].name) == (size_t)(eq - *params) &&
                 strncmp(p->settings[i].name, *params, (size_t)(eq - *params)) == 0) {
@@ -423,7 +413,7 @@ static int apply_overrides(tly_pipeline *p, const char *const *params, char *err
             }
         }
         if (!found)
-            return fail(errbuf, errlen, "pipeline %s has no setting \"%.*s\"", p->name,
+            return tly_error(errbuf, errlen, "pipeline %s has no setting \"%.*s\"", p->name,
                         (int)(eq - *params), *params);
     }
     return 0;
@@ -438,15 +428,15 @@ static int check_recorded_settings(tly_pipeline *p, char *errbuf, size_t errlen)
         snprintf(key, sizeof(key), "pipeline.%s.%s", p->name, p->settings[i].name);
         rc = tly_store_meta_get_text(p->store, key, recorded, sizeof(recorded));
         if (rc < 0)
-            return fail(errbuf, errlen, "cannot read %s from meta: %s", key, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "cannot read %s from meta: %s", key, sqlite3_errmsg(p->db));
         if (rc == 1 && strcmp(recorded, p->settings[i].value) != 0)
-            return fail(errbuf, errlen,
+            return tly_error(errbuf, errlen,
                         "database %s was built by pipeline %s with %s=%s, not %s; mixing them "
                         "would corrupt the state: use the same setting or a new database",
                         tly_store_path(p->store), p->name, p->settings[i].name, recorded,
                         p->settings[i].value);
         if (rc == 0 && tly_store_meta_set_text(p->store, key, p->settings[i].value) < 0)
-            return fail(errbuf, errlen, "cannot record %s in meta: %s", key, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "cannot record %s in meta: %s", key, sqlite3_errmsg(p->db));
     }
     return 0;
 }
@@ -476,7 +466,7 @@ static char *read_file(const char *path, char *errbuf, size_t errlen)
     char *text = NULL;
     long size;
     if (!f) {
-        fail(errbuf, errlen, "cannot open pipeline file %s: %m", path);
+        tly_error(errbuf, errlen, "cannot open pipeline file %s: %m", path);
         return NULL;
     }
     if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
@@ -485,7 +475,7 @@ static char *read_file(const char *path, char *errbuf, size_t errlen)
     } else {
         free(text);
         text = NULL;
-        fail(errbuf, errlen, "cannot read pipeline file %s", path);
+        tly_error(errbuf, errlen, "cannot read pipeline file %s", path);
     }
     fclose(f);
     return text;
@@ -502,7 +492,7 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
 
     *out = NULL;
     if (!p)
-        return fail(errbuf, errlen, "out of memory");
+        return tly_error(errbuf, errlen, "out of memory");
     p->store = store;
     p->db = tly_store_db(store);
     if (strchr(name, '/') || (strlen(name) > 4 && strcmp(name + strlen(name) - 4, ".sql") == 0)) {
@@ -522,20 +512,20 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
             for (const char *const *n = tly_pipeline_builtin_names(); *n; n++)
                 snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s",
                          known[0] ? ", " : "", *n);
-            fail(errbuf, errlen, "unknown pipeline \"%s\" (built in: %s; or a path to a .sql "
+            tly_error(errbuf, errlen, "unknown pipeline \"%s\" (built in: %s; or a path to a .sql "
                  "pipeline file)", name, known);
             goto done;
         }
     }
     if (!p->source_name) {
-        fail(errbuf, errlen, "out of memory");
+        tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
     if (parse_file(p, text, section_sql, errbuf, errlen) < 0 ||
         apply_overrides(p, params, errbuf, errlen) < 0)
         goto done;
     if (sqlite3_exec(p->db, section_sql[0], NULL, NULL, &msg) != SQLITE_OK) {
-        fail(errbuf, errlen, "%s @setup: %s", p->source_name, msg ? msg : "?");
+        tly_error(errbuf, errlen, "%s @setup: %s", p->source_name, msg ? msg : "?");
         sqlite3_free(msg);
         goto done;
     }
@@ -552,7 +542,7 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         goto done;
     if (!(flags & TLY_PIPELINE_REPLAY_ONLY)) {
         if (p->stage.count == 0 || p->merge.count == 0) {
-            fail(errbuf, errlen, "%s: needs @stage and @merge sections", p->source_name);
+            tly_error(errbuf, errlen, "%s: needs @stage and @merge sections", p->source_name);
             goto done;
         }
         if (check_recorded_settings(p, errbuf, errlen) < 0)
@@ -560,12 +550,12 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
     }
     if (sqlite3_prepare_v3(p->db, "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'", -1,
                            SQLITE_PREPARE_PERSISTENT, &p->last_seq, NULL) != SQLITE_OK) {
-        fail(errbuf, errlen, "%s", sqlite3_errmsg(p->db));
+        tly_error(errbuf, errlen, "%s", sqlite3_errmsg(p->db));
         goto done;
     }
     p->tokener = json_tokener_new_ex(64);
     if (!p->tokener) {
-        fail(errbuf, errlen, "out of memory");
+        tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
     json_tokener_set_flags(p->tokener, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
@@ -995,7 +985,7 @@ static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t cou
     }
     return 0;
 fatal:
-    return fail(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
+    return tly_error(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
 }
 
 int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
@@ -1007,7 +997,7 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
     int rc = SQLITE_DONE;
 
     if (exec(p, "SAVEPOINT tly_batch") < 0)
-        return fail(errbuf, errlen, "cannot start batch: %s", sqlite3_errmsg(p->db));
+        return tly_error(errbuf, errlen, "cannot start batch: %s", sqlite3_errmsg(p->db));
     seq_before = last_seq(p);
     for (size_t i = 0; i < count && rc == SQLITE_DONE; i++)
         rc = stage_event(p, &events[i], &results[i]);
@@ -1015,7 +1005,7 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
         rc = run_section(&p->merge);
     if (rc != SQLITE_DONE) {
         if (!is_event_error(rc)) {
-            fail(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
+            tly_error(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
             goto fatal;
         }
         if (exec(p, "ROLLBACK TO tly_batch") < 0 ||
@@ -1034,11 +1024,11 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
     if ((local.applied && tly_store_meta_add_int(p->store, p->meta_applied, local.applied) < 0) ||
         (local.skipped && tly_store_meta_add_int(p->store, p->meta_skipped, local.skipped) < 0) ||
         (local.rejected && tly_store_meta_add_int(p->store, p->meta_rejected, local.rejected) < 0)) {
-        fail(errbuf, errlen, "cannot update counters: %s", sqlite3_errmsg(p->db));
+        tly_error(errbuf, errlen, "cannot update counters: %s", sqlite3_errmsg(p->db));
         goto fatal;
     }
     if (exec(p, "RELEASE tly_batch") < 0) {
-        fail(errbuf, errlen, "cannot finish batch: %s", sqlite3_errmsg(p->db));
+        tly_error(errbuf, errlen, "cannot finish batch: %s", sqlite3_errmsg(p->db));
         goto fatal;
     }
     if (stats)
@@ -1055,7 +1045,7 @@ int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_se
 {
     int total = 0;
     if (p->replay.count == 0)
-        return fail(errbuf, errlen, "%s has no @replay section", p->source_name);
+        return tly_error(errbuf, errlen, "%s has no @replay section", p->source_name);
     for (int k = 0; k < p->replay.count; k++) {
         sqlite3_stmt *stmt = p->replay.statements[k].stmt;
         int index, rc;
@@ -1067,7 +1057,7 @@ int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_se
             ;
         sqlite3_reset(stmt);
         if (rc != SQLITE_DONE)
-            return fail(errbuf, errlen, "%s @replay: %s", p->source_name, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "%s @replay: %s", p->source_name, sqlite3_errmsg(p->db));
         total += sqlite3_changes(p->db);
     }
     *changed = total > 0;
@@ -1091,12 +1081,12 @@ int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emi
             size_t value_len = (size_t)sqlite3_column_bytes(stmt, 1);
             if (fn(ctx, key, key_len, value, value_len) != 0) {
                 sqlite3_reset(stmt);
-                return fail(errbuf, errlen, "%s @emit: stopped by the caller", p->source_name);
+                return tly_error(errbuf, errlen, "%s @emit: stopped by the caller", p->source_name);
             }
         }
         sqlite3_reset(stmt);
         if (rc != SQLITE_DONE)
-            return fail(errbuf, errlen, "%s @emit: %s", p->source_name, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "%s @emit: %s", p->source_name, sqlite3_errmsg(p->db));
     }
     return 0;
 }

@@ -1,5 +1,6 @@
 /* engine/query.c - read-only SQL with an authorizer, a deadline and a row cap. */
 #include "query.h"
+#include "error.h"
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -15,17 +16,6 @@ struct tly_query {
     bool timed_out;
     char denied[160]; /* why the authorizer refused, for the error message */
 };
-
-static int fail(char *errbuf, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (errbuf && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(errbuf, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static int64_t now_ms(void)
 {
@@ -113,11 +103,11 @@ int tly_query_open(const char *path, const tly_query_options *opts, tly_query **
     tly_query *q = calloc(1, sizeof(*q));
     *out = NULL;
     if (!q)
-        return fail(errbuf, errlen, "out of memory");
+        return tly_error(errbuf, errlen, "out of memory");
     if (opts)
         q->opts = *opts;
     if (sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
-        fail(errbuf, errlen, "cannot open %s: %s", path, q->db ? sqlite3_errmsg(q->db) : "out of memory");
+        tly_error(errbuf, errlen, "cannot open %s: %s", path, q->db ? sqlite3_errmsg(q->db) : "out of memory");
         goto err;
     }
     sqlite3_busy_timeout(q->db, 5000);
@@ -127,7 +117,7 @@ int tly_query_open(const char *path, const tly_query_options *opts, tly_query **
      * bound in memory either; spill them to a temp file. */
     if (sqlite3_exec(q->db, "PRAGMA query_only = 1; PRAGMA temp_store = FILE;", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(q->db, "SELECT 1 FROM sqlite_schema LIMIT 1", NULL, NULL, NULL) != SQLITE_OK) {
-        fail(errbuf, errlen, "cannot read %s: %s", path, sqlite3_errmsg(q->db));
+        tly_error(errbuf, errlen, "cannot read %s: %s", path, sqlite3_errmsg(q->db));
         goto err;
     }
     sqlite3_set_authorizer(q->db, authorize, q);
@@ -182,25 +172,25 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
     q->deadline_ms = q->opts.timeout_ms > 0 ? now_ms() + q->opts.timeout_ms : 0;
     rc = sqlite3_prepare_v2(q->db, sql, -1, &stmt, &tail);
     if (rc != SQLITE_OK) {
-        fail(errbuf, errlen, "%s", q->denied[0] ? q->denied : sqlite3_errmsg(q->db));
+        tly_error(errbuf, errlen, "%s", q->denied[0] ? q->denied : sqlite3_errmsg(q->db));
         goto err;
     }
     if (!stmt) {
-        fail(errbuf, errlen, "empty query");
+        tly_error(errbuf, errlen, "empty query");
         goto err;
     }
     if (tail && !only_space_or_comments(tail)) {
-        fail(errbuf, errlen, "one statement at a time, please (found more after the first \";\")");
+        tly_error(errbuf, errlen, "one statement at a time, please (found more after the first \";\")");
         goto err;
     }
     if (!sqlite3_stmt_readonly(stmt)) {
-        fail(errbuf, errlen, "only read-only statements are allowed");
+        tly_error(errbuf, errlen, "only read-only statements are allowed");
         goto err;
     }
     ncols = sqlite3_column_count(stmt);
     names = calloc((size_t)ncols + 1, sizeof(*names));
     if (!names) {
-        fail(errbuf, errlen, "out of memory");
+        tly_error(errbuf, errlen, "out of memory");
         goto err;
     }
     for (int i = 0; i < ncols; i++)
@@ -218,10 +208,10 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         if (q->timed_out)
-            fail(errbuf, errlen, "query interrupted after %lld ms (the time limit)",
+            tly_error(errbuf, errlen, "query interrupted after %lld ms (the time limit)",
                  (long long)q->opts.timeout_ms);
         else
-            fail(errbuf, errlen, "%s", sqlite3_errmsg(q->db));
+            tly_error(errbuf, errlen, "%s", sqlite3_errmsg(q->db));
         goto err;
     }
 done:

@@ -53,6 +53,23 @@ static char *cell_text(sqlite3_stmt *stmt, int i)
     return strdup(text ? (const char *)text : "");
 }
 
+/* One RFC 4180 field: quoted when it holds a comma, quote or line break. */
+static void csv_field(const char *s)
+{
+    bool quote = strpbrk(s, ",\"\r\n") != NULL;
+    if (quote)
+        putchar('"');
+    for (; *s; s++) {
+        if (*s == '"')
+            putchar('"');
+        putchar(*s);
+    }
+    if (quote)
+        putchar('"');
+}
+
+static void csv_cell(sqlite3_stmt *stmt, int i);
+
 static int on_columns(void *ctx, int count, const char *const *names)
 {
     struct output *out = ctx;
@@ -65,17 +82,7 @@ static int on_columns(void *ctx, int count, const char *const *names)
     if (out->format == FORMAT_CSV) {
         for (int i = 0; i < count; i++) {
             fputs(i ? "," : "", stdout);
-            const char *s = names[i];
-            bool quote = strpbrk(s, ",\"\r\n") != NULL;
-            if (quote)
-                putchar('"');
-            for (; *s; s++) {
-                if (*s == '"')
-                    putchar('"');
-                putchar(*s);
-            }
-            if (quote)
-                putchar('"');
+            csv_field(names[i]);
         }
         fputs("\r\n", stdout);
     } else if (out->format == FORMAT_JSON) {
@@ -86,21 +93,8 @@ static int on_columns(void *ctx, int count, const char *const *names)
 
 static void csv_cell(sqlite3_stmt *stmt, int i)
 {
-    const char *s;
-    bool quote;
-    if (sqlite3_column_type(stmt, i) == SQLITE_NULL)
-        return;
-    s = (const char *)sqlite3_column_text(stmt, i);
-    quote = strpbrk(s, ",\"\r\n") != NULL;
-    if (quote)
-        putchar('"');
-    for (; *s; s++) {
-        if (*s == '"')
-            putchar('"');
-        putchar(*s);
-    }
-    if (quote)
-        putchar('"');
+    if (sqlite3_column_type(stmt, i) != SQLITE_NULL) /* NULL is an empty field */
+        csv_field((const char *)sqlite3_column_text(stmt, i));
 }
 
 static json_object *json_cell(sqlite3_stmt *stmt, int i)

@@ -102,6 +102,7 @@ check_totals "output after the takeover" "$WORK/orders.tsv" "" "$OUT"
 check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
 
 recovered=$(grep -m1 'event=recovered' "$LOG_B" || true)
+note "B: ${recovered:0:200}"
 [[ "$recovered" == *"source=changelog"* ]] ||
     fail "B started with an empty state directory but did not replay the changelog: $recovered"
 ok
