@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAX_PARTITIONS 256
 #define KAFKA_TIMEOUT_MS 30000
@@ -286,8 +287,20 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
     for (int p = 0; p < partitions; p++) {
         char key[512];
         int64_t low, recorded = -1;
-        rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
-            rk, r->topics.changelog.name, p, &low, &high[p], KAFKA_TIMEOUT_MS);
+        rd_kafka_resp_err_t err;
+        /* A topic created a moment ago may not have a leader everywhere yet. */
+        for (int64_t give_up = now_ms() + KAFKA_TIMEOUT_MS;;) {
+            err = rd_kafka_query_watermark_offsets(rk, r->topics.changelog.name, p, &low, &high[p],
+                                                   KAFKA_TIMEOUT_MS);
+            if (!(err == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
+                  err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
+                  err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) ||
+                now_ms() > give_up)
+                break;
+            tly_log("info", "waiting_for_leader", "topic=%s partition=%d error=\"%s\"",
+                    r->topics.changelog.name, p, rd_kafka_err2str(err));
+            usleep(200000);
+        }
         if (err) {
             tly_error(errbuf, errlen, "cannot read offsets of %s [%d]: %s", r->topics.changelog.name, p,
                  rd_kafka_err2str(err));
