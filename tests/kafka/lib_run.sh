@@ -15,7 +15,9 @@
 # transactional ids. Every tally this library starts is killed on exit.
 #
 # Provides:
-#   $WORK, $RUN_ID, fail, ok, assert_eq, assert_files_eq, finish
+#   $WORK, $RUN_ID, fail, ok, note, assert_eq, assert_files_eq, finish
+#   CLEANUP_HOOKS                     functions the exit trap also runs
+#   alive PID                         the process exists and is no zombie
 #   name SUFFIX                       a unique topic/group/instance name
 #   create_topic NAME PARTITIONS      via scripts/kafka topics
 #   gen_orders N SEED FIRST TSV       "key|json" order lines on stdout, their
@@ -24,6 +26,7 @@
 #   mix FILE... > OUT                 the lines of all FILEs, shuffled
 #   produce TOPIC FILE                "key|value" lines to TOPIC (kcat)
 #   end_offsets TOPIC                 "partition offset" lines
+#   topic_records TOPIC               records in a non-transactional topic
 #   expected_windows TSV              expected order_windows rows (awk)
 #   tally_start LOG ARGS...           `tally run --pipeline orders` in the
 #                                     background; sets TALLY_PID
@@ -36,7 +39,8 @@
 #   wait_positions DB TOPIC PREFIX N_BAD SECONDS [PID]
 #                                     until the recorded input positions are
 #                                     the partition ends, DLQ holds N_BAD
-#   meta DB KEY                       a value of the state's meta table
+#   sqlval DB SQL, meta DB KEY        a value from the state database
+#   dlq_records PREFIX                committed records in PREFIX-dlq
 #   state_windows DB                  order_windows rows (tally query)
 #   read_topic TOPIC FORMAT           every read_committed record (kcat -f)
 #   output_windows TOPIC              latest output value per key, as rows
@@ -82,13 +86,18 @@ alive() {
     [[ -n "$state" && "$state" != Z ]]
 }
 
+CLEANUP_HOOKS=()
+
 cleanup() {
-    local rc=$? pid
+    local rc=$? pid hook
     for pid in "${TALLY_PIDS[@]+"${TALLY_PIDS[@]}"}" "${BG_PIDS[@]+"${BG_PIDS[@]}"}"; do
         if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
         wait "$pid" 2>/dev/null || true
     done
     if ((rc != 0)); then show_logs; fi
+    for hook in "${CLEANUP_HOOKS[@]+"${CLEANUP_HOOKS[@]}"}"; do
+        "$hook" || true
+    done
     if [[ -n "${TALLY_KEEP_WORK:-}" ]]; then
         echo "kept $WORK" >&2
     else

@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# test_run_fencing.sh - two `tally run` processes with the same --instance-id
-# (same group, same topics, different --state-dir). Instance A runs under load;
-# B starts while A is committing batches. B's transactional producer and static
-# group membership fence A: A must exit non-zero saying why (fenced / instance),
-# B keeps going and consumes everything. Then the latest committed output per
-# key (read_committed) equals the awk totals exactly - so nothing A wrote after
-# it was fenced is visible - and the DLQ holds each malformed line once.
+# test_run_fencing.sh - several `tally run` processes with the same
+# --instance-id (same group and topics, each its own --state-dir), while orders
+# keep arriving:
 #
-# B starts with an empty state directory: it must rebuild the state from the
-# changelog topic (recovered source=changelog) and end with exact totals too.
+#   1. A runs and commits batches; B starts. B must take over promptly (within
+#      TAKEOVER_S seconds, while A is still busy): its transactional producer
+#      and static group membership fence A, which must exit with status 1 and
+#      say why (fenced / instance).
+#   2. B is frozen (SIGSTOP, most likely inside a transaction) and C starts;
+#      once C runs, B is resumed: the zombie must find itself fenced and exit 1
+#      without making anything visible.
+#   3. C consumes everything (a tail is produced after A and B are gone).
+#
+# Then the latest committed output per key (read_committed) equals the awk
+# totals exactly - so nothing A or B wrote after being fenced is visible - the
+# DLQ holds each malformed line once, and C, which started with an empty state
+# directory and rebuilt it from the changelog topic, holds exact totals too.
 source "$(dirname "$0")/lib_run.sh"
 
-N_PRE=10000
-CHUNKS=20
-N_CHUNK=750
+N_PRE=6000
+N_CHUNK=100     # a chunk every CHUNK_GAP s (plus kcat's time) while the
+CHUNK_GAP=0.1   # instances take over: A never idles for long
+MAX_CHUNKS=400
+TAKEOVER_S=30
 
 # ---- flags: usage errors need no broker -----------------------------------
 expect_usage_error "--commit-interval-ms 0" --pipeline orders --brokers "$KAFKA_BROKERS" \
@@ -24,90 +33,142 @@ expect_usage_error "--instance-id without a value" --pipeline orders --brokers "
 IN=$(name in)
 OUT=$(name out)
 PREFIX=$(name p)
-INSTANCE=$(name i)
 COMMON=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g)"
-    --instance-id "$INSTANCE" --commit-interval-ms 50 --max-batch 200)
+    --instance-id "$(name i)")
+# A commits small batches often, so B's takeover lands among A's commits.
+A_ARGS=(--commit-interval-ms 10 --max-batch 50)
+B_ARGS=(--commit-interval-ms 50 --max-batch 200)
 DB_A=$WORK/state-a/orders.db
 DB_B=$WORK/state-b/orders.db
+DB_C=$WORK/state-c/orders.db
 
+# ---- input: a head, chunks (the ones produced count), a tail -------------------
 create_topic "$IN" 3
-: >"$WORK/orders.tsv"
-gen_orders "$N_PRE" 99 1 "$WORK/orders.tsv" >"$WORK/pre.kv"
-gen_malformed 10 "fence" >"$WORK/bad.kv"
-mix "$WORK/pre.kv" "$WORK/bad.kv" >"$WORK/chunk0.kv"
-for ((c = 1; c <= CHUNKS; c++)); do
-    gen_orders "$N_CHUNK" $((500 + c)) $((N_PRE + (c - 1) * N_CHUNK + 1)) "$WORK/orders.tsv" >"$WORK/chunk$c.kv"
+gen_orders "$N_PRE" 99 1 "$WORK/head.tsv" >"$WORK/head-orders.kv"
+gen_malformed 10 "head" >"$WORK/head.bad"
+mix "$WORK/head-orders.kv" "$WORK/head.bad" >"$WORK/head.kv"
+next_id=$((N_PRE + 1))
+for ((c = 1; c <= MAX_CHUNKS; c++)); do
+    gen_orders "$N_CHUNK" $((500 + c)) "$next_id" "$WORK/chunk$c.tsv" >"$WORK/chunk$c-orders.kv"
+    next_id=$((next_id + N_CHUNK))
+    if ((c % 10 == 0)); then gen_malformed 1 "chunk$c" >"$WORK/chunk$c.bad"; else : >"$WORK/chunk$c.bad"; fi
+    mix "$WORK/chunk$c-orders.kv" "$WORK/chunk$c.bad" >"$WORK/chunk$c.kv"
 done
-# The tail is produced after A is gone, so B has work on every partition.
-gen_orders "$N_CHUNK" 4711 $((N_PRE + CHUNKS * N_CHUNK + 1)) "$WORK/orders.tsv" >"$WORK/tail-orders.kv"
-gen_malformed 5 "fence-tail" >"$WORK/tail-bad.kv"
-cat "$WORK/tail-bad.kv" >>"$WORK/bad.kv"
-mix "$WORK/tail-orders.kv" "$WORK/tail-bad.kv" >"$WORK/tail.kv"
-N_ORDERS=$(wc -l <"$WORK/orders.tsv")
-N_BAD=$(wc -l <"$WORK/bad.kv")
-produce "$IN" "$WORK/chunk0.kv"
+gen_orders 1500 4711 "$next_id" "$WORK/tail.tsv" >"$WORK/tail-orders.kv"
+gen_malformed 5 "tail" >"$WORK/tail.bad"
+mix "$WORK/tail-orders.kv" "$WORK/tail.bad" >"$WORK/tail.kv"
+produce "$IN" "$WORK/head.kv"
 
-# ---- A runs; the input keeps coming --------------------------------------------
+# The stream: one chunk every CHUNK_GAP s until $WORK/stop exists.
+start_stream() {
+    (
+        for ((c = 1; c <= MAX_CHUNKS; c++)); do
+            [[ -e "$WORK/stop" ]] && exit 0
+            produce "$IN" "$WORK/chunk$c.kv"
+            echo "$c" >>"$WORK/produced"
+            sleep "$CHUNK_GAP"
+        done
+    ) &
+    STREAM=$!
+    BG_PIDS+=("$STREAM")
+}
+: >"$WORK/produced"
+
+orders_in() { sqlval "$1" 'SELECT coalesce(sum(count), 0) FROM order_window_state'; }
+
+# ---- 1. A runs, B takes over ---------------------------------------------------------
 LOG_A=$WORK/a.log
 LOG_B=$WORK/b.log
-tally_start "$LOG_A" "${COMMON[@]}" --state-dir "$WORK/state-a"
+LOG_C=$WORK/c.log
+tally_start "$LOG_A" "${COMMON[@]}" "${A_ARGS[@]}" --state-dir "$WORK/state-a"
 PID_A=$TALLY_PID
 tally_wait_started "$PID_A" "$LOG_A"
-
-# Wait until A has committed a few batches, then start B while more input
-# arrives (one chunk every 0.5 s).
+start_stream
 limit=$((SECONDS + 60))
 while :; do
-    have=$(sqlval "$DB_A" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
-    ((${have:-0} >= 1000)) && break
+    have=$(orders_in "$DB_A")
+    ((${have:-0} >= N_PRE)) && break
     alive "$PID_A" || { tally_wait_exit "$PID_A" 5; fail "A exited with status $RC before B started"; }
     ((SECONDS < limit)) || fail "A committed only ${have:-0} orders within 60 s"
     sleep 0.2
 done
-note "A has committed ${have} orders; starting B with the same --instance-id"
-(
-    for ((c = 1; c <= CHUNKS; c++)); do
-        produce "$IN" "$WORK/chunk$c.kv"
-        sleep 0.5
-    done
-) &
-PRODUCER=$!
-BG_PIDS+=("$PRODUCER")
-tally_start "$LOG_B" "${COMMON[@]}" --state-dir "$WORK/state-b"
+sleep 1 # A is on the stream now: a batch every few dozen ms
+note "A has committed $(orders_in "$DB_A") orders; starting B with the same --instance-id"
+tally_start "$LOG_B" "${COMMON[@]}" "${B_ARGS[@]}" --state-dir "$WORK/state-b"
 PID_B=$TALLY_PID
+b_started=$SECONDS
 
-# ---- A is fenced, B goes on ---------------------------------------------------------
-tally_wait_exit "$PID_A" 90
-((TIMED_OUT == 0)) || fail "A still ran 90 s after B started with the same --instance-id"
-((RC != 0)) || fail "A exited 0 after being fenced; expected a non-zero status"
-((RC == 1)) || fail "A died with status $RC after being fenced; expected an orderly exit with status 1"
+tally_wait_exit "$PID_A" "$TAKEOVER_S"
+if ((TIMED_OUT)); then
+    b_state=$(grep -E 'event=(recovered|started)' "$LOG_B" | cut -c1-200 | tr '\n' ' ' || true)
+    fail "A was still running $TAKEOVER_S s after B started with the same --instance-id while input kept arriving; B: ${b_state:-no event=recovered line yet: B is still in its changelog recovery, chasing the commits of A}"
+fi
+((RC == 1)) || fail "A exited with status $RC after being fenced; expected 1"
 ok
-fatal=$(grep -iE 'fenced|instance' "$LOG_A" | grep -E 'level=error|^tally run:' | head -n 1 || true)
+fatal=$(grep -E 'level=error|^tally run:' "$LOG_A" | grep -iE 'fenced|instance' | head -n 1 || true)
 [[ -n "$fatal" ]] || fail "A's error does not say it was fenced: $(tail -n 3 "$LOG_A" | cut -c1-300)"
 ok
-note "A: ${fatal:0:200}"
-A_COMMITTED=$(sqlval "$DB_A" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
-
+note "A exited $((SECONDS - b_started)) s after B started: ${fatal:0:160}"
+A_ORDERS=$(orders_in "$DB_A")
 tally_wait_started "$PID_B" "$LOG_B"
-if wait "$PRODUCER"; then :; else fail "the background producer failed"; fi
-produce "$IN" "$WORK/tail.kv"
-assert_eq "records in the input topic" $((N_ORDERS + N_BAD)) "$(topic_records "$IN")"
-wait_positions "$DB_B" "$IN" "$PREFIX" "$N_BAD" 150 "$PID_B"
-tally_stop "$PID_B"
-! grep -qi 'fenced' "$LOG_B" || fail "B reports being fenced: $(grep -i fenced "$LOG_B" | head -n 1)"
-ok
-
-# ---- exact totals -------------------------------------------------------------------
-check_totals "output after the takeover" "$WORK/orders.tsv" "" "$OUT"
-check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
-
 recovered=$(grep -m1 'event=recovered' "$LOG_B" || true)
-note "B: ${recovered:0:200}"
 [[ "$recovered" == *"source=changelog"* ]] ||
     fail "B started with an empty state directory but did not replay the changelog: $recovered"
 ok
-state_windows "$DB_B" >"$WORK/state-b.tsv"
-assert_files_eq "B's SQLite order_windows vs awk (rebuilt from the changelog, then consumed)" \
-    "$WORK/expected.tsv" "$WORK/state-b.tsv"
 
-finish "A committed $A_COMMITTED orders before it was fenced; $N_ORDERS orders in all"
+# ---- 2. B frozen, C takes over, B resumes as a zombie ------------------------------
+limit=$((SECONDS + 60))
+applied_b=0
+while :; do
+    applied_b=$(meta "$DB_B" pipeline.orders.events_applied)
+    ((${applied_b:-0} > 0)) && break
+    alive "$PID_B" || { tally_wait_exit "$PID_B" 5; fail "B exited with status $RC before C started"; }
+    ((SECONDS < limit)) || fail "B applied nothing within 60 s of A's exit"
+    sleep 0.1
+done
+sleep 0.$((RANDOM % 10))
+kill -STOP "$PID_B"
+note "B froze after applying ${applied_b}+ orders; starting C with the same --instance-id"
+tally_start "$LOG_C" "${COMMON[@]}" "${B_ARGS[@]}" --state-dir "$WORK/state-c"
+PID_C=$TALLY_PID
+STARTS_BEFORE=0 tally_wait_started "$PID_C" "$LOG_C" 60
+kill -CONT "$PID_B"
+tally_wait_exit "$PID_B" 90
+((TIMED_OUT == 0)) || fail "B still ran 90 s after it was resumed behind C"
+((RC == 1)) || fail "B exited with status $RC after being fenced as a zombie; expected 1"
+ok
+fatal=$(grep -E 'level=error|^tally run:' "$LOG_B" | grep -iE 'fenced|instance' | head -n 1 || true)
+[[ -n "$fatal" ]] || fail "B's error does not say it was fenced: $(tail -n 3 "$LOG_B" | cut -c1-300)"
+ok
+note "B: ${fatal:0:160}"
+
+# ---- 3. C consumes everything -----------------------------------------------------------
+touch "$WORK/stop"
+if wait "$STREAM"; then :; else fail "the input stream failed"; fi
+produce "$IN" "$WORK/tail.kv"
+cat "$WORK/head.tsv" >"$WORK/orders.tsv"
+cat "$WORK/head.bad" >"$WORK/bad.kv"
+while read -r c; do
+    cat "$WORK/chunk$c.tsv" >>"$WORK/orders.tsv"
+    cat "$WORK/chunk$c.bad" >>"$WORK/bad.kv"
+done <"$WORK/produced"
+cat "$WORK/tail.tsv" >>"$WORK/orders.tsv"
+cat "$WORK/tail.bad" >>"$WORK/bad.kv"
+N_ORDERS=$(wc -l <"$WORK/orders.tsv")
+N_BAD=$(wc -l <"$WORK/bad.kv")
+assert_eq "records in the input topic" $((N_ORDERS + N_BAD)) "$(topic_records "$IN")"
+wait_positions "$DB_C" "$IN" "$PREFIX" "$N_BAD" 150 "$PID_C"
+tally_stop "$PID_C"
+for log in "$LOG_C"; do
+    ! grep -qi 'fenced' "$log" || fail "C reports being fenced: $(grep -i fenced "$log" | head -n 1)"
+done
+ok
+
+# ---- exact totals -------------------------------------------------------------------------
+check_totals "output after two takeovers" "$WORK/orders.tsv" "" "$OUT"
+check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
+state_windows "$DB_C" >"$WORK/state-c.tsv"
+assert_files_eq "C's SQLite order_windows vs awk (rebuilt from the changelog, then consumed)" \
+    "$WORK/expected.tsv" "$WORK/state-c.tsv"
+
+finish "A committed $A_ORDERS orders before it was fenced; $(wc -l <"$WORK/produced") chunks streamed; $N_ORDERS orders in all"
