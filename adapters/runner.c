@@ -781,12 +781,18 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     }
     if (tly_pipeline_open(r.store, cfg->pipeline, settings, 0, &r.pipeline, errbuf, errlen) < 0)
         goto done;
+    /* init_transactions first: it fences any previous instance with our
+     * transactional.id and waits until that instance's last transaction is
+     * committed or aborted. Only then is the end of the changelog final - a
+     * replay before it could stop short of a batch whose commit was already
+     * decided, while the input offsets it committed skip that batch for good. */
+    if (!(r.producer = new_producer(&r, errbuf, errlen)))
+        goto done;
     /* The replay writes through a connection of its own; the store sees the
      * result from its first transaction on. */
     if (cfg->changelog && replay_changelog(&r, errbuf, errlen) < 0)
         goto done;
-    if (!(r.producer = new_producer(&r, errbuf, errlen)) ||
-        !(r.consumer = new_consumer(&r, errbuf, errlen)))
+    if (!(r.consumer = new_consumer(&r, errbuf, errlen)))
         goto done;
     tly_log("info", "started",
             "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s db=%s",
