@@ -66,6 +66,8 @@ struct runner {
     long batches;
     /* figures */
     int64_t applied, rejected, skipped, changes, outputs, aborted;
+    /* consumer watchdog: since when the consumer has had no partitions */
+    int64_t unassigned_since, last_watch;
 };
 
 static int64_t now_ms(void)
@@ -197,9 +199,10 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
     if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
         conf_set(conf, "group.id", r->cfg->group_id, errbuf, errlen) < 0 ||
         /* static membership: a restart within the session timeout gets its
-         * partitions back without a rebalance */
+         * partitions back without a rebalance. 45 s (Kafka's default) also
+         * outlasts a broker restart, which a 10 s session did not always. */
         conf_set(conf, "group.instance.id", r->cfg->instance_id, errbuf, errlen) < 0 ||
-        conf_set(conf, "session.timeout.ms", "10000", errbuf, errlen) < 0 ||
+        conf_set(conf, "session.timeout.ms", "45000", errbuf, errlen) < 0 ||
         conf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
         conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
         conf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) < 0 ||
@@ -246,6 +249,7 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_topic_partition_list_t *assignment = rd_kafka_topic_partition_list_new(8);
     int64_t high[MAX_PARTITIONS], next[MAX_PARTITIONS];
+    bool done[MAX_PARTITIONS] = {false};
     int partitions = 0, remaining = 0, rc = -1;
     bool in_txn = false;
     char errstr[512];
@@ -336,7 +340,11 @@ static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
         if (!m)
             continue;
         if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            remaining--;
+            /* End-of-partition can come more than once for one partition. */
+            if (m->partition >= 0 && m->partition < MAX_PARTITIONS && !done[m->partition]) {
+                done[m->partition] = true;
+                remaining--;
+            }
         } else if (m->err) {
             tly_error(errbuf, errlen, "reading %s: %s", r->topics.changelog.name, rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
@@ -699,6 +707,46 @@ database_failed_after_kafka:
 /* The loop                                                                  */
 /* ------------------------------------------------------------------------ */
 
+#define WATCHDOG_MS 60000
+
+/* librdkafka 2.0.2 can lose a static member's assignment (a session timeout
+ * during a broker restart) and never rejoin: the group stays empty and the
+ * daemon idles forever. A consumer without partitions for WATCHDOG_MS is
+ * replaced by a new one; with the same group.instance.id it rejoins at once.
+ * Safe between batches: nothing is in flight, and the new consumer starts
+ * from the committed offsets. */
+static int watch_consumer(struct runner *r, char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *assigned = NULL;
+    int64_t now = now_ms();
+    int count;
+
+    if (now - r->last_watch < 1000)
+        return 0;
+    r->last_watch = now;
+    if (rd_kafka_assignment(r->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    count = assigned->cnt;
+    rd_kafka_topic_partition_list_destroy(assigned);
+    if (count > 0) {
+        r->unassigned_since = 0;
+        return 0;
+    }
+    if (!r->unassigned_since) {
+        r->unassigned_since = now;
+        return 0;
+    }
+    if (now - r->unassigned_since < WATCHDOG_MS)
+        return 0;
+    tly_log("warn", "consumer_restart", "reason=\"no partitions for %d s\"", WATCHDOG_MS / 1000);
+    release_collected(r);
+    rd_kafka_destroy_flags(r->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    r->unassigned_since = 0;
+    if (!(r->consumer = new_consumer(r, errbuf, errlen)))
+        return -1;
+    return 0;
+}
+
 static int collect(struct runner *r, char *errbuf, size_t errlen)
 {
     int64_t deadline = now_ms() + r->cfg->commit_interval_ms;
@@ -802,7 +850,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     last_report = now_ms();
     while (!(cfg->stop && *cfg->stop)) {
         enum batch_result result;
-        if (collect(&r, errbuf, errlen) < 0)
+        if (collect(&r, errbuf, errlen) < 0 || watch_consumer(&r, errbuf, errlen) < 0)
             goto done;
         if (r.count > 0) {
             result = process_batch(&r, errbuf, errlen);

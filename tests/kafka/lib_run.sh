@@ -44,7 +44,8 @@
 #   state_windows DB                  order_windows rows (tally query)
 #   read_topic TOPIC FORMAT           every read_committed record (kcat -f)
 #   output_windows TOPIC              latest output value per key, as rows
-#   check_totals WHAT TSV DB OUTPUT   state and output == awk, exactly
+#   check_totals WHAT TSV DB OUTPUT   state and output == awk, exactly (DB
+#                                     "" skips the state)
 #   check_dlq PREFIX INPUT BAD_FILE   the DLQ holds each bad line once
 #   expect_usage_error WHAT ARGS...   tally run ARGS exits 2 with a message
 #   show_logs                         tails of the tally logs (on failure)
@@ -427,6 +428,9 @@ output_windows() {
     rm -f "$WORK/output.latest"
 }
 
+# total_count FILE: the sum of the count column of window rows.
+total_count() { awk -F'\t' '{ n += $5 } END { printf "%.0f\n", n }' "$1"; }
+
 # check_totals WHAT TSV DB OUTPUT_TOPIC: the state database and the latest
 # output per key must equal the awk totals of TSV exactly (sum and count).
 check_totals() {
@@ -434,9 +438,15 @@ check_totals() {
     expected_windows "$tsv" >"$WORK/expected.tsv"
     [[ -s "$WORK/expected.tsv" ]] || fail "no expected windows (test bug)"
     output_windows "$out" >"$WORK/actual-output.tsv"
+    if ! cmp -s "$WORK/expected.tsv" "$WORK/actual-output.tsv"; then
+        note "$what: orders counted by the latest outputs: $(total_count "$WORK/actual-output.tsv"), expected $(total_count "$WORK/expected.tsv")"
+    fi
     assert_files_eq "$what: latest output per key vs awk" "$WORK/expected.tsv" "$WORK/actual-output.tsv"
     if [[ -n "$db" ]]; then
         state_windows "$db" >"$WORK/actual-state.tsv"
+        if ! cmp -s "$WORK/expected.tsv" "$WORK/actual-state.tsv"; then
+            note "$what: orders counted by SQLite: $(total_count "$WORK/actual-state.tsv"), expected $(total_count "$WORK/expected.tsv")"
+        fi
         assert_files_eq "$what: SQLite order_windows vs awk" "$WORK/expected.tsv" "$WORK/actual-state.tsv"
     fi
 }

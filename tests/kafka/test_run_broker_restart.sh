@@ -6,6 +6,7 @@
 # is restarted - that is allowed, and reported. Either way, at the end the
 # latest committed output per key and the SQLite state equal the awk totals
 # exactly, and the DLQ holds each malformed line once.
+# shellcheck source-path=SCRIPTDIR source=lib_run.sh
 source "$(dirname "$0")/lib_run.sh"
 
 N_FIRST=30000
@@ -74,6 +75,13 @@ revive() {
     start_tally
 }
 
+# What tally was doing when it stalled.
+stall_report() {
+    local rebalance
+    rebalance=$(grep 'event=rebalance' "$LOG" | tail -n 1 | cut -c1-160)
+    echo "tally (pid $PID) is $(alive "$PID" && echo alive || echo gone); its last rebalance line: ${rebalance:-none}"
+}
+
 # wait_orders N SECONDS: until the state counts at least N orders, reviving
 # tally when it exits.
 wait_orders() {
@@ -82,7 +90,7 @@ wait_orders() {
         have=$(orders_in)
         ((${have:-0} >= want)) && return 0
         revive "while waiting for $want orders"
-        ((SECONDS < limit)) || fail "the state counts ${have:-0} orders, not $want, after $2 s"
+        ((SECONDS < limit)) || fail "the state counts ${have:-0} orders, not $want, after $2 s; $(stall_report)"
         sleep 0.3
     done
 }
@@ -125,7 +133,7 @@ while :; do
         ((dlq == N_BAD)) && break
     fi
     revive "while finishing"
-    ((SECONDS < limit)) || fail "not done 150 s after the last restart: ${have:-0} of $N_ORDERS orders"
+    ((SECONDS < limit)) || fail "not done 150 s after the last restart: ${have:-0} of $N_ORDERS orders; $(stall_report)"
     sleep 0.5
 done
 tally_stop "$PID"

@@ -10,6 +10,7 @@
 # the restart must replay it from the changelog topic (its recovered line says
 # source=changelog records_replayed=N with N > 0). At the other points the
 # Kafka transaction was never committed, so nothing may be replayed.
+# shellcheck source-path=SCRIPTDIR source=lib_run.sh
 source "$(dirname "$0")/lib_run.sh"
 
 N_ORDERS=3000
