@@ -16,6 +16,8 @@ static const char usage[] =
     "  query       run a read-only SQL query against a state database\n"
     "  changelog   export the changelog as JSONL (tally changelog export)\n"
     "  replay      rebuild or update a state database from a changelog export\n"
+    "  snapshot    write a consistent copy of a state database (online backup API)\n"
+    "  restore     check a snapshot and copy it to a new database\n"
     "  run         the daemon: consume Kafka, apply, commit exactly once\n"
     "  topics      create a pipeline's Kafka topics (tally topics create)\n"
     "  produce     send generated events to Kafka at a steady rate\n"
@@ -37,6 +39,8 @@ int main(int argc, char **argv)
         {"run", cmd_run},
         {"topics", cmd_topics},
         {"produce", cmd_produce},
+        {"snapshot", cmd_snapshot},
+        {"restore", cmd_restore},
     };
 
     if (argc < 2) {

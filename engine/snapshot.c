@@ -1,0 +1,387 @@
+/* engine/snapshot.c - consistent copies of the state database.
+ *
+ * Files, in the snapshot directory:
+ *
+ *   snapshot-<id>.db     a SQLite database: the whole state database as of one
+ *                        read transaction (online backup API)
+ *   snapshot-<id>.json   its manifest:
+ *     {"snapshotId":"20261121T063600123Z-4711",   time of the copy, last seq
+ *      "path":"/var/lib/tally/snapshots/snapshot-20261121T063600123Z-4711.db",
+ *      "lastSeq":4711,                           highest changelog seq inside
+ *      "lastChangelogOffset":{"opb-changelog.0":812,"opb-changelog.1":790},
+ *      "createdAt":1795242960123,                epoch ms
+ *      "bytes":1048576,                          size of the .db file
+ *      "checksum":"9f2c4e1a0b7d3c55"}            FNV-1a 64 of the .db file
+ *
+ * lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
+ * read in the same read transaction as the copy: replaying the changelog topic
+ * from those offsets + 1 brings the copy up to date. Each file is written under
+ * a ".tmp" name, fsynced, renamed, and the directory fsynced, so a crash leaves
+ * either a complete snapshot or none. The manifest is also a row of the source
+ * database's snapshots table (migrations/004_snapshots.sql). */
+#include "snapshot.h"
+
+#include "error.h"
+#include "store.h"
+
+#include <dirent.h>
+#include <limits.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static int fsync_path(const char *path, int directory)
+{
+    int fd = open(path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+    int rc;
+    if (fd < 0)
+        return -1;
+    rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* FNV-1a 64 over the file; also returns its size. */
+static int checksum_file(const char *path, char out[17], int64_t *bytes)
+{
+    unsigned char buf[65536];
+    uint64_t h = 14695981039346656037ULL;
+    int64_t total = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return -1;
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            h = (h ^ buf[i]) * 1099511628211ULL;
+        total += n;
+    }
+    close(fd);
+    if (n < 0)
+        return -1;
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+    *bytes = total;
+    return 0;
+}
+
+static int write_manifest(const tly_snapshot_manifest *m, const char *path, char *errbuf,
+                          size_t errlen)
+{
+    json_object *obj = json_object_new_object(), *offsets = json_tokener_parse(m->changelog_offsets);
+    FILE *f;
+    int rc = -1;
+
+    json_object_object_add(obj, "snapshotId", json_object_new_string(m->snapshot_id));
+    json_object_object_add(obj, "path", json_object_new_string(m->path));
+    json_object_object_add(obj, "lastSeq", json_object_new_int64(m->last_seq));
+    json_object_object_add(obj, "lastChangelogOffset", offsets ? offsets : json_object_new_object());
+    json_object_object_add(obj, "createdAt", json_object_new_int64(m->created_ms));
+    json_object_object_add(obj, "bytes", json_object_new_int64(m->bytes));
+    json_object_object_add(obj, "checksum", json_object_new_string(m->checksum));
+    if (!(f = fopen(path, "w"))) {
+        tly_error(errbuf, errlen, "cannot create %s: %s", path, strerror(errno));
+        goto done;
+    }
+    if (fprintf(f, "%s\n", json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
+                                                                   JSON_C_TO_STRING_NOSLASHESCAPE)) < 0 ||
+        fflush(f) != 0 || fsync(fileno(f)) != 0) {
+        fclose(f);
+        tly_error(errbuf, errlen, "cannot write %s: %s", path, strerror(errno));
+        goto done;
+    }
+    fclose(f);
+    rc = 0;
+done:
+    json_object_put(obj);
+    return rc;
+}
+
+/* Copies the database inside one read transaction of its own connection and
+ * reads last seq and changelog offsets in that same transaction. */
+static int copy_database(const char *db_path, const char *tmp_path, tly_snapshot_manifest *m,
+                         char *errbuf, size_t errlen)
+{
+    sqlite3 *src = NULL, *dest = NULL;
+    sqlite3_backup *backup = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int rc = -1;
+
+    if (sqlite3_open_v2(db_path, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot open %s: %s", db_path, src ? sqlite3_errmsg(src) : "?");
+        goto done;
+    }
+    sqlite3_busy_timeout(src, 5000);
+    if (sqlite3_exec(src, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(src,
+                           "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0),"
+                           " (SELECT coalesce(json_group_object(substr(key, 17), value), '{}') FROM meta"
+                           "   WHERE key LIKE 'kafka.changelog.%')",
+                           -1, &stmt, NULL) != SQLITE_OK ||
+        sqlite3_step(stmt) != SQLITE_ROW) {
+        tly_error(errbuf, errlen, "cannot read %s: %s", db_path, sqlite3_errmsg(src));
+        goto done;
+    }
+    m->last_seq = sqlite3_column_int64(stmt, 0);
+    snprintf(m->changelog_offsets, sizeof(m->changelog_offsets), "%s", sqlite3_column_text(stmt, 1));
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    if (sqlite3_open(tmp_path, &dest) != SQLITE_OK ||
+        !(backup = sqlite3_backup_init(dest, "main", src, "main"))) {
+        tly_error(errbuf, errlen, "cannot start the copy into %s: %s", tmp_path,
+                  dest ? sqlite3_errmsg(dest) : "?");
+        goto done;
+    }
+    /* One step copies every page under the read transaction opened above. */
+    if (sqlite3_backup_step(backup, -1) != SQLITE_DONE) {
+        tly_error(errbuf, errlen, "copy into %s failed: %s", tmp_path, sqlite3_errmsg(dest));
+        goto done;
+    }
+    if (sqlite3_backup_finish(backup) != SQLITE_OK) {
+        backup = NULL;
+        tly_error(errbuf, errlen, "copy into %s failed: %s", tmp_path, sqlite3_errmsg(dest));
+        goto done;
+    }
+    backup = NULL;
+    /* A self-contained file: no -wal beside it. */
+    if (sqlite3_exec(dest, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot finish %s: %s", tmp_path, sqlite3_errmsg(dest));
+        goto done;
+    }
+    rc = 0;
+done:
+    if (backup)
+        sqlite3_backup_finish(backup);
+    sqlite3_finalize(stmt);
+    if (src) {
+        sqlite3_exec(src, "COMMIT", NULL, NULL, NULL);
+        sqlite3_close(src);
+    }
+    sqlite3_close(dest);
+    return rc;
+}
+
+static void remove_snapshot_files(const char *db_file)
+{
+    char json_path[4200];
+    size_t len = strlen(db_file);
+    unlink(db_file);
+    if (len > 3 && strcmp(db_file + len - 3, ".db") == 0) {
+        snprintf(json_path, sizeof(json_path), "%.*s.json", (int)(len - 3), db_file);
+        unlink(json_path);
+    }
+}
+
+/* Records the manifest in the source database and keeps the newest `keep`. */
+static int record_manifest(const char *db_path, const tly_snapshot_manifest *m, int keep,
+                           char *errbuf, size_t errlen)
+{
+    tly_store *store = NULL;
+    sqlite3_stmt *stmt = NULL;
+    sqlite3 *db;
+    int rc = -1;
+
+    if (tly_store_open(db_path, NULL, &store, errbuf, errlen) < 0)
+        return -1;
+    db = tly_store_db(store);
+    if (sqlite3_prepare_v2(db, "INSERT INTO snapshots VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &stmt,
+                           NULL) != SQLITE_OK)
+        goto sql_error;
+    sqlite3_bind_text(stmt, 1, m->snapshot_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, m->path, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 3, m->last_seq);
+    sqlite3_bind_text(stmt, 4, m->changelog_offsets, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 5, m->created_ms);
+    sqlite3_bind_int64(stmt, 6, m->bytes);
+    sqlite3_bind_text(stmt, 7, m->checksum, -1, SQLITE_STATIC);
+    if (sqlite3_step(stmt) != SQLITE_DONE)
+        goto sql_error;
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    if (keep > 0) {
+        if (sqlite3_prepare_v2(db, "DELETE FROM snapshots WHERE snapshot_id IN (SELECT snapshot_id "
+                                   "FROM snapshots ORDER BY created_ms DESC, snapshot_id DESC "
+                                   "LIMIT -1 OFFSET ?1) RETURNING path",
+                               -1, &stmt, NULL) != SQLITE_OK)
+            goto sql_error;
+        sqlite3_bind_int(stmt, 1, keep);
+        while (sqlite3_step(stmt) == SQLITE_ROW)
+            remove_snapshot_files((const char *)sqlite3_column_text(stmt, 0));
+    }
+    rc = 0;
+    goto done;
+sql_error:
+    tly_error(errbuf, errlen, "cannot record the snapshot manifest in %s: %s", db_path,
+              sqlite3_errmsg(db));
+done:
+    sqlite3_finalize(stmt);
+    tly_store_close(store);
+    return rc;
+}
+
+int tly_snapshot_write(const char *db_path, const char *dir, int keep,
+                       tly_snapshot_manifest *m, char *errbuf, size_t errlen)
+{
+    char tmp_db[4200], tmp_json[4200], final_json[4200], stamp[32], absolute[PATH_MAX];
+    struct timespec ts;
+    struct tm tm;
+    int rc = -1;
+
+    memset(m, 0, sizeof(*m));
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return tly_error(errbuf, errlen, "cannot create snapshot directory %s: %s", dir, strerror(errno));
+    /* The manifest names the file by an absolute path: it is read from
+     * anywhere, by recovery and by tally restore. */
+    if (!realpath(dir, absolute))
+        return tly_error(errbuf, errlen, "cannot resolve %s: %s", dir, strerror(errno));
+    dir = absolute;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
+    m->created_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    snprintf(tmp_db, sizeof(tmp_db), "%s/.snapshot-%ld.db.tmp", dir, (long)getpid());
+    unlink(tmp_db);
+    if (copy_database(db_path, tmp_db, m, errbuf, errlen) < 0)
+        goto done;
+    snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s%03ldZ-%lld", stamp, ts.tv_nsec / 1000000,
+             (long long)m->last_seq);
+    if (snprintf(m->path, sizeof(m->path), "%s/snapshot-%s.db", dir, m->snapshot_id) >= (int)sizeof(m->path)) {
+        tly_error(errbuf, errlen, "snapshot directory path too long");
+        goto done;
+    }
+    if (fsync_path(tmp_db, 0) != 0 || checksum_file(tmp_db, m->checksum, &m->bytes) != 0) {
+        tly_error(errbuf, errlen, "cannot sync %s: %s", tmp_db, strerror(errno));
+        goto done;
+    }
+    snprintf(tmp_json, sizeof(tmp_json), "%s/.snapshot-%ld.json.tmp", dir, (long)getpid());
+    snprintf(final_json, sizeof(final_json), "%s/snapshot-%s.json", dir, m->snapshot_id);
+    if (write_manifest(m, tmp_json, errbuf, errlen) < 0)
+        goto done;
+    /* The data file first: a manifest never names a file that is not there. */
+    if (rename(tmp_db, m->path) != 0 || rename(tmp_json, final_json) != 0 || fsync_path(dir, 1) != 0) {
+        tly_error(errbuf, errlen, "cannot move the snapshot into %s: %s", dir, strerror(errno));
+        unlink(m->path);
+        goto done;
+    }
+    if (record_manifest(db_path, m, keep, errbuf, errlen) < 0)
+        goto done;
+    rc = 0;
+done:
+    unlink(tmp_db);
+    if (rc < 0)
+        unlink(tmp_json);
+    return rc;
+}
+
+int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *m, char *errbuf,
+                               size_t errlen)
+{
+    json_object *obj = json_object_from_file(json_path), *v;
+    int rc = -1;
+
+    memset(m, 0, sizeof(*m));
+    if (!obj)
+        return tly_error(errbuf, errlen, "cannot read manifest %s", json_path);
+    if (!json_object_object_get_ex(obj, "snapshotId", &v) || !json_object_is_type(v, json_type_string))
+        goto bad;
+    snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s", json_object_get_string(v));
+    if (!json_object_object_get_ex(obj, "path", &v) || !json_object_is_type(v, json_type_string))
+        goto bad;
+    snprintf(m->path, sizeof(m->path), "%s", json_object_get_string(v));
+    if (!json_object_object_get_ex(obj, "lastSeq", &v) || !json_object_is_type(v, json_type_int))
+        goto bad;
+    m->last_seq = json_object_get_int64(v);
+    if (!json_object_object_get_ex(obj, "lastChangelogOffset", &v) || !json_object_is_type(v, json_type_object))
+        goto bad;
+    snprintf(m->changelog_offsets, sizeof(m->changelog_offsets), "%s",
+             json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+    if (!json_object_object_get_ex(obj, "createdAt", &v) || !json_object_is_type(v, json_type_int))
+        goto bad;
+    m->created_ms = json_object_get_int64(v);
+    if (!json_object_object_get_ex(obj, "bytes", &v) || !json_object_is_type(v, json_type_int))
+        goto bad;
+    m->bytes = json_object_get_int64(v);
+    if (!json_object_object_get_ex(obj, "checksum", &v) || !json_object_is_type(v, json_type_string) ||
+        json_object_get_string_len(v) != 16)
+        goto bad;
+    snprintf(m->checksum, sizeof(m->checksum), "%s", json_object_get_string(v));
+    rc = 0;
+    goto done;
+bad:
+    tly_error(errbuf, errlen, "%s is not a snapshot manifest (see engine/snapshot.c)", json_path);
+done:
+    json_object_put(obj);
+    return rc;
+}
+
+int tly_snapshot_verify(const tly_snapshot_manifest *m, char *errbuf, size_t errlen)
+{
+    char checksum[17];
+    int64_t bytes;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int rc = -1;
+
+    if (checksum_file(m->path, checksum, &bytes) != 0)
+        return tly_error(errbuf, errlen, "cannot read snapshot %s: %s", m->path, strerror(errno));
+    if (bytes != m->bytes)
+        return tly_error(errbuf, errlen, "snapshot %s has %lld bytes, its manifest says %lld",
+                         m->path, (long long)bytes, (long long)m->bytes);
+    if (strcmp(checksum, m->checksum) != 0)
+        return tly_error(errbuf, errlen, "snapshot %s fails its checksum (%s, manifest %s)", m->path,
+                         checksum, m->checksum);
+    if (sqlite3_open_v2(m->path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &stmt, NULL) != SQLITE_OK ||
+        sqlite3_step(stmt) != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(stmt, 0), "ok") != 0) {
+        tly_error(errbuf, errlen, "snapshot %s fails SQLite's check: %s", m->path,
+                  stmt && sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0)
+                                                       : sqlite3_errmsg(db));
+        goto done;
+    }
+    rc = 0;
+done:
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return rc;
+}
+
+int tly_snapshot_restore(const tly_snapshot_manifest *m, const char *new_db_path, char *errbuf,
+                         size_t errlen)
+{
+    char tmp[4200], buf[65536];
+    int in = -1, out = -1, rc = -1;
+    ssize_t n;
+
+    if (access(new_db_path, F_OK) == 0)
+        return tly_error(errbuf, errlen, "%s exists; restore only into a new file", new_db_path);
+    if (tly_snapshot_verify(m, errbuf, errlen) < 0)
+        return -1;
+    snprintf(tmp, sizeof(tmp), "%s.restore.tmp", new_db_path);
+    if ((in = open(m->path, O_RDONLY)) < 0 || (out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0) {
+        tly_error(errbuf, errlen, "cannot restore into %s: %s", new_db_path, strerror(errno));
+        goto done;
+    }
+    while ((n = read(in, buf, sizeof(buf))) > 0)
+        if (write(out, buf, (size_t)n) != n) {
+            n = -1;
+            break;
+        }
+    if (n < 0 || fsync(out) != 0 || rename(tmp, new_db_path) != 0) {
+        tly_error(errbuf, errlen, "cannot restore into %s: %s", new_db_path, strerror(errno));
+        goto done;
+    }
+    rc = 0;
+done:
+    if (in >= 0)
+        close(in);
+    if (out >= 0)
+        close(out);
+    unlink(tmp);
+    return rc;
+}

@@ -1,0 +1,46 @@
+/* engine/snapshot.h - consistent copies of the state database.
+ *
+ * A snapshot is written from its own connection inside one read transaction,
+ * with SQLite's online backup API, so the writer is never blocked; the
+ * changelog offsets recorded in the manifest are read in that same transaction,
+ * so snapshot and manifest always agree. See snapshot.c for the file and
+ * manifest layout. Thread-safe as long as each call has its own arguments. */
+#ifndef TLY_SNAPSHOT_H
+#define TLY_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tly_snapshot_manifest {
+    char snapshot_id[64];
+    char path[4096];
+    int64_t last_seq;
+    char changelog_offsets[2048]; /* JSON object {"<topic>.<partition>": offset} */
+    int64_t created_ms;
+    int64_t bytes;
+    char checksum[17];            /* FNV-1a 64, 16 lowercase hex digits */
+} tly_snapshot_manifest;
+
+/* Writes a snapshot of the database at db_path into dir (created if missing):
+ * dir/snapshot-<id>.db and its manifest dir/snapshot-<id>.json, both written
+ * under temporary names, fsynced and renamed, then records the manifest in the
+ * database's snapshots table and deletes all but the newest `keep` snapshots
+ * (keep <= 0: keep all). Returns 0 and fills *manifest, or -1 with errbuf; no
+ * partial file is left under a final name. */
+int tly_snapshot_write(const char *db_path, const char *dir, int keep,
+                       tly_snapshot_manifest *manifest, char *errbuf, size_t errlen);
+
+/* Reads the manifest file at json_path. Returns 0 or -1 with errbuf. */
+int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *manifest,
+                               char *errbuf, size_t errlen);
+
+/* Checks the snapshot file against its manifest: size, checksum, and SQLite's
+ * own integrity check. Returns 0 if it verifies, -1 with errbuf saying why not. */
+int tly_snapshot_verify(const tly_snapshot_manifest *manifest, char *errbuf, size_t errlen);
+
+/* Copies a verified snapshot to new_db_path (which must not exist), fsynced.
+ * Returns 0 or -1 with errbuf. */
+int tly_snapshot_restore(const tly_snapshot_manifest *manifest, const char *new_db_path,
+                         char *errbuf, size_t errlen);
+
+#endif

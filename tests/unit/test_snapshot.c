@@ -1,0 +1,272 @@
+/* tests/unit/test_snapshot.c - snapshots under continuous writes restore to
+ * exactly the state at their manifest's seq; corruption is detected; only the
+ * newest are kept. */
+#include "tly_test.h"
+
+#include "changelog.h"
+#include "pipeline.h"
+#include "snapshot.h"
+#include "store.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <sys/wait.h>
+
+static volatile sig_atomic_t writer_stop;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    writer_stop = 1;
+}
+
+/* Applies batches of orders to db_path until SIGTERM; exits 0 if all went well. */
+static void run_writer(const char *db_path)
+{
+    char err[256], lines[100][200];
+    tly_store *store = NULL;
+    tly_pipeline *p = NULL;
+    tly_event events[100];
+    tly_event_result results[100];
+    int b = 0;
+
+    signal(SIGTERM, on_term);
+    if (tly_store_open(db_path, NULL, &store, err, sizeof(err)) < 0 ||
+        tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) < 0)
+        _exit(3);
+    while (!writer_stop) {
+        for (int i = 0; i < 100; i++) {
+            snprintf(lines[i], sizeof(lines[i]),
+                     "{\"orderId\":\"%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"%d.25\",\"qty\":1,\"ts\":%lld}",
+                     b, i, (b + i) % 13, i % 7, i, 1700000000000LL + b * 997LL);
+            events[i].data = lines[i];
+            events[i].len = strlen(lines[i]);
+        }
+        if (tly_store_begin(store, err, sizeof(err)) < 0 ||
+            tly_pipeline_apply(p, events, 100, results, NULL, err, sizeof(err)) < 0 ||
+            tly_store_commit(store, err, sizeof(err)) < 0)
+            _exit(4);
+        b++;
+    }
+    tly_pipeline_close(p);
+    tly_store_close(store);
+    _exit(b > 0 ? 0 : 5);
+}
+
+static int64_t scalar(const char *db_path, const char *attach, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    char attach_sql[600];
+    int64_t v = -1;
+    if (sqlite3_open(db_path, &db) != SQLITE_OK)
+        goto done;
+    if (attach) {
+        snprintf(attach_sql, sizeof(attach_sql), "ATTACH '%s' AS other", attach);
+        if (sqlite3_exec(db, attach_sql, NULL, NULL, NULL) != SQLITE_OK)
+            goto done;
+    }
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    else
+        fprintf(stderr, "scalar(%s): %s\n", sql, sqlite3_errmsg(db));
+done:
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return v;
+}
+
+static int count_files(const char *dir, const char *suffix)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d)))
+        if (strlen(e->d_name) > strlen(suffix) &&
+            strcmp(e->d_name + strlen(e->d_name) - strlen(suffix), suffix) == 0 && e->d_name[0] != '.')
+            n++;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+/* Replays the source's changelog rows after `since` into target. */
+static int replay_since(const char *source, int64_t since, const char *target, const char *dir)
+{
+    char path[300], err[256], *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    tly_replayer *r = NULL;
+    FILE *f;
+    int rc = -1;
+
+    snprintf(path, sizeof(path), "%s/tail.jsonl", dir);
+    if (!(f = fopen(path, "w")))
+        return -1;
+    if (tly_changelog_export(source, since, f, NULL, NULL, err, sizeof(err)) < 0) {
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    if (!(f = fopen(path, "r")) || tly_replayer_open(target, NULL, &r, err, sizeof(err)) < 0 ||
+        tly_store_begin(tly_replayer_store(r), err, sizeof(err)) < 0)
+        goto done;
+    while ((len = getline(&line, &cap, f)) > 0) {
+        tly_replay_outcome out;
+        if (tly_replayer_apply_line(r, line, (size_t)len, &out, err, sizeof(err)) < 0 || out.gap_from) {
+            fprintf(stderr, "replay: %s gap=%lld\n", err, (long long)out.gap_from);
+            goto done;
+        }
+    }
+    rc = tly_store_commit(tly_replayer_store(r), err, sizeof(err));
+done:
+    if (rc < 0)
+        fprintf(stderr, "replay_since: %s\n", err);
+    free(line);
+    if (f)
+        fclose(f);
+    tly_replayer_close(r);
+    return rc;
+}
+
+static void test_snapshot_under_writes_is_exact(void)
+{
+    const char *dir = tly_test_dir();
+    char db_path[256], snap_dir[256], restored[256], json_path[4200], err[512];
+    tly_snapshot_manifest m, read_back;
+    pid_t writer = -1;
+    int status;
+
+    snprintf(db_path, sizeof(db_path), "%s/state.db", dir);
+    snprintf(snap_dir, sizeof(snap_dir), "%s/snapshots", dir);
+    snprintf(restored, sizeof(restored), "%s/restored.db", dir);
+    {
+        tly_store *store = NULL;
+        CHECK_MSG(tly_store_open(db_path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+        /* offsets as the daemon records them */
+        CHECK(tly_store_meta_set_int(store, "kafka.changelog.opb-changelog.0", 41) == 0);
+        tly_store_close(store);
+    }
+    writer = fork();
+    CHECK(writer >= 0);
+    if (writer == 0)
+        run_writer(db_path);
+    usleep(300000);
+    CHECK_MSG(tly_snapshot_write(db_path, snap_dir, 3, &m, err, sizeof(err)) == 0, "%s", err);
+    usleep(200000);
+    kill(writer, SIGTERM);
+    CHECK(waitpid(writer, &status, 0) == writer);
+    writer = -1;
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writer status %d", status);
+
+    CHECK(m.last_seq > 0);
+    CHECK(m.bytes > 0);
+    CHECK_STR(m.changelog_offsets, "{\"opb-changelog.0\":41}");
+    CHECK(strstr(m.path, snap_dir) == m.path);
+    CHECK_MSG(tly_snapshot_verify(&m, err, sizeof(err)) == 0, "%s", err);
+    /* the manifest file says the same */
+    snprintf(json_path, sizeof(json_path), "%.*s.json", (int)(strlen(m.path) - 3), m.path);
+    CHECK_MSG(tly_snapshot_read_manifest(json_path, &read_back, err, sizeof(err)) == 0, "%s", err);
+    CHECK_STR(read_back.snapshot_id, m.snapshot_id);
+    CHECK_STR(read_back.checksum, m.checksum);
+    CHECK_INT(read_back.last_seq, m.last_seq);
+    CHECK_INT(read_back.bytes, m.bytes);
+    /* and the source recorded it */
+    CHECK_INT(scalar(db_path, NULL, "SELECT count(*) FROM snapshots"), 1);
+    /* The writer went on after the snapshot... */
+    CHECK(scalar(db_path, NULL, "SELECT max(seq) FROM changelog") > m.last_seq);
+    /* ...and the copy is the state at exactly last_seq: its own changelog ends
+     * there, its counters agree with its state, */
+    CHECK_INT(scalar(m.path, NULL, "SELECT max(seq) FROM changelog"), m.last_seq);
+    CHECK_INT(scalar(m.path, NULL, "SELECT (SELECT sum(count) FROM order_window_state) = "
+                                   "(SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied')"), 1);
+    /* and restore + the changelog after last_seq == the source, exactly. */
+    CHECK_MSG(tly_snapshot_restore(&m, restored, err, sizeof(err)) == 0, "%s", err);
+    CHECK(replay_since(db_path, m.last_seq, restored, dir) == 0);
+    CHECK_INT(scalar(db_path, restored,
+                     "SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM other.order_window_state))"
+                     " + (SELECT count(*) FROM (SELECT * FROM other.order_window_state EXCEPT SELECT * FROM main.order_window_state))"
+                     " + (SELECT count(*) FROM (SELECT seq, key, key_seq, image FROM main.changelog EXCEPT SELECT seq, key, key_seq, image FROM other.changelog))"),
+              0);
+    /* restore never overwrites */
+    CHECK(tly_snapshot_restore(&m, restored, err, sizeof(err)) < 0);
+    CHECK(strstr(err, "exists") != NULL);
+end:
+    if (writer > 0) {
+        kill(writer, SIGKILL);
+        waitpid(writer, NULL, 0);
+    }
+}
+
+static void test_corruption_is_detected(void)
+{
+    const char *dir = tly_test_dir();
+    char db_path[256], snap_dir[256], err[512];
+    tly_snapshot_manifest m;
+    tly_store *store = NULL;
+    FILE *f;
+
+    snprintf(db_path, sizeof(db_path), "%s/state.db", dir);
+    snprintf(snap_dir, sizeof(snap_dir), "%s/snapshots", dir);
+    CHECK_MSG(tly_store_open(db_path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    tly_store_close(store);
+    CHECK_MSG(tly_snapshot_write(db_path, snap_dir, 0, &m, err, sizeof(err)) == 0, "%s", err);
+    CHECK(tly_snapshot_verify(&m, err, sizeof(err)) == 0);
+    /* flip one byte in the middle */
+    f = fopen(m.path, "r+b");
+    CHECK(f);
+    fseek(f, m.bytes / 2, SEEK_SET);
+    {
+        int c = fgetc(f);
+        fseek(f, m.bytes / 2, SEEK_SET);
+        fputc(c ^ 0x5a, f);
+    }
+    fclose(f);
+    CHECK(tly_snapshot_verify(&m, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "checksum") != NULL, "%s", err);
+    /* truncate */
+    CHECK(truncate(m.path, m.bytes - 100) == 0);
+    CHECK(tly_snapshot_verify(&m, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "bytes") != NULL, "%s", err);
+    /* a damaged snapshot is never restored */
+    {
+        char restored[300];
+        snprintf(restored, sizeof(restored), "%s/restored.db", dir);
+        CHECK(tly_snapshot_restore(&m, restored, err, sizeof(err)) < 0);
+        CHECK(access(restored, F_OK) != 0);
+    }
+end:;
+}
+
+static void test_keeps_the_newest(void)
+{
+    const char *dir = tly_test_dir();
+    char db_path[256], snap_dir[256], err[512];
+    tly_snapshot_manifest m;
+    tly_store *store = NULL;
+
+    snprintf(db_path, sizeof(db_path), "%s/state.db", dir);
+    snprintf(snap_dir, sizeof(snap_dir), "%s/snapshots", dir);
+    CHECK_MSG(tly_store_open(db_path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    tly_store_close(store);
+    for (int i = 0; i < 4; i++) {
+        CHECK_MSG(tly_snapshot_write(db_path, snap_dir, 2, &m, err, sizeof(err)) == 0, "%s", err);
+        usleep(2000); /* distinct ids */
+    }
+    CHECK_INT(count_files(snap_dir, ".db"), 2);
+    CHECK_INT(count_files(snap_dir, ".json"), 2);
+    CHECK_INT(scalar(db_path, NULL, "SELECT count(*) FROM snapshots"), 2);
+    CHECK(access(m.path, F_OK) == 0); /* the newest survives */
+    CHECK_INT(count_files(snap_dir, ".tmp"), 0);
+end:;
+}
+
+int main(void)
+{
+    RUN(test_snapshot_under_writes_is_exact);
+    RUN(test_corruption_is_detected);
+    RUN(test_keeps_the_newest);
+    return tly_test_finish();
+}
