@@ -77,33 +77,10 @@ done:
     return rc;
 }
 
-static int64_t scalar(const char *db_path, const char *attach, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
-    int64_t v = -1;
-    char attach_sql[512];
-    if (sqlite3_open(db_path, &db) != SQLITE_OK)
-        goto done;
-    if (attach) {
-        snprintf(attach_sql, sizeof(attach_sql), "ATTACH '%s' AS other", attach);
-        if (sqlite3_exec(db, attach_sql, NULL, NULL, NULL) != SQLITE_OK)
-            goto done;
-    }
-    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    else
-        fprintf(stderr, "scalar(%s): %s\n", sql, sqlite3_errmsg(db));
-done:
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
-    return v;
-}
-
 /* Rows in one database and not the other, both ways, over every column. */
 static int64_t differences(const char *a, const char *b)
 {
-    return scalar(a, b,
+    return tly_test_scalar(a, b,
                   "SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM other.order_window_state))"
                   " + (SELECT count(*) FROM (SELECT * FROM other.order_window_state EXCEPT SELECT * FROM main.order_window_state))"
                   " + (SELECT count(*) FROM (SELECT * FROM main.vehicle_sensor_state EXCEPT SELECT * FROM other.vehicle_sensor_state))"
@@ -172,16 +149,16 @@ static void test_export_replay_roundtrip(void)
 
     fixture_init(&fx);
     CHECK(build_source(fx.source) == 0);
-    total = scalar(fx.source, NULL, "SELECT count(*) FROM changelog");
+    total = tly_test_scalar(fx.source, NULL, "SELECT count(*) FROM changelog");
     CHECK(total > 60);
-    CHECK(scalar(fx.source, NULL, "SELECT max(key_seq) FROM order_window_state") > 1);
+    CHECK(tly_test_scalar(fx.source, NULL, "SELECT max(key_seq) FROM order_window_state") > 1);
     CHECK(export_to(fx.source, 0, fx.export_path, &rows) == 0);
     CHECK_INT(rows, total);
     CHECK_MSG(replay_file(fx.target, fx.export_path, &changed, &gaps, err, sizeof(err)) == 0, "%s", err);
     CHECK_INT(gaps, 0);
     CHECK(changed > 0 && changed <= total);
     CHECK_INT(differences(fx.source, fx.target), 0);
-    CHECK(scalar(fx.target, NULL, "SELECT count(*) FROM vehicle_latest") == 4);
+    CHECK(tly_test_scalar(fx.target, NULL, "SELECT count(*) FROM vehicle_latest") == 4);
     /* Twice: nothing changes. */
     CHECK_MSG(replay_file(fx.target, fx.export_path, &changed, &gaps, err, sizeof(err)) == 0, "%s", err);
     CHECK_INT(changed, 0);
@@ -196,7 +173,7 @@ static void test_export_replay_roundtrip(void)
         CHECK_INT(rows_again, rows);
     }
     /* A real difference is detected by the comparison itself. */
-    CHECK_INT(scalar(fx.target, NULL, "UPDATE order_window_state SET count = count + 1 WHERE product_id = 'p0' AND store_id = 's0' RETURNING 1"), 1);
+    CHECK_INT(tly_test_scalar(fx.target, NULL, "UPDATE order_window_state SET count = count + 1 WHERE product_id = 'p0' AND store_id = 's0' RETURNING 1"), 1);
     CHECK(differences(fx.source, fx.target) > 0);
 end:;
 }
@@ -209,7 +186,7 @@ static void test_since_and_gaps(void)
 
     fixture_init(&fx);
     CHECK(build_source(fx.source) == 0);
-    total = scalar(fx.source, NULL, "SELECT count(*) FROM changelog");
+    total = tly_test_scalar(fx.source, NULL, "SELECT count(*) FROM changelog");
     snprintf(tail_path, sizeof(tail_path), "%s/tail.jsonl", fx.dir);
     CHECK(export_to(fx.source, since, tail_path, &rows) == 0);
     CHECK_INT(rows, total - since);

@@ -55,29 +55,6 @@ static void run_writer(const char *db_path)
     _exit(b > 0 ? 0 : 5);
 }
 
-static int64_t scalar(const char *db_path, const char *attach, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
-    char attach_sql[600];
-    int64_t v = -1;
-    if (sqlite3_open(db_path, &db) != SQLITE_OK)
-        goto done;
-    if (attach) {
-        snprintf(attach_sql, sizeof(attach_sql), "ATTACH '%s' AS other", attach);
-        if (sqlite3_exec(db, attach_sql, NULL, NULL, NULL) != SQLITE_OK)
-            goto done;
-    }
-    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    else
-        fprintf(stderr, "scalar(%s): %s\n", sql, sqlite3_errmsg(db));
-done:
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
-    return v;
-}
-
 static int count_files(const char *dir, const char *suffix)
 {
     DIR *d = opendir(dir);
@@ -174,18 +151,18 @@ static void test_snapshot_under_writes_is_exact(void)
     CHECK_INT(read_back.last_seq, m.last_seq);
     CHECK_INT(read_back.bytes, m.bytes);
     /* and the source recorded it */
-    CHECK_INT(scalar(db_path, NULL, "SELECT count(*) FROM snapshots"), 1);
+    CHECK_INT(tly_test_scalar(db_path, NULL, "SELECT count(*) FROM snapshots"), 1);
     /* The writer went on after the snapshot... */
-    CHECK(scalar(db_path, NULL, "SELECT max(seq) FROM changelog") > m.last_seq);
+    CHECK(tly_test_scalar(db_path, NULL, "SELECT max(seq) FROM changelog") > m.last_seq);
     /* ...and the copy is the state at exactly last_seq: its own changelog ends
      * there, its counters agree with its state, */
-    CHECK_INT(scalar(m.path, NULL, "SELECT max(seq) FROM changelog"), m.last_seq);
-    CHECK_INT(scalar(m.path, NULL, "SELECT (SELECT sum(count) FROM order_window_state) = "
+    CHECK_INT(tly_test_scalar(m.path, NULL, "SELECT max(seq) FROM changelog"), m.last_seq);
+    CHECK_INT(tly_test_scalar(m.path, NULL, "SELECT (SELECT sum(count) FROM order_window_state) = "
                                    "(SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied')"), 1);
     /* and restore + the changelog after last_seq == the source, exactly. */
     CHECK_MSG(tly_snapshot_restore(&m, restored, err, sizeof(err)) == 0, "%s", err);
     CHECK(replay_since(db_path, m.last_seq, restored, dir) == 0);
-    CHECK_INT(scalar(db_path, restored,
+    CHECK_INT(tly_test_scalar(db_path, restored,
                      "SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM other.order_window_state))"
                      " + (SELECT count(*) FROM (SELECT * FROM other.order_window_state EXCEPT SELECT * FROM main.order_window_state))"
                      " + (SELECT count(*) FROM (SELECT seq, key, key_seq, image FROM main.changelog EXCEPT SELECT seq, key, key_seq, image FROM other.changelog))"),
@@ -257,7 +234,7 @@ static void test_keeps_the_newest(void)
     }
     CHECK_INT(count_files(snap_dir, ".db"), 2);
     CHECK_INT(count_files(snap_dir, ".json"), 2);
-    CHECK_INT(scalar(db_path, NULL, "SELECT count(*) FROM snapshots"), 2);
+    CHECK_INT(tly_test_scalar(db_path, NULL, "SELECT count(*) FROM snapshots"), 2);
     CHECK(access(m.path, F_OK) == 0); /* the newest survives */
     CHECK_INT(count_files(snap_dir, ".tmp"), 0);
 end:;

@@ -24,19 +24,6 @@ static int raw_exec(const char *path, const char *sql)
     return rc ? 0 : -1;
 }
 
-static int64_t raw_int(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
-    int64_t v = -1;
-    if (sqlite3_open(path, &db) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
-    return v;
-}
-
 static void test_open_creates_wal_database(void)
 {
     const char *dir = tly_test_dir();
@@ -101,7 +88,7 @@ static void test_refuses_newer_schema(void)
     CHECK(store == NULL);
     CHECK_MSG(strstr(err, "newer") && strstr(err, "999"), "%s", err);
     /* and it did not touch the file */
-    CHECK_INT(raw_int(path, "PRAGMA user_version"), 999);
+    CHECK_INT(tly_test_scalar(path, NULL, "PRAGMA user_version"), 999);
 end:
     tly_store_close(store);
 }

@@ -3,6 +3,8 @@
 #ifndef TLY_TEST_H
 #define TLY_TEST_H
 
+#include <sqlite3.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +66,33 @@ static inline const char *tly_test_dir(void)
         exit(1);
     }
     return dir;
+}
+
+/* One integer from a query on the database at db_path, on a connection of its
+ * own; with attach, that database is ATTACHed as "other" first (to compare two
+ * databases with EXCEPT). -1 with a message on stderr if the query fails. */
+static inline int64_t tly_test_scalar(const char *db_path, const char *attach, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    char attach_sql[600];
+    int64_t v = -1;
+    if (sqlite3_open(db_path, &db) != SQLITE_OK)
+        goto done;
+    sqlite3_busy_timeout(db, 5000);
+    if (attach) {
+        snprintf(attach_sql, sizeof(attach_sql), "ATTACH '%s' AS other", attach);
+        if (sqlite3_exec(db, attach_sql, NULL, NULL, NULL) != SQLITE_OK)
+            goto done;
+    }
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    else
+        fprintf(stderr, "tly_test_scalar(%s): %s\n", sql, sqlite3_errmsg(db));
+done:
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return v;
 }
 
 static inline int tly_test_finish(void)
