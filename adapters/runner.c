@@ -628,7 +628,14 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
 
     offsets = batch_offsets(r);
     group = rd_kafka_consumer_group_metadata(r->consumer);
-    error = rd_kafka_send_offsets_to_transaction(r->producer, offsets, group, KAFKA_TIMEOUT_MS);
+    /* A retriable error (a timeout, a coordinator moving) may simply be tried
+     * again, as librdkafka's INTRODUCTION.md describes. */
+    while ((error = rd_kafka_send_offsets_to_transaction(r->producer, offsets, group,
+                                                         KAFKA_TIMEOUT_MS)) &&
+           rd_kafka_error_is_retriable(error)) {
+        tly_log("warn", "send_offsets_retry", "error=\"%s\"", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    }
     rd_kafka_consumer_group_metadata_destroy(group);
     if (error) {
         rd_kafka_topic_partition_list_destroy(offsets);
