@@ -26,6 +26,7 @@
 #include "changelog.h"
 #include "log.h"
 #include "pipeline.h"
+#include "snapshot.h"
 #include "store.h"
 #include "topics.h"
 
@@ -68,6 +69,9 @@ struct runner {
     int64_t applied, rejected, skipped, changes, outputs, aborted;
     /* consumer watchdog: since when the consumer has had no partitions */
     int64_t unassigned_since, last_watch;
+    /* snapshots */
+    char snapshot_dir[4096];
+    int64_t next_snapshot_ms, snapshots, snapshot_seq;
 };
 
 static int64_t now_ms(void)
@@ -88,6 +92,8 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
     cfg->commit_interval_ms = 100;
     cfg->max_batch = 5000;
     cfg->changelog = 1;
+    cfg->snapshot_interval_ms = 60000;
+    cfg->snapshot_keep = 3;
     cfg->manage_topics = 1;
 }
 
@@ -711,6 +717,65 @@ database_failed_after_kafka:
 }
 
 /* ------------------------------------------------------------------------ */
+/* Snapshots                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Between batches, every snapshot_interval_ms: a snapshot of the database
+ * (engine/snapshot.c; its own read transaction, so it sees exactly the last
+ * committed batch), and its manifest, keyed by pipeline, to the compacted
+ * <prefix>-snapshots topic in a transaction of its own. A failed snapshot is
+ * logged and retried at the next interval: the changelog still holds
+ * everything, so nothing is lost by it. */
+static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
+{
+    tly_snapshot_manifest m;
+    rd_kafka_error_t *error;
+    rd_kafka_resp_err_t err;
+    char manifest[8192], why[1024];
+    int64_t started = now_ms();
+
+    if (r->cfg->snapshot_interval_ms <= 0 || started < r->next_snapshot_ms)
+        return 0;
+    r->next_snapshot_ms = started + r->cfg->snapshot_interval_ms;
+    if (tly_store_last_seq(r->store) == r->snapshot_seq)
+        return 0; /* nothing changed since the last one */
+    if (tly_snapshot_write(r->db_path, r->snapshot_dir, r->cfg->snapshot_keep, &m, why,
+                           sizeof(why)) < 0) {
+        tly_log("error", "snapshot_error", "error=\"%s\"", why);
+        return 0;
+    }
+    snprintf(manifest, sizeof(manifest),
+             "{\"snapshotId\":\"%s\",\"path\":\"%s\",\"lastSeq\":%lld,\"lastChangelogOffset\":%s,"
+             "\"createdAt\":%lld,\"bytes\":%lld,\"checksum\":\"%s\"}",
+             m.snapshot_id, m.path, (long long)m.last_seq, m.changelog_offsets,
+             (long long)m.created_ms, (long long)m.bytes, m.checksum);
+    if ((error = rd_kafka_begin_transaction(r->producer)))
+        return txn_error(r, "begin_transaction (snapshot manifest)", error, errbuf, errlen) ==
+                       BATCH_FATAL
+                   ? -1
+                   : 0;
+    err = produce(r, r->topics.snapshots.name, r->cfg->pipeline, strlen(r->cfg->pipeline), manifest,
+                  strlen(manifest), NULL);
+    if (err) {
+        return abort_batch(r, "produce snapshot manifest", rd_kafka_err2str(err), errbuf, errlen) ==
+                       BATCH_FATAL
+                   ? -1
+                   : 0;
+    }
+    if ((error = rd_kafka_commit_transaction(r->producer, KAFKA_TIMEOUT_MS)))
+        return txn_error(r, "commit_transaction (snapshot manifest)", error, errbuf, errlen) ==
+                       BATCH_FATAL
+                   ? -1
+                   : 0;
+    r->snapshots++;
+    r->snapshot_seq = m.last_seq;
+    tly_log("info", "snapshot", "snapshot=%s last_seq=%lld bytes=%lld duration_ms=%lld path=%s",
+            m.snapshot_id, (long long)m.last_seq, (long long)m.bytes,
+            (long long)(now_ms() - started), m.path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* The loop                                                                  */
 /* ------------------------------------------------------------------------ */
 
@@ -816,6 +881,11 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         return tly_error(errbuf, errlen, "cannot create state directory %s: %s", cfg->state_dir,
                     strerror(errno));
     snprintf(r.db_path, sizeof(r.db_path), "%s/%s.db", cfg->state_dir, cfg->pipeline);
+    if (cfg->snapshot_dir)
+        snprintf(r.snapshot_dir, sizeof(r.snapshot_dir), "%s", cfg->snapshot_dir);
+    else
+        snprintf(r.snapshot_dir, sizeof(r.snapshot_dir), "%s/snapshots", cfg->state_dir);
+    r.next_snapshot_ms = now_ms() + cfg->snapshot_interval_ms;
     r.messages = calloc((size_t)cfg->max_batch, sizeof(*r.messages));
     r.events = calloc((size_t)cfg->max_batch, sizeof(*r.events));
     r.results = calloc((size_t)cfg->max_batch, sizeof(*r.results));
@@ -865,6 +935,8 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
             if (result == BATCH_FATAL)
                 goto done;
         }
+        if (maybe_snapshot(&r, errbuf, errlen) < 0)
+            goto done;
         if (now_ms() - last_report >= 10000) {
             last_report = now_ms();
             tly_log("info", "progress",

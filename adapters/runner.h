@@ -25,6 +25,9 @@ typedef struct tly_runner_config {
     int64_t commit_interval_ms;/* longest a batch collects before it commits */
     int max_batch;             /* most events in one batch */
     int changelog;             /* 1: mirror the changelog to Kafka (default) */
+    const char *snapshot_dir;  /* where snapshots go (default <state_dir>/snapshots) */
+    int64_t snapshot_interval_ms; /* take one every this often; <= 0: never (default 60 s) */
+    int snapshot_keep;         /* newest snapshots kept (default 3) */
     int manage_topics;         /* 1: create missing output/internal topics (default);
                                   0: they exist already (the demo's mock cluster has
                                   no Admin API) */
@@ -32,7 +35,8 @@ typedef struct tly_runner_config {
 } tly_runner_config;
 
 /* Fills cfg with defaults: prefix and group "opb", instance "<pipeline>-0",
- * state dir "state", commit interval 100 ms, batch 5000, changelog on. */
+ * state dir "state", commit interval 100 ms, batch 5000, changelog on,
+ * a snapshot every 60 s into <state dir>/snapshots keeping 3. */
 void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
 
 /* Runs until *cfg->stop is set (returns 0 after a clean shutdown) or a fatal

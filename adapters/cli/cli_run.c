@@ -32,8 +32,10 @@ static const char run_usage[] =
     "  --changelog on|off       mirror the changelog to P-changelog (default on); with off,\n"
     "                           a crash between the Kafka and the SQLite commit loses that\n"
     "                           batch from the database (outputs stay correct in Kafka)\n"
-    "  --snapshot-dir DIR       where snapshots go (accepted; snapshots are not taken yet)\n"
-    "  --snapshot-interval DUR  seconds between snapshots (accepted; not taken yet)\n";
+    "  --snapshot-dir DIR       where snapshots go (default <state-dir>/snapshots)\n"
+    "  --snapshot-interval DUR  time between snapshots (default 60s; 0 = none); each one's\n"
+    "                           manifest also goes to P-snapshots, keyed by pipeline\n"
+    "  --snapshot-keep N        newest snapshots kept (default 3)\n";
 
 static volatile sig_atomic_t stop_requested;
 
@@ -60,6 +62,7 @@ int cmd_run(int argc, char **argv)
         {"changelog", required_argument, NULL, 'C'},
         {"snapshot-dir", required_argument, NULL, 'D'},
         {"snapshot-interval", required_argument, NULL, 'S'},
+        {"snapshot-keep", required_argument, NULL, 'K'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     tly_runner_config cfg;
@@ -82,7 +85,12 @@ int cmd_run(int argc, char **argv)
         case 'I': cfg.input_topic = optarg; break;
         case 'O': cfg.output_topic = optarg; break;
         case 's': cfg.state_dir = optarg; break;
-        case 'D': break;
+        case 'D': cfg.snapshot_dir = optarg; break;
+        case 'K':
+            if (cli_parse_int64("run", "--snapshot-keep", optarg, 1, 1000, &n) < 0)
+                return CLI_EXIT_USAGE;
+            cfg.snapshot_keep = (int)n;
+            break;
         case 'w':
             if (cli_parse_duration_ms("run", "--window-size", optarg, &cfg.window_ms) < 0)
                 return CLI_EXIT_USAGE;
@@ -90,7 +98,7 @@ int cmd_run(int argc, char **argv)
                 return cli_usage_error("run", "--window-size must be at least 1ms");
             break;
         case 'S':
-            if (cli_parse_duration_ms("run", "--snapshot-interval", optarg, &n) < 0)
+            if (cli_parse_duration_ms("run", "--snapshot-interval", optarg, &cfg.snapshot_interval_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'c':

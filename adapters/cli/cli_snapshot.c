@@ -23,7 +23,8 @@ static const char restore_usage[] =
     "\n"
     "Checks a snapshot (size, checksum, SQLite's check) against its manifest and copies\n"
     "it to the new database NEW (which must not exist). --snapshot is a snapshot id\n"
-    "(looked up in --snapshot-dir), a snapshot .db file or its .json manifest.\n";
+    "(looked up in --snapshot-dir), a snapshot .db file or its .json manifest; the\n"
+    "two files travel together (the .db next to the manifest is the one restored).\n";
 
 static void print_manifest(const tly_snapshot_manifest *m)
 {
@@ -109,8 +110,14 @@ int cmd_restore(int argc, char **argv)
         snprintf(manifest_path, sizeof(manifest_path), "%.*s.json", (int)(len - 3), snapshot);
     else
         snprintf(manifest_path, sizeof(manifest_path), "%s/snapshot-%s.json", dir, snapshot);
-    if (tly_snapshot_read_manifest(manifest_path, &m, err, sizeof(err)) < 0 ||
-        tly_snapshot_restore(&m, db, err, sizeof(err)) < 0) {
+    if (tly_snapshot_read_manifest(manifest_path, &m, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally restore: %s\n", err);
+        return CLI_EXIT_FAILURE;
+    }
+    /* The .db next to the manifest is the snapshot, wherever the pair has been
+     * copied or moved since the manifest was written. */
+    snprintf(m.path, sizeof(m.path), "%.*s.db", (int)(strlen(manifest_path) - 5), manifest_path);
+    if (tly_snapshot_restore(&m, db, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally restore: %s\n", err);
         return CLI_EXIT_FAILURE;
     }
