@@ -744,11 +744,10 @@ static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
         tly_log("error", "snapshot_error", "error=\"%s\"", why);
         return 0;
     }
-    snprintf(manifest, sizeof(manifest),
-             "{\"snapshotId\":\"%s\",\"path\":\"%s\",\"lastSeq\":%lld,\"lastChangelogOffset\":%s,"
-             "\"createdAt\":%lld,\"bytes\":%lld,\"checksum\":\"%s\"}",
-             m.snapshot_id, m.path, (long long)m.last_seq, m.changelog_offsets,
-             (long long)m.created_ms, (long long)m.bytes, m.checksum);
+    if (tly_snapshot_manifest_json(&m, manifest, sizeof(manifest)) < 0) {
+        tly_log("error", "snapshot_error", "error=\"manifest of %s is too large\"", m.path);
+        return 0;
+    }
     if ((error = rd_kafka_begin_transaction(r->producer)))
         return txn_error(r, "begin_transaction (snapshot manifest)", error, errbuf, errlen) ==
                        BATCH_FATAL

@@ -71,12 +71,10 @@ static int checksum_file(const char *path, char out[17], int64_t *bytes)
     return 0;
 }
 
-static int write_manifest(const tly_snapshot_manifest *m, const char *path, char *errbuf,
-                          size_t errlen)
+int tly_snapshot_manifest_json(const tly_snapshot_manifest *m, char *buf, size_t buflen)
 {
     json_object *obj = json_object_new_object(), *offsets = json_tokener_parse(m->changelog_offsets);
-    FILE *f;
-    int rc = -1;
+    int n;
 
     json_object_object_add(obj, "snapshotId", json_object_new_string(m->snapshot_id));
     json_object_object_add(obj, "path", json_object_new_string(m->path));
@@ -85,22 +83,29 @@ static int write_manifest(const tly_snapshot_manifest *m, const char *path, char
     json_object_object_add(obj, "createdAt", json_object_new_int64(m->created_ms));
     json_object_object_add(obj, "bytes", json_object_new_int64(m->bytes));
     json_object_object_add(obj, "checksum", json_object_new_string(m->checksum));
-    if (!(f = fopen(path, "w"))) {
-        tly_error(errbuf, errlen, "cannot create %s: %s", path, strerror(errno));
-        goto done;
-    }
-    if (fprintf(f, "%s\n", json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
-                                                                   JSON_C_TO_STRING_NOSLASHESCAPE)) < 0 ||
-        fflush(f) != 0 || fsync(fileno(f)) != 0) {
+    n = snprintf(buf, buflen, "%s",
+                 json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
+                                                         JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(obj);
+    return n >= 0 && (size_t)n < buflen ? n : -1;
+}
+
+static int write_manifest(const tly_snapshot_manifest *m, const char *path, char *errbuf,
+                          size_t errlen)
+{
+    char json[8192];
+    FILE *f;
+
+    if (tly_snapshot_manifest_json(m, json, sizeof(json)) < 0)
+        return tly_error(errbuf, errlen, "manifest of %s is too large", m->path);
+    if (!(f = fopen(path, "w")))
+        return tly_error(errbuf, errlen, "cannot create %s: %s", path, strerror(errno));
+    if (fprintf(f, "%s\n", json) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0) {
         fclose(f);
-        tly_error(errbuf, errlen, "cannot write %s: %s", path, strerror(errno));
-        goto done;
+        return tly_error(errbuf, errlen, "cannot write %s: %s", path, strerror(errno));
     }
     fclose(f);
-    rc = 0;
-done:
-    json_object_put(obj);
-    return rc;
+    return 0;
 }
 
 /* Copies the database inside one read transaction of its own connection and

@@ -30,6 +30,10 @@ typedef struct tly_snapshot_manifest {
 int tly_snapshot_write(const char *db_path, const char *dir, int keep,
                        tly_snapshot_manifest *manifest, char *errbuf, size_t errlen);
 
+/* Writes the manifest as one line of JSON (the layout in snapshot.c) into buf.
+ * Returns its length, or -1 if buflen is too small (8192 always suffices). */
+int tly_snapshot_manifest_json(const tly_snapshot_manifest *manifest, char *buf, size_t buflen);
+
 /* Reads the manifest file at json_path. Returns 0 or -1 with errbuf. */
 int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *manifest,
                                char *errbuf, size_t errlen);

@@ -28,10 +28,9 @@ static const char restore_usage[] =
 
 static void print_manifest(const tly_snapshot_manifest *m)
 {
-    printf("{\"snapshotId\":\"%s\",\"path\":\"%s\",\"lastSeq\":%lld,\"lastChangelogOffset\":%s,"
-           "\"createdAt\":%lld,\"bytes\":%lld,\"checksum\":\"%s\"}\n",
-           m->snapshot_id, m->path, (long long)m->last_seq, m->changelog_offsets,
-           (long long)m->created_ms, (long long)m->bytes, m->checksum);
+    char json[8192];
+    if (tly_snapshot_manifest_json(m, json, sizeof(json)) >= 0)
+        printf("%s\n", json);
 }
 
 int cmd_snapshot(int argc, char **argv)
