@@ -13,8 +13,10 @@
  * Abortable Kafka error: abort the transaction, ROLLBACK, rewind the consumer
  * to the committed offsets, go on. Fatal (fenced, or the broker lost our
  * producer): ROLLBACK and return -1. A crash between 5 and 6 leaves SQLite one
- * transaction behind; on start, replay_changelog() applies the changelog
- * records after the offsets meta recorded, which closes exactly that gap.
+ * transaction behind; on start, recovery (adapters/recovery.c) applies the
+ * changelog records after the offsets meta recorded, which closes exactly that
+ * gap - or, with the changelog off, the consumer starts from the input
+ * positions meta recorded instead of the group's.
  *
  * Rebalances: the Kafka transaction is only open while a batch is processed,
  * never during a poll, so a revoke (served inside poll) has nothing to commit:
@@ -25,7 +27,9 @@
 
 #include "changelog.h"
 #include "log.h"
+#include "kconf.h"
 #include "pipeline.h"
+#include "recovery.h"
 #include "snapshot.h"
 #include "store.h"
 #include "topics.h"
@@ -41,7 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_PARTITIONS 256
 #define KAFKA_TIMEOUT_MS 30000
 
 struct runner {
@@ -58,7 +61,7 @@ struct runner {
     int count;
     bool drop_collected; /* a revoke happened during collection */
     /* highest changelog offset per partition delivered in this transaction */
-    int64_t changelog_offsets[MAX_PARTITIONS];
+    int64_t changelog_offsets[TLY_MAX_PARTITIONS];
     bool delivery_failed;
     char delivery_error[256];
     /* crash points */
@@ -72,6 +75,8 @@ struct runner {
     /* snapshots */
     char snapshot_dir[4096];
     int64_t next_snapshot_ms, snapshots, snapshot_seq;
+    /* changelog table pruning: rows with seq < prune_below may go */
+    int64_t prune_below, pruned_rows;
 };
 
 static int64_t now_ms(void)
@@ -94,6 +99,7 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
     cfg->changelog = 1;
     cfg->snapshot_interval_ms = 60000;
     cfg->snapshot_keep = 3;
+    cfg->changelog_retention_ms = 3600000;
     cfg->manage_topics = 1;
 }
 
@@ -109,15 +115,6 @@ static void crash_point(struct runner *r, const char *step)
 /* librdkafka handles                                                        */
 /* ------------------------------------------------------------------------ */
 
-static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errbuf,
-                    size_t errlen)
-{
-    char err[256];
-    if (rd_kafka_conf_set(conf, name, value, err, sizeof(err)) != RD_KAFKA_CONF_OK)
-        return tly_error(errbuf, errlen, "kafka setting %s=%s: %s", name, value, err);
-    return 0;
-}
-
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     struct runner *r = opaque;
@@ -130,8 +127,26 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         return;
     }
     if (r->cfg->changelog && strcmp(rd_kafka_topic_name(m->rkt), r->topics.changelog.name) == 0 &&
-        m->partition >= 0 && m->partition < MAX_PARTITIONS && m->offset > r->changelog_offsets[m->partition])
+        m->partition >= 0 && m->partition < TLY_MAX_PARTITIONS && m->offset > r->changelog_offsets[m->partition])
         r->changelog_offsets[m->partition] = m->offset;
+}
+
+/* With the changelog off nothing can bring SQLite forward, so the input is
+ * read from the positions SQLite recorded: after a crash between the Kafka and
+ * the SQLite commit, that batch is applied again (its outputs and dead letters
+ * are written a second time, with the same values). */
+static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
+{
+    if (r->cfg->changelog || !r->store)
+        return;
+    for (int i = 0; i < partitions->cnt; i++) {
+        char key[512];
+        int64_t offset;
+        snprintf(key, sizeof(key), "kafka.input.%s.%d", partitions->elems[i].topic,
+                 (int)partitions->elems[i].partition);
+        if (tly_store_meta_get_int(r->store, key, &offset) == 0)
+            partitions->elems[i].offset = offset;
+    }
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -142,6 +157,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         tly_log("info", "rebalance", "change=assigned partitions=%d", partitions->cnt);
+        positions_from_state(r, partitions);
         error = rd_kafka_incremental_assign(rk, partitions);
     } else {
         tly_log("info", "rebalance", "change=%s partitions=%d",
@@ -168,11 +184,11 @@ static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
      * restarted instance fences its previous self. */
     snprintf(transactional_id, sizeof(transactional_id), "tally-%s-%s", r->cfg->group_id,
              r->cfg->instance_id);
-    if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
-        conf_set(conf, "transactional.id", transactional_id, errbuf, errlen) < 0 ||
-        conf_set(conf, "transaction.timeout.ms", "60000", errbuf, errlen) < 0 ||
-        conf_set(conf, "linger.ms", "5", errbuf, errlen) < 0 ||
-        conf_set(conf, "message.timeout.ms", "60000", errbuf, errlen) < 0) {
+    if (tly_kconf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "transactional.id", transactional_id, errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "transaction.timeout.ms", "60000", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "linger.ms", "5", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "message.timeout.ms", "60000", errbuf, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -202,18 +218,18 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
     char errstr[512];
     rd_kafka_t *rk;
 
-    if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
-        conf_set(conf, "group.id", r->cfg->group_id, errbuf, errlen) < 0 ||
+    if (tly_kconf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "group.id", r->cfg->group_id, errbuf, errlen) < 0 ||
         /* static membership: a restart within the session timeout gets its
          * partitions back without a rebalance. 45 s (Kafka's default) also
          * outlasts a broker restart, which a 10 s session did not always. */
-        conf_set(conf, "group.instance.id", r->cfg->instance_id, errbuf, errlen) < 0 ||
-        conf_set(conf, "session.timeout.ms", "45000", errbuf, errlen) < 0 ||
-        conf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
-        conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
-        conf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) < 0 ||
-        conf_set(conf, "auto.offset.reset", "earliest", errbuf, errlen) < 0 ||
-        conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errbuf, errlen) < 0) {
+        tly_kconf_set(conf, "group.instance.id", r->cfg->instance_id, errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "session.timeout.ms", "45000", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "auto.offset.reset", "earliest", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errbuf, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -237,165 +253,9 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
     return rk;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Recovery: replay the changelog topic after the offsets SQLite recorded    */
-/* ------------------------------------------------------------------------ */
-
 static void changelog_meta_key(const struct runner *r, int partition, char *buf, size_t len)
 {
     snprintf(buf, len, "kafka.changelog.%s.%d", r->topics.changelog.name, partition);
-}
-
-static int replay_changelog(struct runner *r, char *errbuf, size_t errlen)
-{
-    int64_t started = now_ms(), records = 0, bytes = 0;
-    tly_replayer *replayer = NULL;
-    rd_kafka_t *rk = NULL;
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_partition_list_t *assignment = rd_kafka_topic_partition_list_new(8);
-    int64_t high[MAX_PARTITIONS], next[MAX_PARTITIONS];
-    bool done[MAX_PARTITIONS] = {false};
-    int partitions = 0, remaining = 0, rc = -1;
-    bool in_txn = false;
-    char errstr[512];
-
-    if (tly_replayer_open(r->db_path, NULL, &replayer, errbuf, errlen) < 0)
-        goto done;
-    /* Pipelines that share a topic prefix share the changelog topic. */
-    if (tly_replayer_only_entity(replayer, tly_pipeline_entity(r->pipeline)) < 0) {
-        tly_error(errbuf, errlen, "out of memory");
-        goto done;
-    }
-    if (conf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
-        conf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
-        conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
-        conf_set(conf, "enable.partition.eof", "true", errbuf, errlen) < 0 ||
-        conf_set(conf, "group.id", "tally-changelog-replay", errbuf, errlen) < 0)
-        goto done;
-    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr)))) {
-        tly_error(errbuf, errlen, "cannot create changelog reader: %s", errstr);
-        goto done;
-    }
-    conf = NULL;
-    {
-        rd_kafka_topic_t *topic = rd_kafka_topic_new(rk, r->topics.changelog.name, NULL);
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, topic, &md, KAFKA_TIMEOUT_MS);
-        rd_kafka_topic_destroy(topic);
-        if (err || md->topic_cnt != 1 || md->topics[0].err) {
-            tly_error(errbuf, errlen, "cannot read metadata of %s: %s", r->topics.changelog.name,
-                 rd_kafka_err2str(err ? err : md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
-            goto done;
-        }
-        partitions = md->topics[0].partition_cnt;
-    }
-    if (partitions > MAX_PARTITIONS) {
-        tly_error(errbuf, errlen, "%s has %d partitions; at most %d are supported",
-             r->topics.changelog.name, partitions, MAX_PARTITIONS);
-        goto done;
-    }
-    for (int p = 0; p < partitions; p++) {
-        char key[512];
-        int64_t low, recorded = -1;
-        rd_kafka_resp_err_t err;
-        /* A topic created a moment ago may not have a leader everywhere yet. */
-        for (int64_t give_up = now_ms() + KAFKA_TIMEOUT_MS;;) {
-            err = rd_kafka_query_watermark_offsets(rk, r->topics.changelog.name, p, &low, &high[p],
-                                                   KAFKA_TIMEOUT_MS);
-            if (!(err == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
-                  err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
-                  err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) ||
-                now_ms() > give_up)
-                break;
-            tly_log("info", "waiting_for_leader", "topic=%s partition=%d error=\"%s\"",
-                    r->topics.changelog.name, p, rd_kafka_err2str(err));
-            usleep(200000);
-        }
-        if (err) {
-            tly_error(errbuf, errlen, "cannot read offsets of %s [%d]: %s", r->topics.changelog.name, p,
-                 rd_kafka_err2str(err));
-            goto done;
-        }
-        changelog_meta_key(r, p, key, sizeof(key));
-        if (tly_store_meta_get_int(tly_replayer_store(replayer), key, &recorded) < 0)
-            recorded = -1;
-        next[p] = recorded + 1 > low ? recorded + 1 : low;
-        r->changelog_offsets[p] = recorded;
-        if (next[p] < high[p]) {
-            rd_kafka_topic_partition_list_add(assignment, r->topics.changelog.name, p)->offset = next[p];
-            remaining++;
-        }
-    }
-    if (remaining) {
-        rd_kafka_resp_err_t err = rd_kafka_assign(rk, assignment);
-        if (err) {
-            tly_error(errbuf, errlen, "cannot read %s: %s", r->topics.changelog.name, rd_kafka_err2str(err));
-            goto done;
-        }
-        if (tly_store_begin(tly_replayer_store(replayer), errbuf, errlen) < 0)
-            goto done;
-        in_txn = true;
-    }
-    while (remaining > 0) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
-        tly_replay_outcome outcome;
-        if (r->cfg->stop && *r->cfg->stop) {
-            tly_error(errbuf, errlen, "stopped during recovery");
-            goto done;
-        }
-        if (!m)
-            continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            /* End-of-partition can come more than once for one partition. */
-            if (m->partition >= 0 && m->partition < MAX_PARTITIONS && !done[m->partition]) {
-                done[m->partition] = true;
-                remaining--;
-            }
-        } else if (m->err) {
-            tly_error(errbuf, errlen, "reading %s: %s", r->topics.changelog.name, rd_kafka_message_errstr(m));
-            rd_kafka_message_destroy(m);
-            goto done;
-        } else if (m->len > 0) {
-            /* A compacted changelog has holes in seq by design: gaps are
-             * expected here, and key_seq keeps replay idempotent. */
-            if (tly_replayer_apply_line(replayer, m->payload, m->len, &outcome, errbuf, errlen) < 0) {
-                rd_kafka_message_destroy(m);
-                goto done;
-            }
-            if (!outcome.foreign) {
-                records++;
-                bytes += (int64_t)m->len;
-            }
-            if (m->partition < MAX_PARTITIONS && m->offset > r->changelog_offsets[m->partition]) {
-                char key[512];
-                r->changelog_offsets[m->partition] = m->offset;
-                changelog_meta_key(r, m->partition, key, sizeof(key));
-                tly_store_meta_set_int(tly_replayer_store(replayer), key, m->offset);
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    if (in_txn && tly_store_commit(tly_replayer_store(replayer), errbuf, errlen) < 0)
-        goto done;
-    in_txn = false;
-    tly_log("info", "recovered", "source=%s ttr_ms=%lld records_replayed=%lld bytes_replayed=%lld",
-            records ? "changelog" : "local", (long long)(now_ms() - started), (long long)records,
-            (long long)bytes);
-    rc = 0;
-done:
-    if (in_txn)
-        tly_store_rollback(tly_replayer_store(replayer));
-    if (conf)
-        rd_kafka_conf_destroy(conf);
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_partition_list_destroy(assignment);
-    if (rk) {
-        rd_kafka_consumer_close(rk);
-        rd_kafka_destroy(rk);
-    }
-    tly_replayer_close(replayer);
-    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -429,6 +289,7 @@ static int rewind_consumer(struct runner *r, char *errbuf, size_t errlen)
         tly_error(errbuf, errlen, "cannot read committed offsets: %s", rd_kafka_err2str(err));
         goto done;
     }
+    positions_from_state(r, assigned);
     for (int i = 0; i < assigned->cnt; i++)
         if (assigned->elems[i].offset < 0)
             assigned->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
@@ -673,7 +534,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         }
     }
     rd_kafka_topic_partition_list_destroy(offsets);
-    for (int p = 0; r->cfg->changelog && p < MAX_PARTITIONS; p++) {
+    for (int p = 0; r->cfg->changelog && p < TLY_MAX_PARTITIONS; p++) {
         char key[512];
         if (r->changelog_offsets[p] < 0)
             continue;
@@ -720,6 +581,82 @@ database_failed_after_kafka:
 /* Snapshots                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* The changelog table is pruned up to the newest snapshot (recovery never needs
+ * the rows inside one: the changelog topic has them), but rows younger than
+ * changelog_retention_ms stay for `tally changelog export`. Sets the bound;
+ * prune_some() deletes in small steps between batches. */
+static void plan_pruning(struct runner *r)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t below = r->snapshot_seq + 1, cutoff_ms;
+    struct timespec ts;
+
+    if (r->snapshot_seq <= 0)
+        return;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    cutoff_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - r->cfg->changelog_retention_ms;
+    /* Rows are appended in time order, so the first young row bounds the old
+     * ones; the scan reads only rows that are about to go. */
+    if (sqlite3_prepare_v2(tly_store_db(r->store),
+                           "SELECT seq FROM changelog WHERE changed_ms >= ?1 AND seq < ?2 ORDER BY seq LIMIT 1",
+                           -1, &stmt, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(stmt, 1, cutoff_ms);
+        sqlite3_bind_int64(stmt, 2, below);
+        if (sqlite3_step(stmt) == SQLITE_ROW)
+            below = sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    if (below > r->prune_below)
+        r->prune_below = below;
+}
+
+#define PRUNE_STEP 20000
+
+/* Deletes at most PRUNE_STEP changelog rows below prune_below: each step is
+ * one short write transaction, so ingestion never waits long behind it. */
+static void prune_some(struct runner *r)
+{
+    sqlite3_stmt *stmt = NULL;
+    int changes = 0;
+
+    if (r->prune_below <= 0)
+        return;
+    if (sqlite3_prepare_v2(tly_store_db(r->store),
+                           "DELETE FROM changelog WHERE seq < ?1 AND seq < "
+                           "(SELECT min(seq) FROM changelog) + ?2",
+                           -1, &stmt, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(stmt, 1, r->prune_below);
+        sqlite3_bind_int64(stmt, 2, PRUNE_STEP);
+        if (sqlite3_step(stmt) == SQLITE_DONE)
+            changes = sqlite3_changes(tly_store_db(r->store));
+        else
+            tly_log("warn", "changelog_prune_error", "error=\"%s\"", sqlite3_errmsg(tly_store_db(r->store)));
+    }
+    sqlite3_finalize(stmt);
+    r->pruned_rows += changes;
+    if (changes == 0) {
+        if (r->pruned_rows > 0)
+            tly_log("info", "changelog_pruned", "rows=%lld below_seq=%lld", (long long)r->pruned_rows,
+                    (long long)r->prune_below);
+        r->prune_below = 0;
+        r->pruned_rows = 0;
+    }
+}
+
+/* last_seq of the newest snapshot this database knows of (0: none), so a
+ * restart with nothing new does not take the same snapshot again. */
+static int64_t newest_snapshot_seq(struct runner *r)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t seq = 0;
+    if (sqlite3_prepare_v2(tly_store_db(r->store), "SELECT coalesce(max(last_seq), 0) FROM snapshots",
+                           -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        seq = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return seq;
+}
+
 /* Between batches, every snapshot_interval_ms: a snapshot of the database
  * (engine/snapshot.c; its own read transaction, so it sees exactly the last
  * committed batch), and its manifest, keyed by pipeline, to the compacted
@@ -737,6 +674,7 @@ static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
     if (r->cfg->snapshot_interval_ms <= 0 || started < r->next_snapshot_ms)
         return 0;
     r->next_snapshot_ms = started + r->cfg->snapshot_interval_ms;
+    plan_pruning(r);
     if (tly_store_last_seq(r->store) == r->snapshot_seq)
         return 0; /* nothing changed since the last one */
     if (tly_snapshot_write(r->db_path, r->snapshot_dir, r->cfg->snapshot_keep, &m, why,
@@ -768,6 +706,7 @@ static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
                    : 0;
     r->snapshots++;
     r->snapshot_seq = m.last_seq;
+    plan_pruning(r);
     tly_log("info", "snapshot", "snapshot=%s last_seq=%lld bytes=%lld duration_ms=%lld path=%s",
             m.snapshot_id, (long long)m.last_seq, (long long)m.bytes,
             (long long)(now_ms() - started), m.path);
@@ -862,14 +801,18 @@ static int collect(struct runner *r, char *errbuf, size_t errlen)
 int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
 {
     struct runner r;
+    tly_recovery_config rcfg;
+    tly_recovery_report recovery;
     char err[1024], window_setting[64];
     const char *settings[2] = {NULL, NULL};
     int64_t last_report;
+    bool first_commit = false;
     int rc = -1;
 
     memset(&r, 0, sizeof(r));
+    memset(&rcfg, 0, sizeof(rcfg));
     r.cfg = cfg;
-    for (int p = 0; p < MAX_PARTITIONS; p++)
+    for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
         r.changelog_offsets[p] = -1;
     r.crash_at = getenv("TALLY_CRASH_AT");
     r.crash_batch = getenv("TALLY_CRASH_BATCH") ? atol(getenv("TALLY_CRASH_BATCH")) : 1;
@@ -897,6 +840,19 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,
                           KAFKA_TIMEOUT_MS, NULL, errbuf, errlen) < 0)
         goto done;
+    rcfg.brokers = cfg->brokers;
+    rcfg.pipeline = cfg->pipeline;
+    rcfg.topics = &r.topics;
+    rcfg.group_id = cfg->group_id;
+    rcfg.db_path = r.db_path;
+    rcfg.snapshot_dir = r.snapshot_dir;
+    rcfg.changelog = cfg->changelog;
+    rcfg.allow_empty = cfg->allow_empty;
+    rcfg.stop = cfg->stop;
+    /* Before the database is opened: a missing or failing one is replaced by
+     * the newest snapshot that verifies. */
+    if (tly_recovery_prepare(&rcfg, &recovery, errbuf, errlen) < 0)
+        goto done;
     if (tly_store_open(r.db_path, NULL, &r.store, errbuf, errlen) < 0)
         goto done;
     if (cfg->window_ms > 0) {
@@ -914,8 +870,15 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         goto done;
     /* The replay writes through a connection of its own; the store sees the
      * result from its first transaction on. */
-    if (cfg->changelog && replay_changelog(&r, errbuf, errlen) < 0)
+    if (tly_recovery_replay(&rcfg, tly_pipeline_entity(r.pipeline), &recovery, r.changelog_offsets,
+                            errbuf, errlen) < 0 ||
+        tly_recovery_finish(&rcfg, &recovery, errbuf, errlen) < 0)
         goto done;
+    r.snapshot_seq = newest_snapshot_seq(&r);
+    if (cfg->recover_only) {
+        rc = 0;
+        goto done;
+    }
     if (!(r.consumer = new_consumer(&r, errbuf, errlen)))
         goto done;
     tly_log("info", "started",
@@ -933,9 +896,17 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
             release_collected(&r);
             if (result == BATCH_FATAL)
                 goto done;
+            if (result == BATCH_COMMITTED && !first_commit) {
+                /* restart -> first committed output: the time to recover as
+                 * the outside world sees it (less the consumer's own lag) */
+                first_commit = true;
+                tly_log("info", "first_commit", "since_start_ms=%lld recovery_ms=%lld",
+                        (long long)(now_ms() - recovery.started_ms), (long long)recovery.ttr_ms);
+            }
         }
         if (maybe_snapshot(&r, errbuf, errlen) < 0)
             goto done;
+        prune_some(&r);
         if (now_ms() - last_report >= 10000) {
             last_report = now_ms();
             tly_log("info", "progress",

@@ -28,6 +28,10 @@ typedef struct tly_runner_config {
     const char *snapshot_dir;  /* where snapshots go (default <state_dir>/snapshots) */
     int64_t snapshot_interval_ms; /* take one every this often; <= 0: never (default 60 s) */
     int snapshot_keep;         /* newest snapshots kept (default 3) */
+    int64_t changelog_retention_ms; /* changelog table rows are kept this long after
+                                       the snapshot that contains them (default 1 h) */
+    int allow_empty;           /* 1: start empty even if history exists (default 0) */
+    int recover_only;          /* 1: recover the database, then return 0 (tally recover) */
     int manage_topics;         /* 1: create missing output/internal topics (default);
                                   0: they exist already (the demo's mock cluster has
                                   no Admin API) */
@@ -36,12 +40,14 @@ typedef struct tly_runner_config {
 
 /* Fills cfg with defaults: prefix and group "opb", instance "<pipeline>-0",
  * state dir "state", commit interval 100 ms, batch 5000, changelog on,
- * a snapshot every 60 s into <state dir>/snapshots keeping 3. */
+ * a snapshot every 60 s into <state dir>/snapshots keeping 3, changelog rows
+ * kept 1 h after their snapshot. */
 void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
 
-/* Runs until *cfg->stop is set (returns 0 after a clean shutdown) or a fatal
- * error (returns -1 with errbuf: fenced by a newer instance, broker refused the
- * transaction, database failure). Crash points for tests: the environment
+/* Recovers the database (adapters/recovery.h), then runs until *cfg->stop is
+ * set (returns 0 after a clean shutdown) or a fatal error (returns -1 with
+ * errbuf: nothing can rebuild the state although history exists, fenced by a
+ * newer instance, broker refused the transaction, database failure). Crash points for tests: the environment
  * variable TALLY_CRASH_AT=after_apply|after_produce|after_offsets|after_commit
  * aborts the process at that step of the TALLY_CRASH_BATCH-th batch (default 1). */
 int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen);

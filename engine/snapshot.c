@@ -11,9 +11,11 @@
  *      "lastChangelogOffset":{"opb-changelog.0":812,"opb-changelog.1":790},
  *      "createdAt":1795242960123,                epoch ms
  *      "bytes":1048576,                          size of the .db file
- *      "checksum":"9f2c4e1a0b7d3c55"}            FNV-1a 64 of the .db file
+ *      "checksum":"9f2c4e1a0b7d3c55",            FNV-1a 64 of the .db file
+ *      "database":"orders.db"}                   file name of the source database
  *
- * lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
+ * Several databases may share one snapshot directory ("database" tells their
+ * snapshots apart; recovery only takes its own). lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
  * read in the same read transaction as the copy: replaying the changelog topic
  * from those offsets + 1 brings the copy up to date. Each file is written under
  * a ".tmp" name, fsynced, renamed, and the directory fsynced, so a crash leaves
@@ -83,6 +85,7 @@ int tly_snapshot_manifest_json(const tly_snapshot_manifest *m, char *buf, size_t
     json_object_object_add(obj, "createdAt", json_object_new_int64(m->created_ms));
     json_object_object_add(obj, "bytes", json_object_new_int64(m->bytes));
     json_object_object_add(obj, "checksum", json_object_new_string(m->checksum));
+    json_object_object_add(obj, "database", json_object_new_string(m->database));
     n = snprintf(buf, buflen, "%s",
                  json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -254,6 +257,10 @@ int tly_snapshot_write(const char *db_path, const char *dir, int keep,
     unlink(tmp_db);
     if (copy_database(db_path, tmp_db, m, errbuf, errlen) < 0)
         goto done;
+    {
+        const char *base = strrchr(db_path, '/');
+        snprintf(m->database, sizeof(m->database), "%s", base ? base + 1 : db_path);
+    }
     snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s%03ldZ-%lld", stamp, ts.tv_nsec / 1000000,
              (long long)m->last_seq);
     if (snprintf(m->path, sizeof(m->path), "%s/snapshot-%s.db", dir, m->snapshot_id) >= (int)sizeof(m->path)) {
@@ -284,15 +291,15 @@ done:
     return rc;
 }
 
-int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *m, char *errbuf,
-                               size_t errlen)
+/* Fills m from a parsed manifest object; what names the source in errors. */
+static int manifest_from_json(json_object *obj, const char *what, tly_snapshot_manifest *m,
+                              char *errbuf, size_t errlen)
 {
-    json_object *obj = json_object_from_file(json_path), *v;
-    int rc = -1;
+    json_object *v;
 
     memset(m, 0, sizeof(*m));
-    if (!obj)
-        return tly_error(errbuf, errlen, "cannot read manifest %s", json_path);
+    if (!obj || !json_object_is_type(obj, json_type_object))
+        goto bad;
     if (!json_object_object_get_ex(obj, "snapshotId", &v) || !json_object_is_type(v, json_type_string))
         goto bad;
     snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s", json_object_get_string(v));
@@ -316,13 +323,86 @@ int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *m, 
         json_object_get_string_len(v) != 16)
         goto bad;
     snprintf(m->checksum, sizeof(m->checksum), "%s", json_object_get_string(v));
-    rc = 0;
-    goto done;
+    if (json_object_object_get_ex(obj, "database", &v) && json_object_is_type(v, json_type_string))
+        snprintf(m->database, sizeof(m->database), "%s", json_object_get_string(v));
+    return 0;
 bad:
-    tly_error(errbuf, errlen, "%s is not a snapshot manifest (see engine/snapshot.c)", json_path);
-done:
+    return tly_error(errbuf, errlen, "%s is not a snapshot manifest (see engine/snapshot.c)", what);
+}
+
+int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *m, char *errbuf,
+                               size_t errlen)
+{
+    json_object *obj = json_object_from_file(json_path);
+    int rc;
+
+    if (!obj) {
+        memset(m, 0, sizeof(*m));
+        return tly_error(errbuf, errlen, "cannot read manifest %s", json_path);
+    }
+    rc = manifest_from_json(obj, json_path, m, errbuf, errlen);
     json_object_put(obj);
     return rc;
+}
+
+int tly_snapshot_parse_manifest(const char *json, size_t len, tly_snapshot_manifest *m,
+                                char *errbuf, size_t errlen)
+{
+    json_tokener *tok = json_tokener_new();
+    json_object *obj;
+    int rc;
+
+    if (!tok)
+        return tly_error(errbuf, errlen, "out of memory");
+    obj = json_tokener_parse_ex(tok, json, (int)len);
+    rc = manifest_from_json(json_tokener_get_error(tok) == json_tokener_success ? obj : NULL,
+                            "the record", m, errbuf, errlen);
+    json_object_put(obj);
+    json_tokener_free(tok);
+    return rc;
+}
+
+int tly_snapshot_list(const char *dir, tly_snapshot_manifest **out, int *count, char *errbuf,
+                      size_t errlen)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    tly_snapshot_manifest *list = NULL;
+    int n = 0, cap = 0;
+
+    *out = NULL;
+    *count = 0;
+    if (!d) {
+        if (errno == ENOENT)
+            return 0;
+        return tly_error(errbuf, errlen, "cannot read snapshot directory %s: %s", dir, strerror(errno));
+    }
+    while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        char path[4400], why[512];
+        /* snapshot-<id>.json; ".snapshot-*.tmp" files are unfinished. */
+        if (strncmp(e->d_name, "snapshot-", 9) != 0 || len < 14 ||
+            strcmp(e->d_name + len - 5, ".json") != 0)
+            continue;
+        if (n == cap) {
+            tly_snapshot_manifest *grown = realloc(list, (size_t)(cap ? cap * 2 : 8) * sizeof(*list));
+            if (!grown) {
+                free(list);
+                closedir(d);
+                return tly_error(errbuf, errlen, "out of memory");
+            }
+            list = grown;
+            cap = cap ? cap * 2 : 8;
+        }
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        /* An unreadable manifest is not a snapshot; the others still are. */
+        if (tly_snapshot_read_manifest(path, &list[n], why, sizeof(why)) == 0)
+            n++;
+    }
+    closedir(d);
+    *out = list;
+    *count = n;
+    return 0;
 }
 
 int tly_snapshot_verify(const tly_snapshot_manifest *m, char *errbuf, size_t errlen)

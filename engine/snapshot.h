@@ -19,6 +19,8 @@ typedef struct tly_snapshot_manifest {
     int64_t created_ms;
     int64_t bytes;
     char checksum[17];            /* FNV-1a 64, 16 lowercase hex digits */
+    char database[256];           /* file name of the source database, e.g. "orders.db"
+                                     (empty in manifests written before it existed) */
 } tly_snapshot_manifest;
 
 /* Writes a snapshot of the database at db_path into dir (created if missing):
@@ -37,6 +39,17 @@ int tly_snapshot_manifest_json(const tly_snapshot_manifest *manifest, char *buf,
 /* Reads the manifest file at json_path. Returns 0 or -1 with errbuf. */
 int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *manifest,
                                char *errbuf, size_t errlen);
+
+/* Parses a manifest from len bytes of JSON (a <prefix>-snapshots record).
+ * Returns 0 or -1 with errbuf. */
+int tly_snapshot_parse_manifest(const char *json, size_t len, tly_snapshot_manifest *manifest,
+                                char *errbuf, size_t errlen);
+
+/* Reads every manifest file (snapshot-*.json) in dir into a malloc'ed array the
+ * caller frees, in no particular order; unreadable manifests are left out. A
+ * missing dir is an empty list. Returns 0 or -1 with errbuf. */
+int tly_snapshot_list(const char *dir, tly_snapshot_manifest **out, int *count, char *errbuf,
+                      size_t errlen);
 
 /* Checks the snapshot file against its manifest: size, checksum, and SQLite's
  * own integrity check. Returns 0 if it verifies, -1 with errbuf saying why not. */

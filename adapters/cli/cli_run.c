@@ -2,7 +2,11 @@
 #include "cli_common.h"
 #include "commands.h"
 
+#include "pipeline.h"
+#include "recovery.h"
 #include "runner.h"
+#include "store.h"
+#include "topics.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -35,7 +39,37 @@ static const char run_usage[] =
     "  --snapshot-dir DIR       where snapshots go (default <state-dir>/snapshots)\n"
     "  --snapshot-interval DUR  time between snapshots (default 60s; 0 = none); each one's\n"
     "                           manifest also goes to P-snapshots, keyed by pipeline\n"
-    "  --snapshot-keep N        newest snapshots kept (default 3)\n";
+    "  --snapshot-keep N        newest snapshots kept (default 3)\n"
+    "  --changelog-retention DUR  changelog table rows stay this long after the snapshot\n"
+    "                           that holds them, for tally changelog export (default 1h)\n"
+    "  --allow-empty            start with an empty state even though the group has\n"
+    "                           committed offsets and nothing can rebuild the state\n"
+    "\n"
+    "On start, the database is recovered first (see tally recover --help): an intact\n"
+    "database replays the changelog after its recorded offsets; a missing or failing\n"
+    "one is replaced by the newest snapshot that verifies, then the changelog after it.\n";
+
+static const char recover_usage[] =
+    "usage: tally recover --pipeline orders|telemetry --brokers HOST:PORT[,...] [--dry-run]\n"
+    "                     [OPTIONS]\n"
+    "\n"
+    "Brings the state database back as tally run does on start, then exits:\n"
+    "  intact database       replay the changelog records after its recorded offsets\n"
+    "  missing or failing    move it aside (DB.failed-TIME), restore the newest snapshot\n"
+    "                        whose checksum and SQLite check pass (manifests from the\n"
+    "                        P-snapshots topic, the failed database, the snapshot\n"
+    "                        directory), else the one before it, else an empty database;\n"
+    "                        then replay the changelog topic after the snapshot's offsets\n"
+    "It refuses to leave an empty state when the consumer group has committed offsets\n"
+    "(or snapshots existed) unless --allow-empty. Run it while no tally run of this\n"
+    "--instance-id is running: it fences that instance's transactions.\n"
+    "\n"
+    "  --dry-run                print the plan (database check, snapshots and whether each\n"
+    "                           verifies, changelog offsets, records and bytes to replay)\n"
+    "                           and change nothing\n"
+    "  --state-dir, --snapshot-dir, --topic-prefix, --group-id, --instance-id,\n"
+    "  --input-topic, --changelog on|off, --allow-empty: as for tally run (the other\n"
+    "  tally run options are accepted and have no effect here)\n";
 
 static volatile sig_atomic_t stop_requested;
 
@@ -45,7 +79,11 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
-int cmd_run(int argc, char **argv)
+/* Parses tally run's flags (tally recover takes the same, plus --dry-run).
+ * Returns -1 when the flags are fine, else the exit status. */
+static int parse_flags(const char *cmd, const char *usage, int argc, char **argv,
+                       tly_runner_config *cfg, char *default_instance, size_t instance_len,
+                       int *dry_run)
 {
     static const struct option options[] = {
         {"pipeline", required_argument, NULL, 'p'},
@@ -63,87 +101,202 @@ int cmd_run(int argc, char **argv)
         {"snapshot-dir", required_argument, NULL, 'D'},
         {"snapshot-interval", required_argument, NULL, 'S'},
         {"snapshot-keep", required_argument, NULL, 'K'},
+        {"changelog-retention", required_argument, NULL, 'R'},
+        {"allow-empty", no_argument, NULL, 'E'},
+        {"dry-run", no_argument, NULL, 'n'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
-    tly_runner_config cfg;
     const char *pipeline = NULL;
-    char default_instance[128], err[1024];
     int64_t n;
     int opt;
 
-    tly_runner_config_init(&cfg, NULL);
-    cfg.brokers = getenv("KAFKA_BROKERS");
+    tly_runner_config_init(cfg, NULL);
+    cfg->brokers = getenv("KAFKA_BROKERS");
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         switch (opt) {
         case 'p': pipeline = optarg; break;
-        case 'b': cfg.brokers = optarg; break;
-        case 'P': cfg.topic_prefix = optarg; break;
-        case 'g': cfg.group_id = optarg; break;
-        case 'i': cfg.instance_id = optarg; break;
-        case 'I': cfg.input_topic = optarg; break;
-        case 'O': cfg.output_topic = optarg; break;
-        case 's': cfg.state_dir = optarg; break;
-        case 'D': cfg.snapshot_dir = optarg; break;
+        case 'b': cfg->brokers = optarg; break;
+        case 'P': cfg->topic_prefix = optarg; break;
+        case 'g': cfg->group_id = optarg; break;
+        case 'i': cfg->instance_id = optarg; break;
+        case 'I': cfg->input_topic = optarg; break;
+        case 'O': cfg->output_topic = optarg; break;
+        case 's': cfg->state_dir = optarg; break;
+        case 'D': cfg->snapshot_dir = optarg; break;
         case 'K':
-            if (cli_parse_int64("run", "--snapshot-keep", optarg, 1, 1000, &n) < 0)
+            if (cli_parse_int64(cmd, "--snapshot-keep", optarg, 1, 1000, &n) < 0)
                 return CLI_EXIT_USAGE;
-            cfg.snapshot_keep = (int)n;
+            cfg->snapshot_keep = (int)n;
             break;
         case 'w':
-            if (cli_parse_duration_ms("run", "--window-size", optarg, &cfg.window_ms) < 0)
+            if (cli_parse_duration_ms(cmd, "--window-size", optarg, &cfg->window_ms) < 0)
                 return CLI_EXIT_USAGE;
-            if (cfg.window_ms < 1)
-                return cli_usage_error("run", "--window-size must be at least 1ms");
+            if (cfg->window_ms < 1)
+                return cli_usage_error(cmd, "--window-size must be at least 1ms");
             break;
         case 'S':
-            if (cli_parse_duration_ms("run", "--snapshot-interval", optarg, &cfg.snapshot_interval_ms) < 0)
+            if (cli_parse_duration_ms(cmd, "--snapshot-interval", optarg, &cfg->snapshot_interval_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'c':
-            if (cli_parse_int64("run", "--commit-interval-ms", optarg, 1, 600000, &cfg.commit_interval_ms) < 0)
+            if (cli_parse_int64(cmd, "--commit-interval-ms", optarg, 1, 600000, &cfg->commit_interval_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'm':
-            if (cli_parse_int64("run", "--max-batch", optarg, 1, 1000000, &n) < 0)
+            if (cli_parse_int64(cmd, "--max-batch", optarg, 1, 1000000, &n) < 0)
                 return CLI_EXIT_USAGE;
-            cfg.max_batch = (int)n;
+            cfg->max_batch = (int)n;
             break;
         case 'C':
             if (strcmp(optarg, "on") == 0)
-                cfg.changelog = 1;
+                cfg->changelog = 1;
             else if (strcmp(optarg, "off") == 0)
-                cfg.changelog = 0;
+                cfg->changelog = 0;
             else
-                return cli_usage_error("run", "--changelog must be on or off, not \"%s\"", optarg);
+                return cli_usage_error(cmd, "--changelog must be on or off, not \"%s\"", optarg);
             break;
-        case 'h': fputs(run_usage, stdout); return CLI_EXIT_OK;
-        default: return cli_bad_option("run", opt, argv, optind);
+        case 'R':
+            if (cli_parse_duration_ms(cmd, "--changelog-retention", optarg, &cfg->changelog_retention_ms) < 0)
+                return CLI_EXIT_USAGE;
+            break;
+        case 'E': cfg->allow_empty = 1; break;
+        case 'n':
+            if (!dry_run)
+                return cli_usage_error(cmd, "--dry-run is a tally recover option");
+            *dry_run = 1;
+            break;
+        case 'h': fputs(usage, stdout); return CLI_EXIT_OK;
+        default: return cli_bad_option(cmd, opt, argv, optind);
         }
     }
     if (optind < argc)
-        return cli_usage_error("run", "unexpected argument \"%s\"", argv[optind]);
+        return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
     if (!pipeline)
-        return cli_usage_error("run", "--pipeline is required (orders or telemetry)");
+        return cli_usage_error(cmd, "--pipeline is required (orders or telemetry)");
     if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry"))
-        return cli_usage_error("run", "--pipeline must be orders or telemetry, not \"%s\"", pipeline);
-    if (!cfg.brokers || !*cfg.brokers)
-        return cli_usage_error("run", "--brokers is required (or set KAFKA_BROKERS), e.g. "
+        return cli_usage_error(cmd, "--pipeline must be orders or telemetry, not \"%s\"", pipeline);
+    if (!cfg->brokers || !*cfg->brokers)
+        return cli_usage_error(cmd, "--brokers is required (or set KAFKA_BROKERS), e.g. "
                                       "--brokers 127.0.0.1:9092");
-    if (cfg.window_ms > 0 && strcmp(pipeline, "orders") != 0)
-        return cli_usage_error("run", "--window-size applies to the orders pipeline only");
-    cfg.pipeline = pipeline;
-    if (!cfg.instance_id) {
-        snprintf(default_instance, sizeof(default_instance), "%s-0", pipeline);
-        cfg.instance_id = default_instance;
+    if (cfg->window_ms > 0 && strcmp(pipeline, "orders") != 0)
+        return cli_usage_error(cmd, "--window-size applies to the orders pipeline only");
+    cfg->pipeline = pipeline;
+    if (!cfg->instance_id) {
+        snprintf(default_instance, instance_len, "%s-0", pipeline);
+        cfg->instance_id = default_instance;
     }
+    return -1;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    tly_runner_config cfg;
+    char default_instance[128], err[1024];
+    int rc = parse_flags("run", run_usage, argc, argv, &cfg, default_instance,
+                         sizeof(default_instance), NULL);
+
+    if (rc >= 0)
+        return rc;
     cfg.stop = &stop_requested;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     if (tly_runner_run(&cfg, err, sizeof(err)) < 0) {
         cli_log("error", "fatal", "error=%s", cli_quote(err, (char[1100]){0}, 1100));
         fprintf(stderr, "tally run: %s\n", err);
+        return CLI_EXIT_FAILURE;
+    }
+    return CLI_EXIT_OK;
+}
+
+/* The pipeline's entity, from a throwaway in-memory database: a dry run must
+ * not touch the real one. */
+static int pipeline_entity(const char *pipeline, char *buf, size_t len, char *err, size_t errlen)
+{
+    tly_store *store = NULL;
+    tly_pipeline *p = NULL;
+    int rc = -1;
+    if (tly_store_open(":memory:", NULL, &store, err, errlen) == 0 &&
+        tly_pipeline_open(store, pipeline, NULL, 0, &p, err, errlen) == 0) {
+        snprintf(buf, len, "%s", tly_pipeline_entity(p));
+        rc = 0;
+    }
+    tly_pipeline_close(p);
+    tly_store_close(store);
+    return rc;
+}
+
+static int recover_dry_run(const tly_runner_config *cfg)
+{
+    tly_recovery_config rcfg;
+    tly_recovery_report *report = calloc(1, sizeof(*report));
+    tly_topic_layout topics;
+    char db_path[4200], snapshot_dir[4200], entity[128], err[2048];
+    int rc = CLI_EXIT_FAILURE;
+
+    if (!report) {
+        fprintf(stderr, "tally recover: out of memory\n");
+        return CLI_EXIT_FAILURE;
+    }
+    if (tly_topics_layout(cfg->pipeline, cfg->topic_prefix, cfg->input_topic, cfg->output_topic,
+                          &topics, err, sizeof(err)) < 0 ||
+        pipeline_entity(cfg->pipeline, entity, sizeof(entity), err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally recover: %s\n", err);
+        goto done;
+    }
+    snprintf(db_path, sizeof(db_path), "%s/%s.db", cfg->state_dir, cfg->pipeline);
+    snprintf(snapshot_dir, sizeof(snapshot_dir), "%s",
+             cfg->snapshot_dir ? cfg->snapshot_dir : "");
+    if (!cfg->snapshot_dir)
+        snprintf(snapshot_dir, sizeof(snapshot_dir), "%s/snapshots", cfg->state_dir);
+    memset(&rcfg, 0, sizeof(rcfg));
+    rcfg.brokers = cfg->brokers;
+    rcfg.pipeline = cfg->pipeline;
+    rcfg.topics = &topics;
+    rcfg.group_id = cfg->group_id;
+    rcfg.db_path = db_path;
+    rcfg.snapshot_dir = snapshot_dir;
+    rcfg.changelog = cfg->changelog;
+    rcfg.allow_empty = cfg->allow_empty;
+    rcfg.dry_run = 1;
+    rcfg.stop = &stop_requested;
+    if (tly_recovery_prepare(&rcfg, report, err, sizeof(err)) < 0 ||
+        tly_recovery_replay(&rcfg, entity, report, NULL, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally recover: %s\n", err);
+        goto done;
+    }
+    if (tly_recovery_finish(&rcfg, report, err, sizeof(err)) < 0) {
+        tly_recovery_print(&rcfg, report, stdout);
+        printf("outcome     tally run would refuse to start: %s\n", err);
+        goto done;
+    }
+    tly_recovery_print(&rcfg, report, stdout);
+    printf("outcome     dry run: nothing was changed\n");
+    rc = CLI_EXIT_OK;
+done:
+    free(report);
+    return rc;
+}
+
+int cmd_recover(int argc, char **argv)
+{
+    tly_runner_config cfg;
+    char default_instance[128], err[1024];
+    int dry_run = 0;
+    int rc = parse_flags("recover", recover_usage, argc, argv, &cfg, default_instance,
+                         sizeof(default_instance), &dry_run);
+
+    if (rc >= 0)
+        return rc;
+    cfg.stop = &stop_requested;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    if (dry_run)
+        return recover_dry_run(&cfg);
+    cfg.recover_only = 1;
+    if (tly_runner_run(&cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally recover: %s\n", err);
         return CLI_EXIT_FAILURE;
     }
     return CLI_EXIT_OK;

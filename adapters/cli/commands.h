@@ -13,5 +13,6 @@ int cmd_topics(int argc, char **argv);
 int cmd_produce(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
+int cmd_recover(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ static const char usage[] =
     "  replay      rebuild or update a state database from a changelog export\n"
     "  snapshot    write a consistent copy of a state database (online backup API)\n"
     "  restore     check a snapshot and copy it to a new database\n"
+    "  recover     bring a state database back from snapshot + changelog (or plan it)\n"
     "  run         the daemon: consume Kafka, apply, commit exactly once\n"
     "  topics      create a pipeline's Kafka topics (tally topics create)\n"
     "  produce     send generated events to Kafka at a steady rate\n"
@@ -41,6 +42,7 @@ int main(int argc, char **argv)
         {"produce", cmd_produce},
         {"snapshot", cmd_snapshot},
         {"restore", cmd_restore},
+        {"recover", cmd_recover},
     };
 
     if (argc < 2) {

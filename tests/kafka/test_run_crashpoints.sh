@@ -8,7 +8,8 @@
 #
 # after_commit is the case where Kafka committed the batch and SQLite did not:
 # the restart must replay it from the changelog topic (its recovered line says
-# source=changelog records_replayed=N with N > 0). At the other points the
+# source=local records_replayed=N with N > 0: the intact database plus the
+# changelog after its recorded offsets). At the other points the
 # Kafka transaction was never committed, so nothing may be replayed.
 # shellcheck source-path=SCRIPTDIR source=lib_run.sh
 source "$(dirname "$0")/lib_run.sh"
@@ -75,7 +76,7 @@ for point in "${POINTS[@]}"; do
         [[ -n "$recovered" ]] || fail "$case_id: no event=recovered line in the restart's log"
         replayed=$(sed -n 's/.* records_replayed=\([0-9]*\).*/\1/p' <<<"$recovered")
         if [[ "$point" == after_commit ]]; then
-            [[ "$recovered" == *"source=changelog"* && "${replayed:-0}" -gt 0 ]] ||
+            [[ "$recovered" == *"source=local"* && "${replayed:-0}" -gt 0 ]] ||
                 fail "$case_id: the restart did not replay the committed batch from the changelog: $recovered"
         else
             [[ "$recovered" == *"source=local"* && "$replayed" == 0 ]] ||

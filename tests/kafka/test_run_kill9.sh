@@ -89,5 +89,5 @@ tally_stop "$TALLY_PID"
 check_totals "after $KILLS kills" "$WORK/orders.tsv" "$DB" "$OUT"
 check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
 
-replays=$(grep -c 'event=recovered source=changelog' "$LOG" || true)
+replays=$(grep -cE 'event=recovered .*records_replayed=[1-9]' "$LOG" || true)
 finish "$KILLS kills ($mid_stream while the state moved), $replays changelog replays, $N_ORDERS orders"
