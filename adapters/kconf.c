@@ -25,7 +25,12 @@ rd_kafka_t *tly_kconf_reader(const char *brokers, const char *group_id, char *er
         tly_kconf_set(conf, "group.id", group_id ? group_id : "tally-reader", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "enable.partition.eof", "true", errbuf, errlen) < 0) {
+        tly_kconf_set(conf, "enable.partition.eof", "true", errbuf, errlen) < 0 ||
+        /* A reader runs to the end and stops. A partition whose last record is
+         * a transaction marker returns no data, and the end-of-partition
+         * event waits for the next fetch: with the default 500 ms wait, every
+         * recovery paid half a second for nothing. */
+        tly_kconf_set(conf, "fetch.wait.max.ms", "10", errbuf, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }

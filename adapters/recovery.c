@@ -638,55 +638,49 @@ done:
 /* Step 3                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* How many input partitions the group has committed offsets for. */
-static int committed_input_partitions(const tly_recovery_config *cfg, char *errbuf, size_t errlen)
+/* The group's committed offsets on the input topic, one element per
+ * partition (offset < 0: none committed); NULL with errbuf on error. An input
+ * topic that does not exist gives an empty list. */
+static rd_kafka_topic_partition_list_t *committed_input(const tly_recovery_config *cfg,
+                                                        char *errbuf, size_t errlen)
 {
     rd_kafka_t *rk = tly_kconf_reader(cfg->brokers, cfg->group_id, errbuf, errlen);
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_topic_partition_list_t *list = NULL;
-    int count = -1;
+    rd_kafka_resp_err_t err;
 
     if (!rk)
-        return -1;
+        return NULL;
     {
         rd_kafka_topic_t *t = rd_kafka_topic_new(rk, cfg->topics->input.name, NULL);
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, t, &md, KAFKA_TIMEOUT_MS);
+        err = rd_kafka_metadata(rk, 0, t, &md, KAFKA_TIMEOUT_MS);
         rd_kafka_topic_destroy(t);
-        if (err || md->topic_cnt != 1) {
-            tly_error(errbuf, errlen, "cannot read metadata of %s: %s", cfg->topics->input.name,
-                      rd_kafka_err2str(err ? err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
-            goto done;
-        }
-        if (md->topics[0].err) {
-            count = 0; /* no input topic, so nothing was ever consumed */
-            goto done;
-        }
-        list = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
-        for (int p = 0; p < md->topics[0].partition_cnt; p++)
-            rd_kafka_topic_partition_list_add(list, cfg->topics->input.name, p);
     }
-    {
-        rd_kafka_resp_err_t err = rd_kafka_committed(rk, list, KAFKA_TIMEOUT_MS);
-        if (err) {
-            tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
-                      cfg->group_id, rd_kafka_err2str(err));
-            goto done;
-        }
+    if (err || md->topic_cnt != 1) {
+        tly_error(errbuf, errlen, "cannot read metadata of %s: %s", cfg->topics->input.name,
+                  rd_kafka_err2str(err ? err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+        goto done;
     }
-    count = 0;
-    for (int i = 0; i < list->cnt; i++)
-        if (list->elems[i].offset > 0)
-            count++;
-done:
-    if (list)
+    list = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt + 1);
+    if (md->topics[0].err)
+        goto done; /* no input topic: nothing was ever consumed */
+    for (int p = 0; p < md->topics[0].partition_cnt; p++)
+        rd_kafka_topic_partition_list_add(list, cfg->topics->input.name, p);
+    if ((err = rd_kafka_committed(rk, list, KAFKA_TIMEOUT_MS))) {
+        tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
+                  cfg->group_id, rd_kafka_err2str(err));
         rd_kafka_topic_partition_list_destroy(list);
+        list = NULL;
+    }
+done:
     if (md)
         rd_kafka_metadata_destroy(md);
     rd_kafka_destroy(rk);
-    return count;
+    return list;
 }
 
-static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_report *rep)
+static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_report *rep,
+                           const rd_kafka_topic_partition_list_t *positions)
 {
     tly_store *store = NULL;
     char err[512];
@@ -704,8 +698,19 @@ static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_re
         tly_store_meta_set_int(store, "recovery.records_replayed", rep->records_replayed) < 0 ||
         tly_store_meta_set_int(store, "recovery.bytes_replayed", rep->bytes_replayed) < 0 ||
         tly_store_meta_set_int(store, "recovery.at_ms", (int64_t)time(NULL) * 1000) < 0 ||
-        tly_store_meta_add_int(store, "recovery.count", 1) < 0 ||
-        tly_store_commit(store, err, sizeof(err)) < 0) {
+        tly_store_meta_add_int(store, "recovery.count", 1) < 0)
+        goto failed;
+    for (int i = 0; positions && i < positions->cnt; i++) {
+        char key[512];
+        if (positions->elems[i].offset < 0)
+            continue;
+        snprintf(key, sizeof(key), "kafka.input.%s.%d", positions->elems[i].topic,
+                 (int)positions->elems[i].partition);
+        if (tly_store_meta_set_int(store, key, positions->elems[i].offset) < 0)
+            goto failed;
+    }
+    if (tly_store_commit(store, err, sizeof(err)) < 0) {
+    failed:
         tly_store_rollback(store);
         tly_log("warn", "recovery_meta", "error=\"%s\"", sqlite3_errmsg(tly_store_db(store)));
     }
@@ -717,49 +722,64 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
 {
     bool empty = rep->chosen < 0 && rep->records_replayed == 0 &&
                  !(strcmp(rep->source, "local") == 0 && rep->local_has_state);
+    rd_kafka_topic_partition_list_t *committed = NULL;
     char why[512];
+    int rc = -1;
 
-    if (empty) {
-        rep->history_partitions = cfg->brokers ? committed_input_partitions(cfg, why, sizeof(why)) : 0;
-        if (rep->history_partitions < 0)
-            return tly_error(errbuf, errlen,
-                             "cannot tell whether group %s has history, so the state cannot be "
-                             "safely started empty: %s",
-                             cfg->group_id, why);
-        if ((rep->history_partitions > 0 || rep->candidate_count > 0) && !cfg->allow_empty) {
-            char snapshots[4500];
-            if (rep->candidate_count)
-                snprintf(snapshots, sizeof(snapshots),
-                         "none of the %d snapshot(s) found verifies (see event=snapshot_rejected)",
-                         rep->candidate_count);
-            else
-                snprintf(snapshots, sizeof(snapshots), "no snapshot was found (topic %s, directory %s)",
-                         cfg->topics->snapshots.name, cfg->snapshot_dir ? cfg->snapshot_dir : "-");
-            return tly_error(
-                errbuf, errlen,
-                "refusing to start with an empty state: the database %s is %s, %s, and %s, "
-                "but %s. Starting empty would silently lose every event before the committed "
-                "offsets. Restore a snapshot (tally restore --snapshot ID|PATH --db %s), or "
-                "start with --allow-empty to accept an empty state",
-                cfg->db_path, rep->db_state, snapshots,
-                cfg->changelog ? "the changelog topic holds no record of this pipeline"
-                               : "the changelog is off (--changelog off)",
-                rep->history_partitions > 0 ? "the consumer group has committed input offsets"
-                                            : "snapshots of it existed",
-                cfg->db_path);
+    /* After a changelog replay the state stands at the end of the last
+     * committed transaction, which is where the group's committed offsets
+     * are: those become the positions SQLite records (what --changelog off
+     * would resume from, and what people read in meta). */
+    if ((empty || rep->records_replayed > 0) && cfg->brokers) {
+        if (!(committed = committed_input(cfg, why, sizeof(why)))) {
+            tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
+                      cfg->group_id, why);
+            goto done;
         }
+        rep->history_partitions = 0;
+        for (int i = 0; i < committed->cnt; i++)
+            if (committed->elems[i].offset > 0)
+                rep->history_partitions++;
+    }
+    if (empty && (rep->history_partitions > 0 || rep->candidate_count > 0) && !cfg->allow_empty) {
+        char snapshots[4500];
+        if (rep->candidate_count)
+            snprintf(snapshots, sizeof(snapshots),
+                     "none of the %d snapshot(s) found verifies (see event=snapshot_rejected)",
+                     rep->candidate_count);
+        else
+            snprintf(snapshots, sizeof(snapshots), "no snapshot was found (topic %s, directory %s)",
+                     cfg->topics->snapshots.name, cfg->snapshot_dir ? cfg->snapshot_dir : "-");
+        tly_error(errbuf, errlen,
+                  "refusing to start with an empty state: the database %s is %s, %s, and %s, "
+                  "but %s. Starting empty would silently lose every event before the committed "
+                  "offsets. Restore a snapshot (tally restore --snapshot ID|PATH --db %s), or "
+                  "start with --allow-empty to accept an empty state",
+                  cfg->db_path, rep->db_state, snapshots,
+                  cfg->changelog ? "the changelog topic holds no record of this pipeline"
+                                 : "the changelog is off (--changelog off)",
+                  rep->history_partitions > 0 ? "the consumer group has committed input offsets"
+                                              : "snapshots of it existed",
+                  cfg->db_path);
+        goto done;
     }
     rep->ttr_ms = now_ms() - rep->started_ms;
+    rc = 0;
     if (cfg->dry_run)
-        return 0;
+        goto done;
     tly_log("info", "recovered",
             "source=%s ttr_ms=%lld records_replayed=%lld bytes_replayed=%lld snapshot=%s db=%s",
             rep->source, (long long)rep->ttr_ms, (long long)rep->records_replayed,
             (long long)rep->bytes_replayed,
             rep->chosen >= 0 ? rep->candidates[rep->chosen].manifest.snapshot_id : "-",
             rep->db_state[0] == 'f' ? "failed" : rep->db_state);
-    record_in_meta(cfg, rep);
-    return 0;
+    /* With the changelog off the positions the state recorded (a restored
+     * snapshot's among them) are the ones to resume from: left as they are. */
+    record_in_meta(cfg, rep, cfg->changelog ? committed : NULL);
+done:
+    if (committed)
+        rd_kafka_topic_partition_list_destroy(committed);
+    return rc;
 }
 
 void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_report *rep, FILE *out)

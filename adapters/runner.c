@@ -188,7 +188,9 @@ static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
         tly_kconf_set(conf, "transactional.id", transactional_id, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "transaction.timeout.ms", "60000", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "linger.ms", "5", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "message.timeout.ms", "60000", errbuf, errlen) < 0) {
+        tly_kconf_set(conf, "message.timeout.ms", "60000", errbuf, errlen) < 0 ||
+        (getenv("TALLY_KAFKA_DEBUG") &&
+         tly_kconf_set(conf, "debug", getenv("TALLY_KAFKA_DEBUG"), errbuf, errlen) < 0)) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -205,6 +207,21 @@ static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
         rd_kafka_error_destroy(error);
         rd_kafka_destroy(rk);
         return NULL;
+    }
+    /* Learn the leaders of every topic this producer writes to now: otherwise
+     * the first transaction waits about a second for that metadata, and the
+     * first output after a restart comes that much later. */
+    {
+        const char *names[] = {r->topics.changelog.name, r->topics.output.name, r->topics.dlq.name,
+                               r->topics.snapshots.name};
+        for (size_t i = 0; i < sizeof(names) / sizeof(*names); i++) {
+            rd_kafka_topic_t *t = rd_kafka_topic_new(rk, names[i], NULL);
+            const struct rd_kafka_metadata *md = NULL;
+            if (t && rd_kafka_metadata(rk, 0, t, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+                rd_kafka_metadata_destroy(md);
+            if (t)
+                rd_kafka_topic_destroy(t);
+        }
     }
     tly_log("info", "producer_ready", "transactional_id=%s", transactional_id);
     return rk;

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# test_run_kill9.sh - `tally run` killed with SIGKILL at random moments (at
-# least 7 times, 0.5-3 s after each start: during startup, recovery and batches)
-# while orders keep arriving, each time restarted with the same --instance-id
-# and --state-dir. At the end it runs to completion: the latest committed
-# output per key and the SQLite state equal the awk totals exactly (no order
-# lost, none counted twice), and the DLQ holds each malformed line once.
+# test_run_kill9.sh - `tally run` killed with SIGKILL at random moments (10
+# times, 0.5-3 s after each start: during startup, recovery, batches and
+# snapshots) while orders keep arriving, each time restarted with the same
+# --instance-id and --state-dir. Snapshots are taken every second into a
+# directory outside the state directory; after kills 4 and 8 the whole state
+# directory is deleted, so those restarts rebuild from snapshot + changelog.
+# At the end it runs to completion: the latest committed output per key and
+# the SQLite state equal the awk totals exactly (no order lost, none counted
+# twice), and the DLQ holds each malformed line once.
 # shellcheck source-path=SCRIPTDIR source=lib_run.sh
 source "$(dirname "$0")/lib_run.sh"
 
@@ -12,7 +15,8 @@ N_PRE=15000      # produced before the first start
 CHUNKS=10        # then CHUNKS x N_CHUNK more, one chunk a second
 N_CHUNK=1500
 BAD_PER_CHUNK=2
-KILLS=7
+KILLS=10
+WIPE_AFTER=" 4 8 " # kills after which the state directory is deleted
 
 # ---- flags: usage errors need no broker -----------------------------------
 expect_usage_error "--max-batch 0" --pipeline orders --brokers "$KAFKA_BROKERS" --max-batch 0
@@ -29,7 +33,8 @@ STATE=$WORK/state
 DB=$STATE/orders.db
 LOG=$WORK/tally.log
 RUN_ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --instance-id "$INSTANCE" --state-dir "$STATE" --commit-interval-ms 50 --max-batch 200)
+    --instance-id "$INSTANCE" --state-dir "$STATE" --commit-interval-ms 50 --max-batch 200
+    --snapshot-dir "$WORK/snaps" --snapshot-interval 1s)
 
 create_topic "$IN" 3
 : >"$WORK/orders.tsv"
@@ -74,6 +79,10 @@ for ((k = 1; k <= KILLS; k++)); do
     after=$(sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
     if [[ "${after:-0}" != "${before:-0}" ]]; then mid_stream=$((mid_stream + 1)); fi
     note "kill $k after ${pause}s: state counted ${before:-0} orders before, ${after:-0} after"
+    if [[ "$WIPE_AFTER" == *" $k "* ]]; then
+        rm -rf "$STATE"
+        note "kill $k: state directory deleted"
+    fi
 done
 
 if wait "$PRODUCER"; then :; else fail "the background producer failed"; fi
@@ -90,4 +99,8 @@ check_totals "after $KILLS kills" "$WORK/orders.tsv" "$DB" "$OUT"
 check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
 
 replays=$(grep -cE 'event=recovered .*records_replayed=[1-9]' "$LOG" || true)
-finish "$KILLS kills ($mid_stream while the state moved), $replays changelog replays, $N_ORDERS orders"
+rebuilt=$(grep -cE 'event=recovered source=(snapshot|changelog)' "$LOG" || true)
+# Each wipe is followed by a start that rebuilds, unless the kill came before
+# the first snapshot and changelog record (then it rebuilds from nothing).
+((rebuilt >= 1)) || fail "no restart rebuilt the deleted state from a snapshot or the changelog"
+finish "$KILLS kills ($mid_stream while the state moved), $replays changelog replays, $rebuilt rebuilds of a deleted state, $N_ORDERS orders"
