@@ -812,7 +812,7 @@ void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_repor
             if (rep->end_offsets[p] > from)
                 tail += rep->end_offsets[p] - from;
         }
-        fprintf(out, "replay      %lld record(s) of this pipeline, %lld bytes (%lld offsets read)\n",
+        fprintf(out, "replay      %lld record(s) of this pipeline, %lld bytes (%lld offsets, transaction markers included)\n",
                 (long long)rep->records_replayed, (long long)rep->bytes_replayed, (long long)tail);
     }
     fprintf(out, "source      %s%s%s\n", rep->source,
