@@ -29,7 +29,7 @@ typedef struct tly_runner_config {
     int64_t snapshot_interval_ms; /* take one every this often; <= 0: never (default 60 s) */
     int snapshot_keep;         /* newest snapshots kept (default 3) */
     int64_t changelog_retention_ms; /* changelog table rows are kept this long after
-                                       the snapshot that contains them (default 1 h) */
+                                       the snapshot that contains them (default 0) */
     int allow_empty;           /* 1: start empty even if history exists (default 0) */
     int recover_only;          /* 1: recover the database, then return 0 (tally recover) */
     int manage_topics;         /* 1: create missing output/internal topics (default);
@@ -41,7 +41,7 @@ typedef struct tly_runner_config {
 /* Fills cfg with defaults: prefix and group "opb", instance "<pipeline>-0",
  * state dir "state", commit interval 100 ms, batch 5000, changelog on,
  * a snapshot every 60 s into <state dir>/snapshots keeping 3, changelog rows
- * kept 1 h after their snapshot. */
+ * pruned as soon as a snapshot holds them. */
 void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
 
 /* Recovers the database (adapters/recovery.h), then runs until *cfg->stop is
