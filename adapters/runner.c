@@ -36,6 +36,8 @@
 
 #include <errno.h>
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -75,6 +77,7 @@ struct runner {
     /* snapshots */
     char snapshot_dir[4096];
     int64_t next_snapshot_ms, snapshots, snapshot_seq;
+    struct snapshot_job *snapshot_job;
     /* changelog table pruning: rows with seq < prune_below may go */
     int64_t prune_below, pruned_rows;
 };
@@ -676,34 +679,73 @@ static int64_t newest_snapshot_seq(struct runner *r)
     return seq;
 }
 
-/* Between batches, every snapshot_interval_ms: a snapshot of the database
- * (engine/snapshot.c; its own read transaction, so it sees exactly the last
- * committed batch), and its manifest, keyed by pipeline, to the compacted
- * <prefix>-snapshots topic in a transaction of its own. A failed snapshot is
- * logged and retried at the next interval: the changelog still holds
- * everything, so nothing is lost by it. */
-static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
+/* Every snapshot_interval_ms a snapshot of the database is written by a
+ * thread of its own (engine/snapshot.c: its own connection and read
+ * transaction, so it sees exactly the last committed batch while the daemon
+ * goes on writing - WAL keeps both apart). Copying a database of a million
+ * keys takes about half a second; on the daemon's thread that was a stall
+ * of every batch behind it. When the thread is done, the daemon produces the
+ * manifest, keyed by pipeline, to the compacted <prefix>-snapshots topic in
+ * a transaction of its own, between batches. A failed snapshot is logged and
+ * retried at the next interval: the changelog still holds everything. */
+struct snapshot_job {
+    pthread_t thread;
+    bool running;
+    atomic_bool done;
+    int rc;
+    int64_t started_ms, written_ms;
+    tly_snapshot_manifest manifest;
+    char why[1024];
+    /* inputs, copied: the thread owns nothing of the runner */
+    char db_path[4096], dir[4096];
+    int keep;
+};
+
+static void *snapshot_thread(void *arg)
 {
-    tly_snapshot_manifest m;
+    struct snapshot_job *job = arg;
+    job->rc = tly_snapshot_write(job->db_path, job->dir, job->keep, &job->manifest, job->why,
+                                 sizeof(job->why));
+    job->written_ms = now_ms();
+    atomic_store(&job->done, true);
+    return NULL;
+}
+
+static void start_snapshot(struct runner *r)
+{
+    struct snapshot_job *job = r->snapshot_job;
+    int err;
+    snprintf(job->db_path, sizeof(job->db_path), "%s", r->db_path);
+    snprintf(job->dir, sizeof(job->dir), "%s", r->snapshot_dir);
+    job->keep = r->cfg->snapshot_keep;
+    job->started_ms = now_ms();
+    atomic_store(&job->done, false);
+    if ((err = pthread_create(&job->thread, NULL, snapshot_thread, job)) != 0) {
+        tly_log("error", "snapshot_error", "error=\"cannot start a thread: %s\"", strerror(err));
+        return;
+    }
+    job->running = true;
+}
+
+/* Produces a finished snapshot's manifest. Returns -1 only on a fatal
+ * producer error. */
+static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
+{
+    struct snapshot_job *job = r->snapshot_job;
+    tly_snapshot_manifest *m = &job->manifest;
     rd_kafka_error_t *error;
     rd_kafka_resp_err_t err;
-    char manifest[8192], why[1024];
-    int64_t started = now_ms(), written;
+    char manifest[8192];
+    int64_t publishing = now_ms();
 
-    if (r->cfg->snapshot_interval_ms <= 0 || started < r->next_snapshot_ms)
-        return 0;
-    r->next_snapshot_ms = started + r->cfg->snapshot_interval_ms;
-    plan_pruning(r);
-    if (tly_store_last_seq(r->store) == r->snapshot_seq)
-        return 0; /* nothing changed since the last one */
-    if (tly_snapshot_write(r->db_path, r->snapshot_dir, r->cfg->snapshot_keep, &m, why,
-                           sizeof(why)) < 0) {
-        tly_log("error", "snapshot_error", "error=\"%s\"", why);
+    pthread_join(job->thread, NULL);
+    job->running = false;
+    if (job->rc < 0) {
+        tly_log("error", "snapshot_error", "error=%s", tly_log_quote(job->why, (char[1100]){0}, 1100));
         return 0;
     }
-    written = now_ms();
-    if (tly_snapshot_manifest_json(&m, manifest, sizeof(manifest)) < 0) {
-        tly_log("error", "snapshot_error", "error=\"manifest of %s is too large\"", m.path);
+    if (tly_snapshot_manifest_json(m, manifest, sizeof(manifest)) < 0) {
+        tly_log("error", "snapshot_error", "error=\"manifest of %s is too large\"", m->path);
         return 0;
     }
     if ((error = rd_kafka_begin_transaction(r->producer)))
@@ -725,14 +767,33 @@ static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
                    ? -1
                    : 0;
     r->snapshots++;
-    r->snapshot_seq = m.last_seq;
+    r->snapshot_seq = m->last_seq;
     plan_pruning(r);
-    /* duration_ms is what ingestion waited: the copy (write_ms) and the
-     * manifest's transaction. */
-    tly_log("info", "snapshot",
-            "snapshot=%s last_seq=%lld bytes=%lld duration_ms=%lld write_ms=%lld path=%s",
-            m.snapshot_id, (long long)m.last_seq, (long long)m.bytes,
-            (long long)(now_ms() - started), (long long)(written - started), m.path);
+    /* write_ms: the copy, beside the daemon; publish_ms: the manifest's
+     * transaction, which ingestion waits for. */
+    tly_log("info", "snapshot", "snapshot=%s last_seq=%lld bytes=%lld write_ms=%lld publish_ms=%lld path=%s",
+            m->snapshot_id, (long long)m->last_seq, (long long)m->bytes,
+            (long long)(job->written_ms - job->started_ms), (long long)(now_ms() - publishing),
+            m->path);
+    return 0;
+}
+
+static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
+{
+    int64_t now = now_ms();
+
+    if (r->snapshot_job->running) {
+        if (atomic_load(&r->snapshot_job->done))
+            return publish_snapshot(r, errbuf, errlen);
+        return 0;
+    }
+    if (r->cfg->snapshot_interval_ms <= 0 || now < r->next_snapshot_ms)
+        return 0;
+    r->next_snapshot_ms = now + r->cfg->snapshot_interval_ms;
+    plan_pruning(r);
+    if (tly_store_last_seq(r->store) == r->snapshot_seq)
+        return 0; /* nothing changed since the last one */
+    start_snapshot(r);
     return 0;
 }
 
@@ -851,10 +912,11 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     else
         snprintf(r.snapshot_dir, sizeof(r.snapshot_dir), "%s/snapshots", cfg->state_dir);
     r.next_snapshot_ms = now_ms() + cfg->snapshot_interval_ms;
+    r.snapshot_job = calloc(1, sizeof(*r.snapshot_job));
     r.messages = calloc((size_t)cfg->max_batch, sizeof(*r.messages));
     r.events = calloc((size_t)cfg->max_batch, sizeof(*r.events));
     r.results = calloc((size_t)cfg->max_batch, sizeof(*r.results));
-    if (!r.messages || !r.events || !r.results) {
+    if (!r.messages || !r.events || !r.results || !r.snapshot_job) {
         tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
@@ -939,12 +1001,18 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
                     (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
         }
     }
+    /* A snapshot under way is finished and published: it is a good one. */
+    if (r.snapshot_job->running && publish_snapshot(&r, errbuf, errlen) < 0)
+        goto done;
     tly_log("info", "shutdown", "applied=%lld rejected=%lld skipped=%lld changes=%lld outputs=%lld "
             "batches=%ld aborted=%lld",
             (long long)r.applied, (long long)r.rejected, (long long)r.skipped,
             (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
     rc = 0;
 done:
+    if (r.snapshot_job && r.snapshot_job->running)
+        pthread_join(r.snapshot_job->thread, NULL);
+    free(r.snapshot_job);
     release_collected(&r);
     if (r.consumer) {
         rd_kafka_consumer_close(r.consumer);
