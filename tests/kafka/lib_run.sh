@@ -49,6 +49,13 @@
 #   check_dlq PREFIX INPUT BAD_FILE   the DLQ holds each bad line once
 #   expect_usage_error WHAT ARGS...   tally run ARGS exits 2 with a message
 #   show_logs                         tails of the tally logs (on failure)
+#   log_field LINE KEY                the value of KEY=... in a logfmt line
+#   db_seq DB                         the last changelog seq the state assigned
+#   tally_kill9 PID                   SIGKILL, expects exit status 137
+#   wait_snapshot_of DB LOG SECONDS [PID]
+#                                     until LOG has an event=snapshot line of
+#                                     the database's current seq; sets SNAP_ID
+#                                     and SNAP_PATH
 
 set -euo pipefail
 export LC_ALL=C
@@ -476,4 +483,48 @@ expect_usage_error() {
     [[ "$rc" == 2 ]] || fail "$what: expected exit status 2, got $rc; stderr: $(head -c 300 "$WORK/usage.err")"
     [[ -s "$WORK/usage.err" ]] || fail "$what: no message on stderr"
     ok
+}
+
+# ---------------------------------------------------------- recovery ---
+
+# log_field LINE KEY: the value of KEY=VALUE in a logfmt LINE (unquoted
+# values only); empty when the line has no such key.
+log_field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+
+# db_seq DB: the last changelog seq the state database assigned (0: none).
+db_seq() {
+    local seq
+    seq=$(sqlval "$1" "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'")
+    echo "${seq:-0}"
+}
+
+# tally_kill9 PID: SIGKILL; the process must die with status 137.
+tally_kill9() {
+    alive "$1" || fail "tally (pid $1) is not running any more, cannot kill it"
+    kill -KILL "$1"
+    tally_wait_exit "$1" 10
+    assert_eq "exit status after kill -9 (pid $1)" 137 "$RC"
+}
+
+# wait_snapshot_of DB LOG SECONDS [PID]: waits until LOG has an
+# "event=snapshot" line whose last_seq is the database's current seq (call it
+# once the state stopped changing). Sets SNAP_ID and SNAP_PATH.
+wait_snapshot_of() {
+    local db=$1 log=$2 limit=$((SECONDS + $3)) pid=${4:-} seq line
+    while :; do
+        seq=$(db_seq "$db")
+        line=$(grep "event=snapshot .*last_seq=$seq " "$log" | tail -n 1 || true)
+        if [[ -n "$line" && "$seq" != 0 ]]; then
+            SNAP_ID=$(log_field "$line" snapshot)
+            SNAP_PATH=$(log_field "$line" path)
+            [[ -n "$SNAP_ID" && -f "$SNAP_PATH" ]] || fail "snapshot line names no existing file: $line"
+            return 0
+        fi
+        if [[ -n "$pid" ]] && ! alive "$pid"; then
+            tally_wait_exit "$pid" 5
+            fail "tally (pid $pid) exited with status $RC before it took a snapshot of seq $seq"
+        fi
+        ((SECONDS < limit)) || fail "no snapshot of seq $seq in $log within $3 s"
+        sleep 0.2
+    done
 }
