@@ -1,0 +1,286 @@
+/* tests/unit/test_recovery.c - the local half of recovery (adapters/recovery.c):
+ * checking the database, moving a failed one aside, choosing the newest
+ * snapshot that verifies from the directory and the failed database's table,
+ * refusing an empty start when snapshots existed, and a dry run that changes
+ * nothing. No broker: cfg.brokers is NULL, so the snapshots topic, the
+ * changelog topic and the group's offsets are not consulted (the real-broker
+ * tests in tests/kafka cover those). */
+#include "tly_test.h"
+
+#include "pipeline.h"
+#include "recovery.h"
+#include "snapshot.h"
+#include "store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+/* Applies n orders (ids from first) to the database. */
+static int apply_orders(const char *db_path, int first, int n)
+{
+    char err[256], line[256];
+    tly_store *store = NULL;
+    tly_pipeline *p = NULL;
+    tly_event event;
+    tly_event_result result;
+    int rc = -1;
+
+    if (tly_store_open(db_path, NULL, &store, err, sizeof(err)) < 0 ||
+        tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) < 0 ||
+        tly_store_begin(store, err, sizeof(err)) < 0)
+        goto done;
+    for (int i = first; i < first + n; i++) {
+        snprintf(line, sizeof(line),
+                 "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.50\","
+                 "\"qty\":1,\"ts\":1700000000000}",
+                 i, i % 50, i % 7);
+        event.data = line;
+        event.len = strlen(line);
+        if (tly_pipeline_apply(p, &event, 1, &result, NULL, err, sizeof(err)) < 0)
+            goto done;
+    }
+    /* What the daemon records: positions and changelog offsets. */
+    if (tly_store_meta_set_int(store, "kafka.input.in.0", first + n) < 0 ||
+        tly_store_meta_set_int(store, "kafka.changelog.p-changelog.0", first + n - 1) < 0 ||
+        tly_store_commit(store, err, sizeof(err)) < 0)
+        goto done;
+    rc = 0;
+done:
+    if (rc < 0)
+        fprintf(stderr, "apply_orders: %s\n", err);
+    tly_pipeline_close(p);
+    tly_store_close(store);
+    return rc;
+}
+
+static int64_t orders_in(const char *db_path)
+{
+    return tly_test_scalar(db_path, NULL, "SELECT coalesce(sum(count), 0) FROM order_window_state");
+}
+
+static void flip_bytes(const char *path, off_t at)
+{
+    int fd = open(path, O_WRONLY);
+    if (fd >= 0) {
+        (void)!pwrite(fd, "\xff\xff\xff\xff\xff\xff\xff\xff", 8, at);
+        close(fd);
+    }
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+static int count_prefix(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d)))
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+            n++;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+struct fixture {
+    char dir[256], db[300], snaps[300];
+    tly_topic_layout topics;
+    tly_recovery_config cfg;
+    tly_snapshot_manifest older, newer;
+};
+
+/* A database with 300 orders, snapshots after 100 and after 200. */
+static int setup(struct fixture *f)
+{
+    char err[512];
+    memset(f, 0, sizeof(*f));
+    snprintf(f->dir, sizeof(f->dir), "%s", tly_test_dir());
+    snprintf(f->db, sizeof(f->db), "%s/orders.db", f->dir);
+    snprintf(f->snaps, sizeof(f->snaps), "%s/snaps", f->dir);
+    if (tly_topics_layout("orders", "p", "in", "out", &f->topics, err, sizeof(err)) < 0 ||
+        apply_orders(f->db, 0, 100) < 0 ||
+        tly_snapshot_write(f->db, f->snaps, 0, &f->older, err, sizeof(err)) < 0 ||
+        apply_orders(f->db, 100, 100) < 0 ||
+        tly_snapshot_write(f->db, f->snaps, 0, &f->newer, err, sizeof(err)) < 0 ||
+        apply_orders(f->db, 200, 100) < 0) {
+        fprintf(stderr, "setup: %s\n", err);
+        return -1;
+    }
+    f->cfg.pipeline = "orders";
+    f->cfg.topics = &f->topics;
+    f->cfg.group_id = "g";
+    f->cfg.db_path = f->db;
+    f->cfg.snapshot_dir = f->snaps;
+    f->cfg.changelog = 1;
+    return 0;
+}
+
+static void test_intact(void)
+{
+    struct fixture f;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    char err[1024];
+
+    CHECK(rep && setup(&f) == 0);
+    CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_STR(rep->db_state, "intact");
+    CHECK_STR(rep->source, "local");
+    CHECK_INT(rep->start_offsets[0], 299); /* the changelog offset it recorded */
+    CHECK_INT(rep->start_offsets[1], -1);
+    CHECK_INT(rep->chosen, -1);
+    CHECK(tly_recovery_finish(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_INT(orders_in(f.db), 300);
+end:
+    free(rep);
+}
+
+/* Missing database with a stale -wal beside it; the newest snapshot is
+ * corrupt, so the one before it is restored and the -wal is moved aside. */
+static void test_missing_newest_corrupt(void)
+{
+    struct fixture f;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    char err[1024], wal[400];
+    FILE *stale;
+
+    CHECK(rep && setup(&f) == 0);
+    CHECK(unlink(f.db) == 0);
+    snprintf(wal, sizeof(wal), "%s-wal", f.db);
+    CHECK((stale = fopen(wal, "w")) != NULL);
+    fputs("not a wal", stale);
+    fclose(stale);
+    flip_bytes(f.newer.path, file_size(f.newer.path) / 2);
+
+    CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_STR(rep->db_state, "missing");
+    CHECK_INT(rep->candidate_count, 2);
+    CHECK_STR(rep->candidates[0].manifest.snapshot_id, f.newer.snapshot_id);
+    CHECK_MSG(strstr(rep->candidates[0].status, "checksum") != NULL, "%s", rep->candidates[0].status);
+    CHECK_INT(rep->chosen, 1);
+    CHECK_STR(rep->candidates[1].status, "restored");
+    CHECK_STR(rep->source, "snapshot");
+    CHECK_INT(rep->start_offsets[0], 99); /* from the older manifest */
+    CHECK(rep->moved_aside[0] != '\0');
+    CHECK(access(wal, F_OK) != 0);
+    CHECK(tly_recovery_finish(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_INT(orders_in(f.db), 100);
+    CHECK_STR(rep->source, "snapshot");
+end:
+    free(rep);
+}
+
+/* A database that fails its check is moved aside (not deleted); with the
+ * snapshot directory gone, its own snapshots table still names the files,
+ * and a file found under the same name in --snapshot-dir is used. */
+static void test_failed_database_table_manifests(void)
+{
+    struct fixture f;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    char err[1024], json[4200];
+
+    CHECK(rep && setup(&f) == 0);
+    /* Damage a page well inside the file, past the schema; keep the table
+     * of snapshots readable enough or not - either way it must recover. */
+    flip_bytes(f.db, file_size(f.db) - 4096 * 3);
+    flip_bytes(f.db, file_size(f.db) - 4096 * 5);
+    snprintf(json, sizeof(json), "%.*s.json", (int)(strlen(f.newer.path) - 3), f.newer.path);
+    CHECK(unlink(json) == 0); /* the directory no longer lists the newest */
+
+    CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_MSG(strncmp(rep->db_state, "failed: ", 8) == 0, "%s", rep->db_state);
+    CHECK(access(rep->moved_aside, F_OK) == 0);
+    CHECK(count_prefix(f.dir, "orders.db.failed-") >= 1); /* with its -wal and -shm, if any */
+    CHECK(rep->chosen >= 0);
+    CHECK_STR(rep->source, "snapshot");
+    if (strstr(rep->candidates[rep->chosen].found_in, "table"))
+        CHECK_STR(rep->candidates[rep->chosen].manifest.snapshot_id, f.newer.snapshot_id);
+    CHECK(tly_recovery_finish(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK(orders_in(f.db) == 100 || orders_in(f.db) == 200);
+end:
+    free(rep);
+}
+
+/* Snapshots of another database in a shared directory are not candidates. */
+static void test_other_database_ignored(void)
+{
+    struct fixture f;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    tly_snapshot_manifest other;
+    char err[1024], other_db[400];
+
+    CHECK(rep && setup(&f) == 0);
+    snprintf(other_db, sizeof(other_db), "%s/telemetry.db", f.dir);
+    CHECK(apply_orders(other_db, 0, 10) == 0);
+    CHECK(tly_snapshot_write(other_db, f.snaps, 0, &other, err, sizeof(err)) == 0);
+    CHECK(unlink(f.db) == 0);
+    CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_INT(rep->candidate_count, 2);
+    for (int i = 0; i < rep->candidate_count; i++)
+        CHECK(strcmp(rep->candidates[i].manifest.snapshot_id, other.snapshot_id) != 0);
+    CHECK_INT(orders_in(f.db), 200);
+end:
+    free(rep);
+}
+
+/* Every snapshot damaged and no changelog to replay: refusing to start empty,
+ * saying why; --allow-empty starts. */
+static void test_refuses_empty(void)
+{
+    struct fixture f;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    char err[2048];
+
+    CHECK(rep && setup(&f) == 0);
+    CHECK(unlink(f.db) == 0);
+    flip_bytes(f.newer.path, 100);
+    CHECK(truncate(f.older.path, file_size(f.older.path) - 4096) == 0);
+    CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_INT(rep->chosen, -1);
+    CHECK_STR(rep->source, "new");
+    CHECK(tly_recovery_finish(&f.cfg, rep, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "--allow-empty") && strstr(err, "none of the 2 snapshot"), "%s", err);
+    f.cfg.allow_empty = 1;
+    CHECK(tly_recovery_finish(&f.cfg, rep, err, sizeof(err)) == 0);
+end:
+    free(rep);
+}
+
+/* A dry run verifies but restores nothing and moves nothing. */
+static void test_dry_run_changes_nothing(void)
+{
+    struct fixture f;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    char err[1024];
+    off_t size;
+
+    CHECK(rep && setup(&f) == 0);
+    flip_bytes(f.db, file_size(f.db) - 4096 * 3);
+    size = file_size(f.db);
+    f.cfg.dry_run = 1;
+    CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) == 0);
+    CHECK_MSG(strncmp(rep->db_state, "failed: ", 8) == 0, "%s", rep->db_state);
+    CHECK_INT(rep->chosen, 0);
+    CHECK_STR(rep->candidates[0].status, "verifies");
+    CHECK(rep->moved_aside[0] == '\0');
+    CHECK_INT(count_prefix(f.dir, "orders.db.failed-"), 0);
+    CHECK_INT(file_size(f.db), size);
+    CHECK(tly_recovery_finish(&f.cfg, rep, err, sizeof(err)) == 0);
+end:
+    free(rep);
+}
+
+int main(void)
+{
+    RUN(test_intact);
+    RUN(test_missing_newest_corrupt);
+    RUN(test_failed_database_table_manifests);
+    RUN(test_other_database_ignored);
+    RUN(test_refuses_empty);
+    RUN(test_dry_run_changes_nothing);
+    return tly_test_finish();
+}
