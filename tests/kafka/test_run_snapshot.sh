@@ -2,8 +2,11 @@
 # test_run_snapshot.sh - `tally run --snapshot-interval`: the daemon writes
 # snapshots while it consumes, keeps the newest --snapshot-keep, and produces
 # each manifest (keyed by pipeline) to the compacted <prefix>-snapshots topic.
-# An early snapshot, restored into a new state directory, and the daemon started
-# on it again catches up from the changelog topic to exactly the same totals.
+# Every snapshot taken while batches were being committed is exactly the state
+# at its manifest's changelog offsets: restored, it equals the changelog topic's
+# records up to those offsets replayed into an empty database. An early
+# snapshot, restored into a new state directory, and the daemon started on it
+# again catches up from the changelog topic to exactly the same totals.
 # shellcheck source-path=SCRIPTDIR source=lib_run.sh
 source "$(dirname "$0")/lib_run.sh"
 
@@ -38,10 +41,30 @@ early_db=${early_json%.json}.db
 mkdir -p "$WORK/kept"
 cp "$early_db" "$early_json" "$WORK/kept/"
 early_seq=$(sed -E 's/.*"lastSeq":([0-9]+).*/\1/' "$early_json")
-produce "$IN" "$WORK/second.kv"
+# Every snapshot is copied aside as it appears (keep 2 deletes them): taken
+# while the second half trickles in, they are snapshots under writes.
+mkdir -p "$WORK/all"
+(
+    while :; do
+        for json in "$SNAPS"/snapshot-*.json; do
+            [[ -e "$json" && ! -e "$WORK/all/$(basename "$json")" ]] || continue
+            cp "${json%.json}.db" "$WORK/all/" 2>/dev/null && cp "$json" "$WORK/all/" 2>/dev/null || true
+        done
+        sleep 0.05
+    done
+) &
+COPIER=$!
+BG_PIDS+=("$COPIER")
+split -l 500 "$WORK/second.kv" "$WORK/second.part."
+for part in "$WORK"/second.part.*; do
+    produce "$IN" "$part"
+    sleep 0.25
+done
 wait_done "$WORK/state1/orders.db" $((N1 + N2)) "$PREFIX" 0 120 "$TALLY_PID"
 sleep 1.5 # one more snapshot after the second half
 tally_stop "$TALLY_PID"
+sleep 0.2
+kill "$COPIER" 2>/dev/null || true
 
 # Files: at most --snapshot-keep of each, no temporary leftovers.
 n_db=$(find "$SNAPS" -maxdepth 1 -name 'snapshot-*.db' | wc -l)
@@ -67,6 +90,32 @@ newest_path=$(sed -E 's/.*"path":"([^"]+)".*/\1/' <<<"$newest")
     fail "the newest snapshot does not restore"
 ok
 
+# Each snapshot = the changelog topic up to its manifest's offsets.
+read_topic "$PREFIX-changelog" '%p\t%o\t%s\n' >"$WORK/changelog.tsv"
+compared=0
+for json in "$WORK"/all/snapshot-*.json; do
+    [[ -e "$json" ]] || continue
+    id=$(basename "$json" .json)
+    "$TALLY" restore --snapshot "$json" --db "$WORK/$id.restored.db" >/dev/null ||
+        fail "snapshot $id does not restore"
+    # "lastChangelogOffset":{"<topic>.0":N,...} -> "0 N" lines
+    sed -E 's/.*"lastChangelogOffset":\{([^}]*)\}.*/\1/' "$json" | tr ',' '\n' |
+        sed -E 's/^"[^"]*\.([0-9]+)":([0-9]+)$/\1 \2/' >"$WORK/$id.offsets"
+    awk -F'\t' 'NR == FNR { upto[$1] = $2; next } ($1 in upto) && $2 <= upto[$1] { print $3 }' \
+        FS=' ' "$WORK/$id.offsets" FS='\t' "$WORK/changelog.tsv" >"$WORK/$id.prefix.jsonl"
+    "$TALLY" replay --db "$WORK/$id.replayed.db" --on-gap warn "$WORK/$id.prefix.jsonl" \
+        >/dev/null 2>"$WORK/$id.replay.err" || fail "replaying the changelog prefix of $id failed: $(tail -n 2 "$WORK/$id.replay.err")"
+    diff=$(sqlite3 "$WORK/$id.restored.db" "ATTACH '$WORK/$id.replayed.db' AS r;
+        SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM r.order_window_state))
+             + (SELECT count(*) FROM (SELECT * FROM r.order_window_state EXCEPT SELECT * FROM main.order_window_state))")
+    rows=$(sqlval "$WORK/$id.restored.db" 'SELECT count(*) FROM order_window_state')
+    ((rows > 0)) || fail "snapshot $id holds no state"
+    assert_eq "rows differing between snapshot $id and the changelog up to its offsets" 0 "$diff"
+    compared=$((compared + 1))
+done
+((compared >= 3)) || fail "only $compared snapshots were caught while orders flowed"
+ok
+
 # Recovery: the early snapshot (first half only) restored into a new state dir;
 # the daemon replays the changelog after the snapshot's offsets and ends exact.
 (( early_seq > 0 )) || fail "early snapshot has no seq"
@@ -84,4 +133,4 @@ wait_done "$WORK/state2/orders.db" $((N1 + N2)) "$PREFIX" 0 60 "$TALLY_PID"
 tally_stop "$TALLY_PID"
 check_totals "restored from the early snapshot" "$WORK/orders.tsv" "$WORK/state2/orders.db" "$OUT"
 
-finish "$snapshots_logged snapshots; early snapshot held $before orders, caught up to $((N1 + N2))"
+finish "$snapshots_logged snapshots, $compared equal to the changelog at their offsets; early snapshot held $before orders, caught up to $((N1 + N2))"
