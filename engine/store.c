@@ -101,7 +101,7 @@ int tly_store_open(const char *path, const tly_store_options *opts, tly_store **
 {
     tly_store_options defaults;
     tly_store *store = NULL;
-    char pragmas[256];
+    char pragmas[512];
     char *msg = NULL;
     int target;
 
@@ -129,9 +129,12 @@ int tly_store_open(const char *path, const tly_store_options *opts, tly_store **
     sqlite3_extended_result_codes(store->db, 1);
     sqlite3_busy_timeout(store->db, opts->busy_timeout_ms);
     /* journal_mode is the first statement that reads the file, so "file is not a
-     * database" surfaces here. */
+     * database" surfaces here. auto_vacuum only takes on a new database (before
+     * its first table): INCREMENTAL lets the daemon give the pages of a pruned
+     * changelog back (PRAGMA incremental_vacuum), so snapshots, which copy every
+     * page, stay the size of the state. */
     snprintf(pragmas, sizeof(pragmas),
-             "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA temp_store = MEMORY;"
+             "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA temp_store = MEMORY;"
              "PRAGMA cache_size = -%lld; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = %d;",
              opts->synchronous, (long long)opts->cache_kib, opts->wal_autocheckpoint);
     if (sqlite3_exec(store->db, pragmas, NULL, NULL, &msg) != SQLITE_OK) {
