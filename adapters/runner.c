@@ -149,7 +149,7 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
         int64_t offset;
         snprintf(key, sizeof(key), "kafka.input.%s.%d", partitions->elems[i].topic,
                  (int)partitions->elems[i].partition);
-        if (tly_store_meta_get_int(r->store, key, &offset) == 0)
+        if (tly_store_meta_get_int(r->store, key, &offset) == 1)
             partitions->elems[i].offset = offset;
     }
 }
@@ -604,16 +604,19 @@ database_failed_after_kafka:
 /* ------------------------------------------------------------------------ */
 
 /* The changelog table is pruned up to the newest snapshot (recovery never needs
- * the rows inside one: the changelog topic has them), but rows younger than
- * changelog_retention_ms stay for `tally changelog export`. Sets the bound;
- * prune_some() deletes in small steps between batches. */
+ * the rows inside one: the changelog topic has them; and snapshot + an export
+ * of the rows after it rebuild the state offline), but rows younger than
+ * changelog_retention_ms stay for `tally changelog export`. Without snapshots,
+ * only the retention bounds it. Sets the bound; prune_some() deletes in small
+ * steps between batches. */
 static void plan_pruning(struct runner *r)
 {
     sqlite3_stmt *stmt = NULL;
-    int64_t below = r->snapshot_seq + 1, cutoff_ms;
+    int64_t upto = r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
+    int64_t below = upto + 1, cutoff_ms;
     struct timespec ts;
 
-    if (r->snapshot_seq <= 0)
+    if (upto <= 0)
         return;
     clock_gettime(CLOCK_REALTIME, &ts);
     cutoff_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - r->cfg->changelog_retention_ms;
@@ -909,7 +912,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     tly_recovery_report recovery;
     char err[1024], window_setting[64];
     const char *settings[2] = {NULL, NULL};
-    int64_t last_report;
+    int64_t last_report, next_prune_plan = 0;
     bool first_commit = false;
     int rc = -1;
 
@@ -1011,6 +1014,10 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         }
         if (maybe_snapshot(&r, errbuf, errlen) < 0)
             goto done;
+        if (cfg->snapshot_interval_ms <= 0 && now_ms() >= next_prune_plan) {
+            next_prune_plan = now_ms() + 10000;
+            plan_pruning(&r);
+        }
         prune_some(&r);
         if (now_ms() - last_report >= 10000) {
             last_report = now_ms();
