@@ -159,12 +159,19 @@ static int move_aside(const char *db_path, tly_recovery_report *rep, char *errbu
 {
     static const char *const suffixes[] = {"", "-wal", "-shm"};
     char stamp[32];
-    time_t t = time(NULL);
+    struct timespec ts;
     struct tm tm;
 
-    gmtime_r(&t, &tm);
-    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
-    snprintf(rep->moved_aside, sizeof(rep->moved_aside), "%s.failed-%s", db_path, stamp);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
+    /* rename() replaces its target: never onto an earlier failed copy. */
+    for (int n = 0;; n++) {
+        snprintf(rep->moved_aside, sizeof(rep->moved_aside), "%s.failed-%s%03ldZ%s%.0d", db_path,
+                 stamp, ts.tv_nsec / 1000000, n ? "-" : "", n);
+        if (!file_exists(rep->moved_aside))
+            break;
+    }
     for (size_t i = 0; i < sizeof(suffixes) / sizeof(*suffixes); i++) {
         char from[4200], to[4300];
         snprintf(from, sizeof(from), "%s%s", db_path, suffixes[i]);
@@ -485,6 +492,8 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
             if (file_exists(side) && !cfg->dry_run) {
                 if (move_aside(cfg->db_path, rep, errbuf, errlen) < 0)
                     return -1;
+                tly_log("warn", "database_moved_aside", "db=%s to=%s reason=\"-wal or -shm without its database\"",
+                        cfg->db_path, rep->moved_aside);
                 break;
             }
         }
@@ -761,6 +770,7 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
                   rep->history_partitions > 0 ? "the consumer group has committed input offsets"
                                               : "snapshots of it existed",
                   cfg->db_path);
+        rep->refused = 1;
         goto done;
     }
     rep->ttr_ms = now_ms() - rep->started_ms;
@@ -774,12 +784,27 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
             rep->chosen >= 0 ? rep->candidates[rep->chosen].manifest.snapshot_id : "-",
             rep->db_state[0] == 'f' ? "failed" : rep->db_state);
     /* With the changelog off the positions the state recorded (a restored
-     * snapshot's among them) are the ones to resume from: left as they are. */
-    record_in_meta(cfg, rep, cfg->changelog ? committed : NULL);
+     * snapshot's among them) are the ones to resume from: left as they are.
+     * An empty start (new, or --allow-empty) begins where the group stands. */
+    record_in_meta(cfg, rep, cfg->changelog || empty ? committed : NULL);
 done:
     if (committed)
         rd_kafka_topic_partition_list_destroy(committed);
     return rc;
+}
+
+void tly_recovery_discard(const tly_recovery_config *cfg, const tly_recovery_report *rep)
+{
+    /* Only a database this recovery created (nothing was intact): left
+     * behind, it would pass for an intact one at the next start, and block
+     * tally restore into its path. */
+    if (!rep->refused || strcmp(rep->db_state, "intact") == 0 || cfg->dry_run)
+        return;
+    for (int i = 0; i < 3; i++) {
+        char path[4200];
+        snprintf(path, sizeof(path), "%s%s", cfg->db_path, i == 0 ? "" : i == 1 ? "-wal" : "-shm");
+        unlink(path);
+    }
 }
 
 void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_report *rep, FILE *out)

@@ -68,6 +68,7 @@ typedef struct tly_recovery_report {
     int64_t records_replayed, bytes_replayed;
     int history_partitions;        /* input partitions with committed offsets (-1: unknown) */
     const char *source;            /* "local", "snapshot", "changelog" or "new" */
+    int refused;                   /* finish refused to start empty */
     int64_t ttr_ms;
 } tly_recovery_report;
 
@@ -88,6 +89,11 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
  * would start empty while history exists and cfg->allow_empty is 0. */
 int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *report,
                         char *errbuf, size_t errlen);
+
+/* After a refusal (and once the database is closed): deletes the empty
+ * database this recovery created, so the next start does not take it for an
+ * intact one. A no-op otherwise. */
+void tly_recovery_discard(const tly_recovery_config *cfg, const tly_recovery_report *rep);
 
 /* Writes the plan (dry run) or what was done, for people, to out. */
 void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_report *report,

@@ -142,8 +142,22 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
  * are written a second time, with the same values). */
 static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
 {
+    sqlite3_stmt *stmt = NULL;
+    bool recorded_any = false;
+
     if (r->cfg->changelog || !r->store)
         return;
+    /* A state that recorded some input partitions but not this one never
+     * applied anything of it - even if the group committed offsets for it (a
+     * crash after the Kafka commit of its first batch): it starts from the
+     * beginning. A state that recorded none (new, or --allow-empty) takes the
+     * group's offsets. */
+    if (sqlite3_prepare_v2(tly_store_db(r->store),
+                           "SELECT count(*) FROM meta WHERE key LIKE 'kafka.input.%'", -1, &stmt,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        recorded_any = sqlite3_column_int64(stmt, 0) > 0;
+    sqlite3_finalize(stmt);
     for (int i = 0; i < partitions->cnt; i++) {
         char key[512];
         int64_t offset;
@@ -151,6 +165,8 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
                  (int)partitions->elems[i].partition);
         if (tly_store_meta_get_int(r->store, key, &offset) == 1)
             partitions->elems[i].offset = offset;
+        else if (recorded_any)
+            partitions->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING;
     }
 }
 
@@ -1051,6 +1067,8 @@ done:
     }
     tly_pipeline_close(r.pipeline);
     tly_store_close(r.store);
+    if (rcfg.db_path)
+        tly_recovery_discard(&rcfg, &recovery);
     free(r.messages);
     free(r.events);
     free(r.results);

@@ -233,6 +233,39 @@ done:
     return rc;
 }
 
+static int newest_first(const void *a, const void *b)
+{
+    const tly_snapshot_manifest *x = a, *y = b;
+    if (x->created_ms != y->created_ms)
+        return x->created_ms > y->created_ms ? -1 : 1;
+    return strcmp(y->snapshot_id, x->snapshot_id);
+}
+
+/* The table only lists the snapshots this database file wrote: a database
+ * restored from a snapshot does not know the newer ones beside it. So the
+ * directory, too, keeps only the newest `keep` of this database's snapshots. */
+static void prune_directory(const char *dir, const char *database, int keep)
+{
+    tly_snapshot_manifest *list = NULL;
+    int n = 0, kept = 0;
+    char why[256];
+
+    if (tly_snapshot_list(dir, &list, &n, why, sizeof(why)) < 0)
+        return;
+    qsort(list, (size_t)n, sizeof(*list), newest_first);
+    for (int i = 0; i < n; i++) {
+        char file[4200];
+        if (strcmp(list[i].database, database) != 0)
+            continue;
+        if (++kept <= keep)
+            continue;
+        /* The file in this directory, whatever path its manifest names. */
+        snprintf(file, sizeof(file), "%s/snapshot-%s.db", dir, list[i].snapshot_id);
+        remove_snapshot_files(file);
+    }
+    free(list);
+}
+
 int tly_snapshot_write(const char *db_path, const char *dir, int keep,
                        tly_snapshot_manifest *m, char *errbuf, size_t errlen)
 {
@@ -283,6 +316,8 @@ int tly_snapshot_write(const char *db_path, const char *dir, int keep,
     }
     if (record_manifest(db_path, m, keep, errbuf, errlen) < 0)
         goto done;
+    if (keep > 0)
+        prune_directory(dir, m->database, keep);
     rc = 0;
 done:
     unlink(tmp_db);

@@ -274,6 +274,27 @@ end:
     free(rep);
 }
 
+/* A database restored from an older snapshot does not list the newer ones in
+ * its table; --snapshot-keep still holds for the directory. */
+static void test_keep_after_restore(void)
+{
+    struct fixture f;
+    tly_snapshot_manifest m;
+    char err[1024];
+
+    CHECK(setup(&f) == 0);
+    CHECK(unlink(f.db) == 0);
+    CHECK(tly_snapshot_restore(&f.older, f.db, err, sizeof(err)) == 0);
+    CHECK(apply_orders(f.db, 100, 10) == 0);
+    CHECK(tly_snapshot_write(f.db, f.snaps, 2, &m, err, sizeof(err)) == 0);
+    CHECK_INT(count_prefix(f.snaps, "snapshot-"), 4); /* 2 x (.db + .json) */
+    CHECK(access(f.older.path, F_OK) != 0);
+    CHECK(access(f.newer.path, F_OK) == 0);
+    CHECK(access(m.path, F_OK) == 0);
+end:
+    return;
+}
+
 int main(void)
 {
     RUN(test_intact);
@@ -282,5 +303,6 @@ int main(void)
     RUN(test_other_database_ignored);
     RUN(test_refuses_empty);
     RUN(test_dry_run_changes_nothing);
+    RUN(test_keep_after_restore);
     return tly_test_finish();
 }
