@@ -726,6 +726,32 @@ static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_re
     tly_store_close(store);
 }
 
+/* With the changelog off the state catches up by reading the input again
+ * from the positions it recorded: how many records that is (the group's
+ * committed offsets minus those positions; transaction markers included). */
+static int64_t input_behind(const char *db_path, const rd_kafka_topic_partition_list_t *committed)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int64_t behind = 0;
+
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &stmt, NULL) == SQLITE_OK) {
+        for (int i = 0; i < committed->cnt; i++) {
+            char key[512];
+            snprintf(key, sizeof(key), "kafka.input.%s.%d", committed->elems[i].topic,
+                     (int)committed->elems[i].partition);
+            sqlite3_bind_text(stmt, 1, key, -1, SQLITE_TRANSIENT);
+            if (sqlite3_step(stmt) == SQLITE_ROW && committed->elems[i].offset > sqlite3_column_int64(stmt, 0))
+                behind += committed->elems[i].offset - sqlite3_column_int64(stmt, 0);
+            sqlite3_reset(stmt);
+        }
+    }
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return behind;
+}
+
 int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep, char *errbuf,
                         size_t errlen)
 {
@@ -739,7 +765,7 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
      * committed transaction, which is where the group's committed offsets
      * are: those become the positions SQLite records (what --changelog off
      * would resume from, and what people read in meta). */
-    if ((empty || rep->records_replayed > 0) && cfg->brokers) {
+    if ((empty || rep->records_replayed > 0 || !cfg->changelog) && cfg->brokers) {
         if (!(committed = committed_input(cfg, why, sizeof(why)))) {
             tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
                       cfg->group_id, why);
@@ -773,14 +799,21 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
         rep->refused = 1;
         goto done;
     }
+    if (!cfg->changelog && committed && !empty)
+        /* a dry run restored nothing: the chosen snapshot holds the positions */
+        rep->input_reread = input_behind(cfg->dry_run && rep->chosen >= 0
+                                             ? rep->candidates[rep->chosen].manifest.path
+                                             : cfg->db_path,
+                                         committed);
     rep->ttr_ms = now_ms() - rep->started_ms;
     rc = 0;
     if (cfg->dry_run)
         goto done;
     tly_log("info", "recovered",
-            "source=%s ttr_ms=%lld records_replayed=%lld bytes_replayed=%lld snapshot=%s db=%s",
+            "source=%s ttr_ms=%lld records_replayed=%lld bytes_replayed=%lld input_reread=%lld "
+            "snapshot=%s db=%s",
             rep->source, (long long)rep->ttr_ms, (long long)rep->records_replayed,
-            (long long)rep->bytes_replayed,
+            (long long)rep->bytes_replayed, (long long)rep->input_reread,
             rep->chosen >= 0 ? rep->candidates[rep->chosen].manifest.snapshot_id : "-",
             rep->db_state[0] == 'f' ? "failed" : rep->db_state);
     /* With the changelog off the positions the state recorded (a restored
@@ -827,6 +860,8 @@ void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_repor
     }
     if (!cfg->changelog) {
         fprintf(out, "changelog   off: the input is read again from the positions the state recorded\n");
+        fprintf(out, "input       %lld record(s) to read again (up to the group's committed offsets)\n",
+                (long long)rep->input_reread);
     } else {
         fprintf(out, "changelog   %s, %d partition(s)\n", cfg->topics->changelog.name,
                 rep->changelog_partitions);

@@ -66,6 +66,8 @@ typedef struct tly_recovery_report {
     int changelog_partitions;
     int64_t end_offsets[TLY_MAX_PARTITIONS]; /* high watermarks when the replay began */
     int64_t records_replayed, bytes_replayed;
+    int64_t input_reread;          /* changelog off: input records behind the group's
+                                      committed offsets, read again by the consumer */
     int history_partitions;        /* input partitions with committed offsets (-1: unknown) */
     const char *source;            /* "local", "snapshot", "changelog" or "new" */
     int refused;                   /* finish refused to start empty */
