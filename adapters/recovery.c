@@ -87,10 +87,22 @@ static bool file_exists(const char *path)
     return access(path, F_OK) == 0;
 }
 
+/* Whether an SQLite error means the file itself is bad (then it is moved
+ * aside and rebuilt) rather than that it cannot be read right now - busy,
+ * permissions, I/O - which must stop the start: moving a good database aside
+ * because another process held it would throw its state away. */
+static bool damaged(int code)
+{
+    code &= 0xff;
+    return code == SQLITE_CORRUPT || code == SQLITE_NOTADB || code == SQLITE_ERROR ||
+           code == SQLITE_FORMAT || code == SQLITE_SCHEMA;
+}
+
 /* Opens the database read-write (so SQLite recovers its WAL after a crash) and
  * runs its checks. Returns 1 when it passes, 0 when it does not exist, -1 when
- * it fails (why says how). When it passes, reads the changelog offsets it
- * recorded and whether it holds any state. */
+ * it is damaged, -2 when it cannot be checked now (why says how). When it
+ * passes, reads the changelog offsets it recorded and whether it holds any
+ * state. */
 static int check_database(const tly_recovery_config *cfg, tly_recovery_report *rep, bool *has_state,
                           char *why, size_t whylen)
 {
@@ -104,7 +116,7 @@ static int check_database(const tly_recovery_config *cfg, tly_recovery_report *r
         if (errno == ENOENT)
             return 0;
         snprintf(why, whylen, "%s", strerror(errno));
-        return -1;
+        return -2;
     }
     if (st.st_size == 0) {
         /* SQLite would take a 0-byte file for a new database. */
@@ -113,6 +125,7 @@ static int check_database(const tly_recovery_config *cfg, tly_recovery_report *r
     }
     if (sqlite3_open_v2(cfg->db_path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
         snprintf(why, whylen, "cannot open: %s", db ? sqlite3_errmsg(db) : "out of memory");
+        rc = db && damaged(sqlite3_extended_errcode(db)) ? -1 : -2;
         goto done;
     }
     sqlite3_busy_timeout(db, 5000);
@@ -121,6 +134,7 @@ static int check_database(const tly_recovery_config *cfg, tly_recovery_report *r
     if (sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &stmt, NULL) != SQLITE_OK ||
         sqlite3_step(stmt) != SQLITE_ROW) {
         snprintf(why, whylen, "%s", sqlite3_errmsg(db));
+        rc = damaged(sqlite3_extended_errcode(db)) ? -1 : -2;
         goto done;
     }
     if (strcmp((const char *)sqlite3_column_text(stmt, 0), "ok") != 0) {
@@ -474,6 +488,9 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
         rep->start_offsets[p] = rep->end_offsets[p] = -1;
 
     state = check_database(cfg, rep, &has_state, why, sizeof(why));
+    if (state == -2)
+        return tly_error(errbuf, errlen, "cannot check the database %s: %s (it is left as it is)",
+                         cfg->db_path, why);
     if (state == 1) {
         snprintf(rep->db_state, sizeof(rep->db_state), "intact");
         rep->source = "local";

@@ -295,6 +295,31 @@ end:
     return;
 }
 
+/* A database another process holds (busy) is not damaged: the start stops
+ * with the reason and the file stays where it is. Takes the 5 s busy wait. */
+static void test_busy_is_not_damaged(void)
+{
+    struct fixture f;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    sqlite3 *holder = NULL;
+    char err[1024];
+
+    CHECK(rep && setup(&f) == 0);
+    CHECK(sqlite3_open(f.db, &holder) == SQLITE_OK);
+    CHECK(sqlite3_exec(holder, "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;"
+                               " INSERT INTO meta VALUES ('held', 1);", NULL, NULL, NULL) == SQLITE_OK);
+    CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "cannot check the database") && strstr(err, "locked"), "%s", err);
+    CHECK_INT(count_prefix(f.dir, "orders.db.failed-"), 0);
+    sqlite3_exec(holder, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(holder);
+    holder = NULL;
+    CHECK_INT(orders_in(f.db), 300);
+end:
+    sqlite3_close(holder);
+    free(rep);
+}
+
 int main(void)
 {
     RUN(test_intact);
@@ -304,5 +329,6 @@ int main(void)
     RUN(test_refuses_empty);
     RUN(test_dry_run_changes_nothing);
     RUN(test_keep_after_restore);
+    RUN(test_busy_is_not_damaged);
     return tly_test_finish();
 }
