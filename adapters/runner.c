@@ -27,7 +27,9 @@
 
 #include "changelog.h"
 #include "log.h"
+#include "http.h"
 #include "kconf.h"
+#include "metrics.h"
 #include "pipeline.h"
 #include "recovery.h"
 #include "snapshot.h"
@@ -78,6 +80,8 @@ struct runner {
     char snapshot_dir[4096];
     int64_t next_snapshot_ms, snapshots, snapshot_seq;
     struct snapshot_job *snapshot_job;
+    tly_metrics *metrics;
+    int64_t last_gauges;
     /* changelog table pruning: rows with seq < prune_below may go */
     int64_t prune_below, pruned_rows;
 };
@@ -106,6 +110,8 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
      * for an hour, it would dwarf the state and every snapshot with it. */
     cfg->changelog_retention_ms = 0;
     cfg->manage_topics = 1;
+    cfg->query_timeout_ms = 5000;
+    cfg->query_max_rows = 10000;
 }
 
 static void crash_point(struct runner *r, const char *step)
@@ -176,6 +182,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     struct runner *r = opaque;
     rd_kafka_error_t *error = NULL;
 
+    tly_metrics_add(r->metrics, TLY_C_REBALANCES, 1);
+    tly_metrics_clear_lag(r->metrics); /* refilled from the new assignment */
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         tly_log("info", "rebalance", "change=assigned partitions=%d", partitions->cnt);
         positions_from_state(r, partitions);
@@ -432,6 +440,76 @@ static rd_kafka_topic_partition_list_t *batch_offsets(struct runner *r)
 
 enum batch_result { BATCH_COMMITTED, BATCH_ABORTED, BATCH_FATAL };
 
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A committed batch's figures. End-to-end latency is measured from each
+ * input record's Kafka timestamp (set by its producer, or by the broker for
+ * LogAppendTime topics) to now, when the batch's outputs became visible to
+ * read_committed readers. */
+static void count_batch(struct runner *r, const tly_batch_stats *stats, int64_t outputs,
+                        int64_t t_start, int64_t t_applied, int64_t t_produced, int64_t t_kafka)
+{
+    int64_t now = wall_ms();
+    tly_metrics *m = r->metrics;
+    tly_metrics_add(m, TLY_C_CONSUMED, r->count);
+    tly_metrics_add(m, TLY_C_APPLIED, stats->applied);
+    tly_metrics_add(m, TLY_C_REJECTED, stats->rejected);
+    tly_metrics_add(m, TLY_C_SKIPPED, stats->skipped);
+    tly_metrics_add(m, TLY_C_CHANGES, stats->changes);
+    tly_metrics_add(m, TLY_C_OUTPUTS, outputs);
+    tly_metrics_add(m, TLY_C_BATCHES, 1);
+    tly_metrics_add(m, TLY_C_TXN_COMMITTED, 1);
+    tly_metrics_observe_ms(m, TLY_H_APPLY, (double)(t_applied - t_start), 1);
+    tly_metrics_observe_ms(m, TLY_H_COMMIT, (double)(t_kafka - t_produced), 1);
+    tly_metrics_observe_ms(m, TLY_H_BATCH, (double)(now_ms() - t_start), 1);
+    for (int i = 0; i < r->count; i++) {
+        int64_t ts = rd_kafka_message_timestamp(r->messages[i], NULL);
+        if (ts > 0)
+            tly_metrics_observe_ms(m, TLY_H_E2E, (double)(now - ts), 1);
+    }
+    tly_metrics_set(m, TLY_G_LAST_SEQ, tly_store_last_seq(r->store));
+}
+
+/* Every second between batches: consumer lag per assigned partition (the
+ * high watermark librdkafka last saw minus our position: no broker round
+ * trip), and every ten seconds the changelog table's row count. */
+static void update_gauges(struct runner *r)
+{
+    rd_kafka_topic_partition_list_t *assigned = NULL;
+    int64_t now = now_ms();
+    static const int64_t every_ms = 1000;
+
+    if (!r->metrics || now - r->last_gauges < every_ms)
+        return;
+    if (now / 10000 != r->last_gauges / 10000) {
+        sqlite3_stmt *stmt = NULL;
+        if (sqlite3_prepare_v2(tly_store_db(r->store), "SELECT count(*) FROM changelog", -1, &stmt,
+                               NULL) == SQLITE_OK &&
+            sqlite3_step(stmt) == SQLITE_ROW)
+            tly_metrics_set(r->metrics, TLY_G_CHANGELOG_ROWS, sqlite3_column_int64(stmt, 0));
+        sqlite3_finalize(stmt);
+    }
+    r->last_gauges = now;
+    if (rd_kafka_assignment(r->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    if (rd_kafka_position(r->consumer, assigned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < assigned->cnt; i++) {
+            int64_t low, high;
+            rd_kafka_topic_partition_t *p = &assigned->elems[i];
+            if (rd_kafka_get_watermark_offsets(r->consumer, p->topic, p->partition, &low, &high) ==
+                    RD_KAFKA_RESP_ERR_NO_ERROR &&
+                high >= 0 && p->offset >= 0)
+                tly_metrics_set_lag(r->metrics, p->topic, p->partition, high - p->offset);
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(assigned);
+}
+
 /* Aborts the Kafka transaction after an abortable error; rolls SQLite back. */
 static enum batch_result abort_batch(struct runner *r, const char *what, const char *why,
                                      char *errbuf, size_t errlen)
@@ -440,6 +518,7 @@ static enum batch_result abort_batch(struct runner *r, const char *what, const c
     tly_store_rollback(r->store);
     tly_log("warn", "transaction_aborted", "step=%s error=\"%s\"", what, why);
     r->aborted++;
+    tly_metrics_add(r->metrics, TLY_C_TXN_ABORTED, 1);
     if ((error = rd_kafka_abort_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
         tly_error(errbuf, errlen, "cannot abort the transaction after %s failed (%s): %s", what, why,
              rd_kafka_error_string(error));
@@ -596,6 +675,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     r->skipped += stats.skipped;
     r->changes += stats.changes;
     r->outputs += ctx.count;
+    count_batch(r, &stats, ctx.count, t_start, t_applied, t_produced, t_kafka);
     return BATCH_COMMITTED;
 
 database_failed:
@@ -780,6 +860,7 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
     pthread_join(job->thread, NULL);
     job->running = false;
     if (job->rc < 0) {
+        tly_metrics_add(r->metrics, TLY_C_SNAPSHOT_ERRORS, 1);
         tly_log("error", "snapshot_error", "error=%s", tly_log_quote(job->why, (char[1100]){0}, 1100));
         return 0;
     }
@@ -807,6 +888,10 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
                    : 0;
     r->snapshots++;
     r->snapshot_seq = m->last_seq;
+    tly_metrics_add(r->metrics, TLY_C_SNAPSHOTS, 1);
+    tly_metrics_set(r->metrics, TLY_G_SNAPSHOT_WRITE_MS, job->written_ms - job->started_ms);
+    tly_metrics_set(r->metrics, TLY_G_SNAPSHOT_BYTES, m->bytes);
+    tly_metrics_set(r->metrics, TLY_G_SNAPSHOT_LAST_SEQ, m->last_seq);
     plan_pruning(r);
     /* write_ms: the copy, beside the daemon; publish_ms: the manifest's
      * transaction, which ingestion waits for. */
@@ -926,6 +1011,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     struct runner r;
     tly_recovery_config rcfg;
     tly_recovery_report recovery;
+    tly_http *http = NULL;
     char err[1024], window_setting[64];
     const char *settings[2] = {NULL, NULL};
     int64_t last_report, next_prune_plan = 0;
@@ -934,6 +1020,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
 
     memset(&r, 0, sizeof(r));
     memset(&rcfg, 0, sizeof(rcfg));
+    memset(&recovery, 0, sizeof(recovery));
     r.cfg = cfg;
     for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
         r.changelog_offsets[p] = -1;
@@ -973,6 +1060,26 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     rcfg.changelog = cfg->changelog;
     rcfg.allow_empty = cfg->allow_empty;
     rcfg.stop = cfg->stop;
+    /* The HTTP server comes up first: /healthz answers and /readyz says
+     * "recovering" while the state is brought back. */
+    if (!(r.metrics = tly_metrics_new(cfg->pipeline))) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    if (cfg->http_listen) {
+        tly_http_config hc = {cfg->http_listen, cfg->http_token, r.db_path, cfg->pipeline,
+                              cfg->query_timeout_ms, cfg->query_max_rows, r.metrics};
+        if (tly_http_start(&hc, &http, err, sizeof(err)) < 0) {
+            if (cfg->http_required) {
+                tly_error(errbuf, errlen, "%s", err);
+                goto done;
+            }
+            tly_log("warn", "http_off", "error=%s", tly_log_quote(err, (char[1100]){0}, 1100));
+        } else {
+            tly_log("info", "http_listening", "address=%s port=%d token=%s", cfg->http_listen,
+                    tly_http_port(http), cfg->http_token ? "required" : "none");
+        }
+    }
     /* Before the database is opened: a missing or failing one is replaced by
      * the newest snapshot that verifies. */
     if (tly_recovery_prepare(&rcfg, &recovery, errbuf, errlen) < 0)
@@ -999,12 +1106,17 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         tly_recovery_finish(&rcfg, &recovery, errbuf, errlen) < 0)
         goto done;
     r.snapshot_seq = newest_snapshot_seq(&r);
+    tly_metrics_set(r.metrics, TLY_G_RECOVERY_MS, recovery.ttr_ms);
+    tly_metrics_set(r.metrics, TLY_G_RECOVERY_RECORDS, recovery.records_replayed);
+    tly_metrics_set(r.metrics, TLY_G_RECOVERY_BYTES, recovery.bytes_replayed);
+    tly_metrics_set(r.metrics, TLY_G_LAST_SEQ, tly_store_last_seq(r.store));
     if (cfg->recover_only) {
         rc = 0;
         goto done;
     }
     if (!(r.consumer = new_consumer(&r, errbuf, errlen)))
         goto done;
+    tly_metrics_set(r.metrics, TLY_G_READY, 1);
     tly_log("info", "started",
             "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s db=%s",
             cfg->pipeline, r.topics.input.name, r.topics.output.name,
@@ -1035,6 +1147,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
             plan_pruning(&r);
         }
         prune_some(&r);
+        update_gauges(&r);
         if (now_ms() - last_report >= 10000) {
             last_report = now_ms();
             tly_log("info", "progress",
@@ -1044,6 +1157,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
                     (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
         }
     }
+    tly_metrics_set(r.metrics, TLY_G_READY, 0);
     /* A snapshot under way is finished and published: it is a good one. */
     if (r.snapshot_job->running && publish_snapshot(&r, errbuf, errlen) < 0)
         goto done;
@@ -1053,6 +1167,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
             (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
     rc = 0;
 done:
+    tly_http_stop(http);
     if (r.snapshot_job && r.snapshot_job->running)
         pthread_join(r.snapshot_job->thread, NULL);
     free(r.snapshot_job);
@@ -1072,6 +1187,7 @@ done:
     free(r.messages);
     free(r.events);
     free(r.results);
+    tly_metrics_free(r.metrics);
     (void)err;
     return rc;
 }

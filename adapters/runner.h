@@ -32,7 +32,12 @@ typedef struct tly_runner_config {
                                        the snapshot that contains them (default 0) */
     int allow_empty;           /* 1: start empty even if history exists (default 0) */
     int recover_only;          /* 1: recover the database, then return 0 (tally recover) */
-    int manage_topics;         /* 1: create missing output/internal topics (default);
+    const char *http_listen;   /* HOST:PORT for /metrics, /query...; NULL: no server */
+    int http_required;         /* 1: a server that cannot listen is fatal; 0: a warning */
+    const char *http_token;    /* bearer token for /query and /metrics, or NULL */
+    int64_t query_timeout_ms;  /* /query: interrupt after this (default 5000) */
+    int64_t query_max_rows;    /* /query: at most this many rows (default 10000) */
+        int manage_topics;         /* 1: create missing output/internal topics (default);
                                   0: they exist already (the demo's mock cluster has
                                   no Admin API) */
     volatile sig_atomic_t *stop; /* set by a signal handler: finish the batch, exit 0 */

@@ -15,6 +15,7 @@ struct tly_query {
     int64_t deadline_ms;
     bool timed_out;
     char denied[160]; /* why the authorizer refused, for the error message */
+    tly_query_error error; /* what the last failed run failed on */
 };
 
 static int64_t now_ms(void)
@@ -167,11 +168,14 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
     int rc, ncols;
 
     *truncated = 0;
+    q->error = TLY_QUERY_ERR_SQL;
     q->denied[0] = '\0';
     q->timed_out = false;
     q->deadline_ms = q->opts.timeout_ms > 0 ? now_ms() + q->opts.timeout_ms : 0;
     rc = sqlite3_prepare_v2(q->db, sql, -1, &stmt, &tail);
     if (rc != SQLITE_OK) {
+        if (q->denied[0])
+            q->error = TLY_QUERY_ERR_DENIED;
         tly_error(errbuf, errlen, "%s", q->denied[0] ? q->denied : sqlite3_errmsg(q->db));
         goto err;
     }
@@ -184,12 +188,14 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
         goto err;
     }
     if (!sqlite3_stmt_readonly(stmt)) {
+        q->error = TLY_QUERY_ERR_DENIED;
         tly_error(errbuf, errlen, "only read-only statements are allowed");
         goto err;
     }
     ncols = sqlite3_column_count(stmt);
     names = calloc((size_t)ncols + 1, sizeof(*names));
     if (!names) {
+        q->error = TLY_QUERY_ERR_INTERNAL;
         tly_error(errbuf, errlen, "out of memory");
         goto err;
     }
@@ -207,10 +213,14 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
             break;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        if (q->timed_out)
+        if (q->timed_out) {
+            q->error = TLY_QUERY_ERR_TIMEOUT;
             tly_error(errbuf, errlen, "query interrupted after %lld ms (the time limit)",
                  (long long)q->opts.timeout_ms);
-        else
+        } else if (q->denied[0]) {
+            q->error = TLY_QUERY_ERR_DENIED;
+            tly_error(errbuf, errlen, "%s", q->denied);
+        } else
             tly_error(errbuf, errlen, "%s", sqlite3_errmsg(q->db));
         goto err;
     }
@@ -223,3 +233,5 @@ err:
     sqlite3_finalize(stmt);
     return -1;
 }
+
+tly_query_error tly_query_last_error(const tly_query *q) { return q->error; }

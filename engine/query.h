@@ -18,6 +18,14 @@
 
 typedef struct tly_query tly_query;
 
+/* What a failed tly_query_run failed on. */
+typedef enum tly_query_error {
+    TLY_QUERY_ERR_SQL,      /* syntax, unknown table, more than one statement... */
+    TLY_QUERY_ERR_DENIED,   /* a write, ATTACH, PRAGMA that changes something... */
+    TLY_QUERY_ERR_TIMEOUT,  /* interrupted at timeout_ms */
+    TLY_QUERY_ERR_INTERNAL, /* out of memory */
+} tly_query_error;
+
 typedef struct tly_query_options {
     int64_t timeout_ms; /* 0 = no limit */
     int64_t max_rows;   /* 0 = no limit */
@@ -41,5 +49,8 @@ void tly_query_close(tly_query *query);
  * timeout). *truncated is set to 1 when max_rows cut the result short. */
 int64_t tly_query_run(tly_query *query, const char *sql, const tly_query_sink *sink, void *ctx,
                       int *truncated, char *errbuf, size_t errlen);
+
+/* The kind of the last tly_query_run failure. */
+tly_query_error tly_query_last_error(const tly_query *query);
 
 #endif

@@ -2,6 +2,7 @@
 #include "cli_common.h"
 #include "commands.h"
 
+#include "http.h"
 #include "pipeline.h"
 #include "recovery.h"
 #include "runner.h"
@@ -44,7 +45,13 @@ static const char run_usage[] =
     "                           older than this; keep some for tally changelog export\n"
     "                           (default 0: pruned at once; the changelog topic has them)\n"
     "  --allow-empty            start with an empty state even though the group has\n"
-    "                           committed offsets and nothing can rebuild the state\n"
+    "                           committed offsets and nothing can rebuild the state\n"    "  --http HOST:PORT|off     serve /metrics, /healthz, /readyz, /query and a live page\n"
+    "                           (default 127.0.0.1:9464; if that is taken, tally runs\n"
+    "                           without it and says so; an address given here must work)\n"
+    "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
+    "                           (default: $TALLY_HTTP_TOKEN, else none)\n"
+    "  --query-timeout-ms N     interrupt a /query after N ms (default 5000)\n"
+    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"
     "\n"
     "On start, the database is recovered first (see tally recover --help): an intact\n"
     "database replays the changelog after its recorded offsets; a missing or failing\n"
@@ -105,6 +112,10 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         {"changelog-retention", required_argument, NULL, 'R'},
         {"allow-empty", no_argument, NULL, 'E'},
         {"dry-run", no_argument, NULL, 'n'},
+        {"http", required_argument, NULL, 'H'},
+        {"http-token", required_argument, NULL, 'T'},
+        {"query-timeout-ms", required_argument, NULL, 'q'},
+        {"query-max-rows", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *pipeline = NULL;
@@ -113,6 +124,8 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
 
     tly_runner_config_init(cfg, NULL);
     cfg->brokers = getenv("KAFKA_BROKERS");
+    cfg->http_listen = "127.0.0.1:9464";
+    cfg->http_token = getenv("TALLY_HTTP_TOKEN");
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
@@ -163,6 +176,28 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
                 return CLI_EXIT_USAGE;
             break;
         case 'E': cfg->allow_empty = 1; break;
+        case 'H':
+            if (strcmp(optarg, "off") == 0) {
+                cfg->http_listen = NULL;
+            } else {
+                char host[256];
+                int port;
+                if (tly_http_parse_listen(optarg, host, sizeof(host), &port) < 0)
+                    return cli_usage_error(cmd, "--http wants HOST:PORT (e.g. 127.0.0.1:9464) or off, "
+                                                "not \"%s\"", optarg);
+                cfg->http_listen = optarg;
+            }
+            cfg->http_required = 1;
+            break;
+        case 'T': cfg->http_token = optarg; break;
+        case 'q':
+            if (cli_parse_int64(cmd, "--query-timeout-ms", optarg, 1, 3600000, &cfg->query_timeout_ms) < 0)
+                return CLI_EXIT_USAGE;
+            break;
+        case 'r':
+            if (cli_parse_int64(cmd, "--query-max-rows", optarg, 1, 100000000, &cfg->query_max_rows) < 0)
+                return CLI_EXIT_USAGE;
+            break;
         case 'n':
             if (!dry_run)
                 return cli_usage_error(cmd, "--dry-run is a tally recover option");
@@ -174,6 +209,8 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
     }
     if (optind < argc)
         return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
+    if (cfg->http_token && !*cfg->http_token)
+        cfg->http_token = NULL;
     if (!pipeline)
         return cli_usage_error(cmd, "--pipeline is required (orders or telemetry)");
     if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry"))
@@ -296,6 +333,7 @@ int cmd_recover(int argc, char **argv)
     if (dry_run)
         return recover_dry_run(&cfg);
     cfg.recover_only = 1;
+    cfg.http_listen = NULL; /* a recovery serves nothing */
     if (tly_runner_run(&cfg, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally recover: %s\n", err);
         return CLI_EXIT_FAILURE;

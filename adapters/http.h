@@ -1,0 +1,50 @@
+/* adapters/http.h - the daemon's HTTP endpoint (libevent evhttp, own thread).
+ *
+ *   GET  /          a live page: throughput, lag, latency, recent windows
+ *   GET  /metrics   Prometheus text format (adapters/metrics.h)
+ *   GET  /healthz   200 while the process serves
+ *   GET  /readyz    200 once recovered and consuming, else 503
+ *   GET  /query?sql=...        read-only SQL on the live state, JSON rows
+ *   POST /query   (form sql=... or the SQL as the body)
+ *
+ * /query and /metrics need "Authorization: Bearer <token>" when a token is
+ * set; the probes and the page do not (the page asks for the token and sends
+ * it itself). Each /query opens its own read-only connection (engine/query.h:
+ * read-only file, query_only, defensive, authorizer), is interrupted after
+ * query_timeout_ms and returns at most max_rows rows. Requests are served one
+ * at a time on the HTTP thread, so a slow query delays a scrape by at most
+ * the query timeout. */
+#ifndef TLY_HTTP_H
+#define TLY_HTTP_H
+
+#include "metrics.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tly_http tly_http;
+
+typedef struct tly_http_config {
+    const char *listen;        /* "HOST:PORT" */
+    const char *token;         /* NULL: no token */
+    const char *db_path;       /* the state database /query reads */
+    const char *pipeline;      /* for the page */
+    int64_t query_timeout_ms;
+    int64_t max_rows;
+    tly_metrics *metrics;      /* borrowed; must outlive the server */
+} tly_http_config;
+
+/* Parses "HOST:PORT" (HOST may be empty for 127.0.0.1). Returns 0 or -1. */
+int tly_http_parse_listen(const char *listen, char *host, size_t hostlen, int *port);
+
+/* Binds and starts serving on a thread of its own. Returns 0 and *out, or -1
+ * with errbuf (address in use, bad address). */
+int tly_http_start(const tly_http_config *cfg, tly_http **out, char *errbuf, size_t errlen);
+
+/* Stops the thread and closes the socket. NULL is fine. */
+void tly_http_stop(tly_http *http);
+
+/* The port actually bound (useful with port 0). */
+int tly_http_port(const tly_http *http);
+
+#endif
