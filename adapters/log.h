@@ -1,5 +1,6 @@
-/* adapters/log.h - one logfmt line per event on stderr:
+/* adapters/log.h - one line per event on stderr, logfmt by default:
  *   ts=2026-11-21T05:11:42.123Z level=info event=flush vin_count=12 ...
+ * or JSON (tly_log_set_format).
  * Thread-safe (one fprintf per line). */
 #ifndef TLY_LOG_H
 #define TLY_LOG_H
@@ -14,6 +15,10 @@ void tly_log(const char *level, const char *event, const char *fmt, ...)
 /* Lines below `level` ("debug", "info", "warn", "error") are not written.
  * Returns 0, or -1 for an unknown level. Default "info". */
 int tly_log_set_level(const char *level);
+
+/* "logfmt" (default) or "json" (one object per line). Returns 0, or -1 for
+ * an unknown format. */
+int tly_log_set_format(const char *format);
 
 /* Writes value as a quoted logfmt string into buf and returns buf. */
 const char *tly_log_quote(const char *value, char *buf, size_t buflen);

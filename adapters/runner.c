@@ -82,6 +82,8 @@ struct runner {
     struct snapshot_job *snapshot_job;
     tly_metrics *metrics;
     int64_t last_gauges;
+    /* event=error rate limit */
+    int64_t error_log_second, error_lines, errors_unlogged;
     /* changelog table pruning: rows with seq < prune_below may go */
     int64_t prune_below, pruned_rows;
 };
@@ -438,6 +440,28 @@ static rd_kafka_topic_partition_list_t *batch_offsets(struct runner *r)
     return offsets;
 }
 
+/* event=error for a malformed event (it also goes to the dead-letter topic),
+ * at most 10 lines a second: a flood of bad input must not flood the log;
+ * the next line says how many were not logged. */
+static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const char *reason)
+{
+    int64_t second = now_ms() / 1000;
+    char quoted[600];
+    if (second != r->error_log_second) {
+        r->error_log_second = second;
+        r->error_lines = 0;
+    }
+    if (r->error_lines++ >= 10) {
+        r->errors_unlogged++;
+        return;
+    }
+    tly_log("warn", "error", "topic=%s partition=%d offset=%lld reason=%s dead_letter=%s unlogged=%lld",
+            rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
+            tly_log_quote(reason, quoted, sizeof(quoted)), r->topics.dlq.name,
+            (long long)r->errors_unlogged);
+    r->errors_unlogged = 0;
+}
+
 enum batch_result { BATCH_COMMITTED, BATCH_ABORTED, BATCH_FATAL };
 
 static int64_t wall_ms(void)
@@ -587,6 +611,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
             rd_kafka_resp_err_t e = produce_dead_letter(r, r->messages[i], r->results[i].reason);
             if (e)
                 return abort_batch(r, "produce dead letter", rd_kafka_err2str(e), errbuf, errlen);
+            log_rejected(r, r->messages[i], r->results[i].reason);
         } else if (r->results[i].status == TLY_EVENT_SKIPPED) {
             char quoted[256];
             tly_log("info", "skip", "partition=%d offset=%lld reason=%s", (int)r->messages[i]->partition,

@@ -3,6 +3,7 @@
 #include "commands.h"
 
 #include "http.h"
+#include "log.h"
 #include "pipeline.h"
 #include "recovery.h"
 #include "runner.h"
@@ -51,7 +52,9 @@ static const char run_usage[] =
     "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
     "                           (default: $TALLY_HTTP_TOKEN, else none)\n"
     "  --query-timeout-ms N     interrupt a /query after N ms (default 5000)\n"
-    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"
+    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"    "  --log-level L            debug, info (default), warn or error ($TALLY_LOG_LEVEL)\n"
+    "  --log-format F           logfmt (default) or json, one object per line\n"
+    "                           ($TALLY_LOG_FORMAT)\n"
     "\n"
     "On start, the database is recovered first (see tally recover --help): an intact\n"
     "database replays the changelog after its recorded offsets; a missing or failing\n"
@@ -116,6 +119,8 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         {"http-token", required_argument, NULL, 'T'},
         {"query-timeout-ms", required_argument, NULL, 'q'},
         {"query-max-rows", required_argument, NULL, 'r'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"log-format", required_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *pipeline = NULL;
@@ -190,6 +195,15 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
             cfg->http_required = 1;
             break;
         case 'T': cfg->http_token = optarg; break;
+        case 'L':
+            if (tly_log_set_level(optarg) < 0)
+                return cli_usage_error(cmd, "--log-level must be debug, info, warn or error, not \"%s\"",
+                                       optarg);
+            break;
+        case 'F':
+            if (tly_log_set_format(optarg) < 0)
+                return cli_usage_error(cmd, "--log-format must be logfmt or json, not \"%s\"", optarg);
+            break;
         case 'q':
             if (cli_parse_int64(cmd, "--query-timeout-ms", optarg, 1, 3600000, &cfg->query_timeout_ms) < 0)
                 return CLI_EXIT_USAGE;

@@ -2,7 +2,10 @@
 #include "cli_common.h"
 #include "commands.h"
 
+#include "log.h"
+
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char usage[] =
@@ -56,6 +59,19 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--version") == 0) {
         printf("tally 0.1.0\n");
         return CLI_EXIT_OK;
+    }
+    /* Every command's log lines follow these; tally run also takes them as flags. */
+    if (getenv("TALLY_LOG_LEVEL") && *getenv("TALLY_LOG_LEVEL") &&
+        tly_log_set_level(getenv("TALLY_LOG_LEVEL")) < 0) {
+        fprintf(stderr, "tally: TALLY_LOG_LEVEL must be debug, info, warn or error, not \"%s\"\n",
+                getenv("TALLY_LOG_LEVEL"));
+        return CLI_EXIT_USAGE;
+    }
+    if (getenv("TALLY_LOG_FORMAT") && *getenv("TALLY_LOG_FORMAT") &&
+        tly_log_set_format(getenv("TALLY_LOG_FORMAT")) < 0) {
+        fprintf(stderr, "tally: TALLY_LOG_FORMAT must be logfmt or json, not \"%s\"\n",
+                getenv("TALLY_LOG_FORMAT"));
+        return CLI_EXIT_USAGE;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(argv[1], commands[i].name) == 0)
