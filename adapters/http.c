@@ -350,7 +350,10 @@ int tly_http_start(const tly_http_config *cfg, tly_http **out, char *errbuf, siz
         destroy(h);
         return tly_error(errbuf, errlen, "cannot set up the HTTP server");
     }
-    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+    /* Every method reaches on_request, which says what each path allows. */
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     evhttp_set_max_body_size(h->http, MAX_SQL_BYTES);
     evhttp_set_timeout(h->http, 30);
     evhttp_set_gencb(h->http, on_request, h);

@@ -5,6 +5,9 @@
  * consumer lag, end-to-end latency p50/p95 from the histogram's deltas), and
  * shows the most recently changed rows of the pipeline's view through /query.
  * A token given as #token=... in the address is sent as a bearer token.
+ * #status shows the last error of /metrics and the last of /query, each until
+ * that endpoint answers again (a successful scrape does not hide a failing
+ * /query).
  * After each draw a canvas carries data-points="N" (how many samples it
  * shows), which the headless-browser test reads. */
 #ifndef TLY_HTTP_PAGE_H
@@ -48,6 +51,11 @@ static const char tly_http_page[] =
     "const headers = token ? {Authorization: 'Bearer ' + decodeURIComponent(token)} : {};\n"
     "const N = 120, series = {rate: [], lag: [], p50: [], p95: []};\n"
     "let prev = null;\n"
+    "const errors = {metrics: '', query: ''};\n"
+    "function status(which, text) {\n"
+    "  errors[which] = text;\n"
+    "  document.getElementById('status').textContent = [errors.metrics, errors.query].filter(Boolean).join('; ');\n"
+    "}\n"
     "function parse(text) {\n"
     "  const m = {};\n"
     "  for (const line of text.split('\\n')) {\n"
@@ -110,8 +118,8 @@ static const char tly_http_page[] =
     "    draw('c_rate', [series.rate], ['#1565c0']);\n"
     "    draw('c_lag', [series.lag], ['#c62828']);\n"
     "    draw('c_lat', [series.p50, series.p95], ['#2e7d32', '#ef6c00']);\n"
-    "    document.getElementById('status').textContent = '';\n"
-    "  } catch (e) { document.getElementById('status').textContent = String(e); }\n"
+    "    status('metrics', '');\n"
+    "  } catch (e) { status('metrics', String(e)); }\n"
     "}\n"
     "async function recent() {\n"
     "  const sql = PIPELINE === 'telemetry'\n"
@@ -125,7 +133,8 @@ static const char tly_http_page[] =
     "    t.tHead.innerHTML = '<tr>' + j.columns.map(c => '<th>' + c + '</th>').join('') + '</tr>';\n"
     "    t.tBodies[0].innerHTML = j.rows.map(row => '<tr>' + j.columns.map(c =>\n"
     "      '<td>' + String(row[c]).replace(/[&<>]/g, ch => ({'&': '&amp;', '<': '&lt;', '>': '&gt;'})[ch]) + '</td>').join('') + '</tr>').join('');\n"
-    "  } catch (e) { document.getElementById('status').textContent = String(e); }\n"
+    "    status('query', '');\n"
+    "  } catch (e) { status('query', String(e)); }\n"
     "}\n"
     "document.getElementById('pipeline').textContent = PIPELINE;\n"
     "tick(); recent();\n"

@@ -53,7 +53,7 @@ static const struct {
                        "Events skipped by the pipeline (e.g. an empty id), logged as event=skip."},
     [TLY_C_CHANGES] = {"tally_changelog_records_total", "Changelog rows written (state changes)."},
     [TLY_C_OUTPUTS] = {"tally_outputs_total", "Output records produced."},
-    [TLY_C_BATCHES] = {"tally_batches_total", "Batches processed (committed or aborted)."},
+    [TLY_C_BATCHES] = {"tally_batches_total", "Batches committed (an aborted one counts in tally_transactions_aborted_total)."},
     [TLY_C_TXN_COMMITTED] = {"tally_transactions_committed_total", "Kafka transactions committed."},
     [TLY_C_TXN_ABORTED] = {"tally_transactions_aborted_total", "Kafka transactions aborted."},
     [TLY_C_SNAPSHOTS] = {"tally_snapshots_total", "Snapshots written and published."},

@@ -848,8 +848,10 @@ struct snapshot_job {
 static void *snapshot_thread(void *arg)
 {
     struct snapshot_job *job = arg;
-    job->rc = tly_snapshot_write(job->db_path, job->dir, job->keep, &job->manifest, job->why,
-                                 sizeof(job->why));
+    /* Only reads the database; recording the manifest is a write, done by
+     * the daemon on its own connection between batches (a second writer
+     * here would wait behind every batch's open transaction). */
+    job->rc = tly_snapshot_copy(job->db_path, job->dir, &job->manifest, job->why, sizeof(job->why));
     job->written_ms = now_ms();
     atomic_store(&job->done, true);
     return NULL;
@@ -885,6 +887,11 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
     pthread_join(job->thread, NULL);
     job->running = false;
     if (job->rc < 0) {
+        tly_metrics_add(r->metrics, TLY_C_SNAPSHOT_ERRORS, 1);
+        tly_log("error", "snapshot_error", "error=%s", tly_log_quote(job->why, (char[1100]){0}, 1100));
+        return 0;
+    }
+    if (tly_snapshot_record(r->store, job->keep, m, job->why, sizeof(job->why)) < 0) {
         tly_metrics_add(r->metrics, TLY_C_SNAPSHOT_ERRORS, 1);
         tly_log("error", "snapshot_error", "error=%s", tly_log_quote(job->why, (char[1100]){0}, 1100));
         return 0;
@@ -1071,20 +1078,6 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
-    /* Internal and output topics are created if missing; the input must exist. */
-    if (cfg->manage_topics &&
-        tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,
-                          KAFKA_TIMEOUT_MS, NULL, errbuf, errlen) < 0)
-        goto done;
-    rcfg.brokers = cfg->brokers;
-    rcfg.pipeline = cfg->pipeline;
-    rcfg.topics = &r.topics;
-    rcfg.group_id = cfg->group_id;
-    rcfg.db_path = r.db_path;
-    rcfg.snapshot_dir = r.snapshot_dir;
-    rcfg.changelog = cfg->changelog;
-    rcfg.allow_empty = cfg->allow_empty;
-    rcfg.stop = cfg->stop;
     /* The HTTP server comes up first: /healthz answers and /readyz says
      * "recovering" while the state is brought back. */
     if (!(r.metrics = tly_metrics_new(cfg->pipeline))) {
@@ -1105,6 +1098,20 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
                     tly_http_port(http), cfg->http_token ? "required" : "none");
         }
     }
+    /* Internal and output topics are created if missing; the input must exist. */
+    if (cfg->manage_topics &&
+        tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,
+                          KAFKA_TIMEOUT_MS, NULL, errbuf, errlen) < 0)
+        goto done;
+    rcfg.brokers = cfg->brokers;
+    rcfg.pipeline = cfg->pipeline;
+    rcfg.topics = &r.topics;
+    rcfg.group_id = cfg->group_id;
+    rcfg.db_path = r.db_path;
+    rcfg.snapshot_dir = r.snapshot_dir;
+    rcfg.changelog = cfg->changelog;
+    rcfg.allow_empty = cfg->allow_empty;
+    rcfg.stop = cfg->stop;
     /* Before the database is opened: a missing or failing one is replaced by
      * the newest snapshot that verifies. */
     if (tly_recovery_prepare(&rcfg, &recovery, errbuf, errlen) < 0)

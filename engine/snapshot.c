@@ -187,17 +187,13 @@ static void remove_snapshot_files(const char *db_file)
 }
 
 /* Records the manifest in the source database and keeps the newest `keep`. */
-static int record_manifest(const char *db_path, const tly_snapshot_manifest *m, int keep,
+static int record_manifest(tly_store *store, const tly_snapshot_manifest *m, int keep,
                            char *errbuf, size_t errlen)
 {
-    tly_store *store = NULL;
     sqlite3_stmt *stmt = NULL;
-    sqlite3 *db;
+    sqlite3 *db = tly_store_db(store);
     int rc = -1;
 
-    if (tly_store_open(db_path, NULL, &store, errbuf, errlen) < 0)
-        return -1;
-    db = tly_store_db(store);
     if (sqlite3_prepare_v2(db, "INSERT INTO snapshots VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &stmt,
                            NULL) != SQLITE_OK)
         goto sql_error;
@@ -225,11 +221,10 @@ static int record_manifest(const char *db_path, const tly_snapshot_manifest *m, 
     rc = 0;
     goto done;
 sql_error:
-    tly_error(errbuf, errlen, "cannot record the snapshot manifest in %s: %s", db_path,
+    tly_error(errbuf, errlen, "cannot record the snapshot manifest in %s: %s", tly_store_path(store),
               sqlite3_errmsg(db));
 done:
     sqlite3_finalize(stmt);
-    tly_store_close(store);
     return rc;
 }
 
@@ -266,8 +261,8 @@ static void prune_directory(const char *dir, const char *database, int keep)
     free(list);
 }
 
-int tly_snapshot_write(const char *db_path, const char *dir, int keep,
-                       tly_snapshot_manifest *m, char *errbuf, size_t errlen)
+int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifest *m,
+                      char *errbuf, size_t errlen)
 {
     char tmp_db[4200], tmp_json[4200], final_json[4200], stamp[32], absolute[PATH_MAX];
     struct timespec ts;
@@ -314,15 +309,41 @@ int tly_snapshot_write(const char *db_path, const char *dir, int keep,
         unlink(m->path);
         goto done;
     }
-    if (record_manifest(db_path, m, keep, errbuf, errlen) < 0)
-        goto done;
-    if (keep > 0)
-        prune_directory(dir, m->database, keep);
     rc = 0;
 done:
     unlink(tmp_db);
     if (rc < 0)
         unlink(tmp_json);
+    return rc;
+}
+
+int tly_snapshot_record(tly_store *store, int keep, const tly_snapshot_manifest *m, char *errbuf,
+                        size_t errlen)
+{
+    char dir[4096];
+    const char *slash = strrchr(m->path, '/');
+
+    if (record_manifest(store, m, keep, errbuf, errlen) < 0)
+        return -1;
+    if (keep > 0 && slash) {
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - m->path), m->path);
+        prune_directory(dir, m->database, keep);
+    }
+    return 0;
+}
+
+int tly_snapshot_write(const char *db_path, const char *dir, int keep,
+                       tly_snapshot_manifest *m, char *errbuf, size_t errlen)
+{
+    tly_store *store = NULL;
+    int rc;
+
+    if (tly_snapshot_copy(db_path, dir, m, errbuf, errlen) < 0)
+        return -1;
+    if (tly_store_open(db_path, NULL, &store, errbuf, errlen) < 0)
+        return -1;
+    rc = tly_snapshot_record(store, keep, m, errbuf, errlen);
+    tly_store_close(store);
     return rc;
 }
 

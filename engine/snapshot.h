@@ -8,6 +8,8 @@
 #ifndef TLY_SNAPSHOT_H
 #define TLY_SNAPSHOT_H
 
+#include "store.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +33,16 @@ typedef struct tly_snapshot_manifest {
  * partial file is left under a final name. */
 int tly_snapshot_write(const char *db_path, const char *dir, int keep,
                        tly_snapshot_manifest *manifest, char *errbuf, size_t errlen);
+
+/* The two halves of tly_snapshot_write, for a writer that copies on one
+ * thread and records on another: tly_snapshot_copy writes the files (only
+ * reads the database); tly_snapshot_record inserts the manifest into the
+ * snapshots table through `store` (the caller's connection: no second writer
+ * to wait for the first) and keeps the newest `keep`. */
+int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifest *manifest,
+                      char *errbuf, size_t errlen);
+int tly_snapshot_record(tly_store *store, int keep, const tly_snapshot_manifest *manifest,
+                        char *errbuf, size_t errlen);
 
 /* Writes the manifest as one line of JSON (the layout in snapshot.c) into buf.
  * Returns its length, or -1 if buflen is too small (8192 always suffices). */

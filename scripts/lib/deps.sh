@@ -8,9 +8,17 @@ TALLY_DEBIAN_PACKAGES=(
     libevent-dev
 )
 
-tally_install_deps() {
+# Only the test suite needs these: curl drives the daemon's HTTP endpoint and
+# Chromium renders its live page headless (tests/kafka/test_http.sh).
+TALLY_TEST_DEBIAN_PACKAGES=(
+    curl
+    chromium
+)
+
+# tally_install_packages PKG...: installs those of PKG that are missing.
+tally_install_packages() {
     local missing=()
-    for pkg in "${TALLY_DEBIAN_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
             missing+=("$pkg")
     done
@@ -24,4 +32,12 @@ tally_install_deps() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# What building and running tally needs.
+tally_install_deps() { tally_install_packages "${TALLY_DEBIAN_PACKAGES[@]}"; }
+
+# That, and what the test suite needs besides.
+tally_install_test_deps() {
+    tally_install_packages "${TALLY_DEBIAN_PACKAGES[@]}" "${TALLY_TEST_DEBIAN_PACKAGES[@]}"
 }
