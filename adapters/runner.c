@@ -988,6 +988,21 @@ static int watch_consumer(struct runner *r, char *errbuf, size_t errlen)
     }
     if (now - r->unassigned_since < WATCHDOG_MS)
         return 0;
+    /* Only while the cluster answers: with the broker gone, destroying the
+     * consumer can block for minutes (and SIGTERM with it), and a new one
+     * could not join anyway. */
+    {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err = rd_kafka_metadata(r->producer, 0, NULL, &md, 2000);
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        if (err) {
+            tly_log("warn", "consumer_watchdog", "reason=\"no partitions for %d s, but the cluster "
+                    "does not answer (%s): waiting\"", WATCHDOG_MS / 1000, rd_kafka_err2str(err));
+            r->unassigned_since = now;
+            return 0;
+        }
+    }
     tly_log("warn", "consumer_restart", "reason=\"no partitions for %d s\"", WATCHDOG_MS / 1000);
     release_collected(r);
     rd_kafka_destroy_flags(r->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
