@@ -79,6 +79,8 @@ struct runner {
     /* snapshots */
     char snapshot_dir[4096];
     int64_t next_snapshot_ms, snapshots, snapshot_seq;
+    /* log_compacted: outputs went out for changelog seq <= flushed_seq */
+    int64_t flushed_seq, next_flush_ms;
     struct snapshot_job *snapshot_job;
     tly_metrics *metrics;
     int64_t last_gauges;
@@ -112,13 +114,17 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
      * for an hour, it would dwarf the state and every snapshot with it. */
     cfg->changelog_retention_ms = 0;
     cfg->manage_topics = 1;
+    cfg->strategy = TLY_EMIT_INLINE;
+    cfg->flush_interval_ms = 120000;
     cfg->query_timeout_ms = 5000;
     cfg->query_max_rows = 10000;
 }
 
 static void crash_point(struct runner *r, const char *step)
 {
-    if (r->crash_at && strcmp(r->crash_at, step) == 0 && r->batches == r->crash_batch) {
+    /* after_flush: at the first flush that emitted something, whatever the batch */
+    if (r->crash_at && strcmp(r->crash_at, step) == 0 &&
+        (r->batches == r->crash_batch || strcmp(step, "after_flush") == 0)) {
         tly_log("warn", "crash_point", "step=%s batch=%ld note=\"TALLY_CRASH_AT\"", step, r->batches);
         abort();
     }
@@ -628,7 +634,8 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     }
     ctx.topic = r->topics.output.name;
     ctx.count = 0;
-    if (tly_pipeline_emit(r->pipeline, seq_before, seq_after, produce_output, &ctx, err,
+    if (r->cfg->strategy == TLY_EMIT_INLINE &&
+        tly_pipeline_emit(r->pipeline, seq_before, seq_after, produce_output, &ctx, err,
                           sizeof(err)) < 0)
         return abort_batch(r, "produce outputs", ctx.err ? rd_kafka_err2str(ctx.err) : err, errbuf,
                            errlen);
@@ -734,6 +741,9 @@ static void plan_pruning(struct runner *r)
 {
     sqlite3_stmt *stmt = NULL;
     int64_t upto = r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
+    /* log_compacted reads the changelog rows after flushed_seq at its next flush */
+    if (r->cfg->strategy == TLY_EMIT_LOG_COMPACTED && r->flushed_seq < upto)
+        upto = r->flushed_seq;
     int64_t below = upto + 1, cutoff_ms;
     struct timespec ts;
 
@@ -954,6 +964,61 @@ static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
 }
 
 /* ------------------------------------------------------------------------ */
+/* log_compacted: periodic flushes                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Emits the latest record of every key changed after flushed_seq, in one
+ * Kafka transaction, then records the new flushed_seq in meta. A crash
+ * after the Kafka commit and before the meta write emits the same records
+ * again at the next flush (the same latest values, to a compacted topic); a
+ * crash before the commit emits nothing, and the next flush covers it. */
+static int flush_outputs(struct runner *r, const char *event, char *errbuf, size_t errlen)
+{
+    struct produce_ctx ctx = {r, r->topics.output.name, 0, 0};
+    rd_kafka_error_t *error;
+    int64_t started = now_ms(), upto = tly_store_last_seq(r->store);
+    char err[512];
+
+    if (upto <= r->flushed_seq)
+        return 0;
+    if ((error = rd_kafka_begin_transaction(r->producer)))
+        return txn_error(r, "begin_transaction (flush)", error, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
+    if (tly_pipeline_emit(r->pipeline, r->flushed_seq, upto, produce_output, &ctx, err, sizeof(err)) < 0) {
+        tly_log("error", "flush_error", "error=%s",
+                tly_log_quote(ctx.err ? rd_kafka_err2str(ctx.err) : err, (char[600]){0}, 600));
+        return abort_batch(r, "flush", ctx.err ? rd_kafka_err2str(ctx.err) : err, errbuf, errlen) ==
+                       BATCH_FATAL
+                   ? -1
+                   : 0;
+    }
+    if ((error = rd_kafka_commit_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
+        tly_log("error", "flush_error", "error=%s",
+                tly_log_quote(rd_kafka_error_string(error), (char[600]){0}, 600));
+        return txn_error(r, "commit_transaction (flush)", error, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
+    }
+    crash_point(r, "after_flush");
+    if (tly_store_meta_set_int(r->store, "emit.flushed_seq", upto) < 0)
+        tly_log("warn", "flush_error", "error=\"cannot record emit.flushed_seq: %s\" note=\"the next "
+                "flush repeats these records\"", sqlite3_errmsg(tly_store_db(r->store)));
+    else
+        r->flushed_seq = upto;
+    r->outputs += ctx.count;
+    tly_metrics_add(r->metrics, TLY_C_OUTPUTS, ctx.count);
+    tly_log("info", event, "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
+            (long long)(now_ms() - started), (long long)ctx.count, (long long)ctx.count,
+            (long long)upto);
+    return 0;
+}
+
+static int maybe_flush(struct runner *r, char *errbuf, size_t errlen)
+{
+    if (r->cfg->strategy != TLY_EMIT_LOG_COMPACTED || now_ms() < r->next_flush_ms)
+        return 0;
+    r->next_flush_ms = now_ms() + r->cfg->flush_interval_ms;
+    return flush_outputs(r, "flush", errbuf, errlen);
+}
+
+/* ------------------------------------------------------------------------ */
 /* The loop                                                                  */
 /* ------------------------------------------------------------------------ */
 
@@ -1153,6 +1218,17 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         tly_recovery_finish(&rcfg, &recovery, errbuf, errlen) < 0)
         goto done;
     r.snapshot_seq = newest_snapshot_seq(&r);
+    /* A state without a flush position ran inline until now: it emitted
+     * everything it holds - unless it was rebuilt from the changelog. */
+    if (tly_store_meta_get_int(r.store, "emit.flushed_seq", &r.flushed_seq) != 1) {
+        if (strcmp(recovery.source, "changelog") == 0)
+            r.flushed_seq = 0; /* rebuilt: what went out before is unknown; all again */
+        else if (recovery.chosen >= 0)
+            r.flushed_seq = recovery.candidates[recovery.chosen].manifest.last_seq;
+        else
+            r.flushed_seq = tly_store_last_seq(r.store);
+    }
+    r.next_flush_ms = now_ms() + cfg->flush_interval_ms;
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_MS, recovery.ttr_ms);
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_RECORDS, recovery.records_replayed);
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_BYTES, recovery.bytes_replayed);
@@ -1189,6 +1265,8 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         }
         if (maybe_snapshot(&r, errbuf, errlen) < 0)
             goto done;
+        if (maybe_flush(&r, errbuf, errlen) < 0)
+            goto done;
         if (cfg->snapshot_interval_ms <= 0 && now_ms() >= next_prune_plan) {
             next_prune_plan = now_ms() + 10000;
             plan_pruning(&r);
@@ -1205,6 +1283,8 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         }
     }
     tly_metrics_set(r.metrics, TLY_G_READY, 0);
+    if (cfg->strategy == TLY_EMIT_LOG_COMPACTED && flush_outputs(&r, "shutdown_flush", errbuf, errlen) < 0)
+        goto done;
     /* A snapshot under way is finished and published: it is a good one. */
     if (r.snapshot_job->running && publish_snapshot(&r, errbuf, errlen) < 0)
         goto done;

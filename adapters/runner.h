@@ -12,6 +12,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* When outputs are produced. inline: each committed batch emits the records it
+ * changed. log_compacted: every flush_interval_ms, one transaction emits the
+ * latest record of everything changed since the last flush (the changelog
+ * seq up to which outputs went out is kept in meta as emit.flushed_seq, so a
+ * crash between flushes neither loses nor skips a key). */
+enum { TLY_EMIT_INLINE = 0, TLY_EMIT_LOG_COMPACTED = 1 };
+
 typedef struct tly_runner_config {
     const char *pipeline;      /* "orders" or "telemetry" */
     const char *brokers;       /* bootstrap.servers */
@@ -25,6 +32,8 @@ typedef struct tly_runner_config {
     int64_t commit_interval_ms;/* longest a batch collects before it commits */
     int max_batch;             /* most events in one batch */
     int changelog;             /* 1: mirror the changelog to Kafka (default) */
+    int strategy;              /* TLY_EMIT_INLINE (default) or TLY_EMIT_LOG_COMPACTED */
+    int64_t flush_interval_ms; /* log_compacted: time between flushes (default 120 s) */
     const char *snapshot_dir;  /* where snapshots go (default <state_dir>/snapshots) */
     int64_t snapshot_interval_ms; /* take one every this often; <= 0: never (default 60 s) */
     int snapshot_keep;         /* newest snapshots kept (default 3) */
@@ -54,7 +63,9 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
  * errbuf: nothing can rebuild the state although history exists, fenced by a
  * newer instance, broker refused the transaction, database failure). Crash points for tests: the environment
  * variable TALLY_CRASH_AT=after_apply|after_produce|after_offsets|after_commit
- * aborts the process at that step of the TALLY_CRASH_BATCH-th batch (default 1). */
+ * aborts the process at that step of the TALLY_CRASH_BATCH-th batch (default 1);
+ * TALLY_CRASH_AT=after_flush right after the first log_compacted flush's Kafka
+ * commit, before its position is recorded. */
 int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen);
 
 #endif

@@ -52,7 +52,12 @@ static const char run_usage[] =
     "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
     "                           (default: $TALLY_HTTP_TOKEN, else none)\n"
     "  --query-timeout-ms N     interrupt a /query after N ms (default 5000)\n"
-    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"    "  --log-level L            debug, info (default), warn or error ($TALLY_LOG_LEVEL)\n"
+    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"    "  --strategy S             when outputs go out: inline (each batch's changed records;\n"
+    "                           the orders default) or log_compacted (every\n"
+    "                           --flush-interval, the latest record of everything changed\n"
+    "                           since the last flush, in one transaction; telemetry's default)\n"
+    "  --flush-interval DUR     log_compacted: time between flushes (default 120s)\n"
+    "  --log-level L            debug, info (default), warn or error ($TALLY_LOG_LEVEL)\n"
     "  --log-format F           logfmt (default) or json, one object per line\n"
     "                           ($TALLY_LOG_FORMAT)\n"
     "\n"
@@ -120,12 +125,14 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         {"query-timeout-ms", required_argument, NULL, 'q'},
         {"query-max-rows", required_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'L'},
+        {"strategy", required_argument, NULL, 'Y'},
+        {"flush-interval", required_argument, NULL, 'f'},
         {"log-format", required_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *pipeline = NULL;
     int64_t n;
-    int opt;
+    int opt, strategy = -1;
 
     tly_runner_config_init(cfg, NULL);
     cfg->brokers = getenv("KAFKA_BROKERS");
@@ -181,6 +188,20 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
                 return CLI_EXIT_USAGE;
             break;
         case 'E': cfg->allow_empty = 1; break;
+        case 'Y':
+            if (strcmp(optarg, "inline") == 0)
+                strategy = TLY_EMIT_INLINE;
+            else if (strcmp(optarg, "log_compacted") == 0)
+                strategy = TLY_EMIT_LOG_COMPACTED;
+            else
+                return cli_usage_error(cmd, "--strategy must be inline or log_compacted, not \"%s\"", optarg);
+            break;
+        case 'f':
+            if (cli_parse_duration_ms(cmd, "--flush-interval", optarg, &cfg->flush_interval_ms) < 0)
+                return CLI_EXIT_USAGE;
+            if (cfg->flush_interval_ms < 1)
+                return cli_usage_error(cmd, "--flush-interval must be at least 1ms");
+            break;
         case 'H':
             if (strcmp(optarg, "off") == 0) {
                 cfg->http_listen = NULL;
@@ -235,6 +256,9 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
     if (cfg->window_ms > 0 && strcmp(pipeline, "orders") != 0)
         return cli_usage_error(cmd, "--window-size applies to the orders pipeline only");
     cfg->pipeline = pipeline;
+    cfg->strategy = strategy >= 0                      ? strategy
+                    : strcmp(pipeline, "telemetry") == 0 ? TLY_EMIT_LOG_COMPACTED
+                                                         : TLY_EMIT_INLINE;
     if (!cfg->instance_id) {
         snprintf(default_instance, instance_len, "%s-0", pipeline);
         cfg->instance_id = default_instance;

@@ -528,3 +528,68 @@ wait_snapshot_of() {
         sleep 0.2
     done
 }
+
+# ---------------------------------------------------------- telemetry ---
+
+# gen_readings N SEED > "VIN|json" lines: N telemetry readings for 25 vehicles
+# x 6 sensors; received_at is a permutation of 1..N (no ties) plus a base, so
+# arrival order says nothing about recency; one or two sensors per reading.
+gen_readings() {
+    awk -v n="$1" -v seed="$2" 'BEGIN {
+        srand(seed)
+        for (i = 1; i <= n; i++) t[i] = i
+        for (i = n; i > 1; i--) { j = int(rand() * i) + 1; x = t[i]; t[i] = t[j]; t[j] = x }
+        split("battery,door,fuel,gear,speed,temp", names, ",")
+        for (i = 1; i <= n; i++) {
+            vin = sprintf("VIN%03d", int(rand() * 25))
+            at = 1700000000000 + t[i]
+            s1 = names[int(rand() * 6) + 1]
+            v1 = (s1 == "door") ? (rand() < 0.5 ? "\"open\"" : "\"closed\"") : sprintf("%d.%d", int(rand() * 200), i % 10)
+            data = sprintf("\"id\":\"%s\",\"%s\":%s", vin, s1, v1)
+            if (rand() < 0.3) {
+                s2 = names[int(rand() * 6) + 1]
+                if (s2 != s1) {
+                    v2 = (s2 == "door") ? "\"open\"" : sprintf("%d", i)
+                    data = data sprintf(",\"%s\":%s", s2, v2)
+                }
+            }
+            printf "%s|{\"data\":{%s},\"received_at\":%.0f,\"produced_at\":%.0f}\n", vin, data, at, at - 5
+        }
+    }'
+}
+
+# expected_latest READINGS.kv > "VIN<TAB>record" lines, sorted: per sensor
+# the value with the newest received_at, sensors in name order, received_at
+# and produced_at the newest of the winning readings.
+expected_latest() {
+    sed 's/^[^|]*|//' "$1" | awk '
+    {
+        line = $0
+        # timestamps stay strings: mawk prints numbers above 2^31 as 1.7e+12
+        match(line, /"received_at":[0-9]+/); at_s = substr(line, RSTART + 14, RLENGTH - 14); at = at_s + 0
+        match(line, /"produced_at":[0-9]+/); pr_s = substr(line, RSTART + 14, RLENGTH - 14)
+        match(line, /"data":\{[^}]*\}/); data = substr(line, RSTART + 8, RLENGTH - 9)
+        n = split(data, parts, ",")
+        split(parts[1], idkv, ":"); vin = idkv[2]; gsub(/"/, "", vin)
+        for (k = 2; k <= n; k++) {
+            split(parts[k], kv, ":"); s = kv[1]; gsub(/"/, "", s)
+            key = vin SUBSEP s
+            if (!(key in best) || at > best[key]) { best[key] = at; at_str[key] = at_s; val[key] = kv[2]; prod[key] = pr_s }
+        }
+    }
+    END {
+        for (key in best) {
+            split(key, vk, SUBSEP); print vk[1] "\t" vk[2] "\t" val[key] "\t" at_str[key] "\t" prod[key]
+        }
+    }' | sort -t $'\t' -k1,1 -k2,2 | awk -F'\t' '
+    function flush() {
+        if (vin != "") printf "%s\t{\"data\":{\"id\":\"%s\"%s},\"received_at\":%s,\"produced_at\":%s}\n", vin, vin, body, maxat_s, maxpr_s
+    }
+    $1 != vin { flush(); vin = $1; body = ""; maxat = 0; maxpr = 0 }
+    {
+        body = body ",\"" $2 "\":" $3
+        if ($4 + 0 > maxat) { maxat = $4 + 0; maxat_s = $4 }
+        if ($5 + 0 > maxpr) { maxpr = $5 + 0; maxpr_s = $5 }
+    }
+    END { flush() }'
+}

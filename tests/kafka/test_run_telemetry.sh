@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test_run_telemetry.sh - `tally run --pipeline telemetry` on a real broker.
+# test_run_telemetry.sh - `tally run --pipeline telemetry --strategy inline` on
+# a real broker (test_run_log_compacted.sh covers the default strategy).
 #
 # 4000 readings for 25 vehicles x 6 sensors arrive out of order (received_at
 # shuffled), over 3 partitions, with vehicles whose data.id is empty (skipped)
@@ -19,71 +20,19 @@ LOG=$WORK/run.log
 
 create_topic "$IN" 3
 
-# Readings: "VIN|json" lines; received_at is a permutation of 1..N (so no ties)
-# plus a base; each reading carries one or two sensors.
-awk -v n="$N" 'BEGIN {
-    srand(42)
-    for (i = 1; i <= n; i++) t[i] = i
-    for (i = n; i > 1; i--) { j = int(rand() * i) + 1; x = t[i]; t[i] = t[j]; t[j] = x }
-    split("battery,door,fuel,gear,speed,temp", names, ",")
-    for (i = 1; i <= n; i++) {
-        vin = sprintf("VIN%03d", int(rand() * 25))
-        at = 1700000000000 + t[i]
-        s1 = names[int(rand() * 6) + 1]
-        v1 = (s1 == "door") ? (rand() < 0.5 ? "\"open\"" : "\"closed\"") : sprintf("%d.%d", int(rand() * 200), i % 10)
-        data = sprintf("\"id\":\"%s\",\"%s\":%s", vin, s1, v1)
-        if (rand() < 0.3) {
-            s2 = names[int(rand() * 6) + 1]
-            if (s2 != s1) {
-                v2 = (s2 == "door") ? "\"open\"" : sprintf("%d", i)
-                data = data sprintf(",\"%s\":%s", s2, v2)
-            }
-        }
-        printf "%s|{\"data\":{%s},\"received_at\":%.0f,\"produced_at\":%.0f}\n", vin, data, at, at - 5
-    }
-}' >"$WORK/readings.kv"
+gen_readings "$N" 42 >"$WORK/readings.kv"
 printf 'x|{"data":{"id":"","speed":1},"received_at":5}\n%.0s' 1 2 3 >"$WORK/skipped.kv"
 printf '%s\n' 'x|{"data":{"id":"VIN001","speed":1},"received_at":"soon"}' 'x|not json' \
     'x|{"data":"VIN001","received_at":5}' >"$WORK/bad.kv"
 cat "$WORK/readings.kv" "$WORK/skipped.kv" "$WORK/bad.kv" | shuf --random-source=<(yes) >"$WORK/input.kv"
 produce "$IN" "$WORK/input.kv"
 
-# Expected latest record per VIN, computed from the readings alone.
-sed 's/^[^|]*|//' "$WORK/readings.kv" | awk '
-{
-    line = $0
-    # timestamps stay strings: mawk prints numbers above 2^31 as 1.7e+12
-    match(line, /"received_at":[0-9]+/); at_s = substr(line, RSTART + 14, RLENGTH - 14); at = at_s + 0
-    match(line, /"produced_at":[0-9]+/); pr_s = substr(line, RSTART + 14, RLENGTH - 14)
-    match(line, /"data":\{[^}]*\}/); data = substr(line, RSTART + 8, RLENGTH - 9)
-    n = split(data, parts, ",")
-    split(parts[1], idkv, ":"); vin = idkv[2]; gsub(/"/, "", vin)
-    for (k = 2; k <= n; k++) {
-        split(parts[k], kv, ":"); s = kv[1]; gsub(/"/, "", s)
-        key = vin SUBSEP s
-        if (!(key in best) || at > best[key]) { best[key] = at; at_str[key] = at_s; val[key] = kv[2]; prod[key] = pr_s }
-    }
-}
-END {
-    for (key in best) {
-        split(key, vk, SUBSEP); print vk[1] "\t" vk[2] "\t" val[key] "\t" at_str[key] "\t" prod[key]
-    }
-}' | sort -t $'\t' -k1,1 -k2,2 | awk -F'\t' '
-function flush() {
-    if (vin != "") printf "%s\t{\"data\":{\"id\":\"%s\"%s},\"received_at\":%s,\"produced_at\":%s}\n", vin, vin, body, maxat_s, maxpr_s
-}
-$1 != vin { flush(); vin = $1; body = ""; maxat = 0; maxpr = 0 }
-{
-    body = body ",\"" $2 "\":" $3
-    if ($4 + 0 > maxat) { maxat = $4 + 0; maxat_s = $4 }
-    if ($5 + 0 > maxpr) { maxpr = $5 + 0; maxpr_s = $5 }
-}
-END { flush() }' >"$WORK/expected.tsv"
+expected_latest "$WORK/readings.kv" >"$WORK/expected.tsv"
 [[ $(wc -l <"$WORK/expected.tsv") -eq 25 ]] || fail "expected 25 vehicles, awk made $(wc -l <"$WORK/expected.tsv")"
 
 "$TALLY" run --pipeline telemetry --brokers "$KAFKA_BROKERS" --input-topic "$IN" --output-topic "$OUT" \
     --topic-prefix "$PREFIX" --group-id "$(name g)" --instance-id "$(name i)" \
-    --state-dir "$WORK/state" --commit-interval-ms 50 --max-batch 300 >>"$LOG" 2>&1 &
+    --state-dir "$WORK/state" --commit-interval-ms 50 --max-batch 300 --strategy inline >>"$LOG" 2>&1 &
 TALLY_PID=$!
 TALLY_PIDS+=("$TALLY_PID")
 TALLY_LOGS+=("$LOG")

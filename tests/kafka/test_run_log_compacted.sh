@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# test_run_log_compacted.sh - `tally run --pipeline telemetry --strategy
+# log_compacted` on a real broker: outputs go out only at flushes, one
+# transaction each, as the latest record of every vehicle changed since the
+# last flush; a crash right after a flush's Kafka commit (before its position
+# is recorded) and a kill -9 between flushes neither lose nor skip a vehicle:
+# the latest output per VIN equals the awk-computed latest record, and so does
+# the state.
+# shellcheck source-path=SCRIPTDIR source=lib_run.sh
+source "$(dirname "$0")/lib_run.sh"
+
+N=3000
+IN=$(name in)
+OUT=$(name out)
+PREFIX=$(name p)
+DB=$WORK/state/telemetry.db
+LOG=$WORK/run.log
+ARGS=(--pipeline telemetry --input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX"
+    --group-id "$(name g)" --instance-id "$(name i)" --state-dir "$WORK/state"
+    --commit-interval-ms 50 --max-batch 200 --strategy log_compacted --http off)
+
+expect_usage_error "--strategy bogus" --pipeline telemetry --brokers "$KAFKA_BROKERS" --strategy bogus
+expect_usage_error "--flush-interval 0" --pipeline telemetry --brokers "$KAFKA_BROKERS" --flush-interval 0
+
+create_topic "$IN" 3
+gen_readings "$N" 7 >"$WORK/readings.kv"
+expected_latest "$WORK/readings.kv" >"$WORK/expected.tsv"
+head -n 1000 "$WORK/readings.kv" >"$WORK/part1.kv"
+sed -n '1001,2000p' "$WORK/readings.kv" >"$WORK/part2.kv"
+tail -n +2001 "$WORK/readings.kv" >"$WORK/part3.kv"
+
+applied() { sqlval "$DB" "SELECT coalesce(value, 0) FROM meta WHERE key = 'pipeline.telemetry.events_applied'"; }
+wait_applied() { # N SECONDS
+    local limit=$((SECONDS + $2))
+    until [[ "$(applied)" -ge "$1" ]] 2>/dev/null; do
+        alive "$TALLY_PID" || fail "tally exited early: $(tail -n 3 "$LOG")"
+        ((SECONDS < limit)) || fail "only $(applied) of $1 readings applied after $2 s"
+        sleep 0.2
+    done
+}
+output_records() { read_topic "$OUT" '%k\n' | grep -c . || true; }
+
+# ---- 1. nothing goes out before the first flush; then one flush, all of it ----
+produce "$IN" "$WORK/part1.kv"
+tally_start "$LOG" "${ARGS[@]}" --flush-interval 6s
+tally_wait_started "$TALLY_PID" "$LOG"
+wait_applied 1000 60
+assert_eq "output records before the first flush" 0 "$(output_records)"
+limit=$((SECONDS + 30))
+until grep -q 'event=flush ' "$LOG"; do
+    ((SECONDS < limit)) || fail "no event=flush within 30 s"
+    sleep 0.2
+done
+flush_line=$(grep -m1 'event=flush ' "$LOG")
+vins=$(sed -E 's/.* vin_count=([0-9]+).*/\1/' <<<"$flush_line")
+((vins > 0 && vins <= 25)) || fail "first flush: vin_count=$vins: $flush_line"
+assert_eq "output records after the first flush (one per vehicle)" "$vins" "$(output_records)"
+ok
+
+# ---- 2. crash right after a flush's Kafka commit: the restart repeats it -------
+tally_stop "$TALLY_PID"
+produce "$IN" "$WORK/part2.kv"
+TALLY_CRASH_AT=after_flush tally_start "$LOG" "${ARGS[@]}" --flush-interval 1s
+tally_wait_exit "$TALLY_PID" 60
+assert_eq "exit status at the after_flush crash point" 134 "$RC"
+seq_before=$(sqlval "$DB" "SELECT value FROM meta WHERE key = 'emit.flushed_seq'")
+
+# ---- 3. kill -9 between flushes while the last part arrives, then run out ------
+STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
+tally_start "$LOG" "${ARGS[@]}" --flush-interval 1s
+tally_wait_started "$TALLY_PID" "$LOG"
+produce "$IN" "$WORK/part3.kv"
+sleep 0.7
+kill -KILL "$TALLY_PID"
+tally_wait_exit "$TALLY_PID" 10
+STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
+tally_start "$LOG" "${ARGS[@]}" --flush-interval 1s
+tally_wait_started "$TALLY_PID" "$LOG"
+wait_applied "$N" 90
+sleep 1.5 # at least one flush after the last batch
+tally_stop "$TALLY_PID"
+grep -q 'event=shutdown_flush \|event=flush ' "$LOG" || fail "no flush logged"
+seq_after=$(sqlval "$DB" "SELECT value FROM meta WHERE key = 'emit.flushed_seq'")
+last_seq=$(sqlval "$DB" "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'")
+assert_eq "emit.flushed_seq at the end (everything flushed)" "$last_seq" "$seq_after"
+((seq_after > ${seq_before:-0})) || fail "flushed_seq did not move after the crash: $seq_before -> $seq_after"
+ok
+
+read_topic "$OUT" '%k\t%s\n' | awk -F'\t' '{ latest[$1] = $2 } END { for (k in latest) print k "\t" latest[k] }' |
+    sort >"$WORK/output.tsv"
+assert_files_eq "latest output record per VIN" "$WORK/expected.tsv" "$WORK/output.tsv"
+sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/state.tsv"
+assert_files_eq "vehicle_latest in the state" "$WORK/expected.tsv" "$WORK/state.tsv"
+records=$(output_records)
+flushes=$(grep -c 'event=flush \|event=shutdown_flush ' "$LOG")
+note "$records output records in $flushes flushes for $N readings"
+((records < N / 4)) || fail "$records output records for $N readings: not compacted into flushes"
+finish "$N readings, $flushes flushes, $records output records"
