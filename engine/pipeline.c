@@ -40,8 +40,9 @@
  *            the changelog; empty the staging tables
  *   @replay  per changelog row: :image (after-image JSON), :key_seq; must change
  *            nothing unless :key_seq is newer than the key's
- *   @emit    per committed batch in the daemon: a SELECT of (key, value) output
- *            records for the changes with :from_seq < seq <= :to_seq
+ *   @emit    per committed batch (or per flush) in the daemon: a SELECT of
+ *            (key, value) output records for the changes with
+ *            :from_seq < seq <= :to_seq; :now_ms is the wall-clock time of the emit
  *
  * Batches: staging coalesces a batch per key, so merge writes one state update
  * and one changelog row per changed key. If a statement fails on an event that
@@ -62,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_FIELDS 32
 #define MAX_PARAMS 16
@@ -386,7 +388,8 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
             }
             if (replay && (strcmp(name, "image") == 0 || strcmp(name, "key_seq") == 0))
                 known = true;
-            if (s == &p->emit && (strcmp(name, "from_seq") == 0 || strcmp(name, "to_seq") == 0))
+            if (s == &p->emit && (strcmp(name, "from_seq") == 0 || strcmp(name, "to_seq") == 0 ||
+                                  strcmp(name, "now_ms") == 0))
                 known = true;
             if (!known)
                 return tly_error(errbuf, errlen, "%s @%s uses %s, which no @field, @param or @each "
@@ -1074,6 +1077,11 @@ int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emi
             sqlite3_bind_int64(stmt, index, from_seq);
         if ((index = sqlite3_bind_parameter_index(stmt, ":to_seq")))
             sqlite3_bind_int64(stmt, index, to_seq);
+        if ((index = sqlite3_bind_parameter_index(stmt, ":now_ms"))) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            sqlite3_bind_int64(stmt, index, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+        }
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
             const char *key = (const char *)sqlite3_column_text(stmt, 0);
             size_t key_len = (size_t)sqlite3_column_bytes(stmt, 0);

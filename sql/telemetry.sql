@@ -58,7 +58,9 @@ ON CONFLICT DO UPDATE SET value = excluded.value, received_at_ms = excluded.rece
 WHERE excluded.key_seq > vehicle_sensor_state.key_seq;
 
 -- @emit
--- The full latest record of every vehicle the batch changed, keyed by VIN.
-SELECT vin, record FROM vehicle_latest
+-- The full latest record of every vehicle changed since the last emit, keyed
+-- by VIN, in the input's shape; produced_at is when it was emitted (the view
+-- keeps the newest reading's).
+SELECT vin, json_set(record, '$.produced_at', :now_ms) FROM vehicle_latest
 WHERE vin IN (SELECT image ->> '$.vin' FROM changelog
               WHERE seq > :from_seq AND seq <= :to_seq AND entity = 'vehicle_sensor');

@@ -593,3 +593,22 @@ expected_latest() {
     }
     END { flush() }'
 }
+
+# latest_outputs TOPIC SINCE_MS > "VIN<TAB>record" lines, sorted: the latest
+# committed output per VIN with its produced_at removed, after checking that
+# each produced_at is an emit time in [SINCE_MS, now].
+latest_outputs() {
+    local now
+    read_topic "$1" '%k\t%s\n' | awk -F'\t' '{ latest[$1] = $2 } END { for (k in latest) print k "\t" latest[k] }' |
+        sort >"$WORK/latest_raw.tsv"
+    now=$(date +%s%3N)
+    awk -F'\t' -v lo="$2" -v hi="$now" '
+        !match($2, /"produced_at":[0-9]+}$/) { print "no produced_at last: " $0 > "/dev/stderr"; bad = 1; next }
+        { t = substr($2, RSTART + 14, RLENGTH - 15) + 0
+          if (t < lo + 0 || t > hi + 0) { print "produced_at " t " not in [" lo ", " hi "]: " $0 > "/dev/stderr"; bad = 1 } }
+        END { exit bad }' "$WORK/latest_raw.tsv" || fail "an output record's produced_at is not its emit time"
+    without_produced_at "$WORK/latest_raw.tsv"
+}
+
+# without_produced_at FILE: the records of FILE with their produced_at removed.
+without_produced_at() { sed -E 's/,"produced_at":[0-9]+\}$/}/' "$1"; }

@@ -23,6 +23,7 @@ expect_usage_error "--strategy bogus" --pipeline telemetry --brokers "$KAFKA_BRO
 expect_usage_error "--flush-interval 0" --pipeline telemetry --brokers "$KAFKA_BROKERS" --flush-interval 0
 
 create_topic "$IN" 3
+T0=$(date +%s%3N)
 gen_readings "$N" 7 >"$WORK/readings.kv"
 expected_latest "$WORK/readings.kv" >"$WORK/expected.tsv"
 head -n 1000 "$WORK/readings.kv" >"$WORK/part1.kv"
@@ -86,9 +87,10 @@ assert_eq "emit.flushed_seq at the end (everything flushed)" "$last_seq" "$seq_a
 ((seq_after > ${seq_before:-0})) || fail "flushed_seq did not move after the crash: $seq_before -> $seq_after"
 ok
 
-read_topic "$OUT" '%k\t%s\n' | awk -F'\t' '{ latest[$1] = $2 } END { for (k in latest) print k "\t" latest[k] }' |
-    sort >"$WORK/output.tsv"
-assert_files_eq "latest output record per VIN" "$WORK/expected.tsv" "$WORK/output.tsv"
+latest_outputs "$OUT" "$T0" >"$WORK/output.tsv"
+without_produced_at "$WORK/expected.tsv" >"$WORK/expected_out.tsv"
+assert_files_eq "latest output record per VIN (produced_at = emit time, checked apart)" \
+    "$WORK/expected_out.tsv" "$WORK/output.tsv"
 sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/state.tsv"
 assert_files_eq "vehicle_latest in the state" "$WORK/expected.tsv" "$WORK/state.tsv"
 records=$(output_records)

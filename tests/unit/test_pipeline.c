@@ -2,6 +2,8 @@
  * coalescing, malformed input, a user-defined pipeline, consistent readers. */
 #include "tly_test.h"
 
+#include <time.h>
+
 #include "pipeline.h"
 #include "store.h"
 
@@ -535,10 +537,24 @@ static void test_emit_outputs(void)
     before = after;
     CHECK(apply(telemetry, readings, NULL, NULL) == 0);
     after = tly_store_last_seq(store);
-    CHECK(tly_pipeline_emit(telemetry, before, after, collect_emit, &e, err, sizeof(err)) == 0);
-    CHECK_INT(e.count, 1);
-    CHECK_STR(e.keys[0], "V9");
-    CHECK_STR(e.values[0], "{\"data\":{\"id\":\"V9\",\"door\":\"open\",\"speed\":12.50},\"received_at\":6,\"produced_at\":5}");
+    {
+        /* produced_at is the emit time: between these two clock readings */
+        struct timespec ts;
+        long long t0, t1, at = -1;
+        char rest[256];
+        clock_gettime(CLOCK_REALTIME, &ts);
+        t0 = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        CHECK(tly_pipeline_emit(telemetry, before, after, collect_emit, &e, err, sizeof(err)) == 0);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        t1 = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        CHECK_INT(e.count, 1);
+        CHECK_STR(e.keys[0], "V9");
+        CHECK_MSG(sscanf(e.values[0],
+                         "{\"data\":{\"id\":\"V9\",\"door\":\"open\",\"speed\":12.50},\"received_at\":6,"
+                         "\"produced_at\":%lld%255s", &at, rest) == 2 && strcmp(rest, "}") == 0,
+                  "%s", e.values[0]);
+        CHECK_MSG(at >= t0 && at <= t1, "produced_at %lld not in [%lld, %lld]", at, t0, t1);
+    }
     /* the orders pipeline emits nothing for telemetry's changes */
     memset(&e, 0, sizeof(e));
     CHECK(tly_pipeline_emit(orders, before, after, collect_emit, &e, err, sizeof(err)) == 0);
