@@ -37,7 +37,7 @@
 #define DEMO_PARTITIONS 2
 
 static const char demo_usage[] =
-    "usage: tally demo [--duration DUR] [--rate N] [--dir DIR]\n"
+    "usage: tally demo [--duration DUR] [--rate N] [--dir DIR] [--http-port P]\n"
     "\n"
     "Runs both pipelines (orders, telemetry) as daemons against an in-process Kafka\n"
     "mock cluster fed by the load generator - no external service - and shows the\n"
@@ -46,7 +46,9 @@ static const char demo_usage[] =
     "\n"
     "  --duration DUR   stop by itself after DUR (e.g. 30s) and exit 0; default: until Ctrl-C\n"
     "  --rate N         events per second per pipeline (default 2000)\n"
-    "  --dir DIR        where the state databases go (default: a new /tmp/tally-demo-*)\n";
+    "  --dir DIR        where the state databases go (default: a new /tmp/tally-demo-*)\n"
+    "  --http-port P    each pipeline's live page, /metrics and /query on 127.0.0.1:P\n"
+    "                   (orders) and P+1 (telemetry); default 9464, 0 = none\n";
 
 static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t runners_stop;
@@ -68,6 +70,7 @@ struct demo_runner {
     pthread_t thread;
     tly_runner_config cfg;
     char instance[64];
+    char http[32];
     int rc;
     char err[1024];
 };
@@ -218,10 +221,11 @@ int cmd_demo(int argc, char **argv)
 {
     static const struct option options[] = {
         {"duration", required_argument, NULL, 'd'}, {"rate", required_argument, NULL, 'r'},
-        {"dir", required_argument, NULL, 'D'}, {"help", no_argument, NULL, 'h'},
+        {"dir", required_argument, NULL, 'D'}, {"http-port", required_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     static const char *const pipelines[2] = {"orders", "telemetry"};
-    int64_t duration_ms = 0, rate = 2000, started = 0, next_tick, next_view, produced = 0, last_applied = 0;
+    int64_t duration_ms = 0, rate = 2000, http_port = 9464, started = 0, next_tick, next_view, produced = 0, last_applied = 0;
     int64_t produced_by[2] = {0, 0};
     char dir_buf[64], err[1024], db_paths[2][4200], prefixes[2][32], errstr[256];
     const char *dir = NULL, *bootstraps;
@@ -248,6 +252,10 @@ int cmd_demo(int argc, char **argv)
                 return CLI_EXIT_USAGE;
             break;
         case 'D': dir = optarg; break;
+        case 'H':
+            if (cli_parse_int64("demo", "--http-port", optarg, 0, 65534, &http_port) < 0)
+                return CLI_EXIT_USAGE;
+            break;
         case 'h': fputs(demo_usage, stdout); return CLI_EXIT_OK;
         default: return cli_bad_option("demo", opt, argv, optind);
         }
@@ -313,6 +321,11 @@ int cmd_demo(int argc, char **argv)
         d->cfg.state_dir = dir;
         d->cfg.manage_topics = 0;
         d->cfg.stop = &runners_stop;
+        if (http_port > 0) {
+            /* best effort: a taken port logs event=http_off and the demo goes on */
+            snprintf(d->http, sizeof(d->http), "127.0.0.1:%lld", (long long)http_port + i);
+            d->cfg.http_listen = d->http;
+        }
         if (pthread_create(&d->thread, NULL, run_pipeline, d) != 0) {
             fprintf(stderr, "tally demo: cannot start a thread\n");
             goto done;
@@ -326,6 +339,10 @@ int cmd_demo(int argc, char **argv)
            "    tally query --db %s 'SELECT * FROM order_windows ORDER BY count DESC LIMIT 5'\n"
            "    tally query --db %s 'SELECT record FROM vehicle_latest LIMIT 1'\n\n",
            bootstraps, db_paths[0], db_paths[1], db_paths[0], db_paths[1]);
+    if (http_port > 0)
+        printf("  live pages: http://127.0.0.1:%lld/ (orders), http://127.0.0.1:%lld/ (telemetry);\n"
+               "  also /metrics and /query?sql=... on each\n\n",
+               (long long)http_port, (long long)http_port + 1);
     fflush(stdout);
     started = next_tick = cli_now_ms();
     next_view = started + 1000;
