@@ -413,13 +413,8 @@ static void manifests_from_table(const tly_recovery_config *cfg, tly_recovery_re
 
 static int newest_first(const void *a, const void *b)
 {
-    const tly_snapshot_manifest *x = &((const tly_recovery_candidate *)a)->manifest;
-    const tly_snapshot_manifest *y = &((const tly_recovery_candidate *)b)->manifest;
-    if (x->created_ms != y->created_ms)
-        return x->created_ms > y->created_ms ? -1 : 1;
-    if (x->last_seq != y->last_seq)
-        return x->last_seq > y->last_seq ? -1 : 1;
-    return strcmp(y->snapshot_id, x->snapshot_id);
+    return tly_snapshot_newer_first(&((const tly_recovery_candidate *)a)->manifest,
+                                    &((const tly_recovery_candidate *)b)->manifest);
 }
 
 /* A manifest names its file by an absolute path; a snapshot directory that

@@ -482,7 +482,8 @@ static int64_t wall_ms(void)
  * LogAppendTime topics) to now, when the batch's outputs became visible to
  * read_committed readers. */
 static void count_batch(struct runner *r, const tly_batch_stats *stats, int64_t outputs,
-                        int64_t t_start, int64_t t_applied, int64_t t_produced, int64_t t_kafka)
+                        int64_t last_seq, int64_t t_start, int64_t t_applied, int64_t t_produced,
+                        int64_t t_kafka)
 {
     int64_t now = wall_ms();
     tly_metrics *m = r->metrics;
@@ -502,7 +503,7 @@ static void count_batch(struct runner *r, const tly_batch_stats *stats, int64_t 
         if (ts > 0)
             tly_metrics_observe_ms(m, TLY_H_E2E, (double)(now - ts), 1);
     }
-    tly_metrics_set(m, TLY_G_LAST_SEQ, tly_store_last_seq(r->store));
+    tly_metrics_set(m, TLY_G_LAST_SEQ, last_seq);
 }
 
 /* Every second between batches: consumer lag per assigned partition (the
@@ -707,7 +708,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     r->skipped += stats.skipped;
     r->changes += stats.changes;
     r->outputs += ctx.count;
-    count_batch(r, &stats, ctx.count, t_start, t_applied, t_produced, t_kafka);
+    count_batch(r, &stats, ctx.count, seq_after, t_start, t_applied, t_produced, t_kafka);
     return BATCH_COMMITTED;
 
 database_failed:
@@ -741,16 +742,14 @@ static void plan_pruning(struct runner *r)
 {
     sqlite3_stmt *stmt = NULL;
     int64_t upto = r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
+    int64_t below, cutoff_ms = wall_ms() - r->cfg->changelog_retention_ms;
+
     /* log_compacted reads the changelog rows after flushed_seq at its next flush */
     if (r->cfg->strategy == TLY_EMIT_LOG_COMPACTED && r->flushed_seq < upto)
         upto = r->flushed_seq;
-    int64_t below = upto + 1, cutoff_ms;
-    struct timespec ts;
-
     if (upto <= 0)
         return;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    cutoff_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - r->cfg->changelog_retention_ms;
+    below = upto + 1;
     /* Rows are appended in time order, so the first young row bounds the old
      * ones; the scan reads only rows that are about to go. */
     if (sqlite3_prepare_v2(tly_store_db(r->store),
@@ -883,25 +882,60 @@ static void start_snapshot(struct runner *r)
     job->running = true;
 }
 
+/* Between batches, a Kafka transaction of its own around fill(): the snapshot
+ * manifest, a log_compacted flush. fill returns 0, or -1 with why. Returns 1
+ * when committed, 0 when aborted (the caller retries later), -1 on a fatal
+ * error (errbuf). A failed fill or commit is also logged as error_event when
+ * that is not NULL. */
+static int own_transaction(struct runner *r, const char *what, const char *error_event,
+                           int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
+                           void *ctx, char *errbuf, size_t errlen)
+{
+    rd_kafka_error_t *error;
+    char why[600], step[128];
+
+    if ((error = rd_kafka_begin_transaction(r->producer))) {
+        snprintf(step, sizeof(step), "begin_transaction (%s)", what);
+        return txn_error(r, step, error, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
+    }
+    if (fill(r, ctx, why, sizeof(why)) < 0) {
+        if (error_event)
+            tly_log("error", error_event, "error=%s", tly_log_quote(why, (char[700]){0}, 700));
+        return abort_batch(r, what, why, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
+    }
+    if ((error = rd_kafka_commit_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
+        if (error_event)
+            tly_log("error", error_event, "error=%s",
+                    tly_log_quote(rd_kafka_error_string(error), (char[700]){0}, 700));
+        snprintf(step, sizeof(step), "commit_transaction (%s)", what);
+        return txn_error(r, step, error, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
+    }
+    return 1;
+}
+
+static int fill_manifest(struct runner *r, void *ctx, char *why, size_t whylen)
+{
+    const char *manifest = ctx;
+    rd_kafka_resp_err_t err = produce(r, r->topics.snapshots.name, r->cfg->pipeline,
+                                      strlen(r->cfg->pipeline), manifest, strlen(manifest), NULL);
+    if (err)
+        return tly_error(why, whylen, "%s", rd_kafka_err2str(err));
+    return 0;
+}
+
 /* Produces a finished snapshot's manifest. Returns -1 only on a fatal
  * producer error. */
 static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
 {
     struct snapshot_job *job = r->snapshot_job;
     tly_snapshot_manifest *m = &job->manifest;
-    rd_kafka_error_t *error;
-    rd_kafka_resp_err_t err;
     char manifest[8192];
     int64_t publishing = now_ms();
+    int rc;
 
     pthread_join(job->thread, NULL);
     job->running = false;
-    if (job->rc < 0) {
-        tly_metrics_add(r->metrics, TLY_C_SNAPSHOT_ERRORS, 1);
-        tly_log("error", "snapshot_error", "error=%s", tly_log_quote(job->why, (char[1100]){0}, 1100));
-        return 0;
-    }
-    if (tly_snapshot_record(r->store, job->keep, m, job->why, sizeof(job->why)) < 0) {
+    if (job->rc < 0 || tly_snapshot_record(r->store, job->keep, m, job->why, sizeof(job->why)) < 0) {
         tly_metrics_add(r->metrics, TLY_C_SNAPSHOT_ERRORS, 1);
         tly_log("error", "snapshot_error", "error=%s", tly_log_quote(job->why, (char[1100]){0}, 1100));
         return 0;
@@ -910,24 +944,8 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
         tly_log("error", "snapshot_error", "error=\"manifest of %s is too large\"", m->path);
         return 0;
     }
-    if ((error = rd_kafka_begin_transaction(r->producer)))
-        return txn_error(r, "begin_transaction (snapshot manifest)", error, errbuf, errlen) ==
-                       BATCH_FATAL
-                   ? -1
-                   : 0;
-    err = produce(r, r->topics.snapshots.name, r->cfg->pipeline, strlen(r->cfg->pipeline), manifest,
-                  strlen(manifest), NULL);
-    if (err) {
-        return abort_batch(r, "produce snapshot manifest", rd_kafka_err2str(err), errbuf, errlen) ==
-                       BATCH_FATAL
-                   ? -1
-                   : 0;
-    }
-    if ((error = rd_kafka_commit_transaction(r->producer, KAFKA_TIMEOUT_MS)))
-        return txn_error(r, "commit_transaction (snapshot manifest)", error, errbuf, errlen) ==
-                       BATCH_FATAL
-                   ? -1
-                   : 0;
+    if ((rc = own_transaction(r, "snapshot manifest", NULL, fill_manifest, manifest, errbuf, errlen)) <= 0)
+        return rc;
     r->snapshots++;
     r->snapshot_seq = m->last_seq;
     tly_metrics_add(r->metrics, TLY_C_SNAPSHOTS, 1);
@@ -972,41 +990,44 @@ static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
  * after the Kafka commit and before the meta write emits the same records
  * again at the next flush (the same latest values, to a compacted topic); a
  * crash before the commit emits nothing, and the next flush covers it. */
+struct flush_ctx {
+    struct produce_ctx produced;
+    int64_t upto;
+};
+
+static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
+{
+    struct flush_ctx *f = ctx;
+    if (tly_pipeline_emit(r->pipeline, r->flushed_seq, f->upto, produce_output, &f->produced, why,
+                          whylen) < 0) {
+        if (f->produced.err)
+            tly_error(why, whylen, "%s", rd_kafka_err2str(f->produced.err));
+        return -1;
+    }
+    return 0;
+}
+
 static int flush_outputs(struct runner *r, const char *event, char *errbuf, size_t errlen)
 {
-    struct produce_ctx ctx = {r, r->topics.output.name, 0, 0};
-    rd_kafka_error_t *error;
-    int64_t started = now_ms(), upto = tly_store_last_seq(r->store);
-    char err[512];
+    struct flush_ctx f = {{r, r->topics.output.name, 0, 0}, tly_store_last_seq(r->store)};
+    int64_t started = now_ms(), upto = f.upto;
+    int rc;
 
     if (upto <= r->flushed_seq)
         return 0;
-    if ((error = rd_kafka_begin_transaction(r->producer)))
-        return txn_error(r, "begin_transaction (flush)", error, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
-    if (tly_pipeline_emit(r->pipeline, r->flushed_seq, upto, produce_output, &ctx, err, sizeof(err)) < 0) {
-        tly_log("error", "flush_error", "error=%s",
-                tly_log_quote(ctx.err ? rd_kafka_err2str(ctx.err) : err, (char[600]){0}, 600));
-        return abort_batch(r, "flush", ctx.err ? rd_kafka_err2str(ctx.err) : err, errbuf, errlen) ==
-                       BATCH_FATAL
-                   ? -1
-                   : 0;
-    }
-    if ((error = rd_kafka_commit_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
-        tly_log("error", "flush_error", "error=%s",
-                tly_log_quote(rd_kafka_error_string(error), (char[600]){0}, 600));
-        return txn_error(r, "commit_transaction (flush)", error, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
-    }
+    if ((rc = own_transaction(r, "flush", "flush_error", fill_flush, &f, errbuf, errlen)) <= 0)
+        return rc;
     crash_point(r, "after_flush");
     if (tly_store_meta_set_int(r->store, "emit.flushed_seq", upto) < 0)
         tly_log("warn", "flush_error", "error=\"cannot record emit.flushed_seq: %s\" note=\"the next "
                 "flush repeats these records\"", sqlite3_errmsg(tly_store_db(r->store)));
     else
         r->flushed_seq = upto;
-    r->outputs += ctx.count;
-    tly_metrics_add(r->metrics, TLY_C_OUTPUTS, ctx.count);
+    r->outputs += f.produced.count;
+    tly_metrics_add(r->metrics, TLY_C_OUTPUTS, f.produced.count);
     tly_log("info", event, "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
-            (long long)(now_ms() - started), (long long)ctx.count, (long long)ctx.count,
-            (long long)upto);
+            (long long)(now_ms() - started), (long long)f.produced.count,
+            (long long)f.produced.count, (long long)upto);
     return 0;
 }
 

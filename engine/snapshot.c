@@ -228,12 +228,18 @@ done:
     return rc;
 }
 
-static int newest_first(const void *a, const void *b)
+int tly_snapshot_newer_first(const tly_snapshot_manifest *x, const tly_snapshot_manifest *y)
 {
-    const tly_snapshot_manifest *x = a, *y = b;
     if (x->created_ms != y->created_ms)
         return x->created_ms > y->created_ms ? -1 : 1;
+    if (x->last_seq != y->last_seq)
+        return x->last_seq > y->last_seq ? -1 : 1;
     return strcmp(y->snapshot_id, x->snapshot_id);
+}
+
+static int newest_first(const void *a, const void *b)
+{
+    return tly_snapshot_newer_first(a, b);
 }
 
 /* The table only lists the snapshots this database file wrote: a database

@@ -52,6 +52,9 @@ int tly_snapshot_manifest_json(const tly_snapshot_manifest *manifest, char *buf,
 int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *manifest,
                                char *errbuf, size_t errlen);
 
+/* qsort order of manifests, newest first: by createdAt, then lastSeq, then id. */
+int tly_snapshot_newer_first(const tly_snapshot_manifest *a, const tly_snapshot_manifest *b);
+
 /* Parses a manifest from len bytes of JSON (a <prefix>-snapshots record).
  * Returns 0 or -1 with errbuf. */
 int tly_snapshot_parse_manifest(const char *json, size_t len, tly_snapshot_manifest *manifest,
