@@ -47,8 +47,13 @@ static const struct {
 } counter_info[TLY_C_COUNT] = {
     [TLY_C_CONSUMED] = {"tally_events_consumed_total", "Input records processed in committed batches."},
     [TLY_C_APPLIED] = {"tally_events_applied_total", "Events applied to the state."},
-    [TLY_C_REJECTED] = {"tally_events_dead_lettered_total",
-                        "Malformed events rejected and produced to the dead-letter topic."},
+    [TLY_C_REJECTED] = {"tally_events_rejected_total",
+                        "Malformed or invalid events, logged as event=error and dead-lettered."},
+    [TLY_C_LATE] = {"tally_events_late_total",
+                    "Events for an event-time window that had already closed (window_stream), "
+                    "logged as event=late and dead-lettered."},
+    [TLY_C_DEAD_LETTERED] = {"tally_events_dead_lettered_total",
+                             "Events produced to the dead-letter topic (rejected + late)."},
     [TLY_C_SKIPPED] = {"tally_events_skipped_total",
                        "Events skipped by the pipeline (e.g. an empty id), logged as event=skip."},
     [TLY_C_CHANGES] = {"tally_changelog_records_total", "Changelog rows written (state changes)."},

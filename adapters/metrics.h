@@ -15,7 +15,9 @@ typedef struct tly_metrics tly_metrics;
 typedef enum tly_counter {
     TLY_C_CONSUMED,          /* input records read and processed in a committed batch */
     TLY_C_APPLIED,
-    TLY_C_REJECTED,          /* = dead-lettered */
+    TLY_C_REJECTED,          /* malformed or invalid */
+    TLY_C_LATE,              /* for an event-time window that had closed */
+    TLY_C_DEAD_LETTERED,     /* rejected + late: what went to the dead-letter topic */
     TLY_C_SKIPPED,
     TLY_C_CHANGES,           /* changelog rows */
     TLY_C_OUTPUTS,

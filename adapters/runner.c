@@ -31,6 +31,7 @@
 #include "kconf.h"
 #include "metrics.h"
 #include "pipeline.h"
+#include "pack.h"
 #include "recovery.h"
 #include "snapshot.h"
 #include "store.h"
@@ -73,14 +74,16 @@ struct runner {
     long crash_batch;
     long batches;
     /* figures */
-    int64_t applied, rejected, skipped, changes, outputs, aborted;
+    int64_t applied, rejected, skipped, late, changes, outputs, aborted;
     /* consumer watchdog: since when the consumer has had no partitions */
     int64_t unassigned_since, last_watch;
     /* snapshots */
     char snapshot_dir[4096];
     int64_t next_snapshot_ms, snapshots, snapshot_seq;
-    /* log_compacted: outputs went out for changelog seq <= flushed_seq */
-    int64_t flushed_seq, next_flush_ms;
+    /* log_compacted: when the next flush is due */
+    int64_t next_flush_ms;
+    /* output records into messages (--batch-size) */
+    tly_pack *pack;
     struct snapshot_job *snapshot_job;
     tly_metrics *metrics;
     int64_t last_gauges;
@@ -116,8 +119,26 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
     cfg->manage_topics = 1;
     cfg->strategy = TLY_EMIT_INLINE;
     cfg->flush_interval_ms = 120000;
+    cfg->allowed_lateness_ms = 0;
+    cfg->batch_size = 1;
     cfg->query_timeout_ms = 5000;
     cfg->query_max_rows = 10000;
+}
+
+static const char *const strategy_names[] = {"inline", "log_compacted", "window_stream",
+                                             "state_store"};
+
+const char *tly_emit_strategy_name(int strategy)
+{
+    return strategy >= 0 && strategy < 4 ? strategy_names[strategy] : NULL;
+}
+
+int tly_emit_strategy_parse(const char *name)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, strategy_names[i]) == 0)
+            return i;
+    return -1;
 }
 
 static void crash_point(struct runner *r, const char *step)
@@ -402,13 +423,46 @@ static int produce_changelog_row(void *ctx, int64_t seq, const char *key, size_t
     return c->err ? 1 : 0;
 }
 
+/* Output records go through the pack (--batch-size), which calls this. */
+static int produce_output_message(void *ctx, const char *key, size_t key_len, const char *value,
+                                  size_t value_len)
+{
+    struct produce_ctx *c = ctx;
+    c->err = produce(c->r, c->topic, key, key_len, value, value_len, NULL);
+    return c->err ? 1 : 0;
+}
+
 static int produce_output(void *ctx, const char *key, size_t key_len, const char *value,
                           size_t value_len)
 {
     struct produce_ctx *c = ctx;
-    c->err = produce(c->r, c->topic, key, key_len, value, value_len, NULL);
     c->count++;
-    return c->err ? 1 : 0;
+    return tly_pack_add(c->r->pack, key, key_len, value, value_len);
+}
+
+/* The batch's or flush's outputs: @flush for the strategies that emit from
+ * the database's pending set (inline and window_stream here, in the batch's
+ * transaction), @emit for a pipeline without one. Sends the last pack. */
+static int emit_outputs(struct runner *r, struct produce_ctx *ctx, int64_t seq_before,
+                        int64_t seq_after, bool from_pending, char *err, size_t errlen)
+{
+    int rc;
+    tly_pack_reset(r->pack, ctx);
+    if (from_pending)
+        rc = tly_pipeline_flush(r->pipeline, seq_after, produce_output, ctx, err, errlen);
+    else
+        rc = tly_pipeline_emit(r->pipeline, seq_before, seq_after, produce_output, ctx, err, errlen);
+    if (rc == 0 && tly_pack_finish(r->pack) != 0)
+        rc = tly_error(err, errlen, "cannot produce a packed message");
+    if (rc < 0 && ctx->err)
+        tly_error(err, errlen, "%s", rd_kafka_err2str(ctx->err));
+    return rc;
+}
+
+/* Whether the batch itself emits (inline, window_stream), and from where. */
+static bool batch_emits(const struct runner *r)
+{
+    return r->cfg->strategy == TLY_EMIT_INLINE || r->cfg->strategy == TLY_EMIT_WINDOW_STREAM;
 }
 
 static rd_kafka_resp_err_t produce_dead_letter(struct runner *r, const rd_kafka_message_t *m,
@@ -446,10 +500,12 @@ static rd_kafka_topic_partition_list_t *batch_offsets(struct runner *r)
     return offsets;
 }
 
-/* event=error for a malformed event (it also goes to the dead-letter topic),
- * at most 10 lines a second: a flood of bad input must not flood the log;
- * the next line says how many were not logged. */
-static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const char *reason)
+/* event=error for a malformed event, event=late for one whose window had
+ * closed (both also go to the dead-letter topic), at most 10 lines a second
+ * together: a flood of bad input must not flood the log; the next line says
+ * how many were not logged. */
+static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const char *event,
+                         const char *reason)
 {
     int64_t second = now_ms() / 1000;
     char quoted[600];
@@ -461,7 +517,7 @@ static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const ch
         r->errors_unlogged++;
         return;
     }
-    tly_log("warn", "error", "topic=%s partition=%d offset=%lld reason=%s dead_letter=%s unlogged=%lld",
+    tly_log("warn", event, "topic=%s partition=%d offset=%lld reason=%s dead_letter=%s unlogged=%lld",
             rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
             tly_log_quote(reason, quoted, sizeof(quoted)), r->topics.dlq.name,
             (long long)r->errors_unlogged);
@@ -491,6 +547,8 @@ static void count_batch(struct runner *r, const tly_batch_stats *stats, int64_t 
     tly_metrics_add(m, TLY_C_APPLIED, stats->applied);
     tly_metrics_add(m, TLY_C_REJECTED, stats->rejected);
     tly_metrics_add(m, TLY_C_SKIPPED, stats->skipped);
+    tly_metrics_add(m, TLY_C_LATE, stats->late);
+    tly_metrics_add(m, TLY_C_DEAD_LETTERED, stats->rejected + stats->late);
     tly_metrics_add(m, TLY_C_CHANGES, stats->changes);
     tly_metrics_add(m, TLY_C_OUTPUTS, outputs);
     tly_metrics_add(m, TLY_C_BATCHES, 1);
@@ -591,6 +649,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     struct produce_ctx ctx = {r, NULL, 0, 0};
     tly_batch_stats stats;
     int64_t seq_before, seq_after;
+    bool has_flush = tly_pipeline_has_flush(r->pipeline);
     char err[512];
 
     int64_t t_start = now_ms(), t_applied, t_produced, t_kafka;
@@ -614,11 +673,13 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     crash_point(r, "after_apply");
 
     for (int i = 0; i < r->count; i++) {
-        if (r->results[i].status == TLY_EVENT_REJECTED) {
+        tly_event_status status = r->results[i].status;
+        if (status == TLY_EVENT_REJECTED || status == TLY_EVENT_LATE) {
             rd_kafka_resp_err_t e = produce_dead_letter(r, r->messages[i], r->results[i].reason);
             if (e)
                 return abort_batch(r, "produce dead letter", rd_kafka_err2str(e), errbuf, errlen);
-            log_rejected(r, r->messages[i], r->results[i].reason);
+            log_rejected(r, r->messages[i], status == TLY_EVENT_LATE ? "late" : "error",
+                         r->results[i].reason);
         } else if (r->results[i].status == TLY_EVENT_SKIPPED) {
             char quoted[256];
             tly_log("info", "skip", "partition=%d offset=%lld reason=%s", (int)r->messages[i]->partition,
@@ -635,11 +696,10 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     }
     ctx.topic = r->topics.output.name;
     ctx.count = 0;
-    if (r->cfg->strategy == TLY_EMIT_INLINE &&
-        tly_pipeline_emit(r->pipeline, seq_before, seq_after, produce_output, &ctx, err,
-                          sizeof(err)) < 0)
-        return abort_batch(r, "produce outputs", ctx.err ? rd_kafka_err2str(ctx.err) : err, errbuf,
-                           errlen);
+    ctx.err = 0;
+    if (batch_emits(r) && emit_outputs(r, &ctx, seq_before, seq_after, has_flush, err,
+                                       sizeof(err)) < 0)
+        return abort_batch(r, "produce outputs", err, errbuf, errlen);
     t_produced = now_ms();
     crash_point(r, "after_produce");
 
@@ -694,6 +754,10 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
             goto database_failed_after_kafka;
         }
     }
+    /* What the batch emitted from the pending set is out: forget it. */
+    if (batch_emits(r) && has_flush &&
+        tly_pipeline_flushed(r->pipeline, seq_after, err, sizeof(err)) < 0)
+        goto database_failed_after_kafka;
     if (tly_store_commit(r->store, err, sizeof(err)) < 0)
         goto database_failed_after_kafka;
     if (now_ms() - t_start >= 500)
@@ -706,6 +770,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     r->applied += stats.applied;
     r->rejected += stats.rejected;
     r->skipped += stats.skipped;
+    r->late += stats.late;
     r->changes += stats.changes;
     r->outputs += ctx.count;
     count_batch(r, &stats, ctx.count, seq_after, t_start, t_applied, t_produced, t_kafka);
@@ -744,9 +809,6 @@ static void plan_pruning(struct runner *r)
     int64_t upto = r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
     int64_t below, cutoff_ms = wall_ms() - r->cfg->changelog_retention_ms;
 
-    /* log_compacted reads the changelog rows after flushed_seq at its next flush */
-    if (r->cfg->strategy == TLY_EMIT_LOG_COMPACTED && r->flushed_seq < upto)
-        upto = r->flushed_seq;
     if (upto <= 0)
         return;
     below = upto + 1;
@@ -985,11 +1047,12 @@ static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
 /* log_compacted: periodic flushes                                           */
 /* ------------------------------------------------------------------------ */
 
-/* Emits the latest record of every key changed after flushed_seq, in one
- * Kafka transaction, then records the new flushed_seq in meta. A crash
- * after the Kafka commit and before the meta write emits the same records
- * again at the next flush (the same latest values, to a compacted topic); a
- * crash before the commit emits nothing, and the next flush covers it. */
+/* Emits the latest record of every pending key (@flush) in one Kafka
+ * transaction, then forgets them (@flushed) in SQLite. A crash after the
+ * Kafka commit and before SQLite's emits the same records again at the next
+ * flush (the same latest values, to a compacted topic); a crash before the
+ * commit emits nothing, and the next flush covers it. A key changed again
+ * after the flush read stays pending (its mark is newer than upto). */
 struct flush_ctx {
     struct produce_ctx produced;
     int64_t upto;
@@ -998,36 +1061,32 @@ struct flush_ctx {
 static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
 {
     struct flush_ctx *f = ctx;
-    if (tly_pipeline_emit(r->pipeline, r->flushed_seq, f->upto, produce_output, &f->produced, why,
-                          whylen) < 0) {
-        if (f->produced.err)
-            tly_error(why, whylen, "%s", rd_kafka_err2str(f->produced.err));
-        return -1;
-    }
-    return 0;
+    return emit_outputs(r, &f->produced, 0, f->upto, true, why, whylen);
 }
 
 static int flush_outputs(struct runner *r, const char *event, char *errbuf, size_t errlen)
 {
     struct flush_ctx f = {{r, r->topics.output.name, 0, 0}, tly_store_last_seq(r->store)};
-    int64_t started = now_ms(), upto = f.upto;
+    int64_t started = now_ms();
+    char err[512];
     int rc;
 
-    if (upto <= r->flushed_seq)
-        return 0;
     if ((rc = own_transaction(r, "flush", "flush_error", fill_flush, &f, errbuf, errlen)) <= 0)
         return rc;
-    crash_point(r, "after_flush");
-    if (tly_store_meta_set_int(r->store, "emit.flushed_seq", upto) < 0)
-        tly_log("warn", "flush_error", "error=\"cannot record emit.flushed_seq: %s\" note=\"the next "
-                "flush repeats these records\"", sqlite3_errmsg(tly_store_db(r->store)));
-    else
-        r->flushed_seq = upto;
+    if (f.produced.count > 0)
+        crash_point(r, "after_flush");
+    if (tly_store_begin(r->store, err, sizeof(err)) < 0 ||
+        tly_pipeline_flushed(r->pipeline, f.upto, err, sizeof(err)) < 0 ||
+        tly_store_commit(r->store, err, sizeof(err)) < 0) {
+        tly_store_rollback(r->store);
+        tly_log("warn", "flush_error", "error=%s note=\"the next flush repeats these records\"",
+                tly_log_quote(err, (char[600]){0}, 600));
+    }
     r->outputs += f.produced.count;
     tly_metrics_add(r->metrics, TLY_C_OUTPUTS, f.produced.count);
     tly_log("info", event, "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
             (long long)(now_ms() - started), (long long)f.produced.count,
-            (long long)f.produced.count, (long long)upto);
+            (long long)tly_pack_messages(r->pack), (long long)f.upto);
     return 0;
 }
 
@@ -1037,6 +1096,27 @@ static int maybe_flush(struct runner *r, char *errbuf, size_t errlen)
         return 0;
     r->next_flush_ms = now_ms() + r->cfg->flush_interval_ms;
     return flush_outputs(r, "flush", errbuf, errlen);
+}
+
+/* After recovery, for the strategies whose batches emit (inline,
+ * window_stream): the committed Kafka history already holds the outputs of
+ * every change the database has, so a replayed change that the replay marked
+ * pending again must not go out twice. What window_stream keeps for windows
+ * still open stays pending. log_compacted and state_store keep everything:
+ * which flush went out is not in the changelog, and emitting a latest record
+ * again is harmless there. */
+static int forget_emitted(struct runner *r, char *errbuf, size_t errlen)
+{
+    char err[512];
+    if (!batch_emits(r) || !tly_pipeline_has_flush(r->pipeline))
+        return 0;
+    if (tly_store_begin(r->store, err, sizeof(err)) < 0 ||
+        tly_pipeline_flushed(r->pipeline, tly_store_last_seq(r->store), err, sizeof(err)) < 0 ||
+        tly_store_commit(r->store, err, sizeof(err)) < 0) {
+        tly_store_rollback(r->store);
+        return tly_error(errbuf, errlen, "cannot settle what was emitted before: %s", err);
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1225,6 +1305,19 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     }
     if (tly_pipeline_open(r.store, cfg->pipeline, settings, 0, &r.pipeline, errbuf, errlen) < 0)
         goto done;
+    if (cfg->strategy != TLY_EMIT_INLINE && !tly_pipeline_has_flush(r.pipeline)) {
+        tly_error(errbuf, errlen, "--strategy %s needs a pipeline that keeps what it has to emit "
+                  "(a @flush section, like telemetry's); %s emits each batch's changes: use "
+                  "--strategy inline", tly_emit_strategy_name(cfg->strategy), cfg->pipeline);
+        goto done;
+    }
+    if (cfg->strategy == TLY_EMIT_WINDOW_STREAM &&
+        tly_pipeline_set_windowed(r.pipeline, true, cfg->allowed_lateness_ms, errbuf, errlen) < 0)
+        goto done;
+    if (!(r.pack = tly_pack_new(cfg->batch_size, produce_output_message, NULL))) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
     /* init_transactions first: it fences any previous instance with our
      * transactional.id and waits until that instance's last transaction is
      * committed or aborted. Only then is the end of the changelog final - a
@@ -1239,16 +1332,8 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         tly_recovery_finish(&rcfg, &recovery, errbuf, errlen) < 0)
         goto done;
     r.snapshot_seq = newest_snapshot_seq(&r);
-    /* A state without a flush position ran inline until now: it emitted
-     * everything it holds - unless it was rebuilt from the changelog. */
-    if (tly_store_meta_get_int(r.store, "emit.flushed_seq", &r.flushed_seq) != 1) {
-        if (strcmp(recovery.source, "changelog") == 0)
-            r.flushed_seq = 0; /* rebuilt: what went out before is unknown; all again */
-        else if (recovery.chosen >= 0)
-            r.flushed_seq = recovery.candidates[recovery.chosen].manifest.last_seq;
-        else
-            r.flushed_seq = tly_store_last_seq(r.store);
-    }
+    if (forget_emitted(&r, errbuf, errlen) < 0)
+        goto done;
     r.next_flush_ms = now_ms() + cfg->flush_interval_ms;
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_MS, recovery.ttr_ms);
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_RECORDS, recovery.records_replayed);
@@ -1262,10 +1347,10 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         goto done;
     tly_metrics_set(r.metrics, TLY_G_READY, 1);
     tly_log("info", "started",
-            "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s db=%s",
+            "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s strategy=%s db=%s",
             cfg->pipeline, r.topics.input.name, r.topics.output.name,
             cfg->changelog ? r.topics.changelog.name : "off", cfg->group_id, cfg->instance_id,
-            r.db_path);
+            tly_emit_strategy_name(cfg->strategy), r.db_path);
     last_report = now_ms();
     while (!(cfg->stop && *cfg->stop)) {
         enum batch_result result;
@@ -1297,10 +1382,11 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         if (now_ms() - last_report >= 10000) {
             last_report = now_ms();
             tly_log("info", "progress",
-                    "applied=%lld rejected=%lld skipped=%lld changes=%lld outputs=%lld "
+                    "applied=%lld rejected=%lld late=%lld skipped=%lld changes=%lld outputs=%lld "
                     "batches=%ld aborted=%lld",
-                    (long long)r.applied, (long long)r.rejected, (long long)r.skipped,
-                    (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
+                    (long long)r.applied, (long long)r.rejected, (long long)r.late,
+                    (long long)r.skipped, (long long)r.changes, (long long)r.outputs, r.batches,
+                    (long long)r.aborted);
         }
     }
     tly_metrics_set(r.metrics, TLY_G_READY, 0);
@@ -1309,9 +1395,9 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     /* A snapshot under way is finished and published: it is a good one. */
     if (r.snapshot_job->running && publish_snapshot(&r, errbuf, errlen) < 0)
         goto done;
-    tly_log("info", "shutdown", "applied=%lld rejected=%lld skipped=%lld changes=%lld outputs=%lld "
-            "batches=%ld aborted=%lld",
-            (long long)r.applied, (long long)r.rejected, (long long)r.skipped,
+    tly_log("info", "shutdown", "applied=%lld rejected=%lld late=%lld skipped=%lld changes=%lld "
+            "outputs=%lld batches=%ld aborted=%lld",
+            (long long)r.applied, (long long)r.rejected, (long long)r.late, (long long)r.skipped,
             (long long)r.changes, (long long)r.outputs, r.batches, (long long)r.aborted);
     rc = 0;
 done:
@@ -1329,6 +1415,7 @@ done:
         rd_kafka_destroy(r.producer);
     }
     tly_pipeline_close(r.pipeline);
+    tly_pack_free(r.pack);
     tly_store_close(r.store);
     if (rcfg.db_path)
         tly_recovery_discard(&rcfg, &recovery);

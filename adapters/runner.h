@@ -12,12 +12,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* When outputs are produced. inline: each committed batch emits the records it
- * changed. log_compacted: every flush_interval_ms, one transaction emits the
- * latest record of everything changed since the last flush (the changelog
- * seq up to which outputs went out is kept in meta as emit.flushed_seq, so a
- * crash between flushes neither loses nor skips a key). */
-enum { TLY_EMIT_INLINE = 0, TLY_EMIT_LOG_COMPACTED = 1 };
+/* When outputs are produced.
+ *   inline         each committed batch emits, in its own transaction, the
+ *                  records it changed
+ *   log_compacted  every flush_interval_ms, one transaction emits the latest
+ *                  record of everything changed since the last flush; what is
+ *                  pending is kept in the database (the pipeline's @flush), so a
+ *                  crash between flushes neither loses nor skips a key
+ *   window_stream  event-time windows of the pipeline's window_ms: a key's
+ *                  record is emitted by the batch that closes the window it
+ *                  changed in (newest event time - allowed_lateness_ms passed
+ *                  the window's end); a later event for a closed window is
+ *                  late: counted and dead-lettered, never applied
+ *   state_store    nothing is emitted: the state is kept up to date and `tally
+ *                  publish` (another process) emits what changed
+ * All but inline need a pipeline with @flush (telemetry). */
+enum { TLY_EMIT_INLINE = 0, TLY_EMIT_LOG_COMPACTED = 1, TLY_EMIT_WINDOW_STREAM = 2,
+       TLY_EMIT_STATE_STORE = 3 };
+
+/* "inline", "log_compacted", ... or NULL for an unknown strategy. */
+const char *tly_emit_strategy_name(int strategy);
+/* The strategy named `name`, or -1. */
+int tly_emit_strategy_parse(const char *name);
 
 typedef struct tly_runner_config {
     const char *pipeline;      /* "orders" or "telemetry" */
@@ -28,12 +44,17 @@ typedef struct tly_runner_config {
     const char *input_topic;   /* NULL: the pipeline's default */
     const char *output_topic;  /* NULL: the pipeline's default */
     const char *state_dir;     /* the database is <state_dir>/<pipeline>.db */
-    int64_t window_ms;         /* orders window; <= 0: the pipeline's default */
+    int64_t window_ms;         /* pipeline window (orders' tumbling windows, telemetry's
+                                  window_stream windows); <= 0: the pipeline's default */
     int64_t commit_interval_ms;/* longest a batch collects before it commits */
     int max_batch;             /* most events in one batch */
     int changelog;             /* 1: mirror the changelog to Kafka (default) */
-    int strategy;              /* TLY_EMIT_INLINE (default) or TLY_EMIT_LOG_COMPACTED */
+    int strategy;              /* TLY_EMIT_* (default inline) */
     int64_t flush_interval_ms; /* log_compacted: time between flushes (default 120 s) */
+    int64_t allowed_lateness_ms; /* window_stream: how far behind the newest event time
+                                    a window stays open (default 0) */
+    int batch_size;            /* output records packed into one message (adapters/pack.h;
+                                  default 1) */
     const char *snapshot_dir;  /* where snapshots go (default <state_dir>/snapshots) */
     int64_t snapshot_interval_ms; /* take one every this often; <= 0: never (default 60 s) */
     int snapshot_keep;         /* newest snapshots kept (default 3) */
@@ -65,7 +86,7 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
  * variable TALLY_CRASH_AT=after_apply|after_produce|after_offsets|after_commit
  * aborts the process at that step of the TALLY_CRASH_BATCH-th batch (default 1);
  * TALLY_CRASH_AT=after_flush right after the first log_compacted flush's Kafka
- * commit, before its position is recorded. */
+ * commit, before the database forgets what it emitted. */
 int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen);
 
 #endif

@@ -28,9 +28,9 @@
  *                            run @stage once per member of the object at PATH,
  *                            with :KEY = member name and :VALUE = its JSON text
  *
- * Sections start with "-- @setup", "-- @check", "-- @stage", "-- @merge" or
- * "-- @replay" alone on a line and run to the next section. A section may hold
- * several statements; they run in order.
+ * Sections start with "-- @NAME" alone on a line (NAME one of those below)
+ * and run to the next section. A section may hold several statements; they
+ * run in order.
  *
  *   @setup   once when the pipeline opens (temporary staging tables)
  *   @check   per event: a SELECT whose first column is NULL for a valid event or
@@ -38,11 +38,31 @@
  *   @stage   per event (per @each member): write into the staging tables
  *   @merge   per batch: fold staging into the state tables, whose triggers write
  *            the changelog; empty the staging tables
- *   @replay  per changelog row: :image (after-image JSON), :key_seq; must change
- *            nothing unless :key_seq is newer than the key's
- *   @emit    per committed batch (or per flush) in the daemon: a SELECT of
- *            (key, value) output records for the changes with
- *            :from_seq < seq <= :to_seq; :now_ms is the wall-clock time of the emit
+ *   @replay  per changelog row: :image (after-image JSON), :key_seq; the first
+ *            statement applies the image and must change nothing unless :key_seq
+ *            is newer than the key's; later ones may maintain derived tables
+ *   @emit    per committed batch in the daemon: a SELECT of (key, value) output
+ *            records for the changes with :from_seq < seq <= :to_seq; :now_ms is
+ *            the wall-clock time of the emit
+ *
+ * Pipelines whose outputs are "the latest record of everything changed since
+ * the last time" (telemetry) keep that set in a table of their own instead and
+ * declare three more sections; the daemon then uses them for every emit
+ * strategy (inline, log_compacted, window_stream, state_store):
+ *
+ *   @late    per event, only with event-time windows (window_stream): a SELECT
+ *            whose first column is NULL, or why the event's window has already
+ *            closed; such an event is counted as late and dead-lettered
+ *   @flush   a SELECT of (key, value) output records for everything pending
+ *            with a mark <= :flush_seq; with :closed_only = 1 only what belongs
+ *            to windows that have closed; :now_ms as in @emit
+ *   @flushed run once the records of a @flush are safely out: forget what was
+ *            pending with a mark <= :flush_seq (and :closed_only as above). A
+ *            mark is the changelog seq when it was last marked, so what changes
+ *            again after the flush read stays pending.
+ *
+ * :allowed_lateness_ms is bound in @late, @flush and @flushed (0 unless the
+ * daemon sets it).
  *
  * Batches: staging coalesces a batch per key, so merge writes one state update
  * and one changelog row per changed key. If a statement fails on an event that
@@ -72,7 +92,7 @@
 #define MAX_STATEMENTS 8
 #define MAX_EXCEPT 16
 #define MAX_TIME_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
-#define SECTION_COUNT 6
+#define SECTION_COUNT 9
 
 enum field_type { FT_ID, FT_TEXT, FT_INT, FT_DECIMAL6, FT_TIME_MS, FT_BOOL, FT_JSON };
 enum field_mode { FM_REQUIRED, FM_OPTIONAL, FM_SKIP_EMPTY };
@@ -132,10 +152,11 @@ struct tly_pipeline {
     struct path each_path;
     int except_count;
     char *except[MAX_EXCEPT];
-    struct section check, stage, merge, replay, emit;
+    struct section check, stage, merge, replay, emit, late, flush, flushed;
+    bool windowed; /* run @late per event and flush closed windows only */
     sqlite3_stmt *last_seq;
     json_tokener *tokener;
-    char meta_applied[96], meta_skipped[96], meta_rejected[96];
+    char meta_applied[96], meta_skipped[96], meta_rejected[96], meta_late[96];
 };
 
 /* ------------------------------------------------------------------------ */
@@ -262,7 +283,8 @@ static int prepare_section(tly_pipeline *p, const char *section_name, const char
 static int parse_file(tly_pipeline *p, const char *text, char **section_sql, char *errbuf,
                       size_t errlen)
 {
-    static const char *section_names[] = {"setup", "check", "stage", "merge", "replay", "emit"};
+    static const char *section_names[] = {"setup",  "check", "stage", "merge",  "replay",
+                                          "emit",   "late",  "flush", "flushed"};
     const char *line = text;
     int current = -1;
     size_t lengths[SECTION_COUNT] = {0};
@@ -391,12 +413,36 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
             if (s == &p->emit && (strcmp(name, "from_seq") == 0 || strcmp(name, "to_seq") == 0 ||
                                   strcmp(name, "now_ms") == 0))
                 known = true;
+            if ((s == &p->late || s == &p->flush || s == &p->flushed) &&
+                strcmp(name, "allowed_lateness_ms") == 0)
+                known = true;
+            if ((s == &p->flush || s == &p->flushed) &&
+                (strcmp(name, "flush_seq") == 0 || strcmp(name, "closed_only") == 0))
+                known = true;
+            if (s == &p->flush && strcmp(name, "now_ms") == 0)
+                known = true;
             if (!known)
                 return tly_error(errbuf, errlen, "%s @%s uses %s, which no @field, @param or @each "
                             "defines", p->source_name, section_name, full);
         }
     }
     return 0;
+}
+
+/* Binds a value the daemon decides at run time (:allowed_lateness_ms,
+ * :closed_only) in every statement of the sections that may use it. Bindings
+ * survive sqlite3_reset, so this is done once per change. */
+static void bind_runtime(tly_pipeline *p, const char *name, int64_t value)
+{
+    struct section *sections[] = {&p->late, &p->flush, &p->flushed};
+    char full[64];
+    snprintf(full, sizeof(full), ":%s", name);
+    for (size_t s = 0; s < sizeof(sections) / sizeof(sections[0]); s++)
+        for (int k = 0; k < sections[s]->count; k++) {
+            int index = sqlite3_bind_parameter_index(sections[s]->statements[k].stmt, full);
+            if (index)
+                sqlite3_bind_int64(sections[s]->statements[k].stmt, index, value);
+        }
 }
 
 /* Overrides @param defaults with "name=value" strings. */
@@ -537,12 +583,24 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         prepare_section(p, "merge", section_sql[3], &p->merge, errbuf, errlen) < 0 ||
         prepare_section(p, "replay", section_sql[4], &p->replay, errbuf, errlen) < 0 ||
         prepare_section(p, "emit", section_sql[5], &p->emit, errbuf, errlen) < 0 ||
+        prepare_section(p, "late", section_sql[6], &p->late, errbuf, errlen) < 0 ||
+        prepare_section(p, "flush", section_sql[7], &p->flush, errbuf, errlen) < 0 ||
+        prepare_section(p, "flushed", section_sql[8], &p->flushed, errbuf, errlen) < 0 ||
         resolve_parameters(p, "check", &p->check, true, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "stage", &p->stage, true, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "merge", &p->merge, false, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "replay", &p->replay, false, true, errbuf, errlen) < 0 ||
-        resolve_parameters(p, "emit", &p->emit, false, false, errbuf, errlen) < 0)
+        resolve_parameters(p, "emit", &p->emit, false, false, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "late", &p->late, true, false, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "flush", &p->flush, false, false, errbuf, errlen) < 0 ||
+        resolve_parameters(p, "flushed", &p->flushed, false, false, errbuf, errlen) < 0)
         goto done;
+    if ((p->flush.count == 0) != (p->flushed.count == 0)) {
+        tly_error(errbuf, errlen, "%s: @flush and @flushed go together", p->source_name);
+        goto done;
+    }
+    bind_runtime(p, "allowed_lateness_ms", 0);
+    bind_runtime(p, "closed_only", 0);
     if (!(flags & TLY_PIPELINE_REPLAY_ONLY)) {
         if (p->stage.count == 0 || p->merge.count == 0) {
             tly_error(errbuf, errlen, "%s: needs @stage and @merge sections", p->source_name);
@@ -565,6 +623,7 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
     snprintf(p->meta_applied, sizeof(p->meta_applied), "pipeline.%s.events_applied", p->name);
     snprintf(p->meta_skipped, sizeof(p->meta_skipped), "pipeline.%s.events_skipped", p->name);
     snprintf(p->meta_rejected, sizeof(p->meta_rejected), "pipeline.%s.events_rejected", p->name);
+    snprintf(p->meta_late, sizeof(p->meta_late), "pipeline.%s.events_late", p->name);
     rc = 0;
 done:
     for (int i = 0; i < SECTION_COUNT; i++)
@@ -593,6 +652,9 @@ void tly_pipeline_close(tly_pipeline *p)
     finalize_section(&p->merge);
     finalize_section(&p->replay);
     finalize_section(&p->emit);
+    finalize_section(&p->late);
+    finalize_section(&p->flush);
+    finalize_section(&p->flushed);
     sqlite3_finalize(p->last_seq);
     if (p->tokener)
         json_tokener_free(p->tokener);
@@ -861,7 +923,30 @@ static bool is_excepted(tly_pipeline *p, const char *key)
     return false;
 }
 
-/* Runs @check and @stage for one event. Returns SQLITE_DONE when it was staged
+/* Runs the SELECTs of @check or @late for one event: the first non-NULL first
+ * column is why the event gets `verdict` instead of being applied. Returns
+ * SQLITE_DONE or the error of a statement. */
+static int run_verdicts(tly_pipeline *p, struct section *s, const struct value *values,
+                        tly_event_status verdict, tly_event_result *result)
+{
+    bind_fields(p, s, values);
+    for (int k = 0; k < s->count; k++) {
+        sqlite3_stmt *stmt = s->statements[k].stmt;
+        int rc = sqlite3_step(stmt);
+        if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL) {
+            snprintf(result->reason, sizeof(result->reason), "%s", sqlite3_column_text(stmt, 0));
+            result->status = verdict;
+        }
+        sqlite3_reset(stmt);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return rc;
+        if (result->status != TLY_EVENT_APPLIED)
+            break;
+    }
+    return SQLITE_DONE;
+}
+
+/* Runs @check, @late (windowed) and @stage for one event. Returns SQLITE_DONE when it was staged
  * (or skipped/rejected, see result), else the SQLite error of a statement. */
 static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *result)
 {
@@ -884,21 +969,13 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
             goto done;
         }
     }
-    bind_fields(p, &p->check, values);
-    for (int k = 0; k < p->check.count; k++) {
-        sqlite3_stmt *stmt = p->check.statements[k].stmt;
-        rc = sqlite3_step(stmt);
-        if (rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL) {
-            snprintf(result->reason, sizeof(result->reason), "%s", sqlite3_column_text(stmt, 0));
-            result->status = TLY_EVENT_REJECTED;
-        }
-        sqlite3_reset(stmt);
-        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-            goto done;
-        rc = SQLITE_DONE;
-        if (result->status != TLY_EVENT_APPLIED)
-            goto done;
-    }
+    if ((rc = run_verdicts(p, &p->check, values, TLY_EVENT_REJECTED, result)) != SQLITE_DONE ||
+        result->status != TLY_EVENT_APPLIED)
+        goto done;
+    if (p->windowed &&
+        ((rc = run_verdicts(p, &p->late, values, TLY_EVENT_LATE, result)) != SQLITE_DONE ||
+         result->status != TLY_EVENT_APPLIED))
+        goto done;
     bind_fields(p, &p->stage, values);
     if (!p->has_each) {
         rc = run_section(&p->stage);
@@ -1020,13 +1097,16 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
             local.applied++;
         else if (results[i].status == TLY_EVENT_SKIPPED)
             local.skipped++;
+        else if (results[i].status == TLY_EVENT_LATE)
+            local.late++;
         else
             local.rejected++;
     }
     local.changes = last_seq(p) - seq_before;
     if ((local.applied && tly_store_meta_add_int(p->store, p->meta_applied, local.applied) < 0) ||
         (local.skipped && tly_store_meta_add_int(p->store, p->meta_skipped, local.skipped) < 0) ||
-        (local.rejected && tly_store_meta_add_int(p->store, p->meta_rejected, local.rejected) < 0)) {
+        (local.rejected && tly_store_meta_add_int(p->store, p->meta_rejected, local.rejected) < 0) ||
+        (local.late && tly_store_meta_add_int(p->store, p->meta_late, local.late) < 0)) {
         tly_error(errbuf, errlen, "cannot update counters: %s", sqlite3_errmsg(p->db));
         goto fatal;
     }
@@ -1046,7 +1126,7 @@ fatal:
 int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_seq, int *changed,
                               char *errbuf, size_t errlen)
 {
-    int total = 0;
+    int total = 0; /* the first statement's: the others maintain derived tables */
     if (p->replay.count == 0)
         return tly_error(errbuf, errlen, "%s has no @replay section", p->source_name);
     for (int k = 0; k < p->replay.count; k++) {
@@ -1061,9 +1141,39 @@ int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_se
         sqlite3_reset(stmt);
         if (rc != SQLITE_DONE)
             return tly_error(errbuf, errlen, "%s @replay: %s", p->source_name, sqlite3_errmsg(p->db));
-        total += sqlite3_changes(p->db);
+        if (k == 0)
+            total = sqlite3_changes(p->db);
     }
     *changed = total > 0;
+    return 0;
+}
+
+/* Steps an output SELECT (@emit, @flush): binds :now_ms, passes each (key,
+ * value) row to fn. */
+static int run_outputs(tly_pipeline *p, const char *section_name, sqlite3_stmt *stmt,
+                       tly_emit_fn fn, void *ctx, char *errbuf, size_t errlen)
+{
+    int index, rc;
+    if ((index = sqlite3_bind_parameter_index(stmt, ":now_ms"))) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        sqlite3_bind_int64(stmt, index, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    }
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const char *key = (const char *)sqlite3_column_text(stmt, 0);
+        size_t key_len = (size_t)sqlite3_column_bytes(stmt, 0);
+        const char *value = (const char *)sqlite3_column_text(stmt, 1);
+        size_t value_len = (size_t)sqlite3_column_bytes(stmt, 1);
+        if (fn(ctx, key, key_len, value, value_len) != 0) {
+            sqlite3_reset(stmt);
+            return tly_error(errbuf, errlen, "%s @%s: stopped by the caller", p->source_name,
+                             section_name);
+        }
+    }
+    sqlite3_reset(stmt);
+    if (rc != SQLITE_DONE)
+        return tly_error(errbuf, errlen, "%s @%s: %s", p->source_name, section_name,
+                         sqlite3_errmsg(p->db));
     return 0;
 }
 
@@ -1072,29 +1182,57 @@ int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emi
 {
     for (int k = 0; k < p->emit.count; k++) {
         sqlite3_stmt *stmt = p->emit.statements[k].stmt;
-        int index, rc;
+        int index;
         if ((index = sqlite3_bind_parameter_index(stmt, ":from_seq")))
             sqlite3_bind_int64(stmt, index, from_seq);
         if ((index = sqlite3_bind_parameter_index(stmt, ":to_seq")))
             sqlite3_bind_int64(stmt, index, to_seq);
-        if ((index = sqlite3_bind_parameter_index(stmt, ":now_ms"))) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            sqlite3_bind_int64(stmt, index, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
-        }
-        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-            const char *key = (const char *)sqlite3_column_text(stmt, 0);
-            size_t key_len = (size_t)sqlite3_column_bytes(stmt, 0);
-            const char *value = (const char *)sqlite3_column_text(stmt, 1);
-            size_t value_len = (size_t)sqlite3_column_bytes(stmt, 1);
-            if (fn(ctx, key, key_len, value, value_len) != 0) {
-                sqlite3_reset(stmt);
-                return tly_error(errbuf, errlen, "%s @emit: stopped by the caller", p->source_name);
-            }
-        }
+        if (run_outputs(p, "emit", stmt, fn, ctx, errbuf, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+bool tly_pipeline_has_flush(const tly_pipeline *p) { return p->flush.count > 0; }
+
+int tly_pipeline_set_windowed(tly_pipeline *p, bool windowed, int64_t allowed_lateness_ms,
+                              char *errbuf, size_t errlen)
+{
+    if (windowed && (p->late.count == 0 || p->flush.count == 0))
+        return tly_error(errbuf, errlen, "pipeline %s has no event-time windows (it needs @late, "
+                         "@flush and @flushed sections)", p->name);
+    p->windowed = windowed;
+    bind_runtime(p, "allowed_lateness_ms", allowed_lateness_ms);
+    bind_runtime(p, "closed_only", windowed ? 1 : 0);
+    return 0;
+}
+
+int tly_pipeline_flush(tly_pipeline *p, int64_t flush_seq, tly_emit_fn fn, void *ctx,
+                       char *errbuf, size_t errlen)
+{
+    for (int k = 0; k < p->flush.count; k++) {
+        sqlite3_stmt *stmt = p->flush.statements[k].stmt;
+        int index;
+        if ((index = sqlite3_bind_parameter_index(stmt, ":flush_seq")))
+            sqlite3_bind_int64(stmt, index, flush_seq);
+        if (run_outputs(p, "flush", stmt, fn, ctx, errbuf, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+int tly_pipeline_flushed(tly_pipeline *p, int64_t flush_seq, char *errbuf, size_t errlen)
+{
+    for (int k = 0; k < p->flushed.count; k++) {
+        sqlite3_stmt *stmt = p->flushed.statements[k].stmt;
+        int index, rc;
+        if ((index = sqlite3_bind_parameter_index(stmt, ":flush_seq")))
+            sqlite3_bind_int64(stmt, index, flush_seq);
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+            ;
         sqlite3_reset(stmt);
         if (rc != SQLITE_DONE)
-            return tly_error(errbuf, errlen, "%s @emit: %s", p->source_name, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "%s @flushed: %s", p->source_name, sqlite3_errmsg(p->db));
     }
     return 0;
 }

@@ -12,6 +12,7 @@
 
 #include "store.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,15 +30,17 @@ typedef enum tly_event_status {
     TLY_EVENT_APPLIED = 0,  /* folded into the state */
     TLY_EVENT_SKIPPED = 1,  /* deliberately ignored (e.g. empty data.id) */
     TLY_EVENT_REJECTED = 2, /* malformed or invalid: belongs in a dead-letter place */
+    TLY_EVENT_LATE = 3,     /* its event-time window had closed (windowed pipelines):
+                               also belongs in a dead-letter place */
 } tly_event_status;
 
 typedef struct tly_event_result {
     tly_event_status status;
-    char reason[200]; /* why it was skipped or rejected; "" when applied */
+    char reason[200]; /* why it was skipped, rejected or late; "" when applied */
 } tly_event_result;
 
 typedef struct tly_batch_stats {
-    int64_t applied, skipped, rejected;
+    int64_t applied, skipped, rejected, late;
     int64_t changes; /* changelog rows the batch appended */
 } tly_batch_stats;
 
@@ -92,5 +95,25 @@ typedef int (*tly_emit_fn)(void *ctx, const char *key, size_t key_len, const cha
  * errbuf when a statement or the callback failed. */
 int tly_pipeline_emit(tly_pipeline *pipeline, int64_t from_seq, int64_t to_seq, tly_emit_fn fn,
                       void *ctx, char *errbuf, size_t errlen);
+
+/* Whether the pipeline keeps its pending outputs itself (@flush / @flushed),
+ * which the daemon's log_compacted, window_stream and state_store need. */
+bool tly_pipeline_has_flush(const tly_pipeline *pipeline);
+
+/* Event-time windows: with windowed set, @late judges every event (a late one
+ * gets TLY_EVENT_LATE and changes nothing) and @flush / @flushed cover closed
+ * windows only. allowed_lateness_ms is bound as :allowed_lateness_ms. Fails if
+ * the pipeline has no @late or @flush. */
+int tly_pipeline_set_windowed(tly_pipeline *pipeline, bool windowed, int64_t allowed_lateness_ms,
+                              char *errbuf, size_t errlen);
+
+/* Runs @flush: every output record pending with a mark <= flush_seq (normally
+ * the store's last changelog seq, read in the same transaction) goes to fn.
+ * Nothing is forgotten until tly_pipeline_flushed with the same flush_seq,
+ * which the caller runs once the records are safely out. A pipeline without
+ * @flush emits nothing. Return 0, or -1 with errbuf. */
+int tly_pipeline_flush(tly_pipeline *pipeline, int64_t flush_seq, tly_emit_fn fn, void *ctx,
+                       char *errbuf, size_t errlen);
+int tly_pipeline_flushed(tly_pipeline *pipeline, int64_t flush_seq, char *errbuf, size_t errlen);
 
 #endif

@@ -8,8 +8,17 @@
 -- received_at the later arrival wins if its value differs. An empty data.id
 -- skips the event (counted, logged as event=skip).
 --
+-- Outputs: the full latest record of each vehicle whose record changed, in the
+-- input's shape, keyed by VIN (view vehicle_latest; produced_at = emit time).
+-- Which vehicles are pending is kept in vehicle_pending (migrations/005), by
+-- event-time window of window_ms; the daemon's strategies decide when they go
+-- out (@flush, @flushed). With event-time windows (window_stream) a window
+-- closes once the newest received_at seen, minus the allowed lateness, has
+-- passed its end; a reading for a closed window is late (@late).
+--
 -- @pipeline telemetry
 -- @entity vehicle_sensor
+-- @param window_ms 120000
 -- @field vin         data.id      id       skip_empty
 -- @field received_at received_at  time_ms  required
 -- @field produced_at produced_at  time_ms  optional
@@ -24,6 +33,17 @@ CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
     produced_at_ms INTEGER,
     PRIMARY KEY (vin, sensor)
 ) STRICT, WITHOUT ROWID;
+
+-- @late
+SELECT CASE WHEN :received_at < closed_ms THEN
+    printf('late: received_at %d belongs to window [%d, %d), closed since the newest ' ||
+           'received_at seen (%d) minus the allowed lateness (%d ms) passed %d',
+           :received_at, :received_at - :received_at % :window_ms,
+           :received_at - :received_at % :window_ms + :window_ms, max_event_ms,
+           :allowed_lateness_ms, closed_ms)
+END
+FROM (SELECT max_event_ms, (max_event_ms - :allowed_lateness_ms) / :window_ms * :window_ms AS closed_ms
+      FROM event_clock WHERE pipeline = 'telemetry');
 
 -- @stage
 INSERT INTO temp.telemetry_stage (vin, sensor, value, received_at_ms, produced_at_ms)
@@ -45,6 +65,18 @@ ON CONFLICT DO UPDATE SET value = excluded.value,
 WHERE excluded.received_at_ms > vehicle_sensor_state.received_at_ms
    OR (excluded.received_at_ms = vehicle_sensor_state.received_at_ms
        AND excluded.value IS NOT vehicle_sensor_state.value);
+-- The vehicles whose staged reading won are pending, in the window of that
+-- reading; a reading that lost to a newer one changed nothing to emit.
+INSERT INTO vehicle_pending (window_start_ms, vin, mark)
+SELECT DISTINCT s.received_at_ms - s.received_at_ms % :window_ms, s.vin,
+       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
+FROM temp.telemetry_stage AS s
+JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
+WHERE v.received_at_ms = s.received_at_ms AND v.value = s.value
+ON CONFLICT DO UPDATE SET mark = excluded.mark;
+INSERT INTO event_clock (pipeline, max_event_ms)
+SELECT 'telemetry', max(received_at_ms) FROM temp.telemetry_stage HAVING count(*) > 0
+ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 DELETE FROM temp.telemetry_stage;
 
 -- @replay
@@ -56,11 +88,41 @@ WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value, received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms, key_seq = excluded.key_seq
 WHERE excluded.key_seq > vehicle_sensor_state.key_seq;
+-- A replayed change is pending again (the daemon forgets, after recovery, what
+-- the committed history already emitted), and moves the clock as it did.
+INSERT INTO vehicle_pending (window_start_ms, vin, mark)
+SELECT received_at_ms - received_at_ms % :window_ms, vin,
+       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
+FROM vehicle_sensor_state
+WHERE vin = json_extract(:image, '$.vin') AND sensor = json_extract(:image, '$.sensor')
+  AND key_seq = :key_seq
+ON CONFLICT DO UPDATE SET mark = excluded.mark;
+INSERT INTO event_clock (pipeline, max_event_ms)
+SELECT 'telemetry', json_extract(:image, '$.received_at_ms') WHERE true
+ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 
--- @emit
--- The full latest record of every vehicle changed since the last emit, keyed
--- by VIN, in the input's shape; produced_at is when it was emitted (the view
--- keeps the newest reading's).
-SELECT vin, json_set(record, '$.produced_at', :now_ms) FROM vehicle_latest
-WHERE vin IN (SELECT image ->> '$.vin' FROM changelog
-              WHERE seq > :from_seq AND seq <= :to_seq AND entity = 'vehicle_sensor');
+-- @flush
+-- The full latest record of every pending vehicle, keyed by VIN, in the shape
+-- of the view vehicle_latest (spelled out again so that only the pending
+-- vehicles' rows are read, one primary-key range each); produced_at is when it
+-- was emitted. A pending vehicle always has state rows: only a state change
+-- marks one.
+SELECT p.vin,
+       (SELECT json_object('data',
+                           json('{"id":' || json_quote(p.vin) || ','
+                                || substr(json_group_object(s.sensor, json(s.value)), 2)),
+                           'received_at', max(s.received_at_ms),
+                           'produced_at', :now_ms)
+        FROM vehicle_sensor_state AS s WHERE s.vin = p.vin)
+FROM (SELECT DISTINCT vin FROM vehicle_pending
+      WHERE mark <= :flush_seq
+        AND (:closed_only = 0 OR window_start_ms + :window_ms <=
+             (SELECT (max_event_ms - :allowed_lateness_ms) / :window_ms * :window_ms
+              FROM event_clock WHERE pipeline = 'telemetry'))) AS p;
+
+-- @flushed
+DELETE FROM vehicle_pending
+WHERE mark <= :flush_seq
+  AND (:closed_only = 0 OR window_start_ms + :window_ms <=
+       (SELECT (max_event_ms - :allowed_lateness_ms) / :window_ms * :window_ms
+        FROM event_clock WHERE pipeline = 'telemetry'));

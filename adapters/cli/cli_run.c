@@ -32,7 +32,8 @@ static const char run_usage[] =
     "  --input-topic T          default orders.enriched | sensor-service.dispatch.telemetry-aggregated\n"
     "  --output-topic T         default orders.output | sensor-service.dispatch.telemetry-latest-compacted\n"
     "  --state-dir DIR          the database is DIR/<pipeline>.db (default ./state)\n"
-    "  --window-size DUR        orders window (default 60s; fixed per database)\n"
+    "  --window-size DUR        orders: tumbling window (default 60s); telemetry: the\n"
+    "                           window_stream windows (default 120s); fixed per database\n"
     "  --commit-interval-ms N   longest a batch collects before it commits (default 100)\n"
     "  --max-batch N            most events per batch (default 5000)\n"
     "  --changelog on|off       mirror the changelog to P-changelog (default on); with off,\n"
@@ -52,11 +53,22 @@ static const char run_usage[] =
     "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
     "                           (default: $TALLY_HTTP_TOKEN, else none)\n"
     "  --query-timeout-ms N     interrupt a /query after N ms (default 5000)\n"
-    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"    "  --strategy S             when outputs go out: inline (each batch's changed records;\n"
-    "                           the orders default) or log_compacted (every\n"
-    "                           --flush-interval, the latest record of everything changed\n"
-    "                           since the last flush, in one transaction; telemetry's default)\n"
+    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"    "  --strategy S             when outputs go out (telemetry; orders is always inline):\n"
+    "                             inline         each batch's changed records\n"
+    "                             log_compacted  every --flush-interval, the latest record\n"
+    "                                            of everything changed since the last\n"
+    "                                            flush, in one transaction (default)\n"
+    "                             window_stream  a vehicle's record when the event-time\n"
+    "                                            window (--window-size) it changed in\n"
+    "                                            closes; later readings are dead-lettered\n"
+    "                             state_store    nothing: tally publish emits from the\n"
+    "                                            database\n"
     "  --flush-interval DUR     log_compacted: time between flushes (default 120s)\n"
+    "  --allowed-lateness DUR   window_stream: a window closes once the newest reading\n"
+    "                           is this far past its end (default 0)\n"
+    "  --batch-size N           pack up to N records into one output message, a JSON\n"
+    "                           array keyed by the first record's key (default 1; not\n"
+    "                           with log_compacted: a compacted topic keeps one per key)\n"
     "  --log-level L            debug, info (default), warn or error ($TALLY_LOG_LEVEL)\n"
     "  --log-format F           logfmt (default) or json, one object per line\n"
     "                           ($TALLY_LOG_FORMAT)\n"
@@ -126,13 +138,15 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         {"query-max-rows", required_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'L'},
         {"strategy", required_argument, NULL, 'Y'},
+        {"allowed-lateness", required_argument, NULL, 'l'},
+        {"batch-size", required_argument, NULL, 'B'},
         {"flush-interval", required_argument, NULL, 'f'},
         {"log-format", required_argument, NULL, 'F'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *pipeline = NULL;
     int64_t n;
-    int opt, strategy = -1;
+    int opt, strategy = -1, lateness_given = 0;
 
     tly_runner_config_init(cfg, NULL);
     cfg->brokers = getenv("KAFKA_BROKERS");
@@ -189,12 +203,19 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
             break;
         case 'E': cfg->allow_empty = 1; break;
         case 'Y':
-            if (strcmp(optarg, "inline") == 0)
-                strategy = TLY_EMIT_INLINE;
-            else if (strcmp(optarg, "log_compacted") == 0)
-                strategy = TLY_EMIT_LOG_COMPACTED;
-            else
-                return cli_usage_error(cmd, "--strategy must be inline or log_compacted, not \"%s\"", optarg);
+            if ((strategy = tly_emit_strategy_parse(optarg)) < 0)
+                return cli_usage_error(cmd, "--strategy must be inline, log_compacted, window_stream "
+                                            "or state_store, not \"%s\"", optarg);
+            break;
+        case 'l':
+            if (cli_parse_duration_ms(cmd, "--allowed-lateness", optarg, &cfg->allowed_lateness_ms) < 0)
+                return CLI_EXIT_USAGE;
+            lateness_given = 1;
+            break;
+        case 'B':
+            if (cli_parse_int64(cmd, "--batch-size", optarg, 1, 100000, &n) < 0)
+                return CLI_EXIT_USAGE;
+            cfg->batch_size = (int)n;
             break;
         case 'f':
             if (cli_parse_duration_ms(cmd, "--flush-interval", optarg, &cfg->flush_interval_ms) < 0)
@@ -253,12 +274,20 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
     if (!cfg->brokers || !*cfg->brokers)
         return cli_usage_error(cmd, "--brokers is required (or set KAFKA_BROKERS), e.g. "
                                       "--brokers 127.0.0.1:9092");
-    if (cfg->window_ms > 0 && strcmp(pipeline, "orders") != 0)
-        return cli_usage_error(cmd, "--window-size applies to the orders pipeline only");
     cfg->pipeline = pipeline;
     cfg->strategy = strategy >= 0                      ? strategy
                     : strcmp(pipeline, "telemetry") == 0 ? TLY_EMIT_LOG_COMPACTED
                                                          : TLY_EMIT_INLINE;
+    if (cfg->strategy != TLY_EMIT_INLINE && strcmp(pipeline, "orders") == 0)
+        return cli_usage_error(cmd, "--strategy %s is for telemetry; orders emits each batch's "
+                               "changed windows (--strategy inline)",
+                               tly_emit_strategy_name(cfg->strategy));
+    if (lateness_given && cfg->strategy != TLY_EMIT_WINDOW_STREAM)
+        return cli_usage_error(cmd, "--allowed-lateness applies to --strategy window_stream only");
+    if (cfg->batch_size > 1 && cfg->strategy == TLY_EMIT_LOG_COMPACTED)
+        return cli_usage_error(cmd, "--batch-size %d packs several vehicles into one message, which a "
+                               "compacted topic cannot keep per key: use --batch-size 1 with "
+                               "log_compacted, or another --strategy", cfg->batch_size);
     if (!cfg->instance_id) {
         snprintf(default_instance, instance_len, "%s-0", pipeline);
         cfg->instance_id = default_instance;

@@ -502,7 +502,8 @@ static int collect_emit(void *ctx, const char *key, size_t key_len, const char *
     return 0;
 }
 
-/* @emit: one output record per window (or vehicle) a batch changed. */
+/* @emit: one output record per window a batch changed; @flush: one per
+ * vehicle pending. */
 static void test_emit_outputs(void)
 {
     tly_store *store = open_store("emit.db");
@@ -533,7 +534,7 @@ static void test_emit_outputs(void)
     memset(&e, 0, sizeof(e));
     CHECK(tly_pipeline_emit(orders, after, after, collect_emit, &e, err, sizeof(err)) == 0);
     CHECK_INT(e.count, 0);
-    /* telemetry: the full record of the vehicle, once per batch */
+    /* telemetry: the full record of the vehicle, once, from its pending set */
     before = after;
     CHECK(apply(telemetry, readings, NULL, NULL) == 0);
     after = tly_store_last_seq(store);
@@ -544,7 +545,7 @@ static void test_emit_outputs(void)
         char rest[256];
         clock_gettime(CLOCK_REALTIME, &ts);
         t0 = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-        CHECK(tly_pipeline_emit(telemetry, before, after, collect_emit, &e, err, sizeof(err)) == 0);
+        CHECK(tly_pipeline_flush(telemetry, after, collect_emit, &e, err, sizeof(err)) == 0);
         clock_gettime(CLOCK_REALTIME, &ts);
         t1 = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         CHECK_INT(e.count, 1);
@@ -565,9 +566,101 @@ end:
     tly_store_close(store);
 }
 
+/* Telemetry's pending set: what a flush read and then forgot stays forgotten,
+ * what changed after the read stays pending, a reading that lost to a newer
+ * one makes nothing pending; with windows, only closed windows flush and a
+ * reading for a closed window is late. */
+static void test_flush_and_windows(void)
+{
+    tly_store *store = open_store("flush.db");
+    tly_pipeline *p = NULL;
+    struct emitted e = {0};
+    tly_event_result results[8];
+    tly_batch_stats stats;
+    char err[256];
+    int64_t read_at;
+    const char *settings[] = {"window_ms=1000", NULL};
+    const char *first[] = {
+        "{\"data\":{\"id\":\"A\",\"speed\":1},\"received_at\":100}",
+        "{\"data\":{\"id\":\"B\",\"speed\":2},\"received_at\":200}", NULL};
+    const char *again[] = {"{\"data\":{\"id\":\"A\",\"speed\":3},\"received_at\":300}", NULL};
+    const char *stale[] = {"{\"data\":{\"id\":\"B\",\"speed\":9},\"received_at\":150}", NULL};
+    /* windows of 1 s, lateness 500 ms: 2600 closes [0,1000) and [1000,2000) */
+    const char *later[] = {"{\"data\":{\"id\":\"C\",\"speed\":4},\"received_at\":1200}",
+                           "{\"data\":{\"id\":\"D\",\"speed\":5},\"received_at\":2600}", NULL};
+    const char *late[] = {"{\"data\":{\"id\":\"A\",\"speed\":6},\"received_at\":1999}",
+                          "{\"data\":{\"id\":\"E\",\"speed\":7},\"received_at\":2000}", NULL};
+
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "telemetry", settings, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK(tly_pipeline_has_flush(p));
+    CHECK(apply(p, first, NULL, NULL) == 0);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 2);
+    read_at = tly_store_last_seq(store);
+    CHECK(tly_pipeline_flush(p, read_at, collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK_INT(e.count, 2);
+    CHECK_STR(e.keys[0], "A");
+    CHECK_STR(e.keys[1], "B");
+    /* A changes after the read: the flush's forget must leave it pending */
+    CHECK(apply(p, again, NULL, NULL) == 0);
+    CHECK(tly_pipeline_flushed(p, read_at, err, sizeof(err)) == 0);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 1);
+    memset(&e, 0, sizeof(e));
+    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK_INT(e.count, 1);
+    CHECK_STR(e.keys[0], "A");
+    CHECK(tly_pipeline_flushed(p, tly_store_last_seq(store), err, sizeof(err)) == 0);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 0);
+    /* an older reading changes nothing and makes nothing pending */
+    CHECK(apply(p, stale, results, &stats) == 0);
+    CHECK_INT(stats.applied, 1);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 0);
+
+    /* event-time windows, 500 ms of lateness */
+    CHECK(tly_pipeline_set_windowed(p, true, 500, err, sizeof(err)) == 0);
+    CHECK(apply(p, later, results, &stats) == 0);
+    CHECK_INT(stats.applied, 2);
+    CHECK_INT(stats.late, 0);
+    memset(&e, 0, sizeof(e));
+    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) == 0);
+    /* [1000,2000) closed (2600 - 500 >= 2000): C; D's window [2000,3000) is open */
+    CHECK_INT(e.count, 1);
+    CHECK_STR(e.keys[0], "C");
+    CHECK(tly_pipeline_flushed(p, tly_store_last_seq(store), err, sizeof(err)) == 0);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 1);
+    /* 1999 is in the closed window: late; 2000 is in the open one */
+    CHECK(apply(p, late, results, &stats) == 0);
+    CHECK_INT(stats.late, 1);
+    CHECK_INT(stats.applied, 1);
+    CHECK_INT(results[0].status, TLY_EVENT_LATE);
+    CHECK_MSG(strncmp(results[0].reason, "late: received_at 1999 belongs to window [1000, 2000)",
+                      53) == 0, "%s", results[0].reason);
+    CHECK_INT(results[1].status, TLY_EVENT_APPLIED);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 2); /* D and E in [2000,3000) */
+    /* the late reading changed nothing */
+    {
+        sqlite3_stmt *stmt = NULL;
+        CHECK(sqlite3_prepare_v2(tly_store_db(store),
+                                 "SELECT value FROM vehicle_sensor_state WHERE vin = 'A'", -1, &stmt,
+                                 NULL) == SQLITE_OK);
+        CHECK(sqlite3_step(stmt) == SQLITE_ROW);
+        CHECK_STR((const char *)sqlite3_column_text(stmt, 0), "3");
+        sqlite3_finalize(stmt);
+    }
+    /* without windows again, everything pending flushes */
+    CHECK(tly_pipeline_set_windowed(p, false, 0, err, sizeof(err)) == 0);
+    memset(&e, 0, sizeof(e));
+    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK_INT(e.count, 2);
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
 int main(void)
 {
     RUN(test_orders_money_is_exact);
+    RUN(test_flush_and_windows);
     RUN(test_orders_windows);
     RUN(test_orders_coalesce_per_batch);
     RUN(test_orders_malformed);
