@@ -14,5 +14,6 @@ int cmd_produce(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 int cmd_recover(int argc, char **argv);
+int cmd_publish(int argc, char **argv);
 
 #endif

@@ -23,6 +23,7 @@ static const char usage[] =
     "  restore     check a snapshot and copy it to a new database\n"
     "  recover     bring a state database back from snapshot + changelog (or plan it)\n"
     "  run         the daemon: consume Kafka, apply, commit exactly once\n"
+    "  publish     emit what a state_store daemon keeps, from another process\n"
     "  topics      create a pipeline's Kafka topics (tally topics create)\n"
     "  produce     send generated events to Kafka at a steady rate\n"
     "  demo        run both pipelines on generated events and show them live\n"
@@ -46,6 +47,7 @@ int main(int argc, char **argv)
         {"snapshot", cmd_snapshot},
         {"restore", cmd_restore},
         {"recover", cmd_recover},
+        {"publish", cmd_publish},
     };
 
     if (argc < 2) {

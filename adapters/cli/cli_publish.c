@@ -1,0 +1,335 @@
+/* adapters/cli/cli_publish.c - tally publish: emits what a state_store daemon
+ * keeps, from another process.
+ *
+ * `tally run --strategy state_store` only keeps the state. This command opens
+ * the same database (SQLite WAL: it reads while the daemon writes) and, every
+ * --interval, emits the latest record of every vehicle changed since the last
+ * time (the pipeline's @flush), keyed by VIN, through an idempotent producer;
+ * once the broker has confirmed every message it forgets them (@flushed) in a
+ * short write transaction of its own. The pending set in the database is its
+ * position: a restart resumes exactly where it stopped, and a vehicle changed
+ * after a cycle read the table stays pending for the next one (its mark is
+ * newer than the cycle's). A crash between the deliveries and the forget emits
+ * those records again: at-least-once, harmless on a compacted topic keyed by
+ * VIN. */
+#include "cli_common.h"
+#include "commands.h"
+
+#include "error.h"
+#include "kconf.h"
+#include "log.h"
+#include "pack.h"
+#include "pipeline.h"
+#include "store.h"
+#include "topics.h"
+
+#include <getopt.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KAFKA_TIMEOUT_MS 30000
+
+static const char publish_usage[] =
+    "usage: tally publish --db PATH --brokers HOST:PORT[,...] [OPTIONS]\n"
+    "\n"
+    "Emits, every --interval, the latest record of every vehicle whose record changed\n"
+    "since the last cycle in the database that `tally run --strategy state_store` keeps,\n"
+    "keyed by VIN, then forgets them there once the broker has every message. The\n"
+    "database is read while the daemon writes (WAL); what is pending is the position,\n"
+    "so a restart resumes where the last cycle stopped. At-least-once: a crash between\n"
+    "delivery and forget repeats those records (harmless on a compacted topic).\n"
+    "\n"
+    "  --db PATH            the daemon's database (<state-dir>/telemetry.db)\n"
+    "  --brokers LIST       bootstrap servers (default: $KAFKA_BROKERS)\n"
+    "  --pipeline NAME      telemetry (default; the pipeline must keep a pending set)\n"
+    "  --output-topic T     default sensor-service.dispatch.telemetry-latest-compacted\n"
+    "                       (created, compacted, if missing)\n"
+    "  --interval DUR       time between cycles (default 120s)\n"
+    "  --batch-size N       pack up to N records into one message, a JSON array keyed\n"
+    "                       by the first record's key (default 1; keep 1 for a\n"
+    "                       compacted topic)\n"
+    "  --once               one cycle, then exit\n"
+    "  --log-level L, --log-format F   as for tally run\n"
+    "\n"
+    "Logs event=flush flush_duration_ms=... vin_count=... message_count=... per cycle,\n"
+    "event=flush_error when the broker did not take every message (nothing is\n"
+    "forgotten; the next cycle sends them again). SIGTERM or SIGINT ends after the\n"
+    "cycle under way. Exit status 0, 1 on an error, 2 on a bad option.\n";
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+struct publisher {
+    const char *topic;
+    rd_kafka_t *rk;
+    tly_store *store;
+    tly_pipeline *pipeline;
+    tly_pack *pack;
+    int64_t failed;
+    char first_error[256];
+    int fatal;
+};
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    struct publisher *p = opaque;
+    (void)rk;
+    if (m->err && p->failed++ == 0)
+        snprintf(p->first_error, sizeof(p->first_error), "%s", rd_kafka_err2str(m->err));
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    struct publisher *p = opaque;
+    char fatal_reason[512];
+    /* An idempotent producer's fatal error (a sequence gap) means it cannot go
+     * on without risking duplicates or loss: stop. */
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason));
+        p->fatal = 1;
+        reason = fatal_reason;
+    }
+    tly_log(p->fatal ? "error" : "warn", "kafka", "error=%s",
+            tly_log_quote(reason, (char[600]){0}, 600));
+}
+
+static int send_message(void *ctx, const char *key, size_t key_len, const char *value,
+                        size_t value_len)
+{
+    struct publisher *p = ctx;
+    rd_kafka_resp_err_t err;
+    for (;;) {
+        err = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic), RD_KAFKA_V_KEY(key, key_len),
+                                RD_KAFKA_V_VALUE((void *)value, value_len),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            break;
+        rd_kafka_poll(p->rk, 10);
+    }
+    if (err && p->failed++ == 0)
+        snprintf(p->first_error, sizeof(p->first_error), "%s", rd_kafka_err2str(err));
+    return err ? 1 : 0;
+}
+
+static int add_record(void *ctx, const char *key, size_t key_len, const char *value,
+                      size_t value_len)
+{
+    struct publisher *p = ctx;
+    return tly_pack_add(p->pack, key, key_len, value, value_len);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* One cycle. Returns 0 (also when the broker refused some messages: logged,
+ * retried next cycle), or -1 with err on a database or fatal producer error. */
+static int publish_once(struct publisher *p, char *err, size_t errlen)
+{
+    int64_t started = mono_ms(), upto;
+    int rc;
+
+    /* A read transaction (not BEGIN IMMEDIATE): the daemon keeps writing while
+     * the records go out. */
+    if (tly_store_exec(p->store, "BEGIN", err, errlen) < 0)
+        return -1;
+    upto = tly_store_last_seq(p->store);
+    tly_pack_reset(p->pack, p);
+    p->failed = 0;
+    rc = tly_pipeline_flush(p->pipeline, upto, add_record, p, err, errlen);
+    if (rc == 0 && tly_pack_finish(p->pack) != 0)
+        rc = -1;
+    tly_store_exec(p->store, "COMMIT", (char[256]){0}, 256); /* a read: nothing to lose */
+    if (rc < 0 && !p->failed)
+        return -1;
+    /* Only confirmed deliveries count: wait for every report. */
+    while (rd_kafka_outq_len(p->rk) > 0 && !p->fatal)
+        rd_kafka_flush(p->rk, 1000);
+    if (p->fatal)
+        return tly_error(err, errlen, "the producer failed fatally; nothing was forgotten");
+    if (p->failed) {
+        tly_log("error", "flush_error", "failed=%lld error=%s note=\"nothing forgotten: the next "
+                "cycle sends them again\"", (long long)p->failed,
+                tly_log_quote(p->first_error, (char[300]){0}, 300));
+        return 0;
+    }
+    if (tly_store_begin(p->store, err, errlen) < 0 ||
+        tly_pipeline_flushed(p->pipeline, upto, err, errlen) < 0 ||
+        tly_store_commit(p->store, err, errlen) < 0) {
+        tly_store_rollback(p->store);
+        tly_log("warn", "flush_error", "error=%s note=\"sent but not forgotten: the next cycle "
+                "repeats them\"", tly_log_quote(err, (char[600]){0}, 600));
+        return 0;
+    }
+    tly_log("info", "flush", "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
+            (long long)(mono_ms() - started), (long long)tly_pack_records(p->pack),
+            (long long)tly_pack_messages(p->pack), (long long)upto);
+    return 0;
+}
+
+static rd_kafka_t *new_producer(struct publisher *p, const char *brokers, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *rk;
+    char errstr[512];
+
+    if (tly_kconf_set(conf, "bootstrap.servers", brokers, err, errlen) < 0 ||
+        tly_kconf_set(conf, "client.id", "tally-publish", err, errlen) < 0 ||
+        tly_kconf_set(conf, "enable.idempotence", "true", err, errlen) < 0 ||
+        tly_kconf_set(conf, "linger.ms", "20", err, errlen) < 0 ||
+        tly_kconf_set(conf, "partitioner", "murmur2_random", err, errlen) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, p);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
+        rd_kafka_conf_destroy(conf);
+        tly_error(err, errlen, "cannot create the producer: %s", errstr);
+    }
+    return rk;
+}
+
+int cmd_publish(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"db", required_argument, NULL, 'd'},
+        {"brokers", required_argument, NULL, 'b'},
+        {"pipeline", required_argument, NULL, 'p'},
+        {"output-topic", required_argument, NULL, 'O'},
+        {"interval", required_argument, NULL, 'i'},
+        {"batch-size", required_argument, NULL, 'B'},
+        {"once", no_argument, NULL, '1'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"log-format", required_argument, NULL, 'F'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *db_path = NULL, *brokers = getenv("KAFKA_BROKERS"), *pipeline = "telemetry";
+    const char *output = NULL;
+    int64_t interval_ms = 120000, n, next;
+    int opt, once = 0, batch_size = 1, rc = CLI_EXIT_FAILURE;
+    struct publisher p;
+    tly_topic_layout layout;
+    struct stat st;
+    char err[1024];
+
+    memset(&p, 0, sizeof(p));
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'd': db_path = optarg; break;
+        case 'b': brokers = optarg; break;
+        case 'p': pipeline = optarg; break;
+        case 'O': output = optarg; break;
+        case 'i':
+            if (cli_parse_duration_ms("publish", "--interval", optarg, &interval_ms) < 0)
+                return CLI_EXIT_USAGE;
+            if (interval_ms < 1)
+                return cli_usage_error("publish", "--interval must be at least 1ms");
+            break;
+        case 'B':
+            if (cli_parse_int64("publish", "--batch-size", optarg, 1, 100000, &n) < 0)
+                return CLI_EXIT_USAGE;
+            batch_size = (int)n;
+            break;
+        case '1': once = 1; break;
+        case 'L':
+            if (tly_log_set_level(optarg) < 0)
+                return cli_usage_error("publish", "--log-level must be debug, info, warn or error, "
+                                       "not \"%s\"", optarg);
+            break;
+        case 'F':
+            if (tly_log_set_format(optarg) < 0)
+                return cli_usage_error("publish", "--log-format must be logfmt or json, not \"%s\"",
+                                       optarg);
+            break;
+        case 'h': fputs(publish_usage, stdout); return CLI_EXIT_OK;
+        default: return cli_bad_option("publish", opt, argv, optind);
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("publish", "unexpected argument \"%s\"", argv[optind]);
+    if (!db_path)
+        return cli_usage_error("publish", "--db is required: the database of tally run --strategy "
+                               "state_store, e.g. --db state/telemetry.db");
+    if (!brokers || !*brokers)
+        return cli_usage_error("publish", "--brokers is required (or set KAFKA_BROKERS), e.g. "
+                               "--brokers 127.0.0.1:9092");
+    if (strcmp(pipeline, "telemetry") != 0)
+        return cli_usage_error("publish", "--pipeline %s keeps no pending set to publish; only "
+                               "telemetry does", pipeline);
+    if (stat(db_path, &st) != 0) {
+        fprintf(stderr, "tally publish: no database at %s: start tally run --strategy state_store "
+                "first (or fix --db)\n", db_path);
+        return CLI_EXIT_FAILURE;
+    }
+    if (tly_topics_layout(pipeline, "opb", NULL, output, &layout, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally publish: %s\n", err);
+        return CLI_EXIT_USAGE;
+    }
+    p.topic = layout.output.name;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    /* The settings are the daemon's: the database recorded them, and a
+     * publish that reads all that is pending does not use them. */
+    if (tly_store_open(db_path, NULL, &p.store, err, sizeof(err)) < 0 ||
+        tly_pipeline_open(p.store, pipeline, NULL, TLY_PIPELINE_REPLAY_ONLY, &p.pipeline, err,
+                          sizeof(err)) < 0)
+        goto done;
+    if (!tly_pipeline_has_flush(p.pipeline)) {
+        tly_error(err, sizeof(err), "pipeline %s keeps no pending set", pipeline);
+        goto done;
+    }
+    if (!(p.pack = tly_pack_new(batch_size, send_message, &p))) {
+        tly_error(err, sizeof(err), "out of memory");
+        goto done;
+    }
+    if (tly_topics_ensure(brokers, &layout, TLY_TOPIC_OUTPUT, 0, KAFKA_TIMEOUT_MS, NULL, err,
+                          sizeof(err)) < 0 ||
+        !(p.rk = new_producer(&p, brokers, err, sizeof(err))))
+        goto done;
+    tly_log("info", "publish_started", "db=%s topic=%s interval_ms=%lld batch_size=%d", db_path,
+            p.topic, (long long)interval_ms, batch_size);
+    for (;;) {
+        next = mono_ms() + interval_ms;
+        if (publish_once(&p, err, sizeof(err)) < 0)
+            goto done;
+        if (once)
+            break;
+        while (!stop_requested && mono_ms() < next)
+            rd_kafka_poll(p.rk, 100);
+        if (stop_requested)
+            break;
+    }
+    rc = CLI_EXIT_OK;
+done:
+    if (rc != CLI_EXIT_OK) {
+        tly_log("error", "fatal", "error=%s", tly_log_quote(err, (char[1100]){0}, 1100));
+        fprintf(stderr, "tally publish: %s\n", err);
+    }
+    if (p.rk) {
+        rd_kafka_flush(p.rk, 10000);
+        rd_kafka_destroy(p.rk);
+    }
+    tly_pack_free(p.pack);
+    tly_pipeline_close(p.pipeline);
+    tly_store_close(p.store);
+    return rc;
+}
