@@ -50,9 +50,11 @@
  * declare three more sections; the daemon then uses them for every emit
  * strategy (inline, log_compacted, window_stream, state_store):
  *
- *   @late    per event, only with event-time windows (window_stream): a SELECT
- *            whose first column is NULL, or why the event's window has already
- *            closed; such an event is counted as late and dead-lettered
+ *   @late    per event, only with event-time windows (window_stream), after
+ *            @check: a SELECT whose first column is NULL, or why the event's
+ *            window has already closed; such an event is counted as late and
+ *            dead-lettered. Statements that return no row (the event's own
+ *            clock update) run only for an event found not late.
  *   @flush   a SELECT of (key, value) output records for everything pending
  *            with a mark <= :flush_seq; with :closed_only = 1 only what belongs
  *            to windows that have closed; :now_ms as in @emit
@@ -951,7 +953,7 @@ static int run_verdicts(tly_pipeline *p, struct section *s, const struct value *
 static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *result)
 {
     struct value values[MAX_FIELDS];
-    json_object *root;
+    json_object *root, *members = NULL;
     int rc = SQLITE_DONE;
 
     result->status = TLY_EVENT_APPLIED;
@@ -972,6 +974,16 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
     if ((rc = run_verdicts(p, &p->check, values, TLY_EVENT_REJECTED, result)) != SQLITE_DONE ||
         result->status != TLY_EVENT_APPLIED)
         goto done;
+    if (p->has_each) {
+        members = lookup(root, &p->each_path);
+        if (!json_object_is_type(members, json_type_object)) {
+            snprintf(result->reason, sizeof(result->reason), "field \"%s\" must be an object, got %s",
+                     p->each_path.segments[0], members ? json_type_label(members) : "nothing");
+            result->status = TLY_EVENT_REJECTED;
+            goto done;
+        }
+    }
+    /* Last of the verdicts: an event found not late moves the clock. */
     if (p->windowed &&
         ((rc = run_verdicts(p, &p->late, values, TLY_EVENT_LATE, result)) != SQLITE_DONE ||
          result->status != TLY_EVENT_APPLIED))
@@ -981,32 +993,23 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
         rc = run_section(&p->stage);
         goto done;
     }
+    json_object_object_foreach(members, key, member)
     {
-        json_object *members = lookup(root, &p->each_path);
-        if (!json_object_is_type(members, json_type_object)) {
-            snprintf(result->reason, sizeof(result->reason), "field \"%s\" must be an object, got %s",
-                     p->each_path.segments[0], members ? json_type_label(members) : "nothing");
-            result->status = TLY_EVENT_REJECTED;
+        const char *member_json;
+        if (is_excepted(p, key))
+            continue;
+        member_json = json_object_to_json_string_ext(
+            member, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+        for (int k = 0; k < p->stage.count; k++) {
+            struct bound_statement *b = &p->stage.statements[k];
+            if (b->each_key_index)
+                sqlite3_bind_text(b->stmt, b->each_key_index, key, -1, SQLITE_STATIC);
+            if (b->each_value_index)
+                sqlite3_bind_text(b->stmt, b->each_value_index, member_json, -1, SQLITE_STATIC);
+        }
+        rc = run_section(&p->stage);
+        if (rc != SQLITE_DONE)
             goto done;
-        }
-        json_object_object_foreach(members, key, member)
-        {
-            const char *member_json;
-            if (is_excepted(p, key))
-                continue;
-            member_json = json_object_to_json_string_ext(
-                member, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-            for (int k = 0; k < p->stage.count; k++) {
-                struct bound_statement *b = &p->stage.statements[k];
-                if (b->each_key_index)
-                    sqlite3_bind_text(b->stmt, b->each_key_index, key, -1, SQLITE_STATIC);
-                if (b->each_value_index)
-                    sqlite3_bind_text(b->stmt, b->each_value_index, member_json, -1, SQLITE_STATIC);
-            }
-            rc = run_section(&p->stage);
-            if (rc != SQLITE_DONE)
-                goto done;
-        }
     }
 done:
     json_object_put(root);

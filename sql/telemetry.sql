@@ -33,6 +33,13 @@ CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
     produced_at_ms INTEGER,
     PRIMARY KEY (vin, sensor)
 ) STRICT, WITHOUT ROWID;
+-- With event-time windows, the newest received_at of this batch's accepted
+-- events so far: lateness is judged event by event in input order, so the
+-- same input gives the same late events however it is cut into batches.
+CREATE TEMP TABLE IF NOT EXISTS telemetry_clock (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    max_event_ms INTEGER NOT NULL
+) STRICT;
 
 -- @late
 SELECT CASE WHEN :received_at < closed_ms THEN
@@ -43,7 +50,12 @@ SELECT CASE WHEN :received_at < closed_ms THEN
            :allowed_lateness_ms, closed_ms)
 END
 FROM (SELECT max_event_ms, (max_event_ms - :allowed_lateness_ms) / :window_ms * :window_ms AS closed_ms
-      FROM event_clock WHERE pipeline = 'telemetry');
+      FROM (SELECT max(m) AS max_event_ms
+            FROM (SELECT max_event_ms AS m FROM event_clock WHERE pipeline = 'telemetry'
+                  UNION ALL SELECT max_event_ms FROM temp.telemetry_clock)));
+-- (runs only for an event that is not late)
+INSERT INTO temp.telemetry_clock (id, max_event_ms) VALUES (1, :received_at)
+ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 
 -- @stage
 INSERT INTO temp.telemetry_stage (vin, sensor, value, received_at_ms, produced_at_ms)
@@ -78,6 +90,7 @@ INSERT INTO event_clock (pipeline, max_event_ms)
 SELECT 'telemetry', max(received_at_ms) FROM temp.telemetry_stage HAVING count(*) > 0
 ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 DELETE FROM temp.telemetry_stage;
+DELETE FROM temp.telemetry_clock;
 
 -- @replay
 INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq)

@@ -637,6 +637,19 @@ static void test_flush_and_windows(void)
                       53) == 0, "%s", results[0].reason);
     CHECK_INT(results[1].status, TLY_EVENT_APPLIED);
     CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 2); /* D and E in [2000,3000) */
+    /* lateness is judged event by event: 3700 closes [2000,3000) for the
+     * reading after it in the same batch, not for the one before it */
+    {
+        const char *mixed[] = {"{\"data\":{\"id\":\"F\",\"speed\":1},\"received_at\":2100}",
+                               "{\"data\":{\"id\":\"G\",\"speed\":1},\"received_at\":3700}",
+                               "{\"data\":{\"id\":\"H\",\"speed\":1},\"received_at\":2900}", NULL};
+        CHECK(apply(p, mixed, results, &stats) == 0);
+        CHECK_INT(results[0].status, TLY_EVENT_APPLIED);
+        CHECK_INT(results[1].status, TLY_EVENT_APPLIED);
+        CHECK_INT(results[2].status, TLY_EVENT_LATE);
+        CHECK_INT(query_int(store, "SELECT max_event_ms FROM event_clock"), 3700);
+        CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 4);
+    }
     /* the late reading changed nothing */
     {
         sqlite3_stmt *stmt = NULL;
@@ -651,7 +664,7 @@ static void test_flush_and_windows(void)
     CHECK(tly_pipeline_set_windowed(p, false, 0, err, sizeof(err)) == 0);
     memset(&e, 0, sizeof(e));
     CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) == 0);
-    CHECK_INT(e.count, 2);
+    CHECK_INT(e.count, 4);
 end:
     tly_pipeline_close(p);
     tly_store_close(store);
