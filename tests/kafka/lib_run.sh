@@ -599,7 +599,7 @@ expected_latest() {
 # each produced_at is an emit time in [SINCE_MS, now].
 latest_outputs() {
     local now
-    read_topic "$1" '%k\t%s\n' | awk -F'\t' '{ latest[$1] = $2 } END { for (k in latest) print k "\t" latest[k] }' |
+    read_topic "$1" '%k\t%s\n' | unpack_records | awk -F'\t' '{ latest[$1] = $2 } END { for (k in latest) print k "\t" latest[k] }' |
         sort >"$WORK/latest_raw.tsv"
     now=$(date +%s%3N)
     awk -F'\t' -v lo="$2" -v hi="$now" '
@@ -608,6 +608,23 @@ latest_outputs() {
           if (t < lo + 0 || t > hi + 0) { print "produced_at " t " not in [" lo ", " hi "]: " $0 > "/dev/stderr"; bad = 1 } }
         END { exit bad }' "$WORK/latest_raw.tsv" || fail "an output record's produced_at is not its emit time"
     without_produced_at "$WORK/latest_raw.tsv"
+}
+
+# unpack_records: "key<TAB>value" lines in, one "VIN<TAB>record" line per
+# record out: a packed message (--batch-size > 1, a JSON array of records)
+# becomes its records, in order, each keyed by its own data.id.
+unpack_records() {
+    awk -F'\t' '
+        substr($2, 1, 1) != "[" { print; next }
+        {
+            v = substr($2, 2, length($2) - 2)
+            gsub(/\},\{"data":/, "}\001{\"data\":", v)
+            n = split(v, recs, "\001")
+            for (i = 1; i <= n; i++) {
+                if (!match(recs[i], /^\{"data":\{"id":"[^"]*"/)) { print "not a record: " recs[i] > "/dev/stderr"; exit 1 }
+                print substr(recs[i], 16, RLENGTH - 16) "\t" recs[i]
+            }
+        }'
 }
 
 # without_produced_at FILE: the records of FILE with their produced_at removed.
