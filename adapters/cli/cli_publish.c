@@ -34,8 +34,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define KAFKA_TIMEOUT_MS 30000
-
 static const char publish_usage[] =
     "usage: tally publish --db PATH --brokers HOST:PORT[,...] [OPTIONS]\n"
     "\n"
@@ -50,7 +48,8 @@ static const char publish_usage[] =
     "  --brokers LIST       bootstrap servers (default: $KAFKA_BROKERS)\n"
     "  --pipeline NAME      telemetry (default; the pipeline must keep a pending set)\n"
     "  --output-topic T     default sensor-service.dispatch.telemetry-latest-compacted\n"
-    "                       (created, compacted, if missing)\n"
+    "                       (tally run creates it, compacted, with the daemon's output\n"
+    "                       topic: pass it the same --output-topic)\n"
     "  --interval DUR       time between cycles (default 120s)\n"
     "  --batch-size N       pack up to N records into one message, a JSON array keyed\n"
     "                       by the first record's key (default 1; keep 1 for a\n"
@@ -301,9 +300,7 @@ int cmd_publish(int argc, char **argv)
         tly_error(err, sizeof(err), "out of memory");
         goto done;
     }
-    if (tly_topics_ensure(brokers, &layout, TLY_TOPIC_OUTPUT, 0, KAFKA_TIMEOUT_MS, NULL, err,
-                          sizeof(err)) < 0 ||
-        !(p.rk = new_producer(&p, brokers, err, sizeof(err))))
+    if (!(p.rk = new_producer(&p, brokers, err, sizeof(err))))
         goto done;
     tly_log("info", "publish_started", "db=%s topic=%s interval_ms=%lld batch_size=%d", db_path,
             p.topic, (long long)interval_ms, batch_size);
