@@ -22,8 +22,8 @@ BATCHES=(1 3)
 # ---- flags: usage errors need no broker -----------------------------------
 expect_usage_error "--changelog maybe" --pipeline orders --brokers "$KAFKA_BROKERS" --changelog maybe
 expect_usage_error "--pipeline bogus" --pipeline bogus --brokers "$KAFKA_BROKERS"
-expect_usage_error "--window-size for telemetry" --pipeline telemetry --brokers "$KAFKA_BROKERS" \
-    --window-size 60s
+expect_usage_error "--strategy log_compacted for orders" --pipeline orders --brokers "$KAFKA_BROKERS" \
+    --strategy log_compacted
 expect_usage_error "unexpected argument" --pipeline orders --brokers "$KAFKA_BROKERS" extra
 
 # One input topic for all cases: each case has its own consumer group, so
