@@ -629,3 +629,25 @@ unpack_records() {
 
 # without_produced_at FILE: the records of FILE with their produced_at removed.
 without_produced_at() { sed -E 's/,"produced_at":[0-9]+\}$/}/' "$1"; }
+
+# ----------------------------------------------------------- metrics ---
+
+# free_port: a loopback port nothing listens on, below the ephemeral range,
+# never one of the brokers' ports nor tally's default.
+free_port() {
+    local base p i
+    base=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
+    for ((i = 0; i < 500; i++)); do
+        p=$((base + i))
+        case $p in 9092 | 9392 | 9464 | 19092 | 29092 | 39092 | "$KAFKA_PORT" | $((KAFKA_PORT + 1))) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    fail "no free loopback port from $base on"
+}
+
+# metric FILE NAME: the value of the sample NAME{...} in a /metrics scrape (one
+# series; empty if there is none).
+metric() { awk -v n="$2" 'index($0, n "{") == 1 || index($0, n " ") == 1 { print $NF; exit }' "$1"; }

@@ -47,22 +47,6 @@ DB=$STATE/orders.db
 
 # ----------------------------------------------------------- functions ---
 
-# free_port: a loopback port nothing listens on, below the ephemeral range,
-# never one of the brokers' ports nor tally's default.
-free_port() {
-    local base p i
-    base=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-    for ((i = 0; i < 500; i++)); do
-        p=$((base + i))
-        case $p in 9092 | 9392 | 9464 | 19092 | 29092 | 39092 | "$KAFKA_PORT" | $((KAFKA_PORT + 1))) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    fail "no free loopback port from $base on"
-}
-
 # req METHOD URL_PATH [CURL_ARGS...]: one request to the running tally on
 # $PORT; sets CODE (000: no answer), the body is in $WORK/body, the headers
 # in $WORK/headers.
@@ -117,10 +101,6 @@ scrape() {
         fail "/metrics content type is not Prometheus text 0.0.4: $(grep -i '^content-type' "$WORK/headers")"
     cp "$WORK/body" "$file"
 }
-
-# metric FILE NAME: the value of the sample NAME{...} (one series; empty if
-# there is none).
-metric() { awk -v n="$2" 'index($0, n "{") == 1 || index($0, n " ") == 1 { print $NF; exit }' "$1"; }
 
 # lag_lines FILE: "partition lag" per tally_consumer_lag_records series.
 lag_lines() {
@@ -451,6 +431,9 @@ cp "$WORK/m.txt" "$WORK/metrics.run1"
 assert_eq "tally_events_consumed_total" "$TOTAL" "$(metric "$WORK/m.txt" tally_events_consumed_total)"
 assert_eq "tally_events_applied_total" "$N_ORDERS" "$(metric "$WORK/m.txt" tally_events_applied_total)"
 assert_eq "tally_events_dead_lettered_total" "$N_BAD" "$(metric "$WORK/m.txt" tally_events_dead_lettered_total)"
+assert_eq "tally_events_rejected_total" "$N_BAD" "$(metric "$WORK/m.txt" tally_events_rejected_total)"
+assert_eq "tally_events_late_total (orders has no event-time windows)" 0 \
+    "$(metric "$WORK/m.txt" tally_events_late_total)"
 assert_eq "tally_events_skipped_total" 0 "$(metric "$WORK/m.txt" tally_events_skipped_total)"
 assert_eq "tally_end_to_end_latency_seconds_count" "$TOTAL" "$(metric "$WORK/m.txt" tally_end_to_end_latency_seconds_count)"
 batches=$(metric "$WORK/m.txt" tally_batches_total)
