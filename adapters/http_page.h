@@ -124,6 +124,8 @@ static const char tly_http_page[] =
     "async function recent() {\n"
     "  const sql = PIPELINE === 'telemetry'\n"
     "    ? 'SELECT vin, received_at FROM vehicle_latest ORDER BY received_at DESC LIMIT 10'\n"
+    "    : PIPELINE === 'enrich'\n"
+    "    ? 'SELECT order_id, store_id, norm_ts, first_seen FROM enriched_orders ORDER BY first_seen DESC LIMIT 10'\n"
     "    : 'SELECT store_id, product_id, window_start, sum, count FROM order_windows ORDER BY window_start DESC, count DESC LIMIT 10';\n"
     "  try {\n"
     "    const r = await fetch('/query?sql=' + encodeURIComponent(sql), {headers});\n"

@@ -1226,7 +1226,8 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     tly_recovery_report recovery;
     tly_http *http = NULL;
     char err[1024], window_setting[64];
-    const char *settings[2] = {NULL, NULL};
+    const char *settings[18] = {NULL};
+    int setting_count = 0;
     int64_t last_report, next_prune_plan = 0;
     bool first_commit = false;
     int rc = -1;
@@ -1301,8 +1302,11 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         goto done;
     if (cfg->window_ms > 0) {
         snprintf(window_setting, sizeof(window_setting), "window_ms=%lld", (long long)cfg->window_ms);
-        settings[0] = window_setting;
+        settings[setting_count++] = window_setting;
     }
+    for (const char *const *extra = cfg->pipeline_settings; extra && *extra && setting_count < 17;
+         extra++)
+        settings[setting_count++] = *extra;
     if (tly_pipeline_open(r.store, cfg->pipeline, settings, 0, &r.pipeline, errbuf, errlen) < 0)
         goto done;
     if (cfg->strategy != TLY_EMIT_INLINE && !tly_pipeline_has_flush(r.pipeline)) {

@@ -36,7 +36,7 @@ const char *tly_emit_strategy_name(int strategy);
 int tly_emit_strategy_parse(const char *name);
 
 typedef struct tly_runner_config {
-    const char *pipeline;      /* "orders" or "telemetry" */
+    const char *pipeline;      /* "orders", "telemetry" or "enrich" */
     const char *brokers;       /* bootstrap.servers */
     const char *topic_prefix;  /* internal topics: <prefix>-changelog, -snapshots, -dlq */
     const char *group_id;      /* consumer group */
@@ -46,6 +46,8 @@ typedef struct tly_runner_config {
     const char *state_dir;     /* the database is <state_dir>/<pipeline>.db */
     int64_t window_ms;         /* pipeline window (orders' tumbling windows, telemetry's
                                   window_stream windows); <= 0: the pipeline's default */
+    const char *const *pipeline_settings; /* more "name=value" @param overrides
+                                             (NULL-terminated), or NULL */
     int64_t commit_interval_ms;/* longest a batch collects before it commits */
     int max_batch;             /* most events in one batch */
     int changelog;             /* 1: mirror the changelog to Kafka (default) */

@@ -6,7 +6,11 @@
  *   input      orders: delete     a stream of events; history ages out
  *              telemetry: compact the aggregated stream is keyed by VIN and
  *                                 compacted in the upstream setup
+ *              enrich: delete     raw orders, a stream
  *   output     compact            the latest value per window or vehicle key
+ *              enrich: delete     every enriched order, a stream keyed by
+ *                                 store (compaction would keep one per store);
+ *                                 it is the orders pipeline's input
  *   changelog  compact            the latest image per state key: enough to
  *                                 rebuild the state, and it never ages out
  *   snapshots  compact            only the newest manifest matters
@@ -33,11 +37,12 @@
 #define MAX_CREATE_ATTEMPTS 5
 
 static const struct pipeline_topics {
-    const char *pipeline, *input, *output, *input_policy;
+    const char *pipeline, *input, *output, *input_policy, *output_policy;
 } pipeline_topics[] = {
-    {"orders", "orders.enriched", "orders.output", "delete"},
+    {"orders", "orders.enriched", "orders.output", "delete", "compact"},
     {"telemetry", "sensor-service.dispatch.telemetry-aggregated",
-     "sensor-service.dispatch.telemetry-latest-compacted", "compact"},
+     "sensor-service.dispatch.telemetry-latest-compacted", "compact", "compact"},
+    {"enrich", "orders", "orders.enriched", "delete", "delete"},
 };
 
 /* ------------------------------------------------------------ layout --- */
@@ -92,7 +97,7 @@ int tly_topics_layout(const char *pipeline, const char *prefix, const char *inpu
         if (pipeline && strcmp(pipeline, pipeline_topics[i].pipeline) == 0)
             p = &pipeline_topics[i];
     if (!p) {
-        snprintf(errbuf, errlen, "unknown pipeline \"%s\" (orders or telemetry)",
+        snprintf(errbuf, errlen, "unknown pipeline \"%s\" (orders, telemetry or enrich)",
                  pipeline ? pipeline : "");
         return -1;
     }
@@ -104,8 +109,8 @@ int tly_topics_layout(const char *pipeline, const char *prefix, const char *inpu
     }
     if (set_spec(&layout->input, "input", input ? input : p->input, "", p->input_policy, errbuf,
                  errlen) < 0 ||
-        set_spec(&layout->output, "output", output ? output : p->output, "", "compact", errbuf,
-                 errlen) < 0 ||
+        set_spec(&layout->output, "output", output ? output : p->output, "", p->output_policy,
+                 errbuf, errlen) < 0 ||
         set_spec(&layout->changelog, "changelog", prefix, "-changelog", "compact", errbuf, errlen) <
             0 ||
         set_spec(&layout->snapshots, "snapshots", prefix, "-snapshots", "compact", errbuf, errlen) <

@@ -29,10 +29,11 @@ typedef struct tly_topic_layout {
     tly_topic_spec input, output, changelog, snapshots, dlq;
 } tly_topic_layout;
 
-/* Fills layout for pipeline "orders" or "telemetry". input and output may be
- * NULL for the pipeline's defaults (orders: orders.enriched -> orders.output;
- * telemetry: sensor-service.dispatch.telemetry-aggregated ->
- * sensor-service.dispatch.telemetry-latest-compacted). Returns 0, or -1 with
+/* Fills layout for pipeline "orders", "telemetry" or "enrich". input and
+ * output may be NULL for the pipeline's defaults (orders: orders.enriched ->
+ * orders.output; telemetry: sensor-service.dispatch.telemetry-aggregated ->
+ * sensor-service.dispatch.telemetry-latest-compacted; enrich: orders ->
+ * orders.enriched, whose output is a stream: cleanup.policy delete). Returns 0, or -1 with
  * errbuf for an unknown pipeline or a name that is not a valid topic name. */
 int tly_topics_layout(const char *pipeline, const char *prefix, const char *input,
                       const char *output, tly_topic_layout *layout, char *errbuf, size_t errlen);

@@ -8,8 +8,13 @@
  *   -- @pipeline NAME
  *   -- @entity NAME          changelog entity written by this pipeline's tables;
  *                            replay routes changelog rows here by it
- *   -- @param NAME VALUE     a setting, bound as :NAME in every statement; the
- *                            caller may override VALUE ("window_ms=300000")
+ *   -- @param NAME VALUE [per_run]
+ *                            a setting, bound as :NAME in every statement; the
+ *                            caller may override VALUE ("window_ms=300000").
+ *                            The first open records it in the database and a
+ *                            later one with another value is refused, unless
+ *                            it is per_run: one that may change between runs
+ *                            without corrupting the state (a dedup window)
  *   -- @field PARAM PATHS TYPE MODE
  *        PATHS  dot path into the event ("data.id"); "a|b" uses the first of a, b
  *               that is present and not null
@@ -19,6 +24,9 @@
  *               decimal6 number or decimal string, exact, bound as integer
  *                        millionths ("83.71" -> 83710000); more places is an error
  *               time_ms  integer epoch milliseconds, 0 .. year 9999
+ *               time_any epoch milliseconds, epoch seconds (below 1e11) or an
+ *                        RFC 3339 string, as a number or a string, bound as
+ *                        epoch milliseconds (engine/timestamp.h has the rules)
  *               bool     true/false, bound as 1/0
  *               json     any value, bound as its JSON text
  *        MODE   required     absent -> the event is rejected
@@ -35,6 +43,8 @@
  *   @setup   once when the pipeline opens (temporary staging tables)
  *   @check   per event: a SELECT whose first column is NULL for a valid event or
  *            the reason it is invalid
+ *            (@check and @stage may also use :event, the whole event's JSON
+ *            text as received)
  *   @stage   per event (per @each member): write into the staging tables
  *   @merge   per batch: fold staging into the state tables, whose triggers write
  *            the changelog; empty the staging tables
@@ -76,6 +86,7 @@
 
 #include "decimal.h"
 #include "embedded_sql.h"
+#include "timestamp.h"
 #include "utf8.h"
 
 #include <ctype.h>
@@ -96,7 +107,8 @@
 #define MAX_TIME_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
 #define SECTION_COUNT 9
 
-enum field_type { FT_ID, FT_TEXT, FT_INT, FT_DECIMAL6, FT_TIME_MS, FT_BOOL, FT_JSON };
+enum field_type { FT_ID, FT_TEXT, FT_INT, FT_DECIMAL6, FT_TIME_MS, FT_BOOL, FT_JSON, FT_TIME_ANY };
+#define FIELD_TYPE_COUNT 8
 enum field_mode { FM_REQUIRED, FM_OPTIONAL, FM_SKIP_EMPTY };
 
 struct path {
@@ -116,6 +128,7 @@ struct field {
 struct setting {
     char *name;
     char *value;
+    bool per_run; /* not recorded in meta: may change between runs */
 };
 
 /* A per-event statement with the bind index of every field (0 = unused). */
@@ -123,6 +136,7 @@ struct bound_statement {
     sqlite3_stmt *stmt;
     int field_index[MAX_FIELDS];
     int each_key_index, each_value_index;
+    int event_index; /* :event, the raw event */
 };
 
 struct section {
@@ -192,7 +206,8 @@ static void free_path(struct path *path)
 
 static int parse_field(tly_pipeline *p, char **words, int nwords, char *errbuf, size_t errlen)
 {
-    static const char *types[] = {"id", "text", "int", "decimal6", "time_ms", "bool", "json"};
+    static const char *types[] = {"id",      "text", "int",  "decimal6",
+                                  "time_ms", "bool", "json", "time_any"};
     static const char *modes[] = {"required", "optional", "skip_empty"};
     struct field *f;
     char *alt, *save = NULL, *copy;
@@ -202,13 +217,13 @@ static int parse_field(tly_pipeline *p, char **words, int nwords, char *errbuf, 
         return tly_error(errbuf, errlen, "@field needs PARAM PATHS TYPE MODE");
     if (p->field_count == MAX_FIELDS)
         return tly_error(errbuf, errlen, "more than %d @field lines", MAX_FIELDS);
-    for (t = 0; t < 7 && strcmp(words[3], types[t]); t++)
+    for (t = 0; t < FIELD_TYPE_COUNT && strcmp(words[3], types[t]); t++)
         ;
     for (m = 0; m < 3 && strcmp(words[4], modes[m]); m++)
         ;
-    if (t == 7)
+    if (t == FIELD_TYPE_COUNT)
         return tly_error(errbuf, errlen, "@field %s: unknown type \"%s\" (id, text, int, decimal6, "
-                    "time_ms, bool, json)", words[1], words[3]);
+                    "time_ms, time_any, bool, json)", words[1], words[3]);
     if (m == 3)
         return tly_error(errbuf, errlen, "@field %s: unknown mode \"%s\" (required, optional, "
                     "skip_empty)", words[1], words[4]);
@@ -322,10 +337,12 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
             } else if (nwords == 2 && strcmp(words[0], "entity") == 0) {
                 free(p->entity);
                 p->entity = strdup(words[1]);
-            } else if (nwords == 3 && strcmp(words[0], "param") == 0) {
+            } else if ((nwords == 3 || (nwords == 4 && strcmp(words[3], "per_run") == 0)) &&
+                       strcmp(words[0], "param") == 0) {
                 if (p->setting_count == MAX_PARAMS)
                     return tly_error(errbuf, errlen, "%s: too many @param", p->source_name);
                 p->settings[p->setting_count].name = strdup(words[1]);
+                p->settings[p->setting_count].per_run = nwords == 4;
                 p->settings[p->setting_count++].value = strdup(words[2]);
             } else if (nwords >= 1 && strcmp(words[0], "field") == 0) {
                 if (parse_field(p, words, nwords, errbuf, errlen) < 0)
@@ -409,6 +426,10 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
                     b->each_value_index = i;
                     known = true;
                 }
+                if (!known && strcmp(name, "event") == 0) {
+                    b->event_index = i;
+                    known = true;
+                }
             }
             if (replay && (strcmp(name, "image") == 0 || strcmp(name, "key_seq") == 0))
                 known = true;
@@ -476,6 +497,8 @@ static int check_recorded_settings(tly_pipeline *p, char *errbuf, size_t errlen)
     for (int i = 0; i < p->setting_count; i++) {
         char key[160], recorded[128];
         int rc;
+        if (p->settings[i].per_run)
+            continue;
         snprintf(key, sizeof(key), "pipeline.%s.%s", p->name, p->settings[i].name);
         rc = tly_store_meta_get_text(p->store, key, recorded, sizeof(recorded));
         if (rc < 0)
@@ -795,6 +818,31 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
         v->kind = V_INT;
         return DECODE_OK;
     }
+    case FT_TIME_ANY: {
+        char err[160];
+        const char *text;
+        size_t len;
+        if (type == json_type_int) {
+            /* json-c formats an integer from its value: the saturated
+             * values must be caught here */
+            if (get_int64(o, &v->i) < 0)
+                goto out_of_range;
+            len = (size_t)snprintf(v->buf, sizeof(v->buf), "%lld", (long long)v->i);
+            text = v->buf;
+        } else if (type == json_type_double || type == json_type_string) {
+            /* a double keeps the text as written, so nothing is rounded */
+            text = json_object_get_string(o);
+            len = type == json_type_string ? (size_t)json_object_get_string_len(o) : strlen(text);
+        } else {
+            goto wrong_type;
+        }
+        if (tly_timestamp_parse(text, len, &v->i, err, sizeof(err)) < 0) {
+            snprintf(reason, reason_len, "field \"%s\": %s", f->paths_text, err);
+            return DECODE_REJECT;
+        }
+        v->kind = V_INT;
+        return DECODE_OK;
+    }
     case FT_BOOL:
         if (type != json_type_boolean)
             goto wrong_type;
@@ -811,7 +859,8 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
 wrong_type: {
     static const char *expected[] = {"a string or integer", "a string", "an integer",
                                      "a number or decimal string", "an integer (epoch ms)",
-                                     "true or false", "JSON"};
+                                     "true or false", "JSON",
+                                     "epoch ms, epoch seconds or an RFC 3339 string"};
     snprintf(reason, reason_len, "field \"%s\" must be %s, got %s", f->paths_text,
              expected[f->type], json_type_label(o));
     return DECODE_REJECT;
@@ -894,12 +943,17 @@ static void bind_value(sqlite3_stmt *stmt, int index, const struct value *v)
     }
 }
 
-static void bind_fields(tly_pipeline *p, struct section *s, const struct value *values)
+static void bind_fields(tly_pipeline *p, struct section *s, const struct value *values,
+                        const tly_event *ev)
 {
-    for (int k = 0; k < s->count; k++)
+    for (int k = 0; k < s->count; k++) {
         for (int f = 0; f < p->field_count; f++)
             if (s->statements[k].field_index[f])
                 bind_value(s->statements[k].stmt, s->statements[k].field_index[f], &values[f]);
+        if (s->statements[k].event_index)
+            sqlite3_bind_text(s->statements[k].stmt, s->statements[k].event_index, ev->data,
+                              (int)ev->len, SQLITE_STATIC);
+    }
 }
 
 /* Runs every statement of a section once. Returns SQLITE_DONE or the error. */
@@ -929,9 +983,9 @@ static bool is_excepted(tly_pipeline *p, const char *key)
  * column is why the event gets `verdict` instead of being applied. Returns
  * SQLITE_DONE or the error of a statement. */
 static int run_verdicts(tly_pipeline *p, struct section *s, const struct value *values,
-                        tly_event_status verdict, tly_event_result *result)
+                        const tly_event *ev, tly_event_status verdict, tly_event_result *result)
 {
-    bind_fields(p, s, values);
+    bind_fields(p, s, values, ev);
     for (int k = 0; k < s->count; k++) {
         sqlite3_stmt *stmt = s->statements[k].stmt;
         int rc = sqlite3_step(stmt);
@@ -971,7 +1025,7 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
             goto done;
         }
     }
-    if ((rc = run_verdicts(p, &p->check, values, TLY_EVENT_REJECTED, result)) != SQLITE_DONE ||
+    if ((rc = run_verdicts(p, &p->check, values, ev, TLY_EVENT_REJECTED, result)) != SQLITE_DONE ||
         result->status != TLY_EVENT_APPLIED)
         goto done;
     if (p->has_each) {
@@ -985,10 +1039,10 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
     }
     /* Last of the verdicts: an event found not late moves the clock. */
     if (p->windowed &&
-        ((rc = run_verdicts(p, &p->late, values, TLY_EVENT_LATE, result)) != SQLITE_DONE ||
+        ((rc = run_verdicts(p, &p->late, values, ev, TLY_EVENT_LATE, result)) != SQLITE_DONE ||
          result->status != TLY_EVENT_APPLIED))
         goto done;
-    bind_fields(p, &p->stage, values);
+    bind_fields(p, &p->stage, values, ev);
     if (!p->has_each) {
         rc = run_section(&p->stage);
         goto done;

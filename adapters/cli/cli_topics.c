@@ -19,13 +19,15 @@
 #define COMMAND "topics create" /* for usage errors */
 
 static const char topics_usage[] =
-    "usage: tally topics create --pipeline orders|telemetry [--brokers B] [OPTIONS]\n"
+    "usage: tally topics create --pipeline orders|telemetry|enrich [--brokers B] [OPTIONS]\n"
     "\n"
     "Creates the pipeline's Kafka topics that do not exist yet:\n"
     "  input       the events (orders: orders.enriched, cleanup.policy=delete;\n"
-    "              telemetry: sensor-service.dispatch.telemetry-aggregated, compact)\n"
+    "              telemetry: sensor-service.dispatch.telemetry-aggregated, compact;\n"
+    "              enrich: orders, delete)\n"
     "  output      the results (orders: orders.output; telemetry:\n"
-    "              sensor-service.dispatch.telemetry-latest-compacted), compact\n"
+    "              sensor-service.dispatch.telemetry-latest-compacted), compact;\n"
+    "              enrich: orders.enriched, delete (a stream: the orders input)\n"
     "  PREFIX-changelog  compact, PREFIX-snapshots  compact, PREFIX-dlq  delete\n"
     "The internal PREFIX-* topics and a new output get the input's partition count;\n"
     "the replication factor is the broker's default. Topics that exist with the right\n"
@@ -33,7 +35,7 @@ static const char topics_usage[] =
     "difference is an error and nothing is created.\n"
     "\n"
     "  --brokers B          bootstrap servers (default: $KAFKA_BROKERS)\n"
-    "  --pipeline NAME      orders or telemetry\n"
+    "  --pipeline NAME      orders, telemetry or enrich (give enrich --topic-prefix opa)\n"
     "  --partitions N       partitions of the input if it must be created (default 1)\n"
     "  --topic-prefix P     prefix of the internal topics (default opb)\n"
     "  --input-topic T      input topic (default: the pipeline's)\n"
@@ -134,7 +136,7 @@ static int topics_create(int argc, char **argv)
     if (!brokers || !*brokers)
         return cli_usage_error(COMMAND, "--brokers is required (or set KAFKA_BROKERS)");
     if (!pipeline)
-        return cli_usage_error(COMMAND, "--pipeline is required (orders or telemetry)");
+        return cli_usage_error(COMMAND, "--pipeline is required (orders, telemetry or enrich)");
     /* A bad name is a bad flag value: the user must change the command line. */
     if (tly_topics_layout(pipeline, prefix, input, output, &layout, err, sizeof(err)) < 0)
         return cli_usage_error(COMMAND, "%s", err);

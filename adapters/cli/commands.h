@@ -9,6 +9,7 @@ int cmd_changelog(int argc, char **argv);
 int cmd_replay(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_enrich(int argc, char **argv);
 int cmd_topics(int argc, char **argv);
 int cmd_produce(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);

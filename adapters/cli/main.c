@@ -24,6 +24,7 @@ static const char usage[] =
     "  recover     bring a state database back from snapshot + changelog (or plan it)\n"
     "  run         the daemon: consume Kafka, apply, commit exactly once\n"
     "  publish     emit what a state_store daemon keeps, from another process\n"
+    "  enrich      validate, normalize and dedupe raw orders into orders.enriched\n"
     "  topics      create a pipeline's Kafka topics (tally topics create)\n"
     "  produce     send generated events to Kafka at a steady rate\n"
     "  demo        run both pipelines on generated events and show them live\n"
@@ -42,6 +43,7 @@ int main(int argc, char **argv)
         {"replay", cmd_replay},
         {"demo", cmd_demo},
         {"run", cmd_run},
+        {"enrich", cmd_enrich},
         {"topics", cmd_topics},
         {"produce", cmd_produce},
         {"snapshot", cmd_snapshot},
