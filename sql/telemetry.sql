@@ -36,6 +36,10 @@ CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
 -- With event-time windows, the newest received_at of this batch's accepted
 -- events so far: lateness is judged event by event in input order, so the
 -- same input gives the same late events however it is cut into batches.
+-- The vehicles whose state this batch changed.
+CREATE TEMP TABLE IF NOT EXISTS telemetry_changed (
+    vin TEXT PRIMARY KEY
+) STRICT, WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS telemetry_clock (
     id           INTEGER PRIMARY KEY CHECK (id = 1),
     max_event_ms INTEGER NOT NULL
@@ -77,41 +81,70 @@ ON CONFLICT DO UPDATE SET value = excluded.value,
 WHERE excluded.received_at_ms > vehicle_sensor_state.received_at_ms
    OR (excluded.received_at_ms = vehicle_sensor_state.received_at_ms
        AND excluded.value IS NOT vehicle_sensor_state.value);
--- The vehicles whose staged reading won are pending, in the window of that
--- reading; a reading that lost to a newer one changed nothing to emit.
-INSERT INTO vehicle_pending (window_start_ms, vin, mark)
-SELECT DISTINCT s.received_at_ms - s.received_at_ms % :window_ms, s.vin,
-       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
-FROM temp.telemetry_stage AS s
+-- The vehicles whose staged reading won changed; a reading that lost to a
+-- newer one changed nothing.
+INSERT OR IGNORE INTO temp.telemetry_changed (vin)
+SELECT s.vin FROM temp.telemetry_stage AS s
 JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
-WHERE v.received_at_ms = s.received_at_ms AND v.value = s.value
+WHERE v.received_at_ms = s.received_at_ms AND v.value = s.value;
+-- One changelog row per changed vehicle with its whole state (format in
+-- migrations/007_telemetry_changelog.sql).
+INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms)
+SELECT 'vehicle_sensor', c.vin, sum(s.key_seq),
+       json_object('vin', c.vin, 'sensors',
+                   json_group_object(s.sensor,
+                                     json_object('value', json(s.value),
+                                                 'received_at_ms', s.received_at_ms,
+                                                 'produced_at_ms', s.produced_at_ms,
+                                                 'key_seq', s.key_seq))),
+       NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+FROM temp.telemetry_changed AS c CROSS JOIN vehicle_sensor_state AS s ON s.vin = c.vin
+GROUP BY c.vin;
+-- They are pending, in the event-time window of each of their readings.
+INSERT INTO vehicle_pending (window_start_ms, vin, mark)
+SELECT DISTINCT received_at_ms - received_at_ms % :window_ms, vin,
+       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
+FROM temp.telemetry_stage
+WHERE vin IN (SELECT vin FROM temp.telemetry_changed)
 ON CONFLICT DO UPDATE SET mark = excluded.mark;
 INSERT INTO event_clock (pipeline, max_event_ms)
 SELECT 'telemetry', max(received_at_ms) FROM temp.telemetry_stage HAVING count(*) > 0
 ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 DELETE FROM temp.telemetry_stage;
+DELETE FROM temp.telemetry_changed;
 DELETE FROM temp.telemetry_clock;
 
 -- @replay
+-- A row of migrations/007's format, or an older one-sensor row (entity
+-- vehicle_sensor, {"vin","sensor","value","received_at_ms","produced_at_ms"})
+-- put in the same shape: each sensor is applied when its key_seq is newer.
 INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq)
-SELECT json_extract(:image, '$.vin'), json_extract(:image, '$.sensor'),
-       :image -> '$.value', json_extract(:image, '$.received_at_ms'),
-       json_extract(:image, '$.produced_at_ms'), :key_seq
+SELECT json_extract(:image, '$.vin'), j.key, j.value -> '$.value',
+       j.value ->> '$.received_at_ms', j.value ->> '$.produced_at_ms', j.value ->> '$.key_seq'
+FROM json_each(CASE WHEN json_type(:image, '$.sensors') IS NULL
+                    THEN json_object(json_extract(:image, '$.sensor'),
+                                     json_object('value', :image -> '$.value',
+                                                 'received_at_ms', json_extract(:image, '$.received_at_ms'),
+                                                 'produced_at_ms', json_extract(:image, '$.produced_at_ms'),
+                                                 'key_seq', :key_seq))
+                    ELSE :image -> '$.sensors' END) AS j
 WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value, received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms, key_seq = excluded.key_seq
 WHERE excluded.key_seq > vehicle_sensor_state.key_seq;
--- A replayed change is pending again (the daemon forgets, after recovery, what
--- the committed history already emitted), and moves the clock as it did.
+-- A vehicle the replay changed is pending again (the daemon forgets, after
+-- recovery, what the committed history already emitted), in the window of its
+-- newest reading; the clock moves as it did.
 INSERT INTO vehicle_pending (window_start_ms, vin, mark)
-SELECT received_at_ms - received_at_ms % :window_ms, vin,
+SELECT max(received_at_ms) - max(received_at_ms) % :window_ms, vin,
        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
 FROM vehicle_sensor_state
-WHERE vin = json_extract(:image, '$.vin') AND sensor = json_extract(:image, '$.sensor')
-  AND key_seq = :key_seq
+WHERE vin = json_extract(:image, '$.vin') AND changes() > 0
+GROUP BY vin
 ON CONFLICT DO UPDATE SET mark = excluded.mark;
 INSERT INTO event_clock (pipeline, max_event_ms)
-SELECT 'telemetry', json_extract(:image, '$.received_at_ms') WHERE true
+SELECT 'telemetry', max(received_at_ms) FROM vehicle_sensor_state
+WHERE vin = json_extract(:image, '$.vin') HAVING count(*) > 0
 ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 
 -- @flush

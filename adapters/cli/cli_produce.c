@@ -48,6 +48,8 @@ static const char produce_usage[] =
     "  --topic T        topic (default: the pipeline's input, orders.enriched or\n"
     "                   sensor-service.dispatch.telemetry-aggregated)\n"
     "  --seed S         generator seed: the same seed gives the same events\n"
+    "  --sensors-per-event N  telemetry: readings per event, 1..30 (default 5; 30 = every\n"
+    "                   sensor of the vehicle, a full record)\n"
     "\n"
     "The topic must exist: create it with 'tally topics create'. Partitions are chosen\n"
     "by key with murmur2, as the Java client does. Ctrl-C stops early, waits for the\n"
@@ -316,11 +318,12 @@ int cmd_produce(int argc, char **argv)
                                             {"keys", required_argument, NULL, 'k'},
                                             {"topic", required_argument, NULL, 't'},
                                             {"seed", required_argument, NULL, 's'},
+                                            {"sensors-per-event", required_argument, NULL, 'S'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
     struct producer run, *p = &run;
     const char *topic = NULL;
-    int64_t duration_ms = -1, keys = -1, seed = -1, end_ms, behind_ms = 0, errors;
+    int64_t duration_ms = -1, keys = -1, seed = -1, end_ms, behind_ms = 0, errors, per_event = -1;
     int opt, status = CLI_EXIT_FAILURE;
     tly_topic_layout layout;
     tly_loadgen_options gen_opts;
@@ -355,6 +358,10 @@ int cmd_produce(int argc, char **argv)
             if (cli_parse_int64("produce", "--seed", optarg, 0, INT64_MAX, &seed) < 0)
                 return CLI_EXIT_USAGE;
             break;
+        case 'S':
+            if (cli_parse_int64("produce", "--sensors-per-event", optarg, 1, 30, &per_event) < 0)
+                return CLI_EXIT_USAGE;
+            break;
         case 'h': fputs(produce_usage, stdout); return CLI_EXIT_OK;
         default: return cli_bad_option("produce", opt, argv, optind);
         }
@@ -371,12 +378,16 @@ int cmd_produce(int argc, char **argv)
         return cli_usage_error("produce", "--topic must not be empty");
     p->topic = topic ? topic : layout.input.name;
     p->orders = strcmp(p->pipeline, "orders") == 0;
+    if (per_event > 0 && p->orders)
+        return cli_usage_error("produce", "--sensors-per-event is for --pipeline telemetry");
     /* Fits: at most 1e7 events/s x 3.2e10 ms / 1000. */
     p->total = duration_ms > 0 ? p->rate * duration_ms / 1000 : INT64_MAX;
 
     tly_loadgen_options_init(&gen_opts, p->pipeline);
     if (seed >= 0)
         gen_opts.seed = (uint64_t)seed;
+    if (per_event > 0)
+        gen_opts.sensors_per_event = (int)per_event;
     if (keys > 0) {
         if (p->orders)
             gen_opts.stores = (int)keys;

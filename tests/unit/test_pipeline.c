@@ -285,9 +285,15 @@ static void test_telemetry_latest_wins(void)
     CHECK_STR(query_text(store, "SELECT record FROM vehicle_latest WHERE vin='VIN2'"),
               "{\"data\":{\"id\":\"VIN2\",\"fuel\":{\"level\":0.5,\"unit\":\"ratio\"}},\"received_at\":1500,\"produced_at\":null}");
     CHECK_INT(query_int(store, "SELECT received_at FROM vehicle_latest WHERE vin='VIN1'"), 2500);
-    /* The older reading of batch 2 made no changelog row; the newer door did. */
-    CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN1#door'"), 2);
-    CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN1#speed'"), 1);
+    /* One changelog row per changed vehicle per batch, with the whole vehicle:
+     * VIN1 changed in both batches (the newer door), VIN2 only in the first. */
+    CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN1'"), 2);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN2'"), 1);
+    CHECK_STR(query_text(store, "SELECT image FROM changelog WHERE key = 'VIN1' ORDER BY seq DESC LIMIT 1"),
+              "{\"vin\":\"VIN1\",\"sensors\":{\"door\":{\"value\":\"open\",\"received_at_ms\":2500,"
+              "\"produced_at_ms\":2490,\"key_seq\":2},\"speed\":{\"value\":80.50,"
+              "\"received_at_ms\":2000,\"produced_at_ms\":1990,\"key_seq\":1}}}");
+    CHECK_INT(query_int(store, "SELECT key_seq FROM changelog WHERE key = 'VIN1' ORDER BY seq DESC LIMIT 1"), 3);
 end:
     tly_pipeline_close(p);
     tly_store_close(store);
