@@ -553,13 +553,16 @@ struct replay_ctx {
     int64_t in_txn;         /* records in the open SQLite transaction */
 };
 
-/* A dry run reads the entity without applying anything. */
+/* A dry run reads the entity without applying anything; the daemon's
+ * counters rows are replayed too (changelog.h). */
 static bool line_is_entity(const char *line, size_t len, const char *entity)
 {
     json_tokener *tok = json_tokener_new();
     json_object *obj = tok ? json_tokener_parse_ex(tok, line, (int)len) : NULL, *v;
     bool ours = obj && json_object_object_get_ex(obj, "entity", &v) &&
-                json_object_is_type(v, json_type_string) && strcmp(json_object_get_string(v), entity) == 0;
+                json_object_is_type(v, json_type_string) &&
+                (strcmp(json_object_get_string(v), entity) == 0 ||
+                 strcmp(json_object_get_string(v), TLY_CHANGELOG_COUNTERS_ENTITY) == 0);
     json_object_put(obj);
     if (tok)
         json_tokener_free(tok);

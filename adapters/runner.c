@@ -666,7 +666,9 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         goto database_failed;
     seq_before = tly_store_last_seq(r->store);
     if (tly_pipeline_apply(r->pipeline, r->events, (size_t)r->count, r->results, &stats, err,
-                           sizeof(err)) < 0)
+                           sizeof(err)) < 0 ||
+        tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline), err,
+                                      sizeof(err)) < 0)
         goto database_failed;
     seq_after = tly_store_last_seq(r->store);
     t_applied = now_ms();

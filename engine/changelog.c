@@ -7,6 +7,7 @@
 
 #include <json-c/json.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -196,6 +197,64 @@ static json_object *member(json_object *row, const char *name, enum json_type ty
     return o;
 }
 
+/* Raises each counter in meta to the image's value (a counter only grows). */
+static int replay_counters(tly_replayer *r, json_object *image, int *changed, char *errbuf,
+                           size_t errlen)
+{
+    sqlite3 *db = tly_store_db(r->store);
+    sqlite3_stmt *stmt = NULL;
+    int rc = -1;
+
+    *changed = 0;
+    if (sqlite3_prepare_v2(db, "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) "
+                               "DO UPDATE SET value = excluded.value WHERE excluded.value > value",
+                           -1, &stmt, NULL) != SQLITE_OK)
+        return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
+    json_object_object_foreach(image, name, value)
+    {
+        if (!json_object_is_type(value, json_type_int) || strncmp(name, "pipeline.", 9) != 0)
+            continue;
+        sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(stmt, 2, json_object_get_int64(value));
+        if (sqlite3_step(stmt) != SQLITE_DONE) {
+            tly_error(errbuf, errlen, "cannot restore counter %s: %s", name, sqlite3_errmsg(db));
+            goto done;
+        }
+        *changed |= sqlite3_changes(db) > 0;
+        sqlite3_reset(stmt);
+    }
+    rc = 0;
+done:
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+int tly_changelog_record_counters(tly_store *store, const char *name, char *errbuf, size_t errlen)
+{
+    sqlite3 *db = tly_store_db(store);
+    sqlite3_stmt *stmt = NULL;
+    char prefix[160];
+    int rc;
+
+    snprintf(prefix, sizeof(prefix), "pipeline.%s.events_", name);
+    rc = sqlite3_prepare_v2(
+        db,
+        "INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms) "
+        "SELECT '" TLY_CHANGELOG_COUNTERS_ENTITY "', 'pipeline.' || ?2, sum(value), json_group_object(key, value), "
+        "NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) "
+        "FROM meta WHERE substr(key, 1, length(?1)) = ?1 HAVING sum(value) > 0",
+        -1, &stmt, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(stmt, 1, prefix, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+        rc = sqlite3_step(stmt);
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_DONE)
+        return tly_error(errbuf, errlen, "cannot record the counters: %s", sqlite3_errmsg(db));
+    return 0;
+}
+
 int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
                             tly_replay_outcome *outcome, char *errbuf, size_t errlen)
 {
@@ -203,6 +262,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     sqlite3 *db = tly_store_db(r->store);
     const char *entity_name, *image_text;
     tly_pipeline *pipeline = NULL;
+    bool counters;
     int rc = -1;
 
     memset(outcome, 0, sizeof(*outcome));
@@ -226,7 +286,8 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         goto done;
     }
     entity_name = json_object_get_string(entity);
-    if (r->only_entity && strcmp(r->only_entity, entity_name) != 0) {
+    counters = strcmp(entity_name, TLY_CHANGELOG_COUNTERS_ENTITY) == 0;
+    if (r->only_entity && strcmp(r->only_entity, entity_name) != 0 && !counters) {
         outcome->foreign = 1;
         outcome->seq = json_object_get_int64(seq);
         rc = 0;
@@ -235,7 +296,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     for (int i = 0; i < r->pipeline_count && !pipeline; i++)
         if (strcmp(tly_pipeline_entity(r->pipelines[i]), entity_name) == 0)
             pipeline = r->pipelines[i];
-    if (!pipeline) {
+    if (!pipeline && !counters) {
         tly_error(errbuf, errlen, "unknown entity \"%s\" (pass its pipeline file with --pipeline-file)",
              entity_name);
         goto done;
@@ -252,8 +313,9 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     }
     image_text = json_object_to_json_string_ext(image, JSON_C_TO_STRING_PLAIN |
                                                            JSON_C_TO_STRING_NOSLASHESCAPE);
-    if (tly_pipeline_replay_image(pipeline, image_text, json_object_get_int64(key_seq),
-                                  &outcome->changed, errbuf, errlen) < 0)
+    if (counters ? replay_counters(r, image, &outcome->changed, errbuf, errlen) < 0
+                 : tly_pipeline_replay_image(pipeline, image_text, json_object_get_int64(key_seq),
+                                             &outcome->changed, errbuf, errlen) < 0)
         goto done;
     sqlite3_bind_int64(r->insert_row, 1, outcome->seq);
     sqlite3_bind_text(r->insert_row, 2, entity_name, -1, SQLITE_STATIC);

@@ -8,7 +8,8 @@
  *    "delta":{"sum_micros":83710000,"count":1},"changed_ms":1700000041234}
  *
  *   seq         global change number, strictly increasing, never reused
- *   entity      state table family: "order_window" or "vehicle_sensor"
+ *   entity      state table family: "order_window", "vehicle_sensor", "enrich_order",
+ *               or "tally.counters" (below)
  *   key         the entity key as text (the Kafka key of the changelog topic)
  *   key_seq     per-key version; 1 is the key's first change
  *   image       the whole state row after the change (the only field replay needs)
@@ -19,7 +20,15 @@
  * so replaying an export twice, or overlapping exports, changes nothing. It also
  * copies each row into the target's changelog under its original seq, so the
  * target can be exported again. A row whose seq skips ahead of what the target
- * already holds is a gap: rows are missing and the state may be stale. */
+ * already holds is a gap: rows are missing and the state may be stale.
+ *
+ * The daemon also writes one "tally.counters" row per batch: key
+ * "pipeline.<name>", key_seq = the sum of the counters (it grows with every
+ * batch), image = the pipeline's event counters in meta after the batch,
+ *   {"pipeline.orders.events_applied":1200,"pipeline.orders.events_rejected":3}
+ * Replay raises each meta counter to the image's value, so the counters of a
+ * batch that Kafka committed but the database did not (a crash in between)
+ * come back with its state. */
 #ifndef TLY_CHANGELOG_H
 #define TLY_CHANGELOG_H
 
@@ -47,6 +56,12 @@ typedef int (*tly_changelog_row_fn)(void *ctx, int64_t seq, const char *key, siz
  * mirrors a batch's rows before it commits). Returns 0 or -1 with errbuf. */
 int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
                        tly_changelog_row_fn fn, void *ctx, char *errbuf, size_t errlen);
+
+#define TLY_CHANGELOG_COUNTERS_ENTITY "tally.counters"
+
+/* Appends the "tally.counters" row of pipeline `name` (see above) inside the
+ * caller's transaction. Returns 0 or -1 with errbuf. */
+int tly_changelog_record_counters(tly_store *store, const char *name, char *errbuf, size_t errlen);
 
 typedef struct tly_replayer tly_replayer;
 

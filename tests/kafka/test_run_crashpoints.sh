@@ -86,6 +86,9 @@ for point in "${POINTS[@]}"; do
 
         check_totals "$case_id" "$WORK/orders.tsv" "$DB" "$OUT"
         check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
+        # the counters too: after_commit's batch comes back from the changelog
+        assert_eq "$case_id: events_applied in meta" "$N_ORDERS" "$(meta "$DB" pipeline.orders.events_applied)"
+        assert_eq "$case_id: events_rejected in meta" "$N_BAD" "$(meta "$DB" pipeline.orders.events_rejected)"
         summary+=("$case_id:replayed=$replayed")
     done
 done
