@@ -588,9 +588,22 @@ int tly_influx_parse(const char *body, size_t len, const char *device_tag,
     }
     root = json_tokener_parse_ex(tok, body, (int)len);
     jerr = json_tokener_get_error(tok);
+    if (root && jerr == json_tokener_success) {
+        /* InfluxDB ends its answer with a newline; anything else is not JSON. */
+        for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
+            if (!isspace((unsigned char)body[i])) {
+                json_object_put(root);
+                root = NULL;
+                break;
+            }
+        if (!root) {
+            tly_error(errbuf, errlen, "influxdb answer is not JSON (trailing data): %.80s", body);
+            goto done;
+        }
+    }
     if (!root || jerr != json_tokener_success) {
         tly_error(errbuf, errlen, "influxdb answer is not JSON (%s): %.80s",
-                  root ? "trailing data" : json_tokener_error_desc(jerr), body);
+                  jerr == json_tokener_continue ? "cut short" : json_tokener_error_desc(jerr), body);
         goto done;
     }
     if (!json_object_is_type(root, json_type_object)) {
