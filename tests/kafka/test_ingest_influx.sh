@@ -16,6 +16,8 @@
 #    the server is down) all reach Kafka after it returns; retries and errors
 #    are logged meanwhile, the checkpoint never passes the outage's start, and
 #    the logged cycle ranges follow one another with no hole.
+#    A query that hangs (influxd frozen with SIGSTOP) is abandoned at once on
+#    SIGTERM, exit 0, checkpoint unchanged.
 # 3. kill -9 while points keep arriving, then a restart: it resumes from the
 #    checkpoint file (event=started from_ms = the file's end_ms), and every
 #    point written before, during and after the kill reaches Kafka (repeats
@@ -44,7 +46,10 @@ export INFLUXDB_PORT INFLUXDB_DATA_DIR=$WORK/influxdb
 INFLUX_URL=http://127.0.0.1:$INFLUXDB_PORT
 DB=tally_test
 
-influx_stop_hook() { "$INFLUXDB_SCRIPT" stop >/dev/null 2>&1; }
+influx_stop_hook() {
+    [[ -n "${INFLUXD_PID:-}" ]] && kill -CONT "$INFLUXD_PID" 2>/dev/null # if frozen by the test
+    "$INFLUXDB_SCRIPT" stop >/dev/null 2>&1
+}
 CLEANUP_HOOKS+=(influx_stop_hook)
 
 influx_start() {
@@ -78,7 +83,7 @@ ingest_start() {
 wait_cycle_past() {
     local log=$1 ms=$2 pid=$3 limit=$((SECONDS + $4))
     while :; do
-        awk -v ms="$ms" '/event=ingest_cycle / { for (i = 1; i <= NF; i++) if ($i ~ /^to_ms=/) { t = substr($i, 7) + 0; if (t > ms + 0) found = 1 } }
+        [[ -f "$log" ]] && awk -v ms="$ms" '/event=ingest_cycle / { for (i = 1; i <= NF; i++) if ($i ~ /^to_ms=/) { t = substr($i, 7) + 0; if (t > ms + 0) found = 1 } }
             END { exit !found }' "$log" && return 0
         alive "$pid" || fail "tally ingest influxdb exited early: $(tail -n 3 "$log" | cut -c1-300)"
         ((SECONDS < limit)) || fail "no ingest_cycle reached $ms within $4 s: $(tail -n 2 "$log" | cut -c1-300)"
@@ -287,6 +292,32 @@ check_contiguous "$LOG2"
 last_cycle_to=$(grep 'event=ingest_cycle ' "$LOG2" | tail -n 1 | sed 's/.* to_ms=\([0-9]*\).*/\1/')
 assert_eq "checkpoint = the last cycle's end" "tally-checkpoint 1 end_ms=$last_cycle_to" "$(cat "$CP2")"
 note "outage: $(grep -c 'event=ingest_retry ' "$LOG2") retries, $(grep -c 'event=ingest_error ' "$LOG2") given-up cycles, 70 readings all delivered"
+
+# A query that hangs (influxd frozen by SIGSTOP: the kernel accepts the
+# connection, nobody answers) is abandoned on SIGTERM at once, not after the
+# 60 s request timeout, and the checkpoint stays where it was.
+cp_before=$(cat "$CP2")
+INFLUXD_PID=$(cat "$INFLUXDB_DATA_DIR/influxd.pid")
+kill -STOP "$INFLUXD_PID"
+LOG2B=$WORK/frozen.log
+ingest_start "$LOG2B" --measurement gap --pods g1,g2 --output-topic "$TOPIC2" --interval 1s \
+    --checkpoint-path "$CP2" --timeout 60s
+tally_wait_started "$TALLY_PID" "$LOG2B"
+sleep 1.5
+alive "$TALLY_PID" || fail "tally exited while influxd was frozen: $(tail -n 3 "$LOG2B")"
+term_at=$(now_ms)
+kill -TERM "$TALLY_PID"
+tally_wait_exit "$TALLY_PID" 20
+waited=$(($(now_ms) - term_at))
+kill -CONT "$INFLUXD_PID"
+assert_eq "SIGTERM during a hanging query: exit status" 0 "$RC"
+((waited < 3000)) || fail "SIGTERM during a hanging query took $waited ms to end the process"
+ok
+assert_eq "no cycle while frozen" 0 "$(grep -c 'event=ingest_cycle ' "$LOG2B" || true)"
+assert_eq "checkpoint untouched by the abandoned cycle" "$cp_before" "$(cat "$CP2")"
+grep -q "event=shutdown checkpoint_ms=${cp_before##*=} reason=signal" "$LOG2B" ||
+    fail "no shutdown line with the unchanged checkpoint: $(tail -n 1 "$LOG2B")"
+ok
 
 # ================================================ 3. kill -9, restart ===
 
