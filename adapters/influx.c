@@ -173,8 +173,8 @@ int tly_influx_open(const tly_influx_options *opts, tly_influx **client, char *e
         tly_error(errbuf, errlen, "no InfluxDB URL");
         goto done;
     }
-    if (!(uri = evhttp_uri_parse_with_flags(opts->url, 0)) || !(scheme = evhttp_uri_get_scheme(uri)) ||
-        !(host = evhttp_uri_get_host(uri)) || !*host) {
+    if (!(uri = evhttp_uri_parse_with_flags(opts->url, 0)) ||
+        !(scheme = evhttp_uri_get_scheme(uri)) || !(host = evhttp_uri_get_host(uri)) || !*host) {
         tly_error(errbuf, errlen, "\"%s\" is not a URL like http://127.0.0.1:8086", opts->url);
         goto done;
     }
@@ -236,7 +236,8 @@ int tly_influx_open(const tly_influx_options *opts, tly_influx **client, char *e
             credentials = NULL;
             goto oom;
         }
-        if (!(encoded = base64(credentials)) || asprintf(&c->authorization, "Basic %s", encoded) < 0) {
+        if (!(encoded = base64(credentials)) ||
+            asprintf(&c->authorization, "Basic %s", encoded) < 0) {
             c->authorization = NULL;
             goto oom;
         }
@@ -297,8 +298,8 @@ void tly_influx_set_cancel(tly_influx *c, volatile sig_atomic_t *flag)
 char *tly_influx_request_target(const char *path_prefix, const char *database, const char *rp,
                                 const char *statement)
 {
-    size_t n = strlen(path_prefix) + 3 * (strlen(database) + (rp ? strlen(rp) : 0) +
-                                          strlen(statement)) + 64;
+    size_t n = strlen(path_prefix) +
+               3 * (strlen(database) + (rp ? strlen(rp) : 0) + strlen(statement)) + 64;
     char *target = malloc(n), *o;
     if (!target)
         return NULL;
@@ -526,7 +527,8 @@ static int parse_series(json_object *series, const char *device_tag, tly_influx_
     if (check_error_and_partial(series, "series", errbuf, errlen) < 0)
         return -1;
     if (json_object_object_get_ex(series, "tags", &tags) &&
-        json_object_object_get_ex(tags, device_tag, &tag) && json_object_is_type(tag, json_type_string))
+        json_object_object_get_ex(tags, device_tag, &tag) &&
+        json_object_is_type(tag, json_type_string))
         device = json_object_get_string(tag);
     if (!json_object_object_get_ex(series, "columns", &columns) ||
         !json_object_is_type(columns, json_type_array))
@@ -550,7 +552,8 @@ static int parse_series(json_object *series, const char *device_tag, tly_influx_
         int64_t time_ms;
         row = json_object_array_get_idx(values, r);
         if (!json_object_is_type(row, json_type_array) || json_object_array_length(row) != ncolumns)
-            return tly_error(errbuf, errlen, "influxdb answer: row %zu does not match the columns", r);
+            return tly_error(errbuf, errlen, "influxdb answer: row %zu does not match the columns",
+                             r);
         cell = json_object_array_get_idx(row, time_col);
         if (!json_object_is_type(cell, json_type_int))
             return tly_error(errbuf, errlen,
@@ -571,8 +574,8 @@ static int parse_series(json_object *series, const char *device_tag, tly_influx_
     return 0;
 }
 
-int tly_influx_parse(const char *body, size_t len, const char *device_tag,
-                     tly_influx_reading_fn fn, void *opaque, char *errbuf, size_t errlen)
+int tly_influx_parse(const char *body, size_t len, const char *device_tag, tly_influx_reading_fn fn,
+                     void *opaque, char *errbuf, size_t errlen)
 {
     json_tokener *tok = json_tokener_new_ex(32);
     json_object *root = NULL, *results, *result, *series_list;
@@ -603,7 +606,8 @@ int tly_influx_parse(const char *body, size_t len, const char *device_tag,
     }
     if (!root || jerr != json_tokener_success) {
         tly_error(errbuf, errlen, "influxdb answer is not JSON (%s): %.80s",
-                  jerr == json_tokener_continue ? "cut short" : json_tokener_error_desc(jerr), body);
+                  jerr == json_tokener_continue ? "cut short" : json_tokener_error_desc(jerr),
+                  body);
         goto done;
     }
     if (!json_object_is_type(root, json_type_object)) {
@@ -717,12 +721,14 @@ int tly_influx_map_load(const char *path, tly_influx_map **out, char *errbuf, si
         if (nfields == 0)
             continue;
         if (nfields != 3) {
-            tly_error(errbuf, errlen, "%s:%" PRId64 ": expected \"POD DEVICE VIN\", got %zu field(s)",
-                      path, line_no, nfields);
+            tly_error(errbuf, errlen,
+                      "%s:%" PRId64 ": expected \"POD DEVICE VIN\", got %zu field(s)", path,
+                      line_no, nfields);
             goto done;
         }
         if (has_control(fields[0]) || has_control(fields[1]) || has_control(fields[2])) {
-            tly_error(errbuf, errlen, "%s:%" PRId64 ": control characters in a field", path, line_no);
+            tly_error(errbuf, errlen, "%s:%" PRId64 ": control characters in a field", path,
+                      line_no);
             goto done;
         }
         if ((size_t)snprintf(key, sizeof(key), "%s\x1f%s", fields[0], fields[1]) >= sizeof(key)) {
@@ -730,9 +736,9 @@ int tly_influx_map_load(const char *path, tly_influx_map **out, char *errbuf, si
             goto done;
         }
         if (json_object_object_get_ex(map->vins, key, &existing)) {
-            tly_error(errbuf, errlen, "%s:%" PRId64 ": pod %s device %s is listed twice (VIN %s and %s)",
-                      path, line_no, fields[0], fields[1], json_object_get_string(existing),
-                      fields[2]);
+            tly_error(errbuf, errlen,
+                      "%s:%" PRId64 ": pod %s device %s is listed twice (VIN %s and %s)", path,
+                      line_no, fields[0], fields[1], json_object_get_string(existing), fields[2]);
             goto done;
         }
         if (json_object_object_add(map->vins, key, json_object_new_string(fields[2])) < 0 ||

@@ -111,8 +111,8 @@ typedef int (*tly_influx_reading_fn)(void *opaque, const char *device, const cha
  * database, a bad statement), a result or series marked "partial" (cut short by
  * the server's max-row-limit: read shorter ranges), or a time that is not an
  * integer (epoch=ms missing). Readings passed to fn before an error stay passed. */
-int tly_influx_parse(const char *body, size_t len, const char *device_tag,
-                     tly_influx_reading_fn fn, void *opaque, char *errbuf, size_t errlen);
+int tly_influx_parse(const char *body, size_t len, const char *device_tag, tly_influx_reading_fn fn,
+                     void *opaque, char *errbuf, size_t errlen);
 
 /* ------------------------------------------------------------ resource map ---
  *

@@ -195,7 +195,8 @@ char *tly_latest_record(tly_latest *latest, size_t i, int64_t produced_at_ms, si
     if (json_object_object_add(data, "id", json_object_new_string(v->vin)) < 0)
         goto done;
     for (size_t s = 0; s < v->count; s++)
-        if (json_object_object_add(data, v->sensors[s].name, json_object_get(v->sensors[s].value)) < 0)
+        if (json_object_object_add(data, v->sensors[s].name, json_object_get(v->sensors[s].value)) <
+            0)
             goto done;
     if (json_object_object_add(root, "received_at", json_object_new_int64(v->received_at_ms)) < 0 ||
         json_object_object_add(root, "produced_at", json_object_new_int64(produced_at_ms)) < 0)

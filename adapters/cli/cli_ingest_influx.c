@@ -187,9 +187,9 @@ static void log_retry(const char *stage, const char *pod, int64_t from_ms, int64
     tly_log("warn", "ingest_retry",
             "stage=%s%s%s from_ms=%" PRId64 " to_ms=%" PRId64
             " attempt=%d max_attempts=%d delay_ms=%" PRId64 " reason=%s",
-            stage, pod ? " pod=" : "", pod ? tly_log_quote(pod, quoted_pod, sizeof(quoted_pod)) : "",
-            from_ms, to_ms, attempt, max_attempts, delay_ms,
-            tly_log_quote(reason, quoted_reason, sizeof(quoted_reason)));
+            stage, pod ? " pod=" : "",
+            pod ? tly_log_quote(pod, quoted_pod, sizeof(quoted_pod)) : "", from_ms, to_ms, attempt,
+            max_attempts, delay_ms, tly_log_quote(reason, quoted_reason, sizeof(quoted_reason)));
 }
 
 /* ----------------------------------------------------------------- reading --- */
@@ -221,8 +221,8 @@ static int on_reading(void *opaque, const char *device, const char *sensor, int6
 /* Reads one pod's [from_ms, to_ms) into in->latest, retrying with backoff.
  * Returns 0, TLY_INFLUX_CANCELLED on a stop, or -1 with err after the last
  * attempt. */
-static int read_range(struct ingest *in, const char *pod, int64_t from_ms, int64_t to_ms,
-                      char *err, size_t errlen)
+static int read_range(struct ingest *in, const char *pod, int64_t from_ms, int64_t to_ms, char *err,
+                      size_t errlen)
 {
     char statement[STATEMENT_MAX];
     const char *body;
@@ -252,7 +252,8 @@ static int read_range(struct ingest *in, const char *pod, int64_t from_ms, int64
         if (attempt >= in->o.retry_attempts)
             return -1;
         {
-            int64_t delay = tly_influx_backoff_ms(attempt, in->o.retry_initial_ms, in->o.retry_max_ms);
+            int64_t delay =
+                tly_influx_backoff_ms(attempt, in->o.retry_initial_ms, in->o.retry_max_ms);
             log_retry("query", pod, from_ms, to_ms, attempt, (int)in->o.retry_attempts, delay, err);
             if (sleep_ms(delay))
                 return TLY_INFLUX_CANCELLED;
@@ -393,11 +394,10 @@ static int64_t send_pending(struct ingest *in, char *err, size_t errlen)
         for (;;) {
             /* F_COPY: a failed record may be sent again by the next attempt
              * while librdkafka still holds this one. */
-            kerr = rd_kafka_producev(in->rk, RD_KAFKA_V_RKT(in->rkt),
-                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                     RD_KAFKA_V_KEY(r->vin, strlen(r->vin)),
-                                     RD_KAFKA_V_VALUE(r->json, r->len), RD_KAFKA_V_OPAQUE(r),
-                                     RD_KAFKA_V_END);
+            kerr = rd_kafka_producev(
+                in->rk, RD_KAFKA_V_RKT(in->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_KEY(r->vin, strlen(r->vin)), RD_KAFKA_V_VALUE(r->json, r->len),
+                RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
             if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
                 break;
             rd_kafka_poll(in->rk, 100); /* the local queue is full: let deliveries drain it */
@@ -423,8 +423,9 @@ static int64_t send_pending(struct ingest *in, char *err, size_t errlen)
     if (undelivered)
         snprintf(err, errlen, "%" PRId64 " of %zu record(s) not delivered: %s", undelivered,
                  in->out_count,
-                 in->fatal ? "fatal producer error"
-                           : in->delivery_error[0] ? in->delivery_error : "no delivery report");
+                 in->fatal               ? "fatal producer error"
+                 : in->delivery_error[0] ? in->delivery_error
+                                         : "no delivery report");
     return undelivered;
 }
 
@@ -462,8 +463,10 @@ static int produce_cycle(struct ingest *in, int64_t from_ms, int64_t to_ms, int6
         if (attempt >= in->o.retry_attempts)
             return -1;
         {
-            int64_t delay = tly_influx_backoff_ms(attempt, in->o.retry_initial_ms, in->o.retry_max_ms);
-            log_retry("produce", NULL, from_ms, to_ms, attempt, (int)in->o.retry_attempts, delay, err);
+            int64_t delay =
+                tly_influx_backoff_ms(attempt, in->o.retry_initial_ms, in->o.retry_max_ms);
+            log_retry("produce", NULL, from_ms, to_ms, attempt, (int)in->o.retry_attempts, delay,
+                      err);
             if (sleep_ms(delay))
                 return TLY_INFLUX_CANCELLED;
         }
@@ -483,8 +486,10 @@ static int run_cycle(struct ingest *in, int64_t from_ms, int64_t to_ms, int64_t 
 
     tly_latest_clear(in->latest);
     in->readings = in->skipped = in->queries = 0;
-    for (int64_t chunk_from = from_ms; rc == 0 && chunk_from < to_ms; chunk_from += in->o.chunk_ms) {
-        int64_t chunk_to = to_ms - chunk_from > in->o.chunk_ms ? chunk_from + in->o.chunk_ms : to_ms;
+    for (int64_t chunk_from = from_ms; rc == 0 && chunk_from < to_ms;
+         chunk_from += in->o.chunk_ms) {
+        int64_t chunk_to =
+            to_ms - chunk_from > in->o.chunk_ms ? chunk_from + in->o.chunk_ms : to_ms;
         chunks++;
         for (size_t p = 0; rc == 0 && p < in->pod_count; p++) {
             rc = read_range(in, in->pods[p], chunk_from, chunk_to, err, errlen);
@@ -552,7 +557,8 @@ static int split_pods(struct ingest *in, const char *list)
         }
     }
     if (in->pod_count == 0) {
-        cli_usage_error("ingest influxdb", "--pods names no pod (give a comma-separated list: --pods a,b,c)");
+        cli_usage_error("ingest influxdb",
+                        "--pods names no pod (give a comma-separated list: --pods a,b,c)");
         goto done;
     }
     rc = 0;
@@ -583,10 +589,30 @@ static const char *env_or_null(const char *name)
 static int parse_options(struct ingest *in, int argc, char **argv)
 {
     enum {
-        OPT_URL = 256, OPT_DATABASE, OPT_RP, OPT_USERNAME, OPT_PASSWORD, OPT_TOKEN, OPT_TIMEOUT,
-        OPT_MEASUREMENT, OPT_POD_TAG, OPT_DEVICE_TAG, OPT_PODS, OPT_MAP, OPT_INTERVAL,
-        OPT_LOOKBACK, OPT_CHUNK, OPT_SETTLE, OPT_MAX_SPAN, OPT_CHECKPOINT, OPT_ONCE, OPT_BROKERS,
-        OPT_TOPIC, OPT_ATTEMPTS, OPT_INITIAL, OPT_MAX_INTERVAL,
+        OPT_URL = 256,
+        OPT_DATABASE,
+        OPT_RP,
+        OPT_USERNAME,
+        OPT_PASSWORD,
+        OPT_TOKEN,
+        OPT_TIMEOUT,
+        OPT_MEASUREMENT,
+        OPT_POD_TAG,
+        OPT_DEVICE_TAG,
+        OPT_PODS,
+        OPT_MAP,
+        OPT_INTERVAL,
+        OPT_LOOKBACK,
+        OPT_CHUNK,
+        OPT_SETTLE,
+        OPT_MAX_SPAN,
+        OPT_CHECKPOINT,
+        OPT_ONCE,
+        OPT_BROKERS,
+        OPT_TOPIC,
+        OPT_ATTEMPTS,
+        OPT_INITIAL,
+        OPT_MAX_INTERVAL,
     };
     static const struct option options[] = {
         {"url", required_argument, NULL, OPT_URL},
@@ -684,7 +710,8 @@ static int parse_options(struct ingest *in, int argc, char **argv)
                 return CLI_EXIT_USAGE;
             break;
         case OPT_ATTEMPTS:
-            if (cli_parse_int64(cmd, "--retry-max-attempts", optarg, 1, 1000, &o->retry_attempts) < 0)
+            if (cli_parse_int64(cmd, "--retry-max-attempts", optarg, 1, 1000, &o->retry_attempts) <
+                0)
                 return CLI_EXIT_USAGE;
             break;
         case OPT_INITIAL:
@@ -709,7 +736,8 @@ static int parse_options(struct ingest *in, int argc, char **argv)
         return cli_usage_error(cmd, "--brokers is required (or set KAFKA_BROKERS)");
     if (!*o->topic)
         return cli_usage_error(cmd, "--output-topic must not be empty");
-    if (!*o->model.measurement || !*o->model.pod_tag || (o->model.device_tag && !*o->model.device_tag))
+    if (!*o->model.measurement || !*o->model.pod_tag ||
+        (o->model.device_tag && !*o->model.device_tag))
         return cli_usage_error(cmd, "--measurement, --pod-tag and --device-tag must not be empty");
     if (!o->model.device_tag)
         o->model.device_tag = o->map_path ? "device" : "vin";
@@ -717,8 +745,9 @@ static int parse_options(struct ingest *in, int argc, char **argv)
         return cli_usage_error(cmd, "--pod-tag and --device-tag must differ (both are \"%s\")",
                                o->model.pod_tag);
     if (o->chunk_ms > o->max_span_ms)
-        return cli_usage_error(cmd, "--chunk (%" PRId64 "ms) must not be longer than "
-                                    "--max-cycle-span (%" PRId64 "ms)",
+        return cli_usage_error(cmd,
+                               "--chunk (%" PRId64 "ms) must not be longer than "
+                               "--max-cycle-span (%" PRId64 "ms)",
                                o->chunk_ms, o->max_span_ms);
     if (o->retry_initial_ms > o->retry_max_ms)
         return cli_usage_error(cmd, "--retry-initial-interval must not be longer than "
@@ -776,8 +805,8 @@ int cmd_ingest_influxdb(int argc, char **argv)
             for (i = 0; i < n && strcmp(tly_influx_map_pod(in->map, i), in->pods[p]) != 0; i++)
                 ;
             if (i == n) {
-                status = cli_usage_error(cmd, "pod \"%s\" is not in the resource map %s", in->pods[p],
-                                         in->o.map_path);
+                status = cli_usage_error(cmd, "pod \"%s\" is not in the resource map %s",
+                                         in->pods[p], in->o.map_path);
                 goto done;
             }
         }
@@ -865,9 +894,8 @@ int cmd_ingest_influxdb(int argc, char **argv)
             break;
         if (rc < 0) {
             tly_log("error", "ingest_error",
-                    "from_ms=%" PRId64 " to_ms=%" PRId64 " attempts=%" PRId64 " reason=%s",
-                    from_ms, to_ms, in->o.retry_attempts,
-                    tly_log_quote(err, quoted, sizeof(quoted)));
+                    "from_ms=%" PRId64 " to_ms=%" PRId64 " attempts=%" PRId64 " reason=%s", from_ms,
+                    to_ms, in->o.retry_attempts, tly_log_quote(err, quoted, sizeof(quoted)));
             if (in->o.once) {
                 status = CLI_EXIT_FAILURE;
                 break;
@@ -887,7 +915,9 @@ int cmd_ingest_influxdb(int argc, char **argv)
             break;
     }
     tly_log("info", "shutdown", "checkpoint_ms=%" PRId64 " reason=%s", from_ms,
-            stop_requested ? "signal" : status == CLI_EXIT_OK ? "caught_up" : "error");
+            stop_requested          ? "signal"
+            : status == CLI_EXIT_OK ? "caught_up"
+                                    : "error");
     goto done;
 oom:
     fprintf(stderr, "tally ingest influxdb: out of memory\n");

@@ -28,7 +28,8 @@ static void test_build_select(void)
                    "1700000000000ms AND time < 1700000002000ms GROUP BY \"vin\"");
 
     /* Quotes and backslashes in names and in the pod cannot end a token. */
-    CHECK_INT(tly_influx_build_select(&odd, "a' OR ''='", 0, 5, buf, sizeof(buf), err, sizeof(err)), 0);
+    CHECK_INT(tly_influx_build_select(&odd, "a' OR ''='", 0, 5, buf, sizeof(buf), err, sizeof(err)),
+              0);
     CHECK_STR(buf, "SELECT *::field FROM \"tele\\\"metry\\\\x\" WHERE \"the pod\" = 'a\\' OR "
                    "\\'\\'=\\'' AND time >= 0ms AND time < 5ms GROUP BY \"v'in\"");
     CHECK_INT(tly_influx_build_select(&model, "a\nb", 0, 5, buf, sizeof(buf), err, sizeof(err)), 0);
@@ -37,14 +38,16 @@ static void test_build_select(void)
     /* Empty range, and a buffer too small (exact fit minus one). */
     CHECK_INT(tly_influx_build_select(&model, "a", 5, 5, buf, sizeof(buf), err, sizeof(err)), -1);
     CHECK(strstr(err, "empty time range") != NULL);
-    CHECK_INT(tly_influx_build_select(&model, "pod-a", 0, 1, buf, sizeof(buf), err, sizeof(err)), 0);
+    CHECK_INT(tly_influx_build_select(&model, "pod-a", 0, 1, buf, sizeof(buf), err, sizeof(err)),
+              0);
     {
         size_t need = strlen(buf) + 1;
         char *exact = malloc(need);
         CHECK(exact);
         CHECK_INT(tly_influx_build_select(&model, "pod-a", 0, 1, exact, need, err, sizeof(err)), 0);
         CHECK_STR(exact, buf);
-        CHECK_INT(tly_influx_build_select(&model, "pod-a", 0, 1, exact, need - 1, err, sizeof(err)), -1);
+        CHECK_INT(tly_influx_build_select(&model, "pod-a", 0, 1, exact, need - 1, err, sizeof(err)),
+                  -1);
         free(exact);
     }
 end:;
@@ -52,11 +55,14 @@ end:;
 
 static void test_request_target(void)
 {
-    char *target = tly_influx_request_target("", "tele metry", NULL, "SELECT *::field FROM \"t\" WHERE \"pod\" = 'a&b=c' AND time >= 1ms");
+    char *target = tly_influx_request_target(
+        "", "tele metry", NULL,
+        "SELECT *::field FROM \"t\" WHERE \"pod\" = 'a&b=c' AND time >= 1ms");
     char *with_rp = NULL;
     CHECK(target);
-    CHECK_STR(target, "/query?db=tele%20metry&epoch=ms&q=SELECT%20%2A%3A%3Afield%20FROM%20%22t%22%20"
-                      "WHERE%20%22pod%22%20%3D%20%27a%26b%3Dc%27%20AND%20time%20%3E%3D%201ms");
+    CHECK_STR(target,
+              "/query?db=tele%20metry&epoch=ms&q=SELECT%20%2A%3A%3Afield%20FROM%20%22t%22%20"
+              "WHERE%20%22pod%22%20%3D%20%27a%26b%3Dc%27%20AND%20time%20%3E%3D%201ms");
     with_rp = tly_influx_request_target("/influx", "db", "rp/1", "q~_.-");
     CHECK(with_rp);
     CHECK_STR(with_rp, "/influx/query?db=db&rp=rp%2F1&epoch=ms&q=q~_.-");
@@ -94,9 +100,12 @@ static void test_parse(void)
      * kept as written, every JSON type a field can have. */
     static const char body[] =
         "{\"results\":[{\"statement_id\":0,\"series\":["
-        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"V1\"},\"columns\":[\"time\",\"door\",\"ok\",\"rpm\",\"speed\"],"
-        "\"values\":[[1700000000002,null,null,3000,12.50],[1700000000001,\"open\",true,null,null]]},"
-        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"\"},\"columns\":[\"time\",\"speed\"],\"values\":[[5,1]]},"
+        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"V1\"},\"columns\":[\"time\",\"door\",\"ok\","
+        "\"rpm\",\"speed\"],"
+        "\"values\":[[1700000000002,null,null,3000,12.50],[1700000000001,\"open\",true,null,null]]}"
+        ","
+        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"\"},\"columns\":[\"time\",\"speed\"],"
+        "\"values\":[[5,1]]},"
         "{\"name\":\"telemetry\",\"columns\":[\"speed\",\"time\"],\"values\":[[2e1,6]]}"
         "]}]}\n"; /* InfluxDB ends with a newline */
     struct collected c = {0};
@@ -132,18 +141,21 @@ static void test_parse_errors(void)
     static const struct {
         const char *body, *expect;
     } cases[] = {
-        {"{\"error\":\"error parsing query: found SELEC\"}", "influxdb: error parsing query: found SELEC"},
+        {"{\"error\":\"error parsing query: found SELEC\"}",
+         "influxdb: error parsing query: found SELEC"},
         {"{\"results\":[{\"statement_id\":0,\"error\":\"database not found: nope\"}]}",
          "influxdb: database not found: nope"},
         {"{\"results\":[{\"statement_id\":0,\"partial\":true,\"series\":[]}]}", "partial answer"},
         {"{\"results\":[{\"statement_id\":0,\"series\":[{\"name\":\"t\",\"partial\":true,"
          "\"columns\":[\"time\"],\"values\":[]}]}]}",
          "partial answer"},
-        {"{\"results\":[{\"series\":[{\"columns\":[\"time\",\"x\"],\"values\":[[\"2023-11-14T22:13:20Z\",1]]}]}]}",
+        {"{\"results\":[{\"series\":[{\"columns\":[\"time\",\"x\"],\"values\":[[\"2023-11-14T22:13:"
+         "20Z\",1]]}]}]}",
          "not epoch milliseconds"},
         {"{\"results\":[{\"series\":[{\"columns\":[\"time\",\"x\"],\"values\":[[1]]}]}]}",
          "does not match the columns"},
-        {"{\"results\":[{\"series\":[{\"columns\":[\"x\"],\"values\":[[1]]}]}]}", "without a \"time\" column"},
+        {"{\"results\":[{\"series\":[{\"columns\":[\"x\"],\"values\":[[1]]}]}]}",
+         "without a \"time\" column"},
         {"{\"results\":[{\"series\":[{\"values\":[[1]]}]}]}", "without \"columns\""},
         {"{\"results\":{}}", "without \"results\""},
         {"{\"results\":[{\"statement_id\":0}]", "not JSON"},
@@ -204,7 +216,8 @@ static void test_latest(void)
     CHECK_INT(len, strlen(record));
     free(record);
     record = tly_latest_record(latest, 1, 778, &len);
-    CHECK_STR(record, "{\"data\":{\"id\":\"V1\",\"temp\":21},\"received_at\":50,\"produced_at\":778}");
+    CHECK_STR(record,
+              "{\"data\":{\"id\":\"V1\",\"temp\":21},\"received_at\":50,\"produced_at\":778}");
     free(record);
     record = NULL;
     CHECK(tly_latest_record(latest, 2, 0, &len) == NULL);
@@ -212,7 +225,8 @@ static void test_latest(void)
     /* A VIN that needs escaping stays valid JSON. */
     CHECK_INT(add(latest, "V\"3", "x/y", 1, "1"), 1);
     record = tly_latest_record(latest, 2, 1, &len);
-    CHECK_STR(record, "{\"data\":{\"id\":\"V\\\"3\",\"x/y\":1},\"received_at\":1,\"produced_at\":1}");
+    CHECK_STR(record,
+              "{\"data\":{\"id\":\"V\\\"3\",\"x/y\":1},\"received_at\":1,\"produced_at\":1}");
     free(record);
     record = NULL;
 
@@ -231,7 +245,8 @@ static void test_latest(void)
     }
     CHECK_INT(tly_latest_count(latest), 5000);
     record = tly_latest_record(latest, 4999, 0, &len);
-    CHECK_STR(record, "{\"data\":{\"id\":\"VIN04999\",\"s\":2},\"received_at\":5000,\"produced_at\":0}");
+    CHECK_STR(record,
+              "{\"data\":{\"id\":\"VIN04999\",\"s\":2},\"received_at\":5000,\"produced_at\":0}");
 end:
     free(record);
     tly_latest_free(latest);
@@ -331,7 +346,8 @@ static void test_checkpoint(void)
     CHECK_INT(write_file(path, "tally-checkpoint 1 end_ms=17000000x\n"), 0);
     CHECK_INT(tly_checkpoint_read(path, &end_ms, err, sizeof(err)), -1);
     CHECK(strstr(err, "damaged") != NULL);
-    CHECK_INT(write_file(path, "tally-checkpoint 1 end_ms=1700000000000"), 0); /* torn: no newline */
+    CHECK_INT(write_file(path, "tally-checkpoint 1 end_ms=1700000000000"),
+              0); /* torn: no newline */
     CHECK_INT(tly_checkpoint_read(path, &end_ms, err, sizeof(err)), -1);
     CHECK_INT(write_file(path, ""), 0);
     CHECK_INT(tly_checkpoint_read(path, &end_ms, err, sizeof(err)), -1);
