@@ -44,7 +44,6 @@
 #define DEFAULT_URL "http://127.0.0.1:8086"
 #define DEFAULT_TOPIC "sensor-service.dispatch.telemetry-aggregated"
 #define STATEMENT_MAX 4096
-#define DELIVERY_TIMEOUT_MS 30000 /* message.timeout.ms: a record's whole delivery */
 #define METADATA_TIMEOUT_MS 10000
 #define MAX_PODS 10000
 
@@ -92,6 +91,8 @@ static const char ingest_influx_usage[] =
     "Kafka:\n"
     "  --brokers B                 bootstrap servers (default: $KAFKA_BROKERS)\n"
     "  --output-topic T            (default " DEFAULT_TOPIC ")\n"
+    "  --delivery-timeout DUR      a record not acknowledged by then failed, and the\n"
+    "                              cycle's produce is retried (default 30s)\n"
     "\n"
     "Retries (a query, or a cycle's produce):\n"
     "  --retry-max-attempts N      (default 5)\n"
@@ -99,8 +100,9 @@ static const char ingest_influx_usage[] =
     "  --retry-max-interval DUR    longest wait (default 30s)\n"
     "After the last attempt the cycle is given up (event=ingest_error) and its range is\n"
     "read again by the next cycle: nothing is skipped. SIGINT/SIGTERM abandon a cycle\n"
-    "that is reading, or let one that is producing finish; the checkpoint never moves\n"
-    "past what the broker acknowledged. Exit status 0 after a signal (or with --once,\n"
+    "that is reading, or let one that is producing finish (--delivery-timeout at\n"
+    "most); the checkpoint never moves past what the broker acknowledged. Exit status 0 after a "
+    "signal (or with --once,\n"
     "when caught up), 1 on an error that stops it (a missing topic, an unreadable\n"
     "checkpoint; with --once, a failed cycle), 2 on a bad option.\n";
 
@@ -117,6 +119,7 @@ struct options {
     tly_influx_model model;
     const char *brokers, *topic, *checkpoint_path, *pods_arg, *map_path;
     int64_t interval_ms, lookback_ms, chunk_ms, settle_ms, max_span_ms, timeout_ms;
+    int64_t delivery_timeout_ms; /* message.timeout.ms: one record's whole delivery */
     int64_t retry_attempts, retry_initial_ms, retry_max_ms;
     int once;
 };
@@ -317,7 +320,7 @@ static int open_producer(struct ingest *in, char *err, size_t errlen)
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char timeout[32], errstr[512];
 
-    snprintf(timeout, sizeof(timeout), "%d", DELIVERY_TIMEOUT_MS);
+    snprintf(timeout, sizeof(timeout), "%" PRId64, in->o.delivery_timeout_ms);
     /* murmur2_random: the same key -> partition mapping as the Java
      * producer, so a VIN lands where the upstream services put it. */
     if (tly_kconf_set(conf, "bootstrap.servers", in->o.brokers, err, errlen) < 0 ||
@@ -405,7 +408,7 @@ static int64_t send_pending(struct ingest *in, char *err, size_t errlen)
         if (kerr) {
             snprintf(err, errlen, "cannot queue a record for %s: %s", in->o.topic,
                      rd_kafka_err2str(kerr));
-            rd_kafka_flush(in->rk, DELIVERY_TIMEOUT_MS); /* the ones queued already */
+            rd_kafka_flush(in->rk, (int)in->o.delivery_timeout_ms); /* those queued already */
             return -1;
         }
     }
@@ -613,6 +616,7 @@ static int parse_options(struct ingest *in, int argc, char **argv)
         OPT_ATTEMPTS,
         OPT_INITIAL,
         OPT_MAX_INTERVAL,
+        OPT_DELIVERY_TIMEOUT,
     };
     static const struct option options[] = {
         {"url", required_argument, NULL, OPT_URL},
@@ -636,6 +640,7 @@ static int parse_options(struct ingest *in, int argc, char **argv)
         {"once", no_argument, NULL, OPT_ONCE},
         {"brokers", required_argument, NULL, OPT_BROKERS},
         {"output-topic", required_argument, NULL, OPT_TOPIC},
+        {"delivery-timeout", required_argument, NULL, OPT_DELIVERY_TIMEOUT},
         {"retry-max-attempts", required_argument, NULL, OPT_ATTEMPTS},
         {"retry-initial-interval", required_argument, NULL, OPT_INITIAL},
         {"retry-max-interval", required_argument, NULL, OPT_MAX_INTERVAL},
@@ -660,6 +665,7 @@ static int parse_options(struct ingest *in, int argc, char **argv)
     o->settle_ms = 1000;
     o->max_span_ms = 60000;
     o->timeout_ms = 30000;
+    o->delivery_timeout_ms = 30000;
     o->retry_attempts = 5;
     o->retry_initial_ms = 1000;
     o->retry_max_ms = 30000;
@@ -688,6 +694,12 @@ static int parse_options(struct ingest *in, int argc, char **argv)
                 return CLI_EXIT_USAGE;
             if (o->timeout_ms > 3600000)
                 return cli_usage_error(cmd, "--timeout must be at most 1h");
+            break;
+        case OPT_DELIVERY_TIMEOUT:
+            if (parse_duration("--delivery-timeout", optarg, 100, &o->delivery_timeout_ms) < 0)
+                return CLI_EXIT_USAGE;
+            if (o->delivery_timeout_ms > 3600000)
+                return cli_usage_error(cmd, "--delivery-timeout must be at most 1h");
             break;
         case OPT_INTERVAL:
             if (parse_duration("--interval", optarg, 10, &o->interval_ms) < 0)

@@ -22,7 +22,10 @@
 #    checkpoint file (event=started from_ms = the file's end_ms), and every
 #    point written before, during and after the kill reaches Kafka (repeats
 #    are allowed); SIGTERM then exits 0 with the checkpoint at the last cycle.
-# 4. Bad flags exit 2 with a hint; a missing topic exits 1 with the command
+# 4. The broker restarts (scripts/kafka restart) mid-run: the records of a
+#    cycle that could not be delivered are produced again (ingest_retry
+#    stage=produce) and every reading reaches the topic.
+# 5. Bad flags exit 2 with a hint; a missing topic exits 1 with the command
 #    that creates it.
 #
 # Each vehicle of parts 2 and 3 has a single reading, so "every reading
@@ -370,7 +373,52 @@ topic_readings "$TOPIC3" >"$WORK/actual_kill.tsv"
 assert_files_eq "every reading written before, during and after the kill" "$WORK/expected_kill.tsv" "$WORK/actual_kill.tsv"
 note "kill -9: resumed from $cp_killed; $(read_topic "$TOPIC3" '.\n' | wc -l) records for 120 readings"
 
-# ==================================================== 4. bad flags ===
+# ============================================ 4. the broker restarts ===
+
+# scripts/kafka restart (SIGTERM, same data) while points keep arriving; with
+# --delivery-timeout 1s the records of a cycle produced while the broker is
+# down fail, the produce is retried (event=ingest_retry stage=produce), and
+# every reading still reaches the topic.
+ensure_broker() {
+    "$KAFKA_SCRIPT" status >/dev/null 2>&1 && return 0
+    echo "[$TEST_NAME] the broker is down; starting it again" >&2
+    "$KAFKA_SCRIPT" start >&2 || true
+}
+CLEANUP_HOOKS+=(ensure_broker)
+[[ "$("$KAFKA_SCRIPT" status)" == *"Apache Kafka"* ]] ||
+    fail "scripts/kafka restart needs Apache Kafka: $("$KAFKA_SCRIPT" status)"
+TOPIC4=$(name broker)
+create_topic "$TOPIC4" 3
+LOG4=$WORK/broker.log
+(
+    for i in $(seq 0 99); do
+        printf 'brokers,pod=b1,vin=BRK-%03d speed=%di %s\n' "$i" $((4000 + i)) "$(now_ms)" >"$WORK/wb.lp"
+        curl -sS -o /dev/null -XPOST "$INFLUX_URL/write?db=$DB&precision=ms" --data-binary "@$WORK/wb.lp" || exit 1
+        sleep 0.1
+    done
+) &
+WRITER=$!
+BG_PIDS+=("$WRITER")
+ingest_start "$LOG4" --measurement brokers --pods b1 --output-topic "$TOPIC4" --interval 500ms \
+    --lookback 1s --settle 2s --delivery-timeout 1s --retry-initial-interval 300ms \
+    --retry-max-interval 1s --retry-max-attempts 3
+PID4=$TALLY_PID
+wait_cycle_past "$LOG4" 0 "$PID4" 30
+sleep 2
+"$KAFKA_SCRIPT" restart >"$WORK/restart.out" 2>&1 || fail "scripts/kafka restart failed: $(tail -n 3 "$WORK/restart.out")"
+wait "$WRITER" || fail "the point writer failed"
+wait_cycle_past "$LOG4" "$(now_ms)" "$PID4" 90
+tally_stop "$PID4"
+for i in $(seq 0 99); do printf 'BRK-%03d\tspeed\t%d\n' "$i" $((4000 + i)); done >"$WORK/expected_broker.tsv"
+topic_readings "$TOPIC4" >"$WORK/actual_broker.tsv"
+assert_files_eq "every reading across the broker restart" "$WORK/expected_broker.tsv" "$WORK/actual_broker.tsv"
+grep -q 'event=ingest_retry stage=produce .*reason="[0-9]* of [0-9]* record(s) not delivered' "$LOG4" ||
+    fail "no produce retry logged while the broker was down"
+ok
+check_contiguous "$LOG4"
+note "broker restart: $(grep -c 'event=ingest_retry stage=produce' "$LOG4") produce retries, 100 readings all delivered"
+
+# ==================================================== 5. bad flags ===
 
 expect_ingest_usage() {
     local what=$1 rc=0
@@ -400,6 +448,7 @@ expect_ingest_usage "duplicate pod" "${B[@]}" --pods a,a
 expect_ingest_usage "missing resource map" "${B[@]}" --resource-map "$WORK/nope.map"
 expect_ingest_usage "pod not in the map" "${B[@]}" --resource-map "$WORK/resource.map" --pods m1,zz
 expect_ingest_usage "extra argument" "${B[@]}" --pods a extra
+expect_ingest_usage "bad delivery timeout" "${B[@]}" --pods a --delivery-timeout 5ms
 
 "$TALLY" ingest influxdb --help >"$WORK/help.out"
 grep -q -- '--checkpoint-path FILE' "$WORK/help.out" || fail "--help does not document --checkpoint-path"
