@@ -17,7 +17,9 @@
 int tly_checkpoint_read(const char *path, int64_t *end_ms, char *errbuf, size_t errlen);
 
 /* Replaces the checkpoint at path with end_ms, durably. Returns 0, or -1 with
- * errbuf; on failure the previous checkpoint is still in place. */
+ * errbuf; after a failure the file holds the previous checkpoint, or the new
+ * one when only the final fsync of the directory failed (then it may not
+ * survive a power loss). */
 int tly_checkpoint_write(const char *path, int64_t end_ms, char *errbuf, size_t errlen);
 
 #endif

@@ -877,13 +877,20 @@ int cmd_ingest_influxdb(int argc, char **argv)
     tly_influx_set_cancel(in->influx, &stop_requested);
 
     from_ms = have_checkpoint ? checkpoint_ms : wall_ms() - in->o.lookback_ms;
-    tly_log("info", "started",
+    {
+        char quoted_db[300], quoted_path[4200];
+        tly_log(
+            "info", "started",
             "source=influxdb url=%s database=%s measurement=%s pods=%zu topic=%s from_ms=%" PRId64
             " resumed=%s checkpoint=%s",
-            tly_log_quote(in->o.influx.url, quoted, sizeof(quoted)), in->o.influx.database,
+            tly_log_quote(in->o.influx.url, quoted, sizeof(quoted)),
+            tly_log_quote(in->o.influx.database, quoted_db, sizeof(quoted_db)),
             tly_log_quote(in->o.model.measurement, quoted2, sizeof(quoted2)), in->pod_count,
             in->o.topic, from_ms, have_checkpoint ? "true" : "false",
-            in->o.checkpoint_path ? in->o.checkpoint_path : "none");
+            in->o.checkpoint_path
+                ? tly_log_quote(in->o.checkpoint_path, quoted_path, sizeof(quoted_path))
+                : "none");
+    }
 
     next_cycle_ms = cli_now_ms();
     status = CLI_EXIT_OK;
