@@ -48,7 +48,7 @@ struct tly_influx {
     size_t body_len;
 };
 
-/* ------------------------------------------------------------ small helpers --- */
+/* ----------------------------------------------------- encoding and copying --- */
 
 static char *copy_string(const char *s)
 {
