@@ -41,6 +41,9 @@ static const char ingest_usage[] =
     "  --rejects PATH       reject file (default PATH.rejects.jsonl next to the database)\n"
     "  --synchronous MODE   OFF, NORMAL (default) or FULL\n"
     "\n"
+    "'tally ingest influxdb ...' reads InfluxDB into Kafka instead: see\n"
+    "'tally ingest influxdb --help'. (A JSONL file named influxdb: ./influxdb.)\n"
+    "\n"
     "Prints a summary line; exit status 0 when the file was read to the end (even with\n"
     "rejects), 1 on a database or I/O error, 2 on a bad option.\n";
 
@@ -198,6 +201,10 @@ int cmd_ingest(int argc, char **argv)
     ssize_t len;
     cli_progress progress;
 
+    /* Only as the first word: "tally ingest --db x.db influxdb" still reads
+     * a file of that name. */
+    if (argc >= 2 && strcmp(argv[1], "influxdb") == 0)
+        return cmd_ingest_influxdb(argc - 1, argv + 1);
     tly_store_options_init(&store_opts);
     opterr = 0;
     optind = 1;

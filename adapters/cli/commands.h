@@ -4,6 +4,7 @@
 #define TLY_CLI_COMMANDS_H
 
 int cmd_ingest(int argc, char **argv);
+int cmd_ingest_influxdb(int argc, char **argv);
 int cmd_query(int argc, char **argv);
 int cmd_changelog(int argc, char **argv);
 int cmd_replay(int argc, char **argv);

@@ -9,10 +9,14 @@ TALLY_DEBIAN_PACKAGES=(
 )
 
 # Only the test suite needs these: curl drives the daemon's HTTP endpoint and
-# Chromium renders its live page headless (tests/kafka/test_http.sh).
+# Chromium renders its live page headless (tests/kafka/test_http.sh); influxdb
+# is the InfluxDB server `tally ingest influxdb` is tested against
+# (scripts/influxdb runs its own influxd on loopback, beside any system service
+# the package may enable on 8086).
 TALLY_TEST_DEBIAN_PACKAGES=(
     curl
     chromium
+    influxdb
 )
 
 # tally_install_packages PKG...: installs those of PKG that are missing.
