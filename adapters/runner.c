@@ -769,6 +769,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
                 r->count, (long long)(now_ms() - t_start), (long long)(t_applied - t_start),
                 (long long)(t_produced - t_applied), (long long)(t_kafka - t_produced),
                 (long long)(now_ms() - t_kafka));
+    stats.changes = seq_after - seq_before; /* the counters row too: every row mirrored */
     r->applied += stats.applied;
     r->rejected += stats.rejected;
     r->skipped += stats.skipped;

@@ -89,7 +89,7 @@ awk -F'\t' '
         if (!match(v, "\"" name "\":-?[0-9]+")) return "?"
         return substr(v, RSTART + length(name) + 3, RLENGTH - length(name) - 3)
     }
-    { last[$1] = num($2, "sum_micros") "\t" num($2, "count") }
+    index($2, "\"entity\":\"order_window\"") { last[$1] = num($2, "sum_micros") "\t" num($2, "count") }
     END { for (k in last) { split(k, a, "#"); print a[1] "\t" a[2] "\t" a[3] "\t" last[k] } }' \
     "$WORK/changelog.raw" | sort >"$WORK/changelog.latest"
 awk -F'\t' -v w="$WINDOW_MS" '
