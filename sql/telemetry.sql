@@ -33,13 +33,13 @@ CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
     produced_at_ms INTEGER,
     PRIMARY KEY (vin, sensor)
 ) STRICT, WITHOUT ROWID;
--- With event-time windows, the newest received_at of this batch's accepted
--- events so far: lateness is judged event by event in input order, so the
--- same input gives the same late events however it is cut into batches.
 -- The vehicles whose state this batch changed.
 CREATE TEMP TABLE IF NOT EXISTS telemetry_changed (
     vin TEXT PRIMARY KEY
 ) STRICT, WITHOUT ROWID;
+-- With event-time windows, the newest received_at of this batch's accepted
+-- events so far: lateness is judged event by event in input order, so the
+-- same input gives the same late events however it is cut into batches.
 CREATE TEMP TABLE IF NOT EXISTS telemetry_clock (
     id           INTEGER PRIMARY KEY CHECK (id = 1),
     max_event_ms INTEGER NOT NULL
@@ -63,7 +63,7 @@ ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms
 
 -- @stage
 INSERT INTO temp.telemetry_stage (vin, sensor, value, received_at_ms, produced_at_ms)
-VALUES (:vin, :sensor, json(:value), :received_at, :produced_at)
+VALUES (:vin, :sensor, :value, :received_at, :produced_at)
 ON CONFLICT DO UPDATE SET value = excluded.value,
                           received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms
@@ -92,11 +92,8 @@ WHERE v.received_at_ms = s.received_at_ms AND v.value = s.value;
 INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms)
 SELECT 'vehicle_sensor', c.vin, sum(s.key_seq),
        json_object('vin', c.vin, 'sensors',
-                   json_group_object(s.sensor,
-                                     json_object('value', json(s.value),
-                                                 'received_at_ms', s.received_at_ms,
-                                                 'produced_at_ms', s.produced_at_ms,
-                                                 'key_seq', s.key_seq))),
+                   json_group_object(s.sensor, json_array(json(s.value), s.received_at_ms,
+                                                          s.produced_at_ms, s.key_seq))),
        NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
 FROM temp.telemetry_changed AS c CROSS JOIN vehicle_sensor_state AS s ON s.vin = c.vin
 GROUP BY c.vin;
@@ -119,14 +116,14 @@ DELETE FROM temp.telemetry_clock;
 -- vehicle_sensor, {"vin","sensor","value","received_at_ms","produced_at_ms"})
 -- put in the same shape: each sensor is applied when its key_seq is newer.
 INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq)
-SELECT json_extract(:image, '$.vin'), j.key, j.value -> '$.value',
-       j.value ->> '$.received_at_ms', j.value ->> '$.produced_at_ms', j.value ->> '$.key_seq'
+SELECT json_extract(:image, '$.vin'), j.key, j.value -> 0,
+       j.value ->> 1, j.value ->> 2, j.value ->> 3
 FROM json_each(CASE WHEN json_type(:image, '$.sensors') IS NULL
                     THEN json_object(json_extract(:image, '$.sensor'),
-                                     json_object('value', :image -> '$.value',
-                                                 'received_at_ms', json_extract(:image, '$.received_at_ms'),
-                                                 'produced_at_ms', json_extract(:image, '$.produced_at_ms'),
-                                                 'key_seq', :key_seq))
+                                     json_array(:image -> '$.value',
+                                                json_extract(:image, '$.received_at_ms'),
+                                                json_extract(:image, '$.produced_at_ms'),
+                                                :key_seq))
                     ELSE :image -> '$.sensors' END) AS j
 WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value, received_at_ms = excluded.received_at_ms,
