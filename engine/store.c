@@ -8,6 +8,7 @@
 
 #include "embedded_sql.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,9 +97,19 @@ static int migrate(sqlite3 *db, int target, char *errbuf, size_t errlen)
     return 0;
 }
 
+/* SQLite keeps memory statistics by default, which takes a global mutex on
+ * every allocation: measured at about 5% of the telemetry apply. tally reads
+ * none of them. Must run before SQLite initializes; if something initialized
+ * it first, the call fails harmlessly and the default stays. */
+static void configure_sqlite(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 int tly_store_open(const char *path, const tly_store_options *opts, tly_store **out,
                    char *errbuf, size_t errlen)
 {
+    static pthread_once_t configured = PTHREAD_ONCE_INIT;
     tly_store_options defaults;
     tly_store *store = NULL;
     char pragmas[512];
@@ -114,6 +125,7 @@ int tly_store_open(const char *path, const tly_store_options *opts, tly_store **
         strcmp(opts->synchronous, "FULL"))
         return set_error(errbuf, errlen, "synchronous must be OFF, NORMAL or FULL, not \"%s\"%s",
                          opts->synchronous, "");
+    pthread_once(&configured, configure_sqlite);
     store = calloc(1, sizeof(*store));
     if (!store || !(store->path = strdup(path))) {
         set_error(errbuf, errlen, "out of memory%s%s", "", "");

@@ -39,6 +39,8 @@ static const char topics_usage[] =
     "  --partitions N       partitions of the input if it must be created (default 1)\n"
     "  --topic-prefix P     prefix of the internal topics (default opb)\n"
     "  --input-topic T      input topic (default: the pipeline's)\n"
+    "  --input-cleanup-policy compact|delete  the input's policy if it is created here\n"
+    "                       (default: the pipeline's, above)\n"
     "  --output-topic T     output topic (default: the pipeline's)\n"
     "  --timeout DUR        give up after DUR (default 30s)\n"
     "\n"
@@ -94,10 +96,11 @@ static int topics_create(int argc, char **argv)
                                             {"input-topic", required_argument, NULL, 'i'},
                                             {"output-topic", required_argument, NULL, 'o'},
                                             {"timeout", required_argument, NULL, 't'},
+                                            {"input-cleanup-policy", required_argument, NULL, 'c'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
     const char *brokers = getenv("KAFKA_BROKERS"), *pipeline = NULL, *prefix = "opb";
-    const char *input = NULL, *output = NULL;
+    const char *input = NULL, *output = NULL, *input_policy = NULL;
     int64_t partitions = 0, timeout_ms = DEFAULT_TIMEOUT_MS;
     tly_topic_layout layout;
     const tly_topic_spec *specs[5];
@@ -127,6 +130,12 @@ static int topics_create(int argc, char **argv)
             if (timeout_ms < 1 || timeout_ms > 3600000)
                 return cli_usage_error(COMMAND, "--timeout must be between 1ms and 1h");
             break;
+        case 'c':
+            if (strcmp(optarg, "compact") && strcmp(optarg, "delete"))
+                return cli_usage_error(COMMAND, "--input-cleanup-policy must be compact or delete, "
+                                                "not \"%s\"", optarg);
+            input_policy = optarg;
+            break;
         case 'h': fputs(topics_usage, stdout); return CLI_EXIT_OK;
         default: return cli_bad_option(COMMAND, opt, argv, optind);
         }
@@ -141,6 +150,8 @@ static int topics_create(int argc, char **argv)
     if (tly_topics_layout(pipeline, prefix, input, output, &layout, err, sizeof(err)) < 0)
         return cli_usage_error(COMMAND, "%s", err);
 
+    if (input_policy)
+        layout.input.cleanup_policy = input_policy;
     specs[0] = &layout.input;
     specs[1] = &layout.output;
     specs[2] = &layout.changelog;
