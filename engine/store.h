@@ -22,8 +22,10 @@ typedef struct tly_store_options {
     const char *synchronous;
     int busy_timeout_ms;   /* default 5000 */
     int64_t cache_kib;     /* page cache, default 65536 (64 MiB) */
-    int wal_autocheckpoint; /* pages, default 10000 (~40 MiB): fewer, larger
-                               checkpoints write a page rewritten by many
+    int page_size;         /* bytes, for a new database only (SQLite fixes it when
+                              the first table is created); default 16384 */
+    int wal_autocheckpoint; /* pages, default 2500 (~40 MiB of 16 KiB pages): fewer,
+                               larger checkpoints write a page rewritten by many
                                batches once instead of once per batch */
     int migrate_to;        /* 0 = newest; a lower version is for tests of migration */
     int disable_triggers;  /* 1 = this connection runs no triggers: changelog replay

@@ -68,6 +68,18 @@ static void flip_bytes(const char *path, off_t at)
     }
 }
 
+/* The database's page size, from its header (bytes 16-17, big-endian). */
+static off_t page_size_of(const char *path)
+{
+    unsigned char h[2] = {0, 0};
+    int fd = open(path, O_RDONLY);
+    if (fd >= 0) {
+        (void)!pread(fd, h, 2, 16);
+        close(fd);
+    }
+    return h[0] == 0 && h[1] == 1 ? 65536 : (off_t)(h[0] << 8 | h[1]);
+}
+
 static off_t file_size(const char *path)
 {
     struct stat st;
@@ -186,8 +198,8 @@ static void test_failed_database_table_manifests(void)
     CHECK(rep && setup(&f) == 0);
     /* Damage a page well inside the file, past the schema; keep the table
      * of snapshots readable enough or not - either way it must recover. */
-    flip_bytes(f.db, file_size(f.db) - 4096 * 3);
-    flip_bytes(f.db, file_size(f.db) - 4096 * 5);
+    flip_bytes(f.db, file_size(f.db) - page_size_of(f.db) * 3);
+    flip_bytes(f.db, file_size(f.db) - page_size_of(f.db) * 5);
     snprintf(json, sizeof(json), "%.*s.json", (int)(strlen(f.newer.path) - 3), f.newer.path);
     CHECK(unlink(json) == 0); /* the directory no longer lists the newest */
 
@@ -259,7 +271,7 @@ static void test_dry_run_changes_nothing(void)
     off_t size;
 
     CHECK(rep && setup(&f) == 0);
-    flip_bytes(f.db, file_size(f.db) - 4096 * 3);
+    flip_bytes(f.db, file_size(f.db) - page_size_of(f.db) * 3);
     size = file_size(f.db);
     f.cfg.dry_run = 1;
     CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) == 0);
