@@ -74,7 +74,8 @@
  *            again after the flush read stays pending.
  *
  * :allowed_lateness_ms is bound in @late, @flush and @flushed (0 unless the
- * daemon sets it).
+ * daemon sets it), :windowed (1 with event-time windows, else 0) in @merge, so
+ * that without windows the pending set need not keep one row per window.
  *
  * Batches: staging coalesces a batch per key, so merge writes one state update
  * and one changelog row per changed key. If a statement fails on an event that
@@ -442,6 +443,8 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
             if ((s == &p->flush || s == &p->flushed) &&
                 (strcmp(name, "flush_seq") == 0 || strcmp(name, "closed_only") == 0))
                 known = true;
+            if (s == &p->merge && strcmp(name, "windowed") == 0)
+                known = true;
             if (s == &p->flush && strcmp(name, "now_ms") == 0)
                 known = true;
             if (!known)
@@ -453,11 +456,11 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
 }
 
 /* Binds a value the daemon decides at run time (:allowed_lateness_ms,
- * :closed_only) in every statement of the sections that may use it. Bindings
+ * :closed_only, :windowed) in every statement of the sections that may use it. Bindings
  * survive sqlite3_reset, so this is done once per change. */
 static void bind_runtime(tly_pipeline *p, const char *name, int64_t value)
 {
-    struct section *sections[] = {&p->late, &p->flush, &p->flushed};
+    struct section *sections[] = {&p->late, &p->flush, &p->flushed, &p->merge};
     char full[64];
     snprintf(full, sizeof(full), ":%s", name);
     for (size_t s = 0; s < sizeof(sections) / sizeof(sections[0]); s++)
@@ -626,6 +629,7 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
     }
     bind_runtime(p, "allowed_lateness_ms", 0);
     bind_runtime(p, "closed_only", 0);
+    bind_runtime(p, "windowed", 0);
     if (!(flags & TLY_PIPELINE_REPLAY_ONLY)) {
         if (p->stage.count == 0 || p->merge.count == 0) {
             tly_error(errbuf, errlen, "%s: needs @stage and @merge sections", p->source_name);
@@ -1261,6 +1265,7 @@ int tly_pipeline_set_windowed(tly_pipeline *p, bool windowed, int64_t allowed_la
     p->windowed = windowed;
     bind_runtime(p, "allowed_lateness_ms", allowed_lateness_ms);
     bind_runtime(p, "closed_only", windowed ? 1 : 0);
+    bind_runtime(p, "windowed", windowed ? 1 : 0);
     return 0;
 }
 

@@ -97,9 +97,11 @@ SELECT 'vehicle_sensor', c.vin, sum(s.key_seq),
        NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
 FROM temp.telemetry_changed AS c CROSS JOIN vehicle_sensor_state AS s ON s.vin = c.vin
 GROUP BY c.vin;
--- They are pending, in the event-time window of each of their readings.
+-- They are pending: with event-time windows (window_stream) in the window of
+-- each of their readings; otherwise one row per vehicle (window 0), so that
+-- a pending set nobody flushes (tally ingest) stays one row per vehicle.
 INSERT INTO vehicle_pending (window_start_ms, vin, mark)
-SELECT DISTINCT received_at_ms - received_at_ms % :window_ms, vin,
+SELECT DISTINCT CASE WHEN :windowed THEN received_at_ms - received_at_ms % :window_ms ELSE 0 END, vin,
        coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
 FROM temp.telemetry_stage
 WHERE vin IN (SELECT vin FROM temp.telemetry_changed)

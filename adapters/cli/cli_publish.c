@@ -224,6 +224,7 @@ int cmd_publish(int argc, char **argv)
     int64_t interval_ms = 120000, n, next;
     int opt, once = 0, batch_size = 1, rc = CLI_EXIT_FAILURE;
     struct publisher p;
+    tly_store_options sopts;
     tly_topic_layout layout;
     struct stat st;
     char err[1024];
@@ -288,7 +289,11 @@ int cmd_publish(int argc, char **argv)
     signal(SIGTERM, on_signal);
     /* The settings are the daemon's: the database recorded them, and a
      * publish that reads all that is pending does not use them. */
-    if (tly_store_open(db_path, NULL, &p.store, err, sizeof(err)) < 0 ||
+    /* The daemon may hold the write lock for a whole batch (seconds with
+     * 50000-record batches): the forget waits for it rather than failing. */
+    tly_store_options_init(&sopts);
+    sopts.busy_timeout_ms = 60000;
+    if (tly_store_open(db_path, &sopts, &p.store, err, sizeof(err)) < 0 ||
         tly_pipeline_open(p.store, pipeline, NULL, TLY_PIPELINE_REPLAY_ONLY, &p.pipeline, err,
                           sizeof(err)) < 0)
         goto done;

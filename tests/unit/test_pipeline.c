@@ -601,6 +601,8 @@ static void test_flush_and_windows(void)
     CHECK(tly_pipeline_has_flush(p));
     CHECK(apply(p, first, NULL, NULL) == 0);
     CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 2);
+    /* without event-time windows, one row per vehicle, whatever its times */
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending WHERE window_start_ms <> 0"), 0);
     read_at = tly_store_last_seq(store);
     CHECK(tly_pipeline_flush(p, read_at, collect_emit, &e, err, sizeof(err)) == 0);
     CHECK_INT(e.count, 2);
