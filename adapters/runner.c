@@ -1061,6 +1061,19 @@ struct flush_ctx {
     int64_t upto;
 };
 
+/* Forgets, in a transaction of its own, what is pending up to seq upto
+ * (@flushed). Returns 0, or -1 with err (rolled back: it stays pending). */
+static int forget_pending(struct runner *r, int64_t upto, char *err, size_t errlen)
+{
+    if (tly_store_begin(r->store, err, errlen) < 0 ||
+        tly_pipeline_flushed(r->pipeline, upto, err, errlen) < 0 ||
+        tly_store_commit(r->store, err, errlen) < 0) {
+        tly_store_rollback(r->store);
+        return -1;
+    }
+    return 0;
+}
+
 static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
 {
     struct flush_ctx *f = ctx;
@@ -1078,13 +1091,9 @@ static int flush_outputs(struct runner *r, const char *event, char *errbuf, size
         return rc;
     if (f.produced.count > 0)
         crash_point(r, "after_flush");
-    if (tly_store_begin(r->store, err, sizeof(err)) < 0 ||
-        tly_pipeline_flushed(r->pipeline, f.upto, err, sizeof(err)) < 0 ||
-        tly_store_commit(r->store, err, sizeof(err)) < 0) {
-        tly_store_rollback(r->store);
+    if (forget_pending(r, f.upto, err, sizeof(err)) < 0)
         tly_log("warn", "flush_error", "error=%s note=\"the next flush repeats these records\"",
                 tly_log_quote(err, (char[600]){0}, 600));
-    }
     r->outputs += f.produced.count;
     tly_metrics_add(r->metrics, TLY_C_OUTPUTS, f.produced.count);
     tly_log("info", event, "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
@@ -1113,12 +1122,8 @@ static int forget_emitted(struct runner *r, char *errbuf, size_t errlen)
     char err[512];
     if (!batch_emits(r) || !tly_pipeline_has_flush(r->pipeline))
         return 0;
-    if (tly_store_begin(r->store, err, sizeof(err)) < 0 ||
-        tly_pipeline_flushed(r->pipeline, tly_store_last_seq(r->store), err, sizeof(err)) < 0 ||
-        tly_store_commit(r->store, err, sizeof(err)) < 0) {
-        tly_store_rollback(r->store);
+    if (forget_pending(r, tly_store_last_seq(r->store), err, sizeof(err)) < 0)
         return tly_error(errbuf, errlen, "cannot settle what was emitted before: %s", err);
-    }
     return 0;
 }
 
