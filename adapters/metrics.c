@@ -25,6 +25,12 @@ struct histogram {
 };
 
 #define MAX_LAG 256
+#define MAX_PARTITIONS 256
+
+struct partition_recovery {
+    int set;
+    int64_t ms, records;
+};
 
 struct lag {
     char topic[256];
@@ -40,6 +46,7 @@ struct tly_metrics {
     pthread_mutex_t lag_lock;
     struct lag lags[MAX_LAG];
     int lag_count;
+    struct partition_recovery recoveries[MAX_PARTITIONS]; /* under lag_lock too */
 };
 
 static const struct {
@@ -65,6 +72,10 @@ static const struct {
     [TLY_C_SNAPSHOTS] = {"tally_snapshots_total", "Snapshots written and published."},
     [TLY_C_SNAPSHOT_ERRORS] = {"tally_snapshot_errors_total", "Snapshots that failed."},
     [TLY_C_REBALANCES] = {"tally_rebalances_total", "Partition assignments and revocations."},
+    [TLY_C_PARTITIONS_ASSIGNED] = {"tally_partitions_assigned_total",
+                                   "Input partitions taken over, their state brought up to date."},
+    [TLY_C_PARTITIONS_REVOKED] = {"tally_partitions_revoked_total",
+                                  "Input partitions given up (revoked or lost), their rows dropped."},
 };
 
 static const struct {
@@ -84,6 +95,13 @@ static const struct {
                               "Changelog bytes the last recovery replayed.", 1},
     [TLY_G_CHANGELOG_ROWS] = {"tally_changelog_rows", "Rows in the changelog table.", 1},
     [TLY_G_LAST_SEQ] = {"tally_changelog_last_seq", "Highest changelog seq in the database.", 1},
+    [TLY_G_PARTITIONS_HELD] = {"tally_partitions_held", "Input partitions this instance holds.", 1},
+    [TLY_G_REBALANCE_MS] = {"tally_rebalance_duration_seconds",
+                            "Time the last rebalance took here: dropping revoked partitions, or "
+                            "bringing assigned ones up to date.", 0.001},
+    [TLY_G_ROWS_MOVED] = {"tally_state_rows_moved",
+                          "State rows an event from another input partition updated, since the "
+                          "database was created: 0 when the input is keyed by the state's key.", 1},
 };
 
 static const struct {
@@ -177,6 +195,15 @@ void tly_metrics_clear_lag(tly_metrics *m)
     pthread_mutex_unlock(&m->lag_lock);
 }
 
+void tly_metrics_set_partition_recovery(tly_metrics *m, int partition, int64_t ms, int64_t records)
+{
+    if (!m || partition < 0 || partition >= MAX_PARTITIONS)
+        return;
+    pthread_mutex_lock(&m->lag_lock);
+    m->recoveries[partition] = (struct partition_recovery){1, ms, records};
+    pthread_mutex_unlock(&m->lag_lock);
+}
+
 static long long file_size(const char *path)
 {
     struct stat st;
@@ -231,6 +258,20 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
     for (int i = 0; i < m->lag_count; i++)
         fprintf(out, "tally_consumer_lag_records{pipeline=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n",
                 p, m->lags[i].topic, m->lags[i].partition, (long long)m->lags[i].lag);
+    fprintf(out, "# HELP tally_partition_recovery_seconds Time bringing the input partition's "
+                 "state up to date took when this instance last took it over.\n"
+                 "# TYPE tally_partition_recovery_seconds gauge\n");
+    for (int i = 0; i < MAX_PARTITIONS; i++)
+        if (m->recoveries[i].set)
+            fprintf(out, "tally_partition_recovery_seconds{pipeline=\"%s\",partition=\"%d\"} %.6f\n", p,
+                    i, (double)m->recoveries[i].ms / 1000.0);
+    fprintf(out, "# HELP tally_partition_recovery_records Changelog records replayed when this "
+                 "instance last took the input partition over.\n"
+                 "# TYPE tally_partition_recovery_records gauge\n");
+    for (int i = 0; i < MAX_PARTITIONS; i++)
+        if (m->recoveries[i].set)
+            fprintf(out, "tally_partition_recovery_records{pipeline=\"%s\",partition=\"%d\"} %lld\n",
+                    p, i, (long long)m->recoveries[i].records);
     pthread_mutex_unlock(&m->lag_lock);
     if (db_path) {
         char wal[4200];

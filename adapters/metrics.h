@@ -27,6 +27,8 @@ typedef enum tly_counter {
     TLY_C_SNAPSHOTS,
     TLY_C_SNAPSHOT_ERRORS,
     TLY_C_REBALANCES,
+    TLY_C_PARTITIONS_ASSIGNED, /* input partitions taken over (state brought up to date) */
+    TLY_C_PARTITIONS_REVOKED,  /* input partitions given up (their rows dropped) */
     TLY_C_COUNT
 } tly_counter;
 
@@ -40,6 +42,9 @@ typedef enum tly_gauge {
     TLY_G_RECOVERY_BYTES,
     TLY_G_CHANGELOG_ROWS,
     TLY_G_LAST_SEQ,
+    TLY_G_PARTITIONS_HELD,   /* input partitions this instance holds */
+    TLY_G_REBALANCE_MS,      /* the last rebalance callback, state work included */
+    TLY_G_ROWS_MOVED,        /* state rows whose input partition changed (meta) */
     TLY_G_COUNT
 } tly_gauge;
 
@@ -64,6 +69,11 @@ void tly_metrics_observe_ms(tly_metrics *metrics, tly_histogram histogram, doubl
  * partition no longer assigned is dropped with tly_metrics_clear_lag. */
 void tly_metrics_set_lag(tly_metrics *metrics, const char *topic, int partition, int64_t lag);
 void tly_metrics_clear_lag(tly_metrics *metrics);
+
+/* How long bringing one input partition's state up to date took when this
+ * instance last took it over, and how many changelog records it replayed. */
+void tly_metrics_set_partition_recovery(tly_metrics *metrics, int partition, int64_t ms,
+                                        int64_t records);
 
 /* Renders every metric, plus the size of db_path and its -wal (may be NULL),
  * into a malloc'ed NUL-terminated string the caller frees; NULL when out of

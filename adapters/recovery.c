@@ -203,14 +203,15 @@ static int move_aside(const char *db_path, tly_recovery_report *rep, char *errbu
 
 typedef int (*message_fn)(void *ctx, const rd_kafka_message_t *m, char *errbuf, size_t errlen);
 
-/* Reads every partition of topic from after[p] + 1 (after NULL or after[p] < 0:
- * from the start) up to the end the partition has when the read begins,
- * read_committed, passing each message to fn. end_out (may be NULL) gets the
- * high watermarks, *partitions_out the partition count. Returns 0, 1 when the
- * topic does not exist, or -1 with errbuf. */
+/* Reads every partition of topic (only those set in `only`, when not NULL)
+ * from after[p] + 1 (after NULL or after[p] < 0: from the start) up to the end
+ * the partition has when the read begins, read_committed, passing each
+ * message to fn. end_out (may be NULL) gets the high watermarks,
+ * *partitions_out the partition count. Returns 0, 1 when the topic does not
+ * exist, or -1 with errbuf. */
 static int read_to_end(const tly_recovery_config *cfg, const char *topic, const int64_t *after,
-                       int64_t *end_out, int *partitions_out, message_fn fn, void *ctx,
-                       char *errbuf, size_t errlen)
+                       const unsigned char *only, int64_t *end_out, int *partitions_out,
+                       message_fn fn, void *ctx, char *errbuf, size_t errlen)
 {
     rd_kafka_t *rk = tly_kconf_reader(cfg->brokers, NULL, errbuf, errlen);
     const struct rd_kafka_metadata *md = NULL;
@@ -246,6 +247,8 @@ static int read_to_end(const tly_recovery_config *cfg, const char *topic, const 
     for (int p = 0; p < partitions; p++) {
         int64_t low, high, next;
         rd_kafka_resp_err_t err;
+        if (only && !only[p])
+            continue;
         /* A topic created a moment ago may not have a leader everywhere yet. */
         for (int64_t give_up = now_ms() + KAFKA_TIMEOUT_MS;;) {
             err = rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high, KAFKA_TIMEOUT_MS);
@@ -440,8 +443,8 @@ static void gather_candidates(const tly_recovery_config *cfg, tly_recovery_repor
     char why[sizeof(rep->snapshot_note) - 1];
 
     if (cfg->brokers) {
-        rc = read_to_end(cfg, cfg->topics->snapshots.name, NULL, NULL, NULL, on_manifest_record, &t,
-                         why, sizeof(why));
+        rc = read_to_end(cfg, cfg->topics->snapshots.name, NULL, NULL, NULL, NULL, on_manifest_record,
+                         &t, why, sizeof(why));
         if (rc != 0)
             snprintf(rep->snapshot_note, sizeof(rep->snapshot_note), "%s",
                      rc > 0 ? "the snapshots topic does not exist" : why);
@@ -544,6 +547,29 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
 /* Step 2                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* Marks in held[] the input partitions the database's partitions table
+ * lists; returns how many (0 when none, or no table, or no database). */
+static int held_partitions(const char *db_path, unsigned char *held)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int n = 0;
+
+    memset(held, 0, TLY_MAX_PARTITIONS);
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT part FROM partitions", -1, &stmt, NULL) == SQLITE_OK)
+        while (sqlite3_step(stmt) == SQLITE_ROW) {
+            int p = sqlite3_column_int(stmt, 0);
+            if (p >= 0 && p < TLY_MAX_PARTITIONS && !held[p]) {
+                held[p] = 1;
+                n++;
+            }
+        }
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return n;
+}
+
 struct replay_ctx {
     const tly_recovery_config *cfg;
     const char *entity;
@@ -551,6 +577,7 @@ struct replay_ctx {
     tly_replayer *replayer; /* NULL in a dry run */
     int64_t *offsets;
     int64_t in_txn;         /* records in the open SQLite transaction */
+    int64_t *partition_records; /* per partition, or NULL */
 };
 
 /* A dry run reads the entity without applying anything; the daemon's
@@ -580,6 +607,9 @@ static int on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *err
     if (c->replayer) {
         /* A compacted changelog has holes in seq by design: gaps are expected
          * here, and key_seq keeps replay idempotent. */
+        /* rows written before they said their partition came from the
+         * input partition of the same number */
+        tly_replayer_default_partition(c->replayer, (int)m->partition);
         if (tly_replayer_apply_line(c->replayer, m->payload, m->len, &outcome, errbuf, errlen) < 0)
             return -1;
         ours = !outcome.foreign;
@@ -589,6 +619,8 @@ static int on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *err
     if (ours) {
         c->rep->records_replayed++;
         c->rep->bytes_replayed += (int64_t)m->len;
+        if (c->partition_records)
+            c->partition_records[m->partition]++;
     }
     if (m->offset > c->offsets[m->partition]) {
         c->offsets[m->partition] = m->offset;
@@ -618,7 +650,8 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
                         size_t errlen)
 {
     int64_t offsets[TLY_MAX_PARTITIONS];
-    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0};
+    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, NULL};
+    unsigned char held[TLY_MAX_PARTITIONS];
     bool in_txn = false;
     int rc = -1, read;
 
@@ -627,6 +660,11 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
         rc = 0;
         goto done;
     }
+    /* A database that knows which input partitions it holds catches up on
+     * those; the others belong to other instances, and a partition assigned
+     * later is brought up to date then (tly_recovery_take). One that knows
+     * none (new, or restored from a snapshot of such a one) takes all. */
+    rep->held_partitions = held_partitions(cfg->db_path, held);
     if (!cfg->dry_run) {
         if (tly_replayer_open(cfg->db_path, NULL, &c.replayer, errbuf, errlen) < 0)
             goto done;
@@ -639,7 +677,8 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
             goto done;
         in_txn = true;
     }
-    read = read_to_end(cfg, cfg->topics->changelog.name, rep->start_offsets, rep->end_offsets,
+    read = read_to_end(cfg, cfg->topics->changelog.name, rep->start_offsets,
+                       rep->held_partitions > 0 ? held : NULL, rep->end_offsets,
                        &rep->changelog_partitions, on_changelog_record, &c, errbuf, errlen);
     if (read < 0)
         goto done;
@@ -690,11 +729,22 @@ static rd_kafka_topic_partition_list_t *committed_input(const tly_recovery_confi
         goto done; /* no input topic: nothing was ever consumed */
     for (int p = 0; p < md->topics[0].partition_cnt; p++)
         rd_kafka_topic_partition_list_add(list, cfg->topics->input.name, p);
-    if ((err = rd_kafka_committed(rk, list, KAFKA_TIMEOUT_MS))) {
-        tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
-                  cfg->group_id, rd_kafka_err2str(err));
-        rd_kafka_topic_partition_list_destroy(list);
-        list = NULL;
+    /* read_committed asks for stable offsets: a crashed member's open
+     * transaction holds them back until the broker aborts it
+     * (transaction.timeout.ms), so a timeout here is waited out. */
+    for (int64_t give_up = now_ms() + 10 * KAFKA_TIMEOUT_MS;;) {
+        if (!(err = rd_kafka_committed(rk, list, KAFKA_TIMEOUT_MS)))
+            break;
+        if (err != RD_KAFKA_RESP_ERR__TIMED_OUT || now_ms() > give_up ||
+            (cfg->stop && *cfg->stop)) {
+            tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
+                      cfg->group_id, rd_kafka_err2str(err));
+            rd_kafka_topic_partition_list_destroy(list);
+            list = NULL;
+            break;
+        }
+        tly_log("warn", "committed_offsets_wait", "group=%s error=\"%s\"", cfg->group_id,
+                rd_kafka_err2str(err));
     }
 done:
     if (md)
@@ -894,4 +944,397 @@ void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_repor
             rep->chosen >= 0 ? " " : "",
             rep->chosen >= 0 ? rep->candidates[rep->chosen].manifest.snapshot_id : "");
     fprintf(out, "planned in  %lld ms\n", (long long)rep->ttr_ms);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Partitions: several instances of one group share the input              */
+/* ------------------------------------------------------------------------ */
+
+/* The state tables that hold rows per input partition: every table with a
+ * "part" column but the changelog (this database's own history, kept) and
+ * the partitions table itself. Each row: the table, its columns quoted and
+ * comma-separated. */
+#define PARTITIONED_TABLES                                                                   \
+    "SELECT m.name, (SELECT group_concat('\"' || c.name || '\"', ', ') "                     \
+    "                FROM pragma_table_info(m.name) AS c) "                                  \
+    "FROM sqlite_schema AS m "                                                                \
+    "WHERE m.type = 'table' AND m.name NOT IN ('changelog', 'partitions') "                  \
+    "  AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) AS c WHERE c.name = 'part')"
+
+/* Runs sql_template (one %s: a partitioned table's name, a second: its
+ * columns) once per partitioned table, with ?1 bound to partition. */
+static int each_partitioned_table(sqlite3 *db, const char *sql_template, int partition,
+                                  char *errbuf, size_t errlen)
+{
+    sqlite3_stmt *tables = NULL;
+    int rc = -1, step;
+
+    if (sqlite3_prepare_v2(db, PARTITIONED_TABLES, -1, &tables, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot list the state tables: %s", sqlite3_errmsg(db));
+        goto done;
+    }
+    while ((step = sqlite3_step(tables)) == SQLITE_ROW) {
+        char sql[4096];
+        sqlite3_stmt *stmt = NULL;
+        const char *name = (const char *)sqlite3_column_text(tables, 0);
+        const char *columns = (const char *)sqlite3_column_text(tables, 1);
+        snprintf(sql, sizeof(sql), sql_template, name, columns, columns);
+        if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+            tly_error(errbuf, errlen, "%s: %s", name, sqlite3_errmsg(db));
+            goto done;
+        }
+        sqlite3_bind_int(stmt, 1, partition);
+        step = sqlite3_step(stmt);
+        sqlite3_finalize(stmt);
+        if (step != SQLITE_DONE) {
+            tly_error(errbuf, errlen, "%s: %s", name, sqlite3_errmsg(db));
+            goto done;
+        }
+    }
+    if (step != SQLITE_DONE) {
+        tly_error(errbuf, errlen, "cannot list the state tables: %s", sqlite3_errmsg(db));
+        goto done;
+    }
+    rc = 0;
+done:
+    sqlite3_finalize(tables);
+    return rc;
+}
+
+/* Deletes what the database keeps of input partition p: its rows in every
+ * partitioned table, its positions and counters in meta, its partitions row.
+ * Inside the caller's transaction. */
+static int forget_partition(sqlite3 *db, const tly_recovery_config *cfg, int p, char *errbuf,
+                            size_t errlen)
+{
+    sqlite3_stmt *stmt = NULL;
+    char changelog_key[512], input_key[512], counters[200];
+    int step;
+
+    if (each_partitioned_table(db, "DELETE FROM \"%s\" WHERE part = ?1", p, errbuf, errlen) < 0)
+        return -1;
+    snprintf(changelog_key, sizeof(changelog_key), "kafka.changelog.%s.%d",
+             cfg->topics->changelog.name, p);
+    snprintf(input_key, sizeof(input_key), "kafka.input.%s.%d", cfg->topics->input.name, p);
+    snprintf(counters, sizeof(counters), "pipeline.*.p%d.events_*", p);
+    if (sqlite3_prepare_v2(db,
+                           "DELETE FROM meta WHERE key IN (?1, ?2) OR key GLOB ?3", -1, &stmt,
+                           NULL) != SQLITE_OK)
+        return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
+    sqlite3_bind_text(stmt, 1, changelog_key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, input_key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 3, counters, -1, SQLITE_STATIC);
+    step = sqlite3_step(stmt);
+    sqlite3_finalize(stmt);
+    if (step != SQLITE_DONE ||
+        sqlite3_prepare_v2(db, "DELETE FROM partitions WHERE part = ?1", -1, &stmt, NULL) != SQLITE_OK)
+        return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
+    sqlite3_bind_int(stmt, 1, p);
+    step = sqlite3_step(stmt);
+    sqlite3_finalize(stmt);
+    if (step != SQLITE_DONE)
+        return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
+    return 0;
+}
+
+int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition,
+                      char *errbuf, size_t errlen)
+{
+    if (tly_store_begin(store, errbuf, errlen) < 0)
+        return -1;
+    if (forget_partition(tly_store_db(store), cfg, partition, errbuf, errlen) < 0) {
+        tly_store_rollback(store);
+        return -1;
+    }
+    return tly_store_commit(store, errbuf, errlen);
+}
+
+int tly_recovery_present(tly_store *store, const tly_recovery_config *cfg, unsigned char *present,
+                         char *errbuf, size_t errlen)
+{
+    sqlite3 *db = tly_store_db(store);
+    sqlite3_stmt *tables = NULL, *stmt = NULL;
+    char prefix[300];
+    int rc = -1;
+
+    memset(present, 0, TLY_MAX_PARTITIONS);
+    snprintf(prefix, sizeof(prefix), "kafka.changelog.%s.", cfg->topics->changelog.name);
+    /* positions, partitions rows, counters; then the rows themselves */
+    if (sqlite3_prepare_v2(db,
+                           "SELECT CAST(substr(key, length(?1) + 1) AS INTEGER) FROM meta "
+                           "WHERE substr(key, 1, length(?1)) = ?1 "
+                           "UNION SELECT part FROM partitions",
+                           -1, &stmt, NULL) != SQLITE_OK)
+        goto failed;
+    sqlite3_bind_text(stmt, 1, prefix, -1, SQLITE_STATIC);
+    while (sqlite3_step(stmt) == SQLITE_ROW) {
+        int p = sqlite3_column_int(stmt, 0);
+        if (p >= 0 && p < TLY_MAX_PARTITIONS)
+            present[p] = 1;
+    }
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    if (sqlite3_prepare_v2(db, PARTITIONED_TABLES, -1, &tables, NULL) != SQLITE_OK)
+        goto failed;
+    while (sqlite3_step(tables) == SQLITE_ROW) {
+        char sql[512];
+        /* an index on part makes this a skip over its distinct values */
+        snprintf(sql, sizeof(sql), "SELECT DISTINCT part FROM \"%s\"", sqlite3_column_text(tables, 0));
+        if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
+            goto failed;
+        while (sqlite3_step(stmt) == SQLITE_ROW) {
+            int p = sqlite3_column_int(stmt, 0);
+            if (p >= 0 && p < TLY_MAX_PARTITIONS)
+                present[p] = 1;
+        }
+        sqlite3_finalize(stmt);
+        stmt = NULL;
+    }
+    rc = 0;
+    goto done;
+failed:
+    tly_error(errbuf, errlen, "cannot list the partitions held: %s", sqlite3_errmsg(db));
+done:
+    sqlite3_finalize(stmt);
+    sqlite3_finalize(tables);
+    return rc;
+}
+
+/* Replaces partition p's rows with those of the snapshot m (which holds it as
+ * of changelog offset `offset`): its rows of every partitioned table and its
+ * counters, through the replayer's connection (triggers off: copied rows are
+ * not new changes). Returns 0, or -1 with why (the snapshot is passed over). */
+static int adopt_snapshot(tly_store *store, const tly_recovery_config *cfg,
+                          const tly_snapshot_manifest *m, int p, int64_t offset, bool *verified,
+                          char *why, size_t whylen)
+{
+    sqlite3 *db = tly_store_db(store);
+    sqlite3_stmt *stmt = NULL;
+    char key[512], counters[200];
+    bool attached = false, in_txn = false;
+    int rc = -1, ours = -1, theirs = -2;
+
+    /* checksum and SQLite's check, once per take even for several partitions */
+    if (!*verified && tly_snapshot_verify(m, why, whylen) < 0)
+        return -1;
+    *verified = true;
+    if (sqlite3_prepare_v2(db, "ATTACH ?1 AS snap", -1, &stmt, NULL) != SQLITE_OK)
+        goto sql_failed;
+    sqlite3_bind_text(stmt, 1, m->path, -1, SQLITE_STATIC);
+    if (sqlite3_step(stmt) != SQLITE_DONE)
+        goto sql_failed;
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    attached = true;
+    /* The same migrations, or the columns would not line up. */
+    for (int i = 0; i < 2; i++) {
+        if (sqlite3_prepare_v2(db, i ? "PRAGMA snap.user_version" : "PRAGMA main.user_version", -1,
+                               &stmt, NULL) != SQLITE_OK ||
+            sqlite3_step(stmt) != SQLITE_ROW)
+            goto sql_failed;
+        *(i ? &theirs : &ours) = sqlite3_column_int(stmt, 0);
+        sqlite3_finalize(stmt);
+        stmt = NULL;
+    }
+    if (ours != theirs) {
+        tly_error(why, whylen, "schema version %d, this database has %d", theirs, ours);
+        goto done;
+    }
+    if (tly_store_begin(store, why, whylen) < 0)
+        goto done;
+    in_txn = true;
+    if (forget_partition(db, cfg, p, why, whylen) < 0 ||
+        each_partitioned_table(db, "INSERT INTO main.\"%1$s\" (%2$s) SELECT %3$s FROM snap.\"%1$s\" "
+                                   "WHERE part = ?1",
+                               p, why, whylen) < 0)
+        goto done;
+    snprintf(counters, sizeof(counters), "pipeline.*.p%d.events_*", p);
+    if (sqlite3_prepare_v2(db, "INSERT INTO main.meta (key, value) SELECT key, value FROM snap.meta "
+                               "WHERE key GLOB ?1",
+                           -1, &stmt, NULL) != SQLITE_OK)
+        goto sql_failed;
+    sqlite3_bind_text(stmt, 1, counters, -1, SQLITE_STATIC);
+    if (sqlite3_step(stmt) != SQLITE_DONE)
+        goto sql_failed;
+    sqlite3_finalize(stmt);
+    stmt = NULL;
+    snprintf(key, sizeof(key), "kafka.changelog.%s.%d", cfg->topics->changelog.name, p);
+    if (tly_store_meta_set_int(store, key, offset) < 0)
+        goto sql_failed;
+    if (tly_store_commit(store, why, whylen) < 0)
+        goto done;
+    in_txn = false;
+    rc = 0;
+    goto done;
+sql_failed:
+    tly_error(why, whylen, "%s", sqlite3_errmsg(db));
+done:
+    sqlite3_finalize(stmt);
+    if (in_txn)
+        tly_store_rollback(store);
+    if (attached)
+        sqlite3_exec(db, "DETACH snap", NULL, NULL, NULL);
+    return rc;
+}
+
+/* The changelog offset at which manifest m holds partition p, or -1. */
+static int64_t manifest_offset(const tly_snapshot_manifest *m, const char *topic, int p)
+{
+    int64_t offsets[TLY_MAX_PARTITIONS];
+    for (int i = 0; i < TLY_MAX_PARTITIONS; i++)
+        offsets[i] = -1;
+    offsets_from_manifest(m, topic, offsets);
+    return offsets[p];
+}
+
+/* The newest snapshot in the snapshot directory (any instance's) that holds
+ * partition p beyond changelog offset `after`, adopted; the one before it if
+ * it does not verify. Returns the changelog offset the partition now stands
+ * at, or `after` when no snapshot helped. */
+static int64_t take_from_snapshots(tly_store *store, const tly_recovery_config *cfg,
+                                   tly_snapshot_manifest *list, bool *verified, int n, int p,
+                                   int64_t after, tly_partition_take *take)
+{
+    const char *topic = cfg->topics->changelog.name;
+    for (;;) {
+        int best = -1;
+        int64_t best_offset = after;
+        char why[600];
+        for (int i = 0; i < n; i++) {
+            int64_t o = list[i].path[0] ? manifest_offset(&list[i], topic, p) : -1;
+            if (o > best_offset) {
+                best = i;
+                best_offset = o;
+            }
+        }
+        if (best < 0)
+            return after;
+        locate_file(cfg, &list[best]);
+        if (adopt_snapshot(store, cfg, &list[best], p, best_offset, &verified[best], why,
+                           sizeof(why)) == 0) {
+            take->source = "snapshot";
+            snprintf(take->snapshot_id, sizeof(take->snapshot_id), "%s", list[best].snapshot_id);
+            return best_offset;
+        }
+        tly_log("warn", "snapshot_rejected", "snapshot=%s partition=%d error=%s",
+                list[best].snapshot_id, p, tly_log_quote(why, (char[700]){0}, 700));
+        list[best].path[0] = '\0'; /* not tried again */
+    }
+}
+
+int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
+                      int count, char *errbuf, size_t errlen)
+{
+    tly_replayer *replayer = NULL;
+    tly_recovery_report *rep = calloc(1, sizeof(*rep));
+    tly_snapshot_manifest *listed = NULL;
+    bool *verified = NULL;
+    int64_t *after = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
+    int64_t *offsets = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
+    int64_t *records = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
+    unsigned char only[TLY_MAX_PARTITIONS] = {0};
+    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, records};
+    int64_t started = now_ms();
+    int listed_count = 0, rc = -1, read;
+    tly_store *store;
+    char why[512];
+
+    if (!rep || !after || !offsets || !records) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
+        after[p] = -1;
+    if (tly_replayer_open(cfg->db_path, NULL, &replayer, errbuf, errlen) < 0)
+        goto done;
+    if (tly_replayer_only_entity(replayer, entity) < 0) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    store = tly_replayer_store(replayer);
+    c.replayer = replayer;
+    if (cfg->snapshot_dir && tly_snapshot_list(cfg->snapshot_dir, &listed, &listed_count, why,
+                                               sizeof(why)) < 0)
+        tly_log("warn", "snapshot_dir_unreadable", "error=\"%s\"", why);
+    if (listed_count > 0 && !(verified = calloc((size_t)listed_count, sizeof(bool)))) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < count; i++) {
+        tly_partition_take *t = &takes[i];
+        int p = t->partition;
+        char key[512];
+        int64_t local;
+        if (p < 0 || p >= TLY_MAX_PARTITIONS) {
+            tly_error(errbuf, errlen, "partition %d: at most %d partitions are supported", p,
+                      TLY_MAX_PARTITIONS);
+            goto done;
+        }
+        only[p] = 1;
+        t->snapshot_id[0] = '\0';
+        /* The database holds the partition as of the changelog offset it
+         * recorded for it (a dropped partition has none). */
+        snprintf(key, sizeof(key), "kafka.changelog.%s.%d", cfg->topics->changelog.name, p);
+        if (tly_store_meta_get_int(store, key, &local) == 1) {
+            after[p] = local;
+            t->source = "local";
+        } else {
+            t->source = "new";
+        }
+        after[p] = take_from_snapshots(store, cfg, listed, verified, listed_count, p, after[p], t);
+    }
+    /* Then changelog partition p from there to its end. The consumer asked
+     * for the group's committed offsets first (read_committed: it waited for
+     * any transaction of the previous owner to end), so the end read here
+     * holds every batch those offsets count. */
+    memcpy(offsets, after, TLY_MAX_PARTITIONS * sizeof(int64_t));
+    if (tly_store_begin(store, errbuf, errlen) < 0)
+        goto done;
+    read = read_to_end(cfg, cfg->topics->changelog.name, after, only, NULL, NULL,
+                       on_changelog_record, &c, errbuf, errlen);
+    if (read < 0 || tly_store_commit(store, errbuf, errlen) < 0) {
+        tly_store_rollback(store);
+        goto done;
+    }
+    if (tly_store_begin(store, errbuf, errlen) < 0)
+        goto done;
+    for (int i = 0; i < count; i++) {
+        tly_partition_take *t = &takes[i];
+        sqlite3_stmt *stmt = NULL;
+        int step = SQLITE_ERROR;
+        t->records = records[t->partition];
+        t->ms = now_ms() - started;
+        if (strcmp(t->source, "new") == 0 && t->records > 0)
+            t->source = "changelog";
+        if (sqlite3_prepare_v2(tly_store_db(store),
+                               "INSERT OR REPLACE INTO partitions (part, since_ms, source, "
+                               "recovery_ms, records) VALUES (?1, ?2, ?3, ?4, ?5)",
+                               -1, &stmt, NULL) == SQLITE_OK) {
+            sqlite3_bind_int(stmt, 1, t->partition);
+            sqlite3_bind_int64(stmt, 2, (int64_t)time(NULL) * 1000);
+            sqlite3_bind_text(stmt, 3, t->source, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(stmt, 4, t->ms);
+            sqlite3_bind_int64(stmt, 5, t->records);
+            step = sqlite3_step(stmt);
+        }
+        sqlite3_finalize(stmt);
+        if (step != SQLITE_DONE) {
+            tly_error(errbuf, errlen, "cannot record partition %d: %s", t->partition,
+                      sqlite3_errmsg(tly_store_db(store)));
+            tly_store_rollback(store);
+            goto done;
+        }
+    }
+    if (tly_store_commit(store, errbuf, errlen) < 0)
+        goto done;
+    rc = 0;
+done:
+    tly_replayer_close(replayer);
+    free(listed);
+    free(verified);
+    free(rep);
+    free(after);
+    free(offsets);
+    free(records);
+    return rc;
 }

@@ -24,6 +24,7 @@
 #define TLY_RECOVERY_H
 
 #include "snapshot.h"
+#include "store.h"
 #include "topics.h"
 
 #include <signal.h>
@@ -65,6 +66,8 @@ typedef struct tly_recovery_report {
     int64_t start_offsets[TLY_MAX_PARTITIONS];
     int changelog_partitions;
     int64_t end_offsets[TLY_MAX_PARTITIONS]; /* high watermarks when the replay began */
+    int held_partitions;           /* input partitions the database holds (0: it knows
+                                      none, and every changelog partition is replayed) */
     int64_t records_replayed, bytes_replayed;
     int64_t input_reread;          /* changelog off: input records behind the group's
                                       committed offsets, read again by the consumer */
@@ -96,6 +99,40 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
  * database this recovery created, so the next start does not take it for an
  * intact one. A no-op otherwise. */
 void tly_recovery_discard(const tly_recovery_config *cfg, const tly_recovery_report *rep);
+
+/* ------------------------------------------------------------------------
+ * Partitions. Several instances of one consumer group share the input; each
+ * database holds the rows of the input partitions its daemon was assigned
+ * (their "part" column, migrations/008_partitions.sql).
+ * ------------------------------------------------------------------------ */
+
+typedef struct tly_partition_take {
+    int partition;                 /* in: the input partition */
+    const char *source;            /* out: "local" (this database held it), "snapshot",
+                                      "changelog" (replayed from its start), "new" */
+    char snapshot_id[64];          /* out: the snapshot adopted, or "" */
+    int64_t records;               /* out: changelog records replayed */
+    int64_t ms;                    /* out: until it was up to date */
+} tly_partition_take;
+
+/* Brings the given input partitions of cfg->db_path up to date before the
+ * consumer reads them: from the changelog offset this database recorded for
+ * each, or from the newest snapshot in cfg->snapshot_dir (any instance's)
+ * that holds it further along, replays changelog partition p to its end,
+ * read_committed, and records each in the partitions table. Uses its own
+ * connection. Returns 0 or -1 with errbuf. */
+int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
+                      int count, char *errbuf, size_t errlen);
+
+/* Deletes input partition p's rows, positions, counters and partitions row
+ * in one transaction on store (revoked: another instance takes it over). */
+int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition,
+                      char *errbuf, size_t errlen);
+
+/* Marks in present[TLY_MAX_PARTITIONS] every input partition the database
+ * has anything of. Returns 0 or -1 with errbuf. */
+int tly_recovery_present(tly_store *store, const tly_recovery_config *cfg, unsigned char *present,
+                         char *errbuf, size_t errlen);
 
 /* Writes the plan (dry run) or what was done, for people, to out. */
 void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_report *report,

@@ -51,6 +51,7 @@
 #include <unistd.h>
 
 #define KAFKA_TIMEOUT_MS 30000
+#define STANDBY_MS 15000 /* see drop_standby() */
 
 struct runner {
     const tly_runner_config *cfg;
@@ -91,6 +92,11 @@ struct runner {
     int64_t error_log_second, error_lines, errors_unlogged;
     /* changelog table pruning: rows with seq < prune_below may go */
     int64_t prune_below, pruned_rows;
+    /* input partitions: taken over on assignment, dropped on revocation */
+    const tly_recovery_config *rcfg;
+    int64_t standby_check_ms; /* when to drop rows of partitions not assigned (0: done) */
+    bool closing;       /* the revocation of a shutdown keeps the rows */
+    char rebalance_error[1200]; /* a partition could not be taken over */
 };
 
 static int64_t now_ms(void)
@@ -123,6 +129,8 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
     cfg->batch_size = 1;
     cfg->query_timeout_ms = 5000;
     cfg->query_max_rows = 10000;
+    cfg->session_timeout_ms = 45000;
+    cfg->transaction_timeout_ms = 60000;
 }
 
 static const char *const strategy_names[] = {"inline", "log_compacted", "window_stream",
@@ -205,26 +213,45 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
     }
 }
 
+static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions);
+static void drop_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions);
+
+/* Cooperative (incremental) rebalancing: only the partitions that move are
+ * in the list; the others keep flowing. An assigned partition's state is
+ * brought up to date before the consumer reads it (take_partitions); a
+ * revoked one's rows are dropped, the new owner rebuilds them. With the
+ * changelog off nothing could rebuild them: the rows stay, and the state is
+ * only right for a group of one instance. */
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
     struct runner *r = opaque;
     rd_kafka_error_t *error = NULL;
+    int64_t started = now_ms();
+    const char *change;
 
     tly_metrics_add(r->metrics, TLY_C_REBALANCES, 1);
     tly_metrics_clear_lag(r->metrics); /* refilled from the new assignment */
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        tly_log("info", "rebalance", "change=assigned partitions=%d", partitions->cnt);
+        change = "assigned";
         positions_from_state(r, partitions);
+        if (r->cfg->changelog && take_partitions(r, partitions) < 0)
+            return; /* not assigned: the loop stops with rebalance_error */
         error = rd_kafka_incremental_assign(rk, partitions);
     } else {
-        tly_log("info", "rebalance", "change=%s partitions=%d",
-                rd_kafka_assignment_lost(rk) ? "lost" : "revoked", partitions->cnt);
+        change = rd_kafka_assignment_lost(rk) ? "lost" : "revoked";
         /* Nothing is in flight during a poll; what was collected is dropped
          * and read again from the committed offsets. */
         r->drop_collected = true;
         error = rd_kafka_incremental_unassign(rk, partitions);
+        if (r->cfg->changelog && !r->closing)
+            drop_partitions(r, partitions);
     }
+    if (r->standby_check_ms)
+        r->standby_check_ms = now_ms() + STANDBY_MS;
+    tly_log("info", "rebalance", "change=%s partitions=%d ms=%lld", change, partitions->cnt,
+            (long long)(now_ms() - started));
+    tly_metrics_set(r->metrics, TLY_G_REBALANCE_MS, now_ms() - started);
     if (error) {
         tly_log("error", "rebalance", "error=\"%s\"", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
@@ -234,19 +261,21 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    char transactional_id[512], err[512];
+    char transactional_id[512], err[512], txn_timeout[32];
     rd_kafka_t *rk;
     rd_kafka_error_t *error;
 
+    snprintf(txn_timeout, sizeof(txn_timeout), "%lld", (long long)r->cfg->transaction_timeout_ms);
     /* The same instance id always gets the same transactional.id, so a
      * restarted instance fences its previous self. */
     snprintf(transactional_id, sizeof(transactional_id), "tally-%s-%s", r->cfg->group_id,
              r->cfg->instance_id);
     if (tly_kconf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "transactional.id", transactional_id, errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "transaction.timeout.ms", "60000", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "transaction.timeout.ms", txn_timeout, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "linger.ms", "5", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "message.timeout.ms", "60000", errbuf, errlen) < 0 ||
+        /* librdkafka: at most transaction.timeout.ms */
+        tly_kconf_set(conf, "message.timeout.ms", txn_timeout, errbuf, errlen) < 0 ||
         (getenv("TALLY_KAFKA_DEBUG") &&
          tly_kconf_set(conf, "debug", getenv("TALLY_KAFKA_DEBUG"), errbuf, errlen) < 0)) {
         rd_kafka_conf_destroy(conf);
@@ -290,16 +319,17 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_topic_partition_list_t *topics;
     rd_kafka_resp_err_t err;
-    char errstr[512];
+    char errstr[512], session_timeout[32];
     rd_kafka_t *rk;
 
+    snprintf(session_timeout, sizeof(session_timeout), "%lld", (long long)r->cfg->session_timeout_ms);
     if (tly_kconf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "group.id", r->cfg->group_id, errbuf, errlen) < 0 ||
         /* static membership: a restart within the session timeout gets its
          * partitions back without a rebalance. 45 s (Kafka's default) also
          * outlasts a broker restart, which a 10 s session did not always. */
         tly_kconf_set(conf, "group.instance.id", r->cfg->instance_id, errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "session.timeout.ms", "45000", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "session.timeout.ms", session_timeout, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) < 0 ||
@@ -383,20 +413,22 @@ done:
 
 /* Produces one message inside the open transaction, waiting while the local
  * queue is full. Returns 0 or the librdkafka error. */
-static rd_kafka_resp_err_t produce(struct runner *r, const char *topic, const void *key,
-                                   size_t key_len, const void *value, size_t value_len,
-                                   rd_kafka_headers_t *headers)
+static rd_kafka_resp_err_t produce_to(struct runner *r, const char *topic, int32_t partition,
+                                      const void *key, size_t key_len, const void *value,
+                                      size_t value_len, rd_kafka_headers_t *headers)
 {
     rd_kafka_resp_err_t err;
     for (;;) {
         if (headers)
             err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
+                                    RD_KAFKA_V_PARTITION(partition),
                                     RD_KAFKA_V_KEY(key, key_len),
                                     RD_KAFKA_V_VALUE((void *)value, value_len),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                     RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
         else
             err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
+                                    RD_KAFKA_V_PARTITION(partition),
                                     RD_KAFKA_V_KEY(key, key_len),
                                     RD_KAFKA_V_VALUE((void *)value, value_len),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
@@ -406,6 +438,14 @@ static rd_kafka_resp_err_t produce(struct runner *r, const char *topic, const vo
     }
 }
 
+/* To the partition the topic's partitioner picks for the key. */
+static rd_kafka_resp_err_t produce(struct runner *r, const char *topic, const void *key,
+                                   size_t key_len, const void *value, size_t value_len,
+                                   rd_kafka_headers_t *headers)
+{
+    return produce_to(r, topic, RD_KAFKA_PARTITION_UA, key, key_len, value, value_len, headers);
+}
+
 struct produce_ctx {
     struct runner *r;
     const char *topic;
@@ -413,12 +453,16 @@ struct produce_ctx {
     int64_t count;
 };
 
+/* A change made by input partition p goes to changelog partition p (the
+ * topics have the same partition count): whoever takes p over next replays
+ * that partition alone. */
 static int produce_changelog_row(void *ctx, int64_t seq, const char *key, size_t key_len,
-                                 const char *line, size_t line_len)
+                                 int part, const char *line, size_t line_len)
 {
     struct produce_ctx *c = ctx;
     (void)seq;
-    c->err = produce(c->r, c->topic, key, key_len, line, line_len, NULL);
+    c->err = produce_to(c->r, c->topic, part >= 0 ? part : RD_KAFKA_PARTITION_UA, key, key_len,
+                        line, line_len, NULL);
     c->count++;
     return c->err ? 1 : 0;
 }
@@ -524,6 +568,32 @@ static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const ch
     r->errors_unlogged = 0;
 }
 
+/* One tally.counters changelog row per input partition the batch read
+ * (changelog.h): the partition's counters and the offsets consumed. */
+static int record_counters(struct runner *r, char *err, size_t errlen)
+{
+    for (int i = 0; i < r->count; i++) {
+        int32_t p = r->messages[i]->partition;
+        int64_t from = r->messages[i]->offset, to = from + 1;
+        bool first = true;
+        for (int j = 0; j < i && first; j++)
+            first = r->messages[j]->partition != p;
+        if (!first)
+            continue;
+        for (int j = i + 1; j < r->count; j++)
+            if (r->messages[j]->partition == p) {
+                if (r->messages[j]->offset < from)
+                    from = r->messages[j]->offset;
+                if (r->messages[j]->offset + 1 > to)
+                    to = r->messages[j]->offset + 1;
+            }
+        if (tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline), (int)p, from, to,
+                                          r->cfg->instance_id, err, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 enum batch_result { BATCH_COMMITTED, BATCH_ABORTED, BATCH_FATAL };
 
 static int64_t wall_ms(void)
@@ -577,11 +647,20 @@ static void update_gauges(struct runner *r)
         return;
     if (now / 10000 != r->last_gauges / 10000) {
         sqlite3_stmt *stmt = NULL;
+        int64_t moved = 0;
         if (sqlite3_prepare_v2(tly_store_db(r->store), "SELECT count(*) FROM changelog", -1, &stmt,
                                NULL) == SQLITE_OK &&
             sqlite3_step(stmt) == SQLITE_ROW)
             tly_metrics_set(r->metrics, TLY_G_CHANGELOG_ROWS, sqlite3_column_int64(stmt, 0));
         sqlite3_finalize(stmt);
+        if (tly_store_meta_get_int(r->store, "state.rows_moved", &moved) == 1 &&
+            moved > tly_metrics_get(r->metrics, TLY_G_ROWS_MOVED)) {
+            tly_log("warn", "input_not_keyed_by_state",
+                    "rows_moved=%lld note=\"events for one state row came from several input "
+                    "partitions: key the input by the state's key before running several "
+                    "instances\"", (long long)moved);
+            tly_metrics_set(r->metrics, TLY_G_ROWS_MOVED, moved);
+        }
     }
     r->last_gauges = now;
     if (rd_kafka_assignment(r->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -661,14 +740,14 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     for (int i = 0; i < r->count; i++) {
         r->events[i].data = r->messages[i]->payload ? r->messages[i]->payload : "";
         r->events[i].len = r->messages[i]->len;
+        r->events[i].partition = (int)r->messages[i]->partition;
     }
     if (tly_store_begin(r->store, err, sizeof(err)) < 0)
         goto database_failed;
     seq_before = tly_store_last_seq(r->store);
     if (tly_pipeline_apply(r->pipeline, r->events, (size_t)r->count, r->results, &stats, err,
                            sizeof(err)) < 0 ||
-        tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline), err,
-                                      sizeof(err)) < 0)
+        record_counters(r, err, sizeof(err)) < 0)
         goto database_failed;
     seq_after = tly_store_last_seq(r->store);
     t_applied = now_ms();
@@ -1128,6 +1207,166 @@ static int forget_emitted(struct runner *r, char *errbuf, size_t errlen)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Partitions                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* The pipeline's event totals are the sum over the partitions held. */
+static int sum_counters(struct runner *r, char *errbuf, size_t errlen)
+{
+    if (tly_store_begin(r->store, errbuf, errlen) < 0)
+        return -1;
+    if (tly_changelog_sum_counters(r->store, tly_pipeline_name(r->pipeline), errbuf, errlen) < 0) {
+        tly_store_rollback(r->store);
+        return -1;
+    }
+    return tly_store_commit(r->store, errbuf, errlen);
+}
+
+static void count_held(struct runner *r)
+{
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2(tly_store_db(r->store), "SELECT count(*) FROM partitions", -1, &stmt,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        tly_metrics_set(r->metrics, TLY_G_PARTITIONS_HELD, sqlite3_column_int64(stmt, 0));
+    sqlite3_finalize(stmt);
+}
+
+static void drop_partition(struct runner *r, int p, const char *reason)
+{
+    int64_t started = now_ms();
+    char err[1024];
+    if (tly_recovery_drop(r->store, r->rcfg, p, err, sizeof(err)) < 0) {
+        /* Left as they are: the next take of the partition replaces them. */
+        tly_log("error", "partition_drop_error", "partition=%d error=%s", p,
+                tly_log_quote(err, (char[1100]){0}, 1100));
+        return;
+    }
+    /* Or the next batch would record our last offset of p again, and a
+     * later take of p would start its replay there, over rows now gone. */
+    if (p >= 0 && p < TLY_MAX_PARTITIONS)
+        r->changelog_offsets[p] = -1;
+    tly_metrics_add(r->metrics, TLY_C_PARTITIONS_REVOKED, 1);
+    tly_log("info", "partition_dropped", "partition=%d reason=%s ms=%lld", p, reason,
+            (long long)(now_ms() - started));
+}
+
+static void drop_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
+{
+    char err[1024];
+    for (int i = 0; i < partitions->cnt; i++)
+        if (strcmp(partitions->elems[i].topic, r->topics.input.name) == 0)
+            drop_partition(r, (int)partitions->elems[i].partition, "revoked");
+    if (sum_counters(r, err, sizeof(err)) < 0)
+        tly_log("error", "partition_drop_error", "error=%s", tly_log_quote(err, (char[1100]){0}, 1100));
+    count_held(r);
+}
+
+static int forget_emitted(struct runner *r, char *errbuf, size_t errlen);
+
+/* A start can leave rows of partitions this instance is not assigned: the
+ * partitions it held before it stopped (others may have them now), or all
+ * of them after a rebuild from a snapshot or the whole changelog. They are
+ * right as of the changelog offset recorded for them, so an assignment
+ * soon after only replays the tail; once the group has left the consumer's
+ * assignment alone for STANDBY_MS they are dropped. */
+static void drop_standby(struct runner *r)
+{
+    rd_kafka_topic_partition_list_t *assigned = NULL;
+    unsigned char present[TLY_MAX_PARTITIONS];
+    bool any = false;
+    char err[1024];
+
+    if (!r->standby_check_ms || now_ms() < r->standby_check_ms || !r->cfg->changelog)
+        return;
+    r->standby_check_ms = 0;
+    if (rd_kafka_assignment(r->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        tly_recovery_present(r->store, r->rcfg, present, err, sizeof(err)) < 0) {
+        if (assigned)
+            rd_kafka_topic_partition_list_destroy(assigned);
+        r->standby_check_ms = now_ms() + STANDBY_MS; /* try again */
+        return;
+    }
+    for (int i = 0; i < assigned->cnt; i++)
+        if (assigned->elems[i].partition >= 0 && assigned->elems[i].partition < TLY_MAX_PARTITIONS)
+            present[assigned->elems[i].partition] = 0;
+    rd_kafka_topic_partition_list_destroy(assigned);
+    for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
+        if (present[p]) {
+            drop_partition(r, p, "not_assigned");
+            any = true;
+        }
+    if (any && sum_counters(r, err, sizeof(err)) < 0)
+        tly_log("error", "partition_drop_error", "error=%s", tly_log_quote(err, (char[1100]){0}, 1100));
+    count_held(r);
+}
+
+/* Brings the newly assigned partitions' state up to date (adapters/recovery.c
+ * tly_recovery_take) before the consumer reads them. First the group's
+ * committed offsets: with read_committed, librdkafka asks for stable ones,
+ * which waits for the previous owner's open transaction (a crashed instance's
+ * ends when transaction.timeout.ms passes), so the changelog's end read next
+ * holds every batch those offsets count. */
+static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
+{
+    tly_partition_take *takes = calloc((size_t)partitions->cnt + 1, sizeof(*takes));
+    rd_kafka_topic_partition_list_t *committed = NULL;
+    int n = 0, rc = -1;
+    char err[1024];
+
+    if (!takes) {
+        snprintf(r->rebalance_error, sizeof(r->rebalance_error), "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < partitions->cnt; i++) {
+        int p = (int)partitions->elems[i].partition;
+        if (strcmp(partitions->elems[i].topic, r->topics.input.name) != 0 || p < 0 ||
+            p >= TLY_MAX_PARTITIONS)
+            continue;
+        takes[n++].partition = p;
+    }
+    if (n > 0) {
+        rd_kafka_resp_err_t e;
+        committed = rd_kafka_topic_partition_list_copy(partitions);
+        for (int64_t give_up = now_ms() + 10 * KAFKA_TIMEOUT_MS;;) {
+            if (!(e = rd_kafka_committed(r->consumer, committed, KAFKA_TIMEOUT_MS)))
+                break;
+            if (now_ms() > give_up || (r->cfg->stop && *r->cfg->stop)) {
+                snprintf(err, sizeof(err), "cannot read the committed offsets: %s", rd_kafka_err2str(e));
+                goto failed;
+            }
+            tly_log("warn", "committed_offsets_wait", "error=\"%s\"", rd_kafka_err2str(e));
+        }
+        if (tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n, err, sizeof(err)) < 0)
+            goto failed;
+    }
+    for (int i = 0; i < n; i++) {
+        /* meta has where the take left the partition; our deliveries go on from there */
+        r->changelog_offsets[takes[i].partition] = -1;
+        tly_log("info", "partition_assigned", "partition=%d source=%s snapshot=%s records=%lld ms=%lld",
+                takes[i].partition, takes[i].source, takes[i].snapshot_id[0] ? takes[i].snapshot_id : "-",
+                (long long)takes[i].records, (long long)takes[i].ms);
+        tly_metrics_set_partition_recovery(r->metrics, takes[i].partition, takes[i].ms, takes[i].records);
+        tly_metrics_add(r->metrics, TLY_C_PARTITIONS_ASSIGNED, 1);
+    }
+    /* What the replay marked pending was emitted by the previous owner. */
+    if (sum_counters(r, err, sizeof(err)) < 0 || forget_emitted(r, err, sizeof(err)) < 0)
+        goto failed;
+    count_held(r);
+    rc = 0;
+    goto done;
+failed:
+    snprintf(r->rebalance_error, sizeof(r->rebalance_error), "cannot take over the assigned "
+             "partitions: %s", err);
+    tly_log("error", "partition_take_error", "error=%s", tly_log_quote(err, (char[1100]){0}, 1100));
+done:
+    if (committed)
+        rd_kafka_topic_partition_list_destroy(committed);
+    free(takes);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 /* The loop                                                                  */
 /* ------------------------------------------------------------------------ */
 
@@ -1181,6 +1420,7 @@ static int watch_consumer(struct runner *r, char *errbuf, size_t errlen)
     release_collected(r);
     rd_kafka_destroy_flags(r->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     r->unassigned_since = 0;
+    r->standby_check_ms = now_ms() + STANDBY_MS;
     if (!(r->consumer = new_consumer(r, errbuf, errlen)))
         return -1;
     return 0;
@@ -1195,6 +1435,11 @@ static int collect(struct runner *r, char *errbuf, size_t errlen)
         if (left <= 0)
             break;
         m = rd_kafka_consumer_poll(r->consumer, (int)(left > 100 ? 100 : left));
+        if (r->rebalance_error[0]) {
+            if (m)
+                rd_kafka_message_destroy(m);
+            return tly_error(errbuf, errlen, "%s", r->rebalance_error);
+        }
         if (r->drop_collected) {
             /* A revoke was served inside that poll. */
             r->drop_collected = false;
@@ -1344,8 +1589,15 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         tly_recovery_finish(&rcfg, &recovery, errbuf, errlen) < 0)
         goto done;
     r.snapshot_seq = newest_snapshot_seq(&r);
-    if (forget_emitted(&r, errbuf, errlen) < 0)
+    r.rcfg = &rcfg;
+    /* Snapshots name their instance: several share a snapshot directory. */
+    if (tly_store_meta_set_text(r.store, "tally.instance", cfg->instance_id) < 0) {
+        tly_error(errbuf, errlen, "cannot record the instance: %s", sqlite3_errmsg(tly_store_db(r.store)));
         goto done;
+    }
+    if (sum_counters(&r, errbuf, errlen) < 0 || forget_emitted(&r, errbuf, errlen) < 0)
+        goto done;
+    count_held(&r);
     r.next_flush_ms = now_ms() + cfg->flush_interval_ms;
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_MS, recovery.ttr_ms);
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_RECORDS, recovery.records_replayed);
@@ -1357,6 +1609,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     }
     if (!(r.consumer = new_consumer(&r, errbuf, errlen)))
         goto done;
+    r.standby_check_ms = now_ms() + STANDBY_MS;
     tly_metrics_set(r.metrics, TLY_G_READY, 1);
     tly_log("info", "started",
             "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s strategy=%s db=%s",
@@ -1390,6 +1643,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
             plan_pruning(&r);
         }
         prune_some(&r);
+        drop_standby(&r);
         update_gauges(&r);
         if (now_ms() - last_report >= 10000) {
             last_report = now_ms();
@@ -1418,6 +1672,7 @@ done:
         pthread_join(r.snapshot_job->thread, NULL);
     free(r.snapshot_job);
     release_collected(&r);
+    r.closing = true; /* the rows stay: a restart gets the partitions back */
     if (r.consumer) {
         rd_kafka_consumer_close(r.consumer);
         rd_kafka_destroy(r.consumer);

@@ -63,6 +63,10 @@ typedef struct tly_runner_config {
     int64_t changelog_retention_ms; /* changelog table rows are kept this long after
                                        the snapshot that contains them (default 0) */
     int allow_empty;           /* 1: start empty even if history exists (default 0) */
+    int64_t session_timeout_ms; /* consumer group session: how long a silent instance
+                                   keeps its partitions (default 45000) */
+    int64_t transaction_timeout_ms; /* how long the broker lets a transaction of a
+                                       crashed instance hold back readers (default 60000) */
     int recover_only;          /* 1: recover the database, then return 0 (tally recover) */
     const char *http_listen;   /* HOST:PORT for /metrics, /query...; NULL: no server */
     int http_required;         /* 1: a server that cannot listen is fatal; 0: a warning */

@@ -17,7 +17,7 @@
  * stored JSON exactly, so numbers keep their digits. */
 #define ROW_AS_JSON                                                                        \
     "json_object('seq', seq, 'entity', entity, 'key', key, 'key_seq', key_seq, "           \
-    "'image', json(image), 'delta', json(delta), 'changed_ms', changed_ms)"
+    "'image', json(image), 'delta', json(delta), 'changed_ms', changed_ms, 'part', part)"
 
 int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
                              void (*progress)(void *ctx, int64_t rows), void *ctx,
@@ -80,7 +80,7 @@ int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
     sqlite3_stmt *stmt = NULL;
     int rc;
 
-    if (sqlite3_prepare_v3(db, "SELECT seq, key, " ROW_AS_JSON " FROM changelog "
+    if (sqlite3_prepare_v3(db, "SELECT seq, key, coalesce(part, -1), " ROW_AS_JSON " FROM changelog "
                            "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
                            -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
         return tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
@@ -88,8 +88,9 @@ int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
     sqlite3_bind_int64(stmt, 2, to_seq);
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
         if (fn(ctx, sqlite3_column_int64(stmt, 0), (const char *)sqlite3_column_text(stmt, 1),
-               (size_t)sqlite3_column_bytes(stmt, 1), (const char *)sqlite3_column_text(stmt, 2),
-               (size_t)sqlite3_column_bytes(stmt, 2)) != 0) {
+               (size_t)sqlite3_column_bytes(stmt, 1), sqlite3_column_int(stmt, 2),
+               (const char *)sqlite3_column_text(stmt, 3),
+               (size_t)sqlite3_column_bytes(stmt, 3)) != 0) {
             sqlite3_finalize(stmt);
             return tly_error(errbuf, errlen, "changelog scan stopped by the caller");
         }
@@ -108,6 +109,7 @@ struct tly_replayer {
     json_tokener *tokener;
     int64_t next_seq; /* the seq that follows everything the target holds */
     int stop_at_gaps;
+    int default_partition; /* for rows without "part" */
     char *only_entity;
 };
 
@@ -121,6 +123,11 @@ int tly_replayer_only_entity(tly_replayer *r, const char *entity)
 void tly_replayer_stop_at_gaps(tly_replayer *r, int on)
 {
     r->stop_at_gaps = on;
+}
+
+void tly_replayer_default_partition(tly_replayer *r, int partition)
+{
+    r->default_partition = partition;
 }
 
 int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tly_replayer **out,
@@ -151,7 +158,7 @@ int tly_replayer_open(const char *db_path, const char *const *pipeline_files, tl
     }
     if (sqlite3_prepare_v2(tly_store_db(r->store),
                            "INSERT INTO changelog (seq, entity, key, key_seq, image, delta, "
-                           "changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+                           "changed_ms, part) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
                            "ON CONFLICT (seq) DO NOTHING",
                            -1, &r->insert_row, NULL) != SQLITE_OK) {
         tly_error(errbuf, errlen, "%s", sqlite3_errmsg(tly_store_db(r->store)));
@@ -229,24 +236,32 @@ done:
     return rc;
 }
 
-int tly_changelog_record_counters(tly_store *store, const char *name, char *errbuf, size_t errlen)
+int tly_changelog_record_counters(tly_store *store, const char *name, int partition,
+                                  int64_t input_from, int64_t input_to, const char *instance,
+                                  char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
     sqlite3_stmt *stmt = NULL;
-    char prefix[160];
+    char prefix[160], key[160];
     int rc;
 
-    snprintf(prefix, sizeof(prefix), "pipeline.%s.events_", name);
+    snprintf(prefix, sizeof(prefix), "pipeline.%s.p%d.events_", name, partition);
+    snprintf(key, sizeof(key), "pipeline.%s.p%d", name, partition);
     rc = sqlite3_prepare_v2(
         db,
-        "INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms) "
-        "SELECT '" TLY_CHANGELOG_COUNTERS_ENTITY "', 'pipeline.' || ?2, sum(value), json_group_object(key, value), "
-        "NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) "
+        "INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms, part) "
+        "SELECT '" TLY_CHANGELOG_COUNTERS_ENTITY "', ?2, sum(value), "
+        "json_set(json_group_object(key, value), '$.input', json_array(?4, ?5), '$.instance', ?6), "
+        "NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), ?3 "
         "FROM meta WHERE substr(key, 1, length(?1)) = ?1 HAVING sum(value) > 0",
         -1, &stmt, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(stmt, 1, prefix, -1, SQLITE_STATIC);
-        sqlite3_bind_text(stmt, 2, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 2, key, -1, SQLITE_STATIC);
+        sqlite3_bind_int(stmt, 3, partition);
+        sqlite3_bind_int64(stmt, 4, input_from);
+        sqlite3_bind_int64(stmt, 5, input_to);
+        sqlite3_bind_text(stmt, 6, instance ? instance : "", -1, SQLITE_STATIC);
         rc = sqlite3_step(stmt);
     }
     sqlite3_finalize(stmt);
@@ -255,10 +270,38 @@ int tly_changelog_record_counters(tly_store *store, const char *name, char *errb
     return 0;
 }
 
+int tly_changelog_sum_counters(tly_store *store, const char *name, char *errbuf, size_t errlen)
+{
+    static const char *const names[] = {"applied", "skipped", "rejected", "late"};
+    sqlite3 *db = tly_store_db(store);
+    sqlite3_stmt *stmt = NULL;
+    int rc = SQLITE_OK;
+
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO meta (key, value) "
+                           "SELECT ?1, coalesce(sum(value), 0) FROM meta WHERE key GLOB ?2 "
+                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                           -1, &stmt, NULL) != SQLITE_OK)
+        return tly_error(errbuf, errlen, "cannot sum the counters: %s", sqlite3_errmsg(db));
+    for (int k = 0; k < 4 && rc == SQLITE_OK; k++) {
+        char total[160], pattern[200];
+        snprintf(total, sizeof(total), "pipeline.%s.events_%s", name, names[k]);
+        snprintf(pattern, sizeof(pattern), "pipeline.%s.p[0-9]*.events_%s", name, names[k]);
+        sqlite3_bind_text(stmt, 1, total, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(stmt, 2, pattern, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(stmt) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+        sqlite3_reset(stmt);
+    }
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_OK)
+        return tly_error(errbuf, errlen, "cannot sum the counters: %s", sqlite3_errmsg(db));
+    return 0;
+}
+
 int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
                             tly_replay_outcome *outcome, char *errbuf, size_t errlen)
 {
-    json_object *row, *seq, *entity, *key, *key_seq, *image, *delta, *changed_ms;
+    json_object *row, *seq, *entity, *key, *key_seq, *image, *delta, *changed_ms, *part;
     sqlite3 *db = tly_store_db(r->store);
     const char *entity_name, *image_text;
     tly_pipeline *pipeline = NULL;
@@ -277,6 +320,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     key_seq = member(row, "key_seq", json_type_int);
     image = member(row, "image", json_type_object);
     changed_ms = member(row, "changed_ms", json_type_int);
+    part = member(row, "part", json_type_int);
     if (!json_object_object_get_ex(row, "delta", &delta))
         delta = NULL;
     if (!seq || !entity || !key || !key_seq || !image || !changed_ms ||
@@ -315,6 +359,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
                                                            JSON_C_TO_STRING_NOSLASHESCAPE);
     if (counters ? replay_counters(r, image, &outcome->changed, errbuf, errlen) < 0
                  : tly_pipeline_replay_image(pipeline, image_text, json_object_get_int64(key_seq),
+                                             part ? json_object_get_int(part) : r->default_partition,
                                              &outcome->changed, errbuf, errlen) < 0)
         goto done;
     sqlite3_bind_int64(r->insert_row, 1, outcome->seq);
@@ -330,6 +375,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     else
         sqlite3_bind_null(r->insert_row, 6);
     sqlite3_bind_int64(r->insert_row, 7, json_object_get_int64(changed_ms));
+    sqlite3_bind_int(r->insert_row, 8, part ? json_object_get_int(part) : r->default_partition);
     if (sqlite3_step(r->insert_row) != SQLITE_DONE) {
         tly_error(errbuf, errlen, "cannot record changelog row %lld: %s", (long long)outcome->seq,
              sqlite3_errmsg(db));

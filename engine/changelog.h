@@ -22,13 +22,24 @@
  * target can be exported again. A row whose seq skips ahead of what the target
  * already holds is a gap: rows are missing and the state may be stale.
  *
- * The daemon also writes one "tally.counters" row per batch: key
- * "pipeline.<name>", key_seq = the sum of the counters (it grows with every
- * batch), image = the pipeline's event counters in meta after the batch,
- *   {"pipeline.orders.events_applied":1200,"pipeline.orders.events_rejected":3}
+ * The daemon also writes one "tally.counters" row per batch and input partition
+ * it read from: key "pipeline.<name>.p<N>", part N, key_seq = the sum of the
+ * counters (it grows with every batch), image = the partition's event
+ * counters in meta after the batch, the input offsets the batch consumed
+ * (first, last + 1) and the instance that processed it,
+ *   {"pipeline.orders.p2.events_applied":1200,"pipeline.orders.p2.events_rejected":3,
+ *    "pipeline.orders.p2.events_skipped":0,"pipeline.orders.p2.events_late":0,
+ *    "input":[5000,5200],"instance":"tally-1"}
  * Replay raises each meta counter to the image's value, so the counters of a
  * batch that Kafka committed but the database did not (a crash in between)
- * come back with its state. */
+ * come back with its state, and a partition taken over by another instance
+ * brings its counters along. In changelog partition N, read_committed, the
+ * "input" ranges follow each other without gap or overlap: each input record
+ * was processed once, by one instance.
+ *
+ *   part        the input partition that made the row (also its changelog
+ *               partition in Kafka); null in exports of older databases
+ */
 #ifndef TLY_CHANGELOG_H
 #define TLY_CHANGELOG_H
 
@@ -46,10 +57,10 @@ int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
                              void (*progress)(void *ctx, int64_t rows), void *ctx,
                              char *errbuf, size_t errlen);
 
-/* Receives one changelog row: its seq, key and export line (NUL-terminated,
+/* Receives one changelog row: its seq, key, part (-1 if none) and export line (NUL-terminated,
  * borrowed for the call). Returns 0 to go on. */
 typedef int (*tly_changelog_row_fn)(void *ctx, int64_t seq, const char *key, size_t key_len,
-                                    const char *line, size_t line_len);
+                                    int part, const char *line, size_t line_len);
 
 /* Passes every row with from_seq < seq <= to_seq, in seq order, to fn, reading
  * on the store's own connection (so inside its open transaction: the daemon
@@ -59,9 +70,17 @@ int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
 
 #define TLY_CHANGELOG_COUNTERS_ENTITY "tally.counters"
 
-/* Appends the "tally.counters" row of pipeline `name` (see above) inside the
- * caller's transaction. Returns 0 or -1 with errbuf. */
-int tly_changelog_record_counters(tly_store *store, const char *name, char *errbuf, size_t errlen);
+/* Appends the "tally.counters" row of input partition `partition` of
+ * pipeline `name` (see above) inside the caller's transaction; input_from and
+ * input_to are the offsets the batch consumed from it. Returns 0 or -1 with
+ * errbuf. */
+int tly_changelog_record_counters(tly_store *store, const char *name, int partition,
+                                  int64_t input_from, int64_t input_to, const char *instance,
+                                  char *errbuf, size_t errlen);
+
+/* Sets the pipeline's totals ("pipeline.<name>.events_<x>") to the sum of its
+ * per-partition counters, after partitions came or went. Returns 0 or -1. */
+int tly_changelog_sum_counters(tly_store *store, const char *name, char *errbuf, size_t errlen);
 
 typedef struct tly_replayer tly_replayer;
 
@@ -91,6 +110,10 @@ int tly_replayer_only_entity(tly_replayer *replayer, const char *entity);
 /* With on = 1, a row that follows a gap is not applied (outcome.held = 1), so
  * the caller can commit everything before the gap and stop there. Default 0. */
 void tly_replayer_stop_at_gaps(tly_replayer *replayer, int on);
+
+/* The input partition of rows that do not say (exports of older databases):
+ * the changelog partition they were read from, say. Default 0. */
+void tly_replayer_default_partition(tly_replayer *replayer, int partition);
 
 /* The replayer's store, for transactions (borrowed). */
 tly_store *tly_replayer_store(tly_replayer *replayer);

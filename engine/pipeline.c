@@ -44,11 +44,14 @@
  *   @check   per event: a SELECT whose first column is NULL for a valid event or
  *            the reason it is invalid
  *            (@check and @stage may also use :event, the whole event's JSON
- *            text as received)
+ *            text as received, and :partition, the input partition it came
+ *            from: state rows record it in their part column, see
+ *            migrations/008_partitions.sql)
  *   @stage   per event (per @each member): write into the staging tables
  *   @merge   per batch: fold staging into the state tables, whose triggers write
  *            the changelog; empty the staging tables
- *   @replay  per changelog row: :image (after-image JSON), :key_seq; the first
+ *   @replay  per changelog row: :image (after-image JSON), :key_seq, :partition
+ *            (the input partition that made it); the first
  *            statement applies the image and must change nothing unless :key_seq
  *            is newer than the key's; later ones may maintain derived tables
  *   @emit    per committed batch in the daemon: a SELECT of (key, value) output
@@ -138,6 +141,7 @@ struct bound_statement {
     int field_index[MAX_FIELDS];
     int each_key_index, each_value_index;
     int event_index; /* :event, the raw event */
+    int partition_index; /* :partition, the event's input partition */
 };
 
 struct section {
@@ -431,8 +435,13 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
                     b->event_index = i;
                     known = true;
                 }
+                if (!known && strcmp(name, "partition") == 0) {
+                    b->partition_index = i;
+                    known = true;
+                }
             }
-            if (replay && (strcmp(name, "image") == 0 || strcmp(name, "key_seq") == 0))
+            if (replay && (strcmp(name, "image") == 0 || strcmp(name, "key_seq") == 0 ||
+                           strcmp(name, "partition") == 0))
                 known = true;
             if (s == &p->emit && (strcmp(name, "from_seq") == 0 || strcmp(name, "to_seq") == 0 ||
                                   strcmp(name, "now_ms") == 0))
@@ -957,6 +966,8 @@ static void bind_fields(tly_pipeline *p, struct section *s, const struct value *
         if (s->statements[k].event_index)
             sqlite3_bind_text(s->statements[k].stmt, s->statements[k].event_index, ev->data,
                               (int)ev->len, SQLITE_STATIC);
+        if (s->statements[k].partition_index)
+            sqlite3_bind_int(s->statements[k].stmt, s->statements[k].partition_index, ev->partition);
     }
 }
 
@@ -1129,6 +1140,45 @@ fatal:
     return tly_error(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
 }
 
+/* The same counters per input partition, "pipeline.<name>.p<N>.events_<x>":
+ * they move with the partition's rows when another instance takes it over
+ * (the daemon mirrors them in the changelog's tally.counters rows), and the
+ * pipeline's totals are their sum over the partitions a database holds. All
+ * four are written for a partition the batch touched, so every partition's
+ * counters row has the same members. */
+static int count_partitions(tly_pipeline *p, const tly_event *events,
+                            const tly_event_result *results, size_t count)
+{
+    static const char *const names[] = {"applied", "skipped", "rejected", "late"};
+    for (size_t i = 0; i < count; i++) {
+        int64_t n[4] = {0, 0, 0, 0};
+        bool first = true;
+        char key[160];
+        /* one pass per partition not seen before: batches hold few */
+        for (size_t j = 0; j < i && first; j++)
+            first = events[j].partition != events[i].partition;
+        if (!first)
+            continue;
+        for (size_t j = i; j < count; j++) {
+            if (events[j].partition != events[i].partition)
+                continue;
+            switch (results[j].status) {
+            case TLY_EVENT_APPLIED: n[0]++; break;
+            case TLY_EVENT_SKIPPED: n[1]++; break;
+            case TLY_EVENT_LATE: n[3]++; break;
+            default: n[2]++; break;
+            }
+        }
+        for (int k = 0; k < 4; k++) {
+            snprintf(key, sizeof(key), "pipeline.%s.p%d.events_%s", p->name, events[i].partition,
+                     names[k]);
+            if (tly_store_meta_add_int(p->store, key, n[k]) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
                        tly_event_result *results, tly_batch_stats *stats, char *errbuf,
                        size_t errlen)
@@ -1167,7 +1217,8 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
     if ((local.applied && tly_store_meta_add_int(p->store, p->meta_applied, local.applied) < 0) ||
         (local.skipped && tly_store_meta_add_int(p->store, p->meta_skipped, local.skipped) < 0) ||
         (local.rejected && tly_store_meta_add_int(p->store, p->meta_rejected, local.rejected) < 0) ||
-        (local.late && tly_store_meta_add_int(p->store, p->meta_late, local.late) < 0)) {
+        (local.late && tly_store_meta_add_int(p->store, p->meta_late, local.late) < 0) ||
+        count_partitions(p, events, results, count) < 0) {
         tly_error(errbuf, errlen, "cannot update counters: %s", sqlite3_errmsg(p->db));
         goto fatal;
     }
@@ -1184,8 +1235,8 @@ fatal:
     return -1;
 }
 
-int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_seq, int *changed,
-                              char *errbuf, size_t errlen)
+int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_seq, int partition,
+                              int *changed, char *errbuf, size_t errlen)
 {
     int total = 0; /* the first statement's: the others maintain derived tables */
     if (p->replay.count == 0)
@@ -1197,6 +1248,8 @@ int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_se
             sqlite3_bind_text(stmt, index, image, -1, SQLITE_STATIC);
         if ((index = sqlite3_bind_parameter_index(stmt, ":key_seq")))
             sqlite3_bind_int64(stmt, index, key_seq);
+        if ((index = sqlite3_bind_parameter_index(stmt, ":partition")))
+            sqlite3_bind_int(stmt, index, partition);
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
             ;
         sqlite3_reset(stmt);

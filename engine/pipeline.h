@@ -24,6 +24,7 @@ typedef struct tly_pipeline tly_pipeline;
 typedef struct tly_event {
     const char *data; /* the raw bytes, borrowed for the duration of the call */
     size_t len;
+    int partition;    /* the input partition it came from (:partition); 0 offline */
 } tly_event;
 
 typedef enum tly_event_status {
@@ -79,10 +80,11 @@ int tly_pipeline_apply(tly_pipeline *pipeline, const tly_event *events, size_t c
                        char *errbuf, size_t errlen);
 
 /* Applies one changelog after-image (see changelog.h) of this pipeline's
- * entity; *changed is set to 1 if the state moved, 0 if the key already had
- * key_seq or newer. Returns 0 or -1 with errbuf. */
+ * entity, made by input partition `partition` (bound as :partition);
+ * *changed is set to 1 if the state moved, 0 if the key already had key_seq
+ * or newer. Returns 0 or -1 with errbuf. */
 int tly_pipeline_replay_image(tly_pipeline *pipeline, const char *image, int64_t key_seq,
-                              int *changed, char *errbuf, size_t errlen);
+                              int partition, int *changed, char *errbuf, size_t errlen);
 
 /* Receives one output record: key and value (NUL-terminated, borrowed for the
  * call). Returns 0 to go on. */

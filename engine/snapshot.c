@@ -5,17 +5,23 @@
  *   snapshot-<id>.db     a SQLite database: the whole state database as of one
  *                        read transaction (online backup API)
  *   snapshot-<id>.json   its manifest:
- *     {"snapshotId":"20261121T063600123Z-4711",   time of the copy, last seq
- *      "path":"/var/lib/tally/snapshots/snapshot-20261121T063600123Z-4711.db",
+ *     {"snapshotId":"20261121T063600123Z-tally-1-4711",  time, instance, last seq
+ *      "path":"/var/lib/tally/snapshots/snapshot-20261121T063600123Z-tally-1-4711.db",
  *      "lastSeq":4711,                           highest changelog seq inside
  *      "lastChangelogOffset":{"opb-changelog.0":812,"opb-changelog.1":790},
  *      "createdAt":1795242960123,                epoch ms
  *      "bytes":1048576,                          size of the .db file
  *      "checksum":"9f2c4e1a0b7d3c55",            FNV-1a 64 of the .db file
- *      "database":"orders.db"}                   file name of the source database
+ *      "database":"orders.db",                   file name of the source database
+ *      "instance":"tally-1"}                     --instance-id of the daemon that
+ *                                                wrote it ("" offline)
  *
  * Several databases may share one snapshot directory ("database" tells their
- * snapshots apart; recovery only takes its own). lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
+ * snapshots apart; recovery only takes its own), and so may several
+ * instances of one pipeline (each keeps its own newest `keep`). Partition p of
+ * the input is in a snapshot when lastChangelogOffset has the changelog's
+ * partition p: its rows (part = p) are then the state as of that offset, and
+ * another instance can take them over (adapters/recovery.c). lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
  * read in the same read transaction as the copy: replaying the changelog topic
  * from those offsets + 1 brings the copy up to date. Each file is written under
  * a ".tmp" name, fsynced, renamed, and the directory fsynced, so a crash leaves
@@ -26,6 +32,7 @@
 #include "error.h"
 #include "store.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <limits.h>
 #include <errno.h>
@@ -86,6 +93,7 @@ int tly_snapshot_manifest_json(const tly_snapshot_manifest *m, char *buf, size_t
     json_object_object_add(obj, "bytes", json_object_new_int64(m->bytes));
     json_object_object_add(obj, "checksum", json_object_new_string(m->checksum));
     json_object_object_add(obj, "database", json_object_new_string(m->database));
+    json_object_object_add(obj, "instance", json_object_new_string(m->instance));
     n = snprintf(buf, buflen, "%s",
                  json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
@@ -130,7 +138,8 @@ static int copy_database(const char *db_path, const char *tmp_path, tly_snapshot
         sqlite3_prepare_v2(src,
                            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0),"
                            " (SELECT coalesce(json_group_object(substr(key, 17), value), '{}') FROM meta"
-                           "   WHERE key LIKE 'kafka.changelog.%')",
+                           "   WHERE key LIKE 'kafka.changelog.%'),"
+                           " (SELECT value FROM meta WHERE key = 'tally.instance')",
                            -1, &stmt, NULL) != SQLITE_OK ||
         sqlite3_step(stmt) != SQLITE_ROW) {
         tly_error(errbuf, errlen, "cannot read %s: %s", db_path, sqlite3_errmsg(src));
@@ -138,6 +147,8 @@ static int copy_database(const char *db_path, const char *tmp_path, tly_snapshot
     }
     m->last_seq = sqlite3_column_int64(stmt, 0);
     snprintf(m->changelog_offsets, sizeof(m->changelog_offsets), "%s", sqlite3_column_text(stmt, 1));
+    if (sqlite3_column_type(stmt, 2) == SQLITE_TEXT)
+        snprintf(m->instance, sizeof(m->instance), "%s", sqlite3_column_text(stmt, 2));
     sqlite3_finalize(stmt);
     stmt = NULL;
     if (sqlite3_open(tmp_path, &dest) != SQLITE_OK ||
@@ -244,8 +255,9 @@ static int newest_first(const void *a, const void *b)
 
 /* The table only lists the snapshots this database file wrote: a database
  * restored from a snapshot does not know the newer ones beside it. So the
- * directory, too, keeps only the newest `keep` of this database's snapshots. */
-static void prune_directory(const char *dir, const char *database, int keep)
+ * directory, too, keeps only the newest `keep` of this database's snapshots,
+ * of this instance: other instances' are theirs to prune. */
+static void prune_directory(const char *dir, const char *database, const char *instance, int keep)
 {
     tly_snapshot_manifest *list = NULL;
     int n = 0, kept = 0;
@@ -256,7 +268,7 @@ static void prune_directory(const char *dir, const char *database, int keep)
     qsort(list, (size_t)n, sizeof(*list), newest_first);
     for (int i = 0; i < n; i++) {
         char file[4200];
-        if (strcmp(list[i].database, database) != 0)
+        if (strcmp(list[i].database, database) != 0 || strcmp(list[i].instance, instance) != 0)
             continue;
         if (++kept <= keep)
             continue;
@@ -295,8 +307,20 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
         const char *base = strrchr(db_path, '/');
         snprintf(m->database, sizeof(m->database), "%s", base ? base + 1 : db_path);
     }
-    snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s%03ldZ-%lld", stamp, ts.tv_nsec / 1000000,
-             (long long)m->last_seq);
+    /* <time>[-<instance>]-<last seq>: instances sharing the directory never
+     * write the same name, and ids still sort by time */
+    {
+        char tag[40] = "";
+        size_t n = 0;
+        for (const char *c = m->instance; *c && n < sizeof(tag) - 2; c++) {
+            if (n == 0)
+                tag[n++] = '-';
+            tag[n++] = (isalnum((unsigned char)*c) || *c == '-' || *c == '_') ? *c : '_';
+        }
+        tag[n] = '\0';
+        snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s%03ldZ%s-%lld", stamp,
+                 ts.tv_nsec / 1000000, tag, (long long)m->last_seq);
+    }
     if (snprintf(m->path, sizeof(m->path), "%s/snapshot-%s.db", dir, m->snapshot_id) >= (int)sizeof(m->path)) {
         tly_error(errbuf, errlen, "snapshot directory path too long");
         goto done;
@@ -333,7 +357,7 @@ int tly_snapshot_record(tly_store *store, int keep, const tly_snapshot_manifest 
         return -1;
     if (keep > 0 && slash) {
         snprintf(dir, sizeof(dir), "%.*s", (int)(slash - m->path), m->path);
-        prune_directory(dir, m->database, keep);
+        prune_directory(dir, m->database, m->instance, keep);
     }
     return 0;
 }
@@ -387,6 +411,8 @@ static int manifest_from_json(json_object *obj, const char *what, tly_snapshot_m
     snprintf(m->checksum, sizeof(m->checksum), "%s", json_object_get_string(v));
     if (json_object_object_get_ex(obj, "database", &v) && json_object_is_type(v, json_type_string))
         snprintf(m->database, sizeof(m->database), "%s", json_object_get_string(v));
+    if (json_object_object_get_ex(obj, "instance", &v) && json_object_is_type(v, json_type_string))
+        snprintf(m->instance, sizeof(m->instance), "%s", json_object_get_string(v));
     return 0;
 bad:
     return tly_error(errbuf, errlen, "%s is not a snapshot manifest (see engine/snapshot.c)", what);

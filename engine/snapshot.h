@@ -23,6 +23,8 @@ typedef struct tly_snapshot_manifest {
     char checksum[17];            /* FNV-1a 64, 16 lowercase hex digits */
     char database[256];           /* file name of the source database, e.g. "orders.db"
                                      (empty in manifests written before it existed) */
+    char instance[128];           /* the daemon instance that wrote it (meta
+                                     "tally.instance"; empty offline and in older ones) */
 } tly_snapshot_manifest;
 
 /* Writes a snapshot of the database at db_path into dir (created if missing):

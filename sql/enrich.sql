@@ -37,7 +37,8 @@ CREATE TEMP TABLE IF NOT EXISTS enrich_stage (
     order_id TEXT NOT NULL UNIQUE,
     store_id TEXT NOT NULL,
     event_ms INTEGER NOT NULL,
-    record   TEXT NOT NULL
+    record   TEXT NOT NULL,
+    part     INTEGER NOT NULL
 ) STRICT;
 
 -- @check
@@ -50,9 +51,9 @@ END;
 
 -- @stage
 -- A duplicate within the batch: the first copy stays.
-INSERT INTO temp.enrich_stage (order_id, store_id, event_ms, record)
+INSERT INTO temp.enrich_stage (order_id, store_id, event_ms, record, part)
 VALUES (:order_id, :store_id, :event_ms,
-        json_set(:event, '$.normTs', :event_ms, '$.validated', json('true')))
+        json_set(:event, '$.normTs', :event_ms, '$.validated', json('true')), :partition)
 ON CONFLICT DO NOTHING;
 
 -- @merge
@@ -65,8 +66,8 @@ DELETE FROM enrich_seen WHERE rowid IN (
 -- New orderIds are inserted; one whose row expired (and is not pruned yet)
 -- is seen anew; one seen within the window changes nothing, so it writes no
 -- changelog row and is not emitted.
-INSERT INTO enrich_seen (order_id, store_id, event_ms, first_seen_ms, record, key_seq)
-SELECT s.order_id, s.store_id, s.event_ms, now.ms, s.record, now.ms
+INSERT INTO enrich_seen (order_id, store_id, event_ms, first_seen_ms, record, key_seq, part)
+SELECT s.order_id, s.store_id, s.event_ms, now.ms, s.record, now.ms, s.part
 FROM temp.enrich_stage AS s,
      (SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS ms) AS now
 WHERE true
@@ -74,18 +75,20 @@ ORDER BY s.rowid
 ON CONFLICT (order_id) DO UPDATE SET store_id = excluded.store_id, event_ms = excluded.event_ms,
                                      first_seen_ms = excluded.first_seen_ms,
                                      record = excluded.record,
-                                     key_seq = max(excluded.key_seq, enrich_seen.key_seq + 1)
+                                     key_seq = max(excluded.key_seq, enrich_seen.key_seq + 1),
+                                     part = excluded.part
 WHERE enrich_seen.first_seen_ms <= excluded.first_seen_ms - :dedup_window_ms;
 DELETE FROM temp.enrich_stage;
 
 -- @replay
-INSERT INTO enrich_seen (order_id, store_id, event_ms, first_seen_ms, record, key_seq)
+INSERT INTO enrich_seen (order_id, store_id, event_ms, first_seen_ms, record, key_seq, part)
 SELECT :image ->> '$.order_id', :image ->> '$.store_id', :image ->> '$.event_ms',
-       :image ->> '$.first_seen_ms', :image -> '$.record', :key_seq
+       :image ->> '$.first_seen_ms', :image -> '$.record', :key_seq, :partition
 WHERE true
 ON CONFLICT (order_id) DO UPDATE SET store_id = excluded.store_id, event_ms = excluded.event_ms,
                                      first_seen_ms = excluded.first_seen_ms,
-                                     record = excluded.record, key_seq = excluded.key_seq
+                                     record = excluded.record, key_seq = excluded.key_seq,
+                                     part = excluded.part
 WHERE excluded.key_seq > enrich_seen.key_seq;
 
 -- @emit

@@ -38,6 +38,7 @@ CREATE TEMP TABLE IF NOT EXISTS orders_stage (
     window_start_ms INTEGER NOT NULL,
     sum_micros      INTEGER NOT NULL,
     count           INTEGER NOT NULL,
+    part            INTEGER NOT NULL,
     PRIMARY KEY (store_id, product_id, window_start_ms)
 ) STRICT, WITHOUT ROWID;
 
@@ -52,30 +53,32 @@ SELECT CASE
 END;
 
 -- @stage
-INSERT INTO temp.orders_stage (store_id, product_id, window_start_ms, sum_micros, count)
+-- part: the input partition (one per store when the input is keyed by storeId).
+INSERT INTO temp.orders_stage (store_id, product_id, window_start_ms, sum_micros, count, part)
 VALUES (:store_id, :product_id,
         :event_ms - ((:event_ms % :window_ms) + :window_ms) % :window_ms,
-        :price_micros * :qty, 1)
+        :price_micros * :qty, 1, :partition)
 ON CONFLICT DO UPDATE SET sum_micros = sum_micros + excluded.sum_micros,
-                          count = count + 1;
+                          count = count + 1, part = excluded.part;
 
 -- @merge
-INSERT INTO order_window_state (store_id, product_id, window_start_ms, sum_micros, count, key_seq)
-SELECT store_id, product_id, window_start_ms, sum_micros, count, 1
+INSERT INTO order_window_state (store_id, product_id, window_start_ms, sum_micros, count, key_seq, part)
+SELECT store_id, product_id, window_start_ms, sum_micros, count, 1, part
 FROM temp.orders_stage WHERE true
 ON CONFLICT DO UPDATE SET sum_micros = order_window_state.sum_micros + excluded.sum_micros,
                           count = order_window_state.count + excluded.count,
-                          key_seq = order_window_state.key_seq + 1;
+                          key_seq = order_window_state.key_seq + 1,
+                          part = excluded.part;
 DELETE FROM temp.orders_stage;
 
 -- @replay
-INSERT INTO order_window_state (store_id, product_id, window_start_ms, sum_micros, count, key_seq)
+INSERT INTO order_window_state (store_id, product_id, window_start_ms, sum_micros, count, key_seq, part)
 SELECT json_extract(:image, '$.store_id'), json_extract(:image, '$.product_id'),
        json_extract(:image, '$.window_start_ms'), json_extract(:image, '$.sum_micros'),
-       json_extract(:image, '$.count'), :key_seq
+       json_extract(:image, '$.count'), :key_seq, :partition
 WHERE true
 ON CONFLICT DO UPDATE SET sum_micros = excluded.sum_micros, count = excluded.count,
-                          key_seq = excluded.key_seq
+                          key_seq = excluded.key_seq, part = excluded.part
 WHERE excluded.key_seq > order_window_state.key_seq;
 
 -- @emit

@@ -31,6 +31,7 @@ CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (
     value          TEXT NOT NULL,
     received_at_ms INTEGER NOT NULL,
     produced_at_ms INTEGER,
+    part           INTEGER NOT NULL,
     PRIMARY KEY (vin, sensor)
 ) STRICT, WITHOUT ROWID;
 -- The vehicles whose state this batch changed.
@@ -62,22 +63,24 @@ INSERT INTO temp.telemetry_clock (id, max_event_ms) VALUES (1, :received_at)
 ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 
 -- @stage
-INSERT INTO temp.telemetry_stage (vin, sensor, value, received_at_ms, produced_at_ms)
-VALUES (:vin, :sensor, :value, :received_at, :produced_at)
+INSERT INTO temp.telemetry_stage (vin, sensor, value, received_at_ms, produced_at_ms, part)
+VALUES (:vin, :sensor, :value, :received_at, :produced_at, :partition)
 ON CONFLICT DO UPDATE SET value = excluded.value,
                           received_at_ms = excluded.received_at_ms,
-                          produced_at_ms = excluded.produced_at_ms
+                          produced_at_ms = excluded.produced_at_ms,
+                          part = excluded.part
 WHERE excluded.received_at_ms > received_at_ms
    OR (excluded.received_at_ms = received_at_ms AND excluded.value IS NOT value);
 
 -- @merge
-INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq)
-SELECT vin, sensor, value, received_at_ms, produced_at_ms, 1
+INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq, part)
+SELECT vin, sensor, value, received_at_ms, produced_at_ms, 1, part
 FROM temp.telemetry_stage WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value,
                           received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms,
-                          key_seq = vehicle_sensor_state.key_seq + 1
+                          key_seq = vehicle_sensor_state.key_seq + 1,
+                          part = excluded.part
 WHERE excluded.received_at_ms > vehicle_sensor_state.received_at_ms
    OR (excluded.received_at_ms = vehicle_sensor_state.received_at_ms
        AND excluded.value IS NOT vehicle_sensor_state.value);
@@ -89,23 +92,23 @@ JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
 WHERE v.received_at_ms = s.received_at_ms AND v.value = s.value;
 -- One changelog row per changed vehicle with its whole state (format in
 -- migrations/007_telemetry_changelog.sql).
-INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms)
+INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms, part)
 SELECT 'vehicle_sensor', c.vin, sum(s.key_seq),
        json_object('vin', c.vin, 'sensors',
                    json_group_object(s.sensor, json_array(json(s.value), s.received_at_ms,
                                                           s.produced_at_ms, s.key_seq))),
-       NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+       NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), max(s.part)
 FROM temp.telemetry_changed AS c CROSS JOIN vehicle_sensor_state AS s ON s.vin = c.vin
 GROUP BY c.vin;
 -- They are pending: with event-time windows (window_stream) in the window of
 -- each of their readings; otherwise one row per vehicle (window 0), so that
 -- a pending set nobody flushes (tally ingest) stays one row per vehicle.
-INSERT INTO vehicle_pending (window_start_ms, vin, mark)
+INSERT INTO vehicle_pending (window_start_ms, vin, mark, part)
 SELECT DISTINCT CASE WHEN :windowed THEN received_at_ms - received_at_ms % :window_ms ELSE 0 END, vin,
-       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
+       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0), part
 FROM temp.telemetry_stage
 WHERE vin IN (SELECT vin FROM temp.telemetry_changed)
-ON CONFLICT DO UPDATE SET mark = excluded.mark;
+ON CONFLICT DO UPDATE SET mark = excluded.mark, part = excluded.part;
 INSERT INTO event_clock (pipeline, max_event_ms)
 SELECT 'telemetry', max(received_at_ms) FROM temp.telemetry_stage HAVING count(*) > 0
 ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
@@ -117,9 +120,9 @@ DELETE FROM temp.telemetry_clock;
 -- A row of migrations/007's format, or an older one-sensor row (entity
 -- vehicle_sensor, {"vin","sensor","value","received_at_ms","produced_at_ms"})
 -- put in the same shape: each sensor is applied when its key_seq is newer.
-INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq)
+INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq, part)
 SELECT json_extract(:image, '$.vin'), j.key, j.value -> 0,
-       j.value ->> 1, j.value ->> 2, j.value ->> 3
+       j.value ->> 1, j.value ->> 2, j.value ->> 3, :partition
 FROM json_each(CASE WHEN json_type(:image, '$.sensors') IS NULL
                     THEN json_object(json_extract(:image, '$.sensor'),
                                      json_array(:image -> '$.value',
@@ -129,18 +132,19 @@ FROM json_each(CASE WHEN json_type(:image, '$.sensors') IS NULL
                     ELSE :image -> '$.sensors' END) AS j
 WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value, received_at_ms = excluded.received_at_ms,
-                          produced_at_ms = excluded.produced_at_ms, key_seq = excluded.key_seq
+                          produced_at_ms = excluded.produced_at_ms, key_seq = excluded.key_seq,
+                          part = excluded.part
 WHERE excluded.key_seq > vehicle_sensor_state.key_seq;
 -- A vehicle the replay changed is pending again (the daemon forgets, after
 -- recovery, what the committed history already emitted), in the window of its
 -- newest reading; the clock moves as it did.
-INSERT INTO vehicle_pending (window_start_ms, vin, mark)
+INSERT INTO vehicle_pending (window_start_ms, vin, mark, part)
 SELECT max(received_at_ms) - max(received_at_ms) % :window_ms, vin,
-       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0)
+       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0), :partition
 FROM vehicle_sensor_state
 WHERE vin = json_extract(:image, '$.vin') AND changes() > 0
 GROUP BY vin
-ON CONFLICT DO UPDATE SET mark = excluded.mark;
+ON CONFLICT DO UPDATE SET mark = excluded.mark, part = excluded.part;
 INSERT INTO event_clock (pipeline, max_event_ms)
 SELECT 'telemetry', max(received_at_ms) FROM vehicle_sensor_state
 WHERE vin = json_extract(:image, '$.vin') HAVING count(*) > 0

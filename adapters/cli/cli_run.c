@@ -49,7 +49,14 @@ static const char run_usage[] =
     "                           older than this; keep some for tally changelog export\n"
     "                           (default 0: pruned at once; the changelog topic has them)\n"
     "  --allow-empty            start with an empty state even though the group has\n"
-    "                           committed offsets and nothing can rebuild the state\n"    "  --http HOST:PORT|off     serve /metrics, /healthz, /readyz, /query and a live page\n"
+    "                           committed offsets and nothing can rebuild the state\n"
+    "  --session-timeout DUR    consumer group session (default 45s): an instance that\n"
+    "                           stops answering keeps its partitions this long before\n"
+    "                           the others take them over (the broker allows 6s-30m)\n"
+    "  --transaction-timeout DUR  the broker aborts a transaction left open this long\n"
+    "                           (default 60s): after a crash, read_committed readers and\n"
+    "                           the instance taking over wait up to this; a batch, flush\n"
+    "                           or snapshot manifest must commit within it\n"    "  --http HOST:PORT|off     serve /metrics, /healthz, /readyz, /query and a live page\n"
     "                           (default 127.0.0.1:9464; if that is taken, tally runs\n"
     "                           without it and says so; an address given here must work)\n"
     "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
@@ -144,6 +151,8 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         {"batch-size", required_argument, NULL, 'B'},
         {"flush-interval", required_argument, NULL, 'f'},
         {"log-format", required_argument, NULL, 'F'},
+        {"session-timeout", required_argument, NULL, 'x'},
+        {"transaction-timeout", required_argument, NULL, 'X'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *pipeline = NULL;
@@ -205,6 +214,23 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
                 return CLI_EXIT_USAGE;
             break;
         case 'E': cfg->allow_empty = 1; break;
+        case 'x':
+            if (cli_parse_duration_ms(cmd, "--session-timeout", optarg, &cfg->session_timeout_ms) < 0)
+                return CLI_EXIT_USAGE;
+            /* the broker's group.min/max.session.timeout.ms defaults */
+            if (cfg->session_timeout_ms < 6000 || cfg->session_timeout_ms > 1800000)
+                return cli_usage_error(cmd, "--session-timeout must be between 6s and 30m (the "
+                                            "broker's limits), not \"%s\"", optarg);
+            break;
+        case 'X':
+            if (cli_parse_duration_ms(cmd, "--transaction-timeout", optarg,
+                                      &cfg->transaction_timeout_ms) < 0)
+                return CLI_EXIT_USAGE;
+            /* 1 s at least; the broker's transaction.max.timeout.ms (15 min) at most */
+            if (cfg->transaction_timeout_ms < 1000 || cfg->transaction_timeout_ms > 900000)
+                return cli_usage_error(cmd, "--transaction-timeout must be between 1s and 15m (the "
+                                            "broker's transaction.max.timeout.ms), not \"%s\"", optarg);
+            break;
         case 'Y':
             if ((strategy = tly_emit_strategy_parse(optarg)) < 0)
                 return cli_usage_error(cmd, "--strategy must be inline, log_compacted, window_stream "

@@ -78,7 +78,9 @@ done <"$WORK/input.ends"
 check_totals "one run" "$WORK/orders.tsv" "$DB" "$OUT"
 check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
 
-# The changelog topic: committed records whose latest image per key is the
+# The changelog topic: committed records whose newest image per key (the
+# highest key_seq: this input is keyed by orderId, so a window's changes come
+# from every input partition and land in every changelog partition) is the
 # state (sum in micros and count), and no more records than state changes.
 read_topic "$PREFIX-changelog" '%k\t%s\n' >"$WORK/changelog.raw"
 CL=$(wc -l <"$WORK/changelog.raw")
@@ -89,7 +91,10 @@ awk -F'\t' '
         if (!match(v, "\"" name "\":-?[0-9]+")) return "?"
         return substr(v, RSTART + length(name) + 3, RLENGTH - length(name) - 3)
     }
-    index($2, "\"entity\":\"order_window\"") { last[$1] = num($2, "sum_micros") "\t" num($2, "count") }
+    index($2, "\"entity\":\"order_window\"") {
+        v = num($2, "key_seq") + 0
+        if (!($1 in seq) || v > seq[$1]) { seq[$1] = v; last[$1] = num($2, "sum_micros") "\t" num($2, "count") }
+    }
     END { for (k in last) { split(k, a, "#"); print a[1] "\t" a[2] "\t" a[3] "\t" last[k] } }' \
     "$WORK/changelog.raw" | sort >"$WORK/changelog.latest"
 awk -F'\t' -v w="$WINDOW_MS" '

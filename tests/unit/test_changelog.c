@@ -38,7 +38,7 @@ static int build_source(const char *path)
         goto done;
     }
     for (int b = 0; b < 30; b++) {
-        tly_event events[4];
+        tly_event events[4] = {{0}};
         tly_event_result results[4];
         snprintf(line[0], sizeof(line[0]),
                  "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"%d.%02d\",\"qty\":%d,\"ts\":%lld}",

@@ -26,7 +26,7 @@ static tly_store *open_store(const char *name)
 static int apply(tly_pipeline *p, const char *const *lines, tly_event_result *results,
                  tly_batch_stats *stats)
 {
-    tly_event events[256];
+    tly_event events[256] = {{0}};
     tly_event_result local[256];
     char err[256];
     size_t n = 0;
@@ -201,7 +201,7 @@ static void test_orders_malformed(void)
     const size_t ncases = sizeof(cases) / sizeof(cases[0]);
     tly_store *store = open_store("malformed.db");
     tly_pipeline *p = NULL;
-    tly_event events[64];
+    tly_event events[64] = {{0}};
     tly_event_result results[64];
     tly_batch_stats stats;
     const char *good = "{\"orderId\":\"g\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":\"1.25\",\"qty\":2,\"ts\":1700000000000}";

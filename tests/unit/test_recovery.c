@@ -22,7 +22,7 @@ static int apply_orders(const char *db_path, int first, int n)
     char err[256], line[256];
     tly_store *store = NULL;
     tly_pipeline *p = NULL;
-    tly_event event;
+    tly_event event = {0};
     tly_event_result result;
     int rc = -1;
 

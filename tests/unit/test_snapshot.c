@@ -28,7 +28,7 @@ static void run_writer(const char *db_path)
     char err[256], lines[100][200];
     tly_store *store = NULL;
     tly_pipeline *p = NULL;
-    tly_event events[100];
+    tly_event events[100] = {{0}};
     tly_event_result results[100];
     int b = 0;
 
