@@ -7,6 +7,7 @@
  * tests in tests/kafka cover those). */
 #include "tly_test.h"
 
+#include "changelog.h"
 #include "pipeline.h"
 #include "recovery.h"
 #include "snapshot.h"
@@ -16,8 +17,9 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
-/* Applies n orders (ids from first) to the database. */
-static int apply_orders(const char *db_path, int first, int n)
+/* Applies n orders (ids from first) to the database, as if read from input
+ * partition `partition`. */
+static int apply_orders_from(const char *db_path, int first, int n, int partition)
 {
     char err[256], line[256];
     tly_store *store = NULL;
@@ -37,12 +39,16 @@ static int apply_orders(const char *db_path, int first, int n)
                  i, i % 50, i % 7);
         event.data = line;
         event.len = strlen(line);
+        event.partition = partition;
         if (tly_pipeline_apply(p, &event, 1, &result, NULL, err, sizeof(err)) < 0)
             goto done;
     }
     /* What the daemon records: positions and changelog offsets. */
-    if (tly_store_meta_set_int(store, "kafka.input.in.0", first + n) < 0 ||
-        tly_store_meta_set_int(store, "kafka.changelog.p-changelog.0", first + n - 1) < 0 ||
+    snprintf(line, sizeof(line), "kafka.input.in.%d", partition);
+    if (tly_store_meta_set_int(store, line, first + n) < 0)
+        goto done;
+    snprintf(line, sizeof(line), "kafka.changelog.p-changelog.%d", partition);
+    if (tly_store_meta_set_int(store, line, first + n - 1) < 0 ||
         tly_store_commit(store, err, sizeof(err)) < 0)
         goto done;
     rc = 0;
@@ -52,6 +58,11 @@ done:
     tly_pipeline_close(p);
     tly_store_close(store);
     return rc;
+}
+
+static int apply_orders(const char *db_path, int first, int n)
+{
+    return apply_orders_from(db_path, first, n, 0);
 }
 
 static int64_t orders_in(const char *db_path)
@@ -332,6 +343,104 @@ end:
     free(rep);
 }
 
+
+/* Two input partitions in one database: rows, counters and positions per
+ * partition; dropping one leaves the other exactly as it was, and the totals
+ * become the other's. Stores are split by parity, as an input keyed by
+ * storeId would be. */
+static int apply_store_orders(const char *db_path, int first, int n, int partition)
+{
+    char err[256], line[256];
+    tly_store *store = NULL;
+    tly_pipeline *p = NULL;
+    tly_event event = {0};
+    tly_event_result result;
+    int rc = -1;
+
+    if (tly_store_open(db_path, NULL, &store, err, sizeof(err)) < 0 ||
+        tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) < 0 ||
+        tly_store_begin(store, err, sizeof(err)) < 0)
+        goto done;
+    for (int i = first; i < first + n; i++) {
+        snprintf(line, sizeof(line),
+                 "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"2\","
+                 "\"qty\":1,\"ts\":1700000000000}",
+                 i, i % 5, 2 * (i % 3) + partition);
+        event.data = line;
+        event.len = strlen(line);
+        event.partition = partition;
+        if (tly_pipeline_apply(p, &event, 1, &result, NULL, err, sizeof(err)) < 0)
+            goto done;
+    }
+    snprintf(line, sizeof(line), "kafka.changelog.p-changelog.%d", partition);
+    if (tly_store_meta_set_int(store, line, first + n) < 0 ||
+        tly_store_commit(store, err, sizeof(err)) < 0)
+        goto done;
+    rc = 0;
+done:
+    if (rc < 0)
+        fprintf(stderr, "apply_store_orders: %s\n", err);
+    tly_pipeline_close(p);
+    tly_store_close(store);
+    return rc;
+}
+
+static void test_partitions_drop(void)
+{
+    char dir[256], db[300], err[512];
+    tly_topic_layout topics;
+    tly_recovery_config cfg = {0};
+    tly_store *store = NULL;
+    unsigned char present[TLY_MAX_PARTITIONS];
+
+    snprintf(dir, sizeof(dir), "%s", tly_test_dir());
+    snprintf(db, sizeof(db), "%s/parts.db", dir);
+    CHECK(tly_topics_layout("orders", "p", "in", "out", &topics, err, sizeof(err)) == 0);
+    cfg.pipeline = "orders";
+    cfg.topics = &topics;
+    cfg.db_path = db;
+    cfg.changelog = 1;
+    CHECK(apply_store_orders(db, 0, 60, 0) == 0);
+    CHECK(apply_store_orders(db, 60, 45, 1) == 0);
+    /* rows and changelog rows carry their partition */
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 0"), 60);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"), 45);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(*) FROM changelog WHERE part IS NULL OR part NOT IN (0, 1)"), 0);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(DISTINCT part) FROM changelog"), 2);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.p0.events_applied'"), 60);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.p1.events_applied'"), 45);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"), 105);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT coalesce((SELECT value FROM meta WHERE key = 'state.rows_moved'), 0)"), 0);
+
+    CHECK(tly_store_open(db, NULL, &store, err, sizeof(err)) == 0);
+    CHECK_MSG(tly_recovery_present(store, &cfg, present, err, sizeof(err)) == 0, "%s", err);
+    CHECK(present[0] && present[1] && !present[2]);
+    CHECK_MSG(tly_recovery_drop(store, &cfg, 1, err, sizeof(err)) == 0, "%s", err);
+    CHECK(tly_store_begin(store, err, sizeof(err)) == 0);
+    CHECK_MSG(tly_changelog_sum_counters(store, "orders", err, sizeof(err)) == 0, "%s", err);
+    CHECK(tly_store_commit(store, err, sizeof(err)) == 0);
+    CHECK_MSG(tly_recovery_present(store, &cfg, present, err, sizeof(err)) == 0, "%s", err);
+    CHECK(present[0] && !present[1]);
+    tly_store_close(store);
+    store = NULL;
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(*) FROM order_window_state WHERE part = 1"), 0);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state"), 60);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(*) FROM meta WHERE key LIKE '%.p1.%' OR key LIKE 'kafka.%.1'"), 0);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"), 60);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'kafka.changelog.p-changelog.0'"), 60);
+    /* the database's own history stays */
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(DISTINCT part) FROM changelog"), 2);
+
+    /* An event of partition 1 for partition 0's store moves the row: counted. */
+    CHECK(apply_store_orders(db, 700, 3, 1) == 0); /* s1, s3, s5: partition 1's again */
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT coalesce((SELECT value FROM meta WHERE key = 'state.rows_moved'), 0)"), 0);
+    CHECK(apply_orders_from(db, 0, 1, 1) == 0); /* s0 p0: partition 0's row */
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'state.rows_moved'"), 1);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT part FROM order_window_state WHERE store_id = 's0' AND product_id = 'p0'"), 1);
+end:
+    tly_store_close(store);
+}
+
 int main(void)
 {
     RUN(test_intact);
@@ -342,5 +451,6 @@ int main(void)
     RUN(test_dry_run_changes_nothing);
     RUN(test_keep_after_restore);
     RUN(test_busy_is_not_damaged);
+    RUN(test_partitions_drop);
     return tly_test_finish();
 }
