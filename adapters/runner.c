@@ -97,6 +97,9 @@ struct runner {
     int64_t standby_check_ms; /* when to drop rows of partitions not assigned (0: done) */
     bool closing;       /* the revocation of a shutdown keeps the rows */
     char rebalance_error[1200]; /* a partition could not be taken over */
+    /* assigned, paused until their state is up to date (take_pending) */
+    rd_kafka_topic_partition_list_t *pending;
+    int64_t pending_since, pending_logged, pending_next_try;
 };
 
 static int64_t now_ms(void)
@@ -213,15 +216,15 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
     }
 }
 
-static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions);
 static void drop_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions);
 
 /* Cooperative (incremental) rebalancing: only the partitions that move are
- * in the list; the others keep flowing. An assigned partition's state is
- * brought up to date before the consumer reads it (take_partitions); a
- * revoked one's rows are dropped, the new owner rebuilds them. With the
- * changelog off nothing could rebuild them: the rows stay, and the state is
- * only right for a group of one instance. */
+ * in the list; the others keep flowing. An assigned partition is paused
+ * until its state is up to date (take_pending, between polls, so that
+ * waiting for a crashed owner's transaction does not hold the other
+ * partitions up); a revoked one's rows are dropped, the new owner rebuilds
+ * them. With the changelog off nothing could rebuild them: the rows stay,
+ * and the state is only right for a group of one instance. */
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
@@ -235,14 +238,28 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         change = "assigned";
         positions_from_state(r, partitions);
-        if (r->cfg->changelog && take_partitions(r, partitions) < 0)
-            return; /* not assigned: the loop stops with rebalance_error */
         error = rd_kafka_incremental_assign(rk, partitions);
+        if (!error && r->cfg->changelog && partitions->cnt > 0) {
+            rd_kafka_resp_err_t e = rd_kafka_pause_partitions(rk, partitions);
+            if (e)
+                snprintf(r->rebalance_error, sizeof(r->rebalance_error),
+                         "cannot pause the assigned partitions: %s", rd_kafka_err2str(e));
+            if (!r->pending || r->pending->cnt == 0)
+                r->pending_since = now_ms();
+            if (!r->pending)
+                r->pending = rd_kafka_topic_partition_list_new(partitions->cnt);
+            for (int i = 0; i < partitions->cnt; i++)
+                rd_kafka_topic_partition_list_add(r->pending, partitions->elems[i].topic,
+                                                  partitions->elems[i].partition);
+        }
     } else {
         change = rd_kafka_assignment_lost(rk) ? "lost" : "revoked";
         /* Nothing is in flight during a poll; what was collected is dropped
          * and read again from the committed offsets. */
         r->drop_collected = true;
+        for (int i = 0; r->pending && i < partitions->cnt; i++)
+            rd_kafka_topic_partition_list_del(r->pending, partitions->elems[i].topic,
+                                              partitions->elems[i].partition);
         error = rd_kafka_incremental_unassign(rk, partitions);
         if (r->cfg->changelog && !r->closing)
             drop_partitions(r, partitions);
@@ -1301,69 +1318,103 @@ static void drop_standby(struct runner *r)
     count_held(r);
 }
 
-/* Brings the newly assigned partitions' state up to date (adapters/recovery.c
- * tly_recovery_take) before the consumer reads them. First the group's
- * committed offsets: with read_committed, librdkafka asks for stable ones,
- * which waits for the previous owner's open transaction (a crashed instance's
- * ends when transaction.timeout.ms passes), so the changelog's end read next
- * holds every batch those offsets count. */
-static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
+/* Brings the assigned, paused partitions' state up to date (adapters/
+ * recovery.c tly_recovery_take), then seeks them to the group's committed
+ * offsets and resumes them. First those offsets: with read_committed,
+ * librdkafka asks for stable ones, which the broker withholds while the
+ * previous owner's transaction is open (a crashed instance's ends when its
+ * transaction.timeout.ms passes), so the changelog's end read next holds
+ * every batch those offsets count. Asked with a short timeout between polls:
+ * while it waits, the other partitions flow. Returns 0 (done, or not yet),
+ * -1 with errbuf. */
+static int take_pending(struct runner *r, char *errbuf, size_t errlen)
 {
-    tly_partition_take *takes = calloc((size_t)partitions->cnt + 1, sizeof(*takes));
-    rd_kafka_topic_partition_list_t *committed = NULL;
+    rd_kafka_topic_partition_list_t *committed;
+    tly_partition_take *takes;
+    rd_kafka_resp_err_t e;
+    rd_kafka_error_t *error;
     int n = 0, rc = -1;
+    int64_t waited;
     char err[1024];
 
-    if (!takes) {
-        snprintf(r->rebalance_error, sizeof(r->rebalance_error), "out of memory");
-        return -1;
-    }
-    for (int i = 0; i < partitions->cnt; i++) {
-        int p = (int)partitions->elems[i].partition;
-        if (strcmp(partitions->elems[i].topic, r->topics.input.name) != 0 || p < 0 ||
-            p >= TLY_MAX_PARTITIONS)
-            continue;
-        takes[n++].partition = p;
-    }
-    if (n > 0) {
-        rd_kafka_resp_err_t e;
-        committed = rd_kafka_topic_partition_list_copy(partitions);
-        for (int64_t give_up = now_ms() + 10 * KAFKA_TIMEOUT_MS;;) {
-            if (!(e = rd_kafka_committed(r->consumer, committed, KAFKA_TIMEOUT_MS)))
-                break;
-            if (now_ms() > give_up || (r->cfg->stop && *r->cfg->stop)) {
-                snprintf(err, sizeof(err), "cannot read the committed offsets: %s", rd_kafka_err2str(e));
-                goto failed;
-            }
-            tly_log("warn", "committed_offsets_wait", "error=\"%s\"", rd_kafka_err2str(e));
+    if (!r->pending || r->pending->cnt == 0 || now_ms() < r->pending_next_try)
+        return 0;
+    committed = rd_kafka_topic_partition_list_copy(r->pending);
+    if ((e = rd_kafka_committed(r->consumer, committed, 200))) {
+        rd_kafka_topic_partition_list_destroy(committed);
+        r->pending_next_try = now_ms() + 300; /* the other partitions get the time between */
+        if (e != RD_KAFKA_RESP_ERR__TIMED_OUT)
+            return tly_error(errbuf, errlen, "cannot read the committed offsets: %s", rd_kafka_err2str(e));
+        if (now_ms() - r->pending_since > 10 * KAFKA_TIMEOUT_MS)
+            return tly_error(errbuf, errlen, "the committed offsets of %d assigned partitions stayed "
+                             "unstable for %d s", r->pending->cnt, 10 * KAFKA_TIMEOUT_MS / 1000);
+        if (now_ms() - r->pending_logged >= 5000) {
+            r->pending_logged = now_ms();
+            tly_log("info", "committed_offsets_wait", "partitions=%d waited_ms=%lld note=\"a previous "
+                    "owner's transaction is still open\"", r->pending->cnt,
+                    (long long)(now_ms() - r->pending_since));
         }
-        if (tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n, err, sizeof(err)) < 0)
-            goto failed;
+        return 0;
+    }
+    waited = now_ms() - r->pending_since;
+    if (!(takes = calloc((size_t)committed->cnt + 1, sizeof(*takes)))) {
+        rd_kafka_topic_partition_list_destroy(committed);
+        return tly_error(errbuf, errlen, "out of memory");
+    }
+    for (int i = 0; i < committed->cnt; i++) {
+        int p = (int)committed->elems[i].partition;
+        if (committed->elems[i].offset < 0)
+            committed->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING; /* auto.offset.reset */
+        if (strcmp(committed->elems[i].topic, r->topics.input.name) == 0 && p >= 0 &&
+            p < TLY_MAX_PARTITIONS)
+            takes[n++].partition = p;
+    }
+    if (n > 0 &&
+        tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n, err, sizeof(err)) < 0) {
+        tly_error(errbuf, errlen, "cannot take over the assigned partitions: %s", err);
+        goto done;
     }
     for (int i = 0; i < n; i++) {
         /* meta has where the take left the partition; our deliveries go on from there */
         r->changelog_offsets[takes[i].partition] = -1;
-        tly_log("info", "partition_assigned", "partition=%d source=%s snapshot=%s records=%lld ms=%lld",
+        tly_log("info", "partition_assigned",
+                "partition=%d source=%s snapshot=%s records=%lld ms=%lld waited_ms=%lld",
                 takes[i].partition, takes[i].source, takes[i].snapshot_id[0] ? takes[i].snapshot_id : "-",
-                (long long)takes[i].records, (long long)takes[i].ms);
-        tly_metrics_set_partition_recovery(r->metrics, takes[i].partition, takes[i].ms, takes[i].records);
+                (long long)takes[i].records, (long long)takes[i].ms, (long long)waited);
+        tly_metrics_set_partition_recovery(r->metrics, takes[i].partition, waited + takes[i].ms,
+                                           takes[i].records);
         tly_metrics_add(r->metrics, TLY_C_PARTITIONS_ASSIGNED, 1);
     }
     /* What the replay marked pending was emitted by the previous owner. */
-    if (sum_counters(r, err, sizeof(err)) < 0 || forget_emitted(r, err, sizeof(err)) < 0)
-        goto failed;
+    if (sum_counters(r, errbuf, errlen) < 0 || forget_emitted(r, errbuf, errlen) < 0)
+        goto done;
     count_held(r);
+    /* Whatever the consumer fetched before the pause is not used: read from
+     * the committed offsets, now that the state matches them. */
+    if ((error = rd_kafka_seek_partitions(r->consumer, committed, KAFKA_TIMEOUT_MS))) {
+        tly_error(errbuf, errlen, "cannot seek the assigned partitions: %s", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+        goto done;
+    }
+    if ((e = rd_kafka_resume_partitions(r->consumer, committed))) {
+        tly_error(errbuf, errlen, "cannot resume the assigned partitions: %s", rd_kafka_err2str(e));
+        goto done;
+    }
+    rd_kafka_topic_partition_list_destroy(r->pending);
+    r->pending = NULL;
     rc = 0;
-    goto done;
-failed:
-    snprintf(r->rebalance_error, sizeof(r->rebalance_error), "cannot take over the assigned "
-             "partitions: %s", err);
-    tly_log("error", "partition_take_error", "error=%s", tly_log_quote(err, (char[1100]){0}, 1100));
 done:
-    if (committed)
-        rd_kafka_topic_partition_list_destroy(committed);
+    rd_kafka_topic_partition_list_destroy(committed);
     free(takes);
     return rc;
+}
+
+/* Whether m is from a partition still being taken over (fetched before the
+ * pause took hold): such a message is read again after the seek. */
+static bool is_pending(const struct runner *r, const rd_kafka_message_t *m)
+{
+    return r->pending && r->pending->cnt > 0 &&
+           rd_kafka_topic_partition_list_find(r->pending, rd_kafka_topic_name(m->rkt), m->partition);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1421,6 +1472,10 @@ static int watch_consumer(struct runner *r, char *errbuf, size_t errlen)
     rd_kafka_destroy_flags(r->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     r->unassigned_since = 0;
     r->standby_check_ms = now_ms() + STANDBY_MS;
+    if (r->pending) {
+        rd_kafka_topic_partition_list_destroy(r->pending);
+        r->pending = NULL;
+    }
     if (!(r->consumer = new_consumer(r, errbuf, errlen)))
         return -1;
     return 0;
@@ -1439,6 +1494,16 @@ static int collect(struct runner *r, char *errbuf, size_t errlen)
             if (m)
                 rd_kafka_message_destroy(m);
             return tly_error(errbuf, errlen, "%s", r->rebalance_error);
+        }
+        if (m && !m->err && is_pending(r, m)) {
+            rd_kafka_message_destroy(m);
+            m = NULL;
+        }
+        if (r->pending && r->pending->cnt > 0 && !r->drop_collected &&
+            take_pending(r, errbuf, errlen) < 0) {
+            if (m)
+                rd_kafka_message_destroy(m);
+            return -1;
         }
         if (r->drop_collected) {
             /* A revoke was served inside that poll. */
@@ -1686,6 +1751,8 @@ done:
     tly_store_close(r.store);
     if (rcfg.db_path)
         tly_recovery_discard(&rcfg, &recovery);
+    if (r.pending)
+        rd_kafka_topic_partition_list_destroy(r.pending);
     free(r.messages);
     free(r.events);
     free(r.results);
