@@ -310,7 +310,7 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
     /* <time>[-<instance>]-<last seq>: instances sharing the directory never
      * write the same name, and ids still sort by time */
     {
-        char tag[40] = "";
+        char tag[24] = "";
         size_t n = 0;
         for (const char *c = m->instance; *c && n < sizeof(tag) - 2; c++) {
             if (n == 0)
@@ -318,8 +318,11 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
             tag[n++] = (isalnum((unsigned char)*c) || *c == '-' || *c == '_') ? *c : '_';
         }
         tag[n] = '\0';
-        snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s%03ldZ%s-%lld", stamp,
-                 ts.tv_nsec / 1000000, tag, (long long)m->last_seq);
+        if (snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s%03ldZ%s-%lld", stamp,
+                     ts.tv_nsec / 1000000, tag, (long long)m->last_seq) >= (int)sizeof(m->snapshot_id)) {
+            tly_error(errbuf, errlen, "snapshot id too long");
+            goto done;
+        }
     }
     if (snprintf(m->path, sizeof(m->path), "%s/snapshot-%s.db", dir, m->snapshot_id) >= (int)sizeof(m->path)) {
         tly_error(errbuf, errlen, "snapshot directory path too long");
