@@ -217,6 +217,51 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
 }
 
 static void drop_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions);
+static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *committed,
+                           int64_t waited, char *errbuf, size_t errlen);
+
+/* Takes the assigned partitions over before they are assigned, when their
+ * committed offsets are stable at once (see take_pending). Returns 1 when
+ * done, 0 when they must wait, -1 on an error (in rebalance_error). */
+static int take_on_assign(struct runner *r, rd_kafka_topic_partition_list_t *partitions,
+                          int64_t started)
+{
+    rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_copy(partitions);
+    rd_kafka_resp_err_t e = rd_kafka_committed(r->consumer, committed, 1000);
+    int rc = 1;
+
+    if (e == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+        tly_log("info", "committed_offsets_wait", "partitions=%d note=\"a previous owner's "
+                "transaction is still open: assigned paused, taken over when it ends\"",
+                partitions->cnt);
+        rc = 0;
+    } else if (e) {
+        snprintf(r->rebalance_error, sizeof(r->rebalance_error),
+                 "cannot read the committed offsets: %s", rd_kafka_err2str(e));
+        rc = -1;
+    } else if (take_partitions(r, committed, now_ms() - started, r->rebalance_error,
+                               sizeof(r->rebalance_error)) < 0) {
+        rc = -1;
+    }
+    rd_kafka_topic_partition_list_destroy(committed);
+    return rc;
+}
+
+/* Pauses just-assigned partitions until take_pending has taken them over. */
+static void pause_assigned(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
+{
+    rd_kafka_resp_err_t e = rd_kafka_pause_partitions(r->consumer, partitions);
+    if (e)
+        snprintf(r->rebalance_error, sizeof(r->rebalance_error),
+                 "cannot pause the assigned partitions: %s", rd_kafka_err2str(e));
+    if (!r->pending || r->pending->cnt == 0)
+        r->pending_since = now_ms();
+    if (!r->pending)
+        r->pending = rd_kafka_topic_partition_list_new(partitions->cnt);
+    for (int i = 0; i < partitions->cnt; i++)
+        rd_kafka_topic_partition_list_add(r->pending, partitions->elems[i].topic,
+                                          partitions->elems[i].partition);
+}
 
 /* Cooperative (incremental) rebalancing: only the partitions that move are
  * in the list; the others keep flowing. An assigned partition is paused
@@ -232,26 +277,18 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     rd_kafka_error_t *error = NULL;
     int64_t started = now_ms();
     const char *change;
+    int taken = 1;
 
     tly_metrics_add(r->metrics, TLY_C_REBALANCES, 1);
     tly_metrics_clear_lag(r->metrics); /* refilled from the new assignment */
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         change = "assigned";
         positions_from_state(r, partitions);
+        if (r->cfg->changelog && partitions->cnt > 0 && (taken = take_on_assign(r, partitions, started)) < 0)
+            return; /* not assigned: the loop stops with rebalance_error */
         error = rd_kafka_incremental_assign(rk, partitions);
-        if (!error && r->cfg->changelog && partitions->cnt > 0) {
-            rd_kafka_resp_err_t e = rd_kafka_pause_partitions(rk, partitions);
-            if (e)
-                snprintf(r->rebalance_error, sizeof(r->rebalance_error),
-                         "cannot pause the assigned partitions: %s", rd_kafka_err2str(e));
-            if (!r->pending || r->pending->cnt == 0)
-                r->pending_since = now_ms();
-            if (!r->pending)
-                r->pending = rd_kafka_topic_partition_list_new(partitions->cnt);
-            for (int i = 0; i < partitions->cnt; i++)
-                rd_kafka_topic_partition_list_add(r->pending, partitions->elems[i].topic,
-                                                  partitions->elems[i].partition);
-        }
+        if (!error && taken == 0)
+            pause_assigned(r, partitions);
     } else {
         change = rd_kafka_assignment_lost(rk) ? "lost" : "revoked";
         /* Nothing is in flight during a poll; what was collected is dropped
@@ -1318,53 +1355,20 @@ static void drop_standby(struct runner *r)
     count_held(r);
 }
 
-/* Brings the assigned, paused partitions' state up to date (adapters/
- * recovery.c tly_recovery_take), then seeks them to the group's committed
- * offsets and resumes them. First those offsets: with read_committed,
- * librdkafka asks for stable ones, which the broker withholds while the
- * previous owner's transaction is open (a crashed instance's ends when its
- * transaction.timeout.ms passes), so the changelog's end read next holds
- * every batch those offsets count. Asked with a short timeout between polls:
- * while it waits, the other partitions flow. Returns 0 (done, or not yet),
- * -1 with errbuf. */
-static int take_pending(struct runner *r, char *errbuf, size_t errlen)
+/* Brings the state of the partitions in `committed` (their committed
+ * offsets, read already) up to date: adapters/recovery.c tly_recovery_take.
+ * waited is how long the offsets took. Returns 0 or -1 with errbuf. */
+static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *committed,
+                           int64_t waited, char *errbuf, size_t errlen)
 {
-    rd_kafka_topic_partition_list_t *committed;
-    tly_partition_take *takes;
-    rd_kafka_resp_err_t e;
-    rd_kafka_error_t *error;
+    tly_partition_take *takes = calloc((size_t)committed->cnt + 1, sizeof(*takes));
     int n = 0, rc = -1;
-    int64_t waited;
     char err[1024];
 
-    if (!r->pending || r->pending->cnt == 0 || now_ms() < r->pending_next_try)
-        return 0;
-    committed = rd_kafka_topic_partition_list_copy(r->pending);
-    if ((e = rd_kafka_committed(r->consumer, committed, 200))) {
-        rd_kafka_topic_partition_list_destroy(committed);
-        r->pending_next_try = now_ms() + 300; /* the other partitions get the time between */
-        if (e != RD_KAFKA_RESP_ERR__TIMED_OUT)
-            return tly_error(errbuf, errlen, "cannot read the committed offsets: %s", rd_kafka_err2str(e));
-        if (now_ms() - r->pending_since > 10 * KAFKA_TIMEOUT_MS)
-            return tly_error(errbuf, errlen, "the committed offsets of %d assigned partitions stayed "
-                             "unstable for %d s", r->pending->cnt, 10 * KAFKA_TIMEOUT_MS / 1000);
-        if (now_ms() - r->pending_logged >= 5000) {
-            r->pending_logged = now_ms();
-            tly_log("info", "committed_offsets_wait", "partitions=%d waited_ms=%lld note=\"a previous "
-                    "owner's transaction is still open\"", r->pending->cnt,
-                    (long long)(now_ms() - r->pending_since));
-        }
-        return 0;
-    }
-    waited = now_ms() - r->pending_since;
-    if (!(takes = calloc((size_t)committed->cnt + 1, sizeof(*takes)))) {
-        rd_kafka_topic_partition_list_destroy(committed);
+    if (!takes)
         return tly_error(errbuf, errlen, "out of memory");
-    }
     for (int i = 0; i < committed->cnt; i++) {
         int p = (int)committed->elems[i].partition;
-        if (committed->elems[i].offset < 0)
-            committed->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING; /* auto.offset.reset */
         if (strcmp(committed->elems[i].topic, r->topics.input.name) == 0 && p >= 0 &&
             p < TLY_MAX_PARTITIONS)
             takes[n++].partition = p;
@@ -1389,8 +1393,54 @@ static int take_pending(struct runner *r, char *errbuf, size_t errlen)
     if (sum_counters(r, errbuf, errlen) < 0 || forget_emitted(r, errbuf, errlen) < 0)
         goto done;
     count_held(r);
-    /* Whatever the consumer fetched before the pause is not used: read from
-     * the committed offsets, now that the state matches them. */
+    rc = 0;
+done:
+    free(takes);
+    return rc;
+}
+
+/* The group's committed offsets of the assigned partitions come first: with
+ * read_committed, librdkafka asks for stable ones, which the broker withholds
+ * while the previous owner's transaction is open (a crashed instance's ends
+ * when its transaction.timeout.ms passes), so the changelog's end read next
+ * holds every batch those offsets count. Usually they come at once and the
+ * rebalance callback takes the partitions over before assigning them. When
+ * they do not, the partitions are assigned paused, and take_pending asks
+ * again between polls with a short timeout: while it waits the other
+ * partitions flow. Once taken over they are sought to the committed offsets
+ * (what was fetched before the pause is not used) and resumed. Returns 0
+ * (done, or not yet), -1 with errbuf. */
+static int take_pending(struct runner *r, char *errbuf, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *committed;
+    rd_kafka_resp_err_t e;
+    rd_kafka_error_t *error;
+    int rc = -1;
+
+    if (!r->pending || r->pending->cnt == 0 || now_ms() < r->pending_next_try)
+        return 0;
+    committed = rd_kafka_topic_partition_list_copy(r->pending);
+    if ((e = rd_kafka_committed(r->consumer, committed, 200))) {
+        rd_kafka_topic_partition_list_destroy(committed);
+        r->pending_next_try = now_ms() + 300; /* the other partitions get the time between */
+        if (e != RD_KAFKA_RESP_ERR__TIMED_OUT)
+            return tly_error(errbuf, errlen, "cannot read the committed offsets: %s", rd_kafka_err2str(e));
+        if (now_ms() - r->pending_since > 10 * KAFKA_TIMEOUT_MS)
+            return tly_error(errbuf, errlen, "the committed offsets of %d assigned partitions stayed "
+                             "unstable for %d s", r->pending->cnt, 10 * KAFKA_TIMEOUT_MS / 1000);
+        if (now_ms() - r->pending_logged >= 5000) {
+            r->pending_logged = now_ms();
+            tly_log("info", "committed_offsets_wait", "partitions=%d waited_ms=%lld note=\"a previous "
+                    "owner's transaction is still open\"", r->pending->cnt,
+                    (long long)(now_ms() - r->pending_since));
+        }
+        return 0;
+    }
+    for (int i = 0; i < committed->cnt; i++)
+        if (committed->elems[i].offset < 0)
+            committed->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING; /* auto.offset.reset */
+    if (take_partitions(r, committed, now_ms() - r->pending_since, errbuf, errlen) < 0)
+        goto done;
     if ((error = rd_kafka_seek_partitions(r->consumer, committed, KAFKA_TIMEOUT_MS))) {
         tly_error(errbuf, errlen, "cannot seek the assigned partitions: %s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
@@ -1405,7 +1455,6 @@ static int take_pending(struct runner *r, char *errbuf, size_t errlen)
     rc = 0;
 done:
     rd_kafka_topic_partition_list_destroy(committed);
-    free(takes);
     return rc;
 }
 
