@@ -1290,8 +1290,9 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     memcpy(offsets, after, TLY_MAX_PARTITIONS * sizeof(int64_t));
     if (tly_store_begin(store, errbuf, errlen) < 0)
         goto done;
-    read = read_to_end(cfg, cfg->topics->changelog.name, after, only, NULL, NULL,
-                       on_changelog_record, &c, errbuf, errlen);
+    read = !cfg->brokers ? 0 /* offline: the snapshots only */
+                         : read_to_end(cfg, cfg->topics->changelog.name, after, only, NULL, NULL,
+                                       on_changelog_record, &c, errbuf, errlen);
     if (read < 0 || tly_store_commit(store, errbuf, errlen) < 0) {
         tly_store_rollback(store);
         goto done;

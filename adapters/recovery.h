@@ -120,7 +120,8 @@ typedef struct tly_partition_take {
  * each, or from the newest snapshot in cfg->snapshot_dir (any instance's)
  * that holds it further along, replays changelog partition p to its end,
  * read_committed, and records each in the partitions table. Uses its own
- * connection. Returns 0 or -1 with errbuf. */
+ * connection. Without cfg->brokers only the snapshots are used. Returns 0 or
+ * -1 with errbuf. */
 int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
                       int count, char *errbuf, size_t errlen);
 
