@@ -1711,6 +1711,16 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     }
     if (sum_counters(&r, errbuf, errlen) < 0 || forget_emitted(&r, errbuf, errlen) < 0)
         goto done;
+    /* The partitions table said which partitions the replay above had to
+     * bring up to date (tly_recovery_replay); from here on it lists what
+     * this instance was assigned and took over, and it has taken nothing
+     * yet (a restored snapshot's table lists another instance's). */
+    if (!cfg->recover_only && cfg->changelog &&
+        sqlite3_exec(tly_store_db(r.store), "DELETE FROM partitions", NULL, NULL, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot reset the partitions table: %s",
+                  sqlite3_errmsg(tly_store_db(r.store)));
+        goto done;
+    }
     count_held(&r);
     r.next_flush_ms = now_ms() + cfg->flush_interval_ms;
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_MS, recovery.ttr_ms);

@@ -24,8 +24,10 @@
 --                            replayed from its start), "new" (nothing to load)
 --               recovery_ms  how long bringing it up to date took
 --               records      changelog records replayed for it
---             Rows of a partition not listed here exist only between a start
---             and the first assignment (which drops them).
+--             A start reads it to know which partitions' changelog to catch up
+--             on, then empties it: only what the daemon is assigned is listed.
+--             Rows of partitions not listed here can remain for a while after
+--             a start (until the assignment has been stable for 15 s).
 ALTER TABLE changelog ADD COLUMN part INTEGER;
 ALTER TABLE order_window_state ADD COLUMN part INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE vehicle_sensor_state ADD COLUMN part INTEGER NOT NULL DEFAULT 0;
