@@ -1378,6 +1378,21 @@ static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *co
         tly_error(errbuf, errlen, "cannot take over the assigned partitions: %s", err);
         goto done;
     }
+    /* Nothing anywhere for a partition the group has consumed: the changelog
+     * topic lost it (every committed batch leaves a counters record there).
+     * Resuming from the committed offset would count it as empty. */
+    for (int i = 0; i < n && !r->cfg->allow_empty; i++) {
+        rd_kafka_topic_partition_t *c = rd_kafka_topic_partition_list_find(
+            committed, r->topics.input.name, takes[i].partition);
+        if (strcmp(takes[i].source, "new") == 0 && c && c->offset > 0) {
+            tly_error(errbuf, errlen, "partition %d of %s: the group has consumed it up to offset "
+                      "%lld, but neither this database, a snapshot in %s nor %s holds its state; "
+                      "refusing to count it from empty (--allow-empty does)",
+                      takes[i].partition, r->topics.input.name, (long long)c->offset,
+                      r->snapshot_dir, r->topics.changelog.name);
+            goto done;
+        }
+    }
     for (int i = 0; i < n; i++) {
         /* meta has where the take left the partition; our deliveries go on from there */
         r->changelog_offsets[takes[i].partition] = -1;
