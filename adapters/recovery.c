@@ -663,8 +663,18 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
     /* A database that knows which input partitions it holds catches up on
      * those; the others belong to other instances, and a partition assigned
      * later is brought up to date then (tly_recovery_take). One that knows
-     * none (new, or restored from a snapshot of such a one) takes all. */
+     * none (new, or restored from a snapshot of such a one) takes all -
+     * unless the daemon takes partitions over as they are assigned: then
+     * those it has rows of (an offset recorded), and a new one none. */
     rep->held_partitions = held_partitions(cfg->db_path, held);
+    if (cfg->by_partition && rep->held_partitions == 0)
+        for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
+            if ((held[p] = rep->start_offsets[p] >= 0))
+                rep->held_partitions++;
+    if (cfg->by_partition && rep->held_partitions == 0) {
+        rc = 0;
+        goto done;
+    }
     if (!cfg->dry_run) {
         if (tly_replayer_open(cfg->db_path, NULL, &c.replayer, errbuf, errlen) < 0)
             goto done;
@@ -830,7 +840,10 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
      * committed transaction, which is where the group's committed offsets
      * are: those become the positions SQLite records (what --changelog off
      * would resume from, and what people read in meta). */
-    if ((empty || rep->records_replayed > 0 || !cfg->changelog) && cfg->brokers) {
+    /* by_partition: each assigned partition is checked as it is taken over
+     * (the daemon refuses one the group consumed that nothing holds), and
+     * the positions are the group's. */
+    if ((empty || rep->records_replayed > 0 || !cfg->changelog) && cfg->brokers && !cfg->by_partition) {
         if (!(committed = committed_input(cfg, why, sizeof(why)))) {
             tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
                       cfg->group_id, why);
@@ -841,7 +854,8 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
             if (committed->elems[i].offset > 0)
                 rep->history_partitions++;
     }
-    if (empty && (rep->history_partitions > 0 || rep->candidate_count > 0) && !cfg->allow_empty) {
+    if (empty && (rep->history_partitions > 0 || (rep->candidate_count > 0 && !cfg->by_partition)) &&
+        !cfg->allow_empty) {
         char snapshots[4500];
         if (rep->candidate_count)
             snprintf(snapshots, sizeof(snapshots),

@@ -44,6 +44,9 @@ typedef struct tly_recovery_config {
     int changelog;                 /* 1: the changelog topic is mirrored and replayed */
     int allow_empty;               /* 1: start empty even when history exists */
     int dry_run;                   /* 1: change nothing, report the plan */
+    int by_partition;              /* 1: the daemon takes each input partition over when
+                                      it is assigned (tly_recovery_take): the start only
+                                      catches up on the partitions the database holds */
     volatile sig_atomic_t *stop;
 } tly_recovery_config;
 

@@ -1676,6 +1676,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     rcfg.changelog = cfg->changelog;
     rcfg.allow_empty = cfg->allow_empty;
     rcfg.stop = cfg->stop;
+    rcfg.by_partition = cfg->changelog && !cfg->recover_only;
     /* Before the database is opened: a missing or failing one is replaced by
      * the newest snapshot that verifies. */
     if (tly_recovery_prepare(&rcfg, &recovery, errbuf, errlen) < 0)

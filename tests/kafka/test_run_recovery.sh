@@ -26,9 +26,11 @@
 #      (replaying exactly the planned number of records, moving the orphaned
 #      -wal aside) and exits 0; the next `tally run` finds the database intact
 #      (source=local, records_replayed=0);
-#   7. the state directory and the snapshot directory both deleted: the whole
-#      compacted changelog topic is replayed (source=changelog,
-#      records_replayed = the committed records of the topic).
+#   7. the state directory and the snapshot directory both deleted: nothing
+#      to catch up on at the start (source=new); each of the 3 partitions is
+#      rebuilt from its changelog partition as it is assigned
+#      (event=partition_assigned source=changelog; their records add up to the
+#      committed records of the topic).
 #
 # After every recovery the SQLite state and the latest output per key equal
 # the awk totals exactly; at the end the DLQ holds each malformed line once.
@@ -311,12 +313,18 @@ check_totals "tally recover" "$WORK/orders.tsv" "$DB" "$OUT"
 tally_stop "$TALLY_PID"
 
 # ---- 7. no database, no snapshot: the whole changelog topic -----------------
+# Nothing to catch up on at the start (source=new); each input partition is
+# rebuilt from its changelog partition when it is assigned, before it is read.
 rm -rf "$STATE" "$SNAPS"
 committed=$(read_topic "$PREFIX-changelog" '%o\n' | wc -l)
 start_run --snapshot-interval 0
-expect_recovered "state and snapshots deleted" changelog - missing "$committed"
+expect_recovered "state and snapshots deleted" new - missing 0
 wait_done "$DB" "$N_ORDERS" "$PREFIX" "$N_BAD" 60 "$TALLY_PID"
 tally_stop "$TALLY_PID"
+assigned=$(grep 'event=partition_assigned ' "$LOG" || true)
+assert_eq "state and snapshots deleted: partitions rebuilt" 3 "$(grep -c 'source=changelog' <<<"$assigned")"
+assert_eq "state and snapshots deleted: records replayed for them" "$committed" \
+    "$(sed -n 's/.* records=\([0-9]*\).*/\1/p' <<<"$assigned" | awk '{ n += $1 } END { print n + 0 }')"
 check_totals "whole changelog replayed" "$WORK/orders.tsv" "$DB" "$OUT"
 check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
 

@@ -20,7 +20,8 @@ PREFIX=$(name p)
 DB=$WORK/state/telemetry.db
 LOG=$WORK/run.log
 
-create_topic "$IN" 3
+PARTITIONS=3
+create_topic "$IN" "$PARTITIONS"
 T0=$(date +%s%3N)
 
 gen_readings "$N" 42 >"$WORK/readings.kv"
@@ -84,7 +85,15 @@ TALLY_PID=$!
 TALLY_PIDS+=("$TALLY_PID")
 tally_wait_started "$TALLY_PID" "$LOG"
 line=$(grep 'event=recovered' "$LOG" | tail -n 1)
-assert_eq "recovery source after the database was lost" changelog "$(log_field "$line" source)"
+assert_eq "recovery source after the database was lost" new "$(log_field "$line" source)"
+# ... and each input partition is rebuilt from its changelog partition as it
+# is assigned, before it is read.
+for ((i = 0; i < 300; i++)); do
+    rebuilt=$(grep -c 'event=partition_assigned .*source=changelog' "$LOG" || true)
+    ((rebuilt == PARTITIONS)) && break
+    sleep 0.1
+done
+assert_eq "partitions rebuilt from the changelog after the database was lost" "$PARTITIONS" "$rebuilt"
 sleep 1
 tally_stop "$TALLY_PID"
 sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/rebuilt.tsv"
