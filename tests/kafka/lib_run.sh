@@ -651,3 +651,166 @@ free_port() {
 # metric FILE NAME: the value of the sample NAME{...} in a /metrics scrape (one
 # series; empty if there is none).
 metric() { awk -v n="$2" 'index($0, n "{") == 1 || index($0, n " ") == 1 { print $NF; exit }' "$1"; }
+
+# ---------------------------------------------------------- scale-out ---
+#
+#   gen_orders_by_store N SEED FIRST STORES TSV
+#                                     like gen_orders, keyed by storeId
+#   begin_offsets TOPIC               "partition offset" (low watermarks)
+#   held_partitions DB                the partitions table, comma separated
+#   counters_records PREFIX > FILE    the tally.counters records of the
+#                                     changelog, one tab separated line each
+#   counters_behind PREFIX INPUT      partitions whose counters chain does
+#                                     not reach the input's end offset yet
+#   check_counters_chain PREFIX INPUT each changelog partition's counters
+#                                     chain covers its input partition once
+#   open_transactions TOPIC P...      partitions with records of a
+#                                     transaction still open
+
+# gen_orders_by_store N SEED FIRST_ID STORES TSV > "storeId|json" lines; the
+# orders of gen_orders (same fields, prices, event times; TSV in the same
+# form) over STORES stores, keyed by storeId: every window of a store is then
+# fed by one input partition, as scale-out requires.
+gen_orders_by_store() {
+    awk -v n="$1" -v seed="$2" -v first="$3" -v stores="$4" -v tsv="$5" '
+    function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
+    BEGIN {
+        base = 1700000000000 + 12345
+        for (i = 0; i < n; i++) {
+            id = first + i
+            s = rnd(stores); p = rnd(5)
+            qty = (rnd(50) == 0) ? 1000 : 1 + rnd(20)
+            ts = base + rnd(240000)
+            kind = rnd(8); cents = rnd(100000)
+            if (kind <= 3) {
+                micros = cents * 10000; price = sprintf("%d.%02d", int(cents / 100), cents % 100)
+            } else if (kind <= 5) {
+                micros = cents * 10000; price = sprintf("\"%d.%02d\"", int(cents / 100), cents % 100)
+            } else if (kind == 6) {
+                micros = int(cents / 100) * 1000000; price = sprintf("%d", int(cents / 100))
+            } else {
+                mills = rnd(1000000); micros = mills * 1000; price = sprintf("%d.%03d", int(mills / 1000), mills % 1000)
+            }
+            printf "s%d|{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":%s,\"qty\":%d,\"ts\":%.0f}\n", s, id, p, s, price, qty, ts
+            printf "s%d\tp%d\t%.0f\t%.0f\n", s, p, ts, micros * qty >> tsv
+        }
+    }'
+}
+
+# begin_offsets TOPIC: "partition offset" per partition (the low watermarks).
+begin_offsets() {
+    local parts p args=()
+    parts=$(timeout 30 kcat -b "$KAFKA_BROKERS" -L -t "$1" 2>/dev/null | grep -c '^ *partition ') ||
+        fail "no metadata for topic $1"
+    for ((p = 0; p < parts; p++)); do args+=(-t "$1:$p:-2"); done
+    timeout 30 kcat -b "$KAFKA_BROKERS" -Q "${args[@]}" |
+        awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n
+}
+
+# held_partitions DB: the partitions the instance holds (its partitions
+# table), "0,3" (empty: none, or no table yet).
+held_partitions() { sqlval "$1" 'SELECT group_concat(part) FROM (SELECT part FROM partitions ORDER BY part)'; }
+
+# counters_records PREFIX > lines of the per-partition "tally.counters"
+# records in PREFIX-changelog (read_committed), sorted by changelog partition
+# and offset: "changelog_partition offset part from to applied rejected
+# skipped late instance key" (tab separated). Fails on a counters record that
+# lacks one of these fields.
+counters_records() {
+    read_topic "$1-changelog" '%p\t%o\t%s\n' >"$WORK/changelog.raw"
+    awk -F'\t' '
+        function num(re,   s) {
+            if (!match($3, re)) { bad = 1; return "" }
+            s = substr($3, RSTART, RLENGTH); sub(/^.*[":\[]/, "", s); return s
+        }
+        index($3, "\"entity\":\"tally.counters\"") && index($3, "\"key\":\"pipeline.orders.p") {
+            bad = 0
+            part = num("\"part\":[0-9]+")
+            if (match($3, /"input":\[[0-9]+,[0-9]+\]/)) {
+                split(substr($3, RSTART + 9, RLENGTH - 10), io, ","); from = io[1]; to = io[2]
+            } else bad = 1
+            applied = num("\\.events_applied\":[0-9]+"); rejected = num("\\.events_rejected\":[0-9]+")
+            skipped = num("\\.events_skipped\":[0-9]+"); late = num("\\.events_late\":[0-9]+")
+            if (match($3, /"instance":"[^"]*"/)) inst = substr($3, RSTART + 12, RLENGTH - 13); else bad = 1
+            if (match($3, /"key":"[^"]*"/)) key = substr($3, RSTART + 7, RLENGTH - 8); else bad = 1
+            if (bad) { print "malformed counters record at " $1 "/" $2 ": " $3 > "/dev/stderr"; exit 1 }
+            print $1 "\t" $2 "\t" part "\t" from "\t" to "\t" applied "\t" rejected "\t" skipped "\t" late "\t" inst "\t" key
+        }' "$WORK/changelog.raw" >"$WORK/counters.unsorted" ||
+        fail "$1-changelog holds a malformed tally.counters record"
+    sort -t$'\t' -k1,1n -k2,2n "$WORK/counters.unsorted"
+}
+
+# counters_behind PREFIX INPUT: the partitions of INPUT whose last committed
+# counters record does not end at the partition's end offset, as "p:to/end"
+# words (empty once every record of INPUT is committed work).
+counters_behind() {
+    end_offsets "$2" >"$WORK/ends.behind"
+    counters_records "$1" >"$WORK/counters.behind"
+    awk -F'\t' 'NR == FNR { last[$1] = $5; next }
+        { split($0, e, " "); to = (e[1] in last) ? last[e[1]] : 0
+          if (to != e[2]) printf "%s:%s/%s ", e[1], to, e[2] }' \
+        "$WORK/counters.behind" "$WORK/ends.behind"
+}
+
+# check_counters_chain PREFIX INPUT: for every partition N of INPUT, the
+# counters records of PREFIX-changelog partition N (read_committed) are about
+# N (key pipeline.orders.pN, part N) and their input ranges [FROM,TO) chain
+# without gap or overlap from N's first offset to its end offset; each
+# record's applied + rejected grows by exactly its range's length (skipped and
+# late stay 0: orders), so the last one counts every record of N once. Two
+# instances that both committed work on N would overlap; work lost would
+# leave a gap. Leaves "part batches records instances" lines in
+# $WORK/chain.summary.
+check_counters_chain() {
+    local prefix=$1 input=$2
+    begin_offsets "$input" >"$WORK/chain.begin"
+    end_offsets "$input" >"$WORK/chain.end"
+    counters_records "$prefix" >"$WORK/chain.counters"
+    [[ -s "$WORK/chain.counters" ]] || fail "$prefix-changelog holds no per-partition tally.counters records"
+    awk -F'\t' -v bf="$WORK/chain.begin" -v ef="$WORK/chain.end" -v summary="$WORK/chain.summary" '
+    BEGIN {
+        while ((getline l < bf) > 0) { split(l, a, " "); begin[a[1]] = a[2]; parts[a[1]] = 1 }
+        while ((getline l < ef) > 0) { split(l, a, " "); end[a[1]] = a[2] }
+    }
+    function err(m) { print "counters chain, changelog partition " $1 " offset " $2 ": " m > "/dev/stderr"; bad = 1 }
+    {
+        p = $1
+        if (!(p in parts)) { err("no such input partition"); next }
+        if ($3 != p) err("part " $3 " in changelog partition " p)
+        if ($11 != "pipeline.orders.p" p) err("key " $11)
+        prev = (p in to) ? to[p] : begin[p]
+        if ($4 + 0 != prev + 0) err(($4 + 0 < prev + 0 ? "overlap" : "gap") ": input [" $4 "," $5 ") after " prev " (instance " $10 ")")
+        if ($5 + 0 <= $4 + 0) err("empty or reversed range [" $4 "," $5 ")")
+        done = $6 + $7
+        if (done - ((p in sum) ? sum[p] : 0) != $5 - $4)
+            err("applied+rejected went from " ((p in sum) ? sum[p] : 0) " to " done " over [" $4 "," $5 ")")
+        if ($8 != 0 || $9 != 0) err("skipped " $8 ", late " $9)
+        to[p] = $5; sum[p] = done; batches[p]++
+        if (index(" " insts[p] " ", " " $10 " ") == 0) insts[p] = insts[p] (insts[p] == "" ? "" : " ") $10
+    }
+    END {
+        for (p in parts) {
+            last = (p in to) ? to[p] : begin[p]
+            if (last != end[p]) { print "counters chain of partition " p " ends at " last ", the input ends at " end[p] > "/dev/stderr"; bad = 1 }
+            if ((sum[p] + 0) != end[p] - begin[p]) { print "partition " p ": last counters applied+rejected " sum[p] + 0 ", the input holds " end[p] - begin[p] > "/dev/stderr"; bad = 1 }
+            printf "%s %d %d %s\n", p, batches[p], end[p] - begin[p], insts[p] > summary
+        }
+        exit bad
+    }' "$WORK/chain.counters" || fail "the tally.counters chains of $prefix-changelog do not cover $input exactly once"
+    ok
+}
+
+# open_transactions TOPIC PARTITION...: those PARTITIONs of TOPIC that hold
+# records of a transaction still open: their read_committed end (the last
+# stable offset) is below their high watermark.
+open_transactions() {
+    local topic=$1 p args=()
+    shift
+    for p in "$@"; do args+=(-t "$topic:$p:-1"); done
+    paste -d' ' \
+        <(timeout 30 kcat -b "$KAFKA_BROKERS" -Q -X isolation.level=read_committed "${args[@]}" 2>/dev/null |
+            awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n) \
+        <(timeout 30 kcat -b "$KAFKA_BROKERS" -Q -X isolation.level=read_uncommitted "${args[@]}" 2>/dev/null |
+            awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n) |
+        awk '$1 == $3 && $2 < $4 { print $1 }'
+}
