@@ -15,6 +15,12 @@ int tly_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value, ch
 rd_kafka_t *tly_kconf_reader(const char *brokers, const char *group_id, char *errbuf,
                              size_t errlen)
 {
+    return tly_kconf_reader_isolation(brokers, group_id, "read_committed", errbuf, errlen);
+}
+
+rd_kafka_t *tly_kconf_reader_isolation(const char *brokers, const char *group_id,
+                                       const char *isolation, char *errbuf, size_t errlen)
+{
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char err[512];
     rd_kafka_t *rk;
@@ -23,7 +29,7 @@ rd_kafka_t *tly_kconf_reader(const char *brokers, const char *group_id, char *er
      * harmless as long as nothing subscribes or commits. */
     if (tly_kconf_set(conf, "bootstrap.servers", brokers, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "group.id", group_id ? group_id : "tally-reader", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
+        tly_kconf_set(conf, "isolation.level", isolation, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "enable.partition.eof", "true", errbuf, errlen) < 0 ||
         /* A reader runs to the end and stops. A partition whose last record is

@@ -16,4 +16,9 @@ int tly_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value, ch
 rd_kafka_t *tly_kconf_reader(const char *brokers, const char *group_id, char *errbuf,
                              size_t errlen);
 
+/* The same with another isolation.level ("read_uncommitted" sees the high
+ * watermark, not the last stable offset). */
+rd_kafka_t *tly_kconf_reader_isolation(const char *brokers, const char *group_id,
+                                       const char *isolation, char *errbuf, size_t errlen);
+
 #endif

@@ -338,6 +338,10 @@ static void add_candidate(const tly_recovery_config *cfg, tly_recovery_report *r
     /* Another database's snapshot in a shared directory is not ours. */
     if (m->database[0] && strcmp(m->database, base) != 0)
         return;
+    /* Nor, for a daemon that takes partitions over one by one, another
+     * instance's: its partitions come over as they are assigned. */
+    if (cfg->by_partition && cfg->instance && m->instance[0] && strcmp(m->instance, cfg->instance) != 0)
+        return;
     for (int i = 0; i < rep->candidate_count; i++) {
         c = &rep->candidates[i];
         if (strcmp(c->manifest.snapshot_id, m->snapshot_id) == 0) {
@@ -1236,6 +1240,53 @@ static int64_t take_from_snapshots(tly_store *store, const tly_recovery_config *
     }
 }
 
+/* Whether no transaction is open on the changelog partitions in only[]:
+ * read_committed stops at the last stable offset, so a changelog partition
+ * whose previous owner died with a transaction open (records written, input
+ * offsets not sent yet) hides everything committed after that transaction's
+ * first record until the broker aborts it. Reading to that end would miss
+ * the batches another instance committed since. Returns 1 settled, 0 not
+ * yet (*open_partition says which), -1 with errbuf. */
+static int changelog_settled(const tly_recovery_config *cfg, const unsigned char *only,
+                             int *open_partition, char *errbuf, size_t errlen)
+{
+    rd_kafka_t *committed = tly_kconf_reader(cfg->brokers, NULL, errbuf, errlen);
+    rd_kafka_t *all = committed ? tly_kconf_reader_isolation(cfg->brokers, NULL, "read_uncommitted",
+                                                             errbuf, errlen)
+                                : NULL;
+    int rc = -1;
+
+    if (!committed || !all)
+        goto done;
+    rc = 1;
+    for (int p = 0; p < TLY_MAX_PARTITIONS && rc == 1; p++) {
+        int64_t low, stable, high;
+        rd_kafka_resp_err_t e;
+        if (!only[p])
+            continue;
+        if ((e = rd_kafka_query_watermark_offsets(committed, cfg->topics->changelog.name, p, &low,
+                                                  &stable, KAFKA_TIMEOUT_MS)) ||
+            (e = rd_kafka_query_watermark_offsets(all, cfg->topics->changelog.name, p, &low, &high,
+                                                  KAFKA_TIMEOUT_MS))) {
+            if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                continue; /* no changelog yet: nothing to hide */
+            rc = tly_error(errbuf, errlen, "cannot read the offsets of %s [%d]: %s",
+                           cfg->topics->changelog.name, p, rd_kafka_err2str(e));
+            break;
+        }
+        if (stable < high) {
+            *open_partition = p;
+            rc = 0;
+        }
+    }
+done:
+    if (committed)
+        rd_kafka_destroy(committed);
+    if (all)
+        rd_kafka_destroy(all);
+    return rc;
+}
+
 int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
                       int count, char *errbuf, size_t errlen)
 {
@@ -1259,6 +1310,19 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     }
     for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
         after[p] = -1;
+    for (int i = 0; i < count; i++)
+        if (takes[i].partition >= 0 && takes[i].partition < TLY_MAX_PARTITIONS)
+            only[takes[i].partition] = 1;
+    if (cfg->brokers) {
+        int open = -1, settled = changelog_settled(cfg, only, &open, errbuf, errlen);
+        if (settled <= 0) {
+            if (settled == 0)
+                tly_log("debug", "changelog_transaction_open", "topic=%s partition=%d",
+                        cfg->topics->changelog.name, open);
+            rc = settled < 0 ? -1 : 1;
+            goto done;
+        }
+    }
     if (tly_replayer_open(cfg->db_path, NULL, &replayer, errbuf, errlen) < 0)
         goto done;
     if (tly_replayer_only_entity(replayer, entity) < 0) {

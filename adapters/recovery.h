@@ -44,6 +44,8 @@ typedef struct tly_recovery_config {
     int changelog;                 /* 1: the changelog topic is mirrored and replayed */
     int allow_empty;               /* 1: start empty even when history exists */
     int dry_run;                   /* 1: change nothing, report the plan */
+    const char *instance;          /* the daemon's --instance-id (by_partition: a start
+                                      restores only its own snapshots), or NULL */
     int by_partition;              /* 1: the daemon takes each input partition over when
                                       it is assigned (tly_recovery_take): the start only
                                       catches up on the partitions the database holds */
@@ -123,8 +125,9 @@ typedef struct tly_partition_take {
  * each, or from the newest snapshot in cfg->snapshot_dir (any instance's)
  * that holds it further along, replays changelog partition p to its end,
  * read_committed, and records each in the partitions table. Uses its own
- * connection. Without cfg->brokers only the snapshots are used. Returns 0 or
- * -1 with errbuf. */
+ * connection. Without cfg->brokers only the snapshots are used. Returns 0,
+ * 1 when a changelog partition still has a transaction open (nothing is
+ * changed: try again later), or -1 with errbuf. */
 int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
                       int count, char *errbuf, size_t errlen);
 

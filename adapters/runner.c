@@ -239,9 +239,15 @@ static int take_on_assign(struct runner *r, rd_kafka_topic_partition_list_t *par
         snprintf(r->rebalance_error, sizeof(r->rebalance_error),
                  "cannot read the committed offsets: %s", rd_kafka_err2str(e));
         rc = -1;
-    } else if (take_partitions(r, committed, now_ms() - started, r->rebalance_error,
-                               sizeof(r->rebalance_error)) < 0) {
-        rc = -1;
+    } else if ((rc = take_partitions(r, committed, now_ms() - started, r->rebalance_error,
+                                     sizeof(r->rebalance_error))) != 0) {
+        if (rc > 0)
+            tly_log("info", "committed_offsets_wait", "partitions=%d note=\"a previous owner's "
+                    "transaction is still open on the changelog: assigned paused, taken over "
+                    "when it ends\"", partitions->cnt);
+        rc = rc < 0 ? -1 : 0; /* 1: a transaction open on the changelog: assigned paused */
+    } else {
+        rc = 1;
     }
     rd_kafka_topic_partition_list_destroy(committed);
     return rc;
@@ -384,6 +390,9 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
          * outlasts a broker restart, which a 10 s session did not always. */
         tly_kconf_set(conf, "group.instance.id", r->cfg->instance_id, errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "session.timeout.ms", session_timeout, errbuf, errlen) < 0 ||
+        /* members learn of a rebalance from a heartbeat: with librdkafka's 3 s
+         * each of the two cooperative rounds waited that long */
+        tly_kconf_set(conf, "heartbeat.interval.ms", "1000", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
         tly_kconf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) < 0 ||
@@ -462,6 +471,47 @@ static int rewind_consumer(struct runner *r, char *errbuf, size_t errlen)
 done:
     if (assigned)
         rd_kafka_topic_partition_list_destroy(assigned);
+    return rc;
+}
+
+/* Seeks each partition of the collected messages (and of extra, when not
+ * NULL) back to the first one collected: they are dropped and read again.
+ * Nothing else needs to move - the consumer has handed out nothing beyond
+ * them - and no broker round trip is needed: during a rebalance,
+ * rd_kafka_committed() waits for its second round (seconds), and so would
+ * every partition that did not move. A partition no longer assigned is left
+ * alone. Returns 0 or -1 with errbuf. */
+static int rewind_collected(struct runner *r, const rd_kafka_message_t *extra, char *errbuf,
+                            size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
+    rd_kafka_error_t *error;
+    int rc = 0;
+
+    for (int i = 0; i <= r->count; i++) {
+        const rd_kafka_message_t *m = i < r->count ? r->messages[i] : extra;
+        rd_kafka_topic_partition_t *p;
+        if (!m || m->err)
+            continue;
+        p = rd_kafka_topic_partition_list_find(list, rd_kafka_topic_name(m->rkt), m->partition);
+        if (!p) {
+            p = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(m->rkt), m->partition);
+            p->offset = m->offset;
+        } else if (m->offset < p->offset) {
+            p->offset = m->offset;
+        }
+    }
+    if (list->cnt > 0) {
+        if ((error = rd_kafka_seek_partitions(r->consumer, list, KAFKA_TIMEOUT_MS))) {
+            tly_log("warn", "rewind", "error=\"%s\" note=\"rewinding to the committed offsets\"",
+                    rd_kafka_error_string(error));
+            rd_kafka_error_destroy(error);
+            rc = rewind_consumer(r, errbuf, errlen);
+        } else {
+            tly_log("info", "rewind", "partitions=%d", list->cnt);
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(list);
     return rc;
 }
 
@@ -747,7 +797,8 @@ static enum batch_result abort_batch(struct runner *r, const char *what, const c
         rd_kafka_error_destroy(error);
         return BATCH_FATAL;
     }
-    if (rewind_consumer(r, errbuf, errlen) < 0)
+    /* the batch's messages are read again (between batches there are none) */
+    if (rewind_collected(r, NULL, errbuf, errlen) < 0)
         return BATCH_FATAL;
     return BATCH_ABORTED;
 }
@@ -1357,12 +1408,14 @@ static void drop_standby(struct runner *r)
 
 /* Brings the state of the partitions in `committed` (their committed
  * offsets, read already) up to date: adapters/recovery.c tly_recovery_take.
- * waited is how long the offsets took. Returns 0 or -1 with errbuf. */
+ * waited is how long the offsets took. Returns 0, 1 when a changelog
+ * partition still has a previous owner's transaction open (nothing done:
+ * later), or -1 with errbuf. */
 static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *committed,
                            int64_t waited, char *errbuf, size_t errlen)
 {
     tly_partition_take *takes = calloc((size_t)committed->cnt + 1, sizeof(*takes));
-    int n = 0, rc = -1;
+    int n = 0, rc = -1, taken = 0;
     char err[1024];
 
     if (!takes)
@@ -1374,8 +1427,13 @@ static int take_partitions(struct runner *r, rd_kafka_topic_partition_list_t *co
             takes[n++].partition = p;
     }
     if (n > 0 &&
-        tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n, err, sizeof(err)) < 0) {
+        (taken = tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n, err,
+                                   sizeof(err))) < 0) {
         tly_error(errbuf, errlen, "cannot take over the assigned partitions: %s", err);
+        goto done;
+    }
+    if (taken == 1) { /* a changelog partition has a transaction open: later */
+        rc = 1;
         goto done;
     }
     /* Nothing anywhere for a partition the group has consumed: the changelog
@@ -1454,8 +1512,20 @@ static int take_pending(struct runner *r, char *errbuf, size_t errlen)
     for (int i = 0; i < committed->cnt; i++)
         if (committed->elems[i].offset < 0)
             committed->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING; /* auto.offset.reset */
-    if (take_partitions(r, committed, now_ms() - r->pending_since, errbuf, errlen) < 0)
+    if ((rc = take_partitions(r, committed, now_ms() - r->pending_since, errbuf, errlen)) != 0) {
+        if (rc > 0) { /* the changelog still hides a previous owner's transaction */
+            r->pending_next_try = now_ms() + 300;
+            if (now_ms() - r->pending_logged >= 5000) {
+                r->pending_logged = now_ms();
+                tly_log("info", "committed_offsets_wait", "partitions=%d waited_ms=%lld note=\"a "
+                        "previous owner's transaction is still open on the changelog\"",
+                        r->pending->cnt, (long long)(now_ms() - r->pending_since));
+            }
+            rc = 0;
+        }
         goto done;
+    }
+    rc = -1;
     if ((error = rd_kafka_seek_partitions(r->consumer, committed, KAFKA_TIMEOUT_MS))) {
         tly_error(errbuf, errlen, "cannot seek the assigned partitions: %s", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
@@ -1571,11 +1641,13 @@ static int collect(struct runner *r, char *errbuf, size_t errlen)
         }
         if (r->drop_collected) {
             /* A revoke was served inside that poll. */
+            int rc;
             r->drop_collected = false;
+            rc = rewind_collected(r, m, errbuf, errlen);
             release_collected(r);
             if (m)
                 rd_kafka_message_destroy(m);
-            if (rewind_consumer(r, errbuf, errlen) < 0)
+            if (rc < 0)
                 return -1;
             continue;
         }
@@ -1677,6 +1749,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     rcfg.allow_empty = cfg->allow_empty;
     rcfg.stop = cfg->stop;
     rcfg.by_partition = cfg->changelog && !cfg->recover_only;
+    rcfg.instance = cfg->instance_id;
     /* Before the database is opened: a missing or failing one is replaced by
      * the newest snapshot that verifies. */
     if (tly_recovery_prepare(&rcfg, &recovery, errbuf, errlen) < 0)

@@ -311,8 +311,10 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
      * write the same name, and ids still sort by time */
     {
         char tag[24] = "";
-        size_t n = 0;
-        for (const char *c = m->instance; *c && n < sizeof(tag) - 2; c++) {
+        size_t n = 0, len = strlen(m->instance);
+        /* the end of a long id: ids of one deployment tend to differ there */
+        const size_t room = sizeof(tag) - 3; /* '-', the characters, NUL */
+        for (const char *c = m->instance + (len > room ? len - room : 0); *c && n < room + 1; c++) {
             if (n == 0)
                 tag[n++] = '-';
             tag[n++] = (isalnum((unsigned char)*c) || *c == '-' || *c == '_') ? *c : '_';
