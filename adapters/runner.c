@@ -157,6 +157,10 @@ static void crash_point(struct runner *r, const char *step)
     /* after_flush: at the first flush that emitted something, whatever the batch */
     if (r->crash_at && strcmp(r->crash_at, step) == 0 &&
         (r->batches == r->crash_batch || strcmp(step, "after_flush") == 0)) {
+        /* after_produce: the records are on the broker, in a transaction
+         * that stays open (input offsets not sent) until the broker aborts it */
+        if (strcmp(step, "after_produce") == 0)
+            rd_kafka_flush(r->producer, KAFKA_TIMEOUT_MS);
         tly_log("warn", "crash_point", "step=%s batch=%ld note=\"TALLY_CRASH_AT\"", step, r->batches);
         abort();
     }
