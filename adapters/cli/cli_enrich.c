@@ -52,6 +52,10 @@ static const char enrich_usage[] =
     "                           older than this (default 0)\n"
     "  --allow-empty            start with an empty dedup state even though the group has\n"
     "                           committed offsets and nothing can rebuild the state\n"
+    "  --session-timeout DUR    consumer group session (default 45s): how long a silent\n"
+    "                           instance keeps its partitions\n"
+    "  --transaction-timeout DUR  the broker aborts a transaction left open this long\n"
+    "                           (default 60s)\n"
     "  --http HOST:PORT|off     /metrics, /healthz, /readyz, /query and a live page (default\n"
     "                           127.0.0.1:9466; if that is taken, tally runs without it)\n"
     "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
@@ -96,6 +100,8 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
         {"query-max-rows", required_argument, NULL, 'r'},
         {"log-level", required_argument, NULL, 'L'},
         {"log-format", required_argument, NULL, 'F'},
+        {"session-timeout", required_argument, NULL, 'x'},
+        {"transaction-timeout", required_argument, NULL, 'X'},
         {"help", no_argument, NULL, 'h'},
         /* tally run flags that mean nothing here: named, so the message
          * says why rather than "unknown option" */
@@ -161,6 +167,12 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
                 return CLI_EXIT_USAGE;
             break;
         case 'E': cfg->allow_empty = 1; break;
+        case 'x':
+        case 'X':
+            if (cli_group_timeout(cmd, opt == 'x' ? "--session-timeout" : "--transaction-timeout",
+                                  optarg, cfg) != 0)
+                return CLI_EXIT_USAGE;
+            break;
         case 'H':
             if (strcmp(optarg, "off") == 0) {
                 cfg->http_listen = NULL;

@@ -11,6 +11,7 @@
 #include "topics.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,24 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
+int cli_group_timeout(const char *cmd, const char *flag, const char *value,
+                      struct tly_runner_config *cfg)
+{
+    bool session = strcmp(flag, "--session-timeout") == 0;
+    int64_t *ms = session ? &cfg->session_timeout_ms : &cfg->transaction_timeout_ms;
+    if (cli_parse_duration_ms(cmd, flag, value, ms) < 0)
+        return CLI_EXIT_USAGE;
+    /* the broker's defaults: group.min/max.session.timeout.ms 6 s / 30 min,
+     * transaction.max.timeout.ms 15 min */
+    if (session && (*ms < 6000 || *ms > 1800000))
+        return cli_usage_error(cmd, "--session-timeout must be between 6s and 30m (the broker's "
+                                    "limits), not \"%s\"", value);
+    if (!session && (*ms < 1000 || *ms > 900000))
+        return cli_usage_error(cmd, "--transaction-timeout must be between 1s and 15m (the "
+                                    "broker's transaction.max.timeout.ms), not \"%s\"", value);
+    return 0;
+}
+
 /* Parses tally run's flags (tally recover takes the same, plus --dry-run).
  * Returns -1 when the flags are fine, else the exit status. */
 static int parse_flags(const char *cmd, const char *usage, int argc, char **argv,
@@ -215,21 +234,12 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
             break;
         case 'E': cfg->allow_empty = 1; break;
         case 'x':
-            if (cli_parse_duration_ms(cmd, "--session-timeout", optarg, &cfg->session_timeout_ms) < 0)
+            if (cli_group_timeout(cmd, "--session-timeout", optarg, cfg) != 0)
                 return CLI_EXIT_USAGE;
-            /* the broker's group.min/max.session.timeout.ms defaults */
-            if (cfg->session_timeout_ms < 6000 || cfg->session_timeout_ms > 1800000)
-                return cli_usage_error(cmd, "--session-timeout must be between 6s and 30m (the "
-                                            "broker's limits), not \"%s\"", optarg);
             break;
         case 'X':
-            if (cli_parse_duration_ms(cmd, "--transaction-timeout", optarg,
-                                      &cfg->transaction_timeout_ms) < 0)
+            if (cli_group_timeout(cmd, "--transaction-timeout", optarg, cfg) != 0)
                 return CLI_EXIT_USAGE;
-            /* 1 s at least; the broker's transaction.max.timeout.ms (15 min) at most */
-            if (cfg->transaction_timeout_ms < 1000 || cfg->transaction_timeout_ms > 900000)
-                return cli_usage_error(cmd, "--transaction-timeout must be between 1s and 15m (the "
-                                            "broker's transaction.max.timeout.ms), not \"%s\"", optarg);
             break;
         case 'Y':
             if ((strategy = tly_emit_strategy_parse(optarg)) < 0)

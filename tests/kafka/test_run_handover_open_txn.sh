@@ -22,6 +22,10 @@ source "$(dirname "$0")/lib_run.sh"
 STORES=6
 TXN_TIMEOUT=15s
 
+expect_usage_error "--transaction-timeout 0s" --pipeline orders --brokers "$KAFKA_BROKERS" --transaction-timeout 0s
+expect_usage_error "--transaction-timeout 20m" --pipeline orders --brokers "$KAFKA_BROKERS" --transaction-timeout 20m
+expect_usage_error "--session-timeout 1s" --pipeline orders --brokers "$KAFKA_BROKERS" --session-timeout 1s
+
 IN=$(name in)
 OUT=$(name out)
 PREFIX=$(name p)
