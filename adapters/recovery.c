@@ -631,8 +631,8 @@ static int on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *err
         if (c->replayer) {
             char key[512];
             tly_store *store = tly_replayer_store(c->replayer);
-            snprintf(key, sizeof(key), "kafka.changelog.%s.%d", c->cfg->topics->changelog.name,
-                     (int)m->partition);
+            tly_topics_meta_key("changelog", c->cfg->topics->changelog.name, (int)m->partition,
+                                key, sizeof(key));
             if (tly_store_meta_set_int(store, key, m->offset) < 0)
                 return tly_error(errbuf, errlen, "cannot record the changelog offset: %s",
                                  sqlite3_errmsg(tly_store_db(store)));
@@ -792,8 +792,8 @@ static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_re
         char key[512];
         if (positions->elems[i].offset < 0)
             continue;
-        snprintf(key, sizeof(key), "kafka.input.%s.%d", positions->elems[i].topic,
-                 (int)positions->elems[i].partition);
+        tly_topics_meta_key("input", positions->elems[i].topic,
+                            (int)positions->elems[i].partition, key, sizeof(key));
         if (tly_store_meta_set_int(store, key, positions->elems[i].offset) < 0)
             goto failed;
     }
@@ -818,8 +818,8 @@ static int64_t input_behind(const char *db_path, const rd_kafka_topic_partition_
         sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &stmt, NULL) == SQLITE_OK) {
         for (int i = 0; i < committed->cnt; i++) {
             char key[512];
-            snprintf(key, sizeof(key), "kafka.input.%s.%d", committed->elems[i].topic,
-                     (int)committed->elems[i].partition);
+            tly_topics_meta_key("input", committed->elems[i].topic,
+                                (int)committed->elems[i].partition, key, sizeof(key));
             sqlite3_bind_text(stmt, 1, key, -1, SQLITE_TRANSIENT);
             if (sqlite3_step(stmt) == SQLITE_ROW && committed->elems[i].offset > sqlite3_column_int64(stmt, 0))
                 behind += committed->elems[i].offset - sqlite3_column_int64(stmt, 0);
@@ -1031,9 +1031,9 @@ static int forget_partition(sqlite3 *db, const tly_recovery_config *cfg, int p, 
 
     if (each_partitioned_table(db, "DELETE FROM \"%s\" WHERE part = ?1", p, errbuf, errlen) < 0)
         return -1;
-    snprintf(changelog_key, sizeof(changelog_key), "kafka.changelog.%s.%d",
-             cfg->topics->changelog.name, p);
-    snprintf(input_key, sizeof(input_key), "kafka.input.%s.%d", cfg->topics->input.name, p);
+    tly_topics_meta_key("changelog", cfg->topics->changelog.name, p, changelog_key,
+                        sizeof(changelog_key));
+    tly_topics_meta_key("input", cfg->topics->input.name, p, input_key, sizeof(input_key));
     snprintf(counters, sizeof(counters), "pipeline.*.p%d.events_*", p);
     if (sqlite3_prepare_v2(db,
                            "DELETE FROM meta WHERE key IN (?1, ?2) OR key GLOB ?3", -1, &stmt,
@@ -1067,6 +1067,16 @@ int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int part
     return tly_store_commit(store, errbuf, errlen);
 }
 
+/* Steps stmt, marking in present[] each partition its first column names. */
+static void mark_partitions(sqlite3_stmt *stmt, unsigned char *present)
+{
+    while (sqlite3_step(stmt) == SQLITE_ROW) {
+        int p = sqlite3_column_int(stmt, 0);
+        if (p >= 0 && p < TLY_MAX_PARTITIONS)
+            present[p] = 1;
+    }
+}
+
 int tly_recovery_present(tly_store *store, const tly_recovery_config *cfg, unsigned char *present,
                          char *errbuf, size_t errlen)
 {
@@ -1085,11 +1095,7 @@ int tly_recovery_present(tly_store *store, const tly_recovery_config *cfg, unsig
                            -1, &stmt, NULL) != SQLITE_OK)
         goto failed;
     sqlite3_bind_text(stmt, 1, prefix, -1, SQLITE_STATIC);
-    while (sqlite3_step(stmt) == SQLITE_ROW) {
-        int p = sqlite3_column_int(stmt, 0);
-        if (p >= 0 && p < TLY_MAX_PARTITIONS)
-            present[p] = 1;
-    }
+    mark_partitions(stmt, present);
     sqlite3_finalize(stmt);
     stmt = NULL;
     if (sqlite3_prepare_v2(db, PARTITIONED_TABLES, -1, &tables, NULL) != SQLITE_OK)
@@ -1100,11 +1106,7 @@ int tly_recovery_present(tly_store *store, const tly_recovery_config *cfg, unsig
         snprintf(sql, sizeof(sql), "SELECT DISTINCT part FROM \"%s\"", sqlite3_column_text(tables, 0));
         if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
             goto failed;
-        while (sqlite3_step(stmt) == SQLITE_ROW) {
-            int p = sqlite3_column_int(stmt, 0);
-            if (p >= 0 && p < TLY_MAX_PARTITIONS)
-                present[p] = 1;
-        }
+        mark_partitions(stmt, present);
         sqlite3_finalize(stmt);
         stmt = NULL;
     }
@@ -1176,7 +1178,7 @@ static int adopt_snapshot(tly_store *store, const tly_recovery_config *cfg,
         goto sql_failed;
     sqlite3_finalize(stmt);
     stmt = NULL;
-    snprintf(key, sizeof(key), "kafka.changelog.%s.%d", cfg->topics->changelog.name, p);
+    tly_topics_meta_key("changelog", cfg->topics->changelog.name, p, key, sizeof(key));
     if (tly_store_meta_set_int(store, key, offset) < 0)
         goto sql_failed;
     if (tly_store_commit(store, why, whylen) < 0)
@@ -1293,6 +1295,7 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     tly_replayer *replayer = NULL;
     tly_recovery_report *rep = calloc(1, sizeof(*rep));
     tly_snapshot_manifest *listed = NULL;
+    sqlite3_stmt *record = NULL;
     bool *verified = NULL;
     int64_t *after = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
     int64_t *offsets = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
@@ -1352,7 +1355,7 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
         t->snapshot_id[0] = '\0';
         /* The database holds the partition as of the changelog offset it
          * recorded for it (a dropped partition has none). */
-        snprintf(key, sizeof(key), "kafka.changelog.%s.%d", cfg->topics->changelog.name, p);
+        tly_topics_meta_key("changelog", cfg->topics->changelog.name, p, key, sizeof(key));
         if (tly_store_meta_get_int(store, key, &local) == 1) {
             after[p] = local;
             t->source = "local";
@@ -1377,37 +1380,38 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     }
     if (tly_store_begin(store, errbuf, errlen) < 0)
         goto done;
+    if (sqlite3_prepare_v2(tly_store_db(store),
+                           "INSERT OR REPLACE INTO partitions (part, since_ms, source, recovery_ms, "
+                           "records) VALUES (?1, ?2, ?3, ?4, ?5)",
+                           -1, &record, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot record the partitions: %s", sqlite3_errmsg(tly_store_db(store)));
+        tly_store_rollback(store);
+        goto done;
+    }
     for (int i = 0; i < count; i++) {
         tly_partition_take *t = &takes[i];
-        sqlite3_stmt *stmt = NULL;
-        int step = SQLITE_ERROR;
         t->records = records[t->partition];
         t->ms = now_ms() - started;
         if (strcmp(t->source, "new") == 0 && t->records > 0)
             t->source = "changelog";
-        if (sqlite3_prepare_v2(tly_store_db(store),
-                               "INSERT OR REPLACE INTO partitions (part, since_ms, source, "
-                               "recovery_ms, records) VALUES (?1, ?2, ?3, ?4, ?5)",
-                               -1, &stmt, NULL) == SQLITE_OK) {
-            sqlite3_bind_int(stmt, 1, t->partition);
-            sqlite3_bind_int64(stmt, 2, (int64_t)time(NULL) * 1000);
-            sqlite3_bind_text(stmt, 3, t->source, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(stmt, 4, t->ms);
-            sqlite3_bind_int64(stmt, 5, t->records);
-            step = sqlite3_step(stmt);
-        }
-        sqlite3_finalize(stmt);
-        if (step != SQLITE_DONE) {
+        sqlite3_bind_int(record, 1, t->partition);
+        sqlite3_bind_int64(record, 2, (int64_t)time(NULL) * 1000);
+        sqlite3_bind_text(record, 3, t->source, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(record, 4, t->ms);
+        sqlite3_bind_int64(record, 5, t->records);
+        if (sqlite3_step(record) != SQLITE_DONE) {
             tly_error(errbuf, errlen, "cannot record partition %d: %s", t->partition,
                       sqlite3_errmsg(tly_store_db(store)));
             tly_store_rollback(store);
             goto done;
         }
+        sqlite3_reset(record);
     }
     if (tly_store_commit(store, errbuf, errlen) < 0)
         goto done;
     rc = 0;
 done:
+    sqlite3_finalize(record);
     tly_replayer_close(replayer);
     free(listed);
     free(verified);

@@ -211,8 +211,8 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
     for (int i = 0; i < partitions->cnt; i++) {
         char key[512];
         int64_t offset;
-        snprintf(key, sizeof(key), "kafka.input.%s.%d", partitions->elems[i].topic,
-                 (int)partitions->elems[i].partition);
+        tly_topics_meta_key("input", partitions->elems[i].topic,
+                            (int)partitions->elems[i].partition, key, sizeof(key));
         if (tly_store_meta_get_int(r->store, key, &offset) == 1)
             partitions->elems[i].offset = offset;
         else if (recorded_any)
@@ -423,11 +423,6 @@ static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
         return NULL;
     }
     return rk;
-}
-
-static void changelog_meta_key(const struct runner *r, int partition, char *buf, size_t len)
-{
-    snprintf(buf, len, "kafka.changelog.%s.%d", r->topics.changelog.name, partition);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -925,8 +920,8 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     /* Kafka has the batch; now SQLite records where it stands and commits. */
     for (int i = 0; i < offsets->cnt; i++) {
         char key[512];
-        snprintf(key, sizeof(key), "kafka.input.%s.%d", offsets->elems[i].topic,
-                 (int)offsets->elems[i].partition);
+        tly_topics_meta_key("input", offsets->elems[i].topic, (int)offsets->elems[i].partition,
+                            key, sizeof(key));
         if (tly_store_meta_set_int(r->store, key, offsets->elems[i].offset) < 0) {
             rd_kafka_topic_partition_list_destroy(offsets);
             snprintf(err, sizeof(err), "%s", sqlite3_errmsg(tly_store_db(r->store)));
@@ -938,7 +933,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         char key[512];
         if (r->changelog_offsets[p] < 0)
             continue;
-        changelog_meta_key(r, p, key, sizeof(key));
+        tly_topics_meta_key("changelog", r->topics.changelog.name, p, key, sizeof(key));
         if (tly_store_meta_set_int(r->store, key, r->changelog_offsets[p]) < 0) {
             snprintf(err, sizeof(err), "%s", sqlite3_errmsg(tly_store_db(r->store)));
             goto database_failed_after_kafka;
@@ -1370,8 +1365,6 @@ static void drop_partitions(struct runner *r, rd_kafka_topic_partition_list_t *p
         tly_log("error", "partition_drop_error", "error=%s", tly_log_quote(err, (char[1100]){0}, 1100));
     count_held(r);
 }
-
-static int forget_emitted(struct runner *r, char *errbuf, size_t errlen);
 
 /* A start can leave rows of partitions this instance is not assigned: the
  * partitions it held before it stopped (others may have them now), or all

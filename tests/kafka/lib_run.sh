@@ -207,14 +207,19 @@ read_topic() {
 # Prices come as JSON numbers with 2 decimals, decimal strings, integers and
 # numbers with 3 decimals. Deterministic (Park-Miller LCG, exact in doubles);
 # mawk prints integers above 2^31 wrongly with %d, so those use %.0f.
-gen_orders() {
-    awk -v n="$1" -v seed="$2" -v first="$3" -v tsv="$4" '
+gen_orders() { orders_awk "$1" "$2" "$3" 4 "$4" order; }
+
+# orders_awk N SEED FIRST STORES TSV KEY: gen_orders' generator over STORES
+# stores, each line keyed by the order id (KEY=order) or its storeId
+# (KEY=store).
+orders_awk() {
+    awk -v n="$1" -v seed="$2" -v first="$3" -v stores="$4" -v tsv="$5" -v key_by="$6" '
     function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
     BEGIN {
         base = 1700000000000 + 12345
         for (i = 0; i < n; i++) {
             id = first + i
-            s = rnd(4); p = rnd(5)
+            s = rnd(stores); p = rnd(5)
             qty = (rnd(50) == 0) ? 1000 : 1 + rnd(20)
             ts = base + rnd(240000)
             kind = rnd(8); cents = rnd(100000)
@@ -227,7 +232,8 @@ gen_orders() {
             } else {
                 mills = rnd(1000000); micros = mills * 1000; price = sprintf("%d.%03d", int(mills / 1000), mills % 1000)
             }
-            printf "o%d|{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":%s,\"qty\":%d,\"ts\":%.0f}\n", id, id, p, s, price, qty, ts
+            key = key_by == "store" ? "s" s : "o" id
+            printf "%s|{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":%s,\"qty\":%d,\"ts\":%.0f}\n", key, id, p, s, price, qty, ts
             printf "s%d\tp%d\t%.0f\t%.0f\n", s, p, ts, micros * qty >> tsv
         }
     }'
@@ -671,31 +677,7 @@ metric() { awk -v n="$2" 'index($0, n "{") == 1 || index($0, n " ") == 1 { print
 # orders of gen_orders (same fields, prices, event times; TSV in the same
 # form) over STORES stores, keyed by storeId: every window of a store is then
 # fed by one input partition, as scale-out requires.
-gen_orders_by_store() {
-    awk -v n="$1" -v seed="$2" -v first="$3" -v stores="$4" -v tsv="$5" '
-    function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
-    BEGIN {
-        base = 1700000000000 + 12345
-        for (i = 0; i < n; i++) {
-            id = first + i
-            s = rnd(stores); p = rnd(5)
-            qty = (rnd(50) == 0) ? 1000 : 1 + rnd(20)
-            ts = base + rnd(240000)
-            kind = rnd(8); cents = rnd(100000)
-            if (kind <= 3) {
-                micros = cents * 10000; price = sprintf("%d.%02d", int(cents / 100), cents % 100)
-            } else if (kind <= 5) {
-                micros = cents * 10000; price = sprintf("\"%d.%02d\"", int(cents / 100), cents % 100)
-            } else if (kind == 6) {
-                micros = int(cents / 100) * 1000000; price = sprintf("%d", int(cents / 100))
-            } else {
-                mills = rnd(1000000); micros = mills * 1000; price = sprintf("%d.%03d", int(mills / 1000), mills % 1000)
-            }
-            printf "s%d|{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":%s,\"qty\":%d,\"ts\":%.0f}\n", s, id, p, s, price, qty, ts
-            printf "s%d\tp%d\t%.0f\t%.0f\n", s, p, ts, micros * qty >> tsv
-        }
-    }'
-}
+gen_orders_by_store() { orders_awk "$1" "$2" "$3" "$4" "$5" store; }
 
 # begin_offsets TOPIC: "partition offset" per partition (the low watermarks).
 begin_offsets() {

@@ -17,9 +17,35 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
-/* Applies n orders (ids from first) to the database, as if read from input
- * partition `partition`. */
-static int apply_orders_from(const char *db_path, int first, int n, int partition)
+/* Writes order i as JSON into buf. */
+typedef void (*order_fn)(char *buf, size_t len, int i, int partition);
+
+/* Orders over 7 stores and 50 products, 1.50 each. */
+static void mixed_order(char *buf, size_t len, int i, int partition)
+{
+    (void)partition;
+    snprintf(buf, len,
+             "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.50\","
+             "\"qty\":1,\"ts\":1700000000000}",
+             i, i % 50, i % 7);
+}
+
+/* Orders of the stores of one partition, as an input keyed by storeId has
+ * them: partition 0 gets s0, s2, s4; partition 1 s1, s3, s5. 5 products, 2 each. */
+static void store_order(char *buf, size_t len, int i, int partition)
+{
+    snprintf(buf, len,
+             "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"2\","
+             "\"qty\":1,\"ts\":1700000000000}",
+             i, i % 5, 2 * (i % 3) + partition);
+}
+
+/* Applies orders first .. first + n - 1 (made by make) to the database in one
+ * transaction, as if read from input partition `partition`, and records what
+ * the daemon would: the changelog offset, and the input position unless
+ * input_offset < 0. */
+static int apply_generated(const char *db_path, int first, int n, int partition, order_fn make,
+                           int64_t changelog_offset, int64_t input_offset)
 {
     char err[256], line[256];
     tly_store *store = NULL;
@@ -33,31 +59,34 @@ static int apply_orders_from(const char *db_path, int first, int n, int partitio
         tly_store_begin(store, err, sizeof(err)) < 0)
         goto done;
     for (int i = first; i < first + n; i++) {
-        snprintf(line, sizeof(line),
-                 "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.50\","
-                 "\"qty\":1,\"ts\":1700000000000}",
-                 i, i % 50, i % 7);
+        make(line, sizeof(line), i, partition);
         event.data = line;
         event.len = strlen(line);
         event.partition = partition;
         if (tly_pipeline_apply(p, &event, 1, &result, NULL, err, sizeof(err)) < 0)
             goto done;
     }
-    /* What the daemon records: positions and changelog offsets. */
     snprintf(line, sizeof(line), "kafka.input.in.%d", partition);
-    if (tly_store_meta_set_int(store, line, first + n) < 0)
+    if (input_offset >= 0 && tly_store_meta_set_int(store, line, input_offset) < 0)
         goto done;
     snprintf(line, sizeof(line), "kafka.changelog.p-changelog.%d", partition);
-    if (tly_store_meta_set_int(store, line, first + n - 1) < 0 ||
+    if (tly_store_meta_set_int(store, line, changelog_offset) < 0 ||
         tly_store_commit(store, err, sizeof(err)) < 0)
         goto done;
     rc = 0;
 done:
     if (rc < 0)
-        fprintf(stderr, "apply_orders: %s\n", err);
+        fprintf(stderr, "apply_generated: %s\n", err);
     tly_pipeline_close(p);
     tly_store_close(store);
     return rc;
+}
+
+/* n orders (ids from first) over 7 stores, as if read from input partition
+ * `partition`. */
+static int apply_orders_from(const char *db_path, int first, int n, int partition)
+{
+    return apply_generated(db_path, first, n, partition, mixed_order, first + n - 1, first + n);
 }
 
 static int apply_orders(const char *db_path, int first, int n)
@@ -343,48 +372,17 @@ end:
     free(rep);
 }
 
+/* Orders of one partition's stores (store_order); the changelog offset
+ * recorded is first + n, no input position. */
+static int apply_store_orders(const char *db_path, int first, int n, int partition)
+{
+    return apply_generated(db_path, first, n, partition, store_order, first + n, -1);
+}
 
 /* Two input partitions in one database: rows, counters and positions per
  * partition; dropping one leaves the other exactly as it was, and the totals
  * become the other's. Stores are split by parity, as an input keyed by
  * storeId would be. */
-static int apply_store_orders(const char *db_path, int first, int n, int partition)
-{
-    char err[256], line[256];
-    tly_store *store = NULL;
-    tly_pipeline *p = NULL;
-    tly_event event = {0};
-    tly_event_result result;
-    int rc = -1;
-
-    if (tly_store_open(db_path, NULL, &store, err, sizeof(err)) < 0 ||
-        tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) < 0 ||
-        tly_store_begin(store, err, sizeof(err)) < 0)
-        goto done;
-    for (int i = first; i < first + n; i++) {
-        snprintf(line, sizeof(line),
-                 "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"2\","
-                 "\"qty\":1,\"ts\":1700000000000}",
-                 i, i % 5, 2 * (i % 3) + partition);
-        event.data = line;
-        event.len = strlen(line);
-        event.partition = partition;
-        if (tly_pipeline_apply(p, &event, 1, &result, NULL, err, sizeof(err)) < 0)
-            goto done;
-    }
-    snprintf(line, sizeof(line), "kafka.changelog.p-changelog.%d", partition);
-    if (tly_store_meta_set_int(store, line, first + n) < 0 ||
-        tly_store_commit(store, err, sizeof(err)) < 0)
-        goto done;
-    rc = 0;
-done:
-    if (rc < 0)
-        fprintf(stderr, "apply_store_orders: %s\n", err);
-    tly_pipeline_close(p);
-    tly_store_close(store);
-    return rc;
-}
-
 static void test_partitions_drop(void)
 {
     char dir[256], db[300], err[512];
