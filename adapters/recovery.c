@@ -649,6 +649,26 @@ static int on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *err
     return 0;
 }
 
+/* Opens the replayer recovery applies changelog records with: only `entity`
+ * (pipelines that share a topic prefix share the changelog topic) and the
+ * daemon's counters rows, which also bring the input positions their batches
+ * recorded. */
+static int open_replayer(const tly_recovery_config *cfg, const char *entity,
+                         tly_replayer **replayer, char *errbuf, size_t errlen)
+{
+    char positions[512];
+
+    if (tly_replayer_open(cfg->db_path, NULL, replayer, errbuf, errlen) < 0)
+        return -1;
+    /* "kafka.input.<topic>.<N>" without the N */
+    tly_topics_meta_key("input", cfg->topics->input.name, 0, positions, sizeof(positions));
+    positions[strlen(positions) - 1] = '\0';
+    if (tly_replayer_only_entity(*replayer, entity) < 0 ||
+        (cfg->pipeline && tly_replayer_record_positions(*replayer, cfg->pipeline, positions) < 0))
+        return tly_error(errbuf, errlen, "out of memory");
+    return 0;
+}
+
 int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
                         tly_recovery_report *rep, int64_t *offsets_out, char *errbuf,
                         size_t errlen)
@@ -680,13 +700,8 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
         goto done;
     }
     if (!cfg->dry_run) {
-        if (tly_replayer_open(cfg->db_path, NULL, &c.replayer, errbuf, errlen) < 0)
+        if (open_replayer(cfg, entity, &c.replayer, errbuf, errlen) < 0)
             goto done;
-        /* Pipelines that share a topic prefix share the changelog topic. */
-        if (tly_replayer_only_entity(c.replayer, entity) < 0) {
-            tly_error(errbuf, errlen, "out of memory");
-            goto done;
-        }
         if (tly_store_begin(tly_replayer_store(c.replayer), errbuf, errlen) < 0)
             goto done;
         in_txn = true;
@@ -1326,12 +1341,8 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
             goto done;
         }
     }
-    if (tly_replayer_open(cfg->db_path, NULL, &replayer, errbuf, errlen) < 0)
+    if (open_replayer(cfg, entity, &replayer, errbuf, errlen) < 0)
         goto done;
-    if (tly_replayer_only_entity(replayer, entity) < 0) {
-        tly_error(errbuf, errlen, "out of memory");
-        goto done;
-    }
     store = tly_replayer_store(replayer);
     c.replayer = replayer;
     if (cfg->snapshot_dir && tly_snapshot_list(cfg->snapshot_dir, &listed, &listed_count, why,

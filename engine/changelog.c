@@ -111,7 +111,22 @@ struct tly_replayer {
     int stop_at_gaps;
     int default_partition; /* for rows without "part" */
     char *only_entity;
+    char *counters_prefix;  /* "pipeline.<name>.p": counters rows that move positions */
+    char *position_prefix;  /* meta key of input partition N = this + N */
 };
+
+int tly_replayer_record_positions(tly_replayer *r, const char *pipeline, const char *key_prefix)
+{
+    size_t n = strlen(pipeline) + sizeof("pipeline..p");
+    free(r->counters_prefix);
+    free(r->position_prefix);
+    r->counters_prefix = malloc(n);
+    r->position_prefix = strdup(key_prefix);
+    if (!r->counters_prefix || !r->position_prefix)
+        return -1;
+    snprintf(r->counters_prefix, n, "pipeline.%s.p", pipeline);
+    return 0;
+}
 
 int tly_replayer_only_entity(tly_replayer *r, const char *entity)
 {
@@ -186,6 +201,8 @@ void tly_replayer_close(tly_replayer *r)
         tly_pipeline_close(r->pipelines[i]);
     sqlite3_finalize(r->insert_row);
     free(r->only_entity);
+    free(r->counters_prefix);
+    free(r->position_prefix);
     if (r->tokener)
         json_tokener_free(r->tokener);
     tly_store_close(r->store);
@@ -204,13 +221,34 @@ static json_object *member(json_object *row, const char *name, enum json_type ty
     return o;
 }
 
-/* Raises each counter in meta to the image's value (a counter only grows). */
-static int replay_counters(tly_replayer *r, json_object *image, int *changed, char *errbuf,
-                           size_t errlen)
+/* Raises meta `name` to `value` (counters and input positions only grow).
+ * Returns 1 if it moved, 0 if not, -1 on error. */
+static int raise_meta(sqlite3_stmt *raise, const char *name, int64_t value)
+{
+    sqlite3_bind_text(raise, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(raise, 2, value);
+    if (sqlite3_step(raise) != SQLITE_DONE) {
+        sqlite3_reset(raise);
+        return -1;
+    }
+    sqlite3_reset(raise);
+    return sqlite3_changes(sqlite3_db_handle(raise)) > 0;
+}
+
+/* Replays a counters row as its batch recorded it: each counter in meta
+ * rises to the image's value, and - when the row is of the pipeline whose
+ * positions the replayer records - the input position of its partition rises
+ * to the end of the range the batch consumed ("input":[first,last+1]), the
+ * offset that batch wrote to meta after its Kafka commit. Without that a
+ * state rebuilt from a snapshot and the changelog would have every batch's
+ * counters but the snapshot's positions. */
+static int replay_counters(tly_replayer *r, const char *key, json_object *image, int *changed,
+                           char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(r->store);
     sqlite3_stmt *stmt = NULL;
-    int rc = -1;
+    json_object *input;
+    int rc = -1, moved;
 
     *changed = 0;
     if (sqlite3_prepare_v2(db, "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) "
@@ -221,14 +259,30 @@ static int replay_counters(tly_replayer *r, json_object *image, int *changed, ch
     {
         if (!json_object_is_type(value, json_type_int) || strncmp(name, "pipeline.", 9) != 0)
             continue;
-        sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(stmt, 2, json_object_get_int64(value));
-        if (sqlite3_step(stmt) != SQLITE_DONE) {
+        if ((moved = raise_meta(stmt, name, json_object_get_int64(value))) < 0) {
             tly_error(errbuf, errlen, "cannot restore counter %s: %s", name, sqlite3_errmsg(db));
             goto done;
         }
-        *changed |= sqlite3_changes(db) > 0;
-        sqlite3_reset(stmt);
+        *changed |= moved;
+    }
+    if (r->counters_prefix && strncmp(key, r->counters_prefix, strlen(r->counters_prefix)) == 0 &&
+        json_object_object_get_ex(image, "input", &input) &&
+        json_object_is_type(input, json_type_array) && json_object_array_length(input) == 2 &&
+        json_object_is_type(json_object_array_get_idx(input, 1), json_type_int)) {
+        const char *digits = key + strlen(r->counters_prefix);
+        char *end, position[600];
+        long partition = strtol(digits, &end, 10);
+        if (end == digits || *end || partition < 0) {
+            tly_error(errbuf, errlen, "counters row with a bad key \"%s\"", key);
+            goto done;
+        }
+        snprintf(position, sizeof(position), "%s%ld", r->position_prefix, partition);
+        if ((moved = raise_meta(stmt, position,
+                                json_object_get_int64(json_object_array_get_idx(input, 1)))) < 0) {
+            tly_error(errbuf, errlen, "cannot restore position %s: %s", position, sqlite3_errmsg(db));
+            goto done;
+        }
+        *changed |= moved;
     }
     rc = 0;
 done:
@@ -357,7 +411,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     }
     image_text = json_object_to_json_string_ext(image, JSON_C_TO_STRING_PLAIN |
                                                            JSON_C_TO_STRING_NOSLASHESCAPE);
-    if (counters ? replay_counters(r, image, &outcome->changed, errbuf, errlen) < 0
+    if (counters ? replay_counters(r, json_object_get_string(key), image, &outcome->changed, errbuf, errlen) < 0
                  : tly_pipeline_replay_image(pipeline, image_text, json_object_get_int64(key_seq),
                                              part ? json_object_get_int(part) : r->default_partition,
                                              &outcome->changed, errbuf, errlen) < 0)

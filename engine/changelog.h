@@ -30,10 +30,12 @@
  *   {"pipeline.orders.p2.events_applied":1200,"pipeline.orders.p2.events_rejected":3,
  *    "pipeline.orders.p2.events_skipped":0,"pipeline.orders.p2.events_late":0,
  *    "input":[5000,5200],"instance":"tally-1"}
- * Replay raises each meta counter to the image's value, so the counters of a
- * batch that Kafka committed but the database did not (a crash in between)
- * come back with its state, and a partition taken over by another instance
- * brings its counters along. In changelog partition N, read_committed, the
+ * Replay raises each meta counter to the image's value, and the recorded
+ * input position of partition N to the end of "input" (see
+ * tly_replayer_record_positions), so the counters and positions of a batch
+ * that Kafka committed but the database did not (a crash in between) come
+ * back with its state, and a partition taken over by another instance brings
+ * its counters and position along. In changelog partition N, read_committed, the
  * "input" ranges follow each other without gap or overlap: each input record
  * was processed once, by one instance.
  *
@@ -106,6 +108,15 @@ void tly_replayer_close(tly_replayer *replayer);
  * passed over with outcome.foreign = 1. For a changelog topic that several
  * pipelines share. */
 int tly_replayer_only_entity(tly_replayer *replayer, const char *entity);
+
+/* Makes a "tally.counters" row of `pipeline` also record where its batch
+ * left the input, as the batch did: meta "<key_prefix><N>" (N = the row's
+ * input partition) rises to the end of its "input" range. The daemon passes
+ * its input position key ("kafka.input.<topic>."), so a state rebuilt from a
+ * snapshot and the changelog knows the input positions of every batch it
+ * replayed. Copies both strings. Returns 0, or -1 when out of memory. */
+int tly_replayer_record_positions(tly_replayer *replayer, const char *pipeline,
+                                  const char *key_prefix);
 
 /* With on = 1, a row that follows a gap is not applied (outcome.held = 1), so
  * the caller can commit everything before the gap and stop there. Default 0. */

@@ -400,6 +400,23 @@ wait_positions() {
     done
 }
 
+# check_positions WHAT DB TOPIC: the input positions the database recorded
+# (meta kafka.input.TOPIC.P) are the end offsets of every partition of
+# TOPIC. For a database whose state is complete and whose group has
+# consumed everything: a state rebuilt from a snapshot and the changelog
+# must know where its last replayed batches left the input, not where the
+# snapshot did.
+check_positions() {
+    local what=$1 db=$2 topic=$3 p end have
+    end_offsets "$topic" >"$WORK/ends.positions"
+    while read -r p end; do
+        have=$(meta "$db" "kafka.input.$topic.$p")
+        [[ "$have" == "$end" ]] ||
+            fail "$what: meta kafka.input.$topic.$p is ${have:-missing}, the partition ends at $end"
+    done <"$WORK/ends.positions"
+    ok
+}
+
 # state_windows DB: order_windows as "store product window_start sum count"
 # lines (tab separated, sorted), through tally query.
 state_windows() {

@@ -33,7 +33,10 @@
 #      committed records of the topic).
 #
 # After every recovery the SQLite state and the latest output per key equal
-# the awk totals exactly; at the end the DLQ holds each malformed line once.
+# the awk totals exactly, and the input positions the database recorded are
+# the input's end offsets (every one of those restarts found nothing left to
+# consume: the positions come from the replayed batches' counters records);
+# at the end the DLQ holds each malformed line once.
 # shellcheck source-path=SCRIPTDIR source=lib_run.sh
 source "$(dirname "$0")/lib_run.sh"
 
@@ -140,6 +143,7 @@ damage_and_expect() {
     expect_recovered "$kind" snapshot "$previous" missing $((seq - previous_seq))
     wait_done "$DB" "$N_ORDERS" "$PREFIX" "$N_BAD" 60 "$TALLY_PID"
     check_totals "$kind: recovered from $previous" "$WORK/orders.tsv" "$DB" "$OUT"
+    check_positions "$kind: recovered from $previous" "$DB" "$IN"
 }
 
 # ---- 1. pruning: --changelog-retention 0 ------------------------------------
@@ -188,6 +192,7 @@ assert_eq "meta recovery.source" snapshot "$(meta "$DB" recovery.source)"
 assert_eq "meta recovery.snapshot" "$S1" "$(meta "$DB" recovery.snapshot)"
 wait_done "$DB" "$N_ORDERS" "$PREFIX" "$N_BAD" 60 "$TALLY_PID"
 check_totals "state directory deleted after kill -9" "$WORK/orders.tsv" "$DB" "$OUT"
+check_positions "state directory deleted after kill -9" "$DB" "$IN"
 
 # With --changelog-retention 1h a snapshot prunes none of these young rows.
 wait_snapshot_of "$DB" "$LOG" 30 "$TALLY_PID"
@@ -238,6 +243,7 @@ assert_files_eq "the moved-aside database (unchanged)" "$WORK/corrupt.db" "$asid
 expect_recovered "database corrupt in place" snapshot "$S6" failed 0
 wait_done "$DB" "$N_ORDERS" "$PREFIX" "$N_BAD" 60 "$TALLY_PID"
 check_totals "database corrupt in place" "$WORK/orders.tsv" "$DB" "$OUT"
+check_positions "database corrupt in place" "$DB" "$IN"
 
 # ---- 6. tally recover --dry-run, then tally recover ------------------------
 produce_part 5
@@ -306,6 +312,7 @@ if grep -q 'event=started' "$WORK/recover.log"; then fail "tally recover started
 ok
 assert_eq "orders in the recovered database" "$N_ORDERS" \
     "$(sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')"
+check_positions "tally recover" "$DB" "$IN"
 start_run --snapshot-interval 0
 expect_recovered "tally run after tally recover" local - intact 0
 wait_done "$DB" "$N_ORDERS" "$PREFIX" "$N_BAD" 60 "$TALLY_PID"
@@ -326,6 +333,7 @@ assert_eq "state and snapshots deleted: partitions rebuilt" 3 "$(grep -c 'source
 assert_eq "state and snapshots deleted: records replayed for them" "$committed" \
     "$(sed -n 's/.* records=\([0-9]*\).*/\1/p' <<<"$assigned" | awk '{ n += $1 } END { print n + 0 }')"
 check_totals "whole changelog replayed" "$WORK/orders.tsv" "$DB" "$OUT"
+check_positions "whole changelog replayed" "$DB" "$IN"
 check_dlq "$PREFIX" "$IN" "$WORK/bad.kv"
 
 finish "$RUN runs of tally run, $N_ORDERS orders; the whole changelog was $committed records"
