@@ -1,18 +1,97 @@
-/* adapters/kconf.h - librdkafka configuration with tally's error reporting. */
+/* adapters/kconf.h - every librdkafka configuration tally makes.
+ *
+ * One place builds the configuration of every Kafka client tally creates
+ * (the daemon's group consumer and transactional producer, the idempotent
+ * producers of produce / publish / ingest influxdb, the admin client, the
+ * assign-only readers of recovery, the demo's clients), so a user's
+ * settings reach all of them. A client's configuration is, later wins:
+ *
+ *   1. tally's defaults for that client (linger.ms, client.id, ...)
+ *   2. environment fallbacks: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM,
+ *      KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CA_LOCATION,
+ *      TALLY_KAFKA_DEBUG (debug)
+ *   3. --kafka-config FILE (or $TALLY_KAFKA_CONFIG): librdkafka properties,
+ *      one `name=value` per line, `#` starts a comment line, blank lines and
+ *      the whitespace around name and value are ignored
+ *   4. -X name=value, in the order given
+ *   5. bootstrap.servers: --brokers when given, else -X's or the file's
+ *      bootstrap.servers, else $KAFKA_BROKERS (tly_kconf_brokers)
+ *   6. the settings tally owns for correctness (isolation.level,
+ *      transactional.id, ...): a user setting of one of them is refused when
+ *      it is read, with the reason, never silently overridden.
+ *
+ * A property librdkafka does not know, or a value it refuses, fails when it
+ * is read, with librdkafka's message and where it came from (FILE:LINE, -X,
+ * or the environment variable). Secret values (passwords, secrets, private
+ * keys) never appear in a message tally prints: they read "[redacted]".
+ *
+ * The user settings are process-wide: the CLI adds them once, before any
+ * client exists; they must not change while clients are being made. */
 #ifndef TLY_KCONF_H
 #define TLY_KCONF_H
 
 #include <librdkafka/rdkafka.h>
 #include <stddef.h>
 
-/* Sets name=value on conf. Returns 0, or -1 with errbuf naming the setting. */
+/* Adds one user setting "name=value". origin says where it came from
+ * ("-X", "FILE:LINE") for messages. Returns 0, or -1 with errbuf for a
+ * malformed assignment, a property tally owns, or one librdkafka refuses. */
+int tly_kconf_add(const char *assignment, const char *origin, char *errbuf, size_t errlen);
+
+/* Adds every setting of a properties file (format above). Returns 0, or -1
+ * with errbuf naming FILE:LINE. */
+int tly_kconf_add_file(const char *path, char *errbuf, size_t errlen);
+
+/* Adds the environment fallbacks, and $TALLY_KAFKA_CONFIG unless a file was
+ * added. Call once, after the flags. Returns 0 or -1 with errbuf. */
+int tly_kconf_add_env(char *errbuf, size_t errlen);
+
+/* Forgets every user setting (tests). */
+void tly_kconf_reset(void);
+
+/* The bootstrap servers to use: `given` (--brokers), else the user
+ * settings' bootstrap.servers, else $KAFKA_BROKERS, else NULL. */
+const char *tly_kconf_brokers(const char *given);
+
+/* The user settings as "name=value name=value ..." with secrets redacted,
+ * for a log line; "" when there are none. */
+const char *tly_kconf_summary(char *buf, size_t len);
+
+/* Whether a property's value is a secret (never printed). */
+int tly_kconf_is_secret(const char *name);
+
+/* A new configuration: `defaults` (name, value pairs, NULL-terminated; may
+ * be NULL), then the user settings, then bootstrap.servers = brokers (if not
+ * NULL), then `required` (the same shape), which a user setting may not
+ * override. Returns the conf (the caller passes it to tly_kconf_client or
+ * destroys it), or NULL with errbuf. */
+rd_kafka_conf_t *tly_kconf_new(const char *brokers, const char *const *defaults,
+                               const char *const *required, char *errbuf, size_t errlen);
+
+/* rd_kafka_new() of `conf`, which it takes ownership of in every case.
+ * `what` names the client in the error ("the producer"). Returns the
+ * handle, or NULL with errbuf. */
+rd_kafka_t *tly_kconf_client(rd_kafka_type_t type, rd_kafka_conf_t *conf, const char *what,
+                             char *errbuf, size_t errlen);
+
+/* Sets name=value on conf. Returns 0, or -1 with errbuf naming the setting
+ * (its value redacted if secret). */
 int tly_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errbuf,
                   size_t errlen);
 
+/* Connects to the cluster once with the user settings and fails fast when it
+ * cannot: bad credentials, a TLS handshake that fails (untrusted CA, TLS
+ * against a plaintext port) or a plaintext client against a TLS port end the
+ * wait at once, with librdkafka's message and a hint; brokers that are
+ * simply unreachable are waited for up to timeout_ms. Returns 0 when a
+ * broker answered a metadata request, -1 with errbuf when the settings
+ * cannot work, -2 with errbuf when no broker answered in time. */
+int tly_kconf_check_cluster(const char *brokers, int timeout_ms, char *errbuf, size_t errlen);
+
 /* A consumer that only reads by assign() (no group membership, no commits):
- * bootstrap.servers = brokers, read_committed, partition EOF reported.
- * group_id is only used for offset lookups (rd_kafka_committed) and may be
- * NULL. Returns the handle, or NULL with errbuf. */
+ * read_committed, partition EOF reported. group_id is only used for offset
+ * lookups (rd_kafka_committed) and may be NULL. Returns the handle, or NULL
+ * with errbuf. */
 rd_kafka_t *tly_kconf_reader(const char *brokers, const char *group_id, char *errbuf,
                              size_t errlen);
 

@@ -324,8 +324,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
 {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    char transactional_id[512], err[512], txn_timeout[32];
+    char transactional_id[512], txn_timeout[32], client_id[300];
+    rd_kafka_conf_t *conf;
     rd_kafka_t *rk;
     rd_kafka_error_t *error;
 
@@ -334,24 +334,20 @@ static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
      * restarted instance fences its previous self. */
     snprintf(transactional_id, sizeof(transactional_id), "tally-%s-%s", r->cfg->group_id,
              r->cfg->instance_id);
-    if (tly_kconf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "transactional.id", transactional_id, errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "transaction.timeout.ms", txn_timeout, errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "linger.ms", "5", errbuf, errlen) < 0 ||
-        /* librdkafka: at most transaction.timeout.ms */
-        tly_kconf_set(conf, "message.timeout.ms", txn_timeout, errbuf, errlen) < 0 ||
-        (getenv("TALLY_KAFKA_DEBUG") &&
-         tly_kconf_set(conf, "debug", getenv("TALLY_KAFKA_DEBUG"), errbuf, errlen) < 0)) {
-        rd_kafka_conf_destroy(conf);
-        return NULL;
+    snprintf(client_id, sizeof(client_id), "tally-%s", r->cfg->instance_id);
+    {
+        const char *const defaults[] = {"client.id", client_id, "linger.ms", "5",
+                                        /* librdkafka: at most transaction.timeout.ms */
+                                        "message.timeout.ms", txn_timeout, NULL};
+        const char *const required[] = {"transactional.id", transactional_id,
+                                        "transaction.timeout.ms", txn_timeout, NULL};
+        if (!(conf = tly_kconf_new(r->cfg->brokers, defaults, required, errbuf, errlen)))
+            return NULL;
     }
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_opaque(conf, r);
-    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
-        rd_kafka_conf_destroy(conf);
-        tly_error(errbuf, errlen, "cannot create producer: %s", err);
+    if (!(rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", errbuf, errlen)))
         return NULL;
-    }
     if ((error = rd_kafka_init_transactions(rk, KAFKA_TIMEOUT_MS))) {
         tly_error(errbuf, errlen, "init_transactions (transactional.id %s): %s", transactional_id,
              rd_kafka_error_string(error));
@@ -380,38 +376,37 @@ static rd_kafka_t *new_producer(struct runner *r, char *errbuf, size_t errlen)
 
 static rd_kafka_t *new_consumer(struct runner *r, char *errbuf, size_t errlen)
 {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_topic_partition_list_t *topics;
     rd_kafka_resp_err_t err;
-    char errstr[512], session_timeout[32];
+    char session_timeout[32], client_id[300];
+    rd_kafka_conf_t *conf;
     rd_kafka_t *rk;
 
     snprintf(session_timeout, sizeof(session_timeout), "%lld", (long long)r->cfg->session_timeout_ms);
-    if (tly_kconf_set(conf, "bootstrap.servers", r->cfg->brokers, errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "group.id", r->cfg->group_id, errbuf, errlen) < 0 ||
+    snprintf(client_id, sizeof(client_id), "tally-%s", r->cfg->instance_id);
+    {
+        /* members learn of a rebalance from a heartbeat: with librdkafka's 3 s
+         * each of the two cooperative rounds waited that long */
+        const char *const defaults[] = {"client.id", client_id, "heartbeat.interval.ms", "1000", NULL};
         /* static membership: a restart within the session timeout gets its
          * partitions back without a rebalance. 45 s (Kafka's default) also
          * outlasts a broker restart, which a 10 s session did not always. */
-        tly_kconf_set(conf, "group.instance.id", r->cfg->instance_id, errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "session.timeout.ms", session_timeout, errbuf, errlen) < 0 ||
-        /* members learn of a rebalance from a heartbeat: with librdkafka's 3 s
-         * each of the two cooperative rounds waited that long */
-        tly_kconf_set(conf, "heartbeat.interval.ms", "1000", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "isolation.level", "read_committed", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "enable.auto.commit", "false", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "auto.offset.reset", "earliest", errbuf, errlen) < 0 ||
-        tly_kconf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errbuf, errlen) < 0) {
-        rd_kafka_conf_destroy(conf);
-        return NULL;
+        const char *const required[] = {"group.id", r->cfg->group_id,
+                                        "group.instance.id", r->cfg->instance_id,
+                                        "session.timeout.ms", session_timeout,
+                                        "isolation.level", "read_committed",
+                                        "enable.auto.commit", "false",
+                                        "enable.auto.offset.store", "false",
+                                        "auto.offset.reset", "earliest",
+                                        "partition.assignment.strategy", "cooperative-sticky",
+                                        NULL};
+        if (!(conf = tly_kconf_new(r->cfg->brokers, defaults, required, errbuf, errlen)))
+            return NULL;
     }
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     rd_kafka_conf_set_opaque(conf, r);
-    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr)))) {
-        rd_kafka_conf_destroy(conf);
-        tly_error(errbuf, errlen, "cannot create consumer: %s", errstr);
+    if (!(rk = tly_kconf_client(RD_KAFKA_CONSUMER, conf, "the consumer", errbuf, errlen)))
         return NULL;
-    }
     rd_kafka_poll_set_consumer(rk);
     topics = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(topics, r->topics.input.name, RD_KAFKA_PARTITION_UA);
@@ -1731,6 +1726,17 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
                     tly_http_port(http), cfg->http_token ? "required" : "none");
         }
     }
+    /* Settings that cannot work (credentials, TLS, the wrong listener) end
+     * the start here, with librdkafka's reason, instead of in a timeout of
+     * the first request that needs the cluster. */
+    {
+        char summary[2048], quoted[2100];
+        if (*tly_kconf_summary(summary, sizeof(summary)))
+            tly_log("info", "kafka_settings", "settings=%s",
+                    tly_log_quote(summary, quoted, sizeof(quoted)));
+    }
+    if (tly_kconf_check_cluster(cfg->brokers, KAFKA_TIMEOUT_MS, errbuf, errlen) < 0)
+        goto done;
     /* Internal and output topics are created if missing; the input must exist. */
     if (cfg->manage_topics &&
         tly_topics_ensure(cfg->brokers, &r.topics, TLY_TOPIC_INTERNAL | TLY_TOPIC_OUTPUT, 0,

@@ -24,6 +24,8 @@
  * which is right for both a one-node test broker and a production cluster. */
 #include "topics.h"
 
+#include "kconf.h"
+
 #include <librdkafka/rdkafka.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -207,30 +209,19 @@ static const char *last_error_note(struct admin *a, char *buf, size_t buflen)
 
 static int admin_open(struct admin *a, const char *brokers, char *errbuf, size_t errlen)
 {
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    static const char *const defaults[] = {"client.id", "tally-admin", NULL};
+    rd_kafka_conf_t *conf;
 
     memset(a, 0, sizeof(*a));
     a->brokers = brokers;
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof(errstr)) !=
-            RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "client.id", "tally-admin", errstr, sizeof(errstr)) !=
-            RD_KAFKA_CONF_OK) {
-        snprintf(errbuf, errlen, "%s", errstr);
-        rd_kafka_conf_destroy(conf);
+    if (!(conf = tly_kconf_new(brokers, defaults, NULL, errbuf, errlen)))
         return -1;
-    }
     rd_kafka_conf_set_opaque(conf, a);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
     /* A producer handle is the plainest client that can send admin requests. */
-    a->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
-    if (!a->rk) {
-        /* rd_kafka_new() takes ownership of conf only on success. */
-        rd_kafka_conf_destroy(conf);
-        snprintf(errbuf, errlen, "cannot create a Kafka client for %s: %s", brokers, errstr);
+    if (!(a->rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "a Kafka admin client", errbuf, errlen)))
         return -1;
-    }
     a->queue = rd_kafka_queue_new(a->rk);
     return 0;
 }

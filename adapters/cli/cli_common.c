@@ -2,6 +2,7 @@
 #include "cli_common.h"
 
 #include "duration.h"
+#include "kconf.h"
 #include "log.h"
 
 #include <errno.h>
@@ -53,6 +54,26 @@ int cli_parse_int64(const char *command, const char *flag, const char *value, in
         return -1;
     }
     *out = n;
+    return 0;
+}
+
+int cli_kafka_option(const char *command, int opt, const char *value)
+{
+    char err[1024];
+    int rc = opt == 'X' ? tly_kconf_add(value, "-X", err, sizeof(err))
+                        : tly_kconf_add_file(value, err, sizeof(err));
+    return rc < 0 ? cli_usage_error(command, "%s", err) : 0;
+}
+
+int cli_kafka_settings(const char *command, const char **brokers)
+{
+    char err[1024];
+    if (tly_kconf_add_env(err, sizeof(err)) < 0)
+        return cli_usage_error(command, "%s", err);
+    if (!(*brokers = tly_kconf_brokers(*brokers)))
+        return cli_usage_error(command, "--brokers is required (or set KAFKA_BROKERS, or "
+                                        "bootstrap.servers in --kafka-config), e.g. "
+                                        "--brokers 127.0.0.1:9092");
     return 0;
 }
 

@@ -25,6 +25,29 @@ int cli_parse_int64(const char *command, const char *flag, const char *value, in
 
 int64_t cli_now_ms(void);
 
+/* -X NAME=VALUE and --kafka-config FILE, on every command that talks to
+ * Kafka (adapters/kconf.h says how they combine). A parser puts "X:" in its
+ * short options, CLI_KAFKA_OPTION in its long ones and CLI_KAFKA_USAGE in
+ * its help, passes both to cli_kafka_option, and calls cli_kafka_settings
+ * after the loop. */
+#define CLI_OPT_KAFKA_CONFIG 0x4b43
+#define CLI_KAFKA_OPTION {"kafka-config", required_argument, NULL, CLI_OPT_KAFKA_CONFIG}
+#define CLI_KAFKA_USAGE                                                                     \
+    "  -X NAME=VALUE            a librdkafka property for every Kafka client tally makes,\n" \
+    "                           e.g. -X security.protocol=SASL_SSL (repeatable)\n"          \
+    "  --kafka-config FILE      librdkafka properties, NAME=VALUE per line, # comments\n"   \
+    "                           (default $TALLY_KAFKA_CONFIG); -X wins over the file\n"
+
+/* Takes -X (opt 'X') or --kafka-config. Returns 0, or prints the problem and
+ * returns CLI_EXIT_USAGE. */
+int cli_kafka_option(const char *command, int opt, const char *value);
+
+/* After the flags: adds the environment's Kafka settings and sets *brokers
+ * to the bootstrap servers: the --brokers value in *brokers (NULL if not
+ * given), else bootstrap.servers of the settings, else $KAFKA_BROKERS.
+ * Returns 0, or prints the problem and returns CLI_EXIT_USAGE. */
+int cli_kafka_settings(const char *command, const char **brokers);
+
 /* Progress on stderr, once a second, only when stderr is a terminal. */
 typedef struct cli_progress {
     int enabled;

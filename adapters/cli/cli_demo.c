@@ -15,6 +15,7 @@
 #include "cli_common.h"
 #include "commands.h"
 
+#include "kconf.h"
 #include "loadgen.h"
 #include "log.h"
 #include "runner.h"
@@ -235,6 +236,8 @@ int cmd_demo(int argc, char **argv)
     rd_kafka_t *mock_handle = NULL, *producer = NULL;
     rd_kafka_mock_cluster_t *mock = NULL;
     rd_kafka_conf_t *conf;
+    static const char *const mock_defaults[] = {"log_level", "0", NULL};
+    static const char *const producer_defaults[] = {"client.id", "tally-demo", "linger.ms", "5", NULL};
     int opt, status = CLI_EXIT_FAILURE, started_runners = 0;
     unsigned ticks = 0;
     bool tty = isatty(STDOUT_FILENO);
@@ -275,10 +278,9 @@ int cmd_demo(int argc, char **argv)
     }
 
     /* The mock cluster lives inside a librdkafka handle of its own. */
-    conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "log_level", "0", NULL, 0);
-    if (!(mock_handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
-        rd_kafka_conf_destroy(conf);
+    if (!(conf = tly_kconf_new(NULL, mock_defaults, NULL, errstr, sizeof(errstr))) ||
+        !(mock_handle = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the mock cluster's handle",
+                                         errstr, sizeof(errstr)))) {
         fprintf(stderr, "tally demo: %s\n", errstr);
         return CLI_EXIT_FAILURE;
     }
@@ -302,11 +304,9 @@ int cmd_demo(int argc, char **argv)
         gens[i] = tly_loadgen_new(&gopts);
         snprintf(db_paths[i], sizeof(db_paths[i]), "%s/%s.db", dir, pipelines[i]);
     }
-    conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstraps, errstr, sizeof(errstr)) ||
-        rd_kafka_conf_set(conf, "linger.ms", "5", errstr, sizeof(errstr)) ||
-        !(producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
-        rd_kafka_conf_destroy(conf);
+    if (!(conf = tly_kconf_new(bootstraps, producer_defaults, NULL, errstr, sizeof(errstr))) ||
+        !(producer = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the demo's producer", errstr,
+                                      sizeof(errstr)))) {
         fprintf(stderr, "tally demo: %s\n", errstr);
         goto done;
     }

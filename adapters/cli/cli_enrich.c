@@ -33,6 +33,7 @@ static const char enrich_usage[] =
     "SIGTERM or SIGINT finishes the open batch and exits 0.\n"
     "\n"
     "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n"
+    CLI_KAFKA_USAGE
     "  --input-topic T          raw orders (default orders)\n"
     "  --output-topic T         enriched orders, a stream (default orders.enriched)\n"
     "  --group-id G             consumer group (default opa)\n"
@@ -101,7 +102,8 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
         {"log-level", required_argument, NULL, 'L'},
         {"log-format", required_argument, NULL, 'F'},
         {"session-timeout", required_argument, NULL, 'x'},
-        {"transaction-timeout", required_argument, NULL, 'X'},
+        {"transaction-timeout", required_argument, NULL, 'Z'},
+        CLI_KAFKA_OPTION,
         {"help", no_argument, NULL, 'h'},
         /* tally run flags that mean nothing here: named, so the message
          * says why rather than "unknown option" */
@@ -116,7 +118,7 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
     int opt;
 
     tly_runner_config_init(cfg, "enrich");
-    cfg->brokers = getenv("KAFKA_BROKERS");
+    cfg->brokers = NULL; /* cli_kafka_settings */
     cfg->topic_prefix = "opa";
     cfg->group_id = "opa";
     cfg->instance_id = "enrich-0";
@@ -125,7 +127,7 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
     *dedup_window_ms = DEFAULT_DEDUP_WINDOW_MS;
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
         case 'b': cfg->brokers = optarg; break;
         case 'P': cfg->topic_prefix = optarg; break;
@@ -168,9 +170,14 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
             break;
         case 'E': cfg->allow_empty = 1; break;
         case 'x':
-        case 'X':
+        case 'Z':
             if (cli_group_timeout(cmd, opt == 'x' ? "--session-timeout" : "--transaction-timeout",
                                   optarg, cfg) != 0)
+                return CLI_EXIT_USAGE;
+            break;
+        case 'X':
+        case CLI_OPT_KAFKA_CONFIG:
+            if (cli_kafka_option(cmd, opt, optarg) != 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'H':
@@ -229,9 +236,8 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
         return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
     if (cfg->http_token && !*cfg->http_token)
         cfg->http_token = NULL;
-    if (!cfg->brokers || !*cfg->brokers)
-        return cli_usage_error(cmd, "--brokers is required (or set KAFKA_BROKERS), e.g. "
-                                    "--brokers 127.0.0.1:9092");
+    if (cli_kafka_settings(cmd, &cfg->brokers) != 0)
+        return CLI_EXIT_USAGE;
     return -1;
 }
 

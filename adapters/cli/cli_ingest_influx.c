@@ -90,6 +90,7 @@ static const char ingest_influx_usage[] =
     "\n"
     "Kafka:\n"
     "  --brokers B                 bootstrap servers (default: $KAFKA_BROKERS)\n"
+    CLI_KAFKA_USAGE
     "  --output-topic T            (default " DEFAULT_TOPIC ")\n"
     "  --delivery-timeout DUR      a record not acknowledged by then failed, and the\n"
     "                              cycle's produce is retried (default 30s)\n"
@@ -317,30 +318,26 @@ static void close_producer(struct ingest *in)
 
 static int open_producer(struct ingest *in, char *err, size_t errlen)
 {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    char timeout[32], errstr[512];
+    char timeout[32];
+    rd_kafka_conf_t *conf;
 
     snprintf(timeout, sizeof(timeout), "%" PRId64, in->o.delivery_timeout_ms);
-    /* murmur2_random: the same key -> partition mapping as the Java
-     * producer, so a VIN lands where the upstream services put it. */
-    if (tly_kconf_set(conf, "bootstrap.servers", in->o.brokers, err, errlen) < 0 ||
-        tly_kconf_set(conf, "client.id", "tally-ingest-influxdb", err, errlen) < 0 ||
-        tly_kconf_set(conf, "enable.idempotence", "true", err, errlen) < 0 ||
-        tly_kconf_set(conf, "linger.ms", "5", err, errlen) < 0 ||
-        tly_kconf_set(conf, "message.timeout.ms", timeout, err, errlen) < 0 ||
-        tly_kconf_set(conf, "partitioner", "murmur2_random", err, errlen) < 0) {
-        rd_kafka_conf_destroy(conf);
-        return -1;
+    {
+        /* murmur2_random: the same key -> partition mapping as the Java
+         * producer, so a VIN lands where the upstream services put it. */
+        const char *const defaults[] = {"client.id", "tally-ingest-influxdb", "linger.ms", "5",
+                                        "message.timeout.ms", timeout,
+                                        "partitioner", "murmur2_random", NULL};
+        static const char *const required[] = {"enable.idempotence", "true", NULL};
+        if (!(conf = tly_kconf_new(in->o.brokers, defaults, required, err, errlen)))
+            return -1;
     }
     rd_kafka_conf_set_opaque(conf, in);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     rd_kafka_conf_set_log_cb(conf, drop_log);
-    if (!(in->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
-        rd_kafka_conf_destroy(conf); /* rd_kafka_new() takes ownership of conf only on success */
-        snprintf(err, errlen, "cannot create a Kafka producer for %s: %s", in->o.brokers, errstr);
+    if (!(in->rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen)))
         return -1;
-    }
     if (!(in->rkt = rd_kafka_topic_new(in->rk, in->o.topic, NULL))) {
         snprintf(err, errlen, "topic %s: %s", in->o.topic, rd_kafka_err2str(rd_kafka_last_error()));
         close_producer(in);
@@ -644,6 +641,7 @@ static int parse_options(struct ingest *in, int argc, char **argv)
         {"retry-max-attempts", required_argument, NULL, OPT_ATTEMPTS},
         {"retry-initial-interval", required_argument, NULL, OPT_INITIAL},
         {"retry-max-interval", required_argument, NULL, OPT_MAX_INTERVAL},
+        CLI_KAFKA_OPTION,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     static const char cmd[] = "ingest influxdb";
@@ -657,7 +655,7 @@ static int parse_options(struct ingest *in, int argc, char **argv)
     o->influx.token = env_or_null("INFLUX_TOKEN");
     o->model.measurement = "telemetry";
     o->model.pod_tag = "pod";
-    o->brokers = getenv("KAFKA_BROKERS");
+    o->brokers = NULL; /* cli_kafka_settings */
     o->topic = DEFAULT_TOPIC;
     o->interval_ms = 10000;
     o->lookback_ms = 10000;
@@ -672,9 +670,14 @@ static int parse_options(struct ingest *in, int argc, char **argv)
 
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
         case OPT_URL: o->influx.url = optarg; break;
+        case 'X':
+        case CLI_OPT_KAFKA_CONFIG:
+            if (cli_kafka_option(cmd, opt, optarg) != 0)
+                return CLI_EXIT_USAGE;
+            break;
         case OPT_DATABASE: o->influx.database = optarg; break;
         case OPT_RP: o->influx.retention_policy = optarg; break;
         case OPT_USERNAME: username = optarg; break;
@@ -744,8 +747,8 @@ static int parse_options(struct ingest *in, int argc, char **argv)
         return cli_usage_error(cmd, "--database is required (the InfluxDB database to read)");
     if (!o->pods_arg && !o->map_path)
         return cli_usage_error(cmd, "give the pods to read: --pods a,b,c, or --resource-map FILE");
-    if (!o->brokers || !*o->brokers)
-        return cli_usage_error(cmd, "--brokers is required (or set KAFKA_BROKERS)");
+    if (cli_kafka_settings(cmd, &o->brokers) != 0)
+        return CLI_EXIT_USAGE;
     if (!*o->topic)
         return cli_usage_error(cmd, "--output-topic must not be empty");
     if (!*o->model.measurement || !*o->model.pod_tag ||
@@ -851,6 +854,12 @@ int cmd_ingest_influxdb(int argc, char **argv)
     }
     if (!(in->latest = tly_latest_new()))
         goto oom;
+    /* Settings that cannot work end the start; a broker that is down does
+     * not (producing retries, and says so). */
+    switch (tly_kconf_check_cluster(in->o.brokers, (int)in->o.delivery_timeout_ms, err, sizeof(err))) {
+    case -1: fprintf(stderr, "tally ingest influxdb: %s\n", err); goto done;
+    case -2: tly_log("warn", "kafka", "error=%s", tly_log_quote(err, quoted, sizeof(quoted))); break;
+    }
     if (open_producer(in, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally ingest influxdb: %s\n", err);
         goto done;

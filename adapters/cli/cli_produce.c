@@ -11,6 +11,7 @@
 #include "cli_common.h"
 #include "commands.h"
 
+#include "kconf.h"
 #include "loadgen.h"
 #include "topics.h"
 
@@ -38,6 +39,7 @@ static const char produce_usage[] =
     "sends exactly RATE x D events (rounded down), then waits for every delivery.\n"
     "\n"
     "  --brokers B      bootstrap servers (default: $KAFKA_BROKERS)\n"
+    CLI_KAFKA_USAGE
     "  --pipeline NAME  orders or telemetry\n"
     "  --rate N         events per second (default 1000)\n"
     "  --duration DUR   how long to send, e.g. 60s, 5m (default: until Ctrl-C)\n"
@@ -179,39 +181,25 @@ static int topic_exists(struct producer *p, char *err, size_t errlen)
     return found;
 }
 
-static int set_conf(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,
-                    size_t errlen)
-{
-    return rd_kafka_conf_set(conf, name, value, err, errlen) == RD_KAFKA_CONF_OK ? 0 : -1;
-}
-
 /* Creates the idempotent producer. Returns 0, or -1 with err. */
 static int open_producer(struct producer *p, char *err, size_t errlen)
 {
-    char errstr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-
     /* murmur2_random: the same key -> partition mapping as the Java producer,
      * so these events land where the upstream services would put them. */
-    if (set_conf(conf, "bootstrap.servers", p->brokers, errstr, sizeof(errstr)) < 0 ||
-        set_conf(conf, "client.id", "tally-produce", errstr, sizeof(errstr)) < 0 ||
-        set_conf(conf, "enable.idempotence", "true", errstr, sizeof(errstr)) < 0 ||
-        set_conf(conf, "linger.ms", "5", errstr, sizeof(errstr)) < 0 ||
-        set_conf(conf, "compression.type", "none", errstr, sizeof(errstr)) < 0 ||
-        set_conf(conf, "partitioner", "murmur2_random", errstr, sizeof(errstr)) < 0) {
-        snprintf(err, errlen, "%s", errstr);
-        rd_kafka_conf_destroy(conf);
+    static const char *const defaults[] = {"client.id", "tally-produce", "linger.ms", "5",
+                                           "compression.type", "none",
+                                           "partitioner", "murmur2_random", NULL};
+    static const char *const required[] = {"enable.idempotence", "true", NULL};
+    rd_kafka_conf_t *conf = tly_kconf_new(p->brokers, defaults, required, err, errlen);
+
+    if (!conf)
         return -1;
-    }
     rd_kafka_conf_set_opaque(conf, p);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, drop_log);
-    if (!(p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
-        rd_kafka_conf_destroy(conf); /* rd_kafka_new() takes ownership of conf only on success */
-        snprintf(err, errlen, "cannot create a Kafka producer for %s: %s", p->brokers, errstr);
+    if (!(p->rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen)))
         return -1;
-    }
     if (!(p->rkt = rd_kafka_topic_new(p->rk, p->topic, NULL))) {
         snprintf(err, errlen, "topic %s: %s", p->topic, rd_kafka_err2str(rd_kafka_last_error()));
         return -1;
@@ -319,6 +307,7 @@ int cmd_produce(int argc, char **argv)
                                             {"topic", required_argument, NULL, 't'},
                                             {"seed", required_argument, NULL, 's'},
                                             {"sensors-per-event", required_argument, NULL, 'S'},
+                                            CLI_KAFKA_OPTION,
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
     struct producer run, *p = &run;
@@ -331,13 +320,18 @@ int cmd_produce(int argc, char **argv)
     char err[512];
 
     memset(p, 0, sizeof(*p));
-    p->brokers = getenv("KAFKA_BROKERS");
+    p->brokers = NULL; /* cli_kafka_settings */
     p->rate = 1000;
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
         case 'b': p->brokers = optarg; break;
+        case 'X':
+        case CLI_OPT_KAFKA_CONFIG:
+            if (cli_kafka_option("produce", opt, optarg) != 0)
+                return CLI_EXIT_USAGE;
+            break;
         case 'p': p->pipeline = optarg; break;
         case 't': topic = optarg; break;
         case 'r':
@@ -370,8 +364,8 @@ int cmd_produce(int argc, char **argv)
         return cli_usage_error("produce", "unexpected argument \"%s\"", argv[optind]);
     if (!p->pipeline)
         return cli_usage_error("produce", "--pipeline is required (orders or telemetry)");
-    if (!p->brokers || !*p->brokers)
-        return cli_usage_error("produce", "--brokers is required (or set KAFKA_BROKERS)");
+    if (cli_kafka_settings("produce", &p->brokers) != 0)
+        return CLI_EXIT_USAGE;
     if (tly_topics_layout(p->pipeline, NULL, NULL, NULL, &layout, err, sizeof(err)) < 0)
         return cli_usage_error("produce", "%s", err);
     if (topic && !*topic)
@@ -400,7 +394,8 @@ int cmd_produce(int argc, char **argv)
         fprintf(stderr, "tally produce: out of memory\n");
         goto done;
     }
-    if (open_producer(p, err, sizeof(err)) < 0) {
+    if (tly_kconf_check_cluster(p->brokers, FLUSH_TIMEOUT_MS, err, sizeof(err)) < 0 ||
+        open_producer(p, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally produce: %s\n", err);
         goto done;
     }

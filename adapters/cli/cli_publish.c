@@ -46,6 +46,7 @@ static const char publish_usage[] =
     "\n"
     "  --db PATH            the daemon's database (<state-dir>/telemetry.db)\n"
     "  --brokers LIST       bootstrap servers (default: $KAFKA_BROKERS)\n"
+    CLI_KAFKA_USAGE
     "  --pipeline NAME      telemetry (default; the pipeline must keep a pending set)\n"
     "  --output-topic T     default sensor-service.dispatch.telemetry-latest-compacted\n"
     "                       (tally run creates it, compacted, with the daemon's output\n"
@@ -183,26 +184,17 @@ static int publish_once(struct publisher *p, char *err, size_t errlen)
 
 static rd_kafka_t *new_producer(struct publisher *p, const char *brokers, char *err, size_t errlen)
 {
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_t *rk;
-    char errstr[512];
+    static const char *const defaults[] = {"client.id", "tally-publish", "linger.ms", "20",
+                                           "partitioner", "murmur2_random", NULL};
+    static const char *const required[] = {"enable.idempotence", "true", NULL};
+    rd_kafka_conf_t *conf = tly_kconf_new(brokers, defaults, required, err, errlen);
 
-    if (tly_kconf_set(conf, "bootstrap.servers", brokers, err, errlen) < 0 ||
-        tly_kconf_set(conf, "client.id", "tally-publish", err, errlen) < 0 ||
-        tly_kconf_set(conf, "enable.idempotence", "true", err, errlen) < 0 ||
-        tly_kconf_set(conf, "linger.ms", "20", err, errlen) < 0 ||
-        tly_kconf_set(conf, "partitioner", "murmur2_random", err, errlen) < 0) {
-        rd_kafka_conf_destroy(conf);
+    if (!conf)
         return NULL;
-    }
     rd_kafka_conf_set_opaque(conf, p);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_error);
-    if (!(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr)))) {
-        rd_kafka_conf_destroy(conf);
-        tly_error(err, errlen, "cannot create the producer: %s", errstr);
-    }
-    return rk;
+    return tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen);
 }
 
 int cmd_publish(int argc, char **argv)
@@ -217,9 +209,10 @@ int cmd_publish(int argc, char **argv)
         {"once", no_argument, NULL, '1'},
         {"log-level", required_argument, NULL, 'L'},
         {"log-format", required_argument, NULL, 'F'},
+        CLI_KAFKA_OPTION,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
-    const char *db_path = NULL, *brokers = getenv("KAFKA_BROKERS"), *pipeline = "telemetry";
+    const char *db_path = NULL, *brokers = NULL, *pipeline = "telemetry";
     const char *output = NULL;
     int64_t interval_ms = 120000, n, next;
     int opt, once = 0, batch_size = 1, rc = CLI_EXIT_FAILURE;
@@ -232,10 +225,15 @@ int cmd_publish(int argc, char **argv)
     memset(&p, 0, sizeof(p));
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
         case 'd': db_path = optarg; break;
         case 'b': brokers = optarg; break;
+        case 'X':
+        case CLI_OPT_KAFKA_CONFIG:
+            if (cli_kafka_option("publish", opt, optarg) != 0)
+                return CLI_EXIT_USAGE;
+            break;
         case 'p': pipeline = optarg; break;
         case 'O': output = optarg; break;
         case 'i':
@@ -269,9 +267,8 @@ int cmd_publish(int argc, char **argv)
     if (!db_path)
         return cli_usage_error("publish", "--db is required: the database of tally run --strategy "
                                "state_store, e.g. --db state/telemetry.db");
-    if (!brokers || !*brokers)
-        return cli_usage_error("publish", "--brokers is required (or set KAFKA_BROKERS), e.g. "
-                               "--brokers 127.0.0.1:9092");
+    if (cli_kafka_settings("publish", &brokers) != 0)
+        return CLI_EXIT_USAGE;
     if (strcmp(pipeline, "telemetry") != 0)
         return cli_usage_error("publish", "--pipeline %s keeps no pending set to publish; only "
                                "telemetry does", pipeline);
@@ -305,7 +302,8 @@ int cmd_publish(int argc, char **argv)
         tly_error(err, sizeof(err), "out of memory");
         goto done;
     }
-    if (!(p.rk = new_producer(&p, brokers, err, sizeof(err))))
+    if (tly_kconf_check_cluster(brokers, 30000, err, sizeof(err)) < 0 ||
+        !(p.rk = new_producer(&p, brokers, err, sizeof(err))))
         goto done;
     tly_log("info", "publish_started", "db=%s topic=%s interval_ms=%lld batch_size=%d", db_path,
             p.topic, (long long)interval_ms, batch_size);

@@ -3,6 +3,7 @@
 #include "commands.h"
 
 #include "http.h"
+#include "kconf.h"
 #include "log.h"
 #include "pipeline.h"
 #include "recovery.h"
@@ -26,6 +27,7 @@ static const char run_usage[] =
     "SIGTERM or SIGINT finishes the open batch and exits 0.\n"
     "\n"
     "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n"
+    CLI_KAFKA_USAGE
     "  --topic-prefix P         internal topics P-changelog, P-snapshots, P-dlq (default opb)\n"
     "  --group-id G             consumer group (default opb)\n"
     "  --instance-id I          static group member and transactional.id (default <pipeline>-0);\n"
@@ -106,8 +108,8 @@ static const char recover_usage[] =
     "                           verifies, changelog offsets, records and bytes to replay)\n"
     "                           and change nothing\n"
     "  --state-dir, --snapshot-dir, --topic-prefix, --group-id, --instance-id,\n"
-    "  --input-topic, --changelog on|off, --allow-empty: as for tally run (the other\n"
-    "  tally run options are accepted and have no effect here)\n";
+    "  --input-topic, --changelog on|off, --allow-empty, --brokers, -X, --kafka-config:\n"
+    "  as for tally run (the other tally run options are accepted and have no effect here)\n";
 
 static volatile sig_atomic_t stop_requested;
 
@@ -171,7 +173,8 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         {"flush-interval", required_argument, NULL, 'f'},
         {"log-format", required_argument, NULL, 'F'},
         {"session-timeout", required_argument, NULL, 'x'},
-        {"transaction-timeout", required_argument, NULL, 'X'},
+        {"transaction-timeout", required_argument, NULL, 'Z'},
+        CLI_KAFKA_OPTION,
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *pipeline = NULL;
@@ -179,12 +182,12 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
     int opt, strategy = -1, lateness_given = 0, max_batch_given = 0;
 
     tly_runner_config_init(cfg, NULL);
-    cfg->brokers = getenv("KAFKA_BROKERS");
+    cfg->brokers = NULL; /* cli_kafka_settings */
     cfg->http_listen = "127.0.0.1:9464";
     cfg->http_token = getenv("TALLY_HTTP_TOKEN");
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
         case 'p': pipeline = optarg; break;
         case 'b': cfg->brokers = optarg; break;
@@ -237,8 +240,13 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
             if (cli_group_timeout(cmd, "--session-timeout", optarg, cfg) != 0)
                 return CLI_EXIT_USAGE;
             break;
-        case 'X':
+        case 'Z':
             if (cli_group_timeout(cmd, "--transaction-timeout", optarg, cfg) != 0)
+                return CLI_EXIT_USAGE;
+            break;
+        case 'X':
+        case CLI_OPT_KAFKA_CONFIG:
+            if (cli_kafka_option(cmd, opt, optarg) != 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'Y':
@@ -310,9 +318,8 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         return cli_usage_error(cmd, "--pipeline is required (orders or telemetry)");
     if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry"))
         return cli_usage_error(cmd, "--pipeline must be orders or telemetry, not \"%s\"", pipeline);
-    if (!cfg->brokers || !*cfg->brokers)
-        return cli_usage_error(cmd, "--brokers is required (or set KAFKA_BROKERS), e.g. "
-                                      "--brokers 127.0.0.1:9092");
+    if (cli_kafka_settings(cmd, &cfg->brokers) != 0)
+        return CLI_EXIT_USAGE;
     cfg->pipeline = pipeline;
     cfg->strategy = strategy >= 0                      ? strategy
                     : strcmp(pipeline, "telemetry") == 0 ? TLY_EMIT_LOG_COMPACTED
@@ -410,6 +417,10 @@ static int recover_dry_run(const tly_runner_config *cfg)
     rcfg.allow_empty = cfg->allow_empty;
     rcfg.dry_run = 1;
     rcfg.stop = &stop_requested;
+    if (tly_kconf_check_cluster(cfg->brokers, 30000, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally recover: %s\n", err);
+        goto done;
+    }
     if (tly_recovery_prepare(&rcfg, report, err, sizeof(err)) < 0 ||
         tly_recovery_replay(&rcfg, entity, report, NULL, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally recover: %s\n", err);

@@ -8,6 +8,7 @@
 #include "cli_common.h"
 #include "commands.h"
 
+#include "kconf.h"
 #include "topics.h"
 
 #include <getopt.h>
@@ -35,6 +36,7 @@ static const char topics_usage[] =
     "difference is an error and nothing is created.\n"
     "\n"
     "  --brokers B          bootstrap servers (default: $KAFKA_BROKERS)\n"
+    CLI_KAFKA_USAGE
     "  --pipeline NAME      orders, telemetry or enrich (give enrich --topic-prefix opa)\n"
     "  --partitions N       partitions of the input if it must be created (default 1)\n"
     "  --topic-prefix P     prefix of the internal topics (default opb)\n"
@@ -97,9 +99,10 @@ static int topics_create(int argc, char **argv)
                                             {"output-topic", required_argument, NULL, 'o'},
                                             {"timeout", required_argument, NULL, 't'},
                                             {"input-cleanup-policy", required_argument, NULL, 'c'},
+                                            CLI_KAFKA_OPTION,
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-    const char *brokers = getenv("KAFKA_BROKERS"), *pipeline = NULL, *prefix = "opb";
+    const char *brokers = NULL, *pipeline = NULL, *prefix = "opb";
     const char *input = NULL, *output = NULL, *input_policy = NULL;
     int64_t partitions = 0, timeout_ms = DEFAULT_TIMEOUT_MS;
     tly_topic_layout layout;
@@ -108,16 +111,22 @@ static int topics_create(int argc, char **argv)
     int before[5], after[5], created = 0, opt, status = CLI_EXIT_FAILURE;
     rd_kafka_resp_err_t kerr;
     rd_kafka_conf_t *conf = NULL;
+    static const char *const defaults[] = {"client.id", "tally-admin", NULL};
     rd_kafka_t *rk = NULL;
     char err[1024], last_error[256] = "";
 
     opterr = 0;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
         case 'b': brokers = optarg; break;
         case 'p': pipeline = optarg; break;
         case 'x': prefix = optarg; break;
+        case 'X':
+        case CLI_OPT_KAFKA_CONFIG:
+            if (cli_kafka_option(COMMAND, opt, optarg) != 0)
+                return CLI_EXIT_USAGE;
+            break;
         case 'i': input = optarg; break;
         case 'o': output = optarg; break;
         case 'n':
@@ -142,8 +151,8 @@ static int topics_create(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(COMMAND, "unexpected argument \"%s\"", argv[optind]);
-    if (!brokers || !*brokers)
-        return cli_usage_error(COMMAND, "--brokers is required (or set KAFKA_BROKERS)");
+    if (cli_kafka_settings(COMMAND, &brokers) != 0)
+        return CLI_EXIT_USAGE;
     if (!pipeline)
         return cli_usage_error(COMMAND, "--pipeline is required (orders, telemetry or enrich)");
     /* A bad name is a bad flag value: the user must change the command line. */
@@ -160,15 +169,16 @@ static int topics_create(int argc, char **argv)
     for (int i = 0; i < 5; i++)
         names[i] = specs[i]->name;
 
-    conf = rd_kafka_conf_new();
+    if (tly_kconf_check_cluster(brokers, (int)timeout_ms, err, sizeof(err)) < 0 ||
+        !(conf = tly_kconf_new(brokers, defaults, NULL, err, sizeof(err)))) {
+        fprintf(stderr, "tally topics create: %s\n", err);
+        return CLI_EXIT_FAILURE;
+    }
     rd_kafka_conf_set_log_cb(conf, drop_log);
     rd_kafka_conf_set_error_cb(conf, keep_error);
     rd_kafka_conf_set_opaque(conf, last_error);
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof(err)) !=
-            RD_KAFKA_CONF_OK ||
-        !(rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err)))) {
+    if (!(rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "a Kafka client", err, sizeof(err)))) {
         fprintf(stderr, "tally topics create: %s\n", err);
-        rd_kafka_conf_destroy(conf); /* rd_kafka_new() owns conf only on success */
         return CLI_EXIT_FAILURE;
     }
     /* This first list tells created from existing below. */

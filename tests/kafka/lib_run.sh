@@ -675,6 +675,20 @@ free_port() {
 # series; empty if there is none).
 metric() { awk -v n="$2" 'index($0, n "{") == 1 || index($0, n " ") == 1 { print $NF; exit }' "$1"; }
 
+# ------------------------------------------------------- secured mode ---
+
+# kafka_tls_dir: sets TLS_DIR to where scripts/kafka (KAFKA_SECURE=1) put
+# the CA, the client certificate and the librdkafka properties files of its
+# secured listeners.
+kafka_tls_dir() {
+    TLS_DIR=${KAFKA_DATA_DIR:-${TMPDIR:-/tmp}/tally-kafka-$KAFKA_PORT}/tls
+    [[ -f "$TLS_DIR/sasl-scram.properties" ]] ||
+        fail "the test broker has no secured listeners ($TLS_DIR/sasl-scram.properties missing; start it with KAFKA_SECURE=1)"
+}
+
+# secret_of FILE: the sasl.password (or ssl.key.password) a properties file holds.
+secret_of() { sed -n 's/^\(sasl\|ssl\.key\)\.password=//p' "$1" | head -n 1; }
+
 # ---------------------------------------------------------- scale-out ---
 #
 #   gen_orders_by_store N SEED FIRST STORES TSV

@@ -11,6 +11,9 @@
 #    newest time, sensors in name order, received_at the newest reading;
 #    produced_at an emit time. The same with a resource map (device ids of two
 #    pods translated into VINs; a device the map lacks is skipped and counted).
+#    The first cycle once more to the broker's SASL_SSL listener (settings
+#    from a properties file only), and with a wrong password: exit 1 within
+#    seconds, the reason named, no password in the output.
 # 2. InfluxDB stopped mid-run: points stamped inside the outage (written
 #    before it, with future times, so the data exists but cannot be read while
 #    the server is down) all reach Kafka after it returns; retries and errors
@@ -206,6 +209,35 @@ awk -F'\t' -v lo="$before" -v hi="$after" '{ if (!match($2, /"produced_at":[0-9]
 ok
 without_produced_at "$WORK/actual_raw.tsv" >"$WORK/actual.tsv"
 assert_files_eq "latest record per VIN" "$WORK/expected.tsv" "$WORK/actual.tsv"
+
+# The same cycle to the broker's SASL_SSL listener (SCRAM-SHA-512), its
+# settings from a librdkafka properties file alone (no --brokers, no
+# $KAFKA_BROKERS); then with a wrong password: exit 1 at once, the reason
+# named, the password nowhere in the output.
+kafka_tls_dir
+TOPIC1S=$(name sasl)
+create_topic "$TOPIC1S" 2
+rc=0
+env -u KAFKA_BROKERS "$TALLY" ingest influxdb --url "$INFLUX_URL" --database "$DB" \
+    --kafka-config "$TLS_DIR/sasl-scram.properties" --pods p1,p2,p3 --output-topic "$TOPIC1S" \
+    --lookback 40s --once >"$WORK/sasl.log" 2>&1 || rc=$?
+TALLY_LOGS+=("$WORK/sasl.log")
+assert_eq "--once over SASL_SSL: exit status" 0 "$rc"
+read_topic "$TOPIC1S" '%k\t%s\n' | sort >"$WORK/sasl_raw.tsv"
+without_produced_at "$WORK/sasl_raw.tsv" >"$WORK/sasl.tsv"
+assert_files_eq "latest record per VIN over SASL_SSL" "$WORK/expected.tsv" "$WORK/sasl.tsv"
+rc=0
+started=$SECONDS
+env -u KAFKA_BROKERS "$TALLY" ingest influxdb --url "$INFLUX_URL" --database "$DB" \
+    --kafka-config "$TLS_DIR/sasl-scram.properties" -X sasl.password=not-the-password \
+    --pods p1 --output-topic "$TOPIC1S" --once >"$WORK/badpw.out" 2>&1 || rc=$?
+assert_eq "--once with a wrong SASL password: exit status" 1 "$rc"
+((SECONDS - started <= 10)) || fail "a wrong SASL password took $((SECONDS - started)) s to fail"
+grep -q 'SASL authentication error' "$WORK/badpw.out" || fail "wrong password: no reason in: $(head -c 400 "$WORK/badpw.out")"
+if grep -qF -e "$(secret_of "$TLS_DIR/sasl-scram.properties")" -e not-the-password "$WORK/badpw.out" "$WORK/sasl.log"; then
+    fail "a SASL password appears in tally ingest influxdb's output"
+fi
+ok
 
 # The same through a resource map: device ids, the same id in two pods.
 cat >"$WORK/resource.map" <<'EOF'

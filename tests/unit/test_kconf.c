@@ -1,0 +1,222 @@
+/* tests/unit/test_kconf.c - the user's Kafka settings: the properties file,
+ * -X, the environment, their order, refused and misspelled properties,
+ * redaction, and the connection check's timeout. No broker needed. */
+#include "tly_test.h"
+
+#include "kconf.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+static int64_t cli_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The value conf holds for name ("" if unset). */
+static const char *conf_value(rd_kafka_conf_t *conf, const char *name)
+{
+    static char buf[512];
+    size_t len = sizeof(buf);
+    if (rd_kafka_conf_get(conf, name, buf, &len) != RD_KAFKA_CONF_OK)
+        buf[0] = '\0';
+    return buf;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+static void test_file_then_flags(void)
+{
+    char path[256], err[1024] = "", summary[1024];
+    static const char *const defaults[] = {"linger.ms", "5", "client.id", "tally-x", NULL};
+    static const char *const required[] = {"enable.idempotence", "true", NULL};
+    rd_kafka_conf_t *conf = NULL;
+
+    tly_kconf_reset();
+    snprintf(path, sizeof(path), "%s/client.properties", tly_test_dir());
+    write_file(path, "# a comment\n"
+                     "\n"
+                     "  security.protocol = SASL_SSL  \n"
+                     "sasl.mechanisms=SCRAM-SHA-512\n"
+                     "sasl.username=from-file\n"
+                     "sasl.password=s3cr3t=with=equals\n"
+                     "bootstrap.servers=file-host:9093\n"
+                     "linger.ms=50\n");
+    CHECK_MSG(tly_kconf_add(" sasl.username = from-flag", "-X", err, sizeof(err)) == 0, "%s", err);
+    /* the file comes after -X on the command line, and still loses to it */
+    CHECK_MSG(tly_kconf_add_file(path, err, sizeof(err)) == 0, "%s", err);
+    CHECK_STR(tly_kconf_brokers(NULL), "file-host:9093");
+    CHECK_STR(tly_kconf_brokers(""), "file-host:9093");
+    CHECK_STR(tly_kconf_brokers("flag-host:9092"), "flag-host:9092");
+
+    conf = tly_kconf_new("flag-host:9092", defaults, required, err, sizeof(err));
+    CHECK_MSG(conf != NULL, "%s", err);
+    CHECK_STR(conf_value(conf, "security.protocol"), "sasl_ssl");
+    CHECK_STR(conf_value(conf, "sasl.username"), "from-flag");
+    CHECK_STR(conf_value(conf, "sasl.password"), "s3cr3t=with=equals");
+    CHECK_STR(conf_value(conf, "bootstrap.servers"), "flag-host:9092");
+    CHECK_STR(conf_value(conf, "linger.ms"), "50");    /* a user setting beats a default */
+    CHECK_STR(conf_value(conf, "client.id"), "tally-x"); /* a default nobody changed */
+    CHECK_STR(conf_value(conf, "enable.idempotence"), "true");
+    rd_kafka_conf_destroy(conf);
+    conf = NULL;
+
+    /* without --brokers the file's bootstrap.servers stands */
+    conf = tly_kconf_new(NULL, NULL, NULL, err, sizeof(err));
+    CHECK_MSG(conf != NULL, "%s", err);
+    CHECK_STR(conf_value(conf, "bootstrap.servers"), "file-host:9093");
+
+    tly_kconf_summary(summary, sizeof(summary));
+    CHECK_MSG(strstr(summary, "sasl.password=[redacted]") != NULL, "%s", summary);
+    CHECK_MSG(strstr(summary, "s3cr3t") == NULL, "%s", summary);
+    /* file first, then -X */
+    CHECK_MSG(strstr(summary, "sasl.username=from-file") < strstr(summary, "sasl.username=from-flag"),
+              "%s", summary);
+end:
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    tly_kconf_reset();
+}
+
+static void test_refused(void)
+{
+    char path[256], err[1024] = "";
+    static const char *const owned[] = {"isolation.level=read_uncommitted",
+                                        "transactional.id=mine",
+                                        "enable.auto.commit=true",
+                                        "enable.idempotence=false",
+                                        "group.instance.id=x",
+                                        "partition.assignment.strategy=range",
+                                        "group.id=g",
+                                        NULL};
+    static const char *const required[] = {"client.id", "tally-must", NULL};
+    rd_kafka_conf_t *conf = NULL;
+
+    tly_kconf_reset();
+    for (int i = 0; owned[i]; i++) {
+        err[0] = '\0';
+        CHECK_MSG(tly_kconf_add(owned[i], "-X", err, sizeof(err)) < 0, "accepted %s", owned[i]);
+        CHECK_MSG(strstr(err, "cannot be set: ") != NULL && strncmp(err, "-X: ", 4) == 0, "%s", err);
+    }
+    CHECK_MSG(strstr(err, "--group-id") != NULL, "%s", err);
+
+    /* librdkafka's own message, and where the property came from */
+    snprintf(path, sizeof(path), "%s/typo.properties", tly_test_dir());
+    write_file(path, "# line 1\nsecurity.protocol=SSL\n\nsasl.mechanizm=PLAIN\n");
+    CHECK(tly_kconf_add_file(path, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "typo.properties:4: ") != NULL, "%s", err);
+    CHECK_MSG(strstr(err, "No such configuration property") != NULL, "%s", err);
+    CHECK(tly_kconf_add("security.protocol=TLS", "-X", err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "-X: ") == err && strstr(err, "security.protocol") != NULL, "%s", err);
+    CHECK(tly_kconf_add("security.protocol", "-X", err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "is not name=value") != NULL, "%s", err);
+    CHECK(tly_kconf_add("=x", "-X", err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "name is missing") != NULL, "%s", err);
+    snprintf(path, sizeof(path), "%s/missing.properties", tly_test_dir());
+    CHECK(tly_kconf_add_file(path, err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "missing.properties") != NULL && strstr(err, "No such file") != NULL, "%s",
+              err);
+
+    /* a setting a client needs, which the table does not list, is not
+     * overridden silently either */
+    CHECK_MSG(tly_kconf_add("client.id=mine", "-X", err, sizeof(err)) == 0, "%s", err);
+    CHECK((conf = tly_kconf_new("h:1", NULL, required, err, sizeof(err))) == NULL);
+    CHECK_MSG(strstr(err, "-X: client.id cannot be set") != NULL, "%s", err);
+end:
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    tly_kconf_reset();
+}
+
+static void test_environment(void)
+{
+    char path[256], err[1024] = "";
+    rd_kafka_conf_t *conf = NULL;
+
+    tly_kconf_reset();
+    snprintf(path, sizeof(path), "%s/env.properties", tly_test_dir());
+    write_file(path, "sasl.username=from-file\nbootstrap.servers=env-file:1\n");
+    setenv("KAFKA_SASL_USERNAME", "from-env", 1);
+    setenv("KAFKA_SASL_PASSWORD", "env-secret", 1);
+    setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT", 1);
+    setenv("TALLY_KAFKA_CONFIG", path, 1);
+    CHECK_MSG(tly_kconf_add_env(err, sizeof(err)) == 0, "%s", err);
+    conf = tly_kconf_new(NULL, NULL, NULL, err, sizeof(err));
+    CHECK_MSG(conf != NULL, "%s", err);
+    CHECK_STR(conf_value(conf, "sasl.username"), "from-file"); /* the file beats the environment */
+    CHECK_STR(conf_value(conf, "sasl.password"), "env-secret");
+    CHECK_STR(conf_value(conf, "security.protocol"), "sasl_plaintext");
+    CHECK_STR(tly_kconf_brokers(NULL), "env-file:1");
+    /* $KAFKA_BROKERS stands in for --brokers only where nothing says more */
+    setenv("KAFKA_BROKERS", "env-brokers:1", 1);
+    CHECK_STR(tly_kconf_brokers(NULL), "env-file:1");
+    CHECK_STR(tly_kconf_brokers("flag:1"), "flag:1");
+    CHECK_MSG(strstr(tly_kconf_summary(err, sizeof(err)), "env-secret") == NULL, "%s", err);
+    rd_kafka_conf_destroy(conf);
+    conf = NULL;
+
+    /* a bad environment value says which variable */
+    tly_kconf_reset();
+    CHECK_STR(tly_kconf_brokers(NULL), "env-brokers:1");
+    setenv("KAFKA_SECURITY_PROTOCOL", "QUIC", 1);
+    CHECK(tly_kconf_add_env(err, sizeof(err)) < 0);
+    CHECK_MSG(strncmp(err, "$KAFKA_SECURITY_PROTOCOL: ", 26) == 0, "%s", err);
+end:
+    unsetenv("KAFKA_BROKERS");
+    unsetenv("KAFKA_SASL_USERNAME");
+    unsetenv("KAFKA_SASL_PASSWORD");
+    unsetenv("KAFKA_SECURITY_PROTOCOL");
+    unsetenv("TALLY_KAFKA_CONFIG");
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    tly_kconf_reset();
+}
+
+static void test_secrets(void)
+{
+    CHECK(tly_kconf_is_secret("sasl.password"));
+    CHECK(tly_kconf_is_secret("ssl.key.password"));
+    CHECK(tly_kconf_is_secret("ssl.keystore.password"));
+    CHECK(tly_kconf_is_secret("sasl.oauthbearer.client.secret"));
+    CHECK(tly_kconf_is_secret("sasl.oauthbearer.config"));
+    CHECK(tly_kconf_is_secret("ssl.key.pem"));
+    CHECK(!tly_kconf_is_secret("sasl.username"));
+    CHECK(!tly_kconf_is_secret("ssl.ca.location"));
+end:;
+}
+
+/* Nothing listens: the check gives up at its deadline and says it was a
+ * timeout (-2), not settings that cannot work (-1). */
+static void test_check_unreachable(void)
+{
+    char err[1024] = "";
+    int64_t started = cli_ms();
+    int rc;
+
+    tly_kconf_reset();
+    rc = tly_kconf_check_cluster("127.0.0.1:1", 600, err, sizeof(err));
+    CHECK_INT(rc, -2);
+    CHECK_MSG(strstr(err, "no Kafka broker at 127.0.0.1:1 answered within 600 ms") != NULL, "%s",
+              err);
+    CHECK_MSG(cli_ms() - started < 5000, "took %lld ms", (long long)(cli_ms() - started));
+end:;
+}
+
+int main(void)
+{
+    RUN(test_file_then_flags);
+    RUN(test_refused);
+    RUN(test_environment);
+    RUN(test_secrets);
+    RUN(test_check_unreachable);
+    return tly_test_finish();
+}
