@@ -77,10 +77,16 @@ static int set_one(rd_kafka_conf_t *conf, const char *name, const char *value, c
                    char *errbuf, size_t errlen)
 {
     char err[512];
-    if (rd_kafka_conf_set(conf, name, value, err, sizeof(err)) == RD_KAFKA_CONF_OK)
+    rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, name, value, err, sizeof(err));
+    if (res == RD_KAFKA_CONF_OK)
         return 0;
-    /* librdkafka does not repeat string values, but a secret must not leak
-     * through a message in any case */
+    /* A misspelled name may be a misspelled secret (sasl.pasword): an
+     * unknown property is named without its value. librdkafka does not
+     * repeat string values, but a secret must not leak through its message
+     * in any case. */
+    if (res == RD_KAFKA_CONF_UNKNOWN)
+        return tly_error(errbuf, errlen, "%s%skafka setting %s: %s", origin ? origin : "",
+                         origin ? ": " : "", name, err);
     if (tly_kconf_is_secret(name) && *value && strstr(err, value))
         snprintf(err, sizeof(err), "invalid value for %s", name);
     return tly_error(errbuf, errlen, "%s%skafka setting %s=%s: %s", origin ? origin : "",
@@ -115,8 +121,11 @@ static int add_setting(const char *assignment, const char *origin, enum rank ran
     if (!copy)
         return tly_error(errbuf, errlen, "out of memory");
     if (!(eq = strchr(copy, '='))) {
-        tly_error(errbuf, errlen, "%s: \"%s\" is not name=value (a librdkafka property, e.g. "
-                                  "security.protocol=SASL_SSL)", origin, copy);
+        /* only what looks like the name: the rest may be a secret written
+         * the Java way ("sasl.password: ...") */
+        tly_error(errbuf, errlen, "%s: \"%.*s...\" is not name=value (a librdkafka property, "
+                                  "e.g. security.protocol=SASL_SSL)",
+                  origin, (int)strcspn(copy, " \t:"), copy);
         goto done;
     }
     *eq = '\0';

@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,7 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
     size_t len = 0;
     FILE *out = open_memstream(&text, &len);
     const char *p = m->pipeline;
+    bool recovered = false;
 
     if (!out)
         return NULL;
@@ -252,22 +254,33 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
                 (double)atomic_load_explicit(&hist->sum_us, memory_order_relaxed) / 1e6,
                 histogram_info[h].name, p, cumulative);
     }
-    fprintf(out, "# HELP tally_consumer_lag_records Input records behind the high watermark, per "
-                 "assigned partition.\n# TYPE tally_consumer_lag_records gauge\n");
+    /* The per-partition families are written only once they have a sample
+     * (no partition assigned yet, none taken over yet): a # TYPE line with
+     * no samples tells a scraper nothing. */
     pthread_mutex_lock(&m->lag_lock);
+    if (m->lag_count > 0)
+        fprintf(out, "# HELP tally_consumer_lag_records Input records behind the high watermark, "
+                     "per assigned partition.\n# TYPE tally_consumer_lag_records gauge\n");
     for (int i = 0; i < m->lag_count; i++)
         fprintf(out, "tally_consumer_lag_records{pipeline=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n",
                 p, m->lags[i].topic, m->lags[i].partition, (long long)m->lags[i].lag);
-    fprintf(out, "# HELP tally_partition_recovery_seconds Time bringing the input partition's "
-                 "state up to date took when this instance last took it over.\n"
-                 "# TYPE tally_partition_recovery_seconds gauge\n");
+    for (int i = 0; i < MAX_PARTITIONS; i++)
+        if (m->recoveries[i].set) {
+            recovered = true;
+            break;
+        }
+    if (recovered)
+        fprintf(out, "# HELP tally_partition_recovery_seconds Time bringing the input partition's "
+                     "state up to date took when this instance last took it over.\n"
+                     "# TYPE tally_partition_recovery_seconds gauge\n");
     for (int i = 0; i < MAX_PARTITIONS; i++)
         if (m->recoveries[i].set)
             fprintf(out, "tally_partition_recovery_seconds{pipeline=\"%s\",partition=\"%d\"} %.6f\n", p,
                     i, (double)m->recoveries[i].ms / 1000.0);
-    fprintf(out, "# HELP tally_partition_recovery_records Changelog records replayed when this "
-                 "instance last took the input partition over.\n"
-                 "# TYPE tally_partition_recovery_records gauge\n");
+    if (recovered)
+        fprintf(out, "# HELP tally_partition_recovery_records Changelog records replayed when this "
+                     "instance last took the input partition over.\n"
+                     "# TYPE tally_partition_recovery_records gauge\n");
     for (int i = 0; i < MAX_PARTITIONS; i++)
         if (m->recoveries[i].set)
             fprintf(out, "tally_partition_recovery_records{pipeline=\"%s\",partition=\"%d\"} %lld\n",

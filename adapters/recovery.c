@@ -664,7 +664,8 @@ static int open_replayer(const tly_recovery_config *cfg, const char *entity,
     tly_topics_meta_key("input", cfg->topics->input.name, 0, positions, sizeof(positions));
     positions[strlen(positions) - 1] = '\0';
     if (tly_replayer_only_entity(*replayer, entity) < 0 ||
-        (cfg->pipeline && tly_replayer_record_positions(*replayer, cfg->pipeline, positions) < 0))
+        (cfg->pipeline && tly_replayer_record_positions(*replayer, cfg->pipeline,
+                                                        cfg->topics->input.name, positions) < 0))
         return tly_error(errbuf, errlen, "out of memory");
     return 0;
 }

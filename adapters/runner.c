@@ -685,7 +685,8 @@ static int record_counters(struct runner *r, char *err, size_t errlen)
                 if (r->messages[j]->offset + 1 > to)
                     to = r->messages[j]->offset + 1;
             }
-        if (tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline), (int)p, from, to,
+        if (tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline), (int)p,
+                                          r->topics.input.name, from, to,
                                           r->cfg->instance_id, err, errlen) < 0)
             return -1;
     }

@@ -112,17 +112,21 @@ struct tly_replayer {
     int default_partition; /* for rows without "part" */
     char *only_entity;
     char *counters_prefix;  /* "pipeline.<name>.p": counters rows that move positions */
+    char *input_topic;      /* ... when they were read from this topic (or do not say) */
     char *position_prefix;  /* meta key of input partition N = this + N */
 };
 
-int tly_replayer_record_positions(tly_replayer *r, const char *pipeline, const char *key_prefix)
+int tly_replayer_record_positions(tly_replayer *r, const char *pipeline, const char *topic,
+                                  const char *key_prefix)
 {
     size_t n = strlen(pipeline) + sizeof("pipeline..p");
     free(r->counters_prefix);
+    free(r->input_topic);
     free(r->position_prefix);
     r->counters_prefix = malloc(n);
+    r->input_topic = strdup(topic);
     r->position_prefix = strdup(key_prefix);
-    if (!r->counters_prefix || !r->position_prefix)
+    if (!r->counters_prefix || !r->input_topic || !r->position_prefix)
         return -1;
     snprintf(r->counters_prefix, n, "pipeline.%s.p", pipeline);
     return 0;
@@ -202,6 +206,7 @@ void tly_replayer_close(tly_replayer *r)
     sqlite3_finalize(r->insert_row);
     free(r->only_entity);
     free(r->counters_prefix);
+    free(r->input_topic);
     free(r->position_prefix);
     if (r->tokener)
         json_tokener_free(r->tokener);
@@ -247,7 +252,7 @@ static int replay_counters(tly_replayer *r, const char *key, json_object *image,
 {
     sqlite3 *db = tly_store_db(r->store);
     sqlite3_stmt *stmt = NULL;
-    json_object *input;
+    json_object *input, *topic;
     int rc = -1, moved;
 
     *changed = 0;
@@ -265,24 +270,29 @@ static int replay_counters(tly_replayer *r, const char *key, json_object *image,
         }
         *changed |= moved;
     }
+    /* A row says which topic its batch read (older rows do not): rows of
+     * another input topic, or of another pipeline whose name starts like
+     * this one's, move no position. */
     if (r->counters_prefix && strncmp(key, r->counters_prefix, strlen(r->counters_prefix)) == 0 &&
+        (!json_object_object_get_ex(image, "topic", &topic) ||
+         strcmp(json_object_get_string(topic), r->input_topic) == 0) &&
         json_object_object_get_ex(image, "input", &input) &&
         json_object_is_type(input, json_type_array) && json_object_array_length(input) == 2 &&
         json_object_is_type(json_object_array_get_idx(input, 1), json_type_int)) {
         const char *digits = key + strlen(r->counters_prefix);
         char *end, position[600];
         long partition = strtol(digits, &end, 10);
-        if (end == digits || *end || partition < 0) {
-            tly_error(errbuf, errlen, "counters row with a bad key \"%s\"", key);
-            goto done;
-        }
         snprintf(position, sizeof(position), "%s%ld", r->position_prefix, partition);
-        if ((moved = raise_meta(stmt, position,
-                                json_object_get_int64(json_object_array_get_idx(input, 1)))) < 0) {
-            tly_error(errbuf, errlen, "cannot restore position %s: %s", position, sqlite3_errmsg(db));
-            goto done;
+        if (end != digits && !*end && partition >= 0 &&
+            (moved = raise_meta(stmt, position,
+                                json_object_get_int64(json_object_array_get_idx(input, 1)))) != 0) {
+            if (moved < 0) {
+                tly_error(errbuf, errlen, "cannot restore position %s: %s", position,
+                          sqlite3_errmsg(db));
+                goto done;
+            }
+            *changed = 1;
         }
-        *changed |= moved;
     }
     rc = 0;
 done:
@@ -291,8 +301,8 @@ done:
 }
 
 int tly_changelog_record_counters(tly_store *store, const char *name, int partition,
-                                  int64_t input_from, int64_t input_to, const char *instance,
-                                  char *errbuf, size_t errlen)
+                                  const char *topic, int64_t input_from, int64_t input_to,
+                                  const char *instance, char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
     sqlite3_stmt *stmt = NULL;
@@ -305,7 +315,8 @@ int tly_changelog_record_counters(tly_store *store, const char *name, int partit
         db,
         "INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms, part) "
         "SELECT '" TLY_CHANGELOG_COUNTERS_ENTITY "', ?2, sum(value), "
-        "json_set(json_group_object(key, value), '$.input', json_array(?4, ?5), '$.instance', ?6), "
+        "json_set(json_group_object(key, value), '$.input', json_array(?4, ?5), '$.instance', ?6, "
+        "'$.topic', ?7), "
         "NULL, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), ?3 "
         "FROM meta WHERE substr(key, 1, length(?1)) = ?1 HAVING sum(value) > 0",
         -1, &stmt, NULL);
@@ -316,6 +327,7 @@ int tly_changelog_record_counters(tly_store *store, const char *name, int partit
         sqlite3_bind_int64(stmt, 4, input_from);
         sqlite3_bind_int64(stmt, 5, input_to);
         sqlite3_bind_text(stmt, 6, instance ? instance : "", -1, SQLITE_STATIC);
+        sqlite3_bind_text(stmt, 7, topic ? topic : "", -1, SQLITE_STATIC);
         rc = sqlite3_step(stmt);
     }
     sqlite3_finalize(stmt);

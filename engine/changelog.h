@@ -26,10 +26,11 @@
  * it read from: key "pipeline.<name>.p<N>", part N, key_seq = the sum of the
  * counters (it grows with every batch), image = the partition's event
  * counters in meta after the batch, the input offsets the batch consumed
- * (first, last + 1) and the instance that processed it,
+ * (first, last + 1), the instance that processed it and the input topic
+ * (older rows have no "topic"),
  *   {"pipeline.orders.p2.events_applied":1200,"pipeline.orders.p2.events_rejected":3,
  *    "pipeline.orders.p2.events_skipped":0,"pipeline.orders.p2.events_late":0,
- *    "input":[5000,5200],"instance":"tally-1"}
+ *    "input":[5000,5200],"instance":"tally-1","topic":"orders.enriched"}
  * Replay raises each meta counter to the image's value, and the recorded
  * input position of partition N to the end of "input" (see
  * tly_replayer_record_positions), so the counters and positions of a batch
@@ -74,11 +75,11 @@ int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
 
 /* Appends the "tally.counters" row of input partition `partition` of
  * pipeline `name` (see above) inside the caller's transaction; input_from and
- * input_to are the offsets the batch consumed from it. Returns 0 or -1 with
- * errbuf. */
+ * input_to are the offsets the batch consumed from it, in `topic`. Returns 0
+ * or -1 with errbuf. */
 int tly_changelog_record_counters(tly_store *store, const char *name, int partition,
-                                  int64_t input_from, int64_t input_to, const char *instance,
-                                  char *errbuf, size_t errlen);
+                                  const char *topic, int64_t input_from, int64_t input_to,
+                                  const char *instance, char *errbuf, size_t errlen);
 
 /* Sets the pipeline's totals ("pipeline.<name>.events_<x>") to the sum of its
  * per-partition counters, after partitions came or went. Returns 0 or -1. */
@@ -109,13 +110,14 @@ void tly_replayer_close(tly_replayer *replayer);
  * pipelines share. */
 int tly_replayer_only_entity(tly_replayer *replayer, const char *entity);
 
-/* Makes a "tally.counters" row of `pipeline` also record where its batch
- * left the input, as the batch did: meta "<key_prefix><N>" (N = the row's
- * input partition) rises to the end of its "input" range. The daemon passes
- * its input position key ("kafka.input.<topic>."), so a state rebuilt from a
- * snapshot and the changelog knows the input positions of every batch it
- * replayed. Copies both strings. Returns 0, or -1 when out of memory. */
-int tly_replayer_record_positions(tly_replayer *replayer, const char *pipeline,
+/* Makes a "tally.counters" row of `pipeline` that read `topic` (or does not
+ * say which topic) also record where its batch left the input, as the batch
+ * did: meta "<key_prefix><N>" (N = the row's input partition) rises to the
+ * end of its "input" range. The daemon passes its input position key
+ * ("kafka.input.<topic>."), so a state rebuilt from a snapshot and the
+ * changelog knows the input positions of every batch it replayed. Copies the
+ * strings. Returns 0, or -1 when out of memory. */
+int tly_replayer_record_positions(tly_replayer *replayer, const char *pipeline, const char *topic,
                                   const char *key_prefix);
 
 /* With on = 1, a row that follows a gap is not applied (outcome.held = 1), so

@@ -277,6 +277,15 @@ int cmd_demo(int argc, char **argv)
         return CLI_EXIT_FAILURE;
     }
 
+    /* The demo takes no Kafka settings but librdkafka's debug contexts. */
+    if (getenv("TALLY_KAFKA_DEBUG") && *getenv("TALLY_KAFKA_DEBUG")) {
+        char assignment[300];
+        snprintf(assignment, sizeof(assignment), "debug=%s", getenv("TALLY_KAFKA_DEBUG"));
+        if (tly_kconf_add(assignment, "$TALLY_KAFKA_DEBUG", err, sizeof(err)) < 0) {
+            fprintf(stderr, "tally demo: %s\n", err);
+            return CLI_EXIT_USAGE;
+        }
+    }
     /* The mock cluster lives inside a librdkafka handle of its own. */
     if (!(conf = tly_kconf_new(NULL, mock_defaults, NULL, errstr, sizeof(errstr))) ||
         !(mock_handle = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the mock cluster's handle",

@@ -11,7 +11,8 @@
 # 2. `tally produce` over SASL_SSL: every event it counts is on the topic.
 # 3. `tally run` over SASL_SSL, exactly once through a kill -9 with the state
 #    directory deleted (the restart restores a snapshot and replays the
-#    changelog through SASL_SSL readers) and a second kill -9 mid-stream:
+#    changelog through SASL_SSL readers) and a second kill -9 once the
+#    second part is being applied:
 #    state, latest outputs, DLQ and input positions exact. Its log names the
 #    settings with the password redacted; the password is in none of the log,
 #    the database files, /metrics, --help.
@@ -117,9 +118,11 @@ produce "$IN" "$WORK/orders2.kv"
 sec_start
 recovered=$(grep -m1 'event=recovered ' "$LOG" || true)
 assert_eq "source after the state directory was deleted" snapshot "$(log_field "$recovered" source)"
-# kill -9 again while the second part streams in
+# kill -9 again once the second part is being applied
+limit=$((SECONDS + 60))
 until [[ "$(sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')" -gt 3000 ]]; do
     alive "$TALLY_PID" || fail "tally run exited while consuming: $(tail -n 3 "$LOG")"
+    ((SECONDS < limit)) || fail "tally run applied nothing of the second part within 60 s"
     sleep 0.05
 done
 tally_kill9 "$TALLY_PID"
@@ -196,9 +199,9 @@ expect_usage() {
     ok
 }
 printf '# a comment\nsecurity.protocol=SASL_SSL\nsasl.mechanizm=PLAIN\n' >"$WORK/typo.properties"
-expect_usage "misspelled -X" '-X: kafka setting sasl.mechanizm=PLAIN: No such configuration property' \
+expect_usage "misspelled -X" '-X: kafka setting sasl.mechanizm: No such configuration property' \
     run --pipeline orders --kafka-config "$SCRAM" -X sasl.mechanizm=PLAIN
-expect_usage "misspelled in a file" "typo.properties:3: kafka setting sasl.mechanizm=PLAIN: No such configuration property" \
+expect_usage "misspelled in a file" "typo.properties:3: kafka setting sasl.mechanizm: No such configuration property" \
     topics create --pipeline orders --kafka-config "$WORK/typo.properties"
 expect_usage "owned property" 'isolation.level cannot be set: tally reads with read_committed' \
     run --pipeline orders --kafka-config "$SCRAM" -X isolation.level=read_uncommitted

@@ -119,6 +119,14 @@ static void test_refused(void)
     CHECK_MSG(strstr(err, "-X: ") == err && strstr(err, "security.protocol") != NULL, "%s", err);
     CHECK(tly_kconf_add("security.protocol", "-X", err, sizeof(err)) < 0);
     CHECK_MSG(strstr(err, "is not name=value") != NULL, "%s", err);
+    /* secrets in lines that are not name=value, or under a misspelled name,
+     * are not repeated */
+    CHECK(tly_kconf_add("sasl.password: hunter2", "-X", err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "\"sasl.password...\" is not name=value") && !strstr(err, "hunter2"), "%s",
+              err);
+    CHECK(tly_kconf_add("sasl.pasword=hunter2", "-X", err, sizeof(err)) < 0);
+    CHECK_MSG(strstr(err, "sasl.pasword: No such configuration property") && !strstr(err, "hunter2"),
+              "%s", err);
     CHECK(tly_kconf_add("=x", "-X", err, sizeof(err)) < 0);
     CHECK_MSG(strstr(err, "name is missing") != NULL, "%s", err);
     snprintf(path, sizeof(path), "%s/missing.properties", tly_test_dir());
