@@ -10,7 +10,8 @@
 # with the newest received_at, sensors in name order, received_at and
 # produced_at the newest of the winning readings. The state's vehicle_latest
 # view must hold the same records, also after the database is lost and
-# rebuilt from the changelog topic.
+# rebuilt from the changelog topic (which also brings back the input
+# positions of every batch).
 source "$(dirname "$0")/lib_run.sh"
 
 N=4000
@@ -98,6 +99,7 @@ sleep 1
 tally_stop "$TALLY_PID"
 sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/rebuilt.tsv"
 assert_files_eq "vehicle_latest rebuilt from the changelog topic" "$WORK/expected.tsv" "$WORK/rebuilt.tsv"
+check_positions "telemetry rebuilt from the changelog" "$DB" "$IN"
 assert_eq "vehicles pending after the rebuild (all emitted before)" 0 \
     "$(sqlval "$DB" "SELECT count(*) FROM vehicle_pending")"
 assert_eq "output records after the rebuild (nothing emitted twice)" "$outputs_before" \
