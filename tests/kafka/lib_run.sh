@@ -619,10 +619,17 @@ expected_latest() {
 
 # latest_outputs TOPIC SINCE_MS > "VIN<TAB>record" lines, sorted: the latest
 # committed output per VIN with its produced_at removed, after checking that
-# each produced_at is an emit time in [SINCE_MS, now].
+# each produced_at is an emit time in [SINCE_MS, now]. The latest is the one
+# emitted last (the greatest produced_at; on a tie, the later in a
+# partition): a packed message (--batch-size) is keyed by its first record,
+# so one VIN's records can sit in several partitions, whose order kcat does
+# not keep.
 latest_outputs() {
     local now
-    read_topic "$1" '%k\t%s\n' | unpack_records | awk -F'\t' '{ latest[$1] = $2 } END { for (k in latest) print k "\t" latest[k] }' |
+    read_topic "$1" '%k\t%s\n' | unpack_records | awk -F'\t' '
+        { at = match($2, /"produced_at":[0-9]+}$/) ? substr($2, RSTART + 14, RLENGTH - 15) + 0 : -1
+          if (!($1 in latest) || at >= when[$1]) { latest[$1] = $2; when[$1] = at } }
+        END { for (k in latest) print k "\t" latest[k] }' |
         sort >"$WORK/latest_raw.tsv"
     now=$(date +%s%3N)
     awk -F'\t' -v lo="$2" -v hi="$now" '
