@@ -50,6 +50,27 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* rd_kafka_query_watermark_offsets, waiting out what a topic created a
+ * moment ago answers until its partitions have a leader (up to
+ * KAFKA_TIMEOUT_MS): not-leader, leader-not-available, and, when
+ * unknown_is_new, unknown-topic. Returns librdkafka's error or 0. */
+static rd_kafka_resp_err_t query_watermarks(rd_kafka_t *rk, const char *topic, int partition,
+                                            bool unknown_is_new, int64_t *low, int64_t *high)
+{
+    rd_kafka_resp_err_t err;
+    for (int64_t give_up = now_ms() + KAFKA_TIMEOUT_MS;;) {
+        err = rd_kafka_query_watermark_offsets(rk, topic, partition, low, high, KAFKA_TIMEOUT_MS);
+        if (!(err == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
+              err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
+              (unknown_is_new && err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)) ||
+            now_ms() > give_up)
+            return err;
+        tly_log("info", "waiting_for_leader", "topic=%s partition=%d error=\"%s\"", topic,
+                partition, rd_kafka_err2str(err));
+        usleep(200000);
+    }
+}
+
 /* "<topic>.<partition>" -> partition, if topic matches; else -1. */
 static int offset_key_partition(const char *key, const char *topic)
 {
@@ -249,19 +270,9 @@ static int read_to_end(const tly_recovery_config *cfg, const char *topic, const 
         rd_kafka_resp_err_t err;
         if (only && !only[p])
             continue;
-        /* A topic created a moment ago may not have a leader everywhere yet. */
-        for (int64_t give_up = now_ms() + KAFKA_TIMEOUT_MS;;) {
-            err = rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high, KAFKA_TIMEOUT_MS);
-            if (!(err == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
-                  err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
-                  err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) ||
-                now_ms() > give_up)
-                break;
-            tly_log("info", "waiting_for_leader", "topic=%s partition=%d error=\"%s\"", topic, p,
-                    rd_kafka_err2str(err));
-            usleep(200000);
-        }
-        if (err) {
+        /* the topic exists (metadata above): "unknown" is one created a
+         * moment ago */
+        if ((err = query_watermarks(rk, topic, p, true, &low, &high))) {
             tly_error(errbuf, errlen, "cannot read offsets of %s [%d]: %s", topic, p,
                       rd_kafka_err2str(err));
             goto out;
@@ -1282,10 +1293,9 @@ static int changelog_settled(const tly_recovery_config *cfg, const unsigned char
         rd_kafka_resp_err_t e;
         if (!only[p])
             continue;
-        if ((e = rd_kafka_query_watermark_offsets(committed, cfg->topics->changelog.name, p, &low,
-                                                  &stable, KAFKA_TIMEOUT_MS)) ||
-            (e = rd_kafka_query_watermark_offsets(all, cfg->topics->changelog.name, p, &low, &high,
-                                                  KAFKA_TIMEOUT_MS))) {
+        if ((e = query_watermarks(committed, cfg->topics->changelog.name, p, false, &low,
+                                  &stable)) ||
+            (e = query_watermarks(all, cfg->topics->changelog.name, p, false, &low, &high))) {
             if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                 continue; /* no changelog yet: nothing to hide */
             rc = tly_error(errbuf, errlen, "cannot read the offsets of %s [%d]: %s",
