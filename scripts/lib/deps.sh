@@ -12,11 +12,13 @@ TALLY_DEBIAN_PACKAGES=(
 # Chromium renders its live page headless (tests/kafka/test_http.sh); influxdb
 # is the InfluxDB server `tally ingest influxdb` is tested against
 # (scripts/influxdb runs its own influxd on loopback, beside any system service
-# the package may enable on 8086).
+# the package may enable on 8086); openssl makes the test broker's CA and
+# certificates for its TLS and SASL_SSL listeners (scripts/kafka, KAFKA_SECURE=1).
 TALLY_TEST_DEBIAN_PACKAGES=(
     curl
     chromium
     influxdb
+    openssl
 )
 
 # tally_install_packages PKG...: installs those of PKG that are missing.
