@@ -10,7 +10,7 @@
  * Scenarios:
  *   orders_many_keys   1,000 stores x 1,000 products, events spread over 10
  *                      windows: almost every event touches a new key
- *                      (events come from adapters/loadgen.c)
+ *                      (events come from adapters/common/loadgen.c)
  *   orders_few_keys    10 stores x 10 products, one window: heavy coalescing
  *   telemetry_full     100,000 VINs x 30 sensors, every event carries all 30
  *                      sensors (one full record per vehicle)

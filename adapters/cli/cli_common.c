@@ -1,5 +1,6 @@
 /* adapters/cli/cli_common.c - usage errors, flag values, progress, logfmt. */
 #include "cli_common.h"
+#include "clock.h"
 
 #include "duration.h"
 #include "kconf.h"
@@ -79,18 +80,11 @@ int cli_kafka_settings(const char *command, const char **brokers)
     return 0;
 }
 
-int64_t cli_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 void cli_progress_init(cli_progress *p, const char *what)
 {
     p->enabled = isatty(STDERR_FILENO);
     p->what = what;
-    p->start_ms = p->last_ms = cli_now_ms();
+    p->start_ms = p->last_ms = tly_clock_mono_ms();
 }
 
 void cli_progress_tick(cli_progress *p, int64_t rows)
@@ -98,7 +92,7 @@ void cli_progress_tick(cli_progress *p, int64_t rows)
     int64_t now;
     if (!p->enabled)
         return;
-    now = cli_now_ms();
+    now = tly_clock_mono_ms();
     if (now - p->last_ms < 1000)
         return;
     p->last_ms = now;

@@ -23,10 +23,8 @@ int cli_parse_duration_ms(const char *command, const char *flag, const char *val
 int cli_parse_int64(const char *command, const char *flag, const char *value, int64_t min,
                     int64_t max, int64_t *out);
 
-int64_t cli_now_ms(void);
-
 /* -X NAME=VALUE and --kafka-config FILE, on every command that talks to
- * Kafka (adapters/kconf.h says how they combine). A parser puts "X:" in its
+ * Kafka (adapters/kafka/kconf.h says how they combine). A parser puts "X:" in its
  * short options, CLI_KAFKA_OPTION in its long ones and CLI_KAFKA_USAGE in
  * its help, passes both to cli_kafka_option, and calls cli_kafka_settings
  * after the loop. */

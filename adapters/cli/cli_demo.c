@@ -13,6 +13,7 @@
  * read_committed filtering, fencing or compaction, so exactly-once is proven by
  * the tests against a real broker (tests/kafka), never here. */
 #include "cli_common.h"
+#include "clock.h"
 #include "commands.h"
 
 #include "kconf.h"
@@ -60,13 +61,6 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 struct demo_runner {
     pthread_t thread;
     tly_runner_config cfg;
@@ -110,7 +104,7 @@ static void produce_tick(rd_kafka_t *producer, tly_loadgen *gen, const char *top
                                       "{\"data\":{\"id\":\"VIN1\"},\"received_at\":\"yesterday\"}"};
     static unsigned bad_index;
     char buf[4096];
-    int64_t now = wall_ms();
+    int64_t now = tly_clock_wall_ms();
     for (int i = 0; i < count; i++) {
         int len = tly_loadgen_next(gen, now, buf, sizeof(buf));
         const char *key = strstr(buf, "\"storeId\":\"");
@@ -353,9 +347,9 @@ int cmd_demo(int argc, char **argv)
                "  also /metrics and /query?sql=... on each\n\n",
                (long long)http_port, (long long)http_port + 1);
     fflush(stdout);
-    started = next_tick = cli_now_ms();
+    started = next_tick = tly_clock_mono_ms();
     next_view = started + 1000;
-    while (!stop_requested && (duration_ms == 0 || cli_now_ms() - started < duration_ms)) {
+    while (!stop_requested && (duration_ms == 0 || tly_clock_mono_ms() - started < duration_ms)) {
         int64_t now;
         bool bad = ticks % TICKS_PER_SECOND == 0;
         for (int i = 0; i < 2; i++)
@@ -363,7 +357,7 @@ int cmd_demo(int argc, char **argv)
                          bad, &produced_by[i]);
         produced = produced_by[0] + produced_by[1];
         ticks++;
-        now = cli_now_ms();
+        now = tly_clock_mono_ms();
         if (now >= next_view) {
             int64_t applied;
             print_view(db_paths[0], db_paths[1], (now - started) / 1000.0, produced, last_applied,
@@ -380,7 +374,7 @@ int cmd_demo(int argc, char **argv)
     rd_kafka_flush(producer, 5000);
     /* Let the daemons drain what was produced (every event ends applied,
      * skipped or dead-lettered) before they stop, so the figures add up. */
-    for (int64_t deadline = cli_now_ms() + 15000; cli_now_ms() < deadline && !runners[0].rc && !runners[1].rc;) {
+    for (int64_t deadline = tly_clock_mono_ms() + 15000; tly_clock_mono_ms() < deadline && !runners[0].rc && !runners[1].rc;) {
         if (events_done(db_paths[0], "orders") + events_done(db_paths[1], "telemetry") >= produced)
             break;
         usleep(100000);
@@ -395,7 +389,7 @@ done:
     }
     if (status == CLI_EXIT_OK) {
         int64_t applied;
-        print_view(db_paths[0], db_paths[1], (cli_now_ms() - started) / 1000.0, produced,
+        print_view(db_paths[0], db_paths[1], (tly_clock_mono_ms() - started) / 1000.0, produced,
                    last_applied, false, &applied);
         printf("tally demo: stopped; produced orders=%lld telemetry=%lld; done orders=%lld "
                "telemetry=%lld\nstate databases: %s %s\n",

@@ -11,6 +11,7 @@
  * written as "input_base64" instead, so the reject file is always valid JSONL
  * and always holds the exact original bytes. */
 #include "cli_common.h"
+#include "clock.h"
 #include "commands.h"
 
 #include "pipeline.h"
@@ -299,7 +300,7 @@ int cmd_ingest(int argc, char **argv)
         goto done;
     }
     cli_progress_init(&progress, "ingest");
-    started = cli_now_ms();
+    started = tly_clock_mono_ms();
     while ((len = getline(&line, &line_cap, input)) >= 0) {
         in.lines_read++;
         if (len > 0 && line[len - 1] == '\n')
@@ -332,7 +333,7 @@ int cmd_ingest(int argc, char **argv)
     }
     cli_progress_done(&progress);
     {
-        int64_t elapsed = cli_now_ms() - started;
+        int64_t elapsed = tly_clock_mono_ms() - started;
         int64_t events = in.applied + in.skipped + in.rejected;
         printf("ingested pipeline=%s input=%s lines=%lld applied=%lld skipped=%lld rejected=%lld "
                "blank=%lld changes=%lld seconds=%.3f events_per_s=%.0f rejects=%s\n",

@@ -2,12 +2,12 @@
  * InfluxDB into Kafka, as the latest values per vehicle.
  *
  * A cycle reads one time range [from, to): for every chunk of it and every
- * pod, one InfluxQL statement (adapters/influx.h has the data model); the
+ * pod, one InfluxQL statement (adapters/influx/influx.h has the data model); the
  * readings are folded into the latest value per (VIN, sensor)
- * (adapters/latest.h), and one record per VIN is produced, keyed by VIN,
+ * (adapters/influx/latest.h), and one record per VIN is produced, keyed by VIN,
  * through an idempotent producer. The cycle is done only when the broker has
  * acknowledged every record; only then does `from` move to `to`, and the
- * checkpoint file (adapters/checkpoint.h) records it. So nothing is skipped:
+ * checkpoint file (adapters/influx/checkpoint.h) records it. So nothing is skipped:
  *
  *   - a failed query or produce is retried with exponential backoff; after
  *     the last attempt the cycle is abandoned (event=ingest_error) and the
@@ -24,6 +24,7 @@
  * (stamped by the device a moment before InfluxDB stores them) are not
  * passed over. */
 #include "cli_common.h"
+#include "clock.h"
 #include "commands.h"
 
 #include "checkpoint.h"
@@ -159,19 +160,12 @@ struct ingest {
 
 /* ------------------------------------------------------------------ time --- */
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Sleeps ms milliseconds or until a signal. Returns 1 if a stop was asked. */
 static int sleep_ms(int64_t ms)
 {
-    int64_t deadline = cli_now_ms() + ms;
+    int64_t deadline = tly_clock_mono_ms() + ms;
     while (!stop_requested) {
-        int64_t left = deadline - cli_now_ms();
+        int64_t left = deadline - tly_clock_mono_ms();
         struct timespec ts;
         if (left <= 0)
             break;
@@ -436,7 +430,7 @@ static int produce_cycle(struct ingest *in, int64_t from_ms, int64_t to_ms, int6
                          char *err, size_t errlen)
 {
     size_t count = tly_latest_count(in->latest);
-    int64_t produced_at = wall_ms(), undelivered;
+    int64_t produced_at = tly_clock_wall_ms(), undelivered;
 
     *messages = 0;
     if (count == 0)
@@ -481,7 +475,7 @@ static int produce_cycle(struct ingest *in, int64_t from_ms, int64_t to_ms, int6
 static int run_cycle(struct ingest *in, int64_t from_ms, int64_t to_ms, int64_t behind_ms,
                      char *err, size_t errlen)
 {
-    int64_t started = cli_now_ms(), read_ms, messages = 0, chunks = 0;
+    int64_t started = tly_clock_mono_ms(), read_ms, messages = 0, chunks = 0;
     int rc = 0;
 
     tly_latest_clear(in->latest);
@@ -502,7 +496,7 @@ static int run_cycle(struct ingest *in, int64_t from_ms, int64_t to_ms, int64_t 
             }
         }
     }
-    read_ms = cli_now_ms() - started;
+    read_ms = tly_clock_mono_ms() - started;
     if (rc == 0)
         rc = produce_cycle(in, from_ms, to_ms, &messages, err, errlen);
     free_outgoing(in);
@@ -513,7 +507,7 @@ static int run_cycle(struct ingest *in, int64_t from_ms, int64_t to_ms, int64_t 
             " readings=%" PRId64 " skipped=%" PRId64 " vins=%zu messages=%" PRId64
             " read_ms=%" PRId64 " duration_ms=%" PRId64 " behind_ms=%" PRId64,
             from_ms, to_ms, in->pod_count, chunks, in->queries, in->readings, in->skipped,
-            tly_latest_count(in->latest), messages, read_ms, cli_now_ms() - started, behind_ms);
+            tly_latest_count(in->latest), messages, read_ms, tly_clock_mono_ms() - started, behind_ms);
     return 0;
 }
 
@@ -885,7 +879,7 @@ int cmd_ingest_influxdb(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     tly_influx_set_cancel(in->influx, &stop_requested);
 
-    from_ms = have_checkpoint ? checkpoint_ms : wall_ms() - in->o.lookback_ms;
+    from_ms = have_checkpoint ? checkpoint_ms : tly_clock_wall_ms() - in->o.lookback_ms;
     {
         char quoted_db[300], quoted_path[4200];
         tly_log(
@@ -901,15 +895,15 @@ int cmd_ingest_influxdb(int argc, char **argv)
                 : "none");
     }
 
-    next_cycle_ms = cli_now_ms();
+    next_cycle_ms = tly_clock_mono_ms();
     status = CLI_EXIT_OK;
     while (!stop_requested) {
         int64_t now_ms, end_ms, to_ms, cycle_started;
-        if (next_cycle_ms > cli_now_ms() && sleep_ms(next_cycle_ms - cli_now_ms()))
+        if (next_cycle_ms > tly_clock_mono_ms() && sleep_ms(next_cycle_ms - tly_clock_mono_ms()))
             break;
-        cycle_started = cli_now_ms();
+        cycle_started = tly_clock_mono_ms();
         next_cycle_ms = cycle_started + in->o.interval_ms;
-        now_ms = wall_ms();
+        now_ms = tly_clock_wall_ms();
         end_ms = now_ms - in->o.settle_ms;
         to_ms = end_ms - from_ms > in->o.max_span_ms ? from_ms + in->o.max_span_ms : end_ms;
         if (to_ms <= from_ms) {
@@ -938,7 +932,7 @@ int cmd_ingest_influxdb(int argc, char **argv)
             tly_log("error", "ingest_error", "checkpoint_ms=%" PRId64 " reason=%s", to_ms,
                     tly_log_quote(err, quoted, sizeof(quoted)));
         if (to_ms < end_ms)
-            next_cycle_ms = cli_now_ms(); /* behind: the next range at once */
+            next_cycle_ms = tly_clock_mono_ms(); /* behind: the next range at once */
         else if (in->o.once)
             break;
     }

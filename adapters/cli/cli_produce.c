@@ -1,7 +1,7 @@
 /* adapters/cli/cli_produce.c - tally produce: generated events into a
  * pipeline's Kafka input topic at a steady rate.
  *
- * Events come from the shared generator (adapters/loadgen.c) with event time
+ * Events come from the shared generator (adapters/common/loadgen.c) with event time
  * now. The rate is kept in 10 ms ticks: at every tick the events due since
  * the start (rate x elapsed) are sent, so the broker sees a smooth stream, not
  * a burst per second, and a run of --duration D sends exactly rate x D events.
@@ -9,6 +9,7 @@
  * write an event twice, so the count on the topic is the count printed. Only
  * delivery reports count: an event is "produced" when the broker has it. */
 #include "cli_common.h"
+#include "clock.h"
 #include "commands.h"
 
 #include "kconf.h"
@@ -126,13 +127,6 @@ static void drop_log(const rd_kafka_t *rk, int level, const char *facility, cons
     (void)message;
 }
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The message key of a generated event: orders: storeId; telemetry: data.id
  * (the VIN). Parsed rather than predicted, so the key is always the event's
  * own. Returns its length, or -1. */
@@ -209,7 +203,7 @@ static int open_producer(struct producer *p, char *err, size_t errlen)
 
 static void show_progress(struct producer *p)
 {
-    int64_t now = cli_now_ms();
+    int64_t now = tly_clock_mono_ms();
     if (!p->progress || now - p->progress_ms < 1000)
         return;
     p->progress_ms = now;
@@ -222,7 +216,7 @@ static void show_progress(struct producer *p)
  * or a fatal error came first, -1 on an error (in err). */
 static int send_one(struct producer *p, char *err, size_t errlen)
 {
-    int len = tly_loadgen_next(p->gen, wall_ms(), p->event, sizeof(p->event));
+    int len = tly_loadgen_next(p->gen, tly_clock_wall_ms(), p->event, sizeof(p->event));
     int key_len = len > 0 ? event_key(p, len) : -1;
     /* Rides along to the delivery report, which adds it to the readings. */
     void *readings = (void *)(intptr_t)tly_loadgen_last_readings(p->gen);
@@ -261,9 +255,9 @@ static int send_one(struct producer *p, char *err, size_t errlen)
 static int send_paced(struct producer *p, char *err, size_t errlen)
 {
     int rc = 0;
-    p->start_ms = p->progress_ms = cli_now_ms();
+    p->start_ms = p->progress_ms = tly_clock_mono_ms();
     while (rc == 0 && p->sent < p->total) {
-        int64_t now = cli_now_ms(), elapsed = now - p->start_ms, next_tick;
+        int64_t now = tly_clock_mono_ms(), elapsed = now - p->start_ms, next_tick;
         int64_t due = p->rate * elapsed / 1000;
         if (due > p->total)
             due = p->total;
@@ -274,10 +268,10 @@ static int send_paced(struct producer *p, char *err, size_t errlen)
             break;
         /* Sleep to the next tick, serving delivery reports meanwhile. */
         next_tick = p->start_ms + (elapsed / TICK_MS + 1) * TICK_MS;
-        now = cli_now_ms();
+        now = tly_clock_mono_ms();
         rd_kafka_poll(p->rk, next_tick > now ? (int)(next_tick - now) : 0);
     }
-    p->send_end_ms = cli_now_ms();
+    p->send_end_ms = tly_clock_mono_ms();
     return rc < 0 ? -1 : 0;
 }
 
@@ -286,9 +280,9 @@ static int send_paced(struct producer *p, char *err, size_t errlen)
  * is counted once: delivered or failed. */
 static void drain(struct producer *p)
 {
-    int64_t deadline = cli_now_ms() + FLUSH_TIMEOUT_MS;
+    int64_t deadline = tly_clock_mono_ms() + FLUSH_TIMEOUT_MS;
     int signals_at_start = signals_received;
-    while (rd_kafka_outq_len(p->rk) > 0 && cli_now_ms() < deadline &&
+    while (rd_kafka_outq_len(p->rk) > 0 && tly_clock_mono_ms() < deadline &&
            signals_received == signals_at_start) {
         rd_kafka_flush(p->rk, 100);
         show_progress(p);
@@ -423,7 +417,7 @@ int cmd_produce(int argc, char **argv)
         p->send_end_ms - p->start_ms - duration_ms > BEHIND_TOLERANCE_MS)
         behind_ms = p->send_end_ms - p->start_ms - duration_ms;
     drain(p);
-    end_ms = cli_now_ms();
+    end_ms = tly_clock_mono_ms();
     if (p->progress && p->progress_ms != p->start_ms)
         fputc('\n', stderr);
 

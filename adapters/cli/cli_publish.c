@@ -13,6 +13,7 @@
  * those records again: at-least-once, harmless on a compacted topic keyed by
  * VIN. */
 #include "cli_common.h"
+#include "clock.h"
 #include "commands.h"
 
 #include "error.h"
@@ -130,18 +131,11 @@ static int add_record(void *ctx, const char *key, size_t key_len, const char *va
     return tly_pack_add(p->pack, key, key_len, value, value_len);
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* One cycle. Returns 0 (also when the broker refused some messages: logged,
  * retried next cycle), or -1 with err on a database or fatal producer error. */
 static int publish_once(struct publisher *p, char *err, size_t errlen)
 {
-    int64_t started = mono_ms(), upto;
+    int64_t started = tly_clock_mono_ms(), upto;
     int rc;
 
     /* A read transaction (not BEGIN IMMEDIATE): the daemon keeps writing while
@@ -177,7 +171,7 @@ static int publish_once(struct publisher *p, char *err, size_t errlen)
         return 0;
     }
     tly_log("info", "flush", "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
-            (long long)(mono_ms() - started), (long long)tly_pack_records(p->pack),
+            (long long)(tly_clock_mono_ms() - started), (long long)tly_pack_records(p->pack),
             (long long)tly_pack_messages(p->pack), (long long)upto);
     return 0;
 }
@@ -308,12 +302,12 @@ int cmd_publish(int argc, char **argv)
     tly_log("info", "publish_started", "db=%s topic=%s interval_ms=%lld batch_size=%d", db_path,
             p.topic, (long long)interval_ms, batch_size);
     for (;;) {
-        next = mono_ms() + interval_ms;
+        next = tly_clock_mono_ms() + interval_ms;
         if (publish_once(&p, err, sizeof(err)) < 0)
             goto done;
         if (once)
             break;
-        while (!stop_requested && mono_ms() < next)
+        while (!stop_requested && tly_clock_mono_ms() < next)
             rd_kafka_poll(p.rk, 100);
         if (stop_requested)
             break;

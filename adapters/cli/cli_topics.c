@@ -1,7 +1,7 @@
 /* adapters/cli/cli_topics.c - tally topics create: a pipeline's five Kafka
  * topics, with the cleanup policies tally needs.
  *
- * The work is tly_topics_ensure's (adapters/topics.c): it checks every topic
+ * The work is tly_topics_ensure's (adapters/kafka/topics.c): it checks every topic
  * before creating any, so a conflict changes nothing. This file adds the flags
  * and the report, one line per topic; to tell "created" from "exists" and to
  * print partition counts it reads the topic list itself, before and after. */

@@ -1,4 +1,4 @@
-/* tests/unit/test_recovery.c - the local half of recovery (adapters/recovery.c):
+/* tests/unit/test_recovery.c - the local half of recovery (adapters/kafka/recovery.c):
  * checking the database, moving a failed one aside, choosing the newest
  * snapshot that verifies from the directory and the failed database's table,
  * refusing an empty start when snapshots existed, and a dry run that changes

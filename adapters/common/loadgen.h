@@ -1,4 +1,4 @@
-/* adapters/loadgen.h - realistic synthetic events for the demo, the load
+/* adapters/common/loadgen.h - realistic synthetic events for the demo, the load
  * generator and the benchmarks.
  *
  * Deterministic for a given seed, no allocation per event. Not thread-safe:

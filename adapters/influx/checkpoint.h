@@ -1,4 +1,4 @@
-/* adapters/checkpoint.h - a durable position in time: the end of the last
+/* adapters/influx/checkpoint.h - a durable position in time: the end of the last
  * range whose data is fully delivered, so a restart resumes right there.
  *
  * Written atomically (temporary file, fsync, rename, fsync of the directory):

@@ -1,4 +1,4 @@
-/* adapters/topics.h - a pipeline's Kafka topics, and creating them.
+/* adapters/kafka/topics.h - a pipeline's Kafka topics, and creating them.
  *
  * Every pipeline has an input and an output topic and three internal ones named
  * after --topic-prefix: <prefix>-changelog (compacted: the latest image per state

@@ -1,4 +1,4 @@
-/* adapters/recovery.h - bring the state database back before consuming.
+/* adapters/kafka/recovery.h - bring the state database back before consuming.
  *
  * Three steps, run by `tally run` (and `tally recover`) in this order:
  *

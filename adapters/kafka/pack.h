@@ -1,4 +1,4 @@
-/* adapters/pack.h - packs output records into messages (--batch-size).
+/* adapters/kafka/pack.h - packs output records into messages (--batch-size).
  *
  * With a batch size of 1 every record is its own message, as the pipeline
  * made it. With N > 1, up to N records go into one message whose value is a

@@ -1,4 +1,4 @@
-/* adapters/influx.c - InfluxDB's HTTP query API: a blocking client on
+/* adapters/influx/influx.c - InfluxDB's HTTP query API: a blocking client on
  * libevent, InfluxQL statements, answers parsed with json-c, resource maps.
  *
  * The client owns a private event base and one evhttp connection. A query

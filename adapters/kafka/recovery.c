@@ -1,4 +1,4 @@
-/* adapters/recovery.c - bring the state database back before consuming.
+/* adapters/kafka/recovery.c - bring the state database back before consuming.
  *
  * The order of the sources follows from what each one costs and proves:
  *
@@ -21,6 +21,7 @@
  * A database that fails its check is renamed to <db>.failed-<time> (never
  * deleted: it may be wanted for a post-mortem). */
 #include "recovery.h"
+#include "clock.h"
 
 #include "changelog.h"
 #include "error.h"
@@ -43,13 +44,6 @@
 #define KAFKA_TIMEOUT_MS 30000
 #define REPLAY_COMMIT_EVERY 50000 /* records per SQLite transaction during replay */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* rd_kafka_query_watermark_offsets, waiting out what a topic created a
  * moment ago answers until its partitions have a leader (up to
  * KAFKA_TIMEOUT_MS): not-leader, leader-not-available, and, when
@@ -58,12 +52,12 @@ static rd_kafka_resp_err_t query_watermarks(rd_kafka_t *rk, const char *topic, i
                                             bool unknown_is_new, int64_t *low, int64_t *high)
 {
     rd_kafka_resp_err_t err;
-    for (int64_t give_up = now_ms() + KAFKA_TIMEOUT_MS;;) {
+    for (int64_t give_up = tly_clock_mono_ms() + KAFKA_TIMEOUT_MS;;) {
         err = rd_kafka_query_watermark_offsets(rk, topic, partition, low, high, KAFKA_TIMEOUT_MS);
         if (!(err == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
               err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
               (unknown_is_new && err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)) ||
-            now_ms() > give_up)
+            tly_clock_mono_ms() > give_up)
             return err;
         tly_log("info", "waiting_for_leader", "topic=%s partition=%d error=\"%s\"", topic,
                 partition, rd_kafka_err2str(err));
@@ -493,7 +487,7 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
     int state;
 
     memset(rep, 0, sizeof(*rep));
-    rep->started_ms = now_ms();
+    rep->started_ms = tly_clock_mono_ms();
     rep->chosen = -1;
     rep->history_partitions = -1;
     rep->source = "new";
@@ -773,10 +767,10 @@ static rd_kafka_topic_partition_list_t *committed_input(const tly_recovery_confi
     /* read_committed asks for stable offsets: a crashed member's open
      * transaction holds them back until the broker aborts it
      * (transaction.timeout.ms), so a timeout here is waited out. */
-    for (int64_t give_up = now_ms() + 10 * KAFKA_TIMEOUT_MS;;) {
+    for (int64_t give_up = tly_clock_mono_ms() + 10 * KAFKA_TIMEOUT_MS;;) {
         if (!(err = rd_kafka_committed(rk, list, KAFKA_TIMEOUT_MS)))
             break;
-        if (err != RD_KAFKA_RESP_ERR__TIMED_OUT || now_ms() > give_up ||
+        if (err != RD_KAFKA_RESP_ERR__TIMED_OUT || tly_clock_mono_ms() > give_up ||
             (cfg->stop && *cfg->stop)) {
             tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
                       cfg->group_id, rd_kafka_err2str(err));
@@ -915,7 +909,7 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
                                              ? rep->candidates[rep->chosen].manifest.path
                                              : cfg->db_path,
                                          committed);
-    rep->ttr_ms = now_ms() - rep->started_ms;
+    rep->ttr_ms = tly_clock_mono_ms() - rep->started_ms;
     rc = 0;
     if (cfg->dry_run)
         goto done;
@@ -1328,7 +1322,7 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     int64_t *records = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
     unsigned char only[TLY_MAX_PARTITIONS] = {0};
     struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, records};
-    int64_t started = now_ms();
+    int64_t started = tly_clock_mono_ms();
     int listed_count = 0, rc = -1, read;
     tly_store *store;
     char why[512];
@@ -1413,7 +1407,7 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     for (int i = 0; i < count; i++) {
         tly_partition_take *t = &takes[i];
         t->records = records[t->partition];
-        t->ms = now_ms() - started;
+        t->ms = tly_clock_mono_ms() - started;
         if (strcmp(t->source, "new") == 0 && t->records > 0)
             t->source = "changelog";
         sqlite3_bind_int(record, 1, t->partition);

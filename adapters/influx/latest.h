@@ -1,4 +1,4 @@
-/* adapters/latest.h - the latest reading of every sensor of every vehicle in
+/* adapters/influx/latest.h - the latest reading of every sensor of every vehicle in
  * one ingest cycle, and the telemetry records that carry them.
  *
  * Readings come in any order (pods, chunks and out-of-order points); per

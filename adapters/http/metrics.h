@@ -1,4 +1,4 @@
-/* adapters/metrics.h - the daemon's figures, for GET /metrics.
+/* adapters/http/metrics.h - the daemon's figures, for GET /metrics.
  *
  * Written by the daemon's thread, read by the HTTP thread: counters, gauges
  * and histogram buckets are C11 atomics (relaxed: a scrape may see one batch

@@ -1,4 +1,4 @@
-/* adapters/metrics.c - the daemon's figures, for GET /metrics.
+/* adapters/http/metrics.c - the daemon's figures, for GET /metrics.
  *
  * Names follow Prometheus conventions: tally_ prefix, the unit in the name
  * (_seconds, _bytes), _total for counters. Every series carries the

@@ -1,4 +1,4 @@
-/* adapters/latest.c - the latest reading per (VIN, sensor) of one cycle.
+/* adapters/influx/latest.c - the latest reading per (VIN, sensor) of one cycle.
  *
  * Vehicles are kept in an array in first-seen order, found by VIN through a
  * json-c hash table (linkhash) whose values are array positions + 1. A

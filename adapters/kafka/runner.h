@@ -1,4 +1,4 @@
-/* adapters/runner.h - tally run: consume Kafka, apply, commit exactly once.
+/* adapters/kafka/runner.h - tally run: consume Kafka, apply, commit exactly once.
  *
  * The commit protocol (see runner.c): one Kafka transaction carries a batch's
  * changelog records, its outputs, its dead letters and its input offsets;
@@ -55,7 +55,7 @@ typedef struct tly_runner_config {
     int64_t flush_interval_ms; /* log_compacted: time between flushes (default 120 s) */
     int64_t allowed_lateness_ms; /* window_stream: how far behind the newest event time
                                     a window stays open (default 0) */
-    int batch_size;            /* output records packed into one message (adapters/pack.h;
+    int batch_size;            /* output records packed into one message (adapters/kafka/pack.h;
                                   default 1) */
     const char *snapshot_dir;  /* where snapshots go (default <state_dir>/snapshots) */
     int64_t snapshot_interval_ms; /* take one every this often; <= 0: never (default 60 s) */
@@ -85,7 +85,7 @@ typedef struct tly_runner_config {
  * pruned as soon as a snapshot holds them. */
 void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
 
-/* Recovers the database (adapters/recovery.h), then runs until *cfg->stop is
+/* Recovers the database (adapters/kafka/recovery.h), then runs until *cfg->stop is
  * set (returns 0 after a clean shutdown) or a fatal error (returns -1 with
  * errbuf: nothing can rebuild the state although history exists, fenced by a
  * newer instance, broker refused the transaction, database failure). Crash points for tests: the environment

@@ -1,6 +1,7 @@
-/* adapters/kconf.c - every librdkafka configuration tally makes (see kconf.h
+/* adapters/kafka/kconf.c - every librdkafka configuration tally makes (see kconf.h
  * for the order in which settings apply). */
 #include "kconf.h"
+#include "clock.h"
 
 #include "error.h"
 #include "log.h"
@@ -376,20 +377,13 @@ static void check_quiet_log(const rd_kafka_t *rk, int level, const char *fac, co
     (void)rk, (void)level, (void)fac, (void)buf;
 }
 
-static int64_t clock_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int tly_kconf_check_cluster(const char *brokers, int timeout_ms, char *errbuf, size_t errlen)
 {
     static const char *const defaults[] = {"client.id", "tally-check", NULL};
     struct check c = {"", "", 0};
     rd_kafka_conf_t *conf = tly_kconf_new(brokers, defaults, NULL, errbuf, errlen);
     rd_kafka_t *rk;
-    int64_t deadline = clock_ms() + timeout_ms;
+    int64_t deadline = tly_clock_mono_ms() + timeout_ms;
     int rc = -1;
 
     if (!conf)
@@ -412,7 +406,7 @@ int tly_kconf_check_cluster(const char *brokers, int timeout_ms, char *errbuf, s
             tly_error(errbuf, errlen, "cannot connect to Kafka at %s: %s", brokers, c.error);
             break;
         }
-        if (clock_ms() >= deadline) {
+        if (tly_clock_mono_ms() >= deadline) {
             tly_error(errbuf, errlen, "no Kafka broker at %s answered within %d ms%s%s%s", brokers,
                       timeout_ms, c.last[0] ? " (last error: " : "", c.last, c.last[0] ? ")" : "");
             rc = -2;

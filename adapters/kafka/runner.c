@@ -1,4 +1,4 @@
-/* adapters/runner.c - the daemon: consume -> apply -> produce -> commit.
+/* adapters/kafka/runner.c - the daemon: consume -> apply -> produce -> commit.
  *
  * Per batch (after librdkafka's examples/transactions.c, v2.0.2):
  *
@@ -13,7 +13,7 @@
  * Abortable Kafka error: abort the transaction, ROLLBACK, rewind the consumer
  * to the committed offsets, go on. Fatal (fenced, or the broker lost our
  * producer): ROLLBACK and return -1. A crash between 5 and 6 leaves SQLite one
- * transaction behind; on start, recovery (adapters/recovery.c) applies the
+ * transaction behind; on start, recovery (adapters/kafka/recovery.c) applies the
  * changelog records after the offsets meta recorded, which closes exactly that
  * gap - or, with the changelog off, the consumer starts from the input
  * positions meta recorded instead of the group's.
@@ -23,6 +23,7 @@
  * it drops the collected, unprocessed messages and the consumer is rewound to
  * the committed offsets before the next batch. */
 #include "runner.h"
+#include "clock.h"
 #include "error.h"
 
 #include "changelog.h"
@@ -101,13 +102,6 @@ struct runner {
     rd_kafka_topic_partition_list_t *pending;
     int64_t pending_since, pending_logged, pending_next_try;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
 {
@@ -243,7 +237,7 @@ static int take_on_assign(struct runner *r, rd_kafka_topic_partition_list_t *par
         snprintf(r->rebalance_error, sizeof(r->rebalance_error),
                  "cannot read the committed offsets: %s", rd_kafka_err2str(e));
         rc = -1;
-    } else if ((rc = take_partitions(r, committed, now_ms() - started, r->rebalance_error,
+    } else if ((rc = take_partitions(r, committed, tly_clock_mono_ms() - started, r->rebalance_error,
                                      sizeof(r->rebalance_error))) != 0) {
         if (rc > 0)
             tly_log("info", "committed_offsets_wait", "partitions=%d note=\"a previous owner's "
@@ -265,7 +259,7 @@ static void pause_assigned(struct runner *r, rd_kafka_topic_partition_list_t *pa
         snprintf(r->rebalance_error, sizeof(r->rebalance_error),
                  "cannot pause the assigned partitions: %s", rd_kafka_err2str(e));
     if (!r->pending || r->pending->cnt == 0)
-        r->pending_since = now_ms();
+        r->pending_since = tly_clock_mono_ms();
     if (!r->pending)
         r->pending = rd_kafka_topic_partition_list_new(partitions->cnt);
     for (int i = 0; i < partitions->cnt; i++)
@@ -285,7 +279,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
     struct runner *r = opaque;
     rd_kafka_error_t *error = NULL;
-    int64_t started = now_ms();
+    int64_t started = tly_clock_mono_ms();
     const char *change;
     int taken = 1;
 
@@ -312,10 +306,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             drop_partitions(r, partitions);
     }
     if (r->standby_check_ms)
-        r->standby_check_ms = now_ms() + STANDBY_MS;
+        r->standby_check_ms = tly_clock_mono_ms() + STANDBY_MS;
     tly_log("info", "rebalance", "change=%s partitions=%d ms=%lld", change, partitions->cnt,
-            (long long)(now_ms() - started));
-    tly_metrics_set(r->metrics, TLY_G_REBALANCE_MS, now_ms() - started);
+            (long long)(tly_clock_mono_ms() - started));
+    tly_metrics_set(r->metrics, TLY_G_REBALANCE_MS, tly_clock_mono_ms() - started);
     if (error) {
         tly_log("error", "rebalance", "error=\"%s\"", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
@@ -649,7 +643,7 @@ static rd_kafka_topic_partition_list_t *batch_offsets(struct runner *r)
 static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const char *event,
                          const char *reason)
 {
-    int64_t second = now_ms() / 1000;
+    int64_t second = tly_clock_mono_ms() / 1000;
     char quoted[600];
     if (second != r->error_log_second) {
         r->error_log_second = second;
@@ -695,13 +689,6 @@ static int record_counters(struct runner *r, char *err, size_t errlen)
 
 enum batch_result { BATCH_COMMITTED, BATCH_ABORTED, BATCH_FATAL };
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* A committed batch's figures. End-to-end latency is measured from each
  * input record's Kafka timestamp (set by its producer, or by the broker for
  * LogAppendTime topics) to now, when the batch's outputs became visible to
@@ -710,7 +697,7 @@ static void count_batch(struct runner *r, const tly_batch_stats *stats, int64_t 
                         int64_t last_seq, int64_t t_start, int64_t t_applied, int64_t t_produced,
                         int64_t t_kafka)
 {
-    int64_t now = wall_ms();
+    int64_t now = tly_clock_wall_ms();
     tly_metrics *m = r->metrics;
     tly_metrics_add(m, TLY_C_CONSUMED, r->count);
     tly_metrics_add(m, TLY_C_APPLIED, stats->applied);
@@ -724,7 +711,7 @@ static void count_batch(struct runner *r, const tly_batch_stats *stats, int64_t 
     tly_metrics_add(m, TLY_C_TXN_COMMITTED, 1);
     tly_metrics_observe_ms(m, TLY_H_APPLY, (double)(t_applied - t_start), 1);
     tly_metrics_observe_ms(m, TLY_H_COMMIT, (double)(t_kafka - t_produced), 1);
-    tly_metrics_observe_ms(m, TLY_H_BATCH, (double)(now_ms() - t_start), 1);
+    tly_metrics_observe_ms(m, TLY_H_BATCH, (double)(tly_clock_mono_ms() - t_start), 1);
     for (int i = 0; i < r->count; i++) {
         int64_t ts = rd_kafka_message_timestamp(r->messages[i], NULL);
         if (ts > 0)
@@ -739,7 +726,7 @@ static void count_batch(struct runner *r, const tly_batch_stats *stats, int64_t 
 static void update_gauges(struct runner *r)
 {
     rd_kafka_topic_partition_list_t *assigned = NULL;
-    int64_t now = now_ms();
+    int64_t now = tly_clock_mono_ms();
     static const int64_t every_ms = 1000;
 
     if (!r->metrics || now - r->last_gauges < every_ms)
@@ -831,7 +818,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     bool has_flush = tly_pipeline_has_flush(r->pipeline);
     char err[512];
 
-    int64_t t_start = now_ms(), t_applied, t_produced, t_kafka;
+    int64_t t_start = tly_clock_mono_ms(), t_applied, t_produced, t_kafka;
 
     r->batches++;
     r->delivery_failed = false;
@@ -850,7 +837,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         record_counters(r, err, sizeof(err)) < 0)
         goto database_failed;
     seq_after = tly_store_last_seq(r->store);
-    t_applied = now_ms();
+    t_applied = tly_clock_mono_ms();
     crash_point(r, "after_apply");
 
     for (int i = 0; i < r->count; i++) {
@@ -881,7 +868,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     if (batch_emits(r) && emit_outputs(r, &ctx, seq_before, seq_after, has_flush, err,
                                        sizeof(err)) < 0)
         return abort_batch(r, "produce outputs", err, errbuf, errlen);
-    t_produced = now_ms();
+    t_produced = tly_clock_mono_ms();
     crash_point(r, "after_produce");
 
     offsets = batch_offsets(r);
@@ -910,7 +897,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         return txn_error(r, "commit_transaction", error, errbuf, errlen);
     }
     rd_kafka_poll(r->producer, 0); /* serve the last delivery reports */
-    t_kafka = now_ms();
+    t_kafka = tly_clock_mono_ms();
     crash_point(r, "after_commit");
 
     /* Kafka has the batch; now SQLite records where it stands and commits. */
@@ -941,13 +928,13 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         goto database_failed_after_kafka;
     if (tly_store_commit(r->store, err, sizeof(err)) < 0)
         goto database_failed_after_kafka;
-    if (now_ms() - t_start >= 500)
+    if (tly_clock_mono_ms() - t_start >= 500)
         tly_log("warn", "slow_batch",
                 "events=%d total_ms=%lld apply_ms=%lld produce_ms=%lld kafka_commit_ms=%lld "
                 "sqlite_commit_ms=%lld",
-                r->count, (long long)(now_ms() - t_start), (long long)(t_applied - t_start),
+                r->count, (long long)(tly_clock_mono_ms() - t_start), (long long)(t_applied - t_start),
                 (long long)(t_produced - t_applied), (long long)(t_kafka - t_produced),
-                (long long)(now_ms() - t_kafka));
+                (long long)(tly_clock_mono_ms() - t_kafka));
     stats.changes = seq_after - seq_before; /* the counters row too: every row mirrored */
     r->applied += stats.applied;
     r->rejected += stats.rejected;
@@ -989,7 +976,7 @@ static void plan_pruning(struct runner *r)
 {
     sqlite3_stmt *stmt = NULL;
     int64_t upto = r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
-    int64_t below, cutoff_ms = wall_ms() - r->cfg->changelog_retention_ms;
+    int64_t below, cutoff_ms = tly_clock_wall_ms() - r->cfg->changelog_retention_ms;
 
     if (upto <= 0)
         return;
@@ -1105,7 +1092,7 @@ static void *snapshot_thread(void *arg)
      * the daemon on its own connection between batches (a second writer
      * here would wait behind every batch's open transaction). */
     job->rc = tly_snapshot_copy(job->db_path, job->dir, &job->manifest, job->why, sizeof(job->why));
-    job->written_ms = now_ms();
+    job->written_ms = tly_clock_mono_ms();
     atomic_store(&job->done, true);
     return NULL;
 }
@@ -1117,7 +1104,7 @@ static void start_snapshot(struct runner *r)
     snprintf(job->db_path, sizeof(job->db_path), "%s", r->db_path);
     snprintf(job->dir, sizeof(job->dir), "%s", r->snapshot_dir);
     job->keep = r->cfg->snapshot_keep;
-    job->started_ms = now_ms();
+    job->started_ms = tly_clock_mono_ms();
     atomic_store(&job->done, false);
     if ((err = pthread_create(&job->thread, NULL, snapshot_thread, job)) != 0) {
         tly_log("error", "snapshot_error", "error=\"cannot start a thread: %s\"", strerror(err));
@@ -1174,7 +1161,7 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
     struct snapshot_job *job = r->snapshot_job;
     tly_snapshot_manifest *m = &job->manifest;
     char manifest[8192];
-    int64_t publishing = now_ms();
+    int64_t publishing = tly_clock_mono_ms();
     int rc;
 
     pthread_join(job->thread, NULL);
@@ -1201,14 +1188,14 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
      * transaction, which ingestion waits for. */
     tly_log("info", "snapshot", "snapshot=%s last_seq=%lld bytes=%lld write_ms=%lld publish_ms=%lld path=%s",
             m->snapshot_id, (long long)m->last_seq, (long long)m->bytes,
-            (long long)(job->written_ms - job->started_ms), (long long)(now_ms() - publishing),
+            (long long)(job->written_ms - job->started_ms), (long long)(tly_clock_mono_ms() - publishing),
             m->path);
     return 0;
 }
 
 static int maybe_snapshot(struct runner *r, char *errbuf, size_t errlen)
 {
-    int64_t now = now_ms();
+    int64_t now = tly_clock_mono_ms();
 
     if (r->snapshot_job->running) {
         if (atomic_load(&r->snapshot_job->done))
@@ -1262,7 +1249,7 @@ static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
 static int flush_outputs(struct runner *r, const char *event, char *errbuf, size_t errlen)
 {
     struct flush_ctx f = {{r, r->topics.output.name, 0, 0}, tly_store_last_seq(r->store)};
-    int64_t started = now_ms();
+    int64_t started = tly_clock_mono_ms();
     char err[512];
     int rc;
 
@@ -1276,16 +1263,16 @@ static int flush_outputs(struct runner *r, const char *event, char *errbuf, size
     r->outputs += f.produced.count;
     tly_metrics_add(r->metrics, TLY_C_OUTPUTS, f.produced.count);
     tly_log("info", event, "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
-            (long long)(now_ms() - started), (long long)f.produced.count,
+            (long long)(tly_clock_mono_ms() - started), (long long)f.produced.count,
             (long long)tly_pack_messages(r->pack), (long long)f.upto);
     return 0;
 }
 
 static int maybe_flush(struct runner *r, char *errbuf, size_t errlen)
 {
-    if (r->cfg->strategy != TLY_EMIT_LOG_COMPACTED || now_ms() < r->next_flush_ms)
+    if (r->cfg->strategy != TLY_EMIT_LOG_COMPACTED || tly_clock_mono_ms() < r->next_flush_ms)
         return 0;
-    r->next_flush_ms = now_ms() + r->cfg->flush_interval_ms;
+    r->next_flush_ms = tly_clock_mono_ms() + r->cfg->flush_interval_ms;
     return flush_outputs(r, "flush", errbuf, errlen);
 }
 
@@ -1334,7 +1321,7 @@ static void count_held(struct runner *r)
 
 static void drop_partition(struct runner *r, int p, const char *reason)
 {
-    int64_t started = now_ms();
+    int64_t started = tly_clock_mono_ms();
     char err[1024];
     if (tly_recovery_drop(r->store, r->rcfg, p, err, sizeof(err)) < 0) {
         /* Left as they are: the next take of the partition replaces them. */
@@ -1348,7 +1335,7 @@ static void drop_partition(struct runner *r, int p, const char *reason)
         r->changelog_offsets[p] = -1;
     tly_metrics_add(r->metrics, TLY_C_PARTITIONS_REVOKED, 1);
     tly_log("info", "partition_dropped", "partition=%d reason=%s ms=%lld", p, reason,
-            (long long)(now_ms() - started));
+            (long long)(tly_clock_mono_ms() - started));
 }
 
 static void drop_partitions(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
@@ -1375,14 +1362,14 @@ static void drop_standby(struct runner *r)
     bool any = false;
     char err[1024];
 
-    if (!r->standby_check_ms || now_ms() < r->standby_check_ms || !r->cfg->changelog)
+    if (!r->standby_check_ms || tly_clock_mono_ms() < r->standby_check_ms || !r->cfg->changelog)
         return;
     r->standby_check_ms = 0;
     if (rd_kafka_assignment(r->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR ||
         tly_recovery_present(r->store, r->rcfg, present, err, sizeof(err)) < 0) {
         if (assigned)
             rd_kafka_topic_partition_list_destroy(assigned);
-        r->standby_check_ms = now_ms() + STANDBY_MS; /* try again */
+        r->standby_check_ms = tly_clock_mono_ms() + STANDBY_MS; /* try again */
         return;
     }
     for (int i = 0; i < assigned->cnt; i++)
@@ -1400,7 +1387,7 @@ static void drop_standby(struct runner *r)
 }
 
 /* Brings the state of the partitions in `committed` (their committed
- * offsets, read already) up to date: adapters/recovery.c tly_recovery_take.
+ * offsets, read already) up to date: adapters/kafka/recovery.c tly_recovery_take.
  * waited is how long the offsets took. Returns 0, 1 when a changelog
  * partition still has a previous owner's transaction open (nothing done:
  * later), or -1 with errbuf. */
@@ -1483,36 +1470,36 @@ static int take_pending(struct runner *r, char *errbuf, size_t errlen)
     rd_kafka_error_t *error;
     int rc = -1;
 
-    if (!r->pending || r->pending->cnt == 0 || now_ms() < r->pending_next_try)
+    if (!r->pending || r->pending->cnt == 0 || tly_clock_mono_ms() < r->pending_next_try)
         return 0;
     committed = rd_kafka_topic_partition_list_copy(r->pending);
     if ((e = rd_kafka_committed(r->consumer, committed, 200))) {
         rd_kafka_topic_partition_list_destroy(committed);
-        r->pending_next_try = now_ms() + 300; /* the other partitions get the time between */
+        r->pending_next_try = tly_clock_mono_ms() + 300; /* the other partitions get the time between */
         if (e != RD_KAFKA_RESP_ERR__TIMED_OUT)
             return tly_error(errbuf, errlen, "cannot read the committed offsets: %s", rd_kafka_err2str(e));
-        if (now_ms() - r->pending_since > 10 * KAFKA_TIMEOUT_MS)
+        if (tly_clock_mono_ms() - r->pending_since > 10 * KAFKA_TIMEOUT_MS)
             return tly_error(errbuf, errlen, "the committed offsets of %d assigned partitions stayed "
                              "unstable for %d s", r->pending->cnt, 10 * KAFKA_TIMEOUT_MS / 1000);
-        if (now_ms() - r->pending_logged >= 5000) {
-            r->pending_logged = now_ms();
+        if (tly_clock_mono_ms() - r->pending_logged >= 5000) {
+            r->pending_logged = tly_clock_mono_ms();
             tly_log("info", "committed_offsets_wait", "partitions=%d waited_ms=%lld note=\"a previous "
                     "owner's transaction is still open\"", r->pending->cnt,
-                    (long long)(now_ms() - r->pending_since));
+                    (long long)(tly_clock_mono_ms() - r->pending_since));
         }
         return 0;
     }
     for (int i = 0; i < committed->cnt; i++)
         if (committed->elems[i].offset < 0)
             committed->elems[i].offset = RD_KAFKA_OFFSET_BEGINNING; /* auto.offset.reset */
-    if ((rc = take_partitions(r, committed, now_ms() - r->pending_since, errbuf, errlen)) != 0) {
+    if ((rc = take_partitions(r, committed, tly_clock_mono_ms() - r->pending_since, errbuf, errlen)) != 0) {
         if (rc > 0) { /* the changelog still hides a previous owner's transaction */
-            r->pending_next_try = now_ms() + 300;
-            if (now_ms() - r->pending_logged >= 5000) {
-                r->pending_logged = now_ms();
+            r->pending_next_try = tly_clock_mono_ms() + 300;
+            if (tly_clock_mono_ms() - r->pending_logged >= 5000) {
+                r->pending_logged = tly_clock_mono_ms();
                 tly_log("info", "committed_offsets_wait", "partitions=%d waited_ms=%lld note=\"a "
                         "previous owner's transaction is still open on the changelog\"",
-                        r->pending->cnt, (long long)(now_ms() - r->pending_since));
+                        r->pending->cnt, (long long)(tly_clock_mono_ms() - r->pending_since));
             }
             rc = 0;
         }
@@ -1559,7 +1546,7 @@ static bool is_pending(const struct runner *r, const rd_kafka_message_t *m)
 static int watch_consumer(struct runner *r, char *errbuf, size_t errlen)
 {
     rd_kafka_topic_partition_list_t *assigned = NULL;
-    int64_t now = now_ms();
+    int64_t now = tly_clock_mono_ms();
     int count;
 
     if (now - r->last_watch < 1000)
@@ -1598,7 +1585,7 @@ static int watch_consumer(struct runner *r, char *errbuf, size_t errlen)
     release_collected(r);
     rd_kafka_destroy_flags(r->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     r->unassigned_since = 0;
-    r->standby_check_ms = now_ms() + STANDBY_MS;
+    r->standby_check_ms = tly_clock_mono_ms() + STANDBY_MS;
     if (r->pending) {
         rd_kafka_topic_partition_list_destroy(r->pending);
         r->pending = NULL;
@@ -1610,9 +1597,9 @@ static int watch_consumer(struct runner *r, char *errbuf, size_t errlen)
 
 static int collect(struct runner *r, char *errbuf, size_t errlen)
 {
-    int64_t deadline = now_ms() + r->cfg->commit_interval_ms;
+    int64_t deadline = tly_clock_mono_ms() + r->cfg->commit_interval_ms;
     while (r->count < r->cfg->max_batch && !(r->cfg->stop && *r->cfg->stop)) {
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - tly_clock_mono_ms();
         rd_kafka_message_t *m;
         if (left <= 0)
             break;
@@ -1698,7 +1685,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         snprintf(r.snapshot_dir, sizeof(r.snapshot_dir), "%s", cfg->snapshot_dir);
     else
         snprintf(r.snapshot_dir, sizeof(r.snapshot_dir), "%s/snapshots", cfg->state_dir);
-    r.next_snapshot_ms = now_ms() + cfg->snapshot_interval_ms;
+    r.next_snapshot_ms = tly_clock_mono_ms() + cfg->snapshot_interval_ms;
     r.snapshot_job = calloc(1, sizeof(*r.snapshot_job));
     r.messages = calloc((size_t)cfg->max_batch, sizeof(*r.messages));
     r.events = calloc((size_t)cfg->max_batch, sizeof(*r.events));
@@ -1815,7 +1802,7 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
         goto done;
     }
     count_held(&r);
-    r.next_flush_ms = now_ms() + cfg->flush_interval_ms;
+    r.next_flush_ms = tly_clock_mono_ms() + cfg->flush_interval_ms;
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_MS, recovery.ttr_ms);
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_RECORDS, recovery.records_replayed);
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_BYTES, recovery.bytes_replayed);
@@ -1826,14 +1813,14 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     }
     if (!(r.consumer = new_consumer(&r, errbuf, errlen)))
         goto done;
-    r.standby_check_ms = now_ms() + STANDBY_MS;
+    r.standby_check_ms = tly_clock_mono_ms() + STANDBY_MS;
     tly_metrics_set(r.metrics, TLY_G_READY, 1);
     tly_log("info", "started",
             "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s strategy=%s db=%s",
             cfg->pipeline, r.topics.input.name, r.topics.output.name,
             cfg->changelog ? r.topics.changelog.name : "off", cfg->group_id, cfg->instance_id,
             tly_emit_strategy_name(cfg->strategy), r.db_path);
-    last_report = now_ms();
+    last_report = tly_clock_mono_ms();
     while (!(cfg->stop && *cfg->stop)) {
         enum batch_result result;
         if (collect(&r, errbuf, errlen) < 0 || watch_consumer(&r, errbuf, errlen) < 0)
@@ -1848,22 +1835,22 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
                  * the outside world sees it (less the consumer's own lag) */
                 first_commit = true;
                 tly_log("info", "first_commit", "since_start_ms=%lld recovery_ms=%lld",
-                        (long long)(now_ms() - recovery.started_ms), (long long)recovery.ttr_ms);
+                        (long long)(tly_clock_mono_ms() - recovery.started_ms), (long long)recovery.ttr_ms);
             }
         }
         if (maybe_snapshot(&r, errbuf, errlen) < 0)
             goto done;
         if (maybe_flush(&r, errbuf, errlen) < 0)
             goto done;
-        if (cfg->snapshot_interval_ms <= 0 && now_ms() >= next_prune_plan) {
-            next_prune_plan = now_ms() + 10000;
+        if (cfg->snapshot_interval_ms <= 0 && tly_clock_mono_ms() >= next_prune_plan) {
+            next_prune_plan = tly_clock_mono_ms() + 10000;
             plan_pruning(&r);
         }
         prune_some(&r);
         drop_standby(&r);
         update_gauges(&r);
-        if (now_ms() - last_report >= 10000) {
-            last_report = now_ms();
+        if (tly_clock_mono_ms() - last_report >= 10000) {
+            last_report = tly_clock_mono_ms();
             tly_log("info", "progress",
                     "applied=%lld rejected=%lld late=%lld skipped=%lld changes=%lld outputs=%lld "
                     "batches=%ld aborted=%lld",

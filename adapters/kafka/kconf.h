@@ -1,4 +1,4 @@
-/* adapters/kconf.h - every librdkafka configuration tally makes.
+/* adapters/kafka/kconf.h - every librdkafka configuration tally makes.
  *
  * One place builds the configuration of every Kafka client tally creates
  * (the daemon's group consumer and transactional producer, the idempotent

@@ -1,4 +1,4 @@
-/* adapters/influx.h - reading vehicle telemetry from InfluxDB over HTTP.
+/* adapters/influx/influx.h - reading vehicle telemetry from InfluxDB over HTTP.
  *
  * The data model tally reads (see also README.md, "tally ingest influxdb"):
  *

@@ -1,7 +1,7 @@
-/* adapters/http.h - the daemon's HTTP endpoint (libevent evhttp, own thread).
+/* adapters/http/http.h - the daemon's HTTP endpoint (libevent evhttp, own thread).
  *
  *   GET  /          a live page: throughput, lag, latency, recent windows
- *   GET  /metrics   Prometheus text format (adapters/metrics.h)
+ *   GET  /metrics   Prometheus text format (adapters/http/metrics.h)
  *   GET  /healthz   200 while the process serves
  *   GET  /readyz    200 once recovered and consuming, else 503
  *   GET  /query?sql=...        read-only SQL on the live state, JSON rows

@@ -1,4 +1,4 @@
-/* adapters/pack.c - packs output records into messages. See pack.h. */
+/* adapters/kafka/pack.c - packs output records into messages. See pack.h. */
 #include "pack.h"
 
 #include <stdlib.h>

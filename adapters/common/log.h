@@ -1,4 +1,4 @@
-/* adapters/log.h - one line per event on stderr, logfmt by default:
+/* adapters/common/log.h - one line per event on stderr, logfmt by default:
  *   ts=2026-11-21T05:11:42.123Z level=info event=flush vin_count=12 ...
  * or JSON (tly_log_set_format).
  * Thread-safe (one fprintf per line). */

@@ -1,4 +1,4 @@
-/* adapters/http.c - the daemon's HTTP endpoint (see http.h). */
+/* adapters/http/http.c - the daemon's HTTP endpoint (see http.h). */
 #include "http.h"
 
 #include "error.h"

@@ -1,4 +1,4 @@
-/* adapters/http_page.h - the live page served at GET / (see http.c).
+/* adapters/http/http_page.h - the live page served at GET / (see http.c).
  *
  * One self-contained HTML document, no external resources: it polls /metrics
  * every second and draws three charts on canvases (events applied per second,

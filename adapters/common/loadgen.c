@@ -1,4 +1,4 @@
-/* adapters/loadgen.c - synthetic orders and telemetry.
+/* adapters/common/loadgen.c - synthetic orders and telemetry.
  *
  * Orders look like the enriched stream: string ids, prices with cents as JSON
  * numbers or (one in four) decimal strings, qty 1..5, ts and normTs in epoch ms.

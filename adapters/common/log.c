@@ -1,4 +1,4 @@
-/* adapters/log.c - one line per event on stderr, logfmt or JSON.
+/* adapters/common/log.c - one line per event on stderr, logfmt or JSON.
  *
  * Callers always format logfmt ("key=value key2=\"quoted value\""); in JSON
  * mode the line is rewritten into one object per line:

@@ -1,4 +1,4 @@
-/* adapters/checkpoint.c - the checkpoint file.
+/* adapters/influx/checkpoint.c - the checkpoint file.
  *
  * Format: one line of ASCII text,
  *

@@ -1,4 +1,4 @@
-/* adapters/topics.c - a pipeline's Kafka topics: their names, their cleanup
+/* adapters/kafka/topics.c - a pipeline's Kafka topics: their names, their cleanup
  * policies, and creating the missing ones through the Admin API.
  *
  * Cleanup policies, and why:
@@ -23,6 +23,7 @@
  * Replication factor -1 asks the broker for its default.replication.factor,
  * which is right for both a one-node test broker and a production cluster. */
 #include "topics.h"
+#include "clock.h"
 
 #include "kconf.h"
 
@@ -160,16 +161,9 @@ struct topic_state {
     char raced_reason[256]; /* the broker's TOPIC_ALREADY_EXISTS message */
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int remaining_ms(int64_t deadline)
 {
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - tly_clock_mono_ms();
     return left > 0 ? (int)left : 0;
 }
 
@@ -239,7 +233,7 @@ static void admin_close(struct admin *a)
 static rd_kafka_event_t *wait_result(struct admin *a, rd_kafka_event_type_t type, int64_t deadline)
 {
     int64_t give_up = deadline + 5000;
-    while (now_ms() < give_up) {
+    while (tly_clock_mono_ms() < give_up) {
         rd_kafka_event_t *ev = rd_kafka_queue_poll(a->queue, RETRY_INTERVAL_MS);
         rd_kafka_poll(a->rk, 0);
         if (!ev)
@@ -601,7 +595,7 @@ int tly_topics_ensure(const char *brokers, const tly_topic_layout *layout, unsig
     };
     const int n = 5;
     struct admin a = {0};
-    int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS);
+    int64_t deadline = tly_clock_mono_ms() + (timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS);
     int rc = -1;
 
     if (created)
