@@ -21,7 +21,7 @@
  * instances of one pipeline (each keeps its own newest `keep`). Partition p of
  * the input is in a snapshot when lastChangelogOffset has the changelog's
  * partition p: its rows (part = p) are then the state as of that offset, and
- * another instance can take them over (adapters/recovery.c). lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
+ * another instance can take them over (adapters/kafka/recovery.c). lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
  * read in the same read transaction as the copy: replaying the changelog topic
  * from those offsets + 1 brings the copy up to date. Each file is written under
  * a ".tmp" name, fsynced, renamed, and the directory fsynced, so a crash leaves
