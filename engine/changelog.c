@@ -456,3 +456,68 @@ done:
     json_object_put(row);
     return rc;
 }
+
+int64_t tly_changelog_rows(tly_store *store)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t n = -1;
+    if (sqlite3_prepare_v2(tly_store_db(store), "SELECT count(*) FROM changelog", -1, &stmt,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        n = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return n;
+}
+
+int64_t tly_changelog_prune_bound(tly_store *store, int64_t upto_seq, int64_t cutoff_ms)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t below = upto_seq + 1;
+    /* The first young row bounds the old ones: the scan reads only rows that
+     * are about to go. */
+    if (sqlite3_prepare_v2(tly_store_db(store),
+                           "SELECT seq FROM changelog WHERE changed_ms >= ?1 AND seq < ?2 "
+                           "ORDER BY seq LIMIT 1",
+                           -1, &stmt, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(stmt, 1, cutoff_ms);
+        sqlite3_bind_int64(stmt, 2, below);
+        if (sqlite3_step(stmt) == SQLITE_ROW)
+            below = sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    return below;
+}
+
+int tly_changelog_prune(tly_store *store, int64_t below, int max_rows, char *errbuf,
+                        size_t errlen)
+{
+    sqlite3 *db = tly_store_db(store);
+    sqlite3_stmt *stmt = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(db,
+                           "DELETE FROM changelog WHERE seq < ?1 AND seq < "
+                           "(SELECT min(seq) FROM changelog) + ?2",
+                           -1, &stmt, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(stmt, 1, below);
+        sqlite3_bind_int64(stmt, 2, max_rows);
+        if (sqlite3_step(stmt) == SQLITE_DONE)
+            rc = sqlite3_changes(db);
+    }
+    if (rc < 0)
+        tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
+int64_t tly_changelog_max_seq(sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t seq = 0;
+    if (db &&
+        sqlite3_prepare_v2(db, "SELECT coalesce(max(seq), 0) FROM changelog", -1, &stmt, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        seq = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return seq;
+}

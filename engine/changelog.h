@@ -140,4 +140,22 @@ int64_t tly_replayer_last_seq(tly_replayer *replayer);
 int tly_replayer_apply_line(tly_replayer *replayer, const char *line, size_t len,
                             tly_replay_outcome *outcome, char *errbuf, size_t errlen);
 
+/* The changelog table's upkeep. Rows are appended in seq order, which is
+ * also time order.
+ *
+ * tly_changelog_rows: rows in the table (-1 on an error).
+ * tly_changelog_prune_bound: the seq below which rows may go when rows up to
+ *   upto_seq are no longer needed but rows changed at or after cutoff_ms are
+ *   kept: upto_seq + 1, or the seq of the first row young enough to keep.
+ * tly_changelog_prune: deletes at most max_rows of the oldest rows with seq
+ *   below `below`, in the caller's transaction or its own statement. Returns
+ *   how many, or -1 with errbuf.
+ * tly_changelog_max_seq: the highest seq in the table through a plain
+ *   connection (0 when empty or on an error). */
+int64_t tly_changelog_rows(tly_store *store);
+int64_t tly_changelog_prune_bound(tly_store *store, int64_t upto_seq, int64_t cutoff_ms);
+int tly_changelog_prune(tly_store *store, int64_t below, int max_rows, char *errbuf,
+                        size_t errlen);
+int64_t tly_changelog_max_seq(sqlite3 *db);
+
 #endif

@@ -563,3 +563,68 @@ done:
     unlink(tmp);
     return rc;
 }
+
+int tly_snapshot_list_recorded(const char *db_path, tly_snapshot_manifest **out, int *count,
+                               char *errbuf, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    tly_snapshot_manifest *list = NULL;
+    const char *base = strrchr(db_path, '/');
+    int n = 0, cap = 0, rc = -1;
+
+    *out = NULL;
+    *count = 0;
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "SELECT snapshot_id, path, last_seq, changelog_offsets, created_ms, bytes,"
+                           " checksum FROM snapshots",
+                           -1, &stmt, NULL) != SQLITE_OK) {
+        rc = 0; /* no database, or not one with snapshots: none recorded */
+        goto done;
+    }
+    while (sqlite3_step(stmt) == SQLITE_ROW) {
+        tly_snapshot_manifest *m;
+        if (n == cap) {
+            tly_snapshot_manifest *grown = realloc(list, (size_t)(cap ? cap * 2 : 8) * sizeof(*list));
+            if (!grown) {
+                tly_error(errbuf, errlen, "out of memory");
+                goto done;
+            }
+            list = grown;
+            cap = cap ? cap * 2 : 8;
+        }
+        m = &list[n++];
+        memset(m, 0, sizeof(*m));
+        snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s", sqlite3_column_text(stmt, 0));
+        snprintf(m->path, sizeof(m->path), "%s", sqlite3_column_text(stmt, 1));
+        m->last_seq = sqlite3_column_int64(stmt, 2);
+        snprintf(m->changelog_offsets, sizeof(m->changelog_offsets), "%s",
+                 sqlite3_column_text(stmt, 3));
+        m->created_ms = sqlite3_column_int64(stmt, 4);
+        m->bytes = sqlite3_column_int64(stmt, 5);
+        snprintf(m->checksum, sizeof(m->checksum), "%s", sqlite3_column_text(stmt, 6));
+        snprintf(m->database, sizeof(m->database), "%s", base ? base + 1 : db_path);
+    }
+    *out = list;
+    *count = n;
+    list = NULL;
+    rc = 0;
+done:
+    free(list);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return rc;
+}
+
+int64_t tly_snapshot_newest_recorded(tly_store *store)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t seq = 0;
+    if (sqlite3_prepare_v2(tly_store_db(store), "SELECT coalesce(max(last_seq), 0) FROM snapshots",
+                           -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        seq = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return seq;
+}

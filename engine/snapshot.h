@@ -68,6 +68,17 @@ int tly_snapshot_parse_manifest(const char *json, size_t len, tly_snapshot_manif
 int tly_snapshot_list(const char *dir, tly_snapshot_manifest **out, int *count, char *errbuf,
                       size_t errlen);
 
+/* The manifests the database at db_path recorded in its snapshots table
+ * (tly_snapshot_record), into a malloc'ed array the caller frees; `database`
+ * is set to the file name of db_path. A database that cannot be opened or has
+ * no such table is an empty list. Returns 0 or -1 (out of memory, errbuf). */
+int tly_snapshot_list_recorded(const char *db_path, tly_snapshot_manifest **out, int *count,
+                               char *errbuf, size_t errlen);
+
+/* last_seq of the newest snapshot recorded in the store's snapshots table,
+ * 0 when none. */
+int64_t tly_snapshot_newest_recorded(tly_store *store);
+
 /* Checks the snapshot file against its manifest: size, checksum, and SQLite's
  * own integrity check. Returns 0 if it verifies, -1 with errbuf saying why not. */
 int tly_snapshot_verify(const tly_snapshot_manifest *manifest, char *errbuf, size_t errlen);

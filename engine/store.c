@@ -312,3 +312,21 @@ int64_t tly_store_last_seq(tly_store *store)
     sqlite3_finalize(stmt);
     return seq;
 }
+
+int64_t tly_store_vacuum_step(tly_store *store, int pages, char *errbuf, size_t errlen)
+{
+    sqlite3_stmt *stmt = NULL;
+    char sql[64];
+    int64_t left = -1;
+
+    snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%d)", pages);
+    if (sqlite3_exec(store->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return set_error(errbuf, errlen, "%s%s", sqlite3_errmsg(store->db), "");
+    if (sqlite3_prepare_v2(store->db, "PRAGMA freelist_count", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        left = sqlite3_column_int64(stmt, 0);
+    else
+        set_error(errbuf, errlen, "%s%s", sqlite3_errmsg(store->db), "");
+    sqlite3_finalize(stmt);
+    return left;
+}

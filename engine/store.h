@@ -72,4 +72,9 @@ int tly_store_meta_add_int(tly_store *store, const char *key, int64_t delta);
 /* Highest changelog seq ever assigned in this database (0 for none). */
 int64_t tly_store_last_seq(tly_store *store);
 
+/* Gives at most `pages` free pages back to the file system (PRAGMA
+ * incremental_vacuum; a no-op on a database created before auto_vacuum was
+ * set). Returns the free pages left, or -1 with errbuf. */
+int64_t tly_store_vacuum_step(tly_store *store, int pages, char *errbuf, size_t errlen);
+
 #endif

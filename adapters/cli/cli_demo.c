@@ -15,6 +15,8 @@
 #include "cli_common.h"
 #include "clock.h"
 #include "commands.h"
+#include "changelog.h"
+#include "meta.h"
 
 #include "kconf.h"
 #include "loadgen.h"
@@ -155,16 +157,23 @@ static sqlite3 *open_read_only(const char *path)
     return db;
 }
 
+/* A pipeline's event counter (meta.h), 0 when db is NULL or has none yet. */
+static int64_t events(sqlite3 *db, const char *pipeline, const char *kind)
+{
+    char key[256];
+    int64_t n = 0;
+    tly_meta_key_events(pipeline, kind, key, sizeof(key));
+    if (!db || tly_meta_get_int(db, key, &n) != 1)
+        n = 0;
+    return n;
+}
+
 /* Events a pipeline has finished with: applied, skipped or dead-lettered. */
 static int64_t events_done(const char *db_path, const char *pipeline)
 {
-    char sql[256];
     sqlite3 *db = open_read_only(db_path);
-    int64_t n;
-    snprintf(sql, sizeof(sql), "SELECT coalesce(sum(value), 0) FROM meta WHERE key IN "
-             "('pipeline.%s.events_applied', 'pipeline.%s.events_skipped', 'pipeline.%s.events_rejected')",
-             pipeline, pipeline, pipeline);
-    n = scalar(db, sql);
+    int64_t n = events(db, pipeline, "applied") + events(db, pipeline, "skipped") +
+                events(db, pipeline, "rejected");
     sqlite3_close(db);
     return n;
 }
@@ -174,11 +183,11 @@ static void print_view(const char *orders_db, const char *telemetry_db, double s
 {
     sqlite3 *orders = open_read_only(orders_db), *telemetry = open_read_only(telemetry_db);
     sqlite3_stmt *stmt = NULL;
-    int64_t o_applied = scalar(orders, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'), 0)");
-    int64_t o_rejected = scalar(orders, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.orders.events_rejected'), 0)");
-    int64_t t_applied = scalar(telemetry, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.telemetry.events_applied'), 0)");
-    int64_t t_rejected = scalar(telemetry, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.telemetry.events_rejected'), 0)");
-    int64_t t_skipped = scalar(telemetry, "SELECT coalesce((SELECT value FROM meta WHERE key = 'pipeline.telemetry.events_skipped'), 0)");
+    int64_t o_applied = events(orders, "orders", "applied");
+    int64_t o_rejected = events(orders, "orders", "rejected");
+    int64_t t_applied = events(telemetry, "telemetry", "applied");
+    int64_t t_rejected = events(telemetry, "telemetry", "rejected");
+    int64_t t_skipped = events(telemetry, "telemetry", "skipped");
 
     *applied_now = o_applied + t_applied;
     if (tty)
@@ -188,7 +197,7 @@ static void print_view(const char *orders_db, const char *telemetry_db, double s
     printf("  orders     applied=%lld dead-lettered=%lld windows=%lld changelog_seq=%lld\n",
            (long long)o_applied, (long long)o_rejected,
            (long long)scalar(orders, "SELECT count(*) FROM order_window_state"),
-           (long long)scalar(orders, "SELECT coalesce(max(seq), 0) FROM changelog"));
+           (long long)tly_changelog_max_seq(orders));
     printf("  telemetry  applied=%lld dead-lettered=%lld skipped=%lld vehicles=%lld sensors=%lld\n",
            (long long)t_applied, (long long)t_rejected, (long long)t_skipped,
            (long long)scalar(telemetry, "SELECT count(DISTINCT vin) FROM vehicle_sensor_state"),

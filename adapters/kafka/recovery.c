@@ -124,7 +124,7 @@ static int check_database(const tly_recovery_config *cfg, tly_recovery_report *r
     sqlite3 *db = NULL;
     sqlite3_stmt *stmt = NULL;
     struct stat st;
-    int rc = -1;
+    int rc = -1, history;
 
     *has_state = false;
     if (stat(cfg->db_path, &st) != 0) {
@@ -158,24 +158,11 @@ static int check_database(const tly_recovery_config *cfg, tly_recovery_report *r
     }
     sqlite3_finalize(stmt);
     stmt = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT substr(key, 17), value FROM meta WHERE key LIKE 'kafka.changelog.%'"
-                           " UNION ALL SELECT 'input', count(*) FROM meta WHERE key LIKE 'kafka.input.%'"
-                           " UNION ALL SELECT 'seq', coalesce((SELECT seq FROM sqlite_sequence"
-                           "   WHERE name = 'changelog'), 0)",
-                           -1, &stmt, NULL) != SQLITE_OK) {
-        snprintf(why, whylen, "not a tally database: %s", sqlite3_errmsg(db));
+    if ((history = tly_meta_has_history(db, why, whylen)) < 0 ||
+        tly_meta_read_positions(db, TLY_META_CHANGELOG, cfg->topics->changelog.name,
+                                rep->start_offsets) < 0)
         goto done;
-    }
-    while (sqlite3_step(stmt) == SQLITE_ROW) {
-        const char *key = (const char *)sqlite3_column_text(stmt, 0);
-        int64_t value = sqlite3_column_int64(stmt, 1);
-        int p;
-        if (strcmp(key, "input") == 0 || strcmp(key, "seq") == 0)
-            *has_state = *has_state || value > 0;
-        else if ((p = offset_key_partition(key, cfg->topics->changelog.name)) >= 0)
-            rep->start_offsets[p] = value;
-    }
+    *has_state = history == 1;
     rc = 1;
 done:
     sqlite3_finalize(stmt);
@@ -395,32 +382,19 @@ static int on_manifest_record(void *ctx, const rd_kafka_message_t *msg, char *er
 static void manifests_from_table(const tly_recovery_config *cfg, tly_recovery_report *rep,
                                  const char *db_path)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
+    tly_snapshot_manifest *list = NULL;
+    const char *base = strrchr(cfg->db_path, '/');
+    int n = 0;
+    char why[256];
 
-    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db,
-                           "SELECT snapshot_id, path, last_seq, changelog_offsets, created_ms, bytes,"
-                           " checksum FROM snapshots",
-                           -1, &stmt, NULL) == SQLITE_OK) {
-        while (sqlite3_step(stmt) == SQLITE_ROW) {
-            tly_snapshot_manifest m;
-            const char *base = strrchr(cfg->db_path, '/');
-            memset(&m, 0, sizeof(m));
-            snprintf(m.snapshot_id, sizeof(m.snapshot_id), "%s", sqlite3_column_text(stmt, 0));
-            snprintf(m.path, sizeof(m.path), "%s", sqlite3_column_text(stmt, 1));
-            m.last_seq = sqlite3_column_int64(stmt, 2);
-            snprintf(m.changelog_offsets, sizeof(m.changelog_offsets), "%s",
-                     sqlite3_column_text(stmt, 3));
-            m.created_ms = sqlite3_column_int64(stmt, 4);
-            m.bytes = sqlite3_column_int64(stmt, 5);
-            snprintf(m.checksum, sizeof(m.checksum), "%s", sqlite3_column_text(stmt, 6));
-            snprintf(m.database, sizeof(m.database), "%s", base ? base + 1 : cfg->db_path);
-            add_candidate(cfg, rep, &m, "table");
-        }
+    if (tly_snapshot_list_recorded(db_path, &list, &n, why, sizeof(why)) < 0)
+        tly_log("warn", "snapshot_table_unreadable", "database=%s error=\"%s\"", db_path, why);
+    for (int i = 0; i < n; i++) {
+        /* the daemon's database name, whichever copy recorded it */
+        snprintf(list[i].database, sizeof(list[i].database), "%s", base ? base + 1 : cfg->db_path);
+        add_candidate(cfg, rep, &list[i], "table");
     }
-    sqlite3_finalize(stmt);
-    sqlite3_close(db);
+    free(list);
 }
 
 static int newest_first(const void *a, const void *b)
@@ -561,20 +535,11 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
 static int held_partitions(const char *db_path, unsigned char *held)
 {
     sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
     int n = 0;
 
     memset(held, 0, TLY_MAX_PARTITIONS);
-    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT part FROM partitions", -1, &stmt, NULL) == SQLITE_OK)
-        while (sqlite3_step(stmt) == SQLITE_ROW) {
-            int p = sqlite3_column_int(stmt, 0);
-            if (p >= 0 && p < TLY_MAX_PARTITIONS && !held[p]) {
-                held[p] = 1;
-                n++;
-            }
-        }
-    sqlite3_finalize(stmt);
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
+        n = tly_partitions_listed(db, held);
     sqlite3_close(db);
     return n;
 }
@@ -636,8 +601,8 @@ static int on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *err
         if (c->replayer) {
             char key[512];
             tly_store *store = tly_replayer_store(c->replayer);
-            tly_topics_meta_key("changelog", c->cfg->topics->changelog.name, (int)m->partition,
-                                key, sizeof(key));
+            tly_meta_key_position(TLY_META_CHANGELOG, c->cfg->topics->changelog.name,
+                                  (int)m->partition, key, sizeof(key));
             if (tly_store_meta_set_int(store, key, m->offset) < 0)
                 return tly_error(errbuf, errlen, "cannot record the changelog offset: %s",
                                  sqlite3_errmsg(tly_store_db(store)));
@@ -665,9 +630,8 @@ static int open_replayer(const tly_recovery_config *cfg, const char *entity,
 
     if (tly_replayer_open(cfg->db_path, NULL, replayer, errbuf, errlen) < 0)
         return -1;
-    /* "kafka.input.<topic>.<N>" without the N */
-    tly_topics_meta_key("input", cfg->topics->input.name, 0, positions, sizeof(positions));
-    positions[strlen(positions) - 1] = '\0';
+    tly_meta_key_position_prefix(TLY_META_INPUT, cfg->topics->input.name, positions,
+                                 sizeof(positions));
     if (tly_replayer_only_entity(*replayer, entity) < 0 ||
         (cfg->pipeline && tly_replayer_record_positions(*replayer, cfg->pipeline,
                                                         cfg->topics->input.name, positions) < 0))
@@ -813,8 +777,8 @@ static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_re
         char key[512];
         if (positions->elems[i].offset < 0)
             continue;
-        tly_topics_meta_key("input", positions->elems[i].topic,
-                            (int)positions->elems[i].partition, key, sizeof(key));
+        tly_meta_key_position(TLY_META_INPUT, positions->elems[i].topic,
+                              (int)positions->elems[i].partition, key, sizeof(key));
         if (tly_store_meta_set_int(store, key, positions->elems[i].offset) < 0)
             goto failed;
     }
@@ -832,22 +796,17 @@ static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_re
 static int64_t input_behind(const char *db_path, const rd_kafka_topic_partition_list_t *committed)
 {
     sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
     int64_t behind = 0;
 
-    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &stmt, NULL) == SQLITE_OK) {
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
         for (int i = 0; i < committed->cnt; i++) {
             char key[512];
-            tly_topics_meta_key("input", committed->elems[i].topic,
-                                (int)committed->elems[i].partition, key, sizeof(key));
-            sqlite3_bind_text(stmt, 1, key, -1, SQLITE_TRANSIENT);
-            if (sqlite3_step(stmt) == SQLITE_ROW && committed->elems[i].offset > sqlite3_column_int64(stmt, 0))
-                behind += committed->elems[i].offset - sqlite3_column_int64(stmt, 0);
-            sqlite3_reset(stmt);
+            int64_t recorded;
+            tly_meta_key_position(TLY_META_INPUT, committed->elems[i].topic,
+                                  (int)committed->elems[i].partition, key, sizeof(key));
+            if (tly_meta_get_int(db, key, &recorded) == 1 && committed->elems[i].offset > recorded)
+                behind += committed->elems[i].offset - recorded;
         }
-    }
-    sqlite3_finalize(stmt);
     sqlite3_close(db);
     return behind;
 }
@@ -989,233 +948,39 @@ void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_repor
 /* Partitions: several instances of one group share the input              */
 /* ------------------------------------------------------------------------ */
 
-/* The state tables that hold rows per input partition: every table with a
- * "part" column but the changelog (this database's own history, kept) and
- * the partitions table itself. Each row: the table, its columns quoted and
- * comma-separated. */
-#define PARTITIONED_TABLES                                                                   \
-    "SELECT m.name, (SELECT group_concat('\"' || c.name || '\"', ', ') "                     \
-    "                FROM pragma_table_info(m.name) AS c) "                                  \
-    "FROM sqlite_schema AS m "                                                                \
-    "WHERE m.type = 'table' AND m.name NOT IN ('changelog', 'partitions') "                  \
-    "  AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) AS c WHERE c.name = 'part')"
-
-/* Runs sql_template (one %s: a partitioned table's name, a second: its
- * columns) once per partitioned table, with ?1 bound to partition. */
-static int each_partitioned_table(sqlite3 *db, const char *sql_template, int partition,
-                                  char *errbuf, size_t errlen)
-{
-    sqlite3_stmt *tables = NULL;
-    int rc = -1, step;
-
-    if (sqlite3_prepare_v2(db, PARTITIONED_TABLES, -1, &tables, NULL) != SQLITE_OK) {
-        tly_error(errbuf, errlen, "cannot list the state tables: %s", sqlite3_errmsg(db));
-        goto done;
-    }
-    while ((step = sqlite3_step(tables)) == SQLITE_ROW) {
-        char sql[4096];
-        sqlite3_stmt *stmt = NULL;
-        const char *name = (const char *)sqlite3_column_text(tables, 0);
-        const char *columns = (const char *)sqlite3_column_text(tables, 1);
-        snprintf(sql, sizeof(sql), sql_template, name, columns, columns);
-        if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK) {
-            tly_error(errbuf, errlen, "%s: %s", name, sqlite3_errmsg(db));
-            goto done;
-        }
-        sqlite3_bind_int(stmt, 1, partition);
-        step = sqlite3_step(stmt);
-        sqlite3_finalize(stmt);
-        if (step != SQLITE_DONE) {
-            tly_error(errbuf, errlen, "%s: %s", name, sqlite3_errmsg(db));
-            goto done;
-        }
-    }
-    if (step != SQLITE_DONE) {
-        tly_error(errbuf, errlen, "cannot list the state tables: %s", sqlite3_errmsg(db));
-        goto done;
-    }
-    rc = 0;
-done:
-    sqlite3_finalize(tables);
-    return rc;
-}
-
-/* Deletes what the database keeps of input partition p: its rows in every
- * partitioned table, its positions and counters in meta, its partitions row.
- * Inside the caller's transaction. */
-static int forget_partition(sqlite3 *db, const tly_recovery_config *cfg, int p, char *errbuf,
-                            size_t errlen)
-{
-    sqlite3_stmt *stmt = NULL;
-    char changelog_key[512], input_key[512], counters[200];
-    int step;
-
-    if (each_partitioned_table(db, "DELETE FROM \"%s\" WHERE part = ?1", p, errbuf, errlen) < 0)
-        return -1;
-    tly_topics_meta_key("changelog", cfg->topics->changelog.name, p, changelog_key,
-                        sizeof(changelog_key));
-    tly_topics_meta_key("input", cfg->topics->input.name, p, input_key, sizeof(input_key));
-    snprintf(counters, sizeof(counters), "pipeline.*.p%d.events_*", p);
-    if (sqlite3_prepare_v2(db,
-                           "DELETE FROM meta WHERE key IN (?1, ?2) OR key GLOB ?3", -1, &stmt,
-                           NULL) != SQLITE_OK)
-        return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
-    sqlite3_bind_text(stmt, 1, changelog_key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 2, input_key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 3, counters, -1, SQLITE_STATIC);
-    step = sqlite3_step(stmt);
-    sqlite3_finalize(stmt);
-    if (step != SQLITE_DONE ||
-        sqlite3_prepare_v2(db, "DELETE FROM partitions WHERE part = ?1", -1, &stmt, NULL) != SQLITE_OK)
-        return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
-    sqlite3_bind_int(stmt, 1, p);
-    step = sqlite3_step(stmt);
-    sqlite3_finalize(stmt);
-    if (step != SQLITE_DONE)
-        return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
-    return 0;
-}
-
 int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition,
                       char *errbuf, size_t errlen)
 {
     if (tly_store_begin(store, errbuf, errlen) < 0)
         return -1;
-    if (forget_partition(tly_store_db(store), cfg, partition, errbuf, errlen) < 0) {
+    if (tly_partitions_forget(store, partition, cfg->topics->input.name,
+                              cfg->topics->changelog.name, errbuf, errlen) < 0) {
         tly_store_rollback(store);
         return -1;
     }
     return tly_store_commit(store, errbuf, errlen);
 }
 
-/* Steps stmt, marking in present[] each partition its first column names. */
-static void mark_partitions(sqlite3_stmt *stmt, unsigned char *present)
-{
-    while (sqlite3_step(stmt) == SQLITE_ROW) {
-        int p = sqlite3_column_int(stmt, 0);
-        if (p >= 0 && p < TLY_MAX_PARTITIONS)
-            present[p] = 1;
-    }
-}
-
 int tly_recovery_present(tly_store *store, const tly_recovery_config *cfg, unsigned char *present,
                          char *errbuf, size_t errlen)
 {
-    sqlite3 *db = tly_store_db(store);
-    sqlite3_stmt *tables = NULL, *stmt = NULL;
-    char prefix[300];
-    int rc = -1;
-
-    memset(present, 0, TLY_MAX_PARTITIONS);
-    snprintf(prefix, sizeof(prefix), "kafka.changelog.%s.", cfg->topics->changelog.name);
-    /* positions, partitions rows, counters; then the rows themselves */
-    if (sqlite3_prepare_v2(db,
-                           "SELECT CAST(substr(key, length(?1) + 1) AS INTEGER) FROM meta "
-                           "WHERE substr(key, 1, length(?1)) = ?1 "
-                           "UNION SELECT part FROM partitions",
-                           -1, &stmt, NULL) != SQLITE_OK)
-        goto failed;
-    sqlite3_bind_text(stmt, 1, prefix, -1, SQLITE_STATIC);
-    mark_partitions(stmt, present);
-    sqlite3_finalize(stmt);
-    stmt = NULL;
-    if (sqlite3_prepare_v2(db, PARTITIONED_TABLES, -1, &tables, NULL) != SQLITE_OK)
-        goto failed;
-    while (sqlite3_step(tables) == SQLITE_ROW) {
-        char sql[512];
-        /* an index on part makes this a skip over its distinct values */
-        snprintf(sql, sizeof(sql), "SELECT DISTINCT part FROM \"%s\"", sqlite3_column_text(tables, 0));
-        if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
-            goto failed;
-        mark_partitions(stmt, present);
-        sqlite3_finalize(stmt);
-        stmt = NULL;
-    }
-    rc = 0;
-    goto done;
-failed:
-    tly_error(errbuf, errlen, "cannot list the partitions held: %s", sqlite3_errmsg(db));
-done:
-    sqlite3_finalize(stmt);
-    sqlite3_finalize(tables);
-    return rc;
+    return tly_partitions_present(store, cfg->topics->changelog.name, present, errbuf, errlen);
 }
 
 /* Replaces partition p's rows with those of the snapshot m (which holds it as
- * of changelog offset `offset`): its rows of every partitioned table and its
- * counters, through the replayer's connection (triggers off: copied rows are
- * not new changes). Returns 0, or -1 with why (the snapshot is passed over). */
+ * of changelog offset `offset`) through the replayer's store (triggers off:
+ * copied rows are not new changes). The snapshot is verified once per take,
+ * even for several partitions. Returns 0, or -1 with why (the snapshot is
+ * passed over). */
 static int adopt_snapshot(tly_store *store, const tly_recovery_config *cfg,
                           const tly_snapshot_manifest *m, int p, int64_t offset, bool *verified,
                           char *why, size_t whylen)
 {
-    sqlite3 *db = tly_store_db(store);
-    sqlite3_stmt *stmt = NULL;
-    char key[512], counters[200];
-    bool attached = false, in_txn = false;
-    int rc = -1, ours = -1, theirs = -2;
-
-    /* checksum and SQLite's check, once per take even for several partitions */
     if (!*verified && tly_snapshot_verify(m, why, whylen) < 0)
         return -1;
     *verified = true;
-    if (sqlite3_prepare_v2(db, "ATTACH ?1 AS snap", -1, &stmt, NULL) != SQLITE_OK)
-        goto sql_failed;
-    sqlite3_bind_text(stmt, 1, m->path, -1, SQLITE_STATIC);
-    if (sqlite3_step(stmt) != SQLITE_DONE)
-        goto sql_failed;
-    sqlite3_finalize(stmt);
-    stmt = NULL;
-    attached = true;
-    /* The same migrations, or the columns would not line up. */
-    for (int i = 0; i < 2; i++) {
-        if (sqlite3_prepare_v2(db, i ? "PRAGMA snap.user_version" : "PRAGMA main.user_version", -1,
-                               &stmt, NULL) != SQLITE_OK ||
-            sqlite3_step(stmt) != SQLITE_ROW)
-            goto sql_failed;
-        *(i ? &theirs : &ours) = sqlite3_column_int(stmt, 0);
-        sqlite3_finalize(stmt);
-        stmt = NULL;
-    }
-    if (ours != theirs) {
-        tly_error(why, whylen, "schema version %d, this database has %d", theirs, ours);
-        goto done;
-    }
-    if (tly_store_begin(store, why, whylen) < 0)
-        goto done;
-    in_txn = true;
-    if (forget_partition(db, cfg, p, why, whylen) < 0 ||
-        each_partitioned_table(db, "INSERT INTO main.\"%1$s\" (%2$s) SELECT %3$s FROM snap.\"%1$s\" "
-                                   "WHERE part = ?1",
-                               p, why, whylen) < 0)
-        goto done;
-    snprintf(counters, sizeof(counters), "pipeline.*.p%d.events_*", p);
-    if (sqlite3_prepare_v2(db, "INSERT INTO main.meta (key, value) SELECT key, value FROM snap.meta "
-                               "WHERE key GLOB ?1",
-                           -1, &stmt, NULL) != SQLITE_OK)
-        goto sql_failed;
-    sqlite3_bind_text(stmt, 1, counters, -1, SQLITE_STATIC);
-    if (sqlite3_step(stmt) != SQLITE_DONE)
-        goto sql_failed;
-    sqlite3_finalize(stmt);
-    stmt = NULL;
-    tly_topics_meta_key("changelog", cfg->topics->changelog.name, p, key, sizeof(key));
-    if (tly_store_meta_set_int(store, key, offset) < 0)
-        goto sql_failed;
-    if (tly_store_commit(store, why, whylen) < 0)
-        goto done;
-    in_txn = false;
-    rc = 0;
-    goto done;
-sql_failed:
-    tly_error(why, whylen, "%s", sqlite3_errmsg(db));
-done:
-    sqlite3_finalize(stmt);
-    if (in_txn)
-        tly_store_rollback(store);
-    if (attached)
-        sqlite3_exec(db, "DETACH snap", NULL, NULL, NULL);
-    return rc;
+    return tly_partitions_adopt(store, m->path, p, cfg->topics->input.name,
+                                cfg->topics->changelog.name, offset, why, whylen);
 }
 
 /* The changelog offset at which manifest m holds partition p, or -1. */
@@ -1315,7 +1080,7 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     tly_replayer *replayer = NULL;
     tly_recovery_report *rep = calloc(1, sizeof(*rep));
     tly_snapshot_manifest *listed = NULL;
-    sqlite3_stmt *record = NULL;
+    tly_partition_row *rows = NULL;
     bool *verified = NULL;
     int64_t *after = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
     int64_t *offsets = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
@@ -1371,7 +1136,8 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
         t->snapshot_id[0] = '\0';
         /* The database holds the partition as of the changelog offset it
          * recorded for it (a dropped partition has none). */
-        tly_topics_meta_key("changelog", cfg->topics->changelog.name, p, key, sizeof(key));
+        tly_meta_key_position(TLY_META_CHANGELOG, cfg->topics->changelog.name, p, key,
+                              sizeof(key));
         if (tly_store_meta_get_int(store, key, &local) == 1) {
             after[p] = local;
             t->source = "local";
@@ -1394,14 +1160,8 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
         tly_store_rollback(store);
         goto done;
     }
-    if (tly_store_begin(store, errbuf, errlen) < 0)
-        goto done;
-    if (sqlite3_prepare_v2(tly_store_db(store),
-                           "INSERT OR REPLACE INTO partitions (part, since_ms, source, recovery_ms, "
-                           "records) VALUES (?1, ?2, ?3, ?4, ?5)",
-                           -1, &record, NULL) != SQLITE_OK) {
-        tly_error(errbuf, errlen, "cannot record the partitions: %s", sqlite3_errmsg(tly_store_db(store)));
-        tly_store_rollback(store);
+    if (!(rows = calloc((size_t)count + 1, sizeof(*rows)))) {
+        tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
     for (int i = 0; i < count; i++) {
@@ -1410,24 +1170,20 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
         t->ms = tly_clock_mono_ms() - started;
         if (strcmp(t->source, "new") == 0 && t->records > 0)
             t->source = "changelog";
-        sqlite3_bind_int(record, 1, t->partition);
-        sqlite3_bind_int64(record, 2, (int64_t)time(NULL) * 1000);
-        sqlite3_bind_text(record, 3, t->source, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(record, 4, t->ms);
-        sqlite3_bind_int64(record, 5, t->records);
-        if (sqlite3_step(record) != SQLITE_DONE) {
-            tly_error(errbuf, errlen, "cannot record partition %d: %s", t->partition,
-                      sqlite3_errmsg(tly_store_db(store)));
-            tly_store_rollback(store);
-            goto done;
-        }
-        sqlite3_reset(record);
+        rows[i] = (tly_partition_row){t->partition, tly_clock_wall_ms(), t->source, t->ms,
+                                      t->records};
+    }
+    if (tly_store_begin(store, errbuf, errlen) < 0)
+        goto done;
+    if (tly_partitions_record(store, rows, count, errbuf, errlen) < 0) {
+        tly_store_rollback(store);
+        goto done;
     }
     if (tly_store_commit(store, errbuf, errlen) < 0)
         goto done;
     rc = 0;
 done:
-    sqlite3_finalize(record);
+    free(rows);
     tly_replayer_close(replayer);
     free(listed);
     free(verified);

@@ -23,6 +23,7 @@
 #ifndef TLY_RECOVERY_H
 #define TLY_RECOVERY_H
 
+#include "partitions.h"
 #include "snapshot.h"
 #include "store.h"
 #include "topics.h"
@@ -31,7 +32,6 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define TLY_MAX_PARTITIONS 256
 #define TLY_RECOVERY_MAX_CANDIDATES 64
 
 typedef struct tly_recovery_config {

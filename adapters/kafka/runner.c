@@ -30,7 +30,9 @@
 #include "log.h"
 #include "http.h"
 #include "kconf.h"
+#include "meta.h"
 #include "metrics.h"
+#include "partitions.h"
 #include "pipeline.h"
 #include "pack.h"
 #include "recovery.h"
@@ -186,8 +188,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
  * are written a second time, with the same values). */
 static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list_t *partitions)
 {
-    sqlite3_stmt *stmt = NULL;
-    bool recorded_any = false;
+    bool recorded_any;
 
     if (r->cfg->changelog || !r->store)
         return;
@@ -196,16 +197,11 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
      * crash after the Kafka commit of its first batch): it starts from the
      * beginning. A state that recorded none (new, or --allow-empty) takes the
      * group's offsets. */
-    if (sqlite3_prepare_v2(tly_store_db(r->store),
-                           "SELECT count(*) FROM meta WHERE key LIKE 'kafka.input.%'", -1, &stmt,
-                           NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        recorded_any = sqlite3_column_int64(stmt, 0) > 0;
-    sqlite3_finalize(stmt);
+    recorded_any = tly_meta_has_positions(tly_store_db(r->store)) == 1;
     for (int i = 0; i < partitions->cnt; i++) {
         char key[512];
         int64_t offset;
-        tly_topics_meta_key("input", partitions->elems[i].topic,
+        tly_meta_key_position(TLY_META_INPUT, partitions->elems[i].topic,
                             (int)partitions->elems[i].partition, key, sizeof(key));
         if (tly_store_meta_get_int(r->store, key, &offset) == 1)
             partitions->elems[i].offset = offset;
@@ -732,14 +728,10 @@ static void update_gauges(struct runner *r)
     if (!r->metrics || now - r->last_gauges < every_ms)
         return;
     if (now / 10000 != r->last_gauges / 10000) {
-        sqlite3_stmt *stmt = NULL;
-        int64_t moved = 0;
-        if (sqlite3_prepare_v2(tly_store_db(r->store), "SELECT count(*) FROM changelog", -1, &stmt,
-                               NULL) == SQLITE_OK &&
-            sqlite3_step(stmt) == SQLITE_ROW)
-            tly_metrics_set(r->metrics, TLY_G_CHANGELOG_ROWS, sqlite3_column_int64(stmt, 0));
-        sqlite3_finalize(stmt);
-        if (tly_store_meta_get_int(r->store, "state.rows_moved", &moved) == 1 &&
+        int64_t moved = 0, rows = tly_changelog_rows(r->store);
+        if (rows >= 0)
+            tly_metrics_set(r->metrics, TLY_G_CHANGELOG_ROWS, rows);
+        if (tly_store_meta_get_int(r->store, TLY_META_ROWS_MOVED, &moved) == 1 &&
             moved > tly_metrics_get(r->metrics, TLY_G_ROWS_MOVED)) {
             tly_log("warn", "input_not_keyed_by_state",
                     "rows_moved=%lld note=\"events for one state row came from several input "
@@ -903,7 +895,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
     /* Kafka has the batch; now SQLite records where it stands and commits. */
     for (int i = 0; i < offsets->cnt; i++) {
         char key[512];
-        tly_topics_meta_key("input", offsets->elems[i].topic, (int)offsets->elems[i].partition,
+        tly_meta_key_position(TLY_META_INPUT, offsets->elems[i].topic, (int)offsets->elems[i].partition,
                             key, sizeof(key));
         if (tly_store_meta_set_int(r->store, key, offsets->elems[i].offset) < 0) {
             rd_kafka_topic_partition_list_destroy(offsets);
@@ -916,7 +908,7 @@ static enum batch_result process_batch(struct runner *r, char *errbuf, size_t er
         char key[512];
         if (r->changelog_offsets[p] < 0)
             continue;
-        tly_topics_meta_key("changelog", r->topics.changelog.name, p, key, sizeof(key));
+        tly_meta_key_position(TLY_META_CHANGELOG, r->topics.changelog.name, p, key, sizeof(key));
         if (tly_store_meta_set_int(r->store, key, r->changelog_offsets[p]) < 0) {
             snprintf(err, sizeof(err), "%s", sqlite3_errmsg(tly_store_db(r->store)));
             goto database_failed_after_kafka;
@@ -974,93 +966,46 @@ database_failed_after_kafka:
  * steps between batches. */
 static void plan_pruning(struct runner *r)
 {
-    sqlite3_stmt *stmt = NULL;
     int64_t upto = r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
-    int64_t below, cutoff_ms = tly_clock_wall_ms() - r->cfg->changelog_retention_ms;
+    int64_t below;
 
     if (upto <= 0)
         return;
-    below = upto + 1;
-    /* Rows are appended in time order, so the first young row bounds the old
-     * ones; the scan reads only rows that are about to go. */
-    if (sqlite3_prepare_v2(tly_store_db(r->store),
-                           "SELECT seq FROM changelog WHERE changed_ms >= ?1 AND seq < ?2 ORDER BY seq LIMIT 1",
-                           -1, &stmt, NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(stmt, 1, cutoff_ms);
-        sqlite3_bind_int64(stmt, 2, below);
-        if (sqlite3_step(stmt) == SQLITE_ROW)
-            below = sqlite3_column_int64(stmt, 0);
-    }
-    sqlite3_finalize(stmt);
+    below = tly_changelog_prune_bound(r->store, upto,
+                                      tly_clock_wall_ms() - r->cfg->changelog_retention_ms);
     if (below > r->prune_below)
         r->prune_below = below;
 }
 
 #define PRUNE_STEP 20000
-#define VACUUM_STEP "1024" /* pages (4 MiB, ~25 ms here) per incremental_vacuum step */
-
-static int64_t freelist_pages(struct runner *r)
-{
-    sqlite3_stmt *stmt = NULL;
-    int64_t n = 0;
-    if (sqlite3_prepare_v2(tly_store_db(r->store), "PRAGMA freelist_count", -1, &stmt, NULL) ==
-            SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        n = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return n;
-}
+#define VACUUM_STEP 1024 /* pages (4 MiB, ~25 ms here) per incremental_vacuum step */
 
 /* Deletes at most PRUNE_STEP changelog rows below prune_below: each step is
- * one short write transaction, so ingestion never waits long behind it. */
+ * one short write transaction, so ingestion never waits long behind it. Then
+ * the freed pages go back to the file system, a step at a time. */
 static void prune_some(struct runner *r)
 {
-    sqlite3_stmt *stmt = NULL;
-    int changes = 0;
+    char err[512];
+    int changes;
+    int64_t free_pages;
 
     if (r->prune_below <= 0)
         return;
-    if (sqlite3_prepare_v2(tly_store_db(r->store),
-                           "DELETE FROM changelog WHERE seq < ?1 AND seq < "
-                           "(SELECT min(seq) FROM changelog) + ?2",
-                           -1, &stmt, NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(stmt, 1, r->prune_below);
-        sqlite3_bind_int64(stmt, 2, PRUNE_STEP);
-        if (sqlite3_step(stmt) == SQLITE_DONE)
-            changes = sqlite3_changes(tly_store_db(r->store));
-        else
-            tly_log("warn", "changelog_prune_error", "error=\"%s\"", sqlite3_errmsg(tly_store_db(r->store)));
-    }
-    sqlite3_finalize(stmt);
-    r->pruned_rows += changes;
+    if ((changes = tly_changelog_prune(r->store, r->prune_below, PRUNE_STEP, err, sizeof(err))) < 0)
+        tly_log("warn", "changelog_prune_error", "error=\"%s\"", err);
+    else
+        r->pruned_rows += changes;
     if (changes > 0)
         return;
-    /* Then the freed pages go back to the file system, a step at a time
-     * (a no-op on databases created before auto_vacuum was set). */
-    if (sqlite3_exec(tly_store_db(r->store), "PRAGMA incremental_vacuum(" VACUUM_STEP ")", NULL,
-                     NULL, NULL) != SQLITE_OK)
-        tly_log("warn", "changelog_prune_error", "error=\"%s\"", sqlite3_errmsg(tly_store_db(r->store)));
-    else if (freelist_pages(r) > 0)
+    if ((free_pages = tly_store_vacuum_step(r->store, VACUUM_STEP, err, sizeof(err))) < 0)
+        tly_log("warn", "changelog_prune_error", "error=\"%s\"", err);
+    else if (free_pages > 0)
         return;
     if (r->pruned_rows > 0)
         tly_log("info", "changelog_pruned", "rows=%lld below_seq=%lld", (long long)r->pruned_rows,
                 (long long)r->prune_below);
     r->prune_below = 0;
     r->pruned_rows = 0;
-}
-
-/* last_seq of the newest snapshot this database knows of (0: none), so a
- * restart with nothing new does not take the same snapshot again. */
-static int64_t newest_snapshot_seq(struct runner *r)
-{
-    sqlite3_stmt *stmt = NULL;
-    int64_t seq = 0;
-    if (sqlite3_prepare_v2(tly_store_db(r->store), "SELECT coalesce(max(last_seq), 0) FROM snapshots",
-                           -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        seq = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return seq;
 }
 
 /* Every snapshot_interval_ms a snapshot of the database is written by a
@@ -1311,12 +1256,9 @@ static int sum_counters(struct runner *r, char *errbuf, size_t errlen)
 
 static void count_held(struct runner *r)
 {
-    sqlite3_stmt *stmt = NULL;
-    if (sqlite3_prepare_v2(tly_store_db(r->store), "SELECT count(*) FROM partitions", -1, &stmt,
-                           NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        tly_metrics_set(r->metrics, TLY_G_PARTITIONS_HELD, sqlite3_column_int64(stmt, 0));
-    sqlite3_finalize(stmt);
+    int64_t held = tly_partitions_count(r->store);
+    if (held >= 0)
+        tly_metrics_set(r->metrics, TLY_G_PARTITIONS_HELD, held);
 }
 
 static void drop_partition(struct runner *r, int p, const char *reason)
@@ -1782,10 +1724,10 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
                             errbuf, errlen) < 0 ||
         tly_recovery_finish(&rcfg, &recovery, errbuf, errlen) < 0)
         goto done;
-    r.snapshot_seq = newest_snapshot_seq(&r);
+    r.snapshot_seq = tly_snapshot_newest_recorded(r.store);
     r.rcfg = &rcfg;
     /* Snapshots name their instance: several share a snapshot directory. */
-    if (tly_store_meta_set_text(r.store, "tally.instance", cfg->instance_id) < 0) {
+    if (tly_store_meta_set_text(r.store, TLY_META_INSTANCE, cfg->instance_id) < 0) {
         tly_error(errbuf, errlen, "cannot record the instance: %s", sqlite3_errmsg(tly_store_db(r.store)));
         goto done;
     }
@@ -1795,12 +1737,8 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
      * bring up to date (tly_recovery_replay); from here on it lists what
      * this instance was assigned and took over, and it has taken nothing
      * yet (a restored snapshot's table lists another instance's). */
-    if (!cfg->recover_only && cfg->changelog &&
-        sqlite3_exec(tly_store_db(r.store), "DELETE FROM partitions", NULL, NULL, NULL) != SQLITE_OK) {
-        tly_error(errbuf, errlen, "cannot reset the partitions table: %s",
-                  sqlite3_errmsg(tly_store_db(r.store)));
+    if (!cfg->recover_only && cfg->changelog && tly_partitions_reset(r.store, errbuf, errlen) < 0)
         goto done;
-    }
     count_held(&r);
     r.next_flush_ms = tly_clock_mono_ms() + cfg->flush_interval_ms;
     tly_metrics_set(r.metrics, TLY_G_RECOVERY_MS, recovery.ttr_ms);

@@ -657,9 +657,3 @@ done:
     admin_close(&a);
     return rc;
 }
-
-void tly_topics_meta_key(const char *what, const char *topic, int partition, char *buf,
-                         size_t len)
-{
-    snprintf(buf, len, "kafka.%s.%s.%d", what, topic, partition);
-}

@@ -45,12 +45,6 @@ int tly_topics_layout(const char *pipeline, const char *prefix, const char *inpu
  * is left alone; one whose cleanup.policy or (internal topics) partition count
  * differs is an error that says what differs. *created (may be NULL) gets the
  * number of topics created. Returns 0, or -1 with errbuf. */
-/* The meta key under which a state database records a Kafka position:
- * "kafka.<what>.<topic>.<partition>", what = "input" (the next input offset)
- * or "changelog" (the last changelog offset the state holds). */
-void tly_topics_meta_key(const char *what, const char *topic, int partition, char *buf,
-                         size_t len);
-
 int tly_topics_ensure(const char *brokers, const tly_topic_layout *layout, unsigned which,
                       int partitions, int timeout_ms, int *created, char *errbuf, size_t errlen);
 
