@@ -20,7 +20,7 @@
  *
  * A database that fails its check is renamed to <db>.failed-<time> (never
  * deleted: it may be wanted for a post-mortem). */
-#include "recovery.h"
+#include "recovery_int.h"
 #include "clock.h"
 
 #include "changelog.h"
@@ -40,58 +40,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#define KAFKA_TIMEOUT_MS 30000
-#define REPLAY_COMMIT_EVERY 50000 /* records per SQLite transaction during replay */
-
-/* rd_kafka_query_watermark_offsets, waiting out what a topic created a
- * moment ago answers until its partitions have a leader (up to
- * KAFKA_TIMEOUT_MS): not-leader, leader-not-available, and, when
- * unknown_is_new, unknown-topic. Returns librdkafka's error or 0. */
-static rd_kafka_resp_err_t query_watermarks(rd_kafka_t *rk, const char *topic, int partition,
-                                            bool unknown_is_new, int64_t *low, int64_t *high)
-{
-    rd_kafka_resp_err_t err;
-    for (int64_t give_up = tly_clock_mono_ms() + KAFKA_TIMEOUT_MS;;) {
-        err = rd_kafka_query_watermark_offsets(rk, topic, partition, low, high, KAFKA_TIMEOUT_MS);
-        if (!(err == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
-              err == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
-              (unknown_is_new && err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)) ||
-            tly_clock_mono_ms() > give_up)
-            return err;
-        tly_log("info", "waiting_for_leader", "topic=%s partition=%d error=\"%s\"", topic,
-                partition, rd_kafka_err2str(err));
-        usleep(200000);
-    }
-}
-
-/* "<topic>.<partition>" -> partition, if topic matches; else -1. */
-static int offset_key_partition(const char *key, const char *topic)
-{
-    size_t n = strlen(topic);
-    char *end;
-    long p;
-    if (strncmp(key, topic, n) != 0 || key[n] != '.' || !key[n + 1])
-        return -1;
-    p = strtol(key + n + 1, &end, 10);
-    return *end || p < 0 || p >= TLY_MAX_PARTITIONS ? -1 : (int)p;
-}
-
-/* Fills start_offsets from a manifest's lastChangelogOffset object. */
-static void offsets_from_manifest(const tly_snapshot_manifest *m, const char *topic,
-                                  int64_t *offsets)
-{
-    json_object *obj = json_tokener_parse(m->changelog_offsets);
-    if (!obj)
-        return;
-    json_object_object_foreach(obj, key, value)
-    {
-        int p = offset_key_partition(key, topic);
-        if (p >= 0 && json_object_is_type(value, json_type_int))
-            offsets[p] = json_object_get_int64(value);
-    }
-    json_object_put(obj);
-}
 
 /* ------------------------------------------------------------------------ */
 /* The local database                                                        */
@@ -200,123 +148,6 @@ static int move_aside(const char *db_path, tly_recovery_report *rep, char *errbu
 }
 
 /* ------------------------------------------------------------------------ */
-/* Reading a topic to its end                                                */
-/* ------------------------------------------------------------------------ */
-
-typedef int (*message_fn)(void *ctx, const rd_kafka_message_t *m, char *errbuf, size_t errlen);
-
-/* Reads every partition of topic (only those set in `only`, when not NULL)
- * from after[p] + 1 (after NULL or after[p] < 0: from the start) up to the end
- * the partition has when the read begins, read_committed, passing each
- * message to fn. end_out (may be NULL) gets the high watermarks,
- * *partitions_out the partition count. Returns 0, 1 when the topic does not
- * exist, or -1 with errbuf. */
-static int read_to_end(const tly_recovery_config *cfg, const char *topic, const int64_t *after,
-                       const unsigned char *only, int64_t *end_out, int *partitions_out,
-                       message_fn fn, void *ctx, char *errbuf, size_t errlen)
-{
-    rd_kafka_t *rk = tly_kconf_reader(cfg->brokers, NULL, errbuf, errlen);
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_partition_list_t *assignment = rd_kafka_topic_partition_list_new(8);
-    bool done[TLY_MAX_PARTITIONS] = {false};
-    int partitions = 0, remaining = 0, rc = -1;
-
-    if (!rk)
-        goto out;
-    {
-        rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
-        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, t, &md, KAFKA_TIMEOUT_MS);
-        rd_kafka_topic_destroy(t);
-        if (!err && md->topic_cnt == 1 &&
-            md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
-            rc = 1;
-            goto out;
-        }
-        if (err || md->topic_cnt != 1 || md->topics[0].err) {
-            tly_error(errbuf, errlen, "cannot read metadata of %s: %s", topic,
-                      rd_kafka_err2str(err ? err
-                                       : md->topic_cnt == 1 ? md->topics[0].err
-                                                            : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
-            goto out;
-        }
-        partitions = md->topics[0].partition_cnt;
-    }
-    if (partitions > TLY_MAX_PARTITIONS) {
-        tly_error(errbuf, errlen, "%s has %d partitions; at most %d are supported", topic,
-                  partitions, TLY_MAX_PARTITIONS);
-        goto out;
-    }
-    for (int p = 0; p < partitions; p++) {
-        int64_t low, high, next;
-        rd_kafka_resp_err_t err;
-        if (only && !only[p])
-            continue;
-        /* the topic exists (metadata above): "unknown" is one created a
-         * moment ago */
-        if ((err = query_watermarks(rk, topic, p, true, &low, &high))) {
-            tly_error(errbuf, errlen, "cannot read offsets of %s [%d]: %s", topic, p,
-                      rd_kafka_err2str(err));
-            goto out;
-        }
-        if (end_out)
-            end_out[p] = high;
-        next = after && after[p] >= 0 ? after[p] + 1 : 0;
-        if (next < low)
-            next = low;
-        if (next < high) {
-            rd_kafka_topic_partition_list_add(assignment, topic, p)->offset = next;
-            remaining++;
-        }
-    }
-    if (remaining) {
-        rd_kafka_resp_err_t err = rd_kafka_assign(rk, assignment);
-        if (err) {
-            tly_error(errbuf, errlen, "cannot read %s: %s", topic, rd_kafka_err2str(err));
-            goto out;
-        }
-    }
-    while (remaining > 0) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
-        if (cfg->stop && *cfg->stop) {
-            if (m)
-                rd_kafka_message_destroy(m);
-            tly_error(errbuf, errlen, "stopped during recovery");
-            goto out;
-        }
-        if (!m)
-            continue;
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-            /* End-of-partition can come more than once for one partition;
-             * with read_committed it comes at the last stable offset. */
-            if (m->partition >= 0 && m->partition < TLY_MAX_PARTITIONS && !done[m->partition]) {
-                done[m->partition] = true;
-                remaining--;
-            }
-        } else if (m->err) {
-            tly_error(errbuf, errlen, "reading %s: %s", topic, rd_kafka_message_errstr(m));
-            rd_kafka_message_destroy(m);
-            goto out;
-        } else if (fn(ctx, m, errbuf, errlen) < 0) {
-            rd_kafka_message_destroy(m);
-            goto out;
-        }
-        rd_kafka_message_destroy(m);
-    }
-    rc = 0;
-out:
-    if (partitions_out)
-        *partitions_out = partitions;
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_partition_list_destroy(assignment);
-    if (rk) {
-        rd_kafka_consumer_close(rk);
-        rd_kafka_destroy(rk);
-    }
-    return rc;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Snapshot candidates                                                       */
 /* ------------------------------------------------------------------------ */
 
@@ -405,7 +236,7 @@ static int newest_first(const void *a, const void *b)
 
 /* A manifest names its file by an absolute path; a snapshot directory that
  * was moved or mounted elsewhere still holds it under the same name. */
-static void locate_file(const tly_recovery_config *cfg, tly_snapshot_manifest *m)
+void recovery_locate_file(const tly_recovery_config *cfg, tly_snapshot_manifest *m)
 {
     const char *base = strrchr(m->path, '/');
     char moved[4096];
@@ -426,7 +257,7 @@ static void gather_candidates(const tly_recovery_config *cfg, tly_recovery_repor
     char why[sizeof(rep->snapshot_note) - 1];
 
     if (cfg->brokers) {
-        rc = read_to_end(cfg, cfg->topics->snapshots.name, NULL, NULL, NULL, NULL, on_manifest_record,
+        rc = recovery_read_to_end(cfg, cfg->topics->snapshots.name, NULL, NULL, NULL, NULL, on_manifest_record,
                          &t, why, sizeof(why));
         if (rc != 0)
             snprintf(rep->snapshot_note, sizeof(rep->snapshot_note), "%s",
@@ -446,7 +277,7 @@ static void gather_candidates(const tly_recovery_config *cfg, tly_recovery_repor
     }
     qsort(rep->candidates, (size_t)rep->candidate_count, sizeof(*rep->candidates), newest_first);
     for (int i = 0; i < rep->candidate_count; i++)
-        locate_file(cfg, &rep->candidates[i].manifest);
+        recovery_locate_file(cfg, &rep->candidates[i].manifest);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -520,7 +351,7 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
         snprintf(c->status, sizeof(c->status), "%s", cfg->dry_run ? "verifies" : "restored");
         rep->chosen = i;
         rep->source = "snapshot";
-        offsets_from_manifest(&c->manifest, cfg->topics->changelog.name, rep->start_offsets);
+        recovery_offsets_from_manifest(&c->manifest, cfg->topics->changelog.name, rep->start_offsets);
         break;
     }
     return 0;
@@ -542,101 +373,6 @@ static int held_partitions(const char *db_path, unsigned char *held)
         n = tly_partitions_listed(db, held);
     sqlite3_close(db);
     return n;
-}
-
-struct replay_ctx {
-    const tly_recovery_config *cfg;
-    const char *entity;
-    tly_recovery_report *rep;
-    tly_replayer *replayer; /* NULL in a dry run */
-    int64_t *offsets;
-    int64_t in_txn;         /* records in the open SQLite transaction */
-    int64_t *partition_records; /* per partition, or NULL */
-};
-
-/* A dry run reads the entity without applying anything; the daemon's
- * counters rows are replayed too (changelog.h). */
-static bool line_is_entity(const char *line, size_t len, const char *entity)
-{
-    json_tokener *tok = json_tokener_new();
-    json_object *obj = tok ? json_tokener_parse_ex(tok, line, (int)len) : NULL, *v;
-    bool ours = obj && json_object_object_get_ex(obj, "entity", &v) &&
-                json_object_is_type(v, json_type_string) &&
-                (strcmp(json_object_get_string(v), entity) == 0 ||
-                 strcmp(json_object_get_string(v), TLY_CHANGELOG_COUNTERS_ENTITY) == 0);
-    json_object_put(obj);
-    if (tok)
-        json_tokener_free(tok);
-    return ours;
-}
-
-static int on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *errbuf, size_t errlen)
-{
-    struct replay_ctx *c = ctx;
-    tly_replay_outcome outcome;
-    bool ours;
-
-    if (m->len == 0)
-        return 0;
-    if (c->replayer) {
-        /* A compacted changelog has holes in seq by design: gaps are expected
-         * here, and key_seq keeps replay idempotent. */
-        /* rows written before they said their partition came from the
-         * input partition of the same number */
-        tly_replayer_default_partition(c->replayer, (int)m->partition);
-        if (tly_replayer_apply_line(c->replayer, m->payload, m->len, &outcome, errbuf, errlen) < 0)
-            return -1;
-        ours = !outcome.foreign;
-    } else {
-        ours = line_is_entity(m->payload, m->len, c->entity);
-    }
-    if (ours) {
-        c->rep->records_replayed++;
-        c->rep->bytes_replayed += (int64_t)m->len;
-        if (c->partition_records)
-            c->partition_records[m->partition]++;
-    }
-    if (m->offset > c->offsets[m->partition]) {
-        c->offsets[m->partition] = m->offset;
-        if (c->replayer) {
-            char key[512];
-            tly_store *store = tly_replayer_store(c->replayer);
-            tly_meta_key_position(TLY_META_CHANGELOG, c->cfg->topics->changelog.name,
-                                  (int)m->partition, key, sizeof(key));
-            if (tly_store_meta_set_int(store, key, m->offset) < 0)
-                return tly_error(errbuf, errlen, "cannot record the changelog offset: %s",
-                                 sqlite3_errmsg(tly_store_db(store)));
-            /* Offsets and rows commit together, so a replay cut short
-             * resumes where it stopped. */
-            if (++c->in_txn >= REPLAY_COMMIT_EVERY) {
-                if (tly_store_commit(store, errbuf, errlen) < 0 ||
-                    tly_store_begin(store, errbuf, errlen) < 0)
-                    return -1;
-                c->in_txn = 0;
-            }
-        }
-    }
-    return 0;
-}
-
-/* Opens the replayer recovery applies changelog records with: only `entity`
- * (pipelines that share a topic prefix share the changelog topic) and the
- * daemon's counters rows, which also bring the input positions their batches
- * recorded. */
-static int open_replayer(const tly_recovery_config *cfg, const char *entity,
-                         tly_replayer **replayer, char *errbuf, size_t errlen)
-{
-    char positions[512];
-
-    if (tly_replayer_open(cfg->db_path, NULL, replayer, errbuf, errlen) < 0)
-        return -1;
-    tly_meta_key_position_prefix(TLY_META_INPUT, cfg->topics->input.name, positions,
-                                 sizeof(positions));
-    if (tly_replayer_only_entity(*replayer, entity) < 0 ||
-        (cfg->pipeline && tly_replayer_record_positions(*replayer, cfg->pipeline,
-                                                        cfg->topics->input.name, positions) < 0))
-        return tly_error(errbuf, errlen, "out of memory");
-    return 0;
 }
 
 int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
@@ -670,15 +406,15 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
         goto done;
     }
     if (!cfg->dry_run) {
-        if (open_replayer(cfg, entity, &c.replayer, errbuf, errlen) < 0)
+        if (recovery_open_replayer(cfg, entity, &c.replayer, errbuf, errlen) < 0)
             goto done;
         if (tly_store_begin(tly_replayer_store(c.replayer), errbuf, errlen) < 0)
             goto done;
         in_txn = true;
     }
-    read = read_to_end(cfg, cfg->topics->changelog.name, rep->start_offsets,
+    read = recovery_read_to_end(cfg, cfg->topics->changelog.name, rep->start_offsets,
                        rep->held_partitions > 0 ? held : NULL, rep->end_offsets,
-                       &rep->changelog_partitions, on_changelog_record, &c, errbuf, errlen);
+                       &rep->changelog_partitions, recovery_on_changelog_record, &c, errbuf, errlen);
     if (read < 0)
         goto done;
     if (in_txn && tly_store_commit(tly_replayer_store(c.replayer), errbuf, errlen) < 0)
@@ -944,252 +680,3 @@ void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_repor
     fprintf(out, "planned in  %lld ms\n", (long long)rep->ttr_ms);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Partitions: several instances of one group share the input              */
-/* ------------------------------------------------------------------------ */
-
-int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition,
-                      char *errbuf, size_t errlen)
-{
-    if (tly_store_begin(store, errbuf, errlen) < 0)
-        return -1;
-    if (tly_partitions_forget(store, partition, cfg->topics->input.name,
-                              cfg->topics->changelog.name, errbuf, errlen) < 0) {
-        tly_store_rollback(store);
-        return -1;
-    }
-    return tly_store_commit(store, errbuf, errlen);
-}
-
-int tly_recovery_present(tly_store *store, const tly_recovery_config *cfg, unsigned char *present,
-                         char *errbuf, size_t errlen)
-{
-    return tly_partitions_present(store, cfg->topics->changelog.name, present, errbuf, errlen);
-}
-
-/* Replaces partition p's rows with those of the snapshot m (which holds it as
- * of changelog offset `offset`) through the replayer's store (triggers off:
- * copied rows are not new changes). The snapshot is verified once per take,
- * even for several partitions. Returns 0, or -1 with why (the snapshot is
- * passed over). */
-static int adopt_snapshot(tly_store *store, const tly_recovery_config *cfg,
-                          const tly_snapshot_manifest *m, int p, int64_t offset, bool *verified,
-                          char *why, size_t whylen)
-{
-    if (!*verified && tly_snapshot_verify(m, why, whylen) < 0)
-        return -1;
-    *verified = true;
-    return tly_partitions_adopt(store, m->path, p, cfg->topics->input.name,
-                                cfg->topics->changelog.name, offset, why, whylen);
-}
-
-/* The changelog offset at which manifest m holds partition p, or -1. */
-static int64_t manifest_offset(const tly_snapshot_manifest *m, const char *topic, int p)
-{
-    int64_t offsets[TLY_MAX_PARTITIONS];
-    for (int i = 0; i < TLY_MAX_PARTITIONS; i++)
-        offsets[i] = -1;
-    offsets_from_manifest(m, topic, offsets);
-    return offsets[p];
-}
-
-/* The newest snapshot in the snapshot directory (any instance's) that holds
- * partition p beyond changelog offset `after`, adopted; the one before it if
- * it does not verify. Returns the changelog offset the partition now stands
- * at, or `after` when no snapshot helped. */
-static int64_t take_from_snapshots(tly_store *store, const tly_recovery_config *cfg,
-                                   tly_snapshot_manifest *list, bool *verified, int n, int p,
-                                   int64_t after, tly_partition_take *take)
-{
-    const char *topic = cfg->topics->changelog.name;
-    for (;;) {
-        int best = -1;
-        int64_t best_offset = after;
-        char why[600];
-        for (int i = 0; i < n; i++) {
-            int64_t o = list[i].path[0] ? manifest_offset(&list[i], topic, p) : -1;
-            if (o > best_offset) {
-                best = i;
-                best_offset = o;
-            }
-        }
-        if (best < 0)
-            return after;
-        locate_file(cfg, &list[best]);
-        if (adopt_snapshot(store, cfg, &list[best], p, best_offset, &verified[best], why,
-                           sizeof(why)) == 0) {
-            take->source = "snapshot";
-            snprintf(take->snapshot_id, sizeof(take->snapshot_id), "%s", list[best].snapshot_id);
-            return best_offset;
-        }
-        tly_log("warn", "snapshot_rejected", "snapshot=%s partition=%d error=%s",
-                list[best].snapshot_id, p, tly_log_quote(why, (char[700]){0}, 700));
-        list[best].path[0] = '\0'; /* not tried again */
-    }
-}
-
-/* Whether no transaction is open on the changelog partitions in only[]:
- * read_committed stops at the last stable offset, so a changelog partition
- * whose previous owner died with a transaction open (records written, input
- * offsets not sent yet) hides everything committed after that transaction's
- * first record until the broker aborts it. Reading to that end would miss
- * the batches another instance committed since. Returns 1 settled, 0 not
- * yet (*open_partition says which), -1 with errbuf. */
-static int changelog_settled(const tly_recovery_config *cfg, const unsigned char *only,
-                             int *open_partition, char *errbuf, size_t errlen)
-{
-    rd_kafka_t *committed = tly_kconf_reader(cfg->brokers, NULL, errbuf, errlen);
-    rd_kafka_t *all = committed ? tly_kconf_reader_isolation(cfg->brokers, NULL, "read_uncommitted",
-                                                             errbuf, errlen)
-                                : NULL;
-    int rc = -1;
-
-    if (!committed || !all)
-        goto done;
-    rc = 1;
-    for (int p = 0; p < TLY_MAX_PARTITIONS && rc == 1; p++) {
-        int64_t low, stable, high;
-        rd_kafka_resp_err_t e;
-        if (!only[p])
-            continue;
-        if ((e = query_watermarks(committed, cfg->topics->changelog.name, p, false, &low,
-                                  &stable)) ||
-            (e = query_watermarks(all, cfg->topics->changelog.name, p, false, &low, &high))) {
-            if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-                continue; /* no changelog yet: nothing to hide */
-            rc = tly_error(errbuf, errlen, "cannot read the offsets of %s [%d]: %s",
-                           cfg->topics->changelog.name, p, rd_kafka_err2str(e));
-            break;
-        }
-        if (stable < high) {
-            *open_partition = p;
-            rc = 0;
-        }
-    }
-done:
-    if (committed)
-        rd_kafka_destroy(committed);
-    if (all)
-        rd_kafka_destroy(all);
-    return rc;
-}
-
-int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
-                      int count, char *errbuf, size_t errlen)
-{
-    tly_replayer *replayer = NULL;
-    tly_recovery_report *rep = calloc(1, sizeof(*rep));
-    tly_snapshot_manifest *listed = NULL;
-    tly_partition_row *rows = NULL;
-    bool *verified = NULL;
-    int64_t *after = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
-    int64_t *offsets = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
-    int64_t *records = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
-    unsigned char only[TLY_MAX_PARTITIONS] = {0};
-    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, records};
-    int64_t started = tly_clock_mono_ms();
-    int listed_count = 0, rc = -1, read;
-    tly_store *store;
-    char why[512];
-
-    if (!rep || !after || !offsets || !records) {
-        tly_error(errbuf, errlen, "out of memory");
-        goto done;
-    }
-    for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
-        after[p] = -1;
-    for (int i = 0; i < count; i++)
-        if (takes[i].partition >= 0 && takes[i].partition < TLY_MAX_PARTITIONS)
-            only[takes[i].partition] = 1;
-    if (cfg->brokers) {
-        int open = -1, settled = changelog_settled(cfg, only, &open, errbuf, errlen);
-        if (settled <= 0) {
-            if (settled == 0)
-                tly_log("debug", "changelog_transaction_open", "topic=%s partition=%d",
-                        cfg->topics->changelog.name, open);
-            rc = settled < 0 ? -1 : 1;
-            goto done;
-        }
-    }
-    if (open_replayer(cfg, entity, &replayer, errbuf, errlen) < 0)
-        goto done;
-    store = tly_replayer_store(replayer);
-    c.replayer = replayer;
-    if (cfg->snapshot_dir && tly_snapshot_list(cfg->snapshot_dir, &listed, &listed_count, why,
-                                               sizeof(why)) < 0)
-        tly_log("warn", "snapshot_dir_unreadable", "error=\"%s\"", why);
-    if (listed_count > 0 && !(verified = calloc((size_t)listed_count, sizeof(bool)))) {
-        tly_error(errbuf, errlen, "out of memory");
-        goto done;
-    }
-    for (int i = 0; i < count; i++) {
-        tly_partition_take *t = &takes[i];
-        int p = t->partition;
-        char key[512];
-        int64_t local;
-        if (p < 0 || p >= TLY_MAX_PARTITIONS) {
-            tly_error(errbuf, errlen, "partition %d: at most %d partitions are supported", p,
-                      TLY_MAX_PARTITIONS);
-            goto done;
-        }
-        only[p] = 1;
-        t->snapshot_id[0] = '\0';
-        /* The database holds the partition as of the changelog offset it
-         * recorded for it (a dropped partition has none). */
-        tly_meta_key_position(TLY_META_CHANGELOG, cfg->topics->changelog.name, p, key,
-                              sizeof(key));
-        if (tly_store_meta_get_int(store, key, &local) == 1) {
-            after[p] = local;
-            t->source = "local";
-        } else {
-            t->source = "new";
-        }
-        after[p] = take_from_snapshots(store, cfg, listed, verified, listed_count, p, after[p], t);
-    }
-    /* Then changelog partition p from there to its end. The consumer asked
-     * for the group's committed offsets first (read_committed: it waited for
-     * any transaction of the previous owner to end), so the end read here
-     * holds every batch those offsets count. */
-    memcpy(offsets, after, TLY_MAX_PARTITIONS * sizeof(int64_t));
-    if (tly_store_begin(store, errbuf, errlen) < 0)
-        goto done;
-    read = !cfg->brokers ? 0 /* offline: the snapshots only */
-                         : read_to_end(cfg, cfg->topics->changelog.name, after, only, NULL, NULL,
-                                       on_changelog_record, &c, errbuf, errlen);
-    if (read < 0 || tly_store_commit(store, errbuf, errlen) < 0) {
-        tly_store_rollback(store);
-        goto done;
-    }
-    if (!(rows = calloc((size_t)count + 1, sizeof(*rows)))) {
-        tly_error(errbuf, errlen, "out of memory");
-        goto done;
-    }
-    for (int i = 0; i < count; i++) {
-        tly_partition_take *t = &takes[i];
-        t->records = records[t->partition];
-        t->ms = tly_clock_mono_ms() - started;
-        if (strcmp(t->source, "new") == 0 && t->records > 0)
-            t->source = "changelog";
-        rows[i] = (tly_partition_row){t->partition, tly_clock_wall_ms(), t->source, t->ms,
-                                      t->records};
-    }
-    if (tly_store_begin(store, errbuf, errlen) < 0)
-        goto done;
-    if (tly_partitions_record(store, rows, count, errbuf, errlen) < 0) {
-        tly_store_rollback(store);
-        goto done;
-    }
-    if (tly_store_commit(store, errbuf, errlen) < 0)
-        goto done;
-    rc = 0;
-done:
-    free(rows);
-    tly_replayer_close(replayer);
-    free(listed);
-    free(verified);
-    free(rep);
-    free(after);
-    free(offsets);
-    free(records);
-    return rc;
-}
