@@ -2,7 +2,7 @@
  * InfluxDB into Kafka, as the latest values per vehicle.
  *
  * A cycle reads one time range [from, to): for every chunk of it and every
- * pod, one InfluxQL statement (adapters/influx/influx.h has the data model); the
+ * pod, one InfluxQL statement (adapters/influx/influxql.h has the data model); the
  * readings are folded into the latest value per (VIN, sensor)
  * (adapters/influx/latest.h), and one record per VIN is produced, keyed by VIN,
  * through an idempotent producer. The cycle is done only when the broker has
@@ -30,9 +30,11 @@
 #include "checkpoint.h"
 #include "error.h"
 #include "influx.h"
+#include "influxql.h"
 #include "kconf.h"
 #include "latest.h"
 #include "log.h"
+#include "resource_map.h"
 
 #include <getopt.h>
 #include <inttypes.h>

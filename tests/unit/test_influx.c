@@ -6,7 +6,9 @@
 
 #include "checkpoint.h"
 #include "influx.h"
+#include "influxql.h"
 #include "latest.h"
+#include "resource_map.h"
 
 #include <errno.h>
 #include <inttypes.h>
