@@ -426,13 +426,3 @@ done:
     free(target);
     return rc;
 }
-
-/* ------------------------------------------------------------------ retries --- */
-
-int64_t tly_influx_backoff_ms(int attempt, int64_t initial_ms, int64_t max_ms)
-{
-    int64_t delay = initial_ms > 0 ? initial_ms : 0;
-    for (int i = 1; i < attempt && delay < max_ms; i++)
-        delay = delay > INT64_MAX / 2 ? INT64_MAX : delay * 2;
-    return delay < max_ms ? delay : max_ms;
-}

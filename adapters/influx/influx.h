@@ -63,12 +63,4 @@ int tly_influx_query(tly_influx *client, const char *statement, const char **bod
 char *tly_influx_request_target(const char *path_prefix, const char *database, const char *rp,
                                 const char *statement);
 
-/* ------------------------------------------------------------------ retries ---
- *
- * The wait after failed attempt `attempt` (1 = the first): initial_ms doubled
- * for each attempt after the first, at most max_ms: 1 s, 2 s, 4 s, ... 30 s.
- * No jitter: a single poller per database has nobody to collide with, and a
- * predictable schedule is easier to read in the logs. */
-int64_t tly_influx_backoff_ms(int attempt, int64_t initial_ms, int64_t max_ms);
-
 #endif

@@ -7,6 +7,7 @@
 #include "checkpoint.h"
 #include "influx.h"
 #include "influxql.h"
+#include "ingest.h"
 #include "latest.h"
 #include "resource_map.h"
 
@@ -316,11 +317,11 @@ static void test_backoff(void)
     /* 1 s doubling to a 30 s cap: 1, 2, 4, 8, 16, 30, 30, ... */
     static const int64_t expected[] = {1000, 2000, 4000, 8000, 16000, 30000, 30000};
     for (int attempt = 1; attempt <= 7; attempt++)
-        CHECK_INT(tly_influx_backoff_ms(attempt, 1000, 30000), expected[attempt - 1]);
-    CHECK_INT(tly_influx_backoff_ms(1000, 1000, 30000), 30000); /* no overflow */
-    CHECK_INT(tly_influx_backoff_ms(62, INT64_MAX / 3, INT64_MAX), INT64_MAX);
-    CHECK_INT(tly_influx_backoff_ms(3, 250, 600), 600);
-    CHECK_INT(tly_influx_backoff_ms(1, 5000, 2000), 2000); /* the cap wins */
+        CHECK_INT(tly_influx_ingest_backoff_ms(attempt, 1000, 30000), expected[attempt - 1]);
+    CHECK_INT(tly_influx_ingest_backoff_ms(1000, 1000, 30000), 30000); /* no overflow */
+    CHECK_INT(tly_influx_ingest_backoff_ms(62, INT64_MAX / 3, INT64_MAX), INT64_MAX);
+    CHECK_INT(tly_influx_ingest_backoff_ms(3, 250, 600), 600);
+    CHECK_INT(tly_influx_ingest_backoff_ms(1, 5000, 2000), 2000); /* the cap wins */
 end:;
 }
 
