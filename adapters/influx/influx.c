@@ -158,111 +158,141 @@ static int connect_once(tly_influx *c, char *errbuf, size_t errlen)
     return 0;
 }
 
-int tly_influx_open(const tly_influx_options *opts, tly_influx **client, char *errbuf,
-                    size_t errlen)
+/* Parses opts->url and checks the rest of opts. Returns the parsed URL (the
+ * caller frees it with evhttp_uri_free), or NULL with errbuf. */
+static struct evhttp_uri *check_options(const tly_influx_options *opts, char *errbuf, size_t errlen)
 {
     struct evhttp_uri *uri = NULL;
-    tly_influx *c = NULL;
-    const char *scheme, *host, *path;
-    char *credentials = NULL, *encoded = NULL;
-    size_t plen;
-    int rc = -1;
+    const char *scheme, *host;
 
-    *client = NULL;
     if (!opts->url || !*opts->url) {
         tly_error(errbuf, errlen, "no InfluxDB URL");
-        goto done;
+        return NULL;
     }
     if (!(uri = evhttp_uri_parse_with_flags(opts->url, 0)) ||
         !(scheme = evhttp_uri_get_scheme(uri)) || !(host = evhttp_uri_get_host(uri)) || !*host) {
         tly_error(errbuf, errlen, "\"%s\" is not a URL like http://127.0.0.1:8086", opts->url);
-        goto done;
+        goto fail;
     }
     if (strcmp(scheme, "http") != 0) {
         tly_error(errbuf, errlen,
                   "\"%s\": only http:// is supported (for HTTPS, put a TLS-terminating proxy "
                   "on the same host)",
                   opts->url);
-        goto done;
+        goto fail;
     }
     if (evhttp_uri_get_userinfo(uri) || evhttp_uri_get_query(uri) || evhttp_uri_get_fragment(uri)) {
         tly_error(errbuf, errlen,
                   "\"%s\": give credentials with --username/--password or --token, and no "
                   "query or fragment in the URL",
                   opts->url);
-        goto done;
+        goto fail;
     }
     if (!opts->database || !*opts->database) {
         tly_error(errbuf, errlen, "no InfluxDB database");
-        goto done;
+        goto fail;
     }
     if ((opts->username && *opts->username) != (opts->password && *opts->password)) {
         tly_error(errbuf, errlen, "a username needs a password, and a password a username");
-        goto done;
+        goto fail;
     }
     if (opts->username && *opts->username && opts->token && *opts->token) {
         tly_error(errbuf, errlen, "use either a username and password or a token, not both");
-        goto done;
+        goto fail;
     }
-    if (!(c = calloc(1, sizeof(*c))))
-        goto oom;
+    return uri;
+fail:
+    if (uri)
+        evhttp_uri_free(uri);
+    return NULL;
+}
+
+/* Where the client connects (host, port, path prefix from uri) and the Host
+ * header and message URL made from them. Returns 0, or -1 when out of
+ * memory. */
+static int set_address(tly_influx *c, const struct evhttp_uri *uri)
+{
+    const char *host = evhttp_uri_get_host(uri), *path = evhttp_uri_get_path(uri);
+    /* An IPv6 literal needs its brackets back in Host and in messages. */
+    const char *open = strchr(host, ':') ? "[" : "", *close = *open ? "]" : "";
+    size_t plen;
+
     c->port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : DEFAULT_PORT;
-    c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
-    path = evhttp_uri_get_path(uri);
-    c->host = strdup(host);
-    c->path_prefix = strdup(path ? path : "");
-    c->database = strdup(opts->database);
-    c->retention_policy = copy_string(opts->retention_policy);
-    if (!c->host || !c->path_prefix || !c->database ||
-        (opts->retention_policy && !c->retention_policy))
-        goto oom;
+    if (!(c->host = strdup(host)) || !(c->path_prefix = strdup(path ? path : "")))
+        return -1;
     plen = strlen(c->path_prefix);
     while (plen > 0 && c->path_prefix[plen - 1] == '/')
         c->path_prefix[--plen] = '\0';
-    /* An IPv6 literal needs its brackets back in Host and in messages. */
-    {
-        const char *open = strchr(host, ':') ? "[" : "", *close = *open ? "]" : "";
-        if (asprintf(&c->host_header, "%s%s%s:%d", open, host, close, c->port) < 0) {
-            c->host_header = NULL;
-            goto oom;
-        }
-        if (asprintf(&c->url, "http://%s%s", c->host_header, c->path_prefix) < 0) {
-            c->url = NULL;
-            goto oom;
-        }
+    if (asprintf(&c->host_header, "%s%s%s:%d", open, host, close, c->port) < 0) {
+        c->host_header = NULL;
+        return -1;
     }
+    if (asprintf(&c->url, "http://%s%s", c->host_header, c->path_prefix) < 0) {
+        c->url = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The Authorization header's value: Basic with the username and password,
+ * or the token, or none. Returns 0, or -1 when out of memory. */
+static int set_authorization(tly_influx *c, const tly_influx_options *opts)
+{
+    char *credentials = NULL, *encoded = NULL;
+    int rc = -1;
+
     if (opts->username && *opts->username) {
         if (asprintf(&credentials, "%s:%s", opts->username, opts->password) < 0) {
             credentials = NULL;
-            goto oom;
+            goto done;
         }
         if (!(encoded = base64(credentials)) ||
             asprintf(&c->authorization, "Basic %s", encoded) < 0) {
             c->authorization = NULL;
-            goto oom;
+            goto done;
         }
     } else if (opts->token && *opts->token) {
         if (asprintf(&c->authorization, "Token %s", opts->token) < 0) {
             c->authorization = NULL;
-            goto oom;
+            goto done;
         }
     }
-    if (!(c->base = event_base_new()) ||
-        !(c->cancel_timer = event_new(c->base, -1, EV_PERSIST, on_cancel_check, c)))
-        goto oom;
-    *client = c;
-    c = NULL;
     rc = 0;
-    goto done;
-oom:
-    tly_error(errbuf, errlen, "out of memory");
 done:
     if (credentials) /* holds the password: do not leave it in freed memory */
         memset(credentials, 0, strlen(credentials));
     free(credentials);
     free(encoded);
-    if (uri)
-        evhttp_uri_free(uri);
+    return rc;
+}
+
+int tly_influx_open(const tly_influx_options *opts, tly_influx **client, char *errbuf,
+                    size_t errlen)
+{
+    struct evhttp_uri *uri;
+    tly_influx *c = NULL;
+    int rc = -1;
+
+    *client = NULL;
+    if (!(uri = check_options(opts, errbuf, errlen)))
+        return -1;
+    if (!(c = calloc(1, sizeof(*c))))
+        goto done;
+    c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    c->database = strdup(opts->database);
+    c->retention_policy = copy_string(opts->retention_policy);
+    if (!c->database || (opts->retention_policy && !c->retention_policy) ||
+        set_address(c, uri) < 0 || set_authorization(c, opts) < 0 ||
+        !(c->base = event_base_new()) ||
+        !(c->cancel_timer = event_new(c->base, -1, EV_PERSIST, on_cancel_check, c)))
+        goto done;
+    *client = c;
+    c = NULL;
+    rc = 0;
+done:
+    if (rc < 0)
+        tly_error(errbuf, errlen, "out of memory");
+    evhttp_uri_free(uri);
     tly_influx_close(c);
     return rc;
 }
@@ -344,13 +374,44 @@ static void describe_error_body(const char *body, size_t len, char *out, size_t 
             *p = ' ';
 }
 
+/* A GET with tally's headers, whose end (or failure) is reported to c.
+ * NULL when out of memory. */
+static struct evhttp_request *new_request(tly_influx *c)
+{
+    struct evhttp_request *req = evhttp_request_new(on_request_done, c);
+    struct evkeyvalq *headers;
+
+    if (!req)
+        return NULL;
+    evhttp_request_set_error_cb(req, on_request_error);
+    headers = evhttp_request_get_output_headers(req);
+    evhttp_add_header(headers, "Host", c->host_header);
+    evhttp_add_header(headers, "Accept", "application/json");
+    evhttp_add_header(headers, "User-Agent", "tally");
+    if (c->authorization)
+        evhttp_add_header(headers, "Authorization", c->authorization);
+    return req;
+}
+
+/* Reports an answer that is not HTTP 200: its status and the server's
+ * message, with a hint for the statuses of refused credentials. Returns -1. */
+static int http_error(const tly_influx *c, char *errbuf, size_t errlen)
+{
+    char message[ERROR_EXCERPT + 1];
+
+    describe_error_body(c->body, c->body_len, message, sizeof(message));
+    if (c->status == 401 || c->status == 403)
+        return tly_error(errbuf, errlen, "%s: HTTP %d: %s (check --username/--password or --token)",
+                         c->url, c->status, message);
+    return tly_error(errbuf, errlen, "%s: HTTP %d: %s", c->url, c->status, message);
+}
+
 int tly_influx_query(tly_influx *c, const char *statement, const char **body, size_t *len,
                      char *errbuf, size_t errlen)
 {
     struct timeval check = {0, CANCEL_CHECK_MS * 1000};
     struct evhttp_request *req;
-    struct evkeyvalq *headers;
-    char *target = NULL, message[ERROR_EXCERPT + 1];
+    char *target = NULL;
     int rc = -1;
 
     *body = NULL;
@@ -363,17 +424,10 @@ int tly_influx_query(tly_influx *c, const char *statement, const char **body, si
                                              statement)))
         return tly_error(errbuf, errlen, "out of memory");
     c->done = c->status = c->cancelled = c->have_request_error = 0;
-    if (!(req = evhttp_request_new(on_request_done, c))) {
+    if (!(req = new_request(c))) {
         tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
-    evhttp_request_set_error_cb(req, on_request_error);
-    headers = evhttp_request_get_output_headers(req);
-    evhttp_add_header(headers, "Host", c->host_header);
-    evhttp_add_header(headers, "Accept", "application/json");
-    evhttp_add_header(headers, "User-Agent", "tally");
-    if (c->authorization)
-        evhttp_add_header(headers, "Authorization", c->authorization);
     c->request = req;
     /* evhttp_make_request frees req itself when it fails. */
     if (evhttp_make_request(c->conn, req, EVHTTP_REQ_GET, target) < 0) {
@@ -404,12 +458,7 @@ int tly_influx_query(tly_influx *c, const char *statement, const char **body, si
         goto done;
     }
     if (c->status != 200) {
-        describe_error_body(c->body, c->body_len, message, sizeof(message));
-        if (c->status == 401 || c->status == 403)
-            tly_error(errbuf, errlen, "%s: HTTP %d: %s (check --username/--password or --token)",
-                      c->url, c->status, message);
-        else
-            tly_error(errbuf, errlen, "%s: HTTP %d: %s", c->url, c->status, message);
+        http_error(c, errbuf, errlen);
         goto done;
     }
     *body = c->body;
