@@ -395,6 +395,22 @@ static void test_next_range(void)
 end:;
 }
 
+static char fold_error[512];
+
+/* tly_influx_ingest_fold of a NUL-terminated answer, with the counts written
+ * as "R read, S skipped" into counts_text (its error into fold_error).
+ * Returns the fold's result. */
+static int fold(tly_latest *latest, const tly_influx_map *map, const char *pod,
+                const char *device_tag, const char *answer, char counts_text[64])
+{
+    tly_influx_fold_counts counts = {99, 99}; /* a failed fold must clear them */
+    int rc = tly_influx_ingest_fold(latest, map, pod, device_tag, answer, strlen(answer), &counts,
+                                    fold_error, sizeof(fold_error));
+    snprintf(counts_text, 64, "%" PRId64 " read, %" PRId64 " skipped", counts.readings,
+             counts.skipped);
+    return rc;
+}
+
 /* The record of vehicle i of latest with produced_at 0, or "" (for CHECK_STR). */
 static const char *record_of(tly_latest *latest, size_t i, char *buf, size_t buflen)
 {
@@ -426,15 +442,11 @@ static void test_fold(void)
         "\"columns\":[\"time\",\"speed\"],\"values\":[[8,80]]}"
         "]}]}\n";
     tly_latest *latest = tly_latest_new();
-    tly_influx_fold_counts counts = {-1, -1};
-    char err[512], record[256];
+    char counts[64], record[256];
 
     CHECK(latest);
-    CHECK_INT(tly_influx_ingest_fold(latest, NULL, "pod-a", "vin", answer, strlen(answer), &counts,
-                                     err, sizeof(err)),
-              0);
-    CHECK_INT(counts.readings, 3);
-    CHECK_INT(counts.skipped, 2);
+    CHECK_INT(fold(latest, NULL, "pod-a", "vin", answer, counts), 0);
+    CHECK_STR(counts, "3 read, 2 skipped");
     CHECK_INT(tly_latest_count(latest), 1);
     CHECK_STR(record_of(latest, 0, record, sizeof(record)),
               "{\"data\":{\"id\":\"V1\",\"rpm\":3000,\"speed\":12.5},\"received_at\":2000,"
@@ -442,13 +454,9 @@ static void test_fold(void)
 
     /* A failed answer counts nothing; what it added before the failure stays
      * (reading the range again adds the same again). */
-    counts.readings = counts.skipped = 99;
-    CHECK_INT(tly_influx_ingest_fold(latest, NULL, "pod-a", "vin", partial, strlen(partial),
-                                     &counts, err, sizeof(err)),
-              -1);
-    CHECK_MSG(strstr(err, "partial answer") != NULL, "%s", err);
-    CHECK_INT(counts.readings, 0);
-    CHECK_INT(counts.skipped, 0);
+    CHECK_INT(fold(latest, NULL, "pod-a", "vin", partial, counts), -1);
+    CHECK_MSG(strstr(fold_error, "partial answer") != NULL, "%s", fold_error);
+    CHECK_STR(counts, "0 read, 0 skipped");
     CHECK_INT(tly_latest_count(latest), 2);
     CHECK_STR(tly_latest_vin(latest, 1), "V2");
 end:
@@ -471,34 +479,26 @@ static void test_fold_map(void)
     const char *dir = tly_test_dir();
     tly_influx_map *map = NULL;
     tly_latest *latest = tly_latest_new();
-    tly_influx_fold_counts counts;
-    char path[256], err[512], record[256];
+    char path[256], err[512], counts[64], record[256];
 
     snprintf(path, sizeof(path), "%s/map.txt", dir);
     CHECK_INT(write_file(path, "pod-a dev-1 VIN-A1\npod-b dev-1 VIN-B1\n"), 0);
     CHECK_INT(tly_influx_map_load(path, &map, err, sizeof(err)), 0);
     CHECK(latest);
-    CHECK_INT(tly_influx_ingest_fold(latest, map, "pod-a", "device", answer, strlen(answer),
-                                     &counts, err, sizeof(err)),
-              0);
-    CHECK_INT(counts.readings, 2);
-    CHECK_INT(counts.skipped, 2);
+    CHECK_INT(fold(latest, map, "pod-a", "device", answer, counts), 0);
+    CHECK_STR(counts, "2 read, 2 skipped");
     CHECK_INT(tly_latest_count(latest), 1);
     CHECK_STR(record_of(latest, 0, record, sizeof(record)),
               "{\"data\":{\"id\":\"VIN-A1\",\"rpm\":4,\"speed\":1},\"received_at\":13,"
               "\"produced_at\":0}");
     /* The same device id in another pod is another vehicle. */
-    CHECK_INT(tly_influx_ingest_fold(latest, map, "pod-b", "device", answer, strlen(answer),
-                                     &counts, err, sizeof(err)),
-              0);
+    CHECK_INT(fold(latest, map, "pod-b", "device", answer, counts), 0);
+    CHECK_STR(counts, "2 read, 2 skipped");
     CHECK_INT(tly_latest_count(latest), 2);
     CHECK_STR(tly_latest_vin(latest, 1), "VIN-B1");
     /* A pod the map does not know: every reading is skipped. */
-    CHECK_INT(tly_influx_ingest_fold(latest, map, "pod-c", "device", answer, strlen(answer),
-                                     &counts, err, sizeof(err)),
-              0);
-    CHECK_INT(counts.readings, 0);
-    CHECK_INT(counts.skipped, 4);
+    CHECK_INT(fold(latest, map, "pod-c", "device", answer, counts), 0);
+    CHECK_STR(counts, "0 read, 4 skipped");
     CHECK_INT(tly_latest_count(latest), 2);
 end:
     tly_latest_free(latest);
