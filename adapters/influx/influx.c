@@ -1,5 +1,5 @@
 /* adapters/influx/influx.c - InfluxDB's HTTP query API: a blocking client on
- * libevent, InfluxQL statements, answers parsed with json-c, resource maps.
+ * libevent. Statements and their answers are influxql.c's.
  *
  * The client owns a private event base and one evhttp connection. A query
  * runs the base until the request completes, fails, times out, or the cancel
@@ -15,7 +15,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <inttypes.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,111 +158,141 @@ static int connect_once(tly_influx *c, char *errbuf, size_t errlen)
     return 0;
 }
 
-int tly_influx_open(const tly_influx_options *opts, tly_influx **client, char *errbuf,
-                    size_t errlen)
+/* Parses opts->url and checks the rest of opts. Returns the parsed URL (the
+ * caller frees it with evhttp_uri_free), or NULL with errbuf. */
+static struct evhttp_uri *check_options(const tly_influx_options *opts, char *errbuf, size_t errlen)
 {
     struct evhttp_uri *uri = NULL;
-    tly_influx *c = NULL;
-    const char *scheme, *host, *path;
-    char *credentials = NULL, *encoded = NULL;
-    size_t plen;
-    int rc = -1;
+    const char *scheme, *host;
 
-    *client = NULL;
     if (!opts->url || !*opts->url) {
         tly_error(errbuf, errlen, "no InfluxDB URL");
-        goto done;
+        return NULL;
     }
     if (!(uri = evhttp_uri_parse_with_flags(opts->url, 0)) ||
         !(scheme = evhttp_uri_get_scheme(uri)) || !(host = evhttp_uri_get_host(uri)) || !*host) {
         tly_error(errbuf, errlen, "\"%s\" is not a URL like http://127.0.0.1:8086", opts->url);
-        goto done;
+        goto fail;
     }
     if (strcmp(scheme, "http") != 0) {
         tly_error(errbuf, errlen,
                   "\"%s\": only http:// is supported (for HTTPS, put a TLS-terminating proxy "
                   "on the same host)",
                   opts->url);
-        goto done;
+        goto fail;
     }
     if (evhttp_uri_get_userinfo(uri) || evhttp_uri_get_query(uri) || evhttp_uri_get_fragment(uri)) {
         tly_error(errbuf, errlen,
                   "\"%s\": give credentials with --username/--password or --token, and no "
                   "query or fragment in the URL",
                   opts->url);
-        goto done;
+        goto fail;
     }
     if (!opts->database || !*opts->database) {
         tly_error(errbuf, errlen, "no InfluxDB database");
-        goto done;
+        goto fail;
     }
     if ((opts->username && *opts->username) != (opts->password && *opts->password)) {
         tly_error(errbuf, errlen, "a username needs a password, and a password a username");
-        goto done;
+        goto fail;
     }
     if (opts->username && *opts->username && opts->token && *opts->token) {
         tly_error(errbuf, errlen, "use either a username and password or a token, not both");
-        goto done;
+        goto fail;
     }
-    if (!(c = calloc(1, sizeof(*c))))
-        goto oom;
+    return uri;
+fail:
+    if (uri)
+        evhttp_uri_free(uri);
+    return NULL;
+}
+
+/* Where the client connects (host, port, path prefix from uri) and the Host
+ * header and message URL made from them. Returns 0, or -1 when out of
+ * memory. */
+static int set_address(tly_influx *c, const struct evhttp_uri *uri)
+{
+    const char *host = evhttp_uri_get_host(uri), *path = evhttp_uri_get_path(uri);
+    /* An IPv6 literal needs its brackets back in Host and in messages. */
+    const char *open = strchr(host, ':') ? "[" : "", *close = *open ? "]" : "";
+    size_t plen;
+
     c->port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : DEFAULT_PORT;
-    c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
-    path = evhttp_uri_get_path(uri);
-    c->host = strdup(host);
-    c->path_prefix = strdup(path ? path : "");
-    c->database = strdup(opts->database);
-    c->retention_policy = copy_string(opts->retention_policy);
-    if (!c->host || !c->path_prefix || !c->database ||
-        (opts->retention_policy && !c->retention_policy))
-        goto oom;
+    if (!(c->host = strdup(host)) || !(c->path_prefix = strdup(path ? path : "")))
+        return -1;
     plen = strlen(c->path_prefix);
     while (plen > 0 && c->path_prefix[plen - 1] == '/')
         c->path_prefix[--plen] = '\0';
-    /* An IPv6 literal needs its brackets back in Host and in messages. */
-    {
-        const char *open = strchr(host, ':') ? "[" : "", *close = *open ? "]" : "";
-        if (asprintf(&c->host_header, "%s%s%s:%d", open, host, close, c->port) < 0) {
-            c->host_header = NULL;
-            goto oom;
-        }
-        if (asprintf(&c->url, "http://%s%s", c->host_header, c->path_prefix) < 0) {
-            c->url = NULL;
-            goto oom;
-        }
+    if (asprintf(&c->host_header, "%s%s%s:%d", open, host, close, c->port) < 0) {
+        c->host_header = NULL;
+        return -1;
     }
+    if (asprintf(&c->url, "http://%s%s", c->host_header, c->path_prefix) < 0) {
+        c->url = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The Authorization header's value: Basic with the username and password,
+ * or the token, or none. Returns 0, or -1 when out of memory. */
+static int set_authorization(tly_influx *c, const tly_influx_options *opts)
+{
+    char *credentials = NULL, *encoded = NULL;
+    int rc = -1;
+
     if (opts->username && *opts->username) {
         if (asprintf(&credentials, "%s:%s", opts->username, opts->password) < 0) {
             credentials = NULL;
-            goto oom;
+            goto done;
         }
         if (!(encoded = base64(credentials)) ||
             asprintf(&c->authorization, "Basic %s", encoded) < 0) {
             c->authorization = NULL;
-            goto oom;
+            goto done;
         }
     } else if (opts->token && *opts->token) {
         if (asprintf(&c->authorization, "Token %s", opts->token) < 0) {
             c->authorization = NULL;
-            goto oom;
+            goto done;
         }
     }
-    if (!(c->base = event_base_new()) ||
-        !(c->cancel_timer = event_new(c->base, -1, EV_PERSIST, on_cancel_check, c)))
-        goto oom;
-    *client = c;
-    c = NULL;
     rc = 0;
-    goto done;
-oom:
-    tly_error(errbuf, errlen, "out of memory");
 done:
     if (credentials) /* holds the password: do not leave it in freed memory */
         memset(credentials, 0, strlen(credentials));
     free(credentials);
     free(encoded);
-    if (uri)
-        evhttp_uri_free(uri);
+    return rc;
+}
+
+int tly_influx_open(const tly_influx_options *opts, tly_influx **client, char *errbuf,
+                    size_t errlen)
+{
+    struct evhttp_uri *uri;
+    tly_influx *c = NULL;
+    int rc = -1;
+
+    *client = NULL;
+    if (!(uri = check_options(opts, errbuf, errlen)))
+        return -1;
+    if (!(c = calloc(1, sizeof(*c))))
+        goto done;
+    c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    c->database = strdup(opts->database);
+    c->retention_policy = copy_string(opts->retention_policy);
+    if (!c->database || (opts->retention_policy && !c->retention_policy) ||
+        set_address(c, uri) < 0 || set_authorization(c, opts) < 0 ||
+        !(c->base = event_base_new()) ||
+        !(c->cancel_timer = event_new(c->base, -1, EV_PERSIST, on_cancel_check, c)))
+        goto done;
+    *client = c;
+    c = NULL;
+    rc = 0;
+done:
+    if (rc < 0)
+        tly_error(errbuf, errlen, "out of memory");
+    evhttp_uri_free(uri);
     tly_influx_close(c);
     return rc;
 }
@@ -344,13 +374,44 @@ static void describe_error_body(const char *body, size_t len, char *out, size_t 
             *p = ' ';
 }
 
+/* A GET with tally's headers, whose end (or failure) is reported to c.
+ * NULL when out of memory. */
+static struct evhttp_request *new_request(tly_influx *c)
+{
+    struct evhttp_request *req = evhttp_request_new(on_request_done, c);
+    struct evkeyvalq *headers;
+
+    if (!req)
+        return NULL;
+    evhttp_request_set_error_cb(req, on_request_error);
+    headers = evhttp_request_get_output_headers(req);
+    evhttp_add_header(headers, "Host", c->host_header);
+    evhttp_add_header(headers, "Accept", "application/json");
+    evhttp_add_header(headers, "User-Agent", "tally");
+    if (c->authorization)
+        evhttp_add_header(headers, "Authorization", c->authorization);
+    return req;
+}
+
+/* Reports an answer that is not HTTP 200: its status and the server's
+ * message, with a hint for the statuses of refused credentials. Returns -1. */
+static int http_error(const tly_influx *c, char *errbuf, size_t errlen)
+{
+    char message[ERROR_EXCERPT + 1];
+
+    describe_error_body(c->body, c->body_len, message, sizeof(message));
+    if (c->status == 401 || c->status == 403)
+        return tly_error(errbuf, errlen, "%s: HTTP %d: %s (check --username/--password or --token)",
+                         c->url, c->status, message);
+    return tly_error(errbuf, errlen, "%s: HTTP %d: %s", c->url, c->status, message);
+}
+
 int tly_influx_query(tly_influx *c, const char *statement, const char **body, size_t *len,
                      char *errbuf, size_t errlen)
 {
     struct timeval check = {0, CANCEL_CHECK_MS * 1000};
     struct evhttp_request *req;
-    struct evkeyvalq *headers;
-    char *target = NULL, message[ERROR_EXCERPT + 1];
+    char *target = NULL;
     int rc = -1;
 
     *body = NULL;
@@ -363,17 +424,10 @@ int tly_influx_query(tly_influx *c, const char *statement, const char **body, si
                                              statement)))
         return tly_error(errbuf, errlen, "out of memory");
     c->done = c->status = c->cancelled = c->have_request_error = 0;
-    if (!(req = evhttp_request_new(on_request_done, c))) {
+    if (!(req = new_request(c))) {
         tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
-    evhttp_request_set_error_cb(req, on_request_error);
-    headers = evhttp_request_get_output_headers(req);
-    evhttp_add_header(headers, "Host", c->host_header);
-    evhttp_add_header(headers, "Accept", "application/json");
-    evhttp_add_header(headers, "User-Agent", "tally");
-    if (c->authorization)
-        evhttp_add_header(headers, "Authorization", c->authorization);
     c->request = req;
     /* evhttp_make_request frees req itself when it fails. */
     if (evhttp_make_request(c->conn, req, EVHTTP_REQ_GET, target) < 0) {
@@ -404,12 +458,7 @@ int tly_influx_query(tly_influx *c, const char *statement, const char **body, si
         goto done;
     }
     if (c->status != 200) {
-        describe_error_body(c->body, c->body_len, message, sizeof(message));
-        if (c->status == 401 || c->status == 403)
-            tly_error(errbuf, errlen, "%s: HTTP %d: %s (check --username/--password or --token)",
-                      c->url, c->status, message);
-        else
-            tly_error(errbuf, errlen, "%s: HTTP %d: %s", c->url, c->status, message);
+        http_error(c, errbuf, errlen);
         goto done;
     }
     *body = c->body;
@@ -425,384 +474,4 @@ reset:
 done:
     free(target);
     return rc;
-}
-
-/* ---------------------------------------------------------------- InfluxQL --- */
-
-/* Appends text quoted with `quote` (" for identifiers, ' for strings), with
- * the quote and backslash escaped by a backslash, as InfluxQL's scanner
- * reads them. Returns the new end, or NULL when it does not fit before end. */
-static char *append_quoted(char *o, char *end, char quote, const char *text)
-{
-    if (o >= end)
-        return NULL;
-    *o++ = quote;
-    for (const char *p = text; *p; p++) {
-        if (*p == quote || *p == '\\') {
-            if (o >= end)
-                return NULL;
-            *o++ = '\\';
-        }
-        /* A newline ends a quoted token in InfluxQL: write it escaped. */
-        if (*p == '\n') {
-            if (end - o < 2)
-                return NULL;
-            *o++ = '\\';
-            *o++ = 'n';
-            continue;
-        }
-        if (o >= end)
-            return NULL;
-        *o++ = *p;
-    }
-    if (o >= end)
-        return NULL;
-    *o++ = quote;
-    return o;
-}
-
-static char *append_text(char *o, char *end, const char *text)
-{
-    size_t n = strlen(text);
-    if (!o || (size_t)(end - o) < n)
-        return NULL;
-    memcpy(o, text, n);
-    return o + n;
-}
-
-int tly_influx_build_select(const tly_influx_model *m, const char *pod, int64_t from_ms,
-                            int64_t to_ms, char *buf, size_t buflen, char *errbuf, size_t errlen)
-{
-    char *o = buf, *end = buf + (buflen ? buflen - 1 : 0), times[96];
-
-    if (to_ms <= from_ms)
-        return tly_error(errbuf, errlen, "empty time range [%" PRId64 ", %" PRId64 ")", from_ms,
-                         to_ms);
-    if (buflen == 0)
-        return tly_error(errbuf, errlen, "no room for the statement");
-    snprintf(times, sizeof(times), " AND time >= %" PRId64 "ms AND time < %" PRId64 "ms GROUP BY ",
-             from_ms, to_ms);
-    o = append_text(o, end, "SELECT *::field FROM ");
-    o = o ? append_quoted(o, end, '"', m->measurement) : NULL;
-    o = append_text(o, end, " WHERE ");
-    o = o ? append_quoted(o, end, '"', m->pod_tag) : NULL;
-    o = append_text(o, end, " = ");
-    o = o ? append_quoted(o, end, '\'', pod) : NULL;
-    o = append_text(o, end, times);
-    o = o ? append_quoted(o, end, '"', m->device_tag) : NULL;
-    if (!o)
-        return tly_error(errbuf, errlen, "the statement for pod \"%.64s\" is longer than %zu bytes",
-                         pod, buflen);
-    *o = '\0';
-    return 0;
-}
-
-/* ----------------------------------------------------------------- answers --- */
-
-static int check_error_and_partial(json_object *obj, const char *what, char *errbuf, size_t errlen)
-{
-    json_object *field;
-    if (json_object_object_get_ex(obj, "error", &field))
-        return tly_error(errbuf, errlen, "influxdb: %s",
-                         json_object_is_type(field, json_type_string)
-                             ? json_object_get_string(field)
-                             : json_object_to_json_string(field));
-    if (json_object_object_get_ex(obj, "partial", &field) && json_object_get_boolean(field))
-        return tly_error(errbuf, errlen,
-                         "influxdb cut the %s short (partial answer: its max-row-limit was "
-                         "reached); read shorter ranges (--chunk)",
-                         what);
-    return 0;
-}
-
-static int parse_series(json_object *series, const char *device_tag, tly_influx_reading_fn fn,
-                        void *opaque, char *errbuf, size_t errlen)
-{
-    json_object *tags, *columns, *values, *tag, *row, *cell;
-    const char *device = "", *name;
-    size_t ncolumns, nrows, time_col = SIZE_MAX;
-
-    if (!json_object_is_type(series, json_type_object))
-        return tly_error(errbuf, errlen, "influxdb answer: a series is not an object");
-    if (check_error_and_partial(series, "series", errbuf, errlen) < 0)
-        return -1;
-    if (json_object_object_get_ex(series, "tags", &tags) &&
-        json_object_object_get_ex(tags, device_tag, &tag) &&
-        json_object_is_type(tag, json_type_string))
-        device = json_object_get_string(tag);
-    if (!json_object_object_get_ex(series, "columns", &columns) ||
-        !json_object_is_type(columns, json_type_array))
-        return tly_error(errbuf, errlen, "influxdb answer: a series without \"columns\"");
-    ncolumns = json_object_array_length(columns);
-    for (size_t i = 0; i < ncolumns; i++) {
-        json_object *col = json_object_array_get_idx(columns, i);
-        if (!json_object_is_type(col, json_type_string))
-            return tly_error(errbuf, errlen, "influxdb answer: a column name is not a string");
-        if (strcmp(json_object_get_string(col), "time") == 0 && time_col == SIZE_MAX)
-            time_col = i;
-    }
-    if (time_col == SIZE_MAX)
-        return tly_error(errbuf, errlen, "influxdb answer: a series without a \"time\" column");
-    if (!json_object_object_get_ex(series, "values", &values))
-        return 0; /* a series with no rows */
-    if (!json_object_is_type(values, json_type_array))
-        return tly_error(errbuf, errlen, "influxdb answer: \"values\" is not an array");
-    nrows = json_object_array_length(values);
-    for (size_t r = 0; r < nrows; r++) {
-        int64_t time_ms;
-        row = json_object_array_get_idx(values, r);
-        if (!json_object_is_type(row, json_type_array) || json_object_array_length(row) != ncolumns)
-            return tly_error(errbuf, errlen, "influxdb answer: row %zu does not match the columns",
-                             r);
-        cell = json_object_array_get_idx(row, time_col);
-        if (!json_object_is_type(cell, json_type_int))
-            return tly_error(errbuf, errlen,
-                             "influxdb answer: time %s is not epoch milliseconds (epoch=ms)",
-                             json_object_to_json_string(cell));
-        time_ms = json_object_get_int64(cell);
-        for (size_t i = 0; i < ncolumns; i++) {
-            if (i == time_col)
-                continue;
-            cell = json_object_array_get_idx(row, i);
-            if (!cell) /* JSON null: this point has no such field */
-                continue;
-            name = json_object_get_string(json_object_array_get_idx(columns, i));
-            if (fn(opaque, device, name, time_ms, cell, errbuf, errlen) < 0)
-                return -1;
-        }
-    }
-    return 0;
-}
-
-int tly_influx_parse(const char *body, size_t len, const char *device_tag, tly_influx_reading_fn fn,
-                     void *opaque, char *errbuf, size_t errlen)
-{
-    json_tokener *tok = json_tokener_new_ex(32);
-    json_object *root = NULL, *results, *result, *series_list;
-    enum json_tokener_error jerr;
-    size_t nresults;
-    int rc = -1;
-
-    if (!tok)
-        return tly_error(errbuf, errlen, "out of memory");
-    if (len > INT32_MAX) {
-        tly_error(errbuf, errlen, "influxdb answer of %zu bytes is too large", len);
-        goto done;
-    }
-    root = json_tokener_parse_ex(tok, body, (int)len);
-    jerr = json_tokener_get_error(tok);
-    if (root && jerr == json_tokener_success) {
-        /* InfluxDB ends its answer with a newline; anything else is not JSON. */
-        for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
-            if (!isspace((unsigned char)body[i])) {
-                json_object_put(root);
-                root = NULL;
-                break;
-            }
-        if (!root) {
-            tly_error(errbuf, errlen, "influxdb answer is not JSON (trailing data): %.80s", body);
-            goto done;
-        }
-    }
-    if (!root || jerr != json_tokener_success) {
-        tly_error(errbuf, errlen, "influxdb answer is not JSON (%s): %.80s",
-                  jerr == json_tokener_continue ? "cut short" : json_tokener_error_desc(jerr),
-                  body);
-        goto done;
-    }
-    if (!json_object_is_type(root, json_type_object)) {
-        tly_error(errbuf, errlen, "influxdb answer is not a JSON object: %.80s", body);
-        goto done;
-    }
-    if (check_error_and_partial(root, "answer", errbuf, errlen) < 0)
-        goto done;
-    if (!json_object_object_get_ex(root, "results", &results) ||
-        !json_object_is_type(results, json_type_array)) {
-        tly_error(errbuf, errlen, "influxdb answer without \"results\": %.80s", body);
-        goto done;
-    }
-    nresults = json_object_array_length(results);
-    for (size_t i = 0; i < nresults; i++) {
-        result = json_object_array_get_idx(results, i);
-        if (!json_object_is_type(result, json_type_object)) {
-            tly_error(errbuf, errlen, "influxdb answer: a result is not an object");
-            goto done;
-        }
-        if (check_error_and_partial(result, "result", errbuf, errlen) < 0)
-            goto done;
-        if (!json_object_object_get_ex(result, "series", &series_list))
-            continue; /* nothing in the range */
-        if (!json_object_is_type(series_list, json_type_array)) {
-            tly_error(errbuf, errlen, "influxdb answer: \"series\" is not an array");
-            goto done;
-        }
-        for (size_t s = 0; s < json_object_array_length(series_list); s++)
-            if (parse_series(json_object_array_get_idx(series_list, s), device_tag, fn, opaque,
-                             errbuf, errlen) < 0)
-                goto done;
-    }
-    rc = 0;
-done:
-    json_object_put(root);
-    json_tokener_free(tok);
-    return rc;
-}
-
-/* ------------------------------------------------------------ resource map --- */
-
-/* The pairs live in a json-c object used as a hash table: key
- * "<pod>\x1f<device>" (the unit separator, which no field may contain),
- * value the VIN. */
-struct tly_influx_map {
-    json_object *vins;
-    char **pods;
-    size_t pod_count, pod_capacity;
-};
-
-static int has_control(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return 1;
-    return 0;
-}
-
-static int add_pod(tly_influx_map *map, const char *pod)
-{
-    for (size_t i = 0; i < map->pod_count; i++)
-        if (strcmp(map->pods[i], pod) == 0)
-            return 0;
-    if (map->pod_count == map->pod_capacity) {
-        size_t cap = map->pod_capacity ? map->pod_capacity * 2 : 8;
-        char **grown = realloc(map->pods, cap * sizeof(*grown));
-        if (!grown)
-            return -1;
-        map->pods = grown;
-        map->pod_capacity = cap;
-    }
-    if (!(map->pods[map->pod_count] = strdup(pod)))
-        return -1;
-    map->pod_count++;
-    return 0;
-}
-
-int tly_influx_map_load(const char *path, tly_influx_map **out, char *errbuf, size_t errlen)
-{
-    tly_influx_map *map = calloc(1, sizeof(*map));
-    FILE *f = NULL;
-    char *line = NULL, *fields[4], *save, key[1024];
-    size_t cap = 0, nfields;
-    int64_t line_no = 0, pairs = 0;
-    ssize_t len;
-    int rc = -1;
-
-    *out = NULL;
-    if (!map || !(map->vins = json_object_new_object())) {
-        tly_error(errbuf, errlen, "out of memory");
-        goto done;
-    }
-    if (!(f = fopen(path, "r"))) {
-        tly_error(errbuf, errlen, "cannot open resource map %s: %m", path);
-        goto done;
-    }
-    while ((len = getline(&line, &cap, f)) >= 0) {
-        json_object *existing;
-        line_no++;
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
-            line[--len] = '\0';
-        nfields = 0;
-        for (char *tok = strtok_r(line, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
-            if (nfields == 0 && tok[0] == '#')
-                break;
-            if (nfields < 4)
-                fields[nfields] = tok;
-            nfields++;
-        }
-        if (nfields == 0)
-            continue;
-        if (nfields != 3) {
-            tly_error(errbuf, errlen,
-                      "%s:%" PRId64 ": expected \"POD DEVICE VIN\", got %zu field(s)", path,
-                      line_no, nfields);
-            goto done;
-        }
-        if (has_control(fields[0]) || has_control(fields[1]) || has_control(fields[2])) {
-            tly_error(errbuf, errlen, "%s:%" PRId64 ": control characters in a field", path,
-                      line_no);
-            goto done;
-        }
-        if ((size_t)snprintf(key, sizeof(key), "%s\x1f%s", fields[0], fields[1]) >= sizeof(key)) {
-            tly_error(errbuf, errlen, "%s:%" PRId64 ": pod and device are too long", path, line_no);
-            goto done;
-        }
-        if (json_object_object_get_ex(map->vins, key, &existing)) {
-            tly_error(errbuf, errlen,
-                      "%s:%" PRId64 ": pod %s device %s is listed twice (VIN %s and %s)", path,
-                      line_no, fields[0], fields[1], json_object_get_string(existing), fields[2]);
-            goto done;
-        }
-        if (json_object_object_add(map->vins, key, json_object_new_string(fields[2])) < 0 ||
-            add_pod(map, fields[0]) < 0) {
-            tly_error(errbuf, errlen, "out of memory");
-            goto done;
-        }
-        pairs++;
-    }
-    if (ferror(f)) {
-        tly_error(errbuf, errlen, "cannot read resource map %s: %m", path);
-        goto done;
-    }
-    if (pairs == 0) {
-        tly_error(errbuf, errlen, "resource map %s lists no device", path);
-        goto done;
-    }
-    *out = map;
-    map = NULL;
-    rc = 0;
-done:
-    free(line);
-    if (f)
-        fclose(f);
-    tly_influx_map_free(map);
-    return rc;
-}
-
-void tly_influx_map_free(tly_influx_map *map)
-{
-    if (!map)
-        return;
-    json_object_put(map->vins);
-    for (size_t i = 0; i < map->pod_count; i++)
-        free(map->pods[i]);
-    free(map->pods);
-    free(map);
-}
-
-const char *tly_influx_map_vin(const tly_influx_map *map, const char *pod, const char *device)
-{
-    char key[1024];
-    json_object *vin;
-    if ((size_t)snprintf(key, sizeof(key), "%s\x1f%s", pod, device) >= sizeof(key))
-        return NULL;
-    return json_object_object_get_ex(map->vins, key, &vin) ? json_object_get_string(vin) : NULL;
-}
-
-size_t tly_influx_map_pod_count(const tly_influx_map *map)
-{
-    return map->pod_count;
-}
-
-const char *tly_influx_map_pod(const tly_influx_map *map, size_t i)
-{
-    return i < map->pod_count ? map->pods[i] : NULL;
-}
-
-/* ------------------------------------------------------------------ retries --- */
-
-int64_t tly_influx_backoff_ms(int attempt, int64_t initial_ms, int64_t max_ms)
-{
-    int64_t delay = initial_ms > 0 ? initial_ms : 0;
-    for (int i = 1; i < attempt && delay < max_ms; i++)
-        delay = delay > INT64_MAX / 2 ? INT64_MAX : delay * 2;
-    return delay < max_ms ? delay : max_ms;
 }

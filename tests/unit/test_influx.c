@@ -1,12 +1,17 @@
 /* tests/unit/test_influx.c - the InfluxDB ingest's parts that need no server:
  * InfluxQL statements and request targets, answer parsing, the latest value
- * per (VIN, sensor) and its records, resource maps, the retry schedule and
- * the checkpoint file. */
+ * per (VIN, sensor) and its records, resource maps, the retry schedule, the
+ * checkpoint file, and of the ingest cycle (ingest.h) the range of the next
+ * cycle, the fold of an answer into latest-per-VIN, and what its open
+ * refuses before it talks to Kafka. */
 #include "tly_test.h"
 
 #include "checkpoint.h"
 #include "influx.h"
+#include "influxql.h"
+#include "ingest.h"
 #include "latest.h"
+#include "resource_map.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -314,11 +319,11 @@ static void test_backoff(void)
     /* 1 s doubling to a 30 s cap: 1, 2, 4, 8, 16, 30, 30, ... */
     static const int64_t expected[] = {1000, 2000, 4000, 8000, 16000, 30000, 30000};
     for (int attempt = 1; attempt <= 7; attempt++)
-        CHECK_INT(tly_influx_backoff_ms(attempt, 1000, 30000), expected[attempt - 1]);
-    CHECK_INT(tly_influx_backoff_ms(1000, 1000, 30000), 30000); /* no overflow */
-    CHECK_INT(tly_influx_backoff_ms(62, INT64_MAX / 3, INT64_MAX), INT64_MAX);
-    CHECK_INT(tly_influx_backoff_ms(3, 250, 600), 600);
-    CHECK_INT(tly_influx_backoff_ms(1, 5000, 2000), 2000); /* the cap wins */
+        CHECK_INT(tly_influx_ingest_backoff_ms(attempt, 1000, 30000), expected[attempt - 1]);
+    CHECK_INT(tly_influx_ingest_backoff_ms(1000, 1000, 30000), 30000); /* no overflow */
+    CHECK_INT(tly_influx_ingest_backoff_ms(62, INT64_MAX / 3, INT64_MAX), INT64_MAX);
+    CHECK_INT(tly_influx_ingest_backoff_ms(3, 250, 600), 600);
+    CHECK_INT(tly_influx_ingest_backoff_ms(1, 5000, 2000), 2000); /* the cap wins */
 end:;
 }
 
@@ -360,6 +365,193 @@ static void test_checkpoint(void)
     CHECK_INT(tly_checkpoint_write(path, 1, err, sizeof(err)), -1);
     CHECK(strstr(err, "cannot create") != NULL);
 end:;
+}
+
+/* ----------------------------------------------------------- ingest cycle --- */
+
+static void test_next_range(void)
+{
+    int64_t to_ms = -1, end_ms = -1;
+
+    /* Caught up: the range ends --settle before now. */
+    CHECK_INT(tly_influx_ingest_next_range(10000, 25000, 1000, 60000, &to_ms, &end_ms), 1);
+    CHECK_INT(to_ms, 24000);
+    CHECK_INT(end_ms, 24000);
+    /* Behind: at most --max-cycle-span; end_ms - to_ms is how far behind. */
+    CHECK_INT(tly_influx_ingest_next_range(0, 200000, 1000, 60000, &to_ms, &end_ms), 1);
+    CHECK_INT(to_ms, 60000);
+    CHECK_INT(end_ms, 199000);
+    /* Exactly one span to go: one whole range, and caught up. */
+    CHECK_INT(tly_influx_ingest_next_range(0, 61000, 1000, 60000, &to_ms, &end_ms), 1);
+    CHECK_INT(to_ms, 60000);
+    CHECK_INT(end_ms, 60000);
+    /* One millisecond past the settle time is a range of one millisecond. */
+    CHECK_INT(tly_influx_ingest_next_range(10000, 11001, 1000, 60000, &to_ms, &end_ms), 1);
+    CHECK_INT(to_ms, 10001);
+    /* Nothing yet: within the settle time, or a clock that stepped back. */
+    CHECK_INT(tly_influx_ingest_next_range(10000, 11000, 1000, 60000, &to_ms, &end_ms), 0);
+    CHECK_INT(tly_influx_ingest_next_range(10000, 10500, 1000, 60000, &to_ms, &end_ms), 0);
+    CHECK_INT(tly_influx_ingest_next_range(10000, 5000, 0, 60000, &to_ms, &end_ms), 0);
+end:;
+}
+
+static char fold_error[512];
+
+/* tly_influx_ingest_fold of a NUL-terminated answer, with the counts written
+ * as "R read, S skipped" into counts_text (its error into fold_error).
+ * Returns the fold's result. */
+static int fold(tly_latest *latest, const tly_influx_map *map, const char *pod,
+                const char *device_tag, const char *answer, char counts_text[64])
+{
+    tly_influx_fold_counts counts = {99, 99}; /* a failed fold must clear them */
+    int rc = tly_influx_ingest_fold(latest, map, pod, device_tag, answer, strlen(answer), &counts,
+                                    fold_error, sizeof(fold_error));
+    snprintf(counts_text, 64, "%" PRId64 " read, %" PRId64 " skipped", counts.readings,
+             counts.skipped);
+    return rc;
+}
+
+/* The record of vehicle i of latest with produced_at 0, or "" (for CHECK_STR). */
+static const char *record_of(tly_latest *latest, size_t i, char *buf, size_t buflen)
+{
+    size_t len;
+    char *record = tly_latest_record(latest, i, 0, &len);
+    snprintf(buf, buflen, "%s", record ? record : "");
+    free(record);
+    return buf;
+}
+
+static void test_fold(void)
+{
+    /* V1 in two rows (rpm twice: the newer wins), then readings without a
+     * VIN: an empty tag and no tags at all. */
+    static const char answer[] =
+        "{\"results\":[{\"statement_id\":0,\"series\":["
+        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"V1\"},\"columns\":[\"time\",\"rpm\","
+        "\"speed\"],\"values\":[[2000,3000,null],[1000,2500,12.5]]},"
+        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"\"},\"columns\":[\"time\",\"speed\"],"
+        "\"values\":[[5,1]]},"
+        "{\"name\":\"telemetry\",\"columns\":[\"time\",\"speed\"],\"values\":[[6,2]]}"
+        "]}]}\n";
+    /* V2's reading, then a series InfluxDB cut short. */
+    static const char partial[] =
+        "{\"results\":[{\"statement_id\":0,\"series\":["
+        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"V2\"},\"columns\":[\"time\",\"speed\"],"
+        "\"values\":[[7,70]]},"
+        "{\"name\":\"telemetry\",\"tags\":{\"vin\":\"V3\"},\"partial\":true,"
+        "\"columns\":[\"time\",\"speed\"],\"values\":[[8,80]]}"
+        "]}]}\n";
+    tly_latest *latest = tly_latest_new();
+    char counts[64], record[256];
+
+    CHECK(latest);
+    CHECK_INT(fold(latest, NULL, "pod-a", "vin", answer, counts), 0);
+    CHECK_STR(counts, "3 read, 2 skipped");
+    CHECK_INT(tly_latest_count(latest), 1);
+    CHECK_STR(record_of(latest, 0, record, sizeof(record)),
+              "{\"data\":{\"id\":\"V1\",\"rpm\":3000,\"speed\":12.5},\"received_at\":2000,"
+              "\"produced_at\":0}");
+
+    /* A failed answer counts nothing; what it added before the failure stays
+     * (reading the range again adds the same again). */
+    CHECK_INT(fold(latest, NULL, "pod-a", "vin", partial, counts), -1);
+    CHECK_MSG(strstr(fold_error, "partial answer") != NULL, "%s", fold_error);
+    CHECK_STR(counts, "0 read, 0 skipped");
+    CHECK_INT(tly_latest_count(latest), 2);
+    CHECK_STR(tly_latest_vin(latest, 1), "V2");
+end:
+    tly_latest_free(latest);
+}
+
+static void test_fold_map(void)
+{
+    /* dev-1, a device the map lacks, then dev-1 again: each series's device
+     * is looked up anew, in the answer's pod. */
+    static const char answer[] =
+        "{\"results\":[{\"statement_id\":0,\"series\":["
+        "{\"name\":\"telemetry\",\"tags\":{\"device\":\"dev-1\"},\"columns\":[\"time\",\"speed\"],"
+        "\"values\":[[10,1]]},"
+        "{\"name\":\"telemetry\",\"tags\":{\"device\":\"dev-9\"},\"columns\":[\"time\",\"speed\"],"
+        "\"values\":[[11,2],[12,3]]},"
+        "{\"name\":\"telemetry\",\"tags\":{\"device\":\"dev-1\"},\"columns\":[\"time\",\"rpm\"],"
+        "\"values\":[[13,4]]}"
+        "]}]}\n";
+    const char *dir = tly_test_dir();
+    tly_influx_map *map = NULL;
+    tly_latest *latest = tly_latest_new();
+    char path[256], err[512], counts[64], record[256];
+
+    snprintf(path, sizeof(path), "%s/map.txt", dir);
+    CHECK_INT(write_file(path, "pod-a dev-1 VIN-A1\npod-b dev-1 VIN-B1\n"), 0);
+    CHECK_INT(tly_influx_map_load(path, &map, err, sizeof(err)), 0);
+    CHECK(latest);
+    CHECK_INT(fold(latest, map, "pod-a", "device", answer, counts), 0);
+    CHECK_STR(counts, "2 read, 2 skipped");
+    CHECK_INT(tly_latest_count(latest), 1);
+    CHECK_STR(record_of(latest, 0, record, sizeof(record)),
+              "{\"data\":{\"id\":\"VIN-A1\",\"rpm\":4,\"speed\":1},\"received_at\":13,"
+              "\"produced_at\":0}");
+    /* The same device id in another pod is another vehicle. */
+    CHECK_INT(fold(latest, map, "pod-b", "device", answer, counts), 0);
+    CHECK_STR(counts, "2 read, 2 skipped");
+    CHECK_INT(tly_latest_count(latest), 2);
+    CHECK_STR(tly_latest_vin(latest, 1), "VIN-B1");
+    /* A pod the map does not know: every reading is skipped. */
+    CHECK_INT(fold(latest, map, "pod-c", "device", answer, counts), 0);
+    CHECK_STR(counts, "0 read, 4 skipped");
+    CHECK_INT(tly_latest_count(latest), 2);
+end:
+    tly_latest_free(latest);
+    tly_influx_map_free(map);
+}
+
+/* What open refuses before it reads anything or talks to Kafka: settings
+ * that cannot work (TLY_INFLUX_INGEST_BAD_CONFIG, the CLI's exit 2) apart
+ * from a checkpoint that cannot be read (-1, exit 1). */
+static void test_ingest_open_refuses(void)
+{
+    static volatile sig_atomic_t stop;
+    const char *dir = tly_test_dir();
+    char long_pod[5000], path[256], err[512];
+    const char *pods[] = {"pod-a", long_pod};
+    tly_influx_ingest *ingest = NULL;
+    tly_influx_ingest_config config = {
+        .influx = {.url = "http://127.0.0.1:1", .database = "db"},
+        .model = model,
+        .pods = pods,
+        .pod_count = 1,
+        /* Never reached: every case below fails before Kafka. */
+        .brokers = "127.0.0.1:1",
+        .topic = "t",
+        .delivery_timeout_ms = 1000,
+        .retry_attempts = 1,
+        .stop = &stop,
+    };
+
+    memset(long_pod, 'p', sizeof(long_pod) - 1);
+    long_pod[sizeof(long_pod) - 1] = '\0';
+    config.pod_count = 2;
+    CHECK_INT(tly_influx_ingest_open(&config, &ingest, err, sizeof(err)),
+              TLY_INFLUX_INGEST_BAD_CONFIG);
+    CHECK_MSG(strstr(err, "is longer than 4096 bytes") != NULL, "%s", err);
+    CHECK(ingest == NULL);
+
+    config.pod_count = 1;
+    config.influx.url = "https://127.0.0.1:1";
+    CHECK_INT(tly_influx_ingest_open(&config, &ingest, err, sizeof(err)),
+              TLY_INFLUX_INGEST_BAD_CONFIG);
+    CHECK_MSG(strstr(err, "only http://") != NULL, "%s", err);
+
+    config.influx.url = "http://127.0.0.1:1";
+    snprintf(path, sizeof(path), "%s/influx.checkpoint", dir);
+    CHECK_INT(write_file(path, "tally-checkpoint 1 end_ms=oops\n"), 0);
+    config.checkpoint_path = path;
+    CHECK_INT(tly_influx_ingest_open(&config, &ingest, err, sizeof(err)), -1);
+    CHECK_MSG(strstr(err, path) != NULL, "%s", err);
+    CHECK(ingest == NULL);
+end:
+    tly_influx_ingest_free(ingest);
+    tly_influx_ingest_free(NULL);
 }
 
 /* ---------------------------------------------------------------- client --- */
@@ -427,6 +619,10 @@ int main(void)
     RUN(test_resource_map);
     RUN(test_backoff);
     RUN(test_checkpoint);
+    RUN(test_next_range);
+    RUN(test_fold);
+    RUN(test_fold_map);
+    RUN(test_ingest_open_refuses);
     RUN(test_open_options);
     RUN(test_query_refused);
     return tly_test_finish();
