@@ -6,6 +6,7 @@
  * Bare values that are plain decimal numbers become JSON numbers, everything
  * else a string. */
 #include "log.h"
+#include "clock.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -145,7 +146,8 @@ const char *tly_log_quote(const char *value, char *buf, size_t buflen)
 
 void tly_log(const char *level, const char *event, const char *fmt, ...)
 {
-    struct timespec ts;
+    int64_t now;
+    time_t seconds;
     struct tm tm;
     char stamp[32], line[2048];
     int n;
@@ -153,8 +155,9 @@ void tly_log(const char *level, const char *event, const char *fmt, ...)
 
     if (level_index(level) < min_level)
         return;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    now = tly_clock_wall_ms();
+    seconds = (time_t)(now / 1000);
+    gmtime_r(&seconds, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
     if (json_format) {
         char *text = NULL;
@@ -167,7 +170,7 @@ void tly_log(const char *level, const char *event, const char *fmt, ...)
          * never interleave. */
         if (!(out = open_memstream(&text, &len)))
             return;
-        fprintf(out, "{\"ts\":\"%s.%03ldZ\",\"level\":", stamp, ts.tv_nsec / 1000000);
+        fprintf(out, "{\"ts\":\"%s.%03ldZ\",\"level\":", stamp, (long)(now % 1000));
         json_string(out, level, strlen(level));
         fputs(",\"event\":", out);
         json_string(out, event, strlen(event));
@@ -179,7 +182,7 @@ void tly_log(const char *level, const char *event, const char *fmt, ...)
         return;
     }
     n = snprintf(line, sizeof(line), "ts=%s.%03ldZ level=%s event=%s ", stamp,
-                 ts.tv_nsec / 1000000, level, event);
+                 (long)(now % 1000), level, event);
     if (n > 0 && (size_t)n < sizeof(line)) {
         va_start(ap, fmt);
         vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);

@@ -123,16 +123,16 @@ static int move_aside(const char *db_path, tly_recovery_report *rep, char *errbu
 {
     static const char *const suffixes[] = {"", "-wal", "-shm"};
     char stamp[32];
-    struct timespec ts;
+    int64_t now = tly_clock_wall_ms();
+    time_t seconds = (time_t)(now / 1000);
     struct tm tm;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    gmtime_r(&seconds, &tm);
     strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
     /* rename() replaces its target: never onto an earlier failed copy. */
     for (int n = 0;; n++) {
         snprintf(rep->moved_aside, sizeof(rep->moved_aside), "%s.failed-%s%03ldZ%s%.0d", db_path,
-                 stamp, ts.tv_nsec / 1000000, n ? "-" : "", n);
+                 stamp, (long)(now % 1000), n ? "-" : "", n);
         if (!file_exists(rep->moved_aside))
             break;
     }
@@ -506,7 +506,7 @@ static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_re
         tly_store_meta_set_int(store, "recovery.ttr_ms", rep->ttr_ms) < 0 ||
         tly_store_meta_set_int(store, "recovery.records_replayed", rep->records_replayed) < 0 ||
         tly_store_meta_set_int(store, "recovery.bytes_replayed", rep->bytes_replayed) < 0 ||
-        tly_store_meta_set_int(store, "recovery.at_ms", (int64_t)time(NULL) * 1000) < 0 ||
+        tly_store_meta_set_int(store, "recovery.at_ms", tly_clock_wall_ms()) < 0 ||
         tly_store_meta_add_int(store, "recovery.count", 1) < 0)
         goto failed;
     for (int i = 0; positions && i < positions->cnt; i++) {
