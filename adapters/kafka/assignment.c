@@ -156,7 +156,8 @@ static take_result take_partitions(struct runner *r, rd_kafka_topic_partition_li
 {
     tly_partition_take *takes = calloc((size_t)committed->cnt + 1, sizeof(*takes));
     take_result result = TAKE_FAILED;
-    int n = 0, taken = 0;
+    tly_take_result taken = TLY_TAKE_DONE;
+    int n = 0;
     char err[1024];
 
     if (!takes)
@@ -169,11 +170,11 @@ static take_result take_partitions(struct runner *r, rd_kafka_topic_partition_li
     }
     if (n > 0 &&
         (taken = tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n, err,
-                                   sizeof(err))) < 0) {
+                                   sizeof(err))) == TLY_TAKE_FAILED) {
         tly_error(errbuf, errlen, "cannot take over the assigned partitions: %s", err);
         goto done;
     }
-    if (taken == 1) { /* a changelog partition has a transaction open: later */
+    if (taken == TLY_TAKE_WAIT) { /* a changelog partition has a transaction open: later */
         result = TAKE_WAIT;
         goto done;
     }

@@ -459,11 +459,11 @@ enum batch_result runner_process_batch(struct runner *r, char *errbuf, size_t er
 }
 
 /* Between batches, a Kafka transaction of its own around fill(): the snapshot
- * manifest, a log_compacted flush. fill returns 0, or -1 with why. Returns 1
- * when committed, 0 when aborted (the caller retries later), -1 on a fatal
- * error (errbuf). A failed fill or commit is also logged as error_event when
- * that is not NULL. */
-int runner_own_transaction(struct runner *r, const char *what, const char *error_event,
+ * manifest, a log_compacted flush. fill returns 0, or -1 with why. Returns
+ * BATCH_COMMITTED, BATCH_ABORTED (the caller retries later) or BATCH_FATAL
+ * (errbuf). A failed fill or commit is also logged as error_event when that
+ * is not NULL. */
+enum batch_result runner_own_transaction(struct runner *r, const char *what, const char *error_event,
                            int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
                            void *ctx, char *errbuf, size_t errlen)
 {
@@ -486,9 +486,9 @@ int runner_own_transaction(struct runner *r, const char *what, const char *error
         snprintf(step, sizeof(step), "commit_transaction (%s)", what);
         txn_failed(&b, step, error);
     } else {
-        return 1;
+        return BATCH_COMMITTED;
     }
-    return batch_fail(r, &b, errbuf, errlen) == BATCH_FATAL ? -1 : 0;
+    return batch_fail(r, &b, errbuf, errlen);
 }
 
 int runner_collect(struct runner *r, char *errbuf, size_t errlen)

@@ -252,10 +252,12 @@ int runner_flush_outputs(struct runner *r, const char *event, char *errbuf, size
     struct flush_ctx f = {{r, r->topics.output.name, 0, 0}, tly_store_last_seq(r->store)};
     int64_t started = tly_clock_mono_ms();
     char err[512];
-    int rc;
 
-    if ((rc = runner_own_transaction(r, "flush", "flush_error", fill_flush, &f, errbuf, errlen)) <= 0)
-        return rc;
+    switch (runner_own_transaction(r, "flush", "flush_error", fill_flush, &f, errbuf, errlen)) {
+    case BATCH_FATAL: return -1;
+    case BATCH_ABORTED: return 0; /* the next flush covers it */
+    case BATCH_COMMITTED: break;
+    }
     if (f.produced.count > 0)
         runner_crash_point(r, "after_flush");
     if (forget_pending(r, f.upto, err, sizeof(err)) < 0)

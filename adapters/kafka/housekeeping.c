@@ -135,7 +135,6 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
     tly_snapshot_manifest *m = &job->manifest;
     char manifest[8192];
     int64_t publishing = tly_clock_mono_ms();
-    int rc;
 
     pthread_join(job->thread, NULL);
     job->running = false;
@@ -148,8 +147,12 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
         tly_log("error", "snapshot_error", "error=\"manifest of %s is too large\"", m->path);
         return 0;
     }
-    if ((rc = runner_own_transaction(r, "snapshot manifest", NULL, fill_manifest, manifest, errbuf, errlen)) <= 0)
-        return rc;
+    switch (runner_own_transaction(r, "snapshot manifest", NULL, fill_manifest, manifest, errbuf,
+                                   errlen)) {
+    case BATCH_FATAL: return -1;
+    case BATCH_ABORTED: return 0; /* the snapshot stays; the next one is published */
+    case BATCH_COMMITTED: break;
+    }
     r->snapshots++;
     r->snapshot_seq = m->last_seq;
     tly_metrics_add(r->metrics, TLY_C_SNAPSHOTS, 1);

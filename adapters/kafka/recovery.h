@@ -125,10 +125,12 @@ typedef struct tly_partition_take {
  * each, or from the newest snapshot in cfg->snapshot_dir (any instance's)
  * that holds it further along, replays changelog partition p to its end,
  * read_committed, and records each in the partitions table. Uses its own
- * connection. Without cfg->brokers only the snapshots are used. Returns 0,
- * 1 when a changelog partition still has a transaction open (nothing is
- * changed: try again later), or -1 with errbuf. */
-int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
+ * connection. Without cfg->brokers only the snapshots are used. Returns
+ * TLY_TAKE_DONE, TLY_TAKE_WAIT when a changelog partition still has a
+ * transaction open (nothing is changed: try again later), or TLY_TAKE_FAILED
+ * with errbuf. */
+typedef enum { TLY_TAKE_DONE = 0, TLY_TAKE_WAIT = 1, TLY_TAKE_FAILED = -1 } tly_take_result;
+tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
                       int count, char *errbuf, size_t errlen);
 
 /* Deletes input partition p's rows, positions, counters and partitions row

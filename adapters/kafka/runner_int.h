@@ -104,8 +104,9 @@ void runner_release_collected(struct runner *r);
 int runner_rewind_collected(struct runner *r, const rd_kafka_message_t *extra, char *errbuf,
                             size_t errlen);
 enum batch_result runner_process_batch(struct runner *r, char *errbuf, size_t errlen);
-int runner_own_transaction(struct runner *r, const char *what, const char *error_event,
-                           int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
+enum batch_result runner_own_transaction(struct runner *r, const char *what,
+                                         const char *error_event,
+                                         int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
                            void *ctx, char *errbuf, size_t errlen);
 void runner_crash_point(struct runner *r, const char *step);
 

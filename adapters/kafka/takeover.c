@@ -230,7 +230,7 @@ static int record_takes(tly_store *store, tly_partition_take *takes, int count,
     return rc;
 }
 
-int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
+tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
                       int count, char *errbuf, size_t errlen)
 {
     tly_replayer *replayer = NULL;
@@ -241,7 +241,8 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     unsigned char only[TLY_MAX_PARTITIONS] = {0};
     struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, records};
     int64_t started = tly_clock_mono_ms();
-    int rc = -1, read;
+    tly_take_result rc = TLY_TAKE_FAILED;
+    int read;
     tly_store *store;
 
     if (!rep || !after || !offsets || !records) {
@@ -259,7 +260,7 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
             if (settled == 0)
                 tly_log("debug", "changelog_transaction_open", "topic=%s partition=%d",
                         cfg->topics->changelog.name, open);
-            rc = settled < 0 ? -1 : 1;
+            rc = settled < 0 ? TLY_TAKE_FAILED : TLY_TAKE_WAIT;
             goto done;
         }
     }
@@ -285,7 +286,7 @@ int tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_pa
     }
     if (record_takes(store, takes, count, records, started, errbuf, errlen) < 0)
         goto done;
-    rc = 0;
+    rc = TLY_TAKE_DONE;
 done:
     tly_replayer_close(replayer);
     free(rep);

@@ -470,7 +470,7 @@ static void test_partitions_take_from_snapshot(void)
     cfg.snapshot_dir = snaps;
     cfg.changelog = 1;
     flip_bytes(newer.path, page_size_of(newer.path) * 2 + 100);
-    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == TLY_TAKE_DONE, "%s", err);
     CHECK_STR(take.source, "snapshot");
     CHECK_STR(take.snapshot_id, older.snapshot_id);
     CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"), 30);
@@ -485,7 +485,7 @@ static void test_partitions_take_from_snapshot(void)
     CHECK_INT(tly_test_scalar(b, NULL, "SELECT count(*) FROM partitions WHERE part = 1 AND source = 'snapshot'"), 1);
     /* again: b now holds partition 1 as far as any good snapshot does */
     take.source = NULL;
-    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == TLY_TAKE_DONE, "%s", err);
     CHECK_STR(take.source, "local");
     CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"), 30);
 end:
