@@ -2,7 +2,6 @@
 #include "http.h"
 
 #include "error.h"
-#include "http_page.h"
 #include "query.h"
 
 #include <arpa/inet.h>
@@ -21,6 +20,22 @@
 #include <sys/socket.h>
 
 #define MAX_SQL_BYTES 65536
+
+/* The live page served at GET /: adapters/http/page.html, compiled in by
+ * cmake/embed_file.cmake as a NUL-terminated string.
+ *
+ * One self-contained HTML document, no external resources: it polls /metrics
+ * every second and draws three charts on canvases (events applied per second,
+ * consumer lag, end-to-end latency p50/p95 from the histogram's deltas), and
+ * shows the most recently changed rows of the pipeline's view through /query.
+ * A token given as #token=... in the address is sent as a bearer token.
+ * #status shows the last error of /metrics and the last of /query, each until
+ * that endpoint answers again (a successful scrape does not hide a failing
+ * /query).
+ * After each draw a canvas carries data-points="N" (how many samples it
+ * shows), which the headless-browser test reads. serve_page writes the
+ * pipeline's name into its <body> tag. */
+extern const char tly_http_page[];
 
 struct tly_http {
     struct event_base *base;

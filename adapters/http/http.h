@@ -34,7 +34,20 @@ typedef struct tly_http_config {
     tly_metrics *metrics;      /* borrowed; must outlive the server */
 } tly_http_config;
 
-/* Parses "HOST:PORT" (HOST may be empty for 127.0.0.1). Returns 0 or -1. */
+/* Parses an --http address, "HOST:PORT", without resolving anything.
+ *
+ * The address is split at its last ':'. PORT is a decimal number from 0 to
+ * 65535, as strtol reads it (0: any free port, which tly_http_port reports
+ * for an IPv4 address).
+ * HOST is the text before the colon, copied as it is; an empty HOST
+ * (":9464") means 127.0.0.1. So an IPv6 address is written without brackets,
+ * "::1:9464"; a bracketed "[::1]:9464" keeps its brackets in HOST, which the
+ * server then cannot bind.
+ *
+ * Returns 0 with HOST NUL-terminated in host (hostlen >= 10, room for
+ * "127.0.0.1") and PORT in *port. Returns -1, leaving host and *port alone,
+ * when there is no colon, PORT is empty, not a number or out of range, or
+ * HOST does not fit in hostlen. */
 int tly_http_parse_listen(const char *listen, char *host, size_t hostlen, int *port);
 
 /* Binds and starts serving on a thread of its own. Returns 0 and *out, or -1

@@ -391,11 +391,11 @@ end:
     tly_store_close(store);
 }
 
-int main(void)
-{
-    RUN(test_export_replay_roundtrip);
-    RUN(test_since_and_gaps);
-    RUN(test_damaged_lines);
-    RUN(test_replay_restores_positions);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"export_replay_roundtrip", test_export_replay_roundtrip},
+    {"since_and_gaps", test_since_and_gaps},
+    {"damaged_lines", test_damaged_lines},
+    {"replay_restores_positions", test_replay_restores_positions},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

@@ -75,11 +75,11 @@ static void test_format(void)
 end:;
 }
 
-int main(void)
-{
-    RUN(test_parse_exact);
-    RUN(test_parse_rejects);
-    RUN(test_money_is_exact);
-    RUN(test_format);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"parse_exact", test_parse_exact},
+    {"parse_rejects", test_parse_rejects},
+    {"money_is_exact", test_money_is_exact},
+    {"format", test_format},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

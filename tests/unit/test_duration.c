@@ -34,9 +34,9 @@ static void test_rejects(void)
 end:;
 }
 
-int main(void)
-{
-    RUN(test_accepts);
-    RUN(test_rejects);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"accepts", test_accepts},
+    {"rejects", test_rejects},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

@@ -219,12 +219,12 @@ static void test_check_unreachable(void)
 end:;
 }
 
-int main(void)
-{
-    RUN(test_file_then_flags);
-    RUN(test_refused);
-    RUN(test_environment);
-    RUN(test_secrets);
-    RUN(test_check_unreachable);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"file_then_flags", test_file_then_flags},
+    {"refused", test_refused},
+    {"environment", test_environment},
+    {"secrets", test_secrets},
+    {"check_unreachable", test_check_unreachable},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

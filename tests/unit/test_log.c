@@ -100,10 +100,10 @@ end:
     return;
 }
 
-int main(void)
-{
-    RUN(test_logfmt);
-    RUN(test_json);
-    RUN(test_bad_settings);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"logfmt", test_logfmt},
+    {"json", test_json},
+    {"bad_settings", test_bad_settings},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

@@ -139,17 +139,17 @@ end:
     tly_ownership_free(o);
 }
 
-int main(void)
-{
-    RUN(test_assigned);
-    RUN(test_assigned_wait);
-    RUN(test_taken);
-    RUN(test_revoked);
-    RUN(test_kept);
-    RUN(test_consumer_restart);
-    RUN(test_restored);
-    RUN(test_not_assigned);
-    RUN(test_invalid_refused);
-    RUN(test_counts_and_oldest);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"assigned", test_assigned},
+    {"assigned_wait", test_assigned_wait},
+    {"taken", test_taken},
+    {"revoked", test_revoked},
+    {"kept", test_kept},
+    {"consumer_restart", test_consumer_restart},
+    {"restored", test_restored},
+    {"not_assigned", test_not_assigned},
+    {"invalid_refused", test_invalid_refused},
+    {"counts_and_oldest", test_counts_and_oldest},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

@@ -69,6 +69,11 @@ static void test_meta_keys(void)
     CHECK_STR(key, "pipeline.orders.events_late");
     tly_meta_glob_partition_counters(12, key, sizeof(key));
     CHECK_STR(key, "pipeline.*.p12.events_*");
+    /* a short buffer gets a NUL-terminated beginning, never an overrun */
+    memset(key, 'Z', sizeof(key));
+    tly_meta_key_position(TLY_META_INPUT, "orders", 7, key, 8);
+    CHECK_STR(key, "kafka.i");
+    CHECK(key[8] == 'Z');
 end:;
 }
 
@@ -228,12 +233,12 @@ end:
     tly_store_close(store);
 }
 
-int main(void)
-{
-    RUN(test_meta_keys);
-    RUN(test_positions_and_history);
-    RUN(test_forget_and_present);
-    RUN(test_adopt);
-    RUN(test_prune_and_snapshots);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"meta_keys", test_meta_keys},
+    {"positions_and_history", test_positions_and_history},
+    {"forget_and_present", test_forget_and_present},
+    {"adopt", test_adopt},
+    {"prune_and_snapshots", test_prune_and_snapshots},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

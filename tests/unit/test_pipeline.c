@@ -677,17 +677,17 @@ end:
     tly_store_close(store);
 }
 
-int main(void)
-{
-    RUN(test_orders_money_is_exact);
-    RUN(test_flush_and_windows);
-    RUN(test_orders_windows);
-    RUN(test_orders_coalesce_per_batch);
-    RUN(test_orders_malformed);
-    RUN(test_telemetry_latest_wins);
-    RUN(test_user_pipeline_and_isolation);
-    RUN(test_bad_pipeline_files);
-    RUN(test_reader_sees_consistent_state);
-    RUN(test_emit_outputs);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"orders_money_is_exact", test_orders_money_is_exact},
+    {"flush_and_windows", test_flush_and_windows},
+    {"orders_windows", test_orders_windows},
+    {"orders_coalesce_per_batch", test_orders_coalesce_per_batch},
+    {"orders_malformed", test_orders_malformed},
+    {"telemetry_latest_wins", test_telemetry_latest_wins},
+    {"user_pipeline_and_isolation", test_user_pipeline_and_isolation},
+    {"bad_pipeline_files", test_bad_pipeline_files},
+    {"reader_sees_consistent_state", test_reader_sees_consistent_state},
+    {"emit_outputs", test_emit_outputs},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

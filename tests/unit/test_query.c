@@ -230,11 +230,11 @@ end:
     tly_store_close(store);
 }
 
-int main(void)
-{
-    RUN(test_select);
-    RUN(test_hostile_statements_change_nothing);
-    RUN(test_runaway_query_is_interrupted);
-    RUN(test_reads_while_writer_is_open);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"select", test_select},
+    {"hostile_statements_change_nothing", test_hostile_statements_change_nothing},
+    {"runaway_query_is_interrupted", test_runaway_query_is_interrupted},
+    {"reads_while_writer_is_open", test_reads_while_writer_is_open},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

@@ -492,17 +492,17 @@ end:
     return;
 }
 
-int main(void)
-{
-    RUN(test_intact);
-    RUN(test_missing_newest_corrupt);
-    RUN(test_failed_database_table_manifests);
-    RUN(test_other_database_ignored);
-    RUN(test_refuses_empty);
-    RUN(test_dry_run_changes_nothing);
-    RUN(test_keep_after_restore);
-    RUN(test_busy_is_not_damaged);
-    RUN(test_partitions_drop);
-    RUN(test_partitions_take_from_snapshot);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"intact", test_intact},
+    {"missing_newest_corrupt", test_missing_newest_corrupt},
+    {"failed_database_table_manifests", test_failed_database_table_manifests},
+    {"other_database_ignored", test_other_database_ignored},
+    {"refuses_empty", test_refuses_empty},
+    {"dry_run_changes_nothing", test_dry_run_changes_nothing},
+    {"keep_after_restore", test_keep_after_restore},
+    {"busy_is_not_damaged", test_busy_is_not_damaged},
+    {"partitions_drop", test_partitions_drop},
+    {"partitions_take_from_snapshot", test_partitions_take_from_snapshot},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

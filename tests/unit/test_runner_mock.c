@@ -268,11 +268,14 @@ end:
     fixture_close(&f);
 }
 
-int main(void)
+static const tly_testcase cases[] = {
+    {"abortable_error_aborts_and_rewinds", test_abortable_error_aborts_and_rewinds},
+    {"fatal_error_stops_with_nothing_applied", test_fatal_error_stops_with_nothing_applied},
+    {"partition_moves_and_comes_back", test_partition_moves_and_comes_back},
+    {NULL, NULL}};
+
+int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
-    RUN(test_abortable_error_aborts_and_rewinds);
-    RUN(test_fatal_error_stops_with_nothing_applied);
-    RUN(test_partition_moves_and_comes_back);
-    return tly_test_finish();
+    return tly_test_main(argc, argv, cases);
 }

@@ -240,10 +240,10 @@ static void test_keeps_the_newest(void)
 end:;
 }
 
-int main(void)
-{
-    RUN(test_snapshot_under_writes_is_exact);
-    RUN(test_corruption_is_detected);
-    RUN(test_keeps_the_newest);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"snapshot_under_writes_is_exact", test_snapshot_under_writes_is_exact},
+    {"corruption_is_detected", test_corruption_is_detected},
+    {"keeps_the_newest", test_keeps_the_newest},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

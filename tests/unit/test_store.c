@@ -167,13 +167,13 @@ end:
     tly_store_close(store);
 }
 
-int main(void)
-{
-    RUN(test_open_creates_wal_database);
-    RUN(test_synchronous_option);
-    RUN(test_refuses_newer_schema);
-    RUN(test_refuses_non_database);
-    RUN(test_migrates_older_schema);
-    RUN(test_meta);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"open_creates_wal_database", test_open_creates_wal_database},
+    {"synchronous_option", test_synchronous_option},
+    {"refuses_newer_schema", test_refuses_newer_schema},
+    {"refuses_non_database", test_refuses_non_database},
+    {"migrates_older_schema", test_migrates_older_schema},
+    {"meta", test_meta},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }

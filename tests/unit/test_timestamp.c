@@ -122,11 +122,11 @@ static void test_length_bound(void)
 end:;
 }
 
-int main(void)
-{
-    RUN(test_epoch);
-    RUN(test_rfc3339);
-    RUN(test_rejects);
-    RUN(test_length_bound);
-    return tly_test_finish();
-}
+static const tly_testcase cases[] = {
+    {"epoch", test_epoch},
+    {"rfc3339", test_rfc3339},
+    {"rejects", test_rejects},
+    {"length_bound", test_length_bound},
+    {NULL, NULL}};
+
+int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
