@@ -79,7 +79,8 @@ int tly_pack_add(tly_pack *p, const char *key, size_t key_len, const char *value
     if (p->count == 0) {
         if (reserve(&p->key, &p->key_cap, key_len + 1) < 0)
             return -1;
-        memcpy(p->key, key, key_len);
+        if (key_len > 0) /* a NULL column is a NULL key of length 0 */
+            memcpy(p->key, key, key_len);
         p->key[key_len] = '\0';
         p->key_len = key_len;
     }
@@ -87,7 +88,8 @@ int tly_pack_add(tly_pack *p, const char *key, size_t key_len, const char *value
     if (reserve(&p->value, &p->value_cap, p->value_len + value_len + 2) < 0)
         return -1;
     p->value[p->value_len++] = p->count == 0 ? '[' : ',';
-    memcpy(p->value + p->value_len, value, value_len);
+    if (value_len > 0)
+        memcpy(p->value + p->value_len, value, value_len);
     p->value_len += value_len;
     if (++p->count == p->batch_size)
         return send_open(p);
