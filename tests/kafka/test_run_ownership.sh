@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# test_run_ownership.sh - the two partition ownership transitions the other
+# Kafka tests do not reach on their own (adapters/kafka/ownership.h):
+#
+#   not_assigned       a starts alone on a 4-partition input and consumes it
+#                      all; then a and b start together, b with a copy of
+#                      a's state directory. Each starts with the rows of all
+#                      four partitions (STANDBY), is assigned two and takes
+#                      them over locally; once the assignment has been left
+#                      alone for 15 s each drops the rows of the two it was
+#                      not assigned (event=partition_dropped
+#                      reason=not_assigned), and the two databases then hold
+#                      disjoint partitions whose rows add up to every order.
+#   consumer_restart   x and y share a 1-partition input; y, with the
+#                      watchdog shortened to 3 s (TALLY_WATCHDOG_MS), holds no
+#                      partition and replaces its consumer (event=
+#                      consumer_restart) while the cluster answers. When x
+#                      stops, y's replaced consumer is assigned the partition,
+#                      takes it over and counts what x counted plus what comes
+#                      after, exactly.
+# shellcheck source-path=SCRIPTDIR source=lib_run.sh
+source "$(dirname "$0")/lib_run.sh"
+
+N=2000
+STORES=12
+SESSION=6s
+
+DB() { echo "$WORK/state-$1/orders.db"; }
+LOG() { echo "$WORK/$1.log"; }
+orders_in() { sqlval "$1" 'SELECT coalesce(sum(count), 0) FROM order_window_state'; }
+# rows of partitions the database does not hold
+foreign_rows() { sqlval "$1" 'SELECT count(*) FROM order_window_state WHERE part NOT IN (SELECT part FROM partitions)'; }
+
+# ---- not_assigned: the standby rows of partitions assigned elsewhere -------
+IN=$(name in)
+PREFIX=$(name p)
+GROUP=$(name g)
+COMMON=(--input-topic "$IN" --output-topic "$(name out)" --topic-prefix "$PREFIX" --group-id "$GROUP"
+    --snapshot-interval 0 --session-timeout "$SESSION" --commit-interval-ms 50)
+create_topic "$IN" 4
+gen_orders_by_store "$N" 4242 1 "$STORES" "$WORK/orders.tsv" >"$WORK/orders.kv"
+produce "$IN" "$WORK/orders.kv"
+
+tally_start "$(LOG a)" "${COMMON[@]}" --instance-id "$(name a)" --state-dir "$WORK/state-a"
+A=$TALLY_PID
+wait_done "$(DB a)" "$N" "$PREFIX" 0 120 "$A"
+tally_stop "$A"
+[[ "$(sqlval "$(DB a)" 'SELECT count(DISTINCT part) FROM order_window_state')" == 4 ]] ||
+    fail "a alone should hold rows of all 4 partitions"
+ok
+cp -r "$WORK/state-a" "$WORK/state-b"
+
+STARTS_BEFORE=1
+tally_start "$(LOG a)" "${COMMON[@]}" --instance-id "$(name a)" --state-dir "$WORK/state-a"
+A=$TALLY_PID
+STARTS_BEFORE=0
+tally_start "$(LOG b)" "${COMMON[@]}" --instance-id "$(name b)" --state-dir "$WORK/state-b"
+B=$TALLY_PID
+# Each holds two partitions, together all four; then the standby rows go.
+limit=$((SECONDS + 120))
+while :; do
+    ha=$(held_partitions "$(DB a)") hb=$(held_partitions "$(DB b)")
+    fa=$(foreign_rows "$(DB a)") fb=$(foreign_rows "$(DB b)")
+    all=$(tr ',' '\n' <<<"$ha,$hb" | sort -n | tr '\n' ' ')
+    [[ "$all" == "0 1 2 3 " && "$fa" == 0 && "$fb" == 0 ]] && break
+    alive "$A" || fail "a exited; log: $(tail -n 3 "$(LOG a)")"
+    alive "$B" || fail "b exited; log: $(tail -n 3 "$(LOG b)")"
+    ((SECONDS < limit)) || fail "a [$ha] and b [$hb] did not settle with only their own rows (foreign rows: a $fa, b $fb)"
+    sleep 0.5
+done
+ok
+for x in a b; do
+    held=$(held_partitions "$(DB "$x")")
+    for p in 0 1 2 3; do
+        if [[ ",$held," == *",$p,"* ]]; then
+            line=$(grep -E "event=partition_assigned .*partition=$p( |$)" "$(LOG "$x")" | tail -n 1 || true)
+            [[ "$(log_field "$line" source)" == local ]] ||
+                fail "$x took partition $p over from its own standby rows, expected source=local: $line"
+        else
+            grep -qE "event=partition_dropped partition=$p reason=not_assigned" "$(LOG "$x")" ||
+                fail "$x does not hold partition $p but logged no partition_dropped reason=not_assigned for it"
+        fi
+    done
+done
+ok
+total=$(($(orders_in "$(DB a)") + $(orders_in "$(DB b)")))
+((total == N)) || fail "a and b count $total orders together, $N were produced"
+ok
+tally_stop "$A"
+tally_stop "$B"
+
+# ---- consumer_restart: the watchdog replaces a consumer without partitions --
+IN2=$(name in2)
+PREFIX2=$(name q)
+GROUP2=$(name h)
+COMMON2=(--input-topic "$IN2" --output-topic "$(name out2)" --topic-prefix "$PREFIX2" --group-id "$GROUP2"
+    --snapshot-interval 0 --session-timeout "$SESSION" --commit-interval-ms 50)
+create_topic "$IN2" 1
+gen_orders_by_store 500 77 1 4 "$WORK/first.tsv" >"$WORK/first.kv"
+produce "$IN2" "$WORK/first.kv"
+tally_start "$(LOG x)" "${COMMON2[@]}" --instance-id "$(name x)" --state-dir "$WORK/state-x"
+X=$TALLY_PID
+wait_done "$(DB x)" 500 "$PREFIX2" 0 120 "$X"
+TALLY_WATCHDOG_MS=3000 tally_start "$(LOG y)" "${COMMON2[@]}" --instance-id "$(name y)" --state-dir "$WORK/state-y"
+Y=$TALLY_PID
+limit=$((SECONDS + 60))
+until (($(grep -c 'event=consumer_restart' "$(LOG y)" || true) >= 2)); do
+    alive "$Y" || fail "y exited; log: $(tail -n 3 "$(LOG y)")"
+    ((SECONDS < limit)) || fail "y held no partition but its consumer was not replaced within 60 s"
+    sleep 0.3
+done
+ok
+[[ -z "$(held_partitions "$(DB y)")" ]] || fail "y holds partitions while x has the only one"
+ok
+tally_stop "$X"
+gen_orders_by_store 300 78 501 4 "$WORK/second.tsv" >"$WORK/second.kv"
+produce "$IN2" "$WORK/second.kv"
+wait_done "$(DB y)" 800 "$PREFIX2" 0 120 "$Y"
+[[ "$(held_partitions "$(DB y)")" == 0 ]] || fail "y should hold partition 0 now"
+ok
+tally_stop "$Y"
+cat "$WORK/first.tsv" "$WORK/second.tsv" >"$WORK/all2.tsv"
+check_totals "y after taking x's partition over" "$WORK/all2.tsv" "$(DB y)" "$(name out2)"
+
+finish "standby rows dropped by a and b; y replaced its consumer $(grep -c 'event=consumer_restart' "$(LOG y)") times and then took the partition over"
