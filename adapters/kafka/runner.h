@@ -85,14 +85,20 @@ typedef struct tly_runner_config {
  * pruned as soon as a snapshot holds them. */
 void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
 
-/* Recovers the database (adapters/kafka/recovery.h), then runs until *cfg->stop is
- * set (returns 0 after a clean shutdown) or a fatal error (returns -1 with
- * errbuf: nothing can rebuild the state although history exists, fenced by a
- * newer instance, broker refused the transaction, database failure). Crash points for tests: the environment
- * variable TALLY_CRASH_AT=after_apply|after_produce|after_offsets|after_commit
- * aborts the process at that step of the TALLY_CRASH_BATCH-th batch (default 1);
- * TALLY_CRASH_AT=after_flush right after the first log_compacted flush's Kafka
- * commit, before the database forgets what it emitted. */
+/* Recovers the database (adapters/kafka/recovery.h), then runs until
+ * *cfg->stop is set (returns 0 after a clean shutdown) or a fatal error
+ * (returns -1 with errbuf: nothing can rebuild the state although history
+ * exists, fenced by a newer instance, broker refused the transaction,
+ * database failure).
+ *
+ * For tests, from the environment:
+ *   TALLY_CRASH_AT=after_apply|after_produce|after_offsets|after_commit
+ *       aborts the process at that step of the TALLY_CRASH_BATCH-th batch
+ *       (default 1); TALLY_CRASH_AT=after_flush right after the first
+ *       log_compacted flush's Kafka commit, before the database forgets
+ *       what it emitted.
+ *   TALLY_WATCHDOG_MS=N
+ *       replaces a consumer without partitions after N ms instead of 60 s. */
 int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen);
 
 #endif
