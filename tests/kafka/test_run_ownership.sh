@@ -3,14 +3,16 @@
 # Kafka tests do not reach on their own (adapters/kafka/ownership.h):
 #
 #   not_assigned       a starts alone on a 4-partition input and consumes it
-#                      all; then a and b start together, b with a copy of
-#                      a's state directory. Each starts with the rows of all
-#                      four partitions (STANDBY), is assigned two and takes
-#                      them over locally; once the assignment has been left
-#                      alone for 15 s each drops the rows of the two it was
-#                      not assigned (event=partition_dropped
-#                      reason=not_assigned), and the two databases then hold
-#                      disjoint partitions whose rows add up to every order.
+#                      all, and stops. b starts with a copy of a's state
+#                      directory and is assigned all four (taken over from
+#                      its own rows: source=local). Then a starts again: it
+#                      has the rows of all four (STANDBY), is assigned two,
+#                      takes them over locally, and once the assignment has
+#                      been left alone for 15 s drops the rows of the other
+#                      two (event=partition_dropped reason=not_assigned),
+#                      while b drops the two it gave up (reason=revoked). The
+#                      two databases then hold disjoint partitions whose rows
+#                      add up to every order.
 #   consumer_restart   x and y share a 1-partition input; y, with the
 #                      watchdog shortened to 3 s (TALLY_WATCHDOG_MS), holds no
 #                      partition and replaces its consumer (event=
@@ -50,12 +52,21 @@ tally_stop "$A"
 ok
 cp -r "$WORK/state-a" "$WORK/state-b"
 
+tally_start "$(LOG b)" "${COMMON[@]}" --instance-id "$(name b)" --state-dir "$WORK/state-b"
+B=$TALLY_PID
+limit=$((SECONDS + 60))
+# (its partitions table is a's copy until b's start empties it: wait for b's own takes)
+until (($(grep -c 'event=partition_assigned' "$(LOG b)" || true) == 4)) &&
+    [[ "$(held_partitions "$(DB b)")" == 0,1,2,3 ]]; do
+    alive "$B" || fail "b exited; log: $(tail -n 3 "$(LOG b)")"
+    ((SECONDS < limit)) || fail "b alone did not take all 4 partitions over within 60 s"
+    sleep 0.3
+done
+ok
 STARTS_BEFORE=1
 tally_start "$(LOG a)" "${COMMON[@]}" --instance-id "$(name a)" --state-dir "$WORK/state-a"
 A=$TALLY_PID
 STARTS_BEFORE=0
-tally_start "$(LOG b)" "${COMMON[@]}" --instance-id "$(name b)" --state-dir "$WORK/state-b"
-B=$TALLY_PID
 # Each holds two partitions, together all four; then the standby rows go.
 limit=$((SECONDS + 120))
 while :; do
@@ -69,16 +80,19 @@ while :; do
     sleep 0.5
 done
 ok
+# a: its own standby rows taken over or dropped as not assigned; b: its
+# copy taken over, the partitions it gave up dropped as revoked.
 for x in a b; do
     held=$(held_partitions "$(DB "$x")")
+    [[ $x == a ]] && reason=not_assigned || reason=revoked
     for p in 0 1 2 3; do
         if [[ ",$held," == *",$p,"* ]]; then
             line=$(grep -E "event=partition_assigned .*partition=$p( |$)" "$(LOG "$x")" | tail -n 1 || true)
             [[ "$(log_field "$line" source)" == local ]] ||
-                fail "$x took partition $p over from its own standby rows, expected source=local: $line"
+                fail "$x took partition $p over from its own rows, expected source=local: $line"
         else
-            grep -qE "event=partition_dropped partition=$p reason=not_assigned" "$(LOG "$x")" ||
-                fail "$x does not hold partition $p but logged no partition_dropped reason=not_assigned for it"
+            grep -qE "event=partition_dropped partition=$p reason=$reason" "$(LOG "$x")" ||
+                fail "$x does not hold partition $p but logged no partition_dropped reason=$reason for it"
         fi
     done
 done
@@ -122,4 +136,4 @@ tally_stop "$Y"
 cat "$WORK/first.tsv" "$WORK/second.tsv" >"$WORK/all2.tsv"
 check_totals "y after taking x's partition over" "$WORK/all2.tsv" "$(DB y)" "$(name out2)"
 
-finish "standby rows dropped by a and b; y replaced its consumer $(grep -c 'event=consumer_restart' "$(LOG y)") times and then took the partition over"
+finish "a dropped its standby rows, b what it gave up; y replaced its consumer $(grep -c 'event=consumer_restart' "$(LOG y)") times and then took the partition over"
