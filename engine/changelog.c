@@ -459,14 +459,7 @@ done:
 
 int64_t tly_changelog_rows(tly_store *store)
 {
-    sqlite3_stmt *stmt = NULL;
-    int64_t n = -1;
-    if (sqlite3_prepare_v2(tly_store_db(store), "SELECT count(*) FROM changelog", -1, &stmt,
-                           NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        n = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return n;
+    return tly_store_query_int(tly_store_db(store), "SELECT count(*) FROM changelog", -1);
 }
 
 int64_t tly_changelog_prune_bound(tly_store *store, int64_t upto_seq, int64_t cutoff_ms)
@@ -511,13 +504,5 @@ int tly_changelog_prune(tly_store *store, int64_t below, int max_rows, char *err
 
 int64_t tly_changelog_max_seq(sqlite3 *db)
 {
-    sqlite3_stmt *stmt = NULL;
-    int64_t seq = 0;
-    if (db &&
-        sqlite3_prepare_v2(db, "SELECT coalesce(max(seq), 0) FROM changelog", -1, &stmt, NULL) ==
-            SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        seq = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return seq;
+    return tly_store_query_int(db, "SELECT coalesce(max(seq), 0) FROM changelog", 0);
 }

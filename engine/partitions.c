@@ -85,14 +85,7 @@ int tly_partitions_listed(sqlite3 *db, unsigned char *held)
 
 int64_t tly_partitions_count(tly_store *store)
 {
-    sqlite3_stmt *stmt = NULL;
-    int64_t n = -1;
-    if (sqlite3_prepare_v2(tly_store_db(store), "SELECT count(*) FROM partitions", -1, &stmt,
-                           NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        n = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return n;
+    return tly_store_query_int(tly_store_db(store), "SELECT count(*) FROM partitions", -1);
 }
 
 int tly_partitions_reset(tly_store *store, char *errbuf, size_t errlen)

@@ -619,12 +619,6 @@ done:
 
 int64_t tly_snapshot_newest_recorded(tly_store *store)
 {
-    sqlite3_stmt *stmt = NULL;
-    int64_t seq = 0;
-    if (sqlite3_prepare_v2(tly_store_db(store), "SELECT coalesce(max(last_seq), 0) FROM snapshots",
-                           -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        seq = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return seq;
+    return tly_store_query_int(tly_store_db(store),
+                               "SELECT coalesce(max(last_seq), 0) FROM snapshots", 0);
 }

@@ -330,3 +330,14 @@ int64_t tly_store_vacuum_step(tly_store *store, int pages, char *errbuf, size_t 
     sqlite3_finalize(stmt);
     return left;
 }
+
+int64_t tly_store_query_int(sqlite3 *db, const char *sql, int64_t fallback)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t v = fallback;
+    if (db && sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    sqlite3_finalize(stmt);
+    return v;
+}

@@ -72,6 +72,10 @@ int tly_store_meta_add_int(tly_store *store, const char *key, int64_t delta);
 /* Highest changelog seq ever assigned in this database (0 for none). */
 int64_t tly_store_last_seq(tly_store *store);
 
+/* The first column of the first row of sql on db as an integer, or fallback
+ * when the query fails or returns no row. For the engine's own counts. */
+int64_t tly_store_query_int(sqlite3 *db, const char *sql, int64_t fallback);
+
 /* Gives at most `pages` free pages back to the file system (PRAGMA
  * incremental_vacuum; a no-op on a database created before auto_vacuum was
  * set). Returns the free pages left, or -1 with errbuf. */
