@@ -18,6 +18,7 @@
 #include "changelog.h"
 #include "clock.h"
 #include "error.h"
+#include "flush.h"
 #include "kconf.h"
 #include "log.h"
 
@@ -217,40 +218,28 @@ rd_kafka_resp_err_t runner_produce_dead_letter(struct runner *r, const rd_kafka_
     return err;
 }
 
-/* Emits the latest record of every pending key (@flush) in one Kafka
- * transaction, then forgets them (@flushed) in SQLite. A crash after the
- * Kafka commit and before SQLite's emits the same records again at the next
- * flush (the same latest values, to a compacted topic); a crash before the
- * commit emits nothing, and the next flush covers it. A key changed again
- * after the flush read stays pending (its mark is newer than upto). */
+/* log_compacted: the flush-then-mark cycle (flush.h) with a Kafka
+ * transaction of its own as the delivery. */
 struct flush_ctx {
     struct produce_ctx produced;
     int64_t upto;
 };
 
-/* Forgets, in a transaction of its own, what is pending up to seq upto
- * (@flushed). Returns 0, or -1 with err (rolled back: it stays pending). */
-static int forget_pending(struct runner *r, int64_t upto, char *err, size_t errlen)
+static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
 {
-    if (tly_store_begin(r->store, err, errlen) < 0 ||
-        tly_pipeline_flushed(r->pipeline, upto, err, errlen) < 0 ||
-        tly_store_commit(r->store, err, errlen) < 0) {
-        tly_store_rollback(r->store);
+    struct flush_ctx *f = ctx;
+    if (tly_flush_read(r->store, r->pipeline, r->pack, &f->produced, f->upto, why, whylen) < 0) {
+        if (f->produced.err)
+            tly_error(why, whylen, "%s", rd_kafka_err2str(f->produced.err));
         return -1;
     }
     return 0;
 }
 
-static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
-{
-    struct flush_ctx *f = ctx;
-    return runner_emit_outputs(r, &f->produced, 0, f->upto, true, why, whylen);
-}
-
 int runner_flush_outputs(struct runner *r, const char *event, char *errbuf, size_t errlen)
 {
     struct flush_ctx f = {{r, r->topics.output.name, 0, 0}, tly_store_last_seq(r->store)};
-    int64_t started = tly_clock_mono_ms();
+    int64_t started = tly_clock_mono_ms(), records;
     char err[512];
 
     switch (runner_own_transaction(r, "flush", "flush_error", fill_flush, &f, errbuf, errlen)) {
@@ -258,16 +247,15 @@ int runner_flush_outputs(struct runner *r, const char *event, char *errbuf, size
     case BATCH_ABORTED: return 0; /* the next flush covers it */
     case BATCH_COMMITTED: break;
     }
-    if (f.produced.count > 0)
+    records = tly_pack_records(r->pack);
+    if (records > 0)
         runner_crash_point(r, "after_flush");
-    if (forget_pending(r, f.upto, err, sizeof(err)) < 0)
+    if (tly_flush_forget(r->store, r->pipeline, f.upto, err, sizeof(err)) < 0)
         tly_log("warn", "flush_error", "error=%s note=\"the next flush repeats these records\"",
                 tly_log_quote(err, (char[600]){0}, 600));
-    r->outputs += f.produced.count;
-    tly_metrics_add(r->metrics, TLY_C_OUTPUTS, f.produced.count);
-    tly_log("info", event, "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
-            (long long)(tly_clock_mono_ms() - started), (long long)f.produced.count,
-            (long long)tly_pack_messages(r->pack), (long long)f.upto);
+    r->outputs += records;
+    tly_metrics_add(r->metrics, TLY_C_OUTPUTS, records);
+    tly_flush_log(event, started, r->pack, f.upto);
     return 0;
 }
 
@@ -291,7 +279,7 @@ int runner_forget_emitted(struct runner *r, char *errbuf, size_t errlen)
     char err[512];
     if (!runner_batch_emits(r) || !tly_pipeline_has_flush(r->pipeline))
         return 0;
-    if (forget_pending(r, tly_store_last_seq(r->store), err, sizeof(err)) < 0)
+    if (tly_flush_forget(r->store, r->pipeline, tly_store_last_seq(r->store), err, sizeof(err)) < 0)
         return tly_error(errbuf, errlen, "cannot settle what was emitted before: %s", err);
     return 0;
 }
