@@ -163,8 +163,8 @@ int main(int argc, char **argv)
                                 "telemetry_single", NULL};
     static const struct option options[] = {
         {"scenario", required_argument, NULL, 's'}, {"events", required_argument, NULL, 'e'},
-        {"batch", required_argument, NULL, 'b'}, {"dir", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"batch", required_argument, NULL, 'b'},    {"dir", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
     const char *scenario = "all", *dir = "/tmp";
     long events = 1000000, batch = 20000;
     int opt, rc = 0;

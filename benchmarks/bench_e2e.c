@@ -6,8 +6,8 @@
  *
  * Creates fresh topics (one input partition, so the input has one order),
  * starts `tally run --pipeline orders` as a child process, produces orders at a
- * steady rate after a warm-up of 1000 orders, and reads the output topic with an independent read_committed
- * consumer. The consumer keeps the latest count per window key; their sum is the
+ * steady rate after a warm-up of 1000 orders, and reads the output topic with an independent
+ * read_committed consumer. The consumer keeps the latest count per window key; their sum is the
  * number of orders whose effect is visible. When that sum passes order i, order
  * i's latency is now - the moment it was produced: "event produced -> visible to
  * a read_committed consumer of the output". Prints one line:
@@ -74,8 +74,8 @@ static int64_t update(const char *key, size_t n, int64_t count)
 
 struct producer_state {
     rd_kafka_t *rk;
-    int64_t warmup;         /* events sent first, before the clock starts */
-    volatile int go;        /* set once the warmup events are visible */
+    int64_t warmup;  /* events sent first, before the clock starts */
+    volatile int go; /* set once the warmup events are visible */
     const char *topic;
     int64_t rate, duration_ms, keys;
     int64_t *sent_at; /* produce time of order i (ms) */
@@ -113,9 +113,10 @@ static void *produce(void *arg)
         now = now_ms();
         len = tly_loadgen_next(gen, now, buf, sizeof(buf));
         p->sent_at[i] = now;
-        while (rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic), RD_KAFKA_V_VALUE(buf, (size_t)len),
-                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) ==
-               RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        while (rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic),
+                                 RD_KAFKA_V_VALUE(buf, (size_t)len),
+                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
             rd_kafka_poll(p->rk, 5);
         rd_kafka_poll(p->rk, 0);
         p->sent = i + 1;
@@ -147,11 +148,14 @@ static int run_command(char *const argv[])
 
 int main(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"brokers", required_argument, NULL, 'b'}, {"tally", required_argument, NULL, 't'},
-        {"rate", required_argument, NULL, 'r'}, {"duration", required_argument, NULL, 'd'},
-        {"keys", required_argument, NULL, 'k'}, {"commit-interval-ms", required_argument, NULL, 'c'},
-        {"max-batch", required_argument, NULL, 'm'}, {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
+                                            {"tally", required_argument, NULL, 't'},
+                                            {"rate", required_argument, NULL, 'r'},
+                                            {"duration", required_argument, NULL, 'd'},
+                                            {"keys", required_argument, NULL, 'k'},
+                                            {"commit-interval-ms", required_argument, NULL, 'c'},
+                                            {"max-batch", required_argument, NULL, 'm'},
+                                            {NULL, 0, NULL, 0}};
     const char *brokers = getenv("KAFKA_BROKERS"), *tally = "build/tally";
     const char *commit_interval = "50", *max_batch = "10000";
     int64_t rate = 10000, duration_s = 60, keys = 2000;
@@ -198,9 +202,22 @@ int main(int argc, char **argv)
     snprintf(output, sizeof(output), "%s.out", prefix);
     snprintf(state_dir, sizeof(state_dir), "/tmp/%s", prefix);
     {
-        char *create[] = {(char *)tally, "topics", "create", "--brokers", (char *)brokers,
-                          "--pipeline", "orders", "--partitions", "1", "--topic-prefix", prefix,
-                          "--input-topic", input, "--output-topic", output, NULL};
+        char *create[] = {(char *)tally,
+                          "topics",
+                          "create",
+                          "--brokers",
+                          (char *)brokers,
+                          "--pipeline",
+                          "orders",
+                          "--partitions",
+                          "1",
+                          "--topic-prefix",
+                          prefix,
+                          "--input-topic",
+                          input,
+                          "--output-topic",
+                          output,
+                          NULL};
         if (run_command(create) != 0) {
             fprintf(stderr, "bench_e2e: tally topics create failed\n");
             return 1;

@@ -44,9 +44,9 @@ struct producer_state {
     rd_kafka_t *rk;
     const char *topic;
     int64_t warmup, rate, duration_ms, dup_percent;
-    int64_t *sent_at;    /* produce time of order i's first copy (ms) */
+    int64_t *sent_at;          /* produce time of order i's first copy (ms) */
     volatile int64_t distinct; /* orders produced so far (their ids are 0..distinct-1) */
-    int64_t events;      /* records produced in the measured part, copies too */
+    int64_t events;            /* records produced in the measured part, copies too */
     volatile int go, done;
 };
 
@@ -99,10 +99,10 @@ static void send_one(struct producer_state *p, int64_t now)
     }
     len = format_order(buf, sizeof(buf), id, now);
     key_len = snprintf(key, sizeof(key), "o-%lld", (long long)id);
-    while (rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic), RD_KAFKA_V_KEY(key, (size_t)key_len),
-                             RD_KAFKA_V_VALUE(buf, (size_t)len),
-                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END) ==
-           RD_KAFKA_RESP_ERR__QUEUE_FULL)
+    while (rd_kafka_producev(
+               p->rk, RD_KAFKA_V_TOPIC(p->topic), RD_KAFKA_V_KEY(key, (size_t)key_len),
+               RD_KAFKA_V_VALUE(buf, (size_t)len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+               RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
         rd_kafka_poll(p->rk, 5);
 }
 
@@ -152,12 +152,14 @@ static int run_command(char *const argv[])
 
 int main(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"brokers", required_argument, NULL, 'b'}, {"tally", required_argument, NULL, 't'},
-        {"rate", required_argument, NULL, 'r'}, {"duration", required_argument, NULL, 'd'},
-        {"dup-percent", required_argument, NULL, 'u'},
-        {"commit-interval-ms", required_argument, NULL, 'c'},
-        {"max-batch", required_argument, NULL, 'm'}, {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
+                                            {"tally", required_argument, NULL, 't'},
+                                            {"rate", required_argument, NULL, 'r'},
+                                            {"duration", required_argument, NULL, 'd'},
+                                            {"dup-percent", required_argument, NULL, 'u'},
+                                            {"commit-interval-ms", required_argument, NULL, 'c'},
+                                            {"max-batch", required_argument, NULL, 'm'},
+                                            {NULL, 0, NULL, 0}};
     const char *brokers = getenv("KAFKA_BROKERS"), *tally = "build/tally";
     const char *commit_interval = "50", *max_batch = "10000";
     int64_t rate = 10000, duration_s = 30, capacity, visible = 0, duplicates = 0, n = 0;
@@ -182,8 +184,9 @@ int main(int argc, char **argv)
         case 'c': commit_interval = optarg; break;
         case 'm': max_batch = optarg; break;
         default:
-            fprintf(stderr, "usage: bench_enrich --brokers B --tally PATH [--rate N] [--duration S] "
-                            "[--dup-percent P] [--commit-interval-ms N] [--max-batch N]\n");
+            fprintf(stderr,
+                    "usage: bench_enrich --brokers B --tally PATH [--rate N] [--duration S] "
+                    "[--dup-percent P] [--commit-interval-ms N] [--max-batch N]\n");
             return 2;
         }
     }
@@ -206,9 +209,22 @@ int main(int argc, char **argv)
     snprintf(output, sizeof(output), "%s.enriched", prefix);
     snprintf(state_dir, sizeof(state_dir), "/tmp/%s", prefix);
     {
-        char *create[] = {(char *)tally, "topics", "create", "--brokers", (char *)brokers,
-                          "--pipeline", "enrich", "--partitions", "1", "--topic-prefix", prefix,
-                          "--input-topic", input, "--output-topic", output, NULL};
+        char *create[] = {(char *)tally,
+                          "topics",
+                          "create",
+                          "--brokers",
+                          (char *)brokers,
+                          "--pipeline",
+                          "enrich",
+                          "--partitions",
+                          "1",
+                          "--topic-prefix",
+                          prefix,
+                          "--input-topic",
+                          input,
+                          "--output-topic",
+                          output,
+                          NULL};
         if (run_command(create) != 0) {
             fprintf(stderr, "bench_enrich: tally topics create failed\n");
             return 1;

@@ -632,8 +632,8 @@ static int bench_recovery(int64_t keys, bool changelog, enum db_mode mode, int64
         number(d->recovered_ms, t[1], 32), number(d->started_ms, t[2], 32),
         number(d->first_commit_ms, t[3], 32), field(d->recovered, "source", v[0], 64),
         field(d->recovered, "ttr_ms", v[1], 64), field(d->recovered, "records_replayed", v[2], 64),
-        field(d->recovered, "bytes_replayed", v[3], 64), field(d->recovered, "input_reread", v[5], 64),
-        field(d->recovered, "snapshot", v[4], 64),
+        field(d->recovered, "bytes_replayed", v[3], 64),
+        field(d->recovered, "input_reread", v[5], 64), field(d->recovered, "snapshot", v[4], 64),
         (long long)snapshot_ms, number(publish_ms, t[4], 32), (long long)snapshot_bytes,
         (long long)r.produced, (long long)f.orders, exact ? "yes" : "no");
     fflush(stdout);

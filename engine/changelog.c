@@ -15,13 +15,13 @@
 
 /* One export line per changelog row; SQLite builds it, and json() re-emits
  * stored JSON exactly, so numbers keep their digits. */
-#define ROW_AS_JSON                                                                        \
-    "json_object('seq', seq, 'entity', entity, 'key', key, 'key_seq', key_seq, "           \
+#define ROW_AS_JSON                                                                                \
+    "json_object('seq', seq, 'entity', entity, 'key', key, 'key_seq', key_seq, "                   \
     "'image', json(image), 'delta', json(delta), 'changed_ms', changed_ms, 'part', part)"
 
 int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
-                             void (*progress)(void *ctx, int64_t rows), void *ctx,
-                             char *errbuf, size_t errlen)
+                             void (*progress)(void *ctx, int64_t rows), void *ctx, char *errbuf,
+                             size_t errlen)
 {
     sqlite3 *db = NULL;
     sqlite3_stmt *stmt = NULL;
@@ -29,7 +29,8 @@ int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
     int rc;
 
     if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        tly_error(errbuf, errlen, "cannot open %s: %s", db_path, db ? sqlite3_errmsg(db) : "out of memory");
+        tly_error(errbuf, errlen, "cannot open %s: %s", db_path,
+                  db ? sqlite3_errmsg(db) : "out of memory");
         goto err;
     }
     sqlite3_busy_timeout(db, 5000);
@@ -73,14 +74,15 @@ err:
     return -1;
 }
 
-int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
-                       tly_changelog_row_fn fn, void *ctx, char *errbuf, size_t errlen)
+int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq, tly_changelog_row_fn fn,
+                       void *ctx, char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
     sqlite3_stmt *stmt = NULL;
     int rc;
 
-    if (sqlite3_prepare_v3(db, "SELECT seq, key, coalesce(part, -1), " ROW_AS_JSON " FROM changelog "
+    if (sqlite3_prepare_v3(db,
+                           "SELECT seq, key, coalesce(part, -1), " ROW_AS_JSON " FROM changelog "
                            "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
                            -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
         return tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
@@ -111,9 +113,9 @@ struct tly_replayer {
     int stop_at_gaps;
     int default_partition; /* for rows without "part" */
     char *only_entity;
-    char *counters_prefix;  /* "pipeline.<name>.p": counters rows that move positions */
-    char *input_topic;      /* ... when they were read from this topic (or do not say) */
-    char *position_prefix;  /* meta key of input partition N = this + N */
+    char *counters_prefix; /* "pipeline.<name>.p": counters rows that move positions */
+    char *input_topic;     /* ... when they were read from this topic (or do not say) */
+    char *position_prefix; /* meta key of input partition N = this + N */
 };
 
 int tly_replayer_record_positions(tly_replayer *r, const char *pipeline, const char *topic,
@@ -214,8 +216,14 @@ void tly_replayer_close(tly_replayer *r)
     free(r);
 }
 
-tly_store *tly_replayer_store(tly_replayer *r) { return r->store; }
-int64_t tly_replayer_last_seq(tly_replayer *r) { return r->next_seq - 1; }
+tly_store *tly_replayer_store(tly_replayer *r)
+{
+    return r->store;
+}
+int64_t tly_replayer_last_seq(tly_replayer *r)
+{
+    return r->next_seq - 1;
+}
 
 /* Fetches a member of the given type; NULL if absent or of another type. */
 static json_object *member(json_object *row, const char *name, enum json_type type)
@@ -256,8 +264,9 @@ static int replay_counters(tly_replayer *r, const char *key, json_object *image,
     int rc = -1, moved;
 
     *changed = 0;
-    if (sqlite3_prepare_v2(db, "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) "
-                               "DO UPDATE SET value = excluded.value WHERE excluded.value > value",
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) "
+                           "DO UPDATE SET value = excluded.value WHERE excluded.value > value",
                            -1, &stmt, NULL) != SQLITE_OK)
         return tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));
     json_object_object_foreach(image, name, value)
@@ -379,7 +388,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     row = json_tokener_parse_ex(r->tokener, line, (int)len);
     if (!row)
         return tly_error(errbuf, errlen, "not JSON: %s",
-                    json_tokener_error_desc(json_tokener_get_error(r->tokener)));
+                         json_tokener_error_desc(json_tokener_get_error(r->tokener)));
     seq = member(row, "seq", json_type_int);
     entity = member(row, "entity", json_type_string);
     key = member(row, "key", json_type_string);
@@ -391,8 +400,9 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         delta = NULL;
     if (!seq || !entity || !key || !key_seq || !image || !changed_ms ||
         json_object_get_int64(seq) <= 0 || json_object_get_int64(key_seq) <= 0) {
-        tly_error(errbuf, errlen, "not a changelog row: needs seq, entity, key, key_seq, image, "
-             "changed_ms (see tally changelog export --help)");
+        tly_error(errbuf, errlen,
+                  "not a changelog row: needs seq, entity, key, key_seq, image, "
+                  "changed_ms (see tally changelog export --help)");
         goto done;
     }
     entity_name = json_object_get_string(entity);
@@ -407,8 +417,9 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         if (strcmp(tly_pipeline_entity(r->pipelines[i]), entity_name) == 0)
             pipeline = r->pipelines[i];
     if (!pipeline && !counters) {
-        tly_error(errbuf, errlen, "unknown entity \"%s\" (pass its pipeline file with --pipeline-file)",
-             entity_name);
+        tly_error(errbuf, errlen,
+                  "unknown entity \"%s\" (pass its pipeline file with --pipeline-file)",
+                  entity_name);
         goto done;
     }
     outcome->seq = json_object_get_int64(seq);
@@ -423,10 +434,12 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     }
     image_text = json_object_to_json_string_ext(image, JSON_C_TO_STRING_PLAIN |
                                                            JSON_C_TO_STRING_NOSLASHESCAPE);
-    if (counters ? replay_counters(r, json_object_get_string(key), image, &outcome->changed, errbuf, errlen) < 0
-                 : tly_pipeline_replay_image(pipeline, image_text, json_object_get_int64(key_seq),
-                                             part ? json_object_get_int(part) : r->default_partition,
-                                             &outcome->changed, errbuf, errlen) < 0)
+    if (counters
+            ? replay_counters(r, json_object_get_string(key), image, &outcome->changed, errbuf,
+                              errlen) < 0
+            : tly_pipeline_replay_image(pipeline, image_text, json_object_get_int64(key_seq),
+                                        part ? json_object_get_int(part) : r->default_partition,
+                                        &outcome->changed, errbuf, errlen) < 0)
         goto done;
     sqlite3_bind_int64(r->insert_row, 1, outcome->seq);
     sqlite3_bind_text(r->insert_row, 2, entity_name, -1, SQLITE_STATIC);
@@ -444,7 +457,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
     sqlite3_bind_int(r->insert_row, 8, part ? json_object_get_int(part) : r->default_partition);
     if (sqlite3_step(r->insert_row) != SQLITE_DONE) {
         tly_error(errbuf, errlen, "cannot record changelog row %lld: %s", (long long)outcome->seq,
-             sqlite3_errmsg(db));
+                  sqlite3_errmsg(db));
         sqlite3_reset(r->insert_row);
         goto done;
     }
@@ -481,8 +494,7 @@ int64_t tly_changelog_prune_bound(tly_store *store, int64_t upto_seq, int64_t cu
     return below;
 }
 
-int tly_changelog_prune(tly_store *store, int64_t below, int max_rows, char *errbuf,
-                        size_t errlen)
+int tly_changelog_prune(tly_store *store, int64_t below, int max_rows, char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
     sqlite3_stmt *stmt = NULL;

@@ -57,8 +57,8 @@
  * called every 65536 rows with the count so far. Returns the number of rows
  * written, or -1 with errbuf. */
 int64_t tly_changelog_export(const char *db_path, int64_t since_seq, FILE *out,
-                             void (*progress)(void *ctx, int64_t rows), void *ctx,
-                             char *errbuf, size_t errlen);
+                             void (*progress)(void *ctx, int64_t rows), void *ctx, char *errbuf,
+                             size_t errlen);
 
 /* Receives one changelog row: its seq, key, part (-1 if none) and export line (NUL-terminated,
  * borrowed for the call). Returns 0 to go on. */
@@ -68,8 +68,8 @@ typedef int (*tly_changelog_row_fn)(void *ctx, int64_t seq, const char *key, siz
 /* Passes every row with from_seq < seq <= to_seq, in seq order, to fn, reading
  * on the store's own connection (so inside its open transaction: the daemon
  * mirrors a batch's rows before it commits). Returns 0 or -1 with errbuf. */
-int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq,
-                       tly_changelog_row_fn fn, void *ctx, char *errbuf, size_t errlen);
+int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq, tly_changelog_row_fn fn,
+                       void *ctx, char *errbuf, size_t errlen);
 
 #define TLY_CHANGELOG_COUNTERS_ENTITY "tally.counters"
 
@@ -154,8 +154,7 @@ int tly_replayer_apply_line(tly_replayer *replayer, const char *line, size_t len
  *   connection (0 when empty or on an error). */
 int64_t tly_changelog_rows(tly_store *store);
 int64_t tly_changelog_prune_bound(tly_store *store, int64_t upto_seq, int64_t cutoff_ms);
-int tly_changelog_prune(tly_store *store, int64_t below, int max_rows, char *errbuf,
-                        size_t errlen);
+int tly_changelog_prune(tly_store *store, int64_t below, int max_rows, char *errbuf, size_t errlen);
 int64_t tly_changelog_max_seq(sqlite3 *db);
 
 #endif

@@ -15,8 +15,8 @@ static int fail(char *errbuf, size_t errlen, const char *msg, const char *text, 
     return -1;
 }
 
-int tly_decimal_parse(const char *text, size_t len, int scale, int64_t *out,
-                      char *errbuf, size_t errlen)
+int tly_decimal_parse(const char *text, size_t len, int scale, int64_t *out, char *errbuf,
+                      size_t errlen)
 {
     const char *p = text, *end = text + len;
     bool negative = false;

@@ -14,8 +14,8 @@
  * value * 10^scale in *out. Returns 0, or -1 with a message in errbuf when the
  * text is not a number, has more than `scale` significant decimal places (it is
  * never rounded), or does not fit in int64. 0 <= scale <= 18. */
-int tly_decimal_parse(const char *text, size_t len, int scale, int64_t *out,
-                      char *errbuf, size_t errlen);
+int tly_decimal_parse(const char *text, size_t len, int scale, int64_t *out, char *errbuf,
+                      size_t errlen);
 
 /* Formats value / 10^scale with at least two decimals and no trailing zeros
  * beyond them ("251.13", "10.50", "-0.000007"). Returns the length written, or -1

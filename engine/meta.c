@@ -93,7 +93,8 @@ int tly_meta_get_int(sqlite3 *db, const char *key, int64_t *value)
 {
     sqlite3_stmt *stmt = NULL;
     int rc = -1, step;
-    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &stmt, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &stmt, NULL) !=
+        SQLITE_OK)
         return -1;
     sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
     step = sqlite3_step(stmt);

@@ -9,11 +9,11 @@
 /* The per-partition state tables: every table with a `part` column but the
  * changelog (replayed, never copied) and the partitions table itself. Each
  * row: the table, its columns quoted and comma-separated. */
-#define PARTITIONED_TABLES                                                                   \
-    "SELECT m.name, (SELECT group_concat('\"' || c.name || '\"', ', ') "                     \
-    "                FROM pragma_table_info(m.name) AS c) "                                  \
-    "FROM sqlite_schema AS m "                                                                \
-    "WHERE m.type = 'table' AND m.name NOT IN ('changelog', 'partitions') "                  \
+#define PARTITIONED_TABLES                                                                         \
+    "SELECT m.name, (SELECT group_concat('\"' || c.name || '\"', ', ') "                           \
+    "                FROM pragma_table_info(m.name) AS c) "                                        \
+    "FROM sqlite_schema AS m "                                                                     \
+    "WHERE m.type = 'table' AND m.name NOT IN ('changelog', 'partitions') "                        \
     "  AND EXISTS (SELECT 1 FROM pragma_table_info(m.name) AS c WHERE c.name = 'part')"
 
 /* Runs sql_template (%1$s: a per-partition table's name, %2$s and %3$s: its
@@ -97,17 +97,18 @@ int tly_partitions_reset(tly_store *store, char *errbuf, size_t errlen)
     return 0;
 }
 
-int tly_partitions_record(tly_store *store, const tly_partition_row *rows, int count,
-                          char *errbuf, size_t errlen)
+int tly_partitions_record(tly_store *store, const tly_partition_row *rows, int count, char *errbuf,
+                          size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
     sqlite3_stmt *stmt = NULL;
     int rc = -1;
 
-    if (sqlite3_prepare_v2(db,
-                           "INSERT OR REPLACE INTO partitions (part, since_ms, source, recovery_ms, "
-                           "records) VALUES (?1, ?2, ?3, ?4, ?5)",
-                           -1, &stmt, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(
+            db,
+            "INSERT OR REPLACE INTO partitions (part, since_ms, source, recovery_ms, "
+            "records) VALUES (?1, ?2, ?3, ?4, ?5)",
+            -1, &stmt, NULL) != SQLITE_OK) {
         tly_error(errbuf, errlen, "cannot record the partitions: %s", sqlite3_errmsg(db));
         goto done;
     }
@@ -211,8 +212,8 @@ int tly_partitions_forget(tly_store *store, int partition, const char *input_top
     snprintf(number, sizeof(number), "%d", partition);
     if (run_bound(db, "DELETE FROM meta WHERE key IN (?1, ?2) OR key GLOB ?3", changelog_key,
                   input_key, counters, errbuf, errlen) < 0 ||
-        run_bound(db, "DELETE FROM partitions WHERE part = CAST(?1 AS INTEGER)", number, NULL,
-                  NULL, errbuf, errlen) < 0)
+        run_bound(db, "DELETE FROM partitions WHERE part = CAST(?1 AS INTEGER)", number, NULL, NULL,
+                  errbuf, errlen) < 0)
         return -1;
     return 0;
 }

@@ -43,8 +43,8 @@ int64_t tly_partitions_count(tly_store *store);
 int tly_partitions_reset(tly_store *store, char *errbuf, size_t errlen);
 
 /* Inserts or replaces rows[0..count). Returns 0 or -1 with errbuf. */
-int tly_partitions_record(tly_store *store, const tly_partition_row *rows, int count,
-                          char *errbuf, size_t errlen);
+int tly_partitions_record(tly_store *store, const tly_partition_row *rows, int count, char *errbuf,
+                          size_t errlen);
 
 /* present[p] = 1 for each partition the database holds anything of (its rows,
  * its changelog offset for changelog_topic, its partitions row). Returns 0 or

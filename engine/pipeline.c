@@ -140,7 +140,7 @@ struct bound_statement {
     sqlite3_stmt *stmt;
     int field_index[MAX_FIELDS];
     int each_key_index, each_value_index;
-    int event_index; /* :event, the raw event */
+    int event_index;     /* :event, the raw event */
     int partition_index; /* :partition, the event's input partition */
 };
 
@@ -192,7 +192,8 @@ static int parse_path(const char *text, struct path *path)
     if (!copy)
         return -1;
     for (seg = strtok_r(copy, ".", &save); seg; seg = strtok_r(NULL, ".", &save)) {
-        if (path->segment_count == MAX_SEGMENTS || !(path->segments[path->segment_count] = strdup(seg))) {
+        if (path->segment_count == MAX_SEGMENTS ||
+            !(path->segments[path->segment_count] = strdup(seg))) {
             rc = -1;
             break;
         }
@@ -227,11 +228,15 @@ static int parse_field(tly_pipeline *p, char **words, int nwords, char *errbuf, 
     for (m = 0; m < 3 && strcmp(words[4], modes[m]); m++)
         ;
     if (t == FIELD_TYPE_COUNT)
-        return tly_error(errbuf, errlen, "@field %s: unknown type \"%s\" (id, text, int, decimal6, "
-                    "time_ms, time_any, bool, json)", words[1], words[3]);
+        return tly_error(errbuf, errlen,
+                         "@field %s: unknown type \"%s\" (id, text, int, decimal6, "
+                         "time_ms, time_any, bool, json)",
+                         words[1], words[3]);
     if (m == 3)
-        return tly_error(errbuf, errlen, "@field %s: unknown mode \"%s\" (required, optional, "
-                    "skip_empty)", words[1], words[4]);
+        return tly_error(errbuf, errlen,
+                         "@field %s: unknown mode \"%s\" (required, optional, "
+                         "skip_empty)",
+                         words[1], words[4]);
     f = &p->fields[p->field_count++];
     f->param = strdup(words[1]);
     f->paths_text = strdup(words[2]);
@@ -287,15 +292,16 @@ static int prepare_section(tly_pipeline *p, const char *section_name, const char
     const char *tail = sql;
     while (tail && *tail) {
         sqlite3_stmt *stmt = NULL;
-        if (sqlite3_prepare_v3(p->db, tail, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) != SQLITE_OK)
+        if (sqlite3_prepare_v3(p->db, tail, -1, SQLITE_PREPARE_PERSISTENT, &stmt, &tail) !=
+            SQLITE_OK)
             return tly_error(errbuf, errlen, "%s @%s: %s", p->source_name, section_name,
-                        sqlite3_errmsg(p->db));
+                             sqlite3_errmsg(p->db));
         if (!stmt)
             continue; /* only comments or whitespace left */
         if (out->count == MAX_STATEMENTS) {
             sqlite3_finalize(stmt);
             return tly_error(errbuf, errlen, "%s @%s: more than %d statements", p->source_name,
-                        section_name, MAX_STATEMENTS);
+                             section_name, MAX_STATEMENTS);
         }
         out->statements[out->count++].stmt = stmt;
     }
@@ -305,8 +311,8 @@ static int prepare_section(tly_pipeline *p, const char *section_name, const char
 static int parse_file(tly_pipeline *p, const char *text, char **section_sql, char *errbuf,
                       size_t errlen)
 {
-    static const char *section_names[] = {"setup",  "check", "stage", "merge",  "replay",
-                                          "emit",   "late",  "flush", "flushed"};
+    static const char *section_names[] = {"setup", "check", "stage", "merge",  "replay",
+                                          "emit",  "late",  "flush", "flushed"};
     const char *line = text;
     int current = -1;
     size_t lengths[SECTION_COUNT] = {0};
@@ -357,7 +363,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
                     return -1;
             } else {
                 return tly_error(errbuf, errlen, "%s: unknown directive \"-- @%.*s\"",
-                            p->source_name, (int)dlen, q + 4);
+                                 p->source_name, (int)dlen, q + 4);
             }
         } else if (current >= 0) {
             memcpy(section_sql[current] + lengths[current], line, len);
@@ -368,7 +374,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
     }
     if (!p->name || !p->entity)
         return tly_error(errbuf, errlen, "%s: needs \"-- @pipeline NAME\" and \"-- @entity NAME\"",
-                    p->source_name);
+                         p->source_name);
     return 0;
 }
 
@@ -412,7 +418,7 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
 
             if (!name)
                 return tly_error(errbuf, errlen, "%s @%s: use named parameters (:name), not ?",
-                            p->source_name, section_name);
+                                 p->source_name, section_name);
             if ((value = setting_value(p, name))) {
                 bind_setting(b->stmt, i, value);
                 continue;
@@ -457,8 +463,10 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
             if (s == &p->flush && strcmp(name, "now_ms") == 0)
                 known = true;
             if (!known)
-                return tly_error(errbuf, errlen, "%s @%s uses %s, which no @field, @param or @each "
-                            "defines", p->source_name, section_name, full);
+                return tly_error(errbuf, errlen,
+                                 "%s @%s uses %s, which no @field, @param or @each "
+                                 "defines",
+                                 p->source_name, section_name, full);
         }
     }
     return 0;
@@ -498,7 +506,7 @@ static int apply_overrides(tly_pipeline *p, const char *const *params, char *err
         }
         if (!found)
             return tly_error(errbuf, errlen, "pipeline %s has no setting \"%.*s\"", p->name,
-                        (int)(eq - *params), *params);
+                             (int)(eq - *params), *params);
     }
     return 0;
 }
@@ -514,15 +522,17 @@ static int check_recorded_settings(tly_pipeline *p, char *errbuf, size_t errlen)
         snprintf(key, sizeof(key), "pipeline.%s.%s", p->name, p->settings[i].name);
         rc = tly_store_meta_get_text(p->store, key, recorded, sizeof(recorded));
         if (rc < 0)
-            return tly_error(errbuf, errlen, "cannot read %s from meta: %s", key, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "cannot read %s from meta: %s", key,
+                             sqlite3_errmsg(p->db));
         if (rc == 1 && strcmp(recorded, p->settings[i].value) != 0)
             return tly_error(errbuf, errlen,
-                        "database %s was built by pipeline %s with %s=%s, not %s; mixing them "
-                        "would corrupt the state: use the same setting or a new database",
-                        tly_store_path(p->store), p->name, p->settings[i].name, recorded,
-                        p->settings[i].value);
+                             "database %s was built by pipeline %s with %s=%s, not %s; mixing them "
+                             "would corrupt the state: use the same setting or a new database",
+                             tly_store_path(p->store), p->name, p->settings[i].name, recorded,
+                             p->settings[i].value);
         if (rc == 0 && tly_store_meta_set_text(p->store, key, p->settings[i].value) < 0)
-            return tly_error(errbuf, errlen, "cannot record %s in meta: %s", key, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "cannot record %s in meta: %s", key,
+                             sqlite3_errmsg(p->db));
     }
     return 0;
 }
@@ -598,8 +608,10 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
             for (const char *const *n = tly_pipeline_builtin_names(); *n; n++)
                 snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s",
                          known[0] ? ", " : "", *n);
-            tly_error(errbuf, errlen, "unknown pipeline \"%s\" (built in: %s; or a path to a .sql "
-                 "pipeline file)", name, known);
+            tly_error(errbuf, errlen,
+                      "unknown pipeline \"%s\" (built in: %s; or a path to a .sql "
+                      "pipeline file)",
+                      name, known);
             goto done;
         }
     }
@@ -717,8 +729,14 @@ void tly_pipeline_close(tly_pipeline *p)
     free(p);
 }
 
-const char *tly_pipeline_name(const tly_pipeline *p) { return p->name; }
-const char *tly_pipeline_entity(const tly_pipeline *p) { return p->entity; }
+const char *tly_pipeline_name(const tly_pipeline *p)
+{
+    return p->name;
+}
+const char *tly_pipeline_entity(const tly_pipeline *p)
+{
+    return p->entity;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Decoding one event                                                        */
@@ -803,8 +821,10 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
         if (get_int64(o, &v->i) < 0)
             goto out_of_range;
         if (f->type == FT_TIME_MS && (v->i < 0 || v->i > MAX_TIME_MS)) {
-            snprintf(reason, reason_len, "field \"%s\" is %lld, not epoch milliseconds between "
-                     "0 and %lld", f->paths_text, (long long)v->i, MAX_TIME_MS);
+            snprintf(reason, reason_len,
+                     "field \"%s\" is %lld, not epoch milliseconds between "
+                     "0 and %lld",
+                     f->paths_text, (long long)v->i, MAX_TIME_MS);
             return DECODE_REJECT;
         }
         v->kind = V_INT;
@@ -869,10 +889,14 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
         v->text_len = (int)strlen(v->text);
         return DECODE_OK;
     }
-wrong_type: {
-    static const char *expected[] = {"a string or integer", "a string", "an integer",
-                                     "a number or decimal string", "an integer (epoch ms)",
-                                     "true or false", "JSON",
+wrong_type : {
+    static const char *expected[] = {"a string or integer",
+                                     "a string",
+                                     "an integer",
+                                     "a number or decimal string",
+                                     "an integer (epoch ms)",
+                                     "true or false",
+                                     "JSON",
                                      "epoch ms, epoch seconds or an RFC 3339 string"};
     snprintf(reason, reason_len, "field \"%s\" must be %s, got %s", f->paths_text,
              expected[f->type], json_type_label(o));
@@ -885,7 +909,8 @@ out_of_range:
 }
 
 /* Parses one event into a json-c tree; returns NULL with a reason. */
-static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reason, size_t reason_len)
+static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reason,
+                                size_t reason_len)
 {
     json_object *root;
     size_t end;
@@ -927,8 +952,8 @@ static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reas
          end++) {
         char c = ev->data[end];
         if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-            snprintf(reason, reason_len, "invalid JSON: unexpected data after the value at byte %zu",
-                     end);
+            snprintf(reason, reason_len,
+                     "invalid JSON: unexpected data after the value at byte %zu", end);
             json_object_put(root);
             return NULL;
         }
@@ -944,15 +969,9 @@ static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reas
 static void bind_value(sqlite3_stmt *stmt, int index, const struct value *v)
 {
     switch (v->kind) {
-    case V_NULL:
-        sqlite3_bind_null(stmt, index);
-        break;
-    case V_INT:
-        sqlite3_bind_int64(stmt, index, v->i);
-        break;
-    case V_TEXT:
-        sqlite3_bind_text(stmt, index, v->text, v->text_len, SQLITE_STATIC);
-        break;
+    case V_NULL: sqlite3_bind_null(stmt, index); break;
+    case V_INT: sqlite3_bind_int64(stmt, index, v->i); break;
+    case V_TEXT: sqlite3_bind_text(stmt, index, v->text, v->text_len, SQLITE_STATIC); break;
     }
 }
 
@@ -967,7 +986,8 @@ static void bind_fields(tly_pipeline *p, struct section *s, const struct value *
             sqlite3_bind_text(s->statements[k].stmt, s->statements[k].event_index, ev->data,
                               (int)ev->len, SQLITE_STATIC);
         if (s->statements[k].partition_index)
-            sqlite3_bind_int(s->statements[k].stmt, s->statements[k].partition_index, ev->partition);
+            sqlite3_bind_int(s->statements[k].stmt, s->statements[k].partition_index,
+                             ev->partition);
     }
 }
 
@@ -1033,8 +1053,8 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
         return SQLITE_DONE;
     }
     for (int f = 0; f < p->field_count; f++) {
-        decode_result d = decode_field(&p->fields[f], root, &values[f], result->reason,
-                                       sizeof(result->reason));
+        decode_result d =
+            decode_field(&p->fields[f], root, &values[f], result->reason, sizeof(result->reason));
         if (d != DECODE_OK) {
             result->status = d == DECODE_SKIP ? TLY_EVENT_SKIPPED : TLY_EVENT_REJECTED;
             goto done;
@@ -1046,8 +1066,9 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
     if (p->has_each) {
         members = lookup(root, &p->each_path);
         if (!json_object_is_type(members, json_type_object)) {
-            snprintf(result->reason, sizeof(result->reason), "field \"%s\" must be an object, got %s",
-                     p->each_path.segments[0], members ? json_type_label(members) : "nothing");
+            snprintf(result->reason, sizeof(result->reason),
+                     "field \"%s\" must be an object, got %s", p->each_path.segments[0],
+                     members ? json_type_label(members) : "nothing");
             result->status = TLY_EVENT_REJECTED;
             goto done;
         }
@@ -1067,8 +1088,8 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
         const char *member_json;
         if (is_excepted(p, key))
             continue;
-        member_json = json_object_to_json_string_ext(
-            member, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+        member_json = json_object_to_json_string_ext(member, JSON_C_TO_STRING_PLAIN |
+                                                                 JSON_C_TO_STRING_NOSLASHESCAPE);
         for (int k = 0; k < p->stage.count; k++) {
             struct bound_statement *b = &p->stage.statements[k];
             if (b->each_key_index)
@@ -1093,8 +1114,8 @@ done:
 static bool is_event_error(int rc)
 {
     int primary = rc & 0xff;
-    return primary == SQLITE_CONSTRAINT || primary == SQLITE_MISMATCH ||
-           primary == SQLITE_TOOBIG || primary == SQLITE_ERROR || primary == SQLITE_RANGE;
+    return primary == SQLITE_CONSTRAINT || primary == SQLITE_MISMATCH || primary == SQLITE_TOOBIG ||
+           primary == SQLITE_ERROR || primary == SQLITE_RANGE;
 }
 
 static int64_t last_seq(tly_pipeline *p)
@@ -1216,7 +1237,8 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
     local.changes = last_seq(p) - seq_before;
     if ((local.applied && tly_store_meta_add_int(p->store, p->meta_applied, local.applied) < 0) ||
         (local.skipped && tly_store_meta_add_int(p->store, p->meta_skipped, local.skipped) < 0) ||
-        (local.rejected && tly_store_meta_add_int(p->store, p->meta_rejected, local.rejected) < 0) ||
+        (local.rejected &&
+         tly_store_meta_add_int(p->store, p->meta_rejected, local.rejected) < 0) ||
         (local.late && tly_store_meta_add_int(p->store, p->meta_late, local.late) < 0) ||
         count_partitions(p, events, results, count) < 0) {
         tly_error(errbuf, errlen, "cannot update counters: %s", sqlite3_errmsg(p->db));
@@ -1254,7 +1276,8 @@ int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_se
             ;
         sqlite3_reset(stmt);
         if (rc != SQLITE_DONE)
-            return tly_error(errbuf, errlen, "%s @replay: %s", p->source_name, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "%s @replay: %s", p->source_name,
+                             sqlite3_errmsg(p->db));
         if (k == 0)
             total = sqlite3_changes(p->db);
     }
@@ -1291,8 +1314,8 @@ static int run_outputs(tly_pipeline *p, const char *section_name, sqlite3_stmt *
     return 0;
 }
 
-int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emit_fn fn,
-                      void *ctx, char *errbuf, size_t errlen)
+int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emit_fn fn, void *ctx,
+                      char *errbuf, size_t errlen)
 {
     for (int k = 0; k < p->emit.count; k++) {
         sqlite3_stmt *stmt = p->emit.statements[k].stmt;
@@ -1307,14 +1330,19 @@ int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emi
     return 0;
 }
 
-bool tly_pipeline_has_flush(const tly_pipeline *p) { return p->flush.count > 0; }
+bool tly_pipeline_has_flush(const tly_pipeline *p)
+{
+    return p->flush.count > 0;
+}
 
 int tly_pipeline_set_windowed(tly_pipeline *p, bool windowed, int64_t allowed_lateness_ms,
                               char *errbuf, size_t errlen)
 {
     if (windowed && (p->late.count == 0 || p->flush.count == 0))
-        return tly_error(errbuf, errlen, "pipeline %s has no event-time windows (it needs @late, "
-                         "@flush and @flushed sections)", p->name);
+        return tly_error(errbuf, errlen,
+                         "pipeline %s has no event-time windows (it needs @late, "
+                         "@flush and @flushed sections)",
+                         p->name);
     p->windowed = windowed;
     bind_runtime(p, "allowed_lateness_ms", allowed_lateness_ms);
     bind_runtime(p, "closed_only", windowed ? 1 : 0);
@@ -1322,8 +1350,8 @@ int tly_pipeline_set_windowed(tly_pipeline *p, bool windowed, int64_t allowed_la
     return 0;
 }
 
-int tly_pipeline_flush(tly_pipeline *p, int64_t flush_seq, tly_emit_fn fn, void *ctx,
-                       char *errbuf, size_t errlen)
+int tly_pipeline_flush(tly_pipeline *p, int64_t flush_seq, tly_emit_fn fn, void *ctx, char *errbuf,
+                       size_t errlen)
 {
     for (int k = 0; k < p->flush.count; k++) {
         sqlite3_stmt *stmt = p->flush.statements[k].stmt;
@@ -1347,7 +1375,8 @@ int tly_pipeline_flushed(tly_pipeline *p, int64_t flush_seq, char *errbuf, size_
             ;
         sqlite3_reset(stmt);
         if (rc != SQLITE_DONE)
-            return tly_error(errbuf, errlen, "%s @flushed: %s", p->source_name, sqlite3_errmsg(p->db));
+            return tly_error(errbuf, errlen, "%s @flushed: %s", p->source_name,
+                             sqlite3_errmsg(p->db));
     }
     return 0;
 }

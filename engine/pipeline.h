@@ -24,7 +24,7 @@ typedef struct tly_pipeline tly_pipeline;
 typedef struct tly_event {
     const char *data; /* the raw bytes, borrowed for the duration of the call */
     size_t len;
-    int partition;    /* the input partition it came from (:partition); 0 offline */
+    int partition; /* the input partition it came from (:partition); 0 offline */
 } tly_event;
 
 typedef enum tly_event_status {
@@ -58,8 +58,8 @@ const char *const *tly_pipeline_builtin_names(void);
  * later open with different settings (say another window size) fails, because
  * mixing them would silently corrupt the state. Returns 0 and sets *out, or -1
  * with errbuf. The store is borrowed and must outlive the pipeline. */
-int tly_pipeline_open(tly_store *store, const char *name, const char *const *params,
-                      int flags, tly_pipeline **out, char *errbuf, size_t errlen);
+int tly_pipeline_open(tly_store *store, const char *name, const char *const *params, int flags,
+                      tly_pipeline **out, char *errbuf, size_t errlen);
 
 /* Frees the pipeline; NULL is a no-op. */
 void tly_pipeline_close(tly_pipeline *pipeline);
@@ -76,8 +76,8 @@ const char *tly_pipeline_entity(const tly_pipeline *pipeline);
  * changed nothing and the caller should roll back its transaction. stats may be
  * NULL. */
 int tly_pipeline_apply(tly_pipeline *pipeline, const tly_event *events, size_t count,
-                       tly_event_result *results, tly_batch_stats *stats,
-                       char *errbuf, size_t errlen);
+                       tly_event_result *results, tly_batch_stats *stats, char *errbuf,
+                       size_t errlen);
 
 /* Applies one changelog after-image (see changelog.h) of this pipeline's
  * entity, made by input partition `partition` (bound as :partition);

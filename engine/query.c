@@ -14,7 +14,7 @@ struct tly_query {
     tly_query_options opts;
     int64_t deadline_ms;
     bool timed_out;
-    char denied[160]; /* why the authorizer refused, for the error message */
+    char denied[160];      /* why the authorizer refused, for the error message */
     tly_query_error error; /* what the last failed run failed on */
 };
 
@@ -28,13 +28,25 @@ static int64_t now_ms(void)
 /* PRAGMAs that only read, with or without an argument naming a table. */
 static bool pragma_reads_only(const char *name, const char *arg)
 {
-    static const char *with_arg[] = {"table_info", "table_xinfo", "index_info", "index_xinfo",
+    static const char *with_arg[] = {"table_info", "table_xinfo",      "index_info", "index_xinfo",
                                      "index_list", "foreign_key_list", "table_list", NULL};
-    static const char *no_arg[] = {"user_version", "schema_version", "page_count", "page_size",
-                                   "freelist_count", "database_list", "collation_list",
-                                   "compile_options", "function_list", "module_list",
-                                   "pragma_list", "journal_mode", "data_version", "encoding",
-                                   "table_list", "application_id", NULL};
+    static const char *no_arg[] = {"user_version",
+                                   "schema_version",
+                                   "page_count",
+                                   "page_size",
+                                   "freelist_count",
+                                   "database_list",
+                                   "collation_list",
+                                   "compile_options",
+                                   "function_list",
+                                   "module_list",
+                                   "pragma_list",
+                                   "journal_mode",
+                                   "data_version",
+                                   "encoding",
+                                   "table_list",
+                                   "application_id",
+                                   NULL};
     for (const char **p = with_arg; *p; p++)
         if (strcmp(name, *p) == 0)
             return true;
@@ -53,8 +65,7 @@ static int authorize(void *ctx, int action, const char *a, const char *b, const 
     switch (action) {
     case SQLITE_SELECT:
     case SQLITE_READ:
-    case SQLITE_RECURSIVE:
-        return SQLITE_OK;
+    case SQLITE_RECURSIVE: return SQLITE_OK;
     case SQLITE_FUNCTION:
         if (b && (strcmp(b, "load_extension") == 0 || strcmp(b, "readfile") == 0 ||
                   strcmp(b, "writefile") == 0 || strcmp(b, "edit") == 0)) {
@@ -98,8 +109,8 @@ static int on_progress(void *ctx)
     return 0;
 }
 
-int tly_query_open(const char *path, const tly_query_options *opts, tly_query **out,
-                   char *errbuf, size_t errlen)
+int tly_query_open(const char *path, const tly_query_options *opts, tly_query **out, char *errbuf,
+                   size_t errlen)
 {
     tly_query *q = calloc(1, sizeof(*q));
     *out = NULL;
@@ -107,8 +118,10 @@ int tly_query_open(const char *path, const tly_query_options *opts, tly_query **
         return tly_error(errbuf, errlen, "out of memory");
     if (opts)
         q->opts = *opts;
-    if (sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
-        tly_error(errbuf, errlen, "cannot open %s: %s", path, q->db ? sqlite3_errmsg(q->db) : "out of memory");
+    if (sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot open %s: %s", path,
+                  q->db ? sqlite3_errmsg(q->db) : "out of memory");
         goto err;
     }
     sqlite3_busy_timeout(q->db, 5000);
@@ -116,7 +129,8 @@ int tly_query_open(const char *path, const tly_query_options *opts, tly_query **
     sqlite3_db_config(q->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
     /* A query's temporary b-trees (ORDER BY, DISTINCT) must not grow without
      * bound in memory either; spill them to a temp file. */
-    if (sqlite3_exec(q->db, "PRAGMA query_only = 1; PRAGMA temp_store = FILE;", NULL, NULL, NULL) != SQLITE_OK ||
+    if (sqlite3_exec(q->db, "PRAGMA query_only = 1; PRAGMA temp_store = FILE;", NULL, NULL, NULL) !=
+            SQLITE_OK ||
         sqlite3_exec(q->db, "SELECT 1 FROM sqlite_schema LIMIT 1", NULL, NULL, NULL) != SQLITE_OK) {
         tly_error(errbuf, errlen, "cannot read %s: %s", path, sqlite3_errmsg(q->db));
         goto err;
@@ -184,7 +198,8 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
         goto err;
     }
     if (tail && !only_space_or_comments(tail)) {
-        tly_error(errbuf, errlen, "one statement at a time, please (found more after the first \";\")");
+        tly_error(errbuf, errlen,
+                  "one statement at a time, please (found more after the first \";\")");
         goto err;
     }
     if (!sqlite3_stmt_readonly(stmt)) {
@@ -216,7 +231,7 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
         if (q->timed_out) {
             q->error = TLY_QUERY_ERR_TIMEOUT;
             tly_error(errbuf, errlen, "query interrupted after %lld ms (the time limit)",
-                 (long long)q->opts.timeout_ms);
+                      (long long)q->opts.timeout_ms);
         } else if (q->denied[0]) {
             q->error = TLY_QUERY_ERR_DENIED;
             tly_error(errbuf, errlen, "%s", q->denied);
@@ -234,4 +249,7 @@ err:
     return -1;
 }
 
-tly_query_error tly_query_last_error(const tly_query *q) { return q->error; }
+tly_query_error tly_query_last_error(const tly_query *q)
+{
+    return q->error;
+}

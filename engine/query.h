@@ -40,8 +40,8 @@ typedef struct tly_query_sink {
 
 /* Opens path read-only. The database must exist. Returns 0 and *out, or -1
  * with errbuf. */
-int tly_query_open(const char *path, const tly_query_options *opts, tly_query **out,
-                   char *errbuf, size_t errlen);
+int tly_query_open(const char *path, const tly_query_options *opts, tly_query **out, char *errbuf,
+                   size_t errlen);
 void tly_query_close(tly_query *query);
 
 /* Runs exactly one statement (trailing ";" and comments allowed). Returns the

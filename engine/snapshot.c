@@ -21,10 +21,10 @@
  * instances of one pipeline (each keeps its own newest `keep`). Partition p of
  * the input is in a snapshot when lastChangelogOffset has the changelog's
  * partition p: its rows (part = p) are then the state as of that offset, and
- * another instance can take them over (adapters/kafka/recovery.c). lastChangelogOffset holds the meta rows kafka.changelog.<topic>.<partition>
- * read in the same read transaction as the copy: replaying the changelog topic
- * from those offsets + 1 brings the copy up to date. Each file is written under
- * a ".tmp" name, fsynced, renamed, and the directory fsynced, so a crash leaves
+ * another instance can take them over (adapters/kafka/recovery.c). lastChangelogOffset holds the
+ * meta rows kafka.changelog.<topic>.<partition> read in the same read transaction as the copy:
+ * replaying the changelog topic from those offsets + 1 brings the copy up to date. Each file is
+ * written under a ".tmp" name, fsynced, renamed, and the directory fsynced, so a crash leaves
  * either a complete snapshot or none. The manifest is also a row of the source
  * database's snapshots table (migrations/004_snapshots.sql). */
 #include "snapshot.h"
@@ -82,13 +82,15 @@ static int checksum_file(const char *path, char out[17], int64_t *bytes)
 
 int tly_snapshot_manifest_json(const tly_snapshot_manifest *m, char *buf, size_t buflen)
 {
-    json_object *obj = json_object_new_object(), *offsets = json_tokener_parse(m->changelog_offsets);
+    json_object *obj = json_object_new_object(),
+                *offsets = json_tokener_parse(m->changelog_offsets);
     int n;
 
     json_object_object_add(obj, "snapshotId", json_object_new_string(m->snapshot_id));
     json_object_object_add(obj, "path", json_object_new_string(m->path));
     json_object_object_add(obj, "lastSeq", json_object_new_int64(m->last_seq));
-    json_object_object_add(obj, "lastChangelogOffset", offsets ? offsets : json_object_new_object());
+    json_object_object_add(obj, "lastChangelogOffset",
+                           offsets ? offsets : json_object_new_object());
     json_object_object_add(obj, "createdAt", json_object_new_int64(m->created_ms));
     json_object_object_add(obj, "bytes", json_object_new_int64(m->bytes));
     json_object_object_add(obj, "checksum", json_object_new_string(m->checksum));
@@ -135,18 +137,20 @@ static int copy_database(const char *db_path, const char *tmp_path, tly_snapshot
     }
     sqlite3_busy_timeout(src, 5000);
     if (sqlite3_exec(src, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(src,
-                           "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0),"
-                           " (SELECT coalesce(json_group_object(substr(key, 17), value), '{}') FROM meta"
-                           "   WHERE key LIKE 'kafka.changelog.%'),"
-                           " (SELECT value FROM meta WHERE key = 'tally.instance')",
-                           -1, &stmt, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(
+            src,
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changelog'), 0),"
+            " (SELECT coalesce(json_group_object(substr(key, 17), value), '{}') FROM meta"
+            "   WHERE key LIKE 'kafka.changelog.%'),"
+            " (SELECT value FROM meta WHERE key = 'tally.instance')",
+            -1, &stmt, NULL) != SQLITE_OK ||
         sqlite3_step(stmt) != SQLITE_ROW) {
         tly_error(errbuf, errlen, "cannot read %s: %s", db_path, sqlite3_errmsg(src));
         goto done;
     }
     m->last_seq = sqlite3_column_int64(stmt, 0);
-    snprintf(m->changelog_offsets, sizeof(m->changelog_offsets), "%s", sqlite3_column_text(stmt, 1));
+    snprintf(m->changelog_offsets, sizeof(m->changelog_offsets), "%s",
+             sqlite3_column_text(stmt, 1));
     if (sqlite3_column_type(stmt, 2) == SQLITE_TEXT)
         snprintf(m->instance, sizeof(m->instance), "%s", sqlite3_column_text(stmt, 2));
     sqlite3_finalize(stmt);
@@ -198,15 +202,15 @@ static void remove_snapshot_files(const char *db_file)
 }
 
 /* Records the manifest in the source database and keeps the newest `keep`. */
-static int record_manifest(tly_store *store, const tly_snapshot_manifest *m, int keep,
-                           char *errbuf, size_t errlen)
+static int record_manifest(tly_store *store, const tly_snapshot_manifest *m, int keep, char *errbuf,
+                           size_t errlen)
 {
     sqlite3_stmt *stmt = NULL;
     sqlite3 *db = tly_store_db(store);
     int rc = -1;
 
-    if (sqlite3_prepare_v2(db, "INSERT INTO snapshots VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1, &stmt,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "INSERT INTO snapshots VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)", -1,
+                           &stmt, NULL) != SQLITE_OK)
         goto sql_error;
     sqlite3_bind_text(stmt, 1, m->snapshot_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(stmt, 2, m->path, -1, SQLITE_STATIC);
@@ -220,9 +224,10 @@ static int record_manifest(tly_store *store, const tly_snapshot_manifest *m, int
     sqlite3_finalize(stmt);
     stmt = NULL;
     if (keep > 0) {
-        if (sqlite3_prepare_v2(db, "DELETE FROM snapshots WHERE snapshot_id IN (SELECT snapshot_id "
-                                   "FROM snapshots ORDER BY created_ms DESC, snapshot_id DESC "
-                                   "LIMIT -1 OFFSET ?1) RETURNING path",
+        if (sqlite3_prepare_v2(db,
+                               "DELETE FROM snapshots WHERE snapshot_id IN (SELECT snapshot_id "
+                               "FROM snapshots ORDER BY created_ms DESC, snapshot_id DESC "
+                               "LIMIT -1 OFFSET ?1) RETURNING path",
                                -1, &stmt, NULL) != SQLITE_OK)
             goto sql_error;
         sqlite3_bind_int(stmt, 1, keep);
@@ -232,8 +237,8 @@ static int record_manifest(tly_store *store, const tly_snapshot_manifest *m, int
     rc = 0;
     goto done;
 sql_error:
-    tly_error(errbuf, errlen, "cannot record the snapshot manifest in %s: %s", tly_store_path(store),
-              sqlite3_errmsg(db));
+    tly_error(errbuf, errlen, "cannot record the snapshot manifest in %s: %s",
+              tly_store_path(store), sqlite3_errmsg(db));
 done:
     sqlite3_finalize(stmt);
     return rc;
@@ -279,8 +284,8 @@ static void prune_directory(const char *dir, const char *database, const char *i
     free(list);
 }
 
-int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifest *m,
-                      char *errbuf, size_t errlen)
+int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifest *m, char *errbuf,
+                      size_t errlen)
 {
     char tmp_db[4200], tmp_json[4200], final_json[4200], stamp[32], absolute[PATH_MAX];
     struct timespec ts;
@@ -289,7 +294,8 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
 
     memset(m, 0, sizeof(*m));
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return tly_error(errbuf, errlen, "cannot create snapshot directory %s: %s", dir, strerror(errno));
+        return tly_error(errbuf, errlen, "cannot create snapshot directory %s: %s", dir,
+                         strerror(errno));
     /* The manifest names the file by an absolute path: it is read from
      * anywhere, by recovery and by tally restore. */
     if (!realpath(dir, absolute))
@@ -321,12 +327,14 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
         }
         tag[n] = '\0';
         if (snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s%03ldZ%s-%lld", stamp,
-                     ts.tv_nsec / 1000000, tag, (long long)m->last_seq) >= (int)sizeof(m->snapshot_id)) {
+                     ts.tv_nsec / 1000000, tag,
+                     (long long)m->last_seq) >= (int)sizeof(m->snapshot_id)) {
             tly_error(errbuf, errlen, "snapshot id too long");
             goto done;
         }
     }
-    if (snprintf(m->path, sizeof(m->path), "%s/snapshot-%s.db", dir, m->snapshot_id) >= (int)sizeof(m->path)) {
+    if (snprintf(m->path, sizeof(m->path), "%s/snapshot-%s.db", dir, m->snapshot_id) >=
+        (int)sizeof(m->path)) {
         tly_error(errbuf, errlen, "snapshot directory path too long");
         goto done;
     }
@@ -339,7 +347,8 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
     if (write_manifest(m, tmp_json, errbuf, errlen) < 0)
         goto done;
     /* The data file first: a manifest never names a file that is not there. */
-    if (rename(tmp_db, m->path) != 0 || rename(tmp_json, final_json) != 0 || fsync_path(dir, 1) != 0) {
+    if (rename(tmp_db, m->path) != 0 || rename(tmp_json, final_json) != 0 ||
+        fsync_path(dir, 1) != 0) {
         tly_error(errbuf, errlen, "cannot move the snapshot into %s: %s", dir, strerror(errno));
         unlink(m->path);
         goto done;
@@ -367,8 +376,8 @@ int tly_snapshot_record(tly_store *store, int keep, const tly_snapshot_manifest 
     return 0;
 }
 
-int tly_snapshot_write(const char *db_path, const char *dir, int keep,
-                       tly_snapshot_manifest *m, char *errbuf, size_t errlen)
+int tly_snapshot_write(const char *db_path, const char *dir, int keep, tly_snapshot_manifest *m,
+                       char *errbuf, size_t errlen)
 {
     tly_store *store = NULL;
     int rc;
@@ -391,7 +400,8 @@ static int manifest_from_json(json_object *obj, const char *what, tly_snapshot_m
     memset(m, 0, sizeof(*m));
     if (!obj || !json_object_is_type(obj, json_type_object))
         goto bad;
-    if (!json_object_object_get_ex(obj, "snapshotId", &v) || !json_object_is_type(v, json_type_string))
+    if (!json_object_object_get_ex(obj, "snapshotId", &v) ||
+        !json_object_is_type(v, json_type_string))
         goto bad;
     snprintf(m->snapshot_id, sizeof(m->snapshot_id), "%s", json_object_get_string(v));
     if (!json_object_object_get_ex(obj, "path", &v) || !json_object_is_type(v, json_type_string))
@@ -400,7 +410,8 @@ static int manifest_from_json(json_object *obj, const char *what, tly_snapshot_m
     if (!json_object_object_get_ex(obj, "lastSeq", &v) || !json_object_is_type(v, json_type_int))
         goto bad;
     m->last_seq = json_object_get_int64(v);
-    if (!json_object_object_get_ex(obj, "lastChangelogOffset", &v) || !json_object_is_type(v, json_type_object))
+    if (!json_object_object_get_ex(obj, "lastChangelogOffset", &v) ||
+        !json_object_is_type(v, json_type_object))
         goto bad;
     snprintf(m->changelog_offsets, sizeof(m->changelog_offsets), "%s",
              json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
@@ -410,8 +421,8 @@ static int manifest_from_json(json_object *obj, const char *what, tly_snapshot_m
     if (!json_object_object_get_ex(obj, "bytes", &v) || !json_object_is_type(v, json_type_int))
         goto bad;
     m->bytes = json_object_get_int64(v);
-    if (!json_object_object_get_ex(obj, "checksum", &v) || !json_object_is_type(v, json_type_string) ||
-        json_object_get_string_len(v) != 16)
+    if (!json_object_object_get_ex(obj, "checksum", &v) ||
+        !json_object_is_type(v, json_type_string) || json_object_get_string_len(v) != 16)
         goto bad;
     snprintf(m->checksum, sizeof(m->checksum), "%s", json_object_get_string(v));
     if (json_object_object_get_ex(obj, "database", &v) && json_object_is_type(v, json_type_string))
@@ -468,7 +479,8 @@ int tly_snapshot_list(const char *dir, tly_snapshot_manifest **out, int *count, 
     if (!d) {
         if (errno == ENOENT)
             return 0;
-        return tly_error(errbuf, errlen, "cannot read snapshot directory %s: %s", dir, strerror(errno));
+        return tly_error(errbuf, errlen, "cannot read snapshot directory %s: %s", dir,
+                         strerror(errno));
     }
     while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
@@ -478,7 +490,8 @@ int tly_snapshot_list(const char *dir, tly_snapshot_manifest **out, int *count, 
             strcmp(e->d_name + len - 5, ".json") != 0)
             continue;
         if (n == cap) {
-            tly_snapshot_manifest *grown = realloc(list, (size_t)(cap ? cap * 2 : 8) * sizeof(*list));
+            tly_snapshot_manifest *grown =
+                realloc(list, (size_t)(cap ? cap * 2 : 8) * sizeof(*list));
             if (!grown) {
                 free(list);
                 closedir(d);
@@ -512,11 +525,12 @@ int tly_snapshot_verify(const tly_snapshot_manifest *m, char *errbuf, size_t err
         return tly_error(errbuf, errlen, "snapshot %s has %lld bytes, its manifest says %lld",
                          m->path, (long long)bytes, (long long)m->bytes);
     if (strcmp(checksum, m->checksum) != 0)
-        return tly_error(errbuf, errlen, "snapshot %s fails its checksum (%s, manifest %s)", m->path,
-                         checksum, m->checksum);
+        return tly_error(errbuf, errlen, "snapshot %s fails its checksum (%s, manifest %s)",
+                         m->path, checksum, m->checksum);
     if (sqlite3_open_v2(m->path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &stmt, NULL) != SQLITE_OK ||
-        sqlite3_step(stmt) != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(stmt, 0), "ok") != 0) {
+        sqlite3_step(stmt) != SQLITE_ROW ||
+        strcmp((const char *)sqlite3_column_text(stmt, 0), "ok") != 0) {
         tly_error(errbuf, errlen, "snapshot %s fails SQLite's check: %s", m->path,
                   stmt && sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0)
                                                        : sqlite3_errmsg(db));
@@ -541,7 +555,8 @@ int tly_snapshot_restore(const tly_snapshot_manifest *m, const char *new_db_path
     if (tly_snapshot_verify(m, errbuf, errlen) < 0)
         return -1;
     snprintf(tmp, sizeof(tmp), "%s.restore.tmp", new_db_path);
-    if ((in = open(m->path, O_RDONLY)) < 0 || (out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0) {
+    if ((in = open(m->path, O_RDONLY)) < 0 ||
+        (out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0) {
         tly_error(errbuf, errlen, "cannot restore into %s: %s", new_db_path, strerror(errno));
         goto done;
     }
@@ -576,17 +591,19 @@ int tly_snapshot_list_recorded(const char *db_path, tly_snapshot_manifest **out,
     *out = NULL;
     *count = 0;
     if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db,
-                           "SELECT snapshot_id, path, last_seq, changelog_offsets, created_ms, bytes,"
-                           " checksum FROM snapshots",
-                           -1, &stmt, NULL) != SQLITE_OK) {
+        sqlite3_prepare_v2(
+            db,
+            "SELECT snapshot_id, path, last_seq, changelog_offsets, created_ms, bytes,"
+            " checksum FROM snapshots",
+            -1, &stmt, NULL) != SQLITE_OK) {
         rc = 0; /* no database, or not one with snapshots: none recorded */
         goto done;
     }
     while (sqlite3_step(stmt) == SQLITE_ROW) {
         tly_snapshot_manifest *m;
         if (n == cap) {
-            tly_snapshot_manifest *grown = realloc(list, (size_t)(cap ? cap * 2 : 8) * sizeof(*list));
+            tly_snapshot_manifest *grown =
+                realloc(list, (size_t)(cap ? cap * 2 : 8) * sizeof(*list));
             if (!grown) {
                 tly_error(errbuf, errlen, "out of memory");
                 goto done;

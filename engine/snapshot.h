@@ -20,11 +20,11 @@ typedef struct tly_snapshot_manifest {
     char changelog_offsets[2048]; /* JSON object {"<topic>.<partition>": offset} */
     int64_t created_ms;
     int64_t bytes;
-    char checksum[17];            /* FNV-1a 64, 16 lowercase hex digits */
-    char database[256];           /* file name of the source database, e.g. "orders.db"
-                                     (empty in manifests written before it existed) */
-    char instance[128];           /* the daemon instance that wrote it (meta
-                                     "tally.instance"; empty offline and in older ones) */
+    char checksum[17];  /* FNV-1a 64, 16 lowercase hex digits */
+    char database[256]; /* file name of the source database, e.g. "orders.db"
+                           (empty in manifests written before it existed) */
+    char instance[128]; /* the daemon instance that wrote it (meta
+                           "tally.instance"; empty offline and in older ones) */
 } tly_snapshot_manifest;
 
 /* Writes a snapshot of the database at db_path into dir (created if missing):
@@ -51,8 +51,8 @@ int tly_snapshot_record(tly_store *store, int keep, const tly_snapshot_manifest 
 int tly_snapshot_manifest_json(const tly_snapshot_manifest *manifest, char *buf, size_t buflen);
 
 /* Reads the manifest file at json_path. Returns 0 or -1 with errbuf. */
-int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *manifest,
-                               char *errbuf, size_t errlen);
+int tly_snapshot_read_manifest(const char *json_path, tly_snapshot_manifest *manifest, char *errbuf,
+                               size_t errlen);
 
 /* qsort order of manifests, newest first: by createdAt, then lastSeq, then id. */
 int tly_snapshot_newer_first(const tly_snapshot_manifest *a, const tly_snapshot_manifest *b);

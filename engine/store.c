@@ -69,15 +69,16 @@ static int migrate(sqlite3 *db, int target, char *errbuf, size_t errlen)
     char *msg = NULL;
 
     if (current < 0)
-        return set_error(errbuf, errlen, "cannot read schema version: %s%s",
-                         sqlite3_errmsg(db), "");
+        return set_error(errbuf, errlen, "cannot read schema version: %s%s", sqlite3_errmsg(db),
+                         "");
     if (current > latest) {
         char detail[160];
-        snprintf(detail, sizeof(detail), "schema version %d, newer than this tally's %d",
-                 current, latest);
+        snprintf(detail, sizeof(detail), "schema version %d, newer than this tally's %d", current,
+                 latest);
         return set_error(errbuf, errlen,
                          "database has %s; upgrade tally (or open a copy with the tally "
-                         "that wrote it)%s", detail, "");
+                         "that wrote it)%s",
+                         detail, "");
     }
     for (int v = current + 1; v <= target; v++) {
         const struct tly_embedded_sql *m = &tly_embedded_migrations[v - 1];
@@ -111,8 +112,8 @@ static void configure_sqlite(void)
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 }
 
-int tly_store_open(const char *path, const tly_store_options *opts, tly_store **out,
-                   char *errbuf, size_t errlen)
+int tly_store_open(const char *path, const tly_store_options *opts, tly_store **out, char *errbuf,
+                   size_t errlen)
 {
     static pthread_once_t configured = PTHREAD_ONCE_INIT;
     tly_store_options defaults;
@@ -172,8 +173,8 @@ int tly_store_open(const char *path, const tly_store_options *opts, tly_store **
                   sqlite3_errmsg(store->db));
         goto err;
     }
-    if (sqlite3_prepare_v3(store->db, "SELECT value FROM meta WHERE key = ?1",
-                           -1, SQLITE_PREPARE_PERSISTENT, &store->meta_get, NULL) != SQLITE_OK ||
+    if (sqlite3_prepare_v3(store->db, "SELECT value FROM meta WHERE key = ?1", -1,
+                           SQLITE_PREPARE_PERSISTENT, &store->meta_get, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(store->db,
                            "INSERT INTO meta (key, value) VALUES (?1, ?2) "
                            "ON CONFLICT DO UPDATE SET value = excluded.value",
@@ -205,9 +206,18 @@ void tly_store_close(tly_store *store)
     free(store);
 }
 
-sqlite3 *tly_store_db(tly_store *store) { return store->db; }
-const char *tly_store_path(tly_store *store) { return store->path; }
-int tly_store_schema_version(tly_store *store) { return user_version(store->db); }
+sqlite3 *tly_store_db(tly_store *store)
+{
+    return store->db;
+}
+const char *tly_store_path(tly_store *store)
+{
+    return store->path;
+}
+int tly_store_schema_version(tly_store *store)
+{
+    return user_version(store->db);
+}
 
 int tly_store_exec(tly_store *store, const char *sql, char *errbuf, size_t errlen)
 {
@@ -304,8 +314,7 @@ int64_t tly_store_last_seq(tly_store *store)
 {
     sqlite3_stmt *stmt = NULL;
     int64_t seq = 0;
-    if (sqlite3_prepare_v2(store->db,
-                           "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'",
+    if (sqlite3_prepare_v2(store->db, "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'",
                            -1, &stmt, NULL) == SQLITE_OK &&
         sqlite3_step(stmt) == SQLITE_ROW)
         seq = sqlite3_column_int64(stmt, 0);

@@ -20,16 +20,16 @@ typedef struct tly_store_options {
      * never corrupts the database; a power cut may lose the last commits, which
      * the changelog replay then restores. */
     const char *synchronous;
-    int busy_timeout_ms;   /* default 5000 */
-    int64_t cache_kib;     /* page cache, default 65536 (64 MiB) */
-    int page_size;         /* bytes, for a new database only (SQLite fixes it when
-                              the first table is created); default 16384 */
+    int busy_timeout_ms;    /* default 5000 */
+    int64_t cache_kib;      /* page cache, default 65536 (64 MiB) */
+    int page_size;          /* bytes, for a new database only (SQLite fixes it when
+                               the first table is created); default 16384 */
     int wal_autocheckpoint; /* pages, default 2500 (~40 MiB of 16 KiB pages): fewer,
                                larger checkpoints write a page rewritten by many
                                batches once instead of once per batch */
-    int migrate_to;        /* 0 = newest; a lower version is for tests of migration */
-    int disable_triggers;  /* 1 = this connection runs no triggers: changelog replay
-                              writes state and changelog rows itself */
+    int migrate_to;         /* 0 = newest; a lower version is for tests of migration */
+    int disable_triggers;   /* 1 = this connection runs no triggers: changelog replay
+                               writes state and changelog rows itself */
 } tly_store_options;
 
 /* Fills opts with the defaults above. */
@@ -39,8 +39,8 @@ void tly_store_options_init(tly_store_options *opts);
  * version. opts may be NULL for the defaults. On success returns 0 and sets
  * *out (free with tly_store_close). On failure returns -1 with a message in
  * errbuf: unreadable file, not a database, or a schema newer than this binary. */
-int tly_store_open(const char *path, const tly_store_options *opts, tly_store **out,
-                   char *errbuf, size_t errlen);
+int tly_store_open(const char *path, const tly_store_options *opts, tly_store **out, char *errbuf,
+                   size_t errlen);
 
 /* Closes the connection. tly_store_close(NULL) is a no-op. */
 void tly_store_close(tly_store *store);

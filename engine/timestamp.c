@@ -31,7 +31,10 @@ static int days_in_month(int y, int m)
     return m == 2 && leap ? 29 : days[m - 1];
 }
 
-static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
 
 /* Reads exactly n digits at text[*pos]; -1 if they are not all there. */
 static int fixed_digits(const char *text, size_t len, size_t *pos, int n)
@@ -73,7 +76,8 @@ static int parse_epoch(const char *text, size_t len, int64_t *ms, char *errbuf, 
     int digits = 0, frac = 0;
 
     if (text[0] == '-')
-        return tly_error(errbuf, errlen, "negative epoch time %.*s", (int)(len > 40 ? 40 : len), text);
+        return tly_error(errbuf, errlen, "negative epoch time %.*s", (int)(len > 40 ? 40 : len),
+                         text);
     while (pos < len && is_digit(text[pos])) {
         /* 16 digits bound every value below: more is out of range anyway */
         if (++digits > 16)
@@ -118,14 +122,14 @@ static int parse_rfc3339(const char *text, size_t len, int64_t *ms, char *errbuf
         (day = fixed_digits(text, len, &pos, 2)) < 0)
         goto bad;
     if (pos >= len)
-        return tly_error(errbuf, errlen, "\"%.*s\" has a date but no time: RFC 3339 needs "
+        return tly_error(errbuf, errlen,
+                         "\"%.*s\" has a date but no time: RFC 3339 needs "
                          "YYYY-MM-DDTHH:MM:SS and an offset (Z or +HH:MM)",
                          (int)(len > 40 ? 40 : len), text);
     sep = text[pos++];
-    if ((sep != 'T' && sep != 't' && sep != ' ') ||
-        (hour = fixed_digits(text, len, &pos, 2)) < 0 || pos >= len || text[pos++] != ':' ||
-        (minute = fixed_digits(text, len, &pos, 2)) < 0 || pos >= len || text[pos++] != ':' ||
-        (second = fixed_digits(text, len, &pos, 2)) < 0)
+    if ((sep != 'T' && sep != 't' && sep != ' ') || (hour = fixed_digits(text, len, &pos, 2)) < 0 ||
+        pos >= len || text[pos++] != ':' || (minute = fixed_digits(text, len, &pos, 2)) < 0 ||
+        pos >= len || text[pos++] != ':' || (second = fixed_digits(text, len, &pos, 2)) < 0)
         goto bad;
     if (pos < len && text[pos] == '.') {
         pos++;
@@ -152,7 +156,8 @@ static int parse_rfc3339(const char *text, size_t len, int64_t *ms, char *errbuf
     if (pos != len)
         goto bad;
     if (month < 1 || month > 12 || day < 1 || day > days_in_month(year, month))
-        return tly_error(errbuf, errlen, "\"%.*s\": no such date", (int)(len > 40 ? 40 : len), text);
+        return tly_error(errbuf, errlen, "\"%.*s\": no such date", (int)(len > 40 ? 40 : len),
+                         text);
     if (hour > 23 || minute > 59 || second > 60)
         return tly_error(errbuf, errlen, "\"%.*s\": no such time of day",
                          (int)(len > 40 ? 40 : len), text);

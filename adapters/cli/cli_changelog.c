@@ -29,10 +29,11 @@ static void on_progress(void *ctx, int64_t rows)
 
 int cmd_changelog(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, 'd'}, {"since", required_argument, NULL, 's'},
-        {"out", required_argument, NULL, 'o'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"db", required_argument, NULL, 'd'},
+                                            {"since", required_argument, NULL, 's'},
+                                            {"out", required_argument, NULL, 'o'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *db_path = NULL, *out_path = NULL;
     char tmp_path[4096], err[8704];
     int64_t since = 0, rows;

@@ -72,7 +72,8 @@ int cli_kafka_settings(const char *command, const char **brokers)
     if (tly_kconf_add_env(err, sizeof(err)) < 0)
         return cli_usage_error(command, "%s", err);
     if (*brokers && !**brokers)
-        return cli_usage_error(command, "--brokers must not be empty, e.g. --brokers 127.0.0.1:9092");
+        return cli_usage_error(command,
+                               "--brokers must not be empty, e.g. --brokers 127.0.0.1:9092");
     if (!(*brokers = tly_kconf_brokers(*brokers)))
         return cli_usage_error(command, "--brokers is required (or set KAFKA_BROKERS, or "
                                         "bootstrap.servers in --kafka-config), e.g. "

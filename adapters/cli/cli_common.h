@@ -29,11 +29,14 @@ int cli_parse_int64(const char *command, const char *flag, const char *value, in
  * its help, passes both to cli_kafka_option, and calls cli_kafka_settings
  * after the loop. */
 #define CLI_OPT_KAFKA_CONFIG 0x4b43
-#define CLI_KAFKA_OPTION {"kafka-config", required_argument, NULL, CLI_OPT_KAFKA_CONFIG}
-#define CLI_KAFKA_USAGE                                                                     \
-    "  -X NAME=VALUE            a librdkafka property for every Kafka client tally makes,\n" \
-    "                           e.g. -X security.protocol=SASL_SSL (repeatable)\n"          \
-    "  --kafka-config FILE      librdkafka properties, NAME=VALUE per line, # comments\n"   \
+#define CLI_KAFKA_OPTION                                                                           \
+    {                                                                                              \
+        "kafka-config", required_argument, NULL, CLI_OPT_KAFKA_CONFIG                              \
+    }
+#define CLI_KAFKA_USAGE                                                                            \
+    "  -X NAME=VALUE            a librdkafka property for every Kafka client tally makes,\n"       \
+    "                           e.g. -X security.protocol=SASL_SSL (repeatable)\n"                 \
+    "  --kafka-config FILE      librdkafka properties, NAME=VALUE per line, # comments\n"          \
     "                           (default $TALLY_KAFKA_CONFIG); -X wins over the file\n"
 
 /* Takes -X (opt 'X') or --kafka-config. Returns 0, or prints the problem and

@@ -140,7 +140,8 @@ static int64_t scalar(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *stmt = NULL;
     int64_t v = 0;
-    if (db && sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+    if (db && sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
         v = sqlite3_column_int64(stmt, 0);
     sqlite3_finalize(stmt);
     return v;
@@ -149,7 +150,8 @@ static int64_t scalar(sqlite3 *db, const char *sql)
 static sqlite3 *open_read_only(const char *path)
 {
     sqlite3 *db = NULL;
-    if (access(path, F_OK) != 0 || sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    if (access(path, F_OK) != 0 ||
+        sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
         sqlite3_close(db);
         return NULL;
     }
@@ -203,13 +205,15 @@ static void print_view(const char *orders_db, const char *telemetry_db, double s
            (long long)scalar(telemetry, "SELECT count(DISTINCT vin) FROM vehicle_sensor_state"),
            (long long)scalar(telemetry, "SELECT count(*) FROM vehicle_sensor_state"));
     printf("  busiest windows (order_windows):\n");
-    printf("    %-8s %-8s %-22s %12s %7s\n", "store", "product", "window_start (UTC)", "sum", "count");
+    printf("    %-8s %-8s %-22s %12s %7s\n", "store", "product", "window_start (UTC)", "sum",
+           "count");
     if (orders &&
-        sqlite3_prepare_v2(orders,
-                           "SELECT store_id, product_id, strftime('%Y-%m-%d %H:%M:%S', window_start / 1000, "
-                           "'unixepoch'), sum, count FROM order_windows "
-                           "ORDER BY count DESC, window_start DESC LIMIT 5",
-                           -1, &stmt, NULL) == SQLITE_OK)
+        sqlite3_prepare_v2(
+            orders,
+            "SELECT store_id, product_id, strftime('%Y-%m-%d %H:%M:%S', window_start / 1000, "
+            "'unixepoch'), sum, count FROM order_windows "
+            "ORDER BY count DESC, window_start DESC LIMIT 5",
+            -1, &stmt, NULL) == SQLITE_OK)
         while (sqlite3_step(stmt) == SQLITE_ROW)
             printf("    %-8s %-8s %-22s %12s %7lld\n", sqlite3_column_text(stmt, 0),
                    sqlite3_column_text(stmt, 1), sqlite3_column_text(stmt, 2),
@@ -225,11 +229,11 @@ int cmd_demo(int argc, char **argv)
 {
     static const struct option options[] = {
         {"duration", required_argument, NULL, 'd'}, {"rate", required_argument, NULL, 'r'},
-        {"dir", required_argument, NULL, 'D'}, {"http-port", required_argument, NULL, 'H'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"dir", required_argument, NULL, 'D'},      {"http-port", required_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
     static const char *const pipelines[2] = {"orders", "telemetry"};
-    int64_t duration_ms = 0, rate = 2000, http_port = 9464, started = 0, next_tick, next_view, produced = 0, last_applied = 0;
+    int64_t duration_ms = 0, rate = 2000, http_port = 9464, started = 0, next_tick, next_view,
+            produced = 0, last_applied = 0;
     int64_t produced_by[2] = {0, 0};
     char dir_buf[64], err[1024], db_paths[2][4200], prefixes[2][32], errstr[256];
     const char *dir = NULL, *bootstraps;
@@ -240,7 +244,8 @@ int cmd_demo(int argc, char **argv)
     rd_kafka_mock_cluster_t *mock = NULL;
     rd_kafka_conf_t *conf;
     static const char *const mock_defaults[] = {"log_level", "0", NULL};
-    static const char *const producer_defaults[] = {"client.id", "tally-demo", "linger.ms", "5", NULL};
+    static const char *const producer_defaults[] = {"client.id", "tally-demo", "linger.ms", "5",
+                                                    NULL};
     int opt, status = CLI_EXIT_FAILURE, started_runners = 0;
     unsigned ticks = 0;
     bool tty = isatty(STDOUT_FILENO);
@@ -305,7 +310,8 @@ int cmd_demo(int argc, char **argv)
     for (int i = 0; i < 2; i++) {
         tly_loadgen_options gopts;
         snprintf(prefixes[i], sizeof(prefixes[i]), "demo-%s", pipelines[i]);
-        if (tly_topics_layout(pipelines[i], prefixes[i], NULL, NULL, &layouts[i], err, sizeof(err)) < 0 ||
+        if (tly_topics_layout(pipelines[i], prefixes[i], NULL, NULL, &layouts[i], err,
+                              sizeof(err)) < 0 ||
             create_topics(mock, &layouts[i], err, sizeof(err)) < 0) {
             fprintf(stderr, "tally demo: %s\n", err);
             goto done;
@@ -352,9 +358,10 @@ int cmd_demo(int argc, char **argv)
            "    tally query --db %s 'SELECT record FROM vehicle_latest LIMIT 1'\n\n",
            bootstraps, db_paths[0], db_paths[1], db_paths[0], db_paths[1]);
     if (http_port > 0)
-        printf("  live pages: http://127.0.0.1:%lld/ (orders), http://127.0.0.1:%lld/ (telemetry);\n"
-               "  also /metrics and /query?sql=... on each\n\n",
-               (long long)http_port, (long long)http_port + 1);
+        printf(
+            "  live pages: http://127.0.0.1:%lld/ (orders), http://127.0.0.1:%lld/ (telemetry);\n"
+            "  also /metrics and /query?sql=... on each\n\n",
+            (long long)http_port, (long long)http_port + 1);
     fflush(stdout);
     started = next_tick = tly_clock_mono_ms();
     next_view = started + 1000;
@@ -383,7 +390,8 @@ int cmd_demo(int argc, char **argv)
     rd_kafka_flush(producer, 5000);
     /* Let the daemons drain what was produced (every event ends applied,
      * skipped or dead-lettered) before they stop, so the figures add up. */
-    for (int64_t deadline = tly_clock_mono_ms() + 15000; tly_clock_mono_ms() < deadline && !runners[0].rc && !runners[1].rc;) {
+    for (int64_t deadline = tly_clock_mono_ms() + 15000;
+         tly_clock_mono_ms() < deadline && !runners[0].rc && !runners[1].rc;) {
         if (events_done(db_paths[0], "orders") + events_done(db_paths[1], "telemetry") >= produced)
             break;
         usleep(100000);

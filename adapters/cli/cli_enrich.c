@@ -32,8 +32,7 @@ static const char enrich_usage[] =
     "what tally run --pipeline orders reads. Invalid orders go to P-dlq with the reason.\n"
     "SIGTERM or SIGINT finishes the open batch and exits 0.\n"
     "\n"
-    "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n"
-    CLI_KAFKA_USAGE
+    "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
     "  --input-topic T          raw orders (default orders)\n"
     "  --output-topic T         enriched orders, a stream (default orders.enriched)\n"
     "  --group-id G             consumer group (default opa)\n"
@@ -79,40 +78,39 @@ static void on_signal(int sig)
 /* Returns -1 when the flags are fine, else the exit status. */
 static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *dedup_window_ms)
 {
-    static const struct option options[] = {
-        {"brokers", required_argument, NULL, 'b'},
-        {"topic-prefix", required_argument, NULL, 'P'},
-        {"group-id", required_argument, NULL, 'g'},
-        {"instance-id", required_argument, NULL, 'i'},
-        {"input-topic", required_argument, NULL, 'I'},
-        {"output-topic", required_argument, NULL, 'O'},
-        {"state-dir", required_argument, NULL, 's'},
-        {"dedup-window", required_argument, NULL, 'W'},
-        {"commit-interval-ms", required_argument, NULL, 'c'},
-        {"max-batch", required_argument, NULL, 'm'},
-        {"snapshot-dir", required_argument, NULL, 'D'},
-        {"snapshot-interval", required_argument, NULL, 'S'},
-        {"snapshot-keep", required_argument, NULL, 'K'},
-        {"changelog-retention", required_argument, NULL, 'R'},
-        {"allow-empty", no_argument, NULL, 'E'},
-        {"http", required_argument, NULL, 'H'},
-        {"http-token", required_argument, NULL, 'T'},
-        {"query-timeout-ms", required_argument, NULL, 'q'},
-        {"query-max-rows", required_argument, NULL, 'r'},
-        {"log-level", required_argument, NULL, 'L'},
-        {"log-format", required_argument, NULL, 'F'},
-        {"session-timeout", required_argument, NULL, 'x'},
-        {"transaction-timeout", required_argument, NULL, 'Z'},
-        CLI_KAFKA_OPTION,
-        {"help", no_argument, NULL, 'h'},
-        /* tally run flags that mean nothing here: named, so the message
-         * says why rather than "unknown option" */
-        {"pipeline", required_argument, NULL, 1},
-        {"window-size", required_argument, NULL, 2},
-        {"changelog", required_argument, NULL, 3},
-        {"strategy", required_argument, NULL, 4},
-        {"flush-interval", required_argument, NULL, 5},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
+                                            {"topic-prefix", required_argument, NULL, 'P'},
+                                            {"group-id", required_argument, NULL, 'g'},
+                                            {"instance-id", required_argument, NULL, 'i'},
+                                            {"input-topic", required_argument, NULL, 'I'},
+                                            {"output-topic", required_argument, NULL, 'O'},
+                                            {"state-dir", required_argument, NULL, 's'},
+                                            {"dedup-window", required_argument, NULL, 'W'},
+                                            {"commit-interval-ms", required_argument, NULL, 'c'},
+                                            {"max-batch", required_argument, NULL, 'm'},
+                                            {"snapshot-dir", required_argument, NULL, 'D'},
+                                            {"snapshot-interval", required_argument, NULL, 'S'},
+                                            {"snapshot-keep", required_argument, NULL, 'K'},
+                                            {"changelog-retention", required_argument, NULL, 'R'},
+                                            {"allow-empty", no_argument, NULL, 'E'},
+                                            {"http", required_argument, NULL, 'H'},
+                                            {"http-token", required_argument, NULL, 'T'},
+                                            {"query-timeout-ms", required_argument, NULL, 'q'},
+                                            {"query-max-rows", required_argument, NULL, 'r'},
+                                            {"log-level", required_argument, NULL, 'L'},
+                                            {"log-format", required_argument, NULL, 'F'},
+                                            {"session-timeout", required_argument, NULL, 'x'},
+                                            {"transaction-timeout", required_argument, NULL, 'Z'},
+                                            CLI_KAFKA_OPTION,
+                                            {"help", no_argument, NULL, 'h'},
+                                            /* tally run flags that mean nothing here: named, so the
+                                             * message says why rather than "unknown option" */
+                                            {"pipeline", required_argument, NULL, 1},
+                                            {"window-size", required_argument, NULL, 2},
+                                            {"changelog", required_argument, NULL, 3},
+                                            {"strategy", required_argument, NULL, 4},
+                                            {"flush-interval", required_argument, NULL, 5},
+                                            {NULL, 0, NULL, 0}};
     static const char *cmd = "enrich";
     int64_t n;
     int opt;
@@ -143,8 +141,10 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
             /* a window of 0 would make every copy new; first-seen times
              * of one orderId must also differ for replay (006_enrich.sql) */
             if (*dedup_window_ms < 1 || *dedup_window_ms > MAX_DEDUP_WINDOW_MS)
-                return cli_usage_error(cmd, "--dedup-window must be between 1ms and 366d, not \"%s\" "
-                                            "(e.g. 24h, 90m)", optarg);
+                return cli_usage_error(cmd,
+                                       "--dedup-window must be between 1ms and 366d, not \"%s\" "
+                                       "(e.g. 24h, 90m)",
+                                       optarg);
             break;
         case 'K':
             if (cli_parse_int64(cmd, "--snapshot-keep", optarg, 1, 1000, &n) < 0)
@@ -152,11 +152,13 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
             cfg->snapshot_keep = (int)n;
             break;
         case 'S':
-            if (cli_parse_duration_ms(cmd, "--snapshot-interval", optarg, &cfg->snapshot_interval_ms) < 0)
+            if (cli_parse_duration_ms(cmd, "--snapshot-interval", optarg,
+                                      &cfg->snapshot_interval_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'c':
-            if (cli_parse_int64(cmd, "--commit-interval-ms", optarg, 1, 600000, &cfg->commit_interval_ms) < 0)
+            if (cli_parse_int64(cmd, "--commit-interval-ms", optarg, 1, 600000,
+                                &cfg->commit_interval_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'm':
@@ -165,7 +167,8 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
             cfg->max_batch = (int)n;
             break;
         case 'R':
-            if (cli_parse_duration_ms(cmd, "--changelog-retention", optarg, &cfg->changelog_retention_ms) < 0)
+            if (cli_parse_duration_ms(cmd, "--changelog-retention", optarg,
+                                      &cfg->changelog_retention_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'E': cfg->allow_empty = 1; break;
@@ -187,34 +190,40 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
                 char host[256];
                 int port;
                 if (tly_http_parse_listen(optarg, host, sizeof(host), &port) < 0)
-                    return cli_usage_error(cmd, "--http wants HOST:PORT (e.g. 127.0.0.1:9466) or off, "
-                                                "not \"%s\"", optarg);
+                    return cli_usage_error(cmd,
+                                           "--http wants HOST:PORT (e.g. 127.0.0.1:9466) or off, "
+                                           "not \"%s\"",
+                                           optarg);
                 cfg->http_listen = optarg;
             }
             cfg->http_required = 1;
             break;
         case 'T': cfg->http_token = optarg; break;
         case 'q':
-            if (cli_parse_int64(cmd, "--query-timeout-ms", optarg, 1, 3600000, &cfg->query_timeout_ms) < 0)
+            if (cli_parse_int64(cmd, "--query-timeout-ms", optarg, 1, 3600000,
+                                &cfg->query_timeout_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'r':
-            if (cli_parse_int64(cmd, "--query-max-rows", optarg, 1, 100000000, &cfg->query_max_rows) < 0)
+            if (cli_parse_int64(cmd, "--query-max-rows", optarg, 1, 100000000,
+                                &cfg->query_max_rows) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'L':
             if (tly_log_set_level(optarg) < 0)
-                return cli_usage_error(cmd, "--log-level must be debug, info, warn or error, not \"%s\"",
-                                       optarg);
+                return cli_usage_error(
+                    cmd, "--log-level must be debug, info, warn or error, not \"%s\"", optarg);
             break;
         case 'F':
             if (tly_log_set_format(optarg) < 0)
-                return cli_usage_error(cmd, "--log-format must be logfmt or json, not \"%s\"", optarg);
+                return cli_usage_error(cmd, "--log-format must be logfmt or json, not \"%s\"",
+                                       optarg);
             break;
         case 1:
-            return cli_usage_error(cmd, "--pipeline is not an enrich option: tally enrich always runs "
-                                        "the enrich pipeline (tally run --pipeline orders|telemetry "
-                                        "runs the others)");
+            return cli_usage_error(cmd,
+                                   "--pipeline is not an enrich option: tally enrich always runs "
+                                   "the enrich pipeline (tally run --pipeline orders|telemetry "
+                                   "runs the others)");
         case 2:
             return cli_usage_error(cmd, "--window-size is not an enrich option: windows belong to "
                                         "tally run --pipeline orders; the dedup window is "
@@ -225,8 +234,9 @@ static int parse_flags(int argc, char **argv, tly_runner_config *cfg, int64_t *d
                                         "batch's orders twice");
         case 4:
         case 5:
-            return cli_usage_error(cmd, "--%s is not an enrich option: each committed batch emits "
-                                        "the orders it saw first",
+            return cli_usage_error(cmd,
+                                   "--%s is not an enrich option: each committed batch emits "
+                                   "the orders it saw first",
                                    opt == 4 ? "strategy" : "flush-interval");
         case 'h': fputs(enrich_usage, stdout); return CLI_EXIT_OK;
         default: return cli_bad_option(cmd, opt, argv, optind);

@@ -114,7 +114,8 @@ static int flush_batch(struct ingest *in, char *err, size_t errlen)
         return 0;
     if (tly_store_begin(in->store, err, errlen) < 0)
         return -1;
-    if (tly_pipeline_apply(in->pipeline, in->events, in->count, in->results, &stats, err, errlen) < 0) {
+    if (tly_pipeline_apply(in->pipeline, in->events, in->count, in->results, &stats, err, errlen) <
+        0) {
         tly_store_rollback(in->store);
         return -1;
     }
@@ -132,7 +133,8 @@ static int flush_batch(struct ingest *in, char *err, size_t errlen)
                                   sizeof(quoted)));
             in->rejected++;
             if (write_reject(in->rejects, in->line_numbers[i], r->reason, in->events[i].data,
-                             in->events[i].len) < 0 || fflush(in->rejects) == EOF) {
+                             in->events[i].len) < 0 ||
+                fflush(in->rejects) == EOF) {
                 snprintf(err, errlen, "cannot write reject file %s: %m", in->rejects_path);
                 tly_store_rollback(in->store);
                 return -1;
@@ -183,12 +185,15 @@ static bool is_blank(const char *s, size_t len)
 
 int cmd_ingest(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"pipeline", required_argument, NULL, 'p'}, {"db", required_argument, NULL, 'd'},
-        {"window-size", required_argument, NULL, 'w'}, {"set", required_argument, NULL, 's'},
-        {"batch", required_argument, NULL, 'b'}, {"rejects", required_argument, NULL, 'r'},
-        {"synchronous", required_argument, NULL, 'y'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"pipeline", required_argument, NULL, 'p'},
+                                            {"db", required_argument, NULL, 'd'},
+                                            {"window-size", required_argument, NULL, 'w'},
+                                            {"set", required_argument, NULL, 's'},
+                                            {"batch", required_argument, NULL, 'b'},
+                                            {"rejects", required_argument, NULL, 'r'},
+                                            {"synchronous", required_argument, NULL, 'y'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *pipeline_name = NULL, *db_path = NULL, *rejects_path = NULL;
     const char *settings[MAX_SETTINGS + 1] = {0};
     char window_setting[64], default_rejects[4096], err[512];
@@ -223,7 +228,8 @@ int cmd_ingest(int argc, char **argv)
             break;
         case 's':
             if (nsettings == MAX_SETTINGS || !strchr(optarg, '='))
-                return cli_usage_error("ingest", "--set takes NAME=VALUE (at most %d)", MAX_SETTINGS);
+                return cli_usage_error("ingest", "--set takes NAME=VALUE (at most %d)",
+                                       MAX_SETTINGS);
             settings[nsettings++] = optarg;
             break;
         case 'b':
@@ -235,7 +241,8 @@ int cmd_ingest(int argc, char **argv)
         }
     }
     if (!pipeline_name)
-        return cli_usage_error("ingest", "--pipeline is required (orders, telemetry or a .sql file)");
+        return cli_usage_error("ingest",
+                               "--pipeline is required (orders, telemetry or a .sql file)");
     if (!db_path)
         return cli_usage_error("ingest", "--db is required (the state database to write)");
     if (argc - optind > 1)
@@ -263,8 +270,9 @@ int cmd_ingest(int argc, char **argv)
     {
         tly_store *scratch = NULL;
         tly_pipeline *check = NULL;
-        int ok = tly_store_open(":memory:", NULL, &scratch, err, sizeof(err)) == 0 &&
-                 tly_pipeline_open(scratch, pipeline_name, settings, 0, &check, err, sizeof(err)) == 0;
+        int ok =
+            tly_store_open(":memory:", NULL, &scratch, err, sizeof(err)) == 0 &&
+            tly_pipeline_open(scratch, pipeline_name, settings, 0, &check, err, sizeof(err)) == 0;
         tly_pipeline_close(check);
         tly_store_close(scratch);
         if (!ok) {
@@ -276,7 +284,8 @@ int cmd_ingest(int argc, char **argv)
         fprintf(stderr, "tally ingest: %s\n", err);
         goto done;
     }
-    if (tly_pipeline_open(in.store, pipeline_name, settings, 0, &in.pipeline, err, sizeof(err)) < 0) {
+    if (tly_pipeline_open(in.store, pipeline_name, settings, 0, &in.pipeline, err, sizeof(err)) <
+        0) {
         fprintf(stderr, "tally ingest: %s\n", err);
         goto done;
     }

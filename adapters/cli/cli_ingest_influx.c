@@ -62,8 +62,7 @@ static const char ingest_influx_usage[] =
     "  --once                      run cycles until caught up with now, then exit\n"
     "\n"
     "Kafka:\n"
-    "  --brokers B                 bootstrap servers (default: $KAFKA_BROKERS)\n"
-    CLI_KAFKA_USAGE
+    "  --brokers B                 bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
     "  --output-topic T            (default " DEFAULT_TOPIC ")\n"
     "  --delivery-timeout DUR      a record not acknowledged by then failed, and the\n"
     "                              cycle's produce is retried (default 30s)\n"

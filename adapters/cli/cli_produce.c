@@ -39,8 +39,7 @@ static const char produce_usage[] =
     "steady rate, in 10 ms steps, through an idempotent producer. With --duration D it\n"
     "sends exactly RATE x D events (rounded down), then waits for every delivery.\n"
     "\n"
-    "  --brokers B      bootstrap servers (default: $KAFKA_BROKERS)\n"
-    CLI_KAFKA_USAGE
+    "  --brokers B      bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
     "  --pipeline NAME  orders or telemetry\n"
     "  --rate N         events per second (default 1000)\n"
     "  --duration DUR   how long to send, e.g. 60s, 5m (default: until Ctrl-C)\n"
@@ -180,9 +179,9 @@ static int open_producer(struct producer *p, char *err, size_t errlen)
 {
     /* murmur2_random: the same key -> partition mapping as the Java producer,
      * so these events land where the upstream services would put them. */
-    static const char *const defaults[] = {"client.id", "tally-produce", "linger.ms", "5",
-                                           "compression.type", "none",
-                                           "partitioner", "murmur2_random", NULL};
+    static const char *const defaults[] = {"client.id",   "tally-produce",    "linger.ms",
+                                           "5",           "compression.type", "none",
+                                           "partitioner", "murmur2_random",   NULL};
     static const char *const required[] = {"enable.idempotence", "true", NULL};
     rd_kafka_conf_t *conf = tly_kconf_new(p->brokers, defaults, required, err, errlen);
 

@@ -46,8 +46,7 @@ static const char publish_usage[] =
     "delivery and forget repeats those records (harmless on a compacted topic).\n"
     "\n"
     "  --db PATH            the daemon's database (<state-dir>/telemetry.db)\n"
-    "  --brokers LIST       bootstrap servers (default: $KAFKA_BROKERS)\n"
-    CLI_KAFKA_USAGE
+    "  --brokers LIST       bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
     "  --pipeline NAME      telemetry (default; the pipeline must keep a pending set)\n"
     "  --output-topic T     default sensor-service.dispatch.telemetry-latest-compacted\n"
     "                       (tally run creates it, compacted, with the daemon's output\n"
@@ -157,20 +156,24 @@ static int publish_once(struct publisher *p, char *err, size_t errlen)
     if (p->fatal)
         return tly_error(err, errlen, "the producer failed fatally; nothing was forgotten");
     if (p->failed) {
-        tly_log("error", "flush_error", "failed=%lld error=%s note=\"nothing forgotten: the next "
-                "cycle sends them again\"", (long long)p->failed,
-                tly_log_quote(p->first_error, (char[300]){0}, 300));
+        tly_log("error", "flush_error",
+                "failed=%lld error=%s note=\"nothing forgotten: the next "
+                "cycle sends them again\"",
+                (long long)p->failed, tly_log_quote(p->first_error, (char[300]){0}, 300));
         return 0;
     }
     if (tly_store_begin(p->store, err, errlen) < 0 ||
         tly_pipeline_flushed(p->pipeline, upto, err, errlen) < 0 ||
         tly_store_commit(p->store, err, errlen) < 0) {
         tly_store_rollback(p->store);
-        tly_log("warn", "flush_error", "error=%s note=\"sent but not forgotten: the next cycle "
-                "repeats them\"", tly_log_quote(err, (char[600]){0}, 600));
+        tly_log("warn", "flush_error",
+                "error=%s note=\"sent but not forgotten: the next cycle "
+                "repeats them\"",
+                tly_log_quote(err, (char[600]){0}, 600));
         return 0;
     }
-    tly_log("info", "flush", "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
+    tly_log("info", "flush",
+            "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
             (long long)(tly_clock_mono_ms() - started), (long long)tly_pack_records(p->pack),
             (long long)tly_pack_messages(p->pack), (long long)upto);
     return 0;
@@ -178,7 +181,7 @@ static int publish_once(struct publisher *p, char *err, size_t errlen)
 
 static rd_kafka_t *new_producer(struct publisher *p, const char *brokers, char *err, size_t errlen)
 {
-    static const char *const defaults[] = {"client.id", "tally-publish", "linger.ms", "20",
+    static const char *const defaults[] = {"client.id",   "tally-publish",  "linger.ms", "20",
                                            "partitioner", "murmur2_random", NULL};
     static const char *const required[] = {"enable.idempotence", "true", NULL};
     rd_kafka_conf_t *conf = tly_kconf_new(brokers, defaults, required, err, errlen);
@@ -193,19 +196,18 @@ static rd_kafka_t *new_producer(struct publisher *p, const char *brokers, char *
 
 int cmd_publish(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, 'd'},
-        {"brokers", required_argument, NULL, 'b'},
-        {"pipeline", required_argument, NULL, 'p'},
-        {"output-topic", required_argument, NULL, 'O'},
-        {"interval", required_argument, NULL, 'i'},
-        {"batch-size", required_argument, NULL, 'B'},
-        {"once", no_argument, NULL, '1'},
-        {"log-level", required_argument, NULL, 'L'},
-        {"log-format", required_argument, NULL, 'F'},
-        CLI_KAFKA_OPTION,
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"db", required_argument, NULL, 'd'},
+                                            {"brokers", required_argument, NULL, 'b'},
+                                            {"pipeline", required_argument, NULL, 'p'},
+                                            {"output-topic", required_argument, NULL, 'O'},
+                                            {"interval", required_argument, NULL, 'i'},
+                                            {"batch-size", required_argument, NULL, 'B'},
+                                            {"once", no_argument, NULL, '1'},
+                                            {"log-level", required_argument, NULL, 'L'},
+                                            {"log-format", required_argument, NULL, 'F'},
+                                            CLI_KAFKA_OPTION,
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *db_path = NULL, *brokers = NULL, *pipeline = "telemetry";
     const char *output = NULL;
     int64_t interval_ms = 120000, n, next;
@@ -244,8 +246,10 @@ int cmd_publish(int argc, char **argv)
         case '1': once = 1; break;
         case 'L':
             if (tly_log_set_level(optarg) < 0)
-                return cli_usage_error("publish", "--log-level must be debug, info, warn or error, "
-                                       "not \"%s\"", optarg);
+                return cli_usage_error("publish",
+                                       "--log-level must be debug, info, warn or error, "
+                                       "not \"%s\"",
+                                       optarg);
             break;
         case 'F':
             if (tly_log_set_format(optarg) < 0)
@@ -260,15 +264,19 @@ int cmd_publish(int argc, char **argv)
         return cli_usage_error("publish", "unexpected argument \"%s\"", argv[optind]);
     if (!db_path)
         return cli_usage_error("publish", "--db is required: the database of tally run --strategy "
-                               "state_store, e.g. --db state/telemetry.db");
+                                          "state_store, e.g. --db state/telemetry.db");
     if (cli_kafka_settings("publish", &brokers) != 0)
         return CLI_EXIT_USAGE;
     if (strcmp(pipeline, "telemetry") != 0)
-        return cli_usage_error("publish", "--pipeline %s keeps no pending set to publish; only "
-                               "telemetry does", pipeline);
+        return cli_usage_error("publish",
+                               "--pipeline %s keeps no pending set to publish; only "
+                               "telemetry does",
+                               pipeline);
     if (stat(db_path, &st) != 0) {
-        fprintf(stderr, "tally publish: no database at %s: start tally run --strategy state_store "
-                "first (or fix --db)\n", db_path);
+        fprintf(stderr,
+                "tally publish: no database at %s: start tally run --strategy state_store "
+                "first (or fix --db)\n",
+                db_path);
         return CLI_EXIT_FAILURE;
     }
     if (tly_topics_layout(pipeline, "opb", NULL, output, &layout, err, sizeof(err)) < 0) {

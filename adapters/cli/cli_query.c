@@ -167,8 +167,8 @@ static void print_table(struct output *out)
             widths[i % (size_t)out->ncols] = w;
     }
     for (int c = 0; c < out->ncols; c++)
-        printf("%s%s%*s", c ? "  " : "", out->names[c],
-               (int)(widths[c] - width(out->names[c])), "");
+        printf("%s%s%*s", c ? "  " : "", out->names[c], (int)(widths[c] - width(out->names[c])),
+               "");
     putchar('\n');
     for (int c = 0; c < out->ncols; c++) {
         printf("%s", c ? "  " : "");
@@ -209,9 +209,9 @@ static char *read_stdin(void)
 int cmd_query(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"db", required_argument, NULL, 'd'}, {"format", required_argument, NULL, 'f'},
+        {"db", required_argument, NULL, 'd'},      {"format", required_argument, NULL, 'f'},
         {"timeout", required_argument, NULL, 't'}, {"max-rows", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
     const char *db_path = NULL;
     char *sql = NULL, *owned_sql = NULL, err[512];
     struct output out = {0};
@@ -234,7 +234,8 @@ int cmd_query(int argc, char **argv)
             else if (strcmp(optarg, "json") == 0)
                 out.format = FORMAT_JSON;
             else
-                return cli_usage_error("query", "--format must be table, csv or json, not \"%s\"", optarg);
+                return cli_usage_error("query", "--format must be table, csv or json, not \"%s\"",
+                                       optarg);
             break;
         case 't':
             if (cli_parse_duration_ms("query", "--timeout", optarg, &qopts.timeout_ms) < 0)
@@ -251,7 +252,8 @@ int cmd_query(int argc, char **argv)
     if (!db_path)
         return cli_usage_error("query", "--db is required");
     if (argc - optind != 1)
-        return cli_usage_error("query", "give exactly one SQL statement as one argument (quote it)");
+        return cli_usage_error("query",
+                               "give exactly one SQL statement as one argument (quote it)");
     sql = argv[optind];
     if (strcmp(sql, "-") == 0 && !(sql = owned_sql = read_stdin())) {
         fprintf(stderr, "tally query: cannot read the statement from stdin\n");

@@ -32,9 +32,9 @@ static const char replay_usage[] =
 int cmd_replay(int argc, char **argv)
 {
     static const struct option options[] = {
-        {"db", required_argument, NULL, 'd'}, {"on-gap", required_argument, NULL, 'g'},
+        {"db", required_argument, NULL, 'd'},    {"on-gap", required_argument, NULL, 'g'},
         {"batch", required_argument, NULL, 'b'}, {"pipeline-file", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
     const char *db_path = NULL, *input_name = "-";
     const char *pipeline_files[MAX_PIPELINE_FILES + 1] = {0};
     int npipeline_files = 0, opt, warn_gaps = 0, status = CLI_EXIT_FAILURE, in_txn = 0;
@@ -57,7 +57,8 @@ int cmd_replay(int argc, char **argv)
             else if (strcmp(optarg, "warn") == 0)
                 warn_gaps = 1;
             else
-                return cli_usage_error("replay", "--on-gap must be fail or warn, not \"%s\"", optarg);
+                return cli_usage_error("replay", "--on-gap must be fail or warn, not \"%s\"",
+                                       optarg);
             break;
         case 'b':
             if (cli_parse_int64("replay", "--batch", optarg, 1, 10000000, &batch) < 0)
@@ -104,8 +105,10 @@ int cmd_replay(int argc, char **argv)
             in_txn = 1;
         }
         if (tly_replayer_apply_line(replayer, line, (size_t)len, &outcome, err, sizeof(err)) < 0) {
-            fprintf(stderr, "tally replay: %s line %lld: %s; stopped (rows before this batch "
-                    "are applied)\n", input_name, (long long)line_no, err);
+            fprintf(stderr,
+                    "tally replay: %s line %lld: %s; stopped (rows before this batch "
+                    "are applied)\n",
+                    input_name, (long long)line_no, err);
             goto done;
         }
         if (outcome.gap_from) {
@@ -120,7 +123,8 @@ int cmd_replay(int argc, char **argv)
                     goto done;
                 }
                 in_txn = 0;
-                fprintf(stderr, "tally replay: gap in the changelog before seq %lld (line %lld): "
+                fprintf(stderr,
+                        "tally replay: gap in the changelog before seq %lld (line %lld): "
                         "seq %lld..%lld missing. The database holds a consistent state up to seq "
                         "%lld. Replay an export that covers the gap, or use --on-gap warn.\n",
                         (long long)outcome.seq, (long long)line_no, (long long)outcome.gap_from,

@@ -26,8 +26,7 @@ static const char run_usage[] =
     "changelog records, outputs, dead letters and input offsets; SQLite commits after.\n"
     "SIGTERM or SIGINT finishes the open batch and exits 0.\n"
     "\n"
-    "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n"
-    CLI_KAFKA_USAGE
+    "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
     "  --topic-prefix P         internal topics P-changelog, P-snapshots, P-dlq (default opb)\n"
     "  --group-id G             consumer group (default opb)\n"
     "  --instance-id I          static group member and transactional.id (default <pipeline>-0);\n"
@@ -59,13 +58,15 @@ static const char run_usage[] =
     "  --transaction-timeout DUR  the broker aborts a transaction left open this long\n"
     "                           (default 60s): after a crash, read_committed readers and\n"
     "                           the instance taking over wait up to this; a batch, flush\n"
-    "                           or snapshot manifest must commit within it\n"    "  --http HOST:PORT|off     serve /metrics, /healthz, /readyz, /query and a live page\n"
+    "                           or snapshot manifest must commit within it\n"
+    "  --http HOST:PORT|off     serve /metrics, /healthz, /readyz, /query and a live page\n"
     "                           (default 127.0.0.1:9464; if that is taken, tally runs\n"
     "                           without it and says so; an address given here must work)\n"
     "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
     "                           (default: $TALLY_HTTP_TOKEN, else none)\n"
     "  --query-timeout-ms N     interrupt a /query after N ms (default 5000)\n"
-    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"    "  --strategy S             when outputs go out (telemetry; orders is always inline):\n"
+    "  --query-max-rows N       return at most N rows from /query (default 10000)\n"
+    "  --strategy S             when outputs go out (telemetry; orders is always inline):\n"
     "                             inline         each batch's changed records\n"
     "                             log_compacted  every --flush-interval, the latest record\n"
     "                                            of everything changed since the last\n"
@@ -129,11 +130,15 @@ int cli_group_timeout(const char *cmd, const char *flag, const char *value,
     /* the broker's defaults: group.min/max.session.timeout.ms 6 s / 30 min,
      * transaction.max.timeout.ms 15 min */
     if (session && (*ms < 6000 || *ms > 1800000))
-        return cli_usage_error(cmd, "--session-timeout must be between 6s and 30m (the broker's "
-                                    "limits), not \"%s\"", value);
+        return cli_usage_error(cmd,
+                               "--session-timeout must be between 6s and 30m (the broker's "
+                               "limits), not \"%s\"",
+                               value);
     if (!session && (*ms < 1000 || *ms > 900000))
-        return cli_usage_error(cmd, "--transaction-timeout must be between 1s and 15m (the "
-                                    "broker's transaction.max.timeout.ms), not \"%s\"", value);
+        return cli_usage_error(cmd,
+                               "--transaction-timeout must be between 1s and 15m (the "
+                               "broker's transaction.max.timeout.ms), not \"%s\"",
+                               value);
     return 0;
 }
 
@@ -143,40 +148,39 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
                        tly_runner_config *cfg, char *default_instance, size_t instance_len,
                        int *dry_run)
 {
-    static const struct option options[] = {
-        {"pipeline", required_argument, NULL, 'p'},
-        {"brokers", required_argument, NULL, 'b'},
-        {"topic-prefix", required_argument, NULL, 'P'},
-        {"group-id", required_argument, NULL, 'g'},
-        {"instance-id", required_argument, NULL, 'i'},
-        {"input-topic", required_argument, NULL, 'I'},
-        {"output-topic", required_argument, NULL, 'O'},
-        {"state-dir", required_argument, NULL, 's'},
-        {"window-size", required_argument, NULL, 'w'},
-        {"commit-interval-ms", required_argument, NULL, 'c'},
-        {"max-batch", required_argument, NULL, 'm'},
-        {"changelog", required_argument, NULL, 'C'},
-        {"snapshot-dir", required_argument, NULL, 'D'},
-        {"snapshot-interval", required_argument, NULL, 'S'},
-        {"snapshot-keep", required_argument, NULL, 'K'},
-        {"changelog-retention", required_argument, NULL, 'R'},
-        {"allow-empty", no_argument, NULL, 'E'},
-        {"dry-run", no_argument, NULL, 'n'},
-        {"http", required_argument, NULL, 'H'},
-        {"http-token", required_argument, NULL, 'T'},
-        {"query-timeout-ms", required_argument, NULL, 'q'},
-        {"query-max-rows", required_argument, NULL, 'r'},
-        {"log-level", required_argument, NULL, 'L'},
-        {"strategy", required_argument, NULL, 'Y'},
-        {"allowed-lateness", required_argument, NULL, 'l'},
-        {"batch-size", required_argument, NULL, 'B'},
-        {"flush-interval", required_argument, NULL, 'f'},
-        {"log-format", required_argument, NULL, 'F'},
-        {"session-timeout", required_argument, NULL, 'x'},
-        {"transaction-timeout", required_argument, NULL, 'Z'},
-        CLI_KAFKA_OPTION,
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"pipeline", required_argument, NULL, 'p'},
+                                            {"brokers", required_argument, NULL, 'b'},
+                                            {"topic-prefix", required_argument, NULL, 'P'},
+                                            {"group-id", required_argument, NULL, 'g'},
+                                            {"instance-id", required_argument, NULL, 'i'},
+                                            {"input-topic", required_argument, NULL, 'I'},
+                                            {"output-topic", required_argument, NULL, 'O'},
+                                            {"state-dir", required_argument, NULL, 's'},
+                                            {"window-size", required_argument, NULL, 'w'},
+                                            {"commit-interval-ms", required_argument, NULL, 'c'},
+                                            {"max-batch", required_argument, NULL, 'm'},
+                                            {"changelog", required_argument, NULL, 'C'},
+                                            {"snapshot-dir", required_argument, NULL, 'D'},
+                                            {"snapshot-interval", required_argument, NULL, 'S'},
+                                            {"snapshot-keep", required_argument, NULL, 'K'},
+                                            {"changelog-retention", required_argument, NULL, 'R'},
+                                            {"allow-empty", no_argument, NULL, 'E'},
+                                            {"dry-run", no_argument, NULL, 'n'},
+                                            {"http", required_argument, NULL, 'H'},
+                                            {"http-token", required_argument, NULL, 'T'},
+                                            {"query-timeout-ms", required_argument, NULL, 'q'},
+                                            {"query-max-rows", required_argument, NULL, 'r'},
+                                            {"log-level", required_argument, NULL, 'L'},
+                                            {"strategy", required_argument, NULL, 'Y'},
+                                            {"allowed-lateness", required_argument, NULL, 'l'},
+                                            {"batch-size", required_argument, NULL, 'B'},
+                                            {"flush-interval", required_argument, NULL, 'f'},
+                                            {"log-format", required_argument, NULL, 'F'},
+                                            {"session-timeout", required_argument, NULL, 'x'},
+                                            {"transaction-timeout", required_argument, NULL, 'Z'},
+                                            CLI_KAFKA_OPTION,
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *pipeline = NULL;
     int64_t n;
     int opt, strategy = -1, lateness_given = 0, max_batch_given = 0;
@@ -210,11 +214,13 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
                 return cli_usage_error(cmd, "--window-size must be at least 1ms");
             break;
         case 'S':
-            if (cli_parse_duration_ms(cmd, "--snapshot-interval", optarg, &cfg->snapshot_interval_ms) < 0)
+            if (cli_parse_duration_ms(cmd, "--snapshot-interval", optarg,
+                                      &cfg->snapshot_interval_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'c':
-            if (cli_parse_int64(cmd, "--commit-interval-ms", optarg, 1, 600000, &cfg->commit_interval_ms) < 0)
+            if (cli_parse_int64(cmd, "--commit-interval-ms", optarg, 1, 600000,
+                                &cfg->commit_interval_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'm':
@@ -232,7 +238,8 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
                 return cli_usage_error(cmd, "--changelog must be on or off, not \"%s\"", optarg);
             break;
         case 'R':
-            if (cli_parse_duration_ms(cmd, "--changelog-retention", optarg, &cfg->changelog_retention_ms) < 0)
+            if (cli_parse_duration_ms(cmd, "--changelog-retention", optarg,
+                                      &cfg->changelog_retention_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'E': cfg->allow_empty = 1; break;
@@ -251,11 +258,14 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
             break;
         case 'Y':
             if ((strategy = tly_emit_strategy_parse(optarg)) < 0)
-                return cli_usage_error(cmd, "--strategy must be inline, log_compacted, window_stream "
-                                            "or state_store, not \"%s\"", optarg);
+                return cli_usage_error(cmd,
+                                       "--strategy must be inline, log_compacted, window_stream "
+                                       "or state_store, not \"%s\"",
+                                       optarg);
             break;
         case 'l':
-            if (cli_parse_duration_ms(cmd, "--allowed-lateness", optarg, &cfg->allowed_lateness_ms) < 0)
+            if (cli_parse_duration_ms(cmd, "--allowed-lateness", optarg,
+                                      &cfg->allowed_lateness_ms) < 0)
                 return CLI_EXIT_USAGE;
             lateness_given = 1;
             break;
@@ -277,8 +287,10 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
                 char host[256];
                 int port;
                 if (tly_http_parse_listen(optarg, host, sizeof(host), &port) < 0)
-                    return cli_usage_error(cmd, "--http wants HOST:PORT (e.g. 127.0.0.1:9464) or off, "
-                                                "not \"%s\"", optarg);
+                    return cli_usage_error(cmd,
+                                           "--http wants HOST:PORT (e.g. 127.0.0.1:9464) or off, "
+                                           "not \"%s\"",
+                                           optarg);
                 cfg->http_listen = optarg;
             }
             cfg->http_required = 1;
@@ -286,19 +298,22 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
         case 'T': cfg->http_token = optarg; break;
         case 'L':
             if (tly_log_set_level(optarg) < 0)
-                return cli_usage_error(cmd, "--log-level must be debug, info, warn or error, not \"%s\"",
-                                       optarg);
+                return cli_usage_error(
+                    cmd, "--log-level must be debug, info, warn or error, not \"%s\"", optarg);
             break;
         case 'F':
             if (tly_log_set_format(optarg) < 0)
-                return cli_usage_error(cmd, "--log-format must be logfmt or json, not \"%s\"", optarg);
+                return cli_usage_error(cmd, "--log-format must be logfmt or json, not \"%s\"",
+                                       optarg);
             break;
         case 'q':
-            if (cli_parse_int64(cmd, "--query-timeout-ms", optarg, 1, 3600000, &cfg->query_timeout_ms) < 0)
+            if (cli_parse_int64(cmd, "--query-timeout-ms", optarg, 1, 3600000,
+                                &cfg->query_timeout_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'r':
-            if (cli_parse_int64(cmd, "--query-max-rows", optarg, 1, 100000000, &cfg->query_max_rows) < 0)
+            if (cli_parse_int64(cmd, "--query-max-rows", optarg, 1, 100000000,
+                                &cfg->query_max_rows) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'n':
@@ -321,11 +336,12 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
     if (cli_kafka_settings(cmd, &cfg->brokers) != 0)
         return CLI_EXIT_USAGE;
     cfg->pipeline = pipeline;
-    cfg->strategy = strategy >= 0                      ? strategy
+    cfg->strategy = strategy >= 0                        ? strategy
                     : strcmp(pipeline, "telemetry") == 0 ? TLY_EMIT_LOG_COMPACTED
                                                          : TLY_EMIT_INLINE;
     if (cfg->strategy != TLY_EMIT_INLINE && strcmp(pipeline, "orders") == 0)
-        return cli_usage_error(cmd, "--strategy %s is for telemetry; orders emits each batch's "
+        return cli_usage_error(cmd,
+                               "--strategy %s is for telemetry; orders emits each batch's "
                                "changed windows (--strategy inline)",
                                tly_emit_strategy_name(cfg->strategy));
     /* Measured with benchmarks/bench_telemetry (100k vehicles x 30 sensors):
@@ -336,9 +352,11 @@ static int parse_flags(const char *cmd, const char *usage, int argc, char **argv
     if (lateness_given && cfg->strategy != TLY_EMIT_WINDOW_STREAM)
         return cli_usage_error(cmd, "--allowed-lateness applies to --strategy window_stream only");
     if (cfg->batch_size > 1 && cfg->strategy == TLY_EMIT_LOG_COMPACTED)
-        return cli_usage_error(cmd, "--batch-size %d packs several vehicles into one message, which a "
+        return cli_usage_error(cmd,
+                               "--batch-size %d packs several vehicles into one message, which a "
                                "compacted topic cannot keep per key: use --batch-size 1 with "
-                               "log_compacted, or another --strategy", cfg->batch_size);
+                               "log_compacted, or another --strategy",
+                               cfg->batch_size);
     if (!cfg->instance_id) {
         snprintf(default_instance, instance_len, "%s-0", pipeline);
         cfg->instance_id = default_instance;
@@ -402,8 +420,7 @@ static int recover_dry_run(const tly_runner_config *cfg)
         goto done;
     }
     snprintf(db_path, sizeof(db_path), "%s/%s.db", cfg->state_dir, cfg->pipeline);
-    snprintf(snapshot_dir, sizeof(snapshot_dir), "%s",
-             cfg->snapshot_dir ? cfg->snapshot_dir : "");
+    snprintf(snapshot_dir, sizeof(snapshot_dir), "%s", cfg->snapshot_dir ? cfg->snapshot_dir : "");
     if (!cfg->snapshot_dir)
         snprintf(snapshot_dir, sizeof(snapshot_dir), "%s/snapshots", cfg->state_dir);
     memset(&rcfg, 0, sizeof(rcfg));

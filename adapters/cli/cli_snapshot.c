@@ -35,10 +35,11 @@ static void print_manifest(const tly_snapshot_manifest *m)
 
 int cmd_snapshot(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"db", required_argument, NULL, 'd'}, {"snapshot-dir", required_argument, NULL, 's'},
-        {"keep", required_argument, NULL, 'k'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"db", required_argument, NULL, 'd'},
+                                            {"snapshot-dir", required_argument, NULL, 's'},
+                                            {"keep", required_argument, NULL, 'k'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *db = NULL, *dir = NULL;
     int64_t keep = 3;
     tly_snapshot_manifest m;
@@ -77,10 +78,11 @@ int cmd_snapshot(int argc, char **argv)
 
 int cmd_restore(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"snapshot", required_argument, NULL, 's'}, {"db", required_argument, NULL, 'd'},
-        {"snapshot-dir", required_argument, NULL, 'D'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option options[] = {{"snapshot", required_argument, NULL, 's'},
+                                            {"db", required_argument, NULL, 'd'},
+                                            {"snapshot-dir", required_argument, NULL, 'D'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *snapshot = NULL, *db = NULL, *dir = ".";
     char manifest_path[4200], err[1024];
     tly_snapshot_manifest m;

@@ -35,8 +35,7 @@ static const char topics_usage[] =
     "cleanup.policy (and, internal ones, partition count) are left alone; any other\n"
     "difference is an error and nothing is created.\n"
     "\n"
-    "  --brokers B          bootstrap servers (default: $KAFKA_BROKERS)\n"
-    CLI_KAFKA_USAGE
+    "  --brokers B          bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
     "  --pipeline NAME      orders, telemetry or enrich (give enrich --topic-prefix opa)\n"
     "  --partitions N       partitions of the input if it must be created (default 1)\n"
     "  --topic-prefix P     prefix of the internal topics (default opb)\n"
@@ -141,8 +140,10 @@ static int topics_create(int argc, char **argv)
             break;
         case 'c':
             if (strcmp(optarg, "compact") && strcmp(optarg, "delete"))
-                return cli_usage_error(COMMAND, "--input-cleanup-policy must be compact or delete, "
-                                                "not \"%s\"", optarg);
+                return cli_usage_error(COMMAND,
+                                       "--input-cleanup-policy must be compact or delete, "
+                                       "not \"%s\"",
+                                       optarg);
             input_policy = optarg;
             break;
         case 'h': fputs(topics_usage, stdout); return CLI_EXIT_OK;

@@ -38,18 +38,10 @@ int main(int argc, char **argv)
         const char *name;
         int (*run)(int, char **);
     } commands[] = {
-        {"ingest", cmd_ingest},
-        {"query", cmd_query},
-        {"changelog", cmd_changelog},
-        {"replay", cmd_replay},
-        {"demo", cmd_demo},
-        {"run", cmd_run},
-        {"enrich", cmd_enrich},
-        {"topics", cmd_topics},
-        {"produce", cmd_produce},
-        {"snapshot", cmd_snapshot},
-        {"restore", cmd_restore},
-        {"recover", cmd_recover},
+        {"ingest", cmd_ingest},     {"query", cmd_query},     {"changelog", cmd_changelog},
+        {"replay", cmd_replay},     {"demo", cmd_demo},       {"run", cmd_run},
+        {"enrich", cmd_enrich},     {"topics", cmd_topics},   {"produce", cmd_produce},
+        {"snapshot", cmd_snapshot}, {"restore", cmd_restore}, {"recover", cmd_recover},
         {"publish", cmd_publish},
     };
 
@@ -57,7 +49,8 @@ int main(int argc, char **argv)
         fputs(usage, stderr);
         return CLI_EXIT_USAGE;
     }
-    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
         fputs(usage, stdout);
         return CLI_EXIT_OK;
     }

@@ -49,7 +49,8 @@ void tly_loadgen_options_init(tly_loadgen_options *opts, const char *pipeline)
 tly_loadgen *tly_loadgen_new(const tly_loadgen_options *opts)
 {
     tly_loadgen *g;
-    if (!opts->pipeline || (strcmp(opts->pipeline, "orders") && strcmp(opts->pipeline, "telemetry")))
+    if (!opts->pipeline ||
+        (strcmp(opts->pipeline, "orders") && strcmp(opts->pipeline, "telemetry")))
         return NULL;
     if (opts->stores < 1 || opts->products < 1 || opts->vins < 1 || opts->sensors < 1 ||
         opts->sensors > 60 || opts->sensors_per_event < 1)
@@ -76,10 +77,11 @@ int tly_loadgen_last_readings(const tly_loadgen *g)
 }
 
 static const char *const sensor_names[] = {
-    "speed", "rpm", "fuel_level", "battery_voltage", "odometer", "engine_temp", "oil_pressure",
-    "tire_fl", "tire_fr", "tire_rl", "tire_rr", "lat", "lon", "heading", "altitude",
-    "door_open", "ignition", "gear", "throttle", "brake", "coolant", "ambient_temp", "cabin_temp",
-    "ac_on", "wiper", "headlights", "seatbelt", "driver_id", "firmware", "signal"};
+    "speed",        "rpm",        "fuel_level", "battery_voltage", "odometer",   "engine_temp",
+    "oil_pressure", "tire_fl",    "tire_fr",    "tire_rl",         "tire_rr",    "lat",
+    "lon",          "heading",    "altitude",   "door_open",       "ignition",   "gear",
+    "throttle",     "brake",      "coolant",    "ambient_temp",    "cabin_temp", "ac_on",
+    "wiper",        "headlights", "seatbelt",   "driver_id",       "firmware",   "signal"};
 
 static int write_sensor(tly_loadgen *g, int sensor, char *p, size_t room)
 {
@@ -90,14 +92,10 @@ static int write_sensor(tly_loadgen *g, int sensor, char *p, size_t room)
     else
         snprintf(name, sizeof(name), "sensor_%02d", sensor);
     switch (sensor % 10) {
-    case 5: /* booleans */
-        return snprintf(p, room, ",\"%s\":%s", name, r % 2 ? "true" : "false");
-    case 8: /* strings */
-        return snprintf(p, room, ",\"%s\":\"v%u.%u\"", name, r % 7, r % 3);
-    case 0: /* integers */
-        return snprintf(p, room, ",\"%s\":%u", name, r);
-    default: /* decimals */
-        return snprintf(p, room, ",\"%s\":%u.%02u", name, r / 100, r % 100);
+    case 5: /* booleans */ return snprintf(p, room, ",\"%s\":%s", name, r % 2 ? "true" : "false");
+    case 8: /* strings */ return snprintf(p, room, ",\"%s\":\"v%u.%u\"", name, r % 7, r % 3);
+    case 0: /* integers */ return snprintf(p, room, ",\"%s\":%u", name, r);
+    default: /* decimals */ return snprintf(p, room, ",\"%s\":%u.%02u", name, r / 100, r % 100);
     }
 }
 
@@ -132,13 +130,15 @@ int tly_loadgen_next(tly_loadgen *g, int64_t now_ms, char *buf, size_t buflen)
     } else {
         unsigned vin = pick(g, (unsigned)g->opts.vins);
         int count = g->opts.sensors_per_event;
-        int first = count == g->opts.sensors ? 0 : (int)(next_random(g) % (unsigned)g->opts.sensors);
+        int first =
+            count == g->opts.sensors ? 0 : (int)(next_random(g) % (unsigned)g->opts.sensors);
         n = snprintf(buf, buflen, "{\"data\":{\"id\":\"VIN%08u\"", vin);
         for (int s = 0; s < count && n > 0 && (size_t)n < buflen; s++)
             n += write_sensor(g, (first + s) % g->opts.sensors, buf + n, buflen - (size_t)n);
         if (n > 0 && (size_t)n < buflen)
-            n += snprintf(buf + n, buflen - (size_t)n, "},\"received_at\":%lld,\"produced_at\":%lld}",
-                          (long long)ts, (long long)ts - (int64_t)(next_random(g) % 50));
+            n += snprintf(buf + n, buflen - (size_t)n,
+                          "},\"received_at\":%lld,\"produced_at\":%lld}", (long long)ts,
+                          (long long)ts - (int64_t)(next_random(g) % 50));
         g->last_readings = count;
     }
     return n > 0 && (size_t)n < buflen ? n : -1;

@@ -12,13 +12,13 @@
 typedef struct tly_loadgen tly_loadgen;
 
 typedef struct tly_loadgen_options {
-    const char *pipeline;     /* "orders" or "telemetry" */
-    uint64_t seed;            /* same seed, same events */
-    int stores, products;     /* orders: keys are stores x products (default 50 x 200) */
-    int vins, sensors;        /* telemetry: vehicles and sensors each (default 1000 x 30) */
-    int sensors_per_event;    /* telemetry: readings per event (default 5; sensors = full record) */
-    int64_t time_spread_ms;   /* event time = now - uniform[0, spread) (default 0) */
-    int skewed;               /* 1 = keys follow a hot/cold split (20% of keys, 80% of events) */
+    const char *pipeline;   /* "orders" or "telemetry" */
+    uint64_t seed;          /* same seed, same events */
+    int stores, products;   /* orders: keys are stores x products (default 50 x 200) */
+    int vins, sensors;      /* telemetry: vehicles and sensors each (default 1000 x 30) */
+    int sensors_per_event;  /* telemetry: readings per event (default 5; sensors = full record) */
+    int64_t time_spread_ms; /* event time = now - uniform[0, spread) (default 0) */
+    int skewed;             /* 1 = keys follow a hot/cold split (20% of keys, 80% of events) */
 } tly_loadgen_options;
 
 /* Fills opts with the defaults above for `pipeline`. */

@@ -181,8 +181,8 @@ void tly_log(const char *level, const char *event, const char *fmt, ...)
         free(text);
         return;
     }
-    n = snprintf(line, sizeof(line), "ts=%s.%03ldZ level=%s event=%s ", stamp,
-                 (long)(now % 1000), level, event);
+    n = snprintf(line, sizeof(line), "ts=%s.%03ldZ level=%s event=%s ", stamp, (long)(now % 1000),
+                 level, event);
     if (n > 0 && (size_t)n < sizeof(line)) {
         va_start(ap, fmt);
         vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);

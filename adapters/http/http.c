@@ -84,12 +84,14 @@ static void reply(struct evhttp_request *req, int code, const char *reason, cons
 }
 
 /* {"error": message} with the status. */
-static void reply_error(struct evhttp_request *req, int code, const char *reason, const char *message)
+static void reply_error(struct evhttp_request *req, int code, const char *reason,
+                        const char *message)
 {
     json_object *obj = json_object_new_object();
     const char *text;
     json_object_object_add(obj, "error", json_object_new_string(message));
-    text = json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    text = json_object_to_json_string_ext(obj,
+                                          JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     reply(req, code, reason, "application/json", text, strlen(text));
     json_object_put(obj);
 }
@@ -111,7 +113,8 @@ static bool authorized(struct tly_http *h, struct evhttp_request *req)
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
                       "Bearer realm=\"tally\"");
-    reply_error(req, 401, "Unauthorized", "a bearer token is required (Authorization: Bearer TOKEN)");
+    reply_error(req, 401, "Unauthorized",
+                "a bearer token is required (Authorization: Bearer TOKEN)");
     return false;
 }
 
@@ -185,14 +188,16 @@ static char *request_sql(struct evhttp_request *req, const struct evhttp_uri *ur
     type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
     /* A form with sql=...; anything else is the SQL itself (text/plain,
      * application/sql, or curl --data 'SELECT ...', which says form). */
-    if (type && strncmp(type, "application/x-www-form-urlencoded", 33) == 0 && (sql = form_sql(body))) {
+    if (type && strncmp(type, "application/x-www-form-urlencoded", 33) == 0 &&
+        (sql = form_sql(body))) {
         free(body);
         return sql;
     }
     return body;
 }
 
-static void serve_query(struct tly_http *h, struct evhttp_request *req, const struct evhttp_uri *uri)
+static void serve_query(struct tly_http *h, struct evhttp_request *req,
+                        const struct evhttp_uri *uri)
 {
     tly_query_options opts = {h->query_timeout_ms, h->max_rows};
     tly_query *q = NULL;
@@ -248,7 +253,8 @@ static void serve_page(struct tly_http *h, struct evhttp_request *req)
     /* The pipeline goes into <body data-pipeline="..."> for the page's query. */
     const char *body = strstr(tly_http_page, "<body>");
     struct evbuffer *out = evbuffer_new();
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/html; charset=utf-8");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/html; charset=utf-8");
     if (out && body) {
         evbuffer_add(out, tly_http_page, (size_t)(body - tly_http_page));
         evbuffer_add_printf(out, "<body data-pipeline=\"%s\">", h->pipeline);
@@ -301,7 +307,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/") == 0) {
         serve_page(h, req);
     } else {
-        reply_error(req, 404, "Not Found", "no such page: try /, /metrics, /healthz, /readyz, /query");
+        reply_error(req, 404, "Not Found",
+                    "no such page: try /, /metrics, /healthz, /readyz, /query");
     }
 }
 
@@ -397,7 +404,10 @@ int tly_http_start(const tly_http_config *cfg, tly_http **out, char *errbuf, siz
     return 0;
 }
 
-int tly_http_port(const tly_http *h) { return h ? h->port : 0; }
+int tly_http_port(const tly_http *h)
+{
+    return h ? h->port : 0;
+}
 
 void tly_http_stop(tly_http *h)
 {

@@ -25,13 +25,13 @@
 typedef struct tly_http tly_http;
 
 typedef struct tly_http_config {
-    const char *listen;        /* "HOST:PORT" */
-    const char *token;         /* NULL: no token */
-    const char *db_path;       /* the state database /query reads */
-    const char *pipeline;      /* for the page */
+    const char *listen;   /* "HOST:PORT" */
+    const char *token;    /* NULL: no token */
+    const char *db_path;  /* the state database /query reads */
+    const char *pipeline; /* for the page */
     int64_t query_timeout_ms;
     int64_t max_rows;
-    tly_metrics *metrics;      /* borrowed; must outlive the server */
+    tly_metrics *metrics; /* borrowed; must outlive the server */
 } tly_http_config;
 
 /* Parses an --http address, "HOST:PORT", without resolving anything.

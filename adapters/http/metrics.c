@@ -53,7 +53,8 @@ struct tly_metrics {
 static const struct {
     const char *name, *help;
 } counter_info[TLY_C_COUNT] = {
-    [TLY_C_CONSUMED] = {"tally_events_consumed_total", "Input records processed in committed batches."},
+    [TLY_C_CONSUMED] = {"tally_events_consumed_total",
+                        "Input records processed in committed batches."},
     [TLY_C_APPLIED] = {"tally_events_applied_total", "Events applied to the state."},
     [TLY_C_REJECTED] = {"tally_events_rejected_total",
                         "Malformed or invalid events, logged as event=error and dead-lettered."},
@@ -64,10 +65,13 @@ static const struct {
                              "Events produced to the dead-letter topic (rejected + late)."},
     [TLY_C_SKIPPED] = {"tally_events_skipped_total",
                        "Events skipped by the pipeline (e.g. an empty id), logged as event=skip."},
-    [TLY_C_CHANGES] = {"tally_changelog_records_total",
-                       "Changelog rows written: state changes, and one tally.counters row per batch."},
+    [TLY_C_CHANGES] =
+        {"tally_changelog_records_total",
+         "Changelog rows written: state changes, and one tally.counters row per batch."},
     [TLY_C_OUTPUTS] = {"tally_outputs_total", "Output records produced."},
-    [TLY_C_BATCHES] = {"tally_batches_total", "Batches committed (an aborted one counts in tally_transactions_aborted_total)."},
+    [TLY_C_BATCHES] =
+        {"tally_batches_total",
+         "Batches committed (an aborted one counts in tally_transactions_aborted_total)."},
     [TLY_C_TXN_COMMITTED] = {"tally_transactions_committed_total", "Kafka transactions committed."},
     [TLY_C_TXN_ABORTED] = {"tally_transactions_aborted_total", "Kafka transactions aborted."},
     [TLY_C_SNAPSHOTS] = {"tally_snapshots_total", "Snapshots written and published."},
@@ -75,8 +79,9 @@ static const struct {
     [TLY_C_REBALANCES] = {"tally_rebalances_total", "Partition assignments and revocations."},
     [TLY_C_PARTITIONS_ASSIGNED] = {"tally_partitions_assigned_total",
                                    "Input partitions taken over, their state brought up to date."},
-    [TLY_C_PARTITIONS_REVOKED] = {"tally_partitions_revoked_total",
-                                  "Input partitions given up (revoked or lost), their rows dropped."},
+    [TLY_C_PARTITIONS_REVOKED] =
+        {"tally_partitions_revoked_total",
+         "Input partitions given up (revoked or lost), their rows dropped."},
 };
 
 static const struct {
@@ -87,7 +92,8 @@ static const struct {
     [TLY_G_SNAPSHOT_WRITE_MS] = {"tally_snapshot_duration_seconds",
                                  "Time the last snapshot took to write.", 0.001},
     [TLY_G_SNAPSHOT_BYTES] = {"tally_snapshot_bytes", "Size of the last snapshot.", 1},
-    [TLY_G_SNAPSHOT_LAST_SEQ] = {"tally_snapshot_last_seq", "Changelog seq the last snapshot holds.", 1},
+    [TLY_G_SNAPSHOT_LAST_SEQ] = {"tally_snapshot_last_seq",
+                                 "Changelog seq the last snapshot holds.", 1},
     [TLY_G_RECOVERY_MS] = {"tally_recovery_duration_seconds",
                            "Time the last recovery on start took.", 0.001},
     [TLY_G_RECOVERY_RECORDS] = {"tally_recovery_records_replayed",
@@ -99,10 +105,12 @@ static const struct {
     [TLY_G_PARTITIONS_HELD] = {"tally_partitions_held", "Input partitions this instance holds.", 1},
     [TLY_G_REBALANCE_MS] = {"tally_rebalance_duration_seconds",
                             "Time the last rebalance took here: dropping revoked partitions, or "
-                            "bringing assigned ones up to date.", 0.001},
+                            "bringing assigned ones up to date.",
+                            0.001},
     [TLY_G_ROWS_MOVED] = {"tally_state_rows_moved",
                           "State rows an event from another input partition updated, since the "
-                          "database was created: 0 when the input is keyed by the state's key.", 1},
+                          "database was created: 0 when the input is keyed by the state's key.",
+                          1},
 };
 
 static const struct {
@@ -222,8 +230,9 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
     if (!out)
         return NULL;
     for (int c = 0; c < TLY_C_COUNT; c++)
-        fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s{pipeline=\"%s\"} %lld\n", counter_info[c].name,
-                counter_info[c].help, counter_info[c].name, counter_info[c].name, p,
+        fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s{pipeline=\"%s\"} %lld\n",
+                counter_info[c].name, counter_info[c].help, counter_info[c].name,
+                counter_info[c].name, p,
                 (long long)atomic_load_explicit(&m->counters[c], memory_order_relaxed));
     for (int g = 0; g < TLY_G_COUNT; g++) {
         long long v = atomic_load_explicit(&m->gauges[g], memory_order_relaxed);
@@ -242,11 +251,11 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
         for (size_t b = 0; b <= BUCKETS; b++) {
             cumulative += atomic_load_explicit(&hist->buckets[b], memory_order_relaxed);
             if (b < BUCKETS)
-                fprintf(out, "%s_bucket{pipeline=\"%s\",le=\"%g\"} %lld\n", histogram_info[h].name, p,
-                        bucket_bounds[b], cumulative);
+                fprintf(out, "%s_bucket{pipeline=\"%s\",le=\"%g\"} %lld\n", histogram_info[h].name,
+                        p, bucket_bounds[b], cumulative);
             else
-                fprintf(out, "%s_bucket{pipeline=\"%s\",le=\"+Inf\"} %lld\n", histogram_info[h].name,
-                        p, cumulative);
+                fprintf(out, "%s_bucket{pipeline=\"%s\",le=\"+Inf\"} %lld\n",
+                        histogram_info[h].name, p, cumulative);
         }
         /* count = the +Inf bucket, read once, so the two always agree */
         fprintf(out, "%s_sum{pipeline=\"%s\"} %.6f\n%s_count{pipeline=\"%s\"} %lld\n",
@@ -262,7 +271,8 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
         fprintf(out, "# HELP tally_consumer_lag_records Input records behind the high watermark, "
                      "per assigned partition.\n# TYPE tally_consumer_lag_records gauge\n");
     for (int i = 0; i < m->lag_count; i++)
-        fprintf(out, "tally_consumer_lag_records{pipeline=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n",
+        fprintf(out,
+                "tally_consumer_lag_records{pipeline=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n",
                 p, m->lags[i].topic, m->lags[i].partition, (long long)m->lags[i].lag);
     for (int i = 0; i < MAX_PARTITIONS; i++)
         if (m->recoveries[i].set) {
@@ -275,7 +285,8 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
                      "# TYPE tally_partition_recovery_seconds gauge\n");
     for (int i = 0; i < MAX_PARTITIONS; i++)
         if (m->recoveries[i].set)
-            fprintf(out, "tally_partition_recovery_seconds{pipeline=\"%s\",partition=\"%d\"} %.6f\n", p,
+            fprintf(out,
+                    "tally_partition_recovery_seconds{pipeline=\"%s\",partition=\"%d\"} %.6f\n", p,
                     i, (double)m->recoveries[i].ms / 1000.0);
     if (recovered)
         fprintf(out, "# HELP tally_partition_recovery_records Changelog records replayed when this "
@@ -283,8 +294,9 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
                      "# TYPE tally_partition_recovery_records gauge\n");
     for (int i = 0; i < MAX_PARTITIONS; i++)
         if (m->recoveries[i].set)
-            fprintf(out, "tally_partition_recovery_records{pipeline=\"%s\",partition=\"%d\"} %lld\n",
-                    p, i, (long long)m->recoveries[i].records);
+            fprintf(out,
+                    "tally_partition_recovery_records{pipeline=\"%s\",partition=\"%d\"} %lld\n", p,
+                    i, (long long)m->recoveries[i].records);
     pthread_mutex_unlock(&m->lag_lock);
     if (db_path) {
         char wal[4200];

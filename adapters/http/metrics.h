@@ -13,13 +13,13 @@
 typedef struct tly_metrics tly_metrics;
 
 typedef enum tly_counter {
-    TLY_C_CONSUMED,          /* input records read and processed in a committed batch */
+    TLY_C_CONSUMED, /* input records read and processed in a committed batch */
     TLY_C_APPLIED,
-    TLY_C_REJECTED,          /* malformed or invalid */
-    TLY_C_LATE,              /* for an event-time window that had closed */
-    TLY_C_DEAD_LETTERED,     /* rejected + late: what went to the dead-letter topic */
+    TLY_C_REJECTED,      /* malformed or invalid */
+    TLY_C_LATE,          /* for an event-time window that had closed */
+    TLY_C_DEAD_LETTERED, /* rejected + late: what went to the dead-letter topic */
     TLY_C_SKIPPED,
-    TLY_C_CHANGES,           /* changelog rows */
+    TLY_C_CHANGES, /* changelog rows */
     TLY_C_OUTPUTS,
     TLY_C_BATCHES,
     TLY_C_TXN_COMMITTED,
@@ -37,22 +37,22 @@ typedef enum tly_gauge {
     TLY_G_SNAPSHOT_WRITE_MS, /* the last snapshot */
     TLY_G_SNAPSHOT_BYTES,
     TLY_G_SNAPSHOT_LAST_SEQ,
-    TLY_G_RECOVERY_MS,       /* the last recovery */
+    TLY_G_RECOVERY_MS, /* the last recovery */
     TLY_G_RECOVERY_RECORDS,
     TLY_G_RECOVERY_BYTES,
     TLY_G_CHANGELOG_ROWS,
     TLY_G_LAST_SEQ,
-    TLY_G_PARTITIONS_HELD,   /* input partitions this instance holds */
-    TLY_G_REBALANCE_MS,      /* the last rebalance callback, state work included */
-    TLY_G_ROWS_MOVED,        /* state rows whose input partition changed (meta) */
+    TLY_G_PARTITIONS_HELD, /* input partitions this instance holds */
+    TLY_G_REBALANCE_MS,    /* the last rebalance callback, state work included */
+    TLY_G_ROWS_MOVED,      /* state rows whose input partition changed (meta) */
     TLY_G_COUNT
 } tly_gauge;
 
 typedef enum tly_histogram {
-    TLY_H_E2E,               /* input record timestamp -> its batch committed */
-    TLY_H_APPLY,             /* SQLite apply of a batch */
-    TLY_H_COMMIT,            /* Kafka transaction commit of a batch */
-    TLY_H_BATCH,             /* a whole batch, begin to SQLite commit */
+    TLY_H_E2E,    /* input record timestamp -> its batch committed */
+    TLY_H_APPLY,  /* SQLite apply of a batch */
+    TLY_H_COMMIT, /* Kafka transaction commit of a batch */
+    TLY_H_BATCH,  /* a whole batch, begin to SQLite commit */
     TLY_H_COUNT
 } tly_histogram;
 

@@ -46,7 +46,7 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
         char key[512];
         int64_t offset;
         tly_meta_key_position(TLY_META_INPUT, partitions->elems[i].topic,
-                            (int)partitions->elems[i].partition, key, sizeof(key));
+                              (int)partitions->elems[i].partition, key, sizeof(key));
         if (tly_store_meta_get_int(r->store, key, &offset) == 1)
             partitions->elems[i].offset = offset;
         else if (recorded_any)
@@ -54,9 +54,9 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
     }
 }
 
-#define STANDBY_MS 15000   /* see runner_drop_standby() */
-#define WATCHDOG_MS 60000  /* see runner_watch_consumer() */
-#define TAKE_RETRY_MS 300  /* between two asks for a PENDING partition's offsets */
+#define STANDBY_MS 15000  /* see runner_drop_standby() */
+#define WATCHDOG_MS 60000 /* see runner_watch_consumer() */
+#define TAKE_RETRY_MS 300 /* between two asks for a PENDING partition's offsets */
 
 /* What a take-over attempt came to. */
 typedef enum {
@@ -168,9 +168,8 @@ static take_result take_partitions(struct runner *r, rd_kafka_topic_partition_li
             p < TLY_MAX_PARTITIONS)
             takes[n++].partition = p;
     }
-    if (n > 0 &&
-        (taken = tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n, err,
-                                   sizeof(err))) == TLY_TAKE_FAILED) {
+    if (n > 0 && (taken = tly_recovery_take(r->rcfg, tly_pipeline_entity(r->pipeline), takes, n,
+                                            err, sizeof(err))) == TLY_TAKE_FAILED) {
         tly_error(errbuf, errlen, "cannot take over the assigned partitions: %s", err);
         goto done;
     }
@@ -182,10 +181,11 @@ static take_result take_partitions(struct runner *r, rd_kafka_topic_partition_li
      * topic lost it (every committed batch leaves a counters record there).
      * Resuming from the committed offset would count it as empty. */
     for (int i = 0; i < n && !r->cfg->allow_empty; i++) {
-        rd_kafka_topic_partition_t *c = rd_kafka_topic_partition_list_find(
-            committed, r->topics.input.name, takes[i].partition);
+        rd_kafka_topic_partition_t *c =
+            rd_kafka_topic_partition_list_find(committed, r->topics.input.name, takes[i].partition);
         if (strcmp(takes[i].source, "new") == 0 && c && c->offset > 0) {
-            tly_error(errbuf, errlen, "partition %d of %s: the group has consumed it up to offset "
+            tly_error(errbuf, errlen,
+                      "partition %d of %s: the group has consumed it up to offset "
                       "%lld, but neither this database, a snapshot in %s nor %s holds its state; "
                       "refusing to count it from empty (--allow-empty does)",
                       takes[i].partition, r->topics.input.name, (long long)c->offset,
@@ -198,8 +198,9 @@ static take_result take_partitions(struct runner *r, rd_kafka_topic_partition_li
         r->changelog_offsets[takes[i].partition] = -1;
         tly_log("info", "partition_assigned",
                 "partition=%d source=%s snapshot=%s records=%lld ms=%lld waited_ms=%lld",
-                takes[i].partition, takes[i].source, takes[i].snapshot_id[0] ? takes[i].snapshot_id : "-",
-                (long long)takes[i].records, (long long)takes[i].ms, (long long)waited);
+                takes[i].partition, takes[i].source,
+                takes[i].snapshot_id[0] ? takes[i].snapshot_id : "-", (long long)takes[i].records,
+                (long long)takes[i].ms, (long long)waited);
         tly_metrics_set_partition_recovery(r->metrics, takes[i].partition, waited + takes[i].ms,
                                            takes[i].records);
         tly_metrics_add(r->metrics, TLY_C_PARTITIONS_ASSIGNED, 1);
@@ -225,18 +226,21 @@ static take_result take_on_assign(struct runner *r, rd_kafka_topic_partition_lis
     take_result result = TAKE_WAIT;
 
     if (e == RD_KAFKA_RESP_ERR__TIMED_OUT) {
-        tly_log("info", "committed_offsets_wait", "partitions=%d note=\"a previous owner's "
+        tly_log("info", "committed_offsets_wait",
+                "partitions=%d note=\"a previous owner's "
                 "transaction is still open: assigned paused, taken over when it ends\"",
                 partitions->cnt);
     } else if (e) {
-        snprintf(r->assign.error, sizeof(r->assign.error),
-                 "cannot read the committed offsets: %s", rd_kafka_err2str(e));
+        snprintf(r->assign.error, sizeof(r->assign.error), "cannot read the committed offsets: %s",
+                 rd_kafka_err2str(e));
         result = TAKE_FAILED;
     } else if ((result = take_partitions(r, committed, tly_clock_mono_ms() - started,
                                          r->assign.error, sizeof(r->assign.error))) == TAKE_WAIT) {
-        tly_log("info", "committed_offsets_wait", "partitions=%d note=\"a previous owner's "
+        tly_log("info", "committed_offsets_wait",
+                "partitions=%d note=\"a previous owner's "
                 "transaction is still open on the changelog: assigned paused, taken over "
-                "when it ends\"", partitions->cnt);
+                "when it ends\"",
+                partitions->cnt);
     }
     rd_kafka_topic_partition_list_destroy(committed);
     return result;
@@ -301,23 +305,33 @@ rd_kafka_t *runner_new_consumer(struct runner *r, char *errbuf, size_t errlen)
     rd_kafka_conf_t *conf;
     rd_kafka_t *rk;
 
-    snprintf(session_timeout, sizeof(session_timeout), "%lld", (long long)r->cfg->session_timeout_ms);
+    snprintf(session_timeout, sizeof(session_timeout), "%lld",
+             (long long)r->cfg->session_timeout_ms);
     snprintf(client_id, sizeof(client_id), "tally-%s", r->cfg->instance_id);
     {
         /* members learn of a rebalance from a heartbeat: with librdkafka's 3 s
          * each of the two cooperative rounds waited that long */
-        const char *const defaults[] = {"client.id", client_id, "heartbeat.interval.ms", "1000", NULL};
+        const char *const defaults[] = {"client.id", client_id, "heartbeat.interval.ms", "1000",
+                                        NULL};
         /* static membership: a restart within the session timeout gets its
          * partitions back without a rebalance. 45 s (Kafka's default) also
          * outlasts a broker restart, which a 10 s session did not always. */
-        const char *const required[] = {"group.id", r->cfg->group_id,
-                                        "group.instance.id", r->cfg->instance_id,
-                                        "session.timeout.ms", session_timeout,
-                                        "isolation.level", "read_committed",
-                                        "enable.auto.commit", "false",
-                                        "enable.auto.offset.store", "false",
-                                        "auto.offset.reset", "earliest",
-                                        "partition.assignment.strategy", "cooperative-sticky",
+        const char *const required[] = {"group.id",
+                                        r->cfg->group_id,
+                                        "group.instance.id",
+                                        r->cfg->instance_id,
+                                        "session.timeout.ms",
+                                        session_timeout,
+                                        "isolation.level",
+                                        "read_committed",
+                                        "enable.auto.commit",
+                                        "false",
+                                        "enable.auto.offset.store",
+                                        "false",
+                                        "auto.offset.reset",
+                                        "earliest",
+                                        "partition.assignment.strategy",
+                                        "cooperative-sticky",
                                         NULL};
         if (!(conf = tly_kconf_new(r->cfg->brokers, defaults, required, errbuf, errlen)))
             return NULL;
@@ -332,7 +346,8 @@ rd_kafka_t *runner_new_consumer(struct runner *r, char *errbuf, size_t errlen)
     err = rd_kafka_subscribe(rk, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (err) {
-        tly_error(errbuf, errlen, "cannot subscribe to %s: %s", r->topics.input.name, rd_kafka_err2str(err));
+        tly_error(errbuf, errlen, "cannot subscribe to %s: %s", r->topics.input.name,
+                  rd_kafka_err2str(err));
         rd_kafka_destroy(rk);
         return NULL;
     }
@@ -468,8 +483,10 @@ int runner_take_pending(struct runner *r, char *errbuf, size_t errlen)
         if (e != RD_KAFKA_RESP_ERR__TIMED_OUT) {
             tly_error(errbuf, errlen, "cannot read the committed offsets: %s", rd_kafka_err2str(e));
         } else if (tly_clock_mono_ms() - since > 10 * KAFKA_TIMEOUT_MS) {
-            tly_error(errbuf, errlen, "the committed offsets of %d assigned partitions stayed "
-                      "unstable for %d s", committed->cnt, 10 * KAFKA_TIMEOUT_MS / 1000);
+            tly_error(errbuf, errlen,
+                      "the committed offsets of %d assigned partitions stayed "
+                      "unstable for %d s",
+                      committed->cnt, 10 * KAFKA_TIMEOUT_MS / 1000);
         } else {
             log_take_wait(r, "a previous owner's transaction is still open");
             rc = 0;
@@ -485,13 +502,12 @@ int runner_take_pending(struct runner *r, char *errbuf, size_t errlen)
         log_take_wait(r, "a previous owner's transaction is still open on the changelog");
         rc = 0;
         goto done;
-    case TAKE_FAILED:
-        goto done;
-    case TAKE_DONE:
-        break;
+    case TAKE_FAILED: goto done;
+    case TAKE_DONE: break;
     }
     if ((error = rd_kafka_seek_partitions(r->consumer, committed, KAFKA_TIMEOUT_MS))) {
-        tly_error(errbuf, errlen, "cannot seek the assigned partitions: %s", rd_kafka_error_string(error));
+        tly_error(errbuf, errlen, "cannot seek the assigned partitions: %s",
+                  rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
         goto done;
     }
@@ -553,7 +569,8 @@ int runner_watch_consumer(struct runner *r, char *errbuf, size_t errlen)
         if (md)
             rd_kafka_metadata_destroy(md);
         if (err) {
-            tly_log("warn", "consumer_watchdog", "reason=\"no partitions for %lld s, but the "
+            tly_log("warn", "consumer_watchdog",
+                    "reason=\"no partitions for %lld s, but the "
                     "cluster does not answer (%s): waiting\"",
                     (long long)(r->assign.watchdog_ms / 1000), rd_kafka_err2str(err));
             r->assign.unassigned_since = now;

@@ -54,7 +54,8 @@ void runner_crash_point(struct runner *r, const char *step)
          * that stays open (input offsets not sent) until the broker aborts it */
         if (strcmp(step, "after_produce") == 0)
             rd_kafka_flush(r->producer, KAFKA_TIMEOUT_MS);
-        tly_log("warn", "crash_point", "step=%s batch=%ld note=\"TALLY_CRASH_AT\"", step, r->batches);
+        tly_log("warn", "crash_point", "step=%s batch=%ld note=\"TALLY_CRASH_AT\"", step,
+                r->batches);
         abort();
     }
 }
@@ -116,7 +117,8 @@ static rd_kafka_topic_partition_list_t *batch_offsets(struct runner *r)
         rd_kafka_topic_partition_t *p =
             rd_kafka_topic_partition_list_find(offsets, rd_kafka_topic_name(m->rkt), m->partition);
         if (!p)
-            p = rd_kafka_topic_partition_list_add(offsets, rd_kafka_topic_name(m->rkt), m->partition);
+            p = rd_kafka_topic_partition_list_add(offsets, rd_kafka_topic_name(m->rkt),
+                                                  m->partition);
         if (m->offset + 1 > p->offset)
             p->offset = m->offset + 1;
     }
@@ -140,7 +142,8 @@ static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const ch
         r->errors_unlogged++;
         return;
     }
-    tly_log("warn", event, "topic=%s partition=%d offset=%lld reason=%s dead_letter=%s unlogged=%lld",
+    tly_log("warn", event,
+            "topic=%s partition=%d offset=%lld reason=%s dead_letter=%s unlogged=%lld",
             rd_kafka_topic_name(m->rkt), (int)m->partition, (long long)m->offset,
             tly_log_quote(reason, quoted, sizeof(quoted)), r->topics.dlq.name,
             (long long)r->errors_unlogged);
@@ -167,8 +170,8 @@ static int record_counters(struct runner *r, char *err, size_t errlen)
                     to = r->batch.messages[j]->offset + 1;
             }
         if (tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline), (int)p,
-                                          r->topics.input.name, from, to,
-                                          r->cfg->instance_id, err, errlen) < 0)
+                                          r->topics.input.name, from, to, r->cfg->instance_id, err,
+                                          errlen) < 0)
             return -1;
     }
     return 0;
@@ -181,8 +184,8 @@ struct batch {
     rd_kafka_topic_partition_list_t *offsets; /* input positions after the batch */
     struct produce_ctx outputs;
     int64_t t_start, t_applied, t_produced, t_kafka;
-    bool sqlite_open;              /* BEGIN done, neither COMMIT nor ROLLBACK yet */
-    bool kafka_committed;          /* commit_transaction returned success */
+    bool sqlite_open;     /* BEGIN done, neither COMMIT nor ROLLBACK yet */
+    bool kafka_committed; /* commit_transaction returned success */
     /* why the batch failed (batch_fail) */
     enum { FAIL_ABORT, FAIL_FATAL, FAIL_DATABASE } fail;
     const char *step;
@@ -220,8 +223,7 @@ static enum batch_result txn_failed(struct batch *b, const char *step, rd_kafka_
  * collected: nothing moves). SQLite is not touched. Returns BATCH_ABORTED,
  * or BATCH_FATAL with errbuf when the abort itself failed. */
 static enum batch_result abort_transaction_and_rewind(struct runner *r, const char *step,
-                                                      const char *why, char *errbuf,
-                                                      size_t errlen)
+                                                      const char *why, char *errbuf, size_t errlen)
 {
     rd_kafka_error_t *error;
     tly_log("warn", "transaction_aborted", "step=%s error=\"%s\"", step, why);
@@ -286,7 +288,8 @@ static enum batch_result batch_produce(struct runner *r, struct batch *b)
     for (int i = 0; i < c->count; i++) {
         tly_event_status status = c->results[i].status;
         if (status == TLY_EVENT_REJECTED || status == TLY_EVENT_LATE) {
-            rd_kafka_resp_err_t e = runner_produce_dead_letter(r, c->messages[i], c->results[i].reason);
+            rd_kafka_resp_err_t e =
+                runner_produce_dead_letter(r, c->messages[i], c->results[i].reason);
             if (e)
                 return failed(b, FAIL_ABORT, "produce dead letter", rd_kafka_err2str(e));
             log_rejected(r, c->messages[i], status == TLY_EVENT_LATE ? "late" : "error",
@@ -373,8 +376,7 @@ static enum batch_result batch_commit_sqlite(struct runner *r, struct batch *b)
 
 /* The one exit path of a failed batch: SQLite rolled back once (if open),
  * then as b->fail says (the top of this file). */
-static enum batch_result batch_fail(struct runner *r, struct batch *b, char *errbuf,
-                                    size_t errlen)
+static enum batch_result batch_fail(struct runner *r, struct batch *b, char *errbuf, size_t errlen)
 {
     if (b->sqlite_open) {
         tly_store_rollback(r->store);
@@ -463,9 +465,10 @@ enum batch_result runner_process_batch(struct runner *r, char *errbuf, size_t er
  * BATCH_COMMITTED, BATCH_ABORTED (the caller retries later) or BATCH_FATAL
  * (errbuf). A failed fill or commit is also logged as error_event when that
  * is not NULL. */
-enum batch_result runner_own_transaction(struct runner *r, const char *what, const char *error_event,
-                           int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
-                           void *ctx, char *errbuf, size_t errlen)
+enum batch_result
+runner_own_transaction(struct runner *r, const char *what, const char *error_event,
+                       int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
+                       void *ctx, char *errbuf, size_t errlen)
 {
     struct batch b = {0};
     rd_kafka_error_t *error;
@@ -509,8 +512,7 @@ int runner_collect(struct runner *r, char *errbuf, size_t errlen)
             rd_kafka_message_destroy(m);
             m = NULL;
         }
-        if (!r->batch.revoked &&
-            runner_take_pending(r, errbuf, errlen) < 0) {
+        if (!r->batch.revoked && runner_take_pending(r, errbuf, errlen) < 0) {
             if (m)
                 rd_kafka_message_destroy(m);
             return -1;
@@ -535,9 +537,9 @@ int runner_collect(struct runner *r, char *errbuf, size_t errlen)
                 rd_kafka_fatal_error(r->consumer, reason, sizeof(reason));
                 rd_kafka_message_destroy(m);
                 return tly_error(errbuf, errlen, "consumer: %s%s", reason,
-                            strstr(reason, "FENCED") || strstr(reason, "fenced")
-                                ? " (another instance with the same --instance-id joined)"
-                                : "");
+                                 strstr(reason, "FENCED") || strstr(reason, "fenced")
+                                     ? " (another instance with the same --instance-id joined)"
+                                     : "");
             }
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 tly_log("warn", "consumer_error", "error=\"%s\"", rd_kafka_message_errstr(m));

@@ -37,7 +37,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         return;
     }
     if (r->cfg->changelog && strcmp(rd_kafka_topic_name(m->rkt), r->topics.changelog.name) == 0 &&
-        m->partition >= 0 && m->partition < TLY_MAX_PARTITIONS && m->offset > r->changelog_offsets[m->partition])
+        m->partition >= 0 && m->partition < TLY_MAX_PARTITIONS &&
+        m->offset > r->changelog_offsets[m->partition])
         r->changelog_offsets[m->partition] = m->offset;
 }
 
@@ -69,7 +70,7 @@ rd_kafka_t *runner_new_producer(struct runner *r, char *errbuf, size_t errlen)
         return NULL;
     if ((error = rd_kafka_init_transactions(rk, KAFKA_TIMEOUT_MS))) {
         tly_error(errbuf, errlen, "init_transactions (transactional.id %s): %s", transactional_id,
-             rd_kafka_error_string(error));
+                  rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
         rd_kafka_destroy(rk);
         return NULL;
@@ -103,15 +104,13 @@ static rd_kafka_resp_err_t produce_to(struct runner *r, const char *topic, int32
     for (;;) {
         if (headers)
             err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
-                                    RD_KAFKA_V_PARTITION(partition),
-                                    RD_KAFKA_V_KEY(key, key_len),
+                                    RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, key_len),
                                     RD_KAFKA_V_VALUE((void *)value, value_len),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                     RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
         else
             err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
-                                    RD_KAFKA_V_PARTITION(partition),
-                                    RD_KAFKA_V_KEY(key, key_len),
+                                    RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, key_len),
                                     RD_KAFKA_V_VALUE((void *)value, value_len),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
@@ -131,8 +130,8 @@ rd_kafka_resp_err_t runner_produce(struct runner *r, const char *topic, const vo
 /* A change made by input partition p goes to changelog partition p (the
  * topics have the same partition count): whoever takes p over next replays
  * that partition alone. */
-static int produce_changelog_row(void *ctx, int64_t seq, const char *key, size_t key_len,
-                                 int part, const char *line, size_t line_len)
+static int produce_changelog_row(void *ctx, int64_t seq, const char *key, size_t key_len, int part,
+                                 const char *line, size_t line_len)
 {
     struct produce_ctx *c = ctx;
     (void)seq;
@@ -159,7 +158,7 @@ int runner_produce_changelog(struct runner *r, struct produce_ctx *ctx, int64_t 
 
 /* Output records go through the pack (--batch-size), which calls this. */
 int runner_output_message(void *ctx, const char *key, size_t key_len, const char *value,
-                                  size_t value_len)
+                          size_t value_len)
 {
     struct produce_ctx *c = ctx;
     c->err = runner_produce(c->r, c->topic, key, key_len, value, value_len, NULL);
@@ -185,7 +184,8 @@ int runner_emit_outputs(struct runner *r, struct produce_ctx *ctx, int64_t seq_b
     if (from_pending)
         rc = tly_pipeline_flush(r->pipeline, seq_after, produce_output, ctx, err, errlen);
     else
-        rc = tly_pipeline_emit(r->pipeline, seq_before, seq_after, produce_output, ctx, err, errlen);
+        rc =
+            tly_pipeline_emit(r->pipeline, seq_before, seq_after, produce_output, ctx, err, errlen);
     if (rc == 0 && tly_pack_finish(r->pack) != 0)
         rc = tly_error(err, errlen, "cannot produce a packed message");
     if (rc < 0 && ctx->err)

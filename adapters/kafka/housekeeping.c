@@ -25,7 +25,8 @@
  * steps between batches. */
 static void plan_pruning(struct runner *r)
 {
-    int64_t upto = r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
+    int64_t upto =
+        r->cfg->snapshot_interval_ms > 0 ? r->snapshot_seq : tly_store_last_seq(r->store);
     int64_t below;
 
     if (upto <= 0)
@@ -120,8 +121,9 @@ static void start_snapshot(struct runner *r)
 static int fill_manifest(struct runner *r, void *ctx, char *why, size_t whylen)
 {
     const char *manifest = ctx;
-    rd_kafka_resp_err_t err = runner_produce(r, r->topics.snapshots.name, r->cfg->pipeline,
-                                      strlen(r->cfg->pipeline), manifest, strlen(manifest), NULL);
+    rd_kafka_resp_err_t err =
+        runner_produce(r, r->topics.snapshots.name, r->cfg->pipeline, strlen(r->cfg->pipeline),
+                       manifest, strlen(manifest), NULL);
     if (err)
         return tly_error(why, whylen, "%s", rd_kafka_err2str(err));
     return 0;
@@ -138,9 +140,11 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
 
     pthread_join(job->thread, NULL);
     job->running = false;
-    if (job->rc < 0 || tly_snapshot_record(r->store, job->keep, m, job->why, sizeof(job->why)) < 0) {
+    if (job->rc < 0 ||
+        tly_snapshot_record(r->store, job->keep, m, job->why, sizeof(job->why)) < 0) {
         tly_metrics_add(r->metrics, TLY_C_SNAPSHOT_ERRORS, 1);
-        tly_log("error", "snapshot_error", "error=%s", tly_log_quote(job->why, (char[1100]){0}, 1100));
+        tly_log("error", "snapshot_error", "error=%s",
+                tly_log_quote(job->why, (char[1100]){0}, 1100));
         return 0;
     }
     if (tly_snapshot_manifest_json(m, manifest, sizeof(manifest)) < 0) {
@@ -162,10 +166,11 @@ static int publish_snapshot(struct runner *r, char *errbuf, size_t errlen)
     plan_pruning(r);
     /* write_ms: the copy, beside the daemon; publish_ms: the manifest's
      * transaction, which ingestion waits for. */
-    tly_log("info", "snapshot", "snapshot=%s last_seq=%lld bytes=%lld write_ms=%lld publish_ms=%lld path=%s",
+    tly_log("info", "snapshot",
+            "snapshot=%s last_seq=%lld bytes=%lld write_ms=%lld publish_ms=%lld path=%s",
             m->snapshot_id, (long long)m->last_seq, (long long)m->bytes,
-            (long long)(job->written_ms - job->started_ms), (long long)(tly_clock_mono_ms() - publishing),
-            m->path);
+            (long long)(job->written_ms - job->started_ms),
+            (long long)(tly_clock_mono_ms() - publishing), m->path);
     return 0;
 }
 
@@ -238,7 +243,8 @@ void runner_update_gauges(struct runner *r)
             tly_log("warn", "input_not_keyed_by_state",
                     "rows_moved=%lld note=\"events for one state row came from several input "
                     "partitions: key the input by the state's key before running several "
-                    "instances\"", (long long)moved);
+                    "instances\"",
+                    (long long)moved);
             tly_metrics_set(r->metrics, TLY_G_ROWS_MOVED, moved);
         }
     }

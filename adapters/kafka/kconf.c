@@ -53,12 +53,9 @@ static const struct {
 static const struct {
     const char *variable, *name;
 } environment[] = {
-    {"KAFKA_SECURITY_PROTOCOL", "security.protocol"},
-    {"KAFKA_SASL_MECHANISM", "sasl.mechanisms"},
-    {"KAFKA_SASL_USERNAME", "sasl.username"},
-    {"KAFKA_SASL_PASSWORD", "sasl.password"},
-    {"KAFKA_SSL_CA_LOCATION", "ssl.ca.location"},
-    {"TALLY_KAFKA_DEBUG", "debug"},
+    {"KAFKA_SECURITY_PROTOCOL", "security.protocol"}, {"KAFKA_SASL_MECHANISM", "sasl.mechanisms"},
+    {"KAFKA_SASL_USERNAME", "sasl.username"},         {"KAFKA_SASL_PASSWORD", "sasl.password"},
+    {"KAFKA_SSL_CA_LOCATION", "ssl.ca.location"},     {"TALLY_KAFKA_DEBUG", "debug"},
 };
 
 int tly_kconf_is_secret(const char *name)
@@ -124,8 +121,9 @@ static int add_setting(const char *assignment, const char *origin, enum rank ran
     if (!(eq = strchr(copy, '='))) {
         /* only what looks like the name: the rest may be a secret written
          * the Java way ("sasl.password: ...") */
-        tly_error(errbuf, errlen, "%s: \"%.*s...\" is not name=value (a librdkafka property, "
-                                  "e.g. security.protocol=SASL_SSL)",
+        tly_error(errbuf, errlen,
+                  "%s: \"%.*s...\" is not name=value (a librdkafka property, "
+                  "e.g. security.protocol=SASL_SSL)",
                   origin, (int)strcspn(copy, " \t:"), copy);
         goto done;
     }
@@ -195,7 +193,8 @@ int tly_kconf_add_file(const char *path, char *errbuf, size_t errlen)
             goto done;
     }
     if (ferror(f)) {
-        tly_error(errbuf, errlen, "cannot read the Kafka settings file %s: %s", path, strerror(errno));
+        tly_error(errbuf, errlen, "cannot read the Kafka settings file %s: %s", path,
+                  strerror(errno));
         goto done;
     }
     file_added = 1;
@@ -290,14 +289,16 @@ rd_kafka_conf_t *tly_kconf_new(const char *brokers, const char *const *defaults,
                 set_one(conf, settings[i].name, settings[i].value, settings[i].origin, errbuf,
                         errlen) < 0)
                 goto err;
-    if (brokers && *brokers && tly_kconf_set(conf, "bootstrap.servers", brokers, errbuf, errlen) < 0)
+    if (brokers && *brokers &&
+        tly_kconf_set(conf, "bootstrap.servers", brokers, errbuf, errlen) < 0)
         goto err;
     for (; required && required[0]; required += 2) {
         /* the owned table refuses these when they are read; a setting this
          * client needs and the table misses must not be overridden silently */
         for (int i = 0; i < setting_count; i++)
             if (strcmp(settings[i].name, required[0]) == 0) {
-                tly_error(errbuf, errlen, "%s: %s cannot be set: tally sets it to %s for this client",
+                tly_error(errbuf, errlen,
+                          "%s: %s cannot be set: tally sets it to %s for this client",
                           settings[i].origin, required[0], shown(required[0], required[1]));
                 goto err;
             }
@@ -328,9 +329,9 @@ rd_kafka_t *tly_kconf_client(rd_kafka_type_t type, rd_kafka_conf_t *conf, const 
 /* ------------------------------------------------------------------------ */
 
 struct check {
-    char error[700];  /* what ends the wait at once, with a hint */
-    char last[512];   /* the last other error, for the timeout message */
-    int mismatches;   /* connections the listener refused for their protocol */
+    char error[700]; /* what ends the wait at once, with a hint */
+    char last[512];  /* the last other error, for the timeout message */
+    int mismatches;  /* connections the listener refused for their protocol */
 };
 
 static void check_on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -359,7 +360,8 @@ static void check_on_error(rd_kafka_t *rk, int err, const char *reason, void *op
             ++c->mismatches >= 2)
             snprintf(c->error, sizeof(c->error),
                      "%s (check security.protocol: SSL or SASL_SSL for a TLS listener, "
-                     "SASL_SSL or SASL_PLAINTEXT where the broker wants authentication)", reason);
+                     "SASL_SSL or SASL_PLAINTEXT where the broker wants authentication)",
+                     reason);
         else if (err == RD_KAFKA_RESP_ERR__TRANSPORT && strstr(reason, "SSL routines") &&
                  ++c->mismatches >= 2)
             snprintf(c->error, sizeof(c->error),
@@ -421,8 +423,7 @@ int tly_kconf_check_cluster(const char *brokers, int timeout_ms, char *errbuf, s
 /* Readers                                                                   */
 /* ------------------------------------------------------------------------ */
 
-rd_kafka_t *tly_kconf_reader(const char *brokers, const char *group_id, char *errbuf,
-                             size_t errlen)
+rd_kafka_t *tly_kconf_reader(const char *brokers, const char *group_id, char *errbuf, size_t errlen)
 {
     return tly_kconf_reader_isolation(brokers, group_id, "read_committed", errbuf, errlen);
 }
@@ -448,10 +449,14 @@ rd_kafka_t *tly_kconf_reader_isolation(const char *brokers, const char *group_id
     const char *const defaults[] = {"client.id", "tally-reader", "fetch.wait.max.ms", "10", NULL};
     /* librdkafka wants a group.id for any consumer handle; an unused one is
      * harmless as long as nothing subscribes or commits. */
-    const char *const required[] = {"group.id", group_id ? group_id : "tally-reader",
-                                    "isolation.level", isolation,
-                                    "enable.auto.commit", "false",
-                                    "enable.partition.eof", "true",
+    const char *const required[] = {"group.id",
+                                    group_id ? group_id : "tally-reader",
+                                    "isolation.level",
+                                    isolation,
+                                    "enable.auto.commit",
+                                    "false",
+                                    "enable.partition.eof",
+                                    "true",
                                     NULL};
     rd_kafka_conf_t *conf = tly_kconf_new(brokers, defaults, required, errbuf, errlen);
     if (!conf)

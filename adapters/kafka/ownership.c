@@ -17,6 +17,7 @@ struct tly_ownership {
 #define NO (-1)
 
 /* next[event][from]: the state `event` leads to from `from`, or NO. */
+// clang-format off
 static const int next[N_EVENTS][N_STATES] = {
     /*                          UNASSIGNED           STANDBY              PENDING          HELD */
     [TLY_PART_ASSIGNED]         = {TLY_PART_HELD,    TLY_PART_HELD,       NO,              NO},
@@ -28,10 +29,11 @@ static const int next[N_EVENTS][N_STATES] = {
     [TLY_PART_RESTORED]         = {TLY_PART_STANDBY, NO,                  NO,              NO},
     [TLY_PART_NOT_ASSIGNED]     = {NO,               TLY_PART_UNASSIGNED, NO,              NO},
 };
+// clang-format on
 
 static const char *const state_names[N_STATES] = {"unassigned", "standby", "pending", "held"};
 static const char *const event_names[N_EVENTS] = {"assigned", "assigned_wait", "taken",
-                                                  "revoked", "kept", "consumer_restart",
+                                                  "revoked",  "kept",          "consumer_restart",
                                                   "restored", "not_assigned"};
 
 const char *tly_part_state_name(tly_part_state s)
@@ -64,8 +66,8 @@ void tly_ownership_free(tly_ownership *o)
     free(o);
 }
 
-int tly_ownership_apply(tly_ownership *o, int p, tly_part_event event, int64_t now_ms,
-                        char *errbuf, size_t errlen)
+int tly_ownership_apply(tly_ownership *o, int p, tly_part_event event, int64_t now_ms, char *errbuf,
+                        size_t errlen)
 {
     int to;
     if (p < 0 || p >= TLY_MAX_PARTITIONS)

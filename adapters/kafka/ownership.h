@@ -77,8 +77,8 @@ void tly_ownership_free(tly_ownership *o);
  * with errbuf when p is out of range or the event is not valid in p's state
  * (nothing changes then). Each transition is logged at debug level
  * (event=partition_state partition= from= to= reason=). */
-int tly_ownership_apply(tly_ownership *o, int p, tly_part_event event, int64_t now_ms,
-                        char *errbuf, size_t errlen);
+int tly_ownership_apply(tly_ownership *o, int p, tly_part_event event, int64_t now_ms, char *errbuf,
+                        size_t errlen);
 
 /* p's state (UNASSIGNED for p out of range) and since when (monotonic ms, 0
  * when never changed). */

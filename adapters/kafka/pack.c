@@ -8,11 +8,11 @@ struct tly_pack {
     int batch_size;
     tly_pack_send_fn send;
     void *ctx;
-    char *key;   /* the first record's key */
+    char *key; /* the first record's key */
     size_t key_len, key_cap;
     char *value; /* "[" rec "," rec ... (the "]" is added when sent) */
     size_t value_len, value_cap;
-    int count;   /* records in the open pack */
+    int count; /* records in the open pack */
     int64_t records, messages;
 };
 
@@ -66,8 +66,7 @@ static int send_open(tly_pack *p)
     return rc;
 }
 
-int tly_pack_add(tly_pack *p, const char *key, size_t key_len, const char *value,
-                 size_t value_len)
+int tly_pack_add(tly_pack *p, const char *key, size_t key_len, const char *value, size_t value_len)
 {
     p->records++;
     if (p->batch_size == 1) {
@@ -96,7 +95,10 @@ int tly_pack_add(tly_pack *p, const char *key, size_t key_len, const char *value
     return 0;
 }
 
-int tly_pack_finish(tly_pack *p) { return send_open(p); }
+int tly_pack_finish(tly_pack *p)
+{
+    return send_open(p);
+}
 
 void tly_pack_reset(tly_pack *p, void *ctx)
 {
@@ -107,5 +109,11 @@ void tly_pack_reset(tly_pack *p, void *ctx)
     p->messages = 0;
 }
 
-int64_t tly_pack_records(const tly_pack *p) { return p->records; }
-int64_t tly_pack_messages(const tly_pack *p) { return p->messages; }
+int64_t tly_pack_records(const tly_pack *p)
+{
+    return p->records;
+}
+int64_t tly_pack_messages(const tly_pack *p)
+{
+    return p->messages;
+}

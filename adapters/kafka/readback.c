@@ -27,7 +27,7 @@
  * KAFKA_TIMEOUT_MS): not-leader, leader-not-available, and, when
  * unknown_is_new, unknown-topic. Returns librdkafka's error or 0. */
 rd_kafka_resp_err_t recovery_query_watermarks(rd_kafka_t *rk, const char *topic, int partition,
-                                            bool unknown_is_new, int64_t *low, int64_t *high)
+                                              bool unknown_is_new, int64_t *low, int64_t *high)
 {
     rd_kafka_resp_err_t err;
     for (int64_t give_up = tly_clock_mono_ms() + KAFKA_TIMEOUT_MS;;) {
@@ -57,7 +57,7 @@ static int offset_key_partition(const char *key, const char *topic)
 
 /* Fills start_offsets from a manifest's lastChangelogOffset object. */
 void recovery_offsets_from_manifest(const tly_snapshot_manifest *m, const char *topic,
-                                  int64_t *offsets)
+                                    int64_t *offsets)
 {
     json_object *obj = json_tokener_parse(m->changelog_offsets);
     if (!obj)
@@ -74,7 +74,6 @@ void recovery_offsets_from_manifest(const tly_snapshot_manifest *m, const char *
 /* ------------------------------------------------------------------------ */
 /* Reading a topic to its end                                                */
 /* ------------------------------------------------------------------------ */
-
 
 /* Reads every partition of topic (only those set in `only`, when not NULL)
  * from after[p] + 1 (after NULL or after[p] < 0: from the start) up to the end
@@ -93,11 +92,12 @@ static int partition_count(rd_kafka_t *rk, const char *topic, int *partitions, c
     int rc = -1;
 
     rd_kafka_topic_destroy(t);
-    if (!err && md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
+    if (!err && md->topic_cnt == 1 &&
+        md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
         rc = 1;
     } else if (err || md->topic_cnt != 1 || md->topics[0].err) {
         tly_error(errbuf, errlen, "cannot read metadata of %s: %s", topic,
-                  rd_kafka_err2str(err ? err
+                  rd_kafka_err2str(err                  ? err
                                    : md->topic_cnt == 1 ? md->topics[0].err
                                                         : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
     } else {
@@ -145,8 +145,8 @@ static int consume_to_end(const tly_recovery_config *cfg, rd_kafka_t *rk, const 
 }
 
 int recovery_read_to_end(const tly_recovery_config *cfg, const char *topic, const int64_t *after,
-                       const unsigned char *only, int64_t *end_out, int *partitions_out,
-                       message_fn fn, void *ctx, char *errbuf, size_t errlen)
+                         const unsigned char *only, int64_t *end_out, int *partitions_out,
+                         message_fn fn, void *ctx, char *errbuf, size_t errlen)
 {
     rd_kafka_t *rk = tly_kconf_reader(cfg->brokers, NULL, errbuf, errlen);
     rd_kafka_topic_partition_list_t *assignment = rd_kafka_topic_partition_list_new(8);
@@ -201,7 +201,6 @@ out:
     return rc;
 }
 
-
 /* A dry run reads the entity without applying anything; the daemon's
  * counters rows are replayed too (changelog.h). */
 static bool line_is_entity(const char *line, size_t len, const char *entity)
@@ -218,7 +217,8 @@ static bool line_is_entity(const char *line, size_t len, const char *entity)
     return ours;
 }
 
-int recovery_on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *errbuf, size_t errlen)
+int recovery_on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *errbuf,
+                                 size_t errlen)
 {
     struct replay_ctx *c = ctx;
     tly_replay_outcome outcome;
@@ -272,7 +272,7 @@ int recovery_on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *e
  * daemon's counters rows, which also bring the input positions their batches
  * recorded. */
 int recovery_open_replayer(const tly_recovery_config *cfg, const char *entity,
-                         tly_replayer **replayer, char *errbuf, size_t errlen)
+                           tly_replayer **replayer, char *errbuf, size_t errlen)
 {
     char positions[512];
 
@@ -286,4 +286,3 @@ int recovery_open_replayer(const tly_recovery_config *cfg, const char *entity,
         return tly_error(errbuf, errlen, "out of memory");
     return 0;
 }
-

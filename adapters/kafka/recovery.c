@@ -163,7 +163,8 @@ static void add_candidate(const tly_recovery_config *cfg, tly_recovery_report *r
         return;
     /* Nor, for a daemon that takes partitions over one by one, another
      * instance's: its partitions come over as they are assigned. */
-    if (cfg->by_partition && cfg->instance && m->instance[0] && strcmp(m->instance, cfg->instance) != 0)
+    if (cfg->by_partition && cfg->instance && m->instance[0] &&
+        strcmp(m->instance, cfg->instance) != 0)
         return;
     for (int i = 0; i < rep->candidate_count; i++) {
         c = &rep->candidates[i];
@@ -188,8 +189,7 @@ struct topic_manifests {
     tly_recovery_report *rep;
 };
 
-static int on_manifest_record(void *ctx, const rd_kafka_message_t *msg, char *errbuf,
-                              size_t errlen)
+static int on_manifest_record(void *ctx, const rd_kafka_message_t *msg, char *errbuf, size_t errlen)
 {
     struct topic_manifests *t = ctx;
     tly_snapshot_manifest m;
@@ -257,8 +257,8 @@ static void gather_candidates(const tly_recovery_config *cfg, tly_recovery_repor
     char why[sizeof(rep->snapshot_note) - 1];
 
     if (cfg->brokers) {
-        rc = recovery_read_to_end(cfg, cfg->topics->snapshots.name, NULL, NULL, NULL, NULL, on_manifest_record,
-                         &t, why, sizeof(why));
+        rc = recovery_read_to_end(cfg, cfg->topics->snapshots.name, NULL, NULL, NULL, NULL,
+                                  on_manifest_record, &t, why, sizeof(why));
         if (rc != 0)
             snprintf(rep->snapshot_note, sizeof(rep->snapshot_note), "%s",
                      rc > 0 ? "the snapshots topic does not exist" : why);
@@ -321,8 +321,9 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
             if (file_exists(side) && !cfg->dry_run) {
                 if (move_aside(cfg->db_path, rep, errbuf, errlen) < 0)
                     return -1;
-                tly_log("warn", "database_moved_aside", "db=%s to=%s reason=\"-wal or -shm without its database\"",
-                        cfg->db_path, rep->moved_aside);
+                tly_log("warn", "database_moved_aside",
+                        "db=%s to=%s reason=\"-wal or -shm without its database\"", cfg->db_path,
+                        rep->moved_aside);
                 break;
             }
         }
@@ -351,7 +352,8 @@ int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *re
         snprintf(c->status, sizeof(c->status), "%s", cfg->dry_run ? "verifies" : "restored");
         rep->chosen = i;
         rep->source = "snapshot";
-        recovery_offsets_from_manifest(&c->manifest, cfg->topics->changelog.name, rep->start_offsets);
+        recovery_offsets_from_manifest(&c->manifest, cfg->topics->changelog.name,
+                                       rep->start_offsets);
         break;
     }
     return 0;
@@ -376,8 +378,7 @@ static int held_partitions(const char *db_path, unsigned char *held)
 }
 
 int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
-                        tly_recovery_report *rep, int64_t *offsets_out, char *errbuf,
-                        size_t errlen)
+                        tly_recovery_report *rep, int64_t *offsets_out, char *errbuf, size_t errlen)
 {
     int64_t offsets[TLY_MAX_PARTITIONS];
     struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, NULL};
@@ -413,8 +414,9 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
         in_txn = true;
     }
     read = recovery_read_to_end(cfg, cfg->topics->changelog.name, rep->start_offsets,
-                       rep->held_partitions > 0 ? held : NULL, rep->end_offsets,
-                       &rep->changelog_partitions, recovery_on_changelog_record, &c, errbuf, errlen);
+                                rep->held_partitions > 0 ? held : NULL, rep->end_offsets,
+                                &rep->changelog_partitions, recovery_on_changelog_record, &c,
+                                errbuf, errlen);
     if (read < 0)
         goto done;
     if (in_txn && tly_store_commit(tly_replayer_store(c.replayer), errbuf, errlen) < 0)
@@ -493,7 +495,8 @@ static void record_in_meta(const tly_recovery_config *cfg, const tly_recovery_re
 {
     tly_store *store = NULL;
     char err[512];
-    const char *snapshot = rep->chosen >= 0 ? rep->candidates[rep->chosen].manifest.snapshot_id : "";
+    const char *snapshot =
+        rep->chosen >= 0 ? rep->candidates[rep->chosen].manifest.snapshot_id : "";
 
     if (tly_store_open(cfg->db_path, NULL, &store, err, sizeof(err)) < 0) {
         tly_log("warn", "recovery_meta", "error=\"%s\"", err);
@@ -563,7 +566,8 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
     /* by_partition: each assigned partition is checked as it is taken over
      * (the daemon refuses one the group consumed that nothing holds), and
      * the positions are the group's. */
-    if ((empty || rep->records_replayed > 0 || !cfg->changelog) && cfg->brokers && !cfg->by_partition) {
+    if ((empty || rep->records_replayed > 0 || !cfg->changelog) && cfg->brokers &&
+        !cfg->by_partition) {
         if (!(committed = committed_input(cfg, why, sizeof(why)))) {
             tly_error(errbuf, errlen, "cannot read the committed offsets of group %s: %s",
                       cfg->group_id, why);
@@ -574,7 +578,8 @@ int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *rep
             if (committed->elems[i].offset > 0)
                 rep->history_partitions++;
     }
-    if (empty && (rep->history_partitions > 0 || (rep->candidate_count > 0 && !cfg->by_partition)) &&
+    if (empty &&
+        (rep->history_partitions > 0 || (rep->candidate_count > 0 && !cfg->by_partition)) &&
         !cfg->allow_empty) {
         char snapshots[4500];
         if (rep->candidate_count)
@@ -658,8 +663,10 @@ void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_repor
         }
     }
     if (!cfg->changelog) {
-        fprintf(out, "changelog   off: the input is read again from the positions the state recorded\n");
-        fprintf(out, "input       %lld record(s) to read again (up to the group's committed offsets)\n",
+        fprintf(out,
+                "changelog   off: the input is read again from the positions the state recorded\n");
+        fprintf(out,
+                "input       %lld record(s) to read again (up to the group's committed offsets)\n",
                 (long long)rep->input_reread);
     } else {
         fprintf(out, "changelog   %s, %d partition(s)\n", cfg->topics->changelog.name,
@@ -671,12 +678,12 @@ void tly_recovery_print(const tly_recovery_config *cfg, const tly_recovery_repor
             if (rep->end_offsets[p] > from)
                 tail += rep->end_offsets[p] - from;
         }
-        fprintf(out, "replay      %lld record(s) of this pipeline, %lld bytes (%lld offsets, transaction markers included)\n",
-                (long long)rep->records_replayed, (long long)rep->bytes_replayed, (long long)tail);
+        fprintf(
+            out,
+            "replay      %lld record(s) of this pipeline, %lld bytes (%lld offsets, transaction markers included)\n",
+            (long long)rep->records_replayed, (long long)rep->bytes_replayed, (long long)tail);
     }
-    fprintf(out, "source      %s%s%s\n", rep->source,
-            rep->chosen >= 0 ? " " : "",
+    fprintf(out, "source      %s%s%s\n", rep->source, rep->chosen >= 0 ? " " : "",
             rep->chosen >= 0 ? rep->candidates[rep->chosen].manifest.snapshot_id : "");
     fprintf(out, "planned in  %lld ms\n", (long long)rep->ttr_ms);
 }
-

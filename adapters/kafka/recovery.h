@@ -36,56 +36,56 @@
 
 typedef struct tly_recovery_config {
     const char *brokers;
-    const char *pipeline;          /* the manifest's key on the snapshots topic */
+    const char *pipeline; /* the manifest's key on the snapshots topic */
     const tly_topic_layout *topics;
-    const char *group_id;          /* its committed input offsets prove history */
+    const char *group_id; /* its committed input offsets prove history */
     const char *db_path;
     const char *snapshot_dir;
-    int changelog;                 /* 1: the changelog topic is mirrored and replayed */
-    int allow_empty;               /* 1: start empty even when history exists */
-    int dry_run;                   /* 1: change nothing, report the plan */
-    const char *instance;          /* the daemon's --instance-id (by_partition: a start
-                                      restores only its own snapshots), or NULL */
-    int by_partition;              /* 1: the daemon takes each input partition over when
-                                      it is assigned (tly_recovery_take): the start only
-                                      catches up on the partitions the database holds */
+    int changelog;        /* 1: the changelog topic is mirrored and replayed */
+    int allow_empty;      /* 1: start empty even when history exists */
+    int dry_run;          /* 1: change nothing, report the plan */
+    const char *instance; /* the daemon's --instance-id (by_partition: a start
+                             restores only its own snapshots), or NULL */
+    int by_partition;     /* 1: the daemon takes each input partition over when
+                             it is assigned (tly_recovery_take): the start only
+                             catches up on the partitions the database holds */
     volatile sig_atomic_t *stop;
 } tly_recovery_config;
 
 typedef struct tly_recovery_candidate {
     tly_snapshot_manifest manifest;
-    char found_in[32];             /* "topic", "table", "directory", joined by '+' */
-    char status[600];              /* "restored", "verifies", "not tried", or why not */
+    char found_in[32]; /* "topic", "table", "directory", joined by '+' */
+    char status[600];  /* "restored", "verifies", "not tried", or why not */
 } tly_recovery_candidate;
 
 typedef struct tly_recovery_report {
-    int64_t started_ms;            /* monotonic; ttr_ms counts from here */
-    char db_state[600];            /* "intact", "missing", or "failed: <why>" */
-    int local_has_state;           /* the intact database has applied something */
-    char moved_aside[4200];        /* where a failed database went, or "" */
+    int64_t started_ms;     /* monotonic; ttr_ms counts from here */
+    char db_state[600];     /* "intact", "missing", or "failed: <why>" */
+    int local_has_state;    /* the intact database has applied something */
+    char moved_aside[4200]; /* where a failed database went, or "" */
     tly_recovery_candidate candidates[TLY_RECOVERY_MAX_CANDIDATES];
     int candidate_count;
-    int chosen;                    /* index of the snapshot used, or -1 */
-    char snapshot_note[600];       /* why the snapshots topic could not be read, or "" */
+    int chosen;              /* index of the snapshot used, or -1 */
+    char snapshot_note[600]; /* why the snapshots topic could not be read, or "" */
     /* changelog offsets the replay starts after, per partition (-1: from the start) */
     int64_t start_offsets[TLY_MAX_PARTITIONS];
     int changelog_partitions;
     int64_t end_offsets[TLY_MAX_PARTITIONS]; /* high watermarks when the replay began */
-    int held_partitions;           /* input partitions the database holds (0: it knows
-                                      none, and every changelog partition is replayed) */
+    int held_partitions;                     /* input partitions the database holds (0: it knows
+                                                none, and every changelog partition is replayed) */
     int64_t records_replayed, bytes_replayed;
-    int64_t input_reread;          /* changelog off: input records behind the group's
-                                      committed offsets, read again by the consumer */
-    int history_partitions;        /* input partitions with committed offsets (-1: unknown) */
-    const char *source;            /* "local", "snapshot", "changelog" or "new" */
-    int refused;                   /* finish refused to start empty */
+    int64_t input_reread;   /* changelog off: input records behind the group's
+                               committed offsets, read again by the consumer */
+    int history_partitions; /* input partitions with committed offsets (-1: unknown) */
+    const char *source;     /* "local", "snapshot", "changelog" or "new" */
+    int refused;            /* finish refused to start empty */
     int64_t ttr_ms;
 } tly_recovery_report;
 
 /* Step 1. Fills *report (started_ms = now). Returns 0, or -1 with errbuf when the
  * database cannot be checked or moved aside. */
-int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *report,
-                         char *errbuf, size_t errlen);
+int tly_recovery_prepare(const tly_recovery_config *cfg, tly_recovery_report *report, char *errbuf,
+                         size_t errlen);
 
 /* Step 2. Replays (dry run: counts) the changelog records of `entity` after
  * report->start_offsets; fills records/bytes_replayed and, per partition, the
@@ -97,8 +97,8 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
 
 /* Step 3. Returns 0, or -1 with errbuf (saying what is missing) when the state
  * would start empty while history exists and cfg->allow_empty is 0. */
-int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *report,
-                        char *errbuf, size_t errlen);
+int tly_recovery_finish(const tly_recovery_config *cfg, tly_recovery_report *report, char *errbuf,
+                        size_t errlen);
 
 /* After a refusal (and once the database is closed): deletes the empty
  * database this recovery created, so the next start does not take it for an
@@ -112,12 +112,12 @@ void tly_recovery_discard(const tly_recovery_config *cfg, const tly_recovery_rep
  * ------------------------------------------------------------------------ */
 
 typedef struct tly_partition_take {
-    int partition;                 /* in: the input partition */
-    const char *source;            /* out: "local" (this database held it), "snapshot",
-                                      "changelog" (replayed from its start), "new" */
-    char snapshot_id[64];          /* out: the snapshot adopted, or "" */
-    int64_t records;               /* out: changelog records replayed */
-    int64_t ms;                    /* out: until it was up to date */
+    int partition;        /* in: the input partition */
+    const char *source;   /* out: "local" (this database held it), "snapshot",
+                             "changelog" (replayed from its start), "new" */
+    char snapshot_id[64]; /* out: the snapshot adopted, or "" */
+    int64_t records;      /* out: changelog records replayed */
+    int64_t ms;           /* out: until it was up to date */
 } tly_partition_take;
 
 /* Brings the given input partitions of cfg->db_path up to date before the
@@ -130,13 +130,14 @@ typedef struct tly_partition_take {
  * transaction open (nothing is changed: try again later), or TLY_TAKE_FAILED
  * with errbuf. */
 typedef enum { TLY_TAKE_DONE = 0, TLY_TAKE_WAIT = 1, TLY_TAKE_FAILED = -1 } tly_take_result;
-tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
-                      int count, char *errbuf, size_t errlen);
+tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *entity,
+                                  tly_partition_take *takes, int count, char *errbuf,
+                                  size_t errlen);
 
 /* Deletes input partition p's rows, positions, counters and partitions row
  * in one transaction on store (revoked: another instance takes it over). */
-int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition,
-                      char *errbuf, size_t errlen);
+int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition, char *errbuf,
+                      size_t errlen);
 
 /* Marks in present[TLY_MAX_PARTITIONS] every input partition the database
  * has anything of. Returns 0 or -1 with errbuf. */

@@ -24,10 +24,9 @@ struct replay_ctx {
     tly_recovery_report *rep;
     tly_replayer *replayer; /* NULL in a dry run */
     int64_t *offsets;
-    int64_t in_txn;         /* records in the open SQLite transaction */
+    int64_t in_txn;             /* records in the open SQLite transaction */
     int64_t *partition_records; /* per partition, or NULL */
 };
-
 
 rd_kafka_resp_err_t recovery_query_watermarks(rd_kafka_t *rk, const char *topic, int partition,
                                               bool unknown_is_new, int64_t *low, int64_t *high);

@@ -88,8 +88,8 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
     r->crash_at = getenv("TALLY_CRASH_AT");
     r->crash_batch = getenv("TALLY_CRASH_BATCH") ? atol(getenv("TALLY_CRASH_BATCH")) : 1;
     /* tests shorten the watchdog to see it act */
-    r->assign.watchdog_ms = (env = getenv("TALLY_WATCHDOG_MS")) && atol(env) > 0 ? atol(env)
-                                                                                  : WATCHDOG_MS;
+    r->assign.watchdog_ms =
+        (env = getenv("TALLY_WATCHDOG_MS")) && atol(env) > 0 ? atol(env) : WATCHDOG_MS;
     if (tly_topics_layout(cfg->pipeline, cfg->topic_prefix, cfg->input_topic, cfg->output_topic,
                           &r->topics, errbuf, errlen) < 0)
         return -1;
@@ -113,7 +113,7 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
     /* The HTTP server comes up first: /healthz answers and /readyz says
      * "recovering" while the state is brought back. */
     if (cfg->http_listen) {
-        tly_http_config hc = {cfg->http_listen, cfg->http_token, r->db_path, cfg->pipeline,
+        tly_http_config hc = {cfg->http_listen,      cfg->http_token,     r->db_path, cfg->pipeline,
                               cfg->query_timeout_ms, cfg->query_max_rows, r->metrics};
         if (tly_http_start(&hc, http, err, sizeof(err)) < 0) {
             if (cfg->http_required)
@@ -136,7 +136,8 @@ static int open_pipeline(struct runner *r, char *errbuf, size_t errlen)
     int n = 0;
 
     if (cfg->window_ms > 0) {
-        snprintf(window_setting, sizeof(window_setting), "window_ms=%lld", (long long)cfg->window_ms);
+        snprintf(window_setting, sizeof(window_setting), "window_ms=%lld",
+                 (long long)cfg->window_ms);
         settings[n++] = window_setting;
     }
     for (const char *const *extra = cfg->pipeline_settings; extra && *extra && n < 17; extra++)
@@ -144,7 +145,8 @@ static int open_pipeline(struct runner *r, char *errbuf, size_t errlen)
     if (tly_pipeline_open(r->store, cfg->pipeline, settings, 0, &r->pipeline, errbuf, errlen) < 0)
         return -1;
     if (cfg->strategy != TLY_EMIT_INLINE && !tly_pipeline_has_flush(r->pipeline))
-        return tly_error(errbuf, errlen, "--strategy %s needs a pipeline that keeps what it has "
+        return tly_error(errbuf, errlen,
+                         "--strategy %s needs a pipeline that keeps what it has "
                          "to emit (a @flush section, like telemetry's); %s emits each batch's "
                          "changes: use --strategy inline",
                          tly_emit_strategy_name(cfg->strategy), cfg->pipeline);
@@ -205,8 +207,8 @@ static int runner_recover(struct runner *r, tly_recovery_config *rcfg,
         return -1;
     /* The replay writes through a connection of its own; the store sees the
      * result from its first transaction on. */
-    if (tly_recovery_replay(rcfg, tly_pipeline_entity(r->pipeline), recovery,
-                            r->changelog_offsets, errbuf, errlen) < 0 ||
+    if (tly_recovery_replay(rcfg, tly_pipeline_entity(r->pipeline), recovery, r->changelog_offsets,
+                            errbuf, errlen) < 0 ||
         tly_recovery_finish(rcfg, recovery, errbuf, errlen) < 0)
         return -1;
     r->snapshot_seq = tly_snapshot_newest_recorded(r->store);
@@ -270,7 +272,8 @@ static int runner_loop(struct runner *r, const tly_recovery_report *recovery, ch
                         (long long)recovery->ttr_ms);
             }
         }
-        if (runner_maybe_snapshot(r, errbuf, errlen) < 0 || runner_maybe_flush(r, errbuf, errlen) < 0)
+        if (runner_maybe_snapshot(r, errbuf, errlen) < 0 ||
+            runner_maybe_flush(r, errbuf, errlen) < 0)
             return -1;
         runner_prune(r);
         runner_drop_standby(r);

@@ -27,8 +27,12 @@
  *   state_store    nothing is emitted: the state is kept up to date and `tally
  *                  publish` (another process) emits what changed
  * All but inline need a pipeline with @flush (telemetry). */
-enum { TLY_EMIT_INLINE = 0, TLY_EMIT_LOG_COMPACTED = 1, TLY_EMIT_WINDOW_STREAM = 2,
-       TLY_EMIT_STATE_STORE = 3 };
+enum {
+    TLY_EMIT_INLINE = 0,
+    TLY_EMIT_LOG_COMPACTED = 1,
+    TLY_EMIT_WINDOW_STREAM = 2,
+    TLY_EMIT_STATE_STORE = 3
+};
 
 /* "inline", "log_compacted", ... or NULL for an unknown strategy. */
 const char *tly_emit_strategy_name(int strategy);
@@ -36,47 +40,47 @@ const char *tly_emit_strategy_name(int strategy);
 int tly_emit_strategy_parse(const char *name);
 
 typedef struct tly_runner_config {
-    const char *pipeline;      /* "orders", "telemetry" or "enrich" */
-    const char *brokers;       /* bootstrap.servers */
-    const char *topic_prefix;  /* internal topics: <prefix>-changelog, -snapshots, -dlq */
-    const char *group_id;      /* consumer group */
-    const char *instance_id;   /* group.instance.id; transactional.id derives from it */
-    const char *input_topic;   /* NULL: the pipeline's default */
-    const char *output_topic;  /* NULL: the pipeline's default */
-    const char *state_dir;     /* the database is <state_dir>/<pipeline>.db */
-    int64_t window_ms;         /* pipeline window (orders' tumbling windows, telemetry's
-                                  window_stream windows); <= 0: the pipeline's default */
+    const char *pipeline;     /* "orders", "telemetry" or "enrich" */
+    const char *brokers;      /* bootstrap.servers */
+    const char *topic_prefix; /* internal topics: <prefix>-changelog, -snapshots, -dlq */
+    const char *group_id;     /* consumer group */
+    const char *instance_id;  /* group.instance.id; transactional.id derives from it */
+    const char *input_topic;  /* NULL: the pipeline's default */
+    const char *output_topic; /* NULL: the pipeline's default */
+    const char *state_dir;    /* the database is <state_dir>/<pipeline>.db */
+    int64_t window_ms;        /* pipeline window (orders' tumbling windows, telemetry's
+                                 window_stream windows); <= 0: the pipeline's default */
     const char *const *pipeline_settings; /* more "name=value" @param overrides
                                              (NULL-terminated), or NULL */
-    int64_t commit_interval_ms;/* longest a batch collects before it commits */
-    int max_batch;             /* most events in one batch */
-    int changelog;             /* 1: mirror the changelog to Kafka (default) */
-    int strategy;              /* TLY_EMIT_* (default inline) */
-    int64_t flush_interval_ms; /* log_compacted: time between flushes (default 120 s) */
-    int64_t allowed_lateness_ms; /* window_stream: how far behind the newest event time
-                                    a window stays open (default 0) */
-    int batch_size;            /* output records packed into one message (adapters/kafka/pack.h;
-                                  default 1) */
-    const char *snapshot_dir;  /* where snapshots go (default <state_dir>/snapshots) */
+    int64_t commit_interval_ms;           /* longest a batch collects before it commits */
+    int max_batch;                        /* most events in one batch */
+    int changelog;                        /* 1: mirror the changelog to Kafka (default) */
+    int strategy;                         /* TLY_EMIT_* (default inline) */
+    int64_t flush_interval_ms;            /* log_compacted: time between flushes (default 120 s) */
+    int64_t allowed_lateness_ms;          /* window_stream: how far behind the newest event time
+                                             a window stays open (default 0) */
+    int batch_size;               /* output records packed into one message (adapters/kafka/pack.h;
+                                     default 1) */
+    const char *snapshot_dir;     /* where snapshots go (default <state_dir>/snapshots) */
     int64_t snapshot_interval_ms; /* take one every this often; <= 0: never (default 60 s) */
-    int snapshot_keep;         /* newest snapshots kept (default 3) */
+    int snapshot_keep;            /* newest snapshots kept (default 3) */
     int64_t changelog_retention_ms; /* changelog table rows are kept this long after
                                        the snapshot that contains them (default 0) */
-    int allow_empty;           /* 1: start empty even if history exists (default 0) */
-    int64_t session_timeout_ms; /* consumer group session: how long a silent instance
-                                   keeps its partitions (default 45000) */
+    int allow_empty;                /* 1: start empty even if history exists (default 0) */
+    int64_t session_timeout_ms;     /* consumer group session: how long a silent instance
+                                       keeps its partitions (default 45000) */
     int64_t transaction_timeout_ms; /* how long the broker lets a transaction of a
                                        crashed instance hold back readers (default 60000) */
-    int recover_only;          /* 1: recover the database, then return 0 (tally recover) */
-    const char *http_listen;   /* HOST:PORT for /metrics, /query...; NULL: no server */
-    int http_required;         /* 1: a server that cannot listen is fatal; 0: a warning */
-    const char *http_token;    /* bearer token for /query and /metrics, or NULL */
-    int64_t query_timeout_ms;  /* /query: interrupt after this (default 5000) */
-    int64_t query_max_rows;    /* /query: at most this many rows (default 10000) */
-        int manage_topics;         /* 1: create missing output/internal topics (default);
-                                  0: they exist already (the demo's mock cluster has
-                                  no Admin API) */
-    volatile sig_atomic_t *stop; /* set by a signal handler: finish the batch, exit 0 */
+    int recover_only;               /* 1: recover the database, then return 0 (tally recover) */
+    const char *http_listen;        /* HOST:PORT for /metrics, /query...; NULL: no server */
+    int http_required;              /* 1: a server that cannot listen is fatal; 0: a warning */
+    const char *http_token;         /* bearer token for /query and /metrics, or NULL */
+    int64_t query_timeout_ms;       /* /query: interrupt after this (default 5000) */
+    int64_t query_max_rows;         /* /query: at most this many rows (default 10000) */
+    int manage_topics;              /* 1: create missing output/internal topics (default);
+                                   0: they exist already (the demo's mock cluster has
+                                   no Admin API) */
+    volatile sig_atomic_t *stop;    /* set by a signal handler: finish the batch, exit 0 */
 } tly_runner_config;
 
 /* Fills cfg with defaults: prefix and group "opb", instance "<pipeline>-0",

@@ -53,14 +53,14 @@ struct collected {
  * (assignment.c). Per-partition state lives in `owned`. */
 struct assignment {
     tly_ownership *owned;
-    int64_t changed_ms;      /* the last rebalance or consumer restart (monotonic) */
-    int64_t take_retry_ms;   /* PENDING: when to ask for stable offsets again */
-    int64_t take_logged_ms;  /* PENDING: when the wait was last logged */
+    int64_t changed_ms;       /* the last rebalance or consumer restart (monotonic) */
+    int64_t take_retry_ms;    /* PENDING: when to ask for stable offsets again */
+    int64_t take_logged_ms;   /* PENDING: when the wait was last logged */
     int64_t unassigned_since; /* the watchdog: since when no partition is assigned */
     int64_t last_watch;
-    int64_t watchdog_ms;     /* replace a consumer without partitions this long */
-    bool closing;            /* the revocation of a shutdown keeps the rows */
-    char error[1200];        /* a partition could not be taken over: fatal */
+    int64_t watchdog_ms; /* replace a consumer without partitions this long */
+    bool closing;        /* the revocation of a shutdown keeps the rows */
+    char error[1200];    /* a partition could not be taken over: fatal */
 };
 
 struct runner {
@@ -71,7 +71,7 @@ struct runner {
     tly_store *store;
     tly_pipeline *pipeline;
     rd_kafka_t *producer, *consumer;
-    tly_pack *pack;     /* output records into messages (--batch-size) */
+    tly_pack *pack; /* output records into messages (--batch-size) */
     tly_metrics *metrics;
     struct collected batch;
     struct assignment assign;
@@ -104,10 +104,10 @@ void runner_release_collected(struct runner *r);
 int runner_rewind_collected(struct runner *r, const rd_kafka_message_t *extra, char *errbuf,
                             size_t errlen);
 enum batch_result runner_process_batch(struct runner *r, char *errbuf, size_t errlen);
-enum batch_result runner_own_transaction(struct runner *r, const char *what,
-                                         const char *error_event,
-                                         int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
-                           void *ctx, char *errbuf, size_t errlen);
+enum batch_result
+runner_own_transaction(struct runner *r, const char *what, const char *error_event,
+                       int (*fill)(struct runner *r, void *ctx, char *why, size_t whylen),
+                       void *ctx, char *errbuf, size_t errlen);
 void runner_crash_point(struct runner *r, const char *step);
 
 /* emit.c */

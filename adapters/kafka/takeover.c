@@ -27,8 +27,8 @@
 /* Partitions: several instances of one group share the input              */
 /* ------------------------------------------------------------------------ */
 
-int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition,
-                      char *errbuf, size_t errlen)
+int tly_recovery_drop(tly_store *store, const tly_recovery_config *cfg, int partition, char *errbuf,
+                      size_t errlen)
 {
     if (tly_store_begin(store, errbuf, errlen) < 0)
         return -1;
@@ -132,8 +132,9 @@ static int changelog_settled(const tly_recovery_config *cfg, const unsigned char
         if (!only[p])
             continue;
         if ((e = recovery_query_watermarks(committed, cfg->topics->changelog.name, p, false, &low,
-                                  &stable)) ||
-            (e = recovery_query_watermarks(all, cfg->topics->changelog.name, p, false, &low, &high))) {
+                                           &stable)) ||
+            (e = recovery_query_watermarks(all, cfg->topics->changelog.name, p, false, &low,
+                                           &high))) {
             if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                 continue; /* no changelog yet: nothing to hide */
             rc = tly_error(errbuf, errlen, "cannot read the offsets of %s [%d]: %s",
@@ -166,8 +167,8 @@ static int start_points(tly_store *store, const tly_recovery_config *cfg, tly_pa
     int listed_count = 0, rc = -1;
     char why[512];
 
-    if (cfg->snapshot_dir && tly_snapshot_list(cfg->snapshot_dir, &listed, &listed_count, why,
-                                               sizeof(why)) < 0)
+    if (cfg->snapshot_dir &&
+        tly_snapshot_list(cfg->snapshot_dir, &listed, &listed_count, why, sizeof(why)) < 0)
         tly_log("warn", "snapshot_dir_unreadable", "error=\"%s\"", why);
     if (listed_count > 0 && !(verified = calloc((size_t)listed_count, sizeof(bool)))) {
         tly_error(errbuf, errlen, "out of memory");
@@ -184,8 +185,7 @@ static int start_points(tly_store *store, const tly_recovery_config *cfg, tly_pa
             goto done;
         }
         t->snapshot_id[0] = '\0';
-        tly_meta_key_position(TLY_META_CHANGELOG, cfg->topics->changelog.name, p, key,
-                              sizeof(key));
+        tly_meta_key_position(TLY_META_CHANGELOG, cfg->topics->changelog.name, p, key, sizeof(key));
         if (tly_store_meta_get_int(store, key, &local) == 1) {
             after[p] = local;
             t->source = "local";
@@ -217,8 +217,8 @@ static int record_takes(tly_store *store, tly_partition_take *takes, int count,
         t->ms = tly_clock_mono_ms() - started;
         if (strcmp(t->source, "new") == 0 && t->records > 0)
             t->source = "changelog";
-        rows[i] = (tly_partition_row){t->partition, tly_clock_wall_ms(), t->source, t->ms,
-                                      t->records};
+        rows[i] =
+            (tly_partition_row){t->partition, tly_clock_wall_ms(), t->source, t->ms, t->records};
     }
     if (tly_store_begin(store, errbuf, errlen) == 0) {
         if (tly_partitions_record(store, rows, count, errbuf, errlen) < 0)
@@ -230,8 +230,8 @@ static int record_takes(tly_store *store, tly_partition_take *takes, int count,
     return rc;
 }
 
-tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *entity, tly_partition_take *takes,
-                      int count, char *errbuf, size_t errlen)
+tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *entity,
+                                  tly_partition_take *takes, int count, char *errbuf, size_t errlen)
 {
     tly_replayer *replayer = NULL;
     tly_recovery_report *rep = calloc(1, sizeof(*rep));
@@ -277,9 +277,10 @@ tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *en
     memcpy(offsets, after, TLY_MAX_PARTITIONS * sizeof(int64_t));
     if (tly_store_begin(store, errbuf, errlen) < 0)
         goto done;
-    read = !cfg->brokers ? 0 /* offline: the snapshots only */
-                         : recovery_read_to_end(cfg, cfg->topics->changelog.name, after, only, NULL, NULL,
-                                       recovery_on_changelog_record, &c, errbuf, errlen);
+    read = !cfg->brokers
+               ? 0 /* offline: the snapshots only */
+               : recovery_read_to_end(cfg, cfg->topics->changelog.name, after, only, NULL, NULL,
+                                      recovery_on_changelog_record, &c, errbuf, errlen);
     if (read < 0 || tly_store_commit(store, errbuf, errlen) < 0) {
         tly_store_rollback(store);
         goto done;
@@ -295,4 +296,3 @@ done:
     free(records);
     return rc;
 }
-

@@ -214,7 +214,8 @@ static int admin_open(struct admin *a, const char *brokers, char *errbuf, size_t
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_log_cb(conf, on_log);
     /* A producer handle is the plainest client that can send admin requests. */
-    if (!(a->rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "a Kafka admin client", errbuf, errlen)))
+    if (!(a->rk =
+              tly_kconf_client(RD_KAFKA_PRODUCER, conf, "a Kafka admin client", errbuf, errlen)))
         return -1;
     a->queue = rd_kafka_queue_new(a->rk);
     return 0;

@@ -13,12 +13,14 @@ TALLY_DEBIAN_PACKAGES=(
 # is the InfluxDB server `tally ingest influxdb` is tested against
 # (scripts/influxdb runs its own influxd on loopback, beside any system service
 # the package may enable on 8086); openssl makes the test broker's CA and
-# certificates for its TLS and SASL_SSL listeners (scripts/kafka, KAFKA_SECURE=1).
+# certificates for its TLS and SASL_SSL listeners (scripts/kafka, KAFKA_SECURE=1);
+# clang-format checks that the C sources keep .clang-format (scripts/format).
 TALLY_TEST_DEBIAN_PACKAGES=(
     curl
     chromium
     influxdb
     openssl
+    clang-format
 )
 
 # tally_install_packages PKG...: installs those of PKG that are missing.

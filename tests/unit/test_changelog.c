@@ -40,15 +40,18 @@ static int build_source(const char *path)
     for (int b = 0; b < 30; b++) {
         tly_event events[4] = {{0}};
         tly_event_result results[4];
-        snprintf(line[0], sizeof(line[0]),
-                 "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"%d.%02d\",\"qty\":%d,\"ts\":%lld}",
-                 b, b % 3, b % 2, b, b % 100, b % 4 + 1, 1700000000000LL + b * 7000LL);
-        snprintf(line[1], sizeof(line[1]),
-                 "{\"orderId\":\"q%d\",\"productId\":\"p%d\",\"storeId\":7,\"price\":%d.5,\"qty\":1,\"normTs\":%lld,\"ts\":\"x\"}",
-                 b, b % 5, b, 1700000000000LL + b * 3000LL);
-        snprintf(line[2], sizeof(line[2]),
-                 "{\"data\":{\"id\":\"VIN%d\",\"speed\":%d.25,\"label\":\"caf\\u00e9 \\\"%d\\\" /x\",\"ok\":%s},\"received_at\":%d,\"produced_at\":%d}",
-                 b % 4, b, b, b % 2 ? "true" : "null", 1000 + (b * 37) % 50, 900 + b);
+        snprintf(
+            line[0], sizeof(line[0]),
+            "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"%d.%02d\",\"qty\":%d,\"ts\":%lld}",
+            b, b % 3, b % 2, b, b % 100, b % 4 + 1, 1700000000000LL + b * 7000LL);
+        snprintf(
+            line[1], sizeof(line[1]),
+            "{\"orderId\":\"q%d\",\"productId\":\"p%d\",\"storeId\":7,\"price\":%d.5,\"qty\":1,\"normTs\":%lld,\"ts\":\"x\"}",
+            b, b % 5, b, 1700000000000LL + b * 3000LL);
+        snprintf(
+            line[2], sizeof(line[2]),
+            "{\"data\":{\"id\":\"VIN%d\",\"speed\":%d.25,\"label\":\"caf\\u00e9 \\\"%d\\\" /x\",\"ok\":%s},\"received_at\":%d,\"produced_at\":%d}",
+            b % 4, b, b, b % 2 ? "true" : "null", 1000 + (b * 37) % 50, 900 + b);
         snprintf(line[3], sizeof(line[3]),
                  "{\"data\":{\"id\":\"VIN%d\",\"pos\":[%d,-%d.125]},\"received_at\":%d}", b % 3, b,
                  b, 2000 + b);
@@ -80,15 +83,16 @@ done:
 /* Rows in one database and not the other, both ways, over every column. */
 static int64_t differences(const char *a, const char *b)
 {
-    return tly_test_scalar(a, b,
-                  "SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM other.order_window_state))"
-                  " + (SELECT count(*) FROM (SELECT * FROM other.order_window_state EXCEPT SELECT * FROM main.order_window_state))"
-                  " + (SELECT count(*) FROM (SELECT * FROM main.vehicle_sensor_state EXCEPT SELECT * FROM other.vehicle_sensor_state))"
-                  " + (SELECT count(*) FROM (SELECT * FROM other.vehicle_sensor_state EXCEPT SELECT * FROM main.vehicle_sensor_state))"
-                  " + (SELECT count(*) FROM (SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM main.changelog EXCEPT SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM other.changelog))"
-                  " + (SELECT count(*) FROM (SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM other.changelog EXCEPT SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM main.changelog))"
-                  " + (SELECT count(*) FROM (SELECT * FROM main.order_windows EXCEPT SELECT * FROM other.order_windows))"
-                  " + (SELECT count(*) FROM (SELECT * FROM main.vehicle_latest EXCEPT SELECT * FROM other.vehicle_latest))");
+    return tly_test_scalar(
+        a, b,
+        "SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM other.order_window_state))"
+        " + (SELECT count(*) FROM (SELECT * FROM other.order_window_state EXCEPT SELECT * FROM main.order_window_state))"
+        " + (SELECT count(*) FROM (SELECT * FROM main.vehicle_sensor_state EXCEPT SELECT * FROM other.vehicle_sensor_state))"
+        " + (SELECT count(*) FROM (SELECT * FROM other.vehicle_sensor_state EXCEPT SELECT * FROM main.vehicle_sensor_state))"
+        " + (SELECT count(*) FROM (SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM main.changelog EXCEPT SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM other.changelog))"
+        " + (SELECT count(*) FROM (SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM other.changelog EXCEPT SELECT seq, entity, key, key_seq, image, delta, changed_ms FROM main.changelog))"
+        " + (SELECT count(*) FROM (SELECT * FROM main.order_windows EXCEPT SELECT * FROM other.order_windows))"
+        " + (SELECT count(*) FROM (SELECT * FROM main.vehicle_latest EXCEPT SELECT * FROM other.vehicle_latest))");
 }
 
 static int export_to(const char *db, int64_t since, const char *path, int64_t *rows)
@@ -105,8 +109,8 @@ static int export_to(const char *db, int64_t since, const char *path, int64_t *r
 }
 
 /* Replays every line of path; counts changed rows and gaps. */
-static int replay_file(const char *db, const char *path, int64_t *changed, int64_t *gaps,
-                       char *err, size_t errlen)
+static int replay_file(const char *db, const char *path, int64_t *changed, int64_t *gaps, char *err,
+                       size_t errlen)
 {
     tly_replayer *r = NULL;
     FILE *f = fopen(path, "r");
@@ -154,13 +158,15 @@ static void test_export_replay_roundtrip(void)
     CHECK(tly_test_scalar(fx.source, NULL, "SELECT max(key_seq) FROM order_window_state") > 1);
     CHECK(export_to(fx.source, 0, fx.export_path, &rows) == 0);
     CHECK_INT(rows, total);
-    CHECK_MSG(replay_file(fx.target, fx.export_path, &changed, &gaps, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(replay_file(fx.target, fx.export_path, &changed, &gaps, err, sizeof(err)) == 0, "%s",
+              err);
     CHECK_INT(gaps, 0);
     CHECK(changed > 0 && changed <= total);
     CHECK_INT(differences(fx.source, fx.target), 0);
     CHECK(tly_test_scalar(fx.target, NULL, "SELECT count(*) FROM vehicle_latest") == 4);
     /* Twice: nothing changes. */
-    CHECK_MSG(replay_file(fx.target, fx.export_path, &changed, &gaps, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(replay_file(fx.target, fx.export_path, &changed, &gaps, err, sizeof(err)) == 0, "%s",
+              err);
     CHECK_INT(changed, 0);
     CHECK_INT(gaps, 0);
     CHECK_INT(differences(fx.source, fx.target), 0);
@@ -173,7 +179,11 @@ static void test_export_replay_roundtrip(void)
         CHECK_INT(rows_again, rows);
     }
     /* A real difference is detected by the comparison itself. */
-    CHECK_INT(tly_test_scalar(fx.target, NULL, "UPDATE order_window_state SET count = count + 1 WHERE product_id = 'p0' AND store_id = 's0' RETURNING 1"), 1);
+    CHECK_INT(
+        tly_test_scalar(
+            fx.target, NULL,
+            "UPDATE order_window_state SET count = count + 1 WHERE product_id = 'p0' AND store_id = 's0' RETURNING 1"),
+        1);
     CHECK(differences(fx.source, fx.target) > 0);
 end:;
 }
@@ -216,7 +226,8 @@ static void test_since_and_gaps(void)
         fclose(in);
         fclose(out);
         snprintf(target2, sizeof(target2), "%s/target2.db", fx.dir);
-        CHECK_MSG(replay_file(target2, holed_path, &changed, &gaps, err, sizeof(err)) == 0, "%s", err);
+        CHECK_MSG(replay_file(target2, holed_path, &changed, &gaps, err, sizeof(err)) == 0, "%s",
+                  err);
         CHECK_INT(gaps, 1);
     }
 end:;
@@ -252,7 +263,6 @@ end:
     tly_replayer_close(r);
 }
 
-
 /* What a daemon batch records besides its rows: the counters row of each
  * input partition it read, and (after the Kafka commit) the input positions
  * in meta. Partition p gets offsets [first, first + n) of batch b. */
@@ -263,10 +273,11 @@ static int daemon_batch(tly_store *store, tly_pipeline *orders, int b, char *err
     tly_event_result results[3];
 
     for (int p = 0; p < 3; p++) {
-        snprintf(line[p], sizeof(line[p]),
-                 "{\"orderId\":\"o%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.50\","
-                 "\"qty\":1,\"ts\":%lld}",
-                 b, p, b % 2, p, 1700000000000LL + b * 1000LL);
+        snprintf(
+            line[p], sizeof(line[p]),
+            "{\"orderId\":\"o%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.50\","
+            "\"qty\":1,\"ts\":%lld}",
+            b, p, b % 2, p, 1700000000000LL + b * 1000LL);
         events[p].data = line[p];
         events[p].len = strlen(line[p]);
         events[p].partition = p;
@@ -279,7 +290,8 @@ static int daemon_batch(tly_store *store, tly_pipeline *orders, int b, char *err
         /* partition p's offsets: 10 * b .. 10 * b + p (one event, others filtered) */
         int64_t first = 10LL * b + p, end = first + 1;
         snprintf(key, sizeof(key), "kafka.input.in.%d", p);
-        if (tly_changelog_record_counters(store, "orders", p, "in", first, end, "i1", err, errlen) < 0 ||
+        if (tly_changelog_record_counters(store, "orders", p, "in", first, end, "i1", err, errlen) <
+                0 ||
             tly_store_meta_set_int(store, key, end) < 0)
             return -1;
     }
@@ -319,7 +331,8 @@ static void test_replay_restores_positions(void)
     fixture_init(&fx);
     snprintf(snapshot, sizeof(snapshot), "%s/snapshot.db", fx.dir);
     CHECK_MSG(tly_store_open(fx.source, NULL, &store, err, sizeof(err)) == 0, "%s", err);
-    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &orders, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &orders, err, sizeof(err)) == 0, "%s",
+              err);
     for (int b = 0; b < 20; b++) {
         if (b == 8) {
             /* the snapshot: a consistent copy after batch 7 */
@@ -338,8 +351,9 @@ static void test_replay_restores_positions(void)
     CHECK(export_to(fx.source, snapshot_seq, fx.export_path, &rows) == 0);
     CHECK(rows > 0);
     /* the snapshot stands at batch 7 */
-    CHECK_INT(tly_test_scalar(snapshot, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.2'"),
-              10 * 7 + 2 + 1);
+    CHECK_INT(
+        tly_test_scalar(snapshot, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.2'"),
+        10 * 7 + 2 + 1);
 
     CHECK_MSG(tly_replayer_open(snapshot, NULL, &r, err, sizeof(err)) == 0, "%s", err);
     CHECK(tly_replayer_record_positions(r, "orders", "in", "kafka.input.in.") == 0);
@@ -348,10 +362,13 @@ static void test_replay_restores_positions(void)
     while ((len = getline(&line, &cap, f)) > 0)
         CHECK_MSG(tly_replayer_apply_line(r, line, (size_t)len, &out, err, sizeof(err)) == 0, "%s",
                   err);
-    CHECK_MSG(tly_replayer_apply_line(r, other, strlen(other), &out, err, sizeof(err)) == 0, "%s", err);
-    CHECK_MSG(tly_replayer_apply_line(r, other_topic, strlen(other_topic), &out, err, sizeof(err)) == 0,
-              "%s", err);
-    CHECK_MSG(tly_replayer_apply_line(r, other_name, strlen(other_name), &out, err, sizeof(err)) == 0,
+    CHECK_MSG(tly_replayer_apply_line(r, other, strlen(other), &out, err, sizeof(err)) == 0, "%s",
+              err);
+    CHECK_MSG(
+        tly_replayer_apply_line(r, other_topic, strlen(other_topic), &out, err, sizeof(err)) == 0,
+        "%s", err);
+    CHECK_MSG(tly_replayer_apply_line(r, other_name, strlen(other_name), &out, err, sizeof(err)) ==
+                  0,
               "%s", err);
     /* the export once more: nothing moves back */
     rewind(f);
@@ -363,25 +380,28 @@ static void test_replay_restores_positions(void)
     r = NULL;
 
     /* positions and counters as the source recorded them after batch 19 */
-    CHECK_INT(tly_test_scalar(snapshot, fx.source,
-                              "SELECT count(*) FROM (SELECT key, value FROM other.meta WHERE key GLOB "
-                              "'kafka.input.*' OR key GLOB 'pipeline.orders.p*' EXCEPT SELECT key, "
-                              "value FROM main.meta)"),
-              0);
-    CHECK_INT(tly_test_scalar(snapshot, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.2'"),
-              10 * 19 + 2 + 1);
-    CHECK_INT(tly_test_scalar(snapshot, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.0'"),
-              10 * 19 + 1);
+    CHECK_INT(
+        tly_test_scalar(snapshot, fx.source,
+                        "SELECT count(*) FROM (SELECT key, value FROM other.meta WHERE key GLOB "
+                        "'kafka.input.*' OR key GLOB 'pipeline.orders.p*' EXCEPT SELECT key, "
+                        "value FROM main.meta)"),
+        0);
+    CHECK_INT(
+        tly_test_scalar(snapshot, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.2'"),
+        10 * 19 + 2 + 1);
+    CHECK_INT(
+        tly_test_scalar(snapshot, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.0'"),
+        10 * 19 + 1);
     /* the enrich row raised its counter only */
-    CHECK_INT(tly_test_scalar(snapshot, NULL,
-                              "SELECT count(*) FROM meta WHERE value = 999999"),
-              0);
-    CHECK_INT(tly_test_scalar(snapshot, NULL,
-                              "SELECT value FROM meta WHERE key = 'pipeline.enrich.p1.events_applied'"),
-              9);
+    CHECK_INT(tly_test_scalar(snapshot, NULL, "SELECT count(*) FROM meta WHERE value = 999999"), 0);
+    CHECK_INT(
+        tly_test_scalar(snapshot, NULL,
+                        "SELECT value FROM meta WHERE key = 'pipeline.enrich.p1.events_applied'"),
+        9);
     /* the state too; the changelogs differ by the three foreign rows only */
     CHECK_INT(differences(fx.source, snapshot), 3);
-    CHECK_INT(tly_test_scalar(snapshot, NULL, "SELECT count(*) FROM changelog WHERE seq >= 100000"), 3);
+    CHECK_INT(tly_test_scalar(snapshot, NULL, "SELECT count(*) FROM changelog WHERE seq >= 100000"),
+              3);
 end:
     if (f)
         fclose(f);
@@ -391,11 +411,13 @@ end:
     tly_store_close(store);
 }
 
-static const tly_testcase cases[] = {
-    {"export_replay_roundtrip", test_export_replay_roundtrip},
-    {"since_and_gaps", test_since_and_gaps},
-    {"damaged_lines", test_damaged_lines},
-    {"replay_restores_positions", test_replay_restores_positions},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"export_replay_roundtrip", test_export_replay_roundtrip},
+                                     {"since_and_gaps", test_since_and_gaps},
+                                     {"damaged_lines", test_damaged_lines},
+                                     {"replay_restores_positions", test_replay_restores_positions},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -16,29 +16,40 @@ static int64_t parse6(const char *s, int *ok)
 static void test_parse_exact(void)
 {
     int ok;
-    CHECK_INT(parse6("83.71", &ok), 83710000); CHECK(ok);
-    CHECK_INT(parse6("0", &ok), 0); CHECK(ok);
-    CHECK_INT(parse6("-0.5", &ok), -500000); CHECK(ok);
-    CHECK_INT(parse6("0.000001", &ok), 1); CHECK(ok);
-    CHECK_INT(parse6("1.5000000000", &ok), 1500000); CHECK(ok); /* trailing zeros are exact */
-    CHECK_INT(parse6("8.371e1", &ok), 83710000); CHECK(ok);
-    CHECK_INT(parse6("8371E-2", &ok), 83710000); CHECK(ok);
-    CHECK_INT(parse6("1e3", &ok), 1000000000); CHECK(ok);
-    CHECK_INT(parse6("9223372036854.775807", &ok), INT64_MAX); CHECK(ok);
-    CHECK_INT(parse6("-9223372036854.775808", &ok), INT64_MIN); CHECK(ok);
+    CHECK_INT(parse6("83.71", &ok), 83710000);
+    CHECK(ok);
+    CHECK_INT(parse6("0", &ok), 0);
+    CHECK(ok);
+    CHECK_INT(parse6("-0.5", &ok), -500000);
+    CHECK(ok);
+    CHECK_INT(parse6("0.000001", &ok), 1);
+    CHECK(ok);
+    CHECK_INT(parse6("1.5000000000", &ok), 1500000);
+    CHECK(ok); /* trailing zeros are exact */
+    CHECK_INT(parse6("8.371e1", &ok), 83710000);
+    CHECK(ok);
+    CHECK_INT(parse6("8371E-2", &ok), 83710000);
+    CHECK(ok);
+    CHECK_INT(parse6("1e3", &ok), 1000000000);
+    CHECK(ok);
+    CHECK_INT(parse6("9223372036854.775807", &ok), INT64_MAX);
+    CHECK(ok);
+    CHECK_INT(parse6("-9223372036854.775808", &ok), INT64_MIN);
+    CHECK(ok);
 end:;
 }
 
 static void test_parse_rejects(void)
 {
-    const char *bad[] = {"", "-", "1.", ".5", "1.0000001", "1e-7", "abc", "1,5", "NaN",
-                         "Infinity", "1e400", "9223372036854.775808", "0x10", " 1", "1 ",
-                         "--1", "1e", "1e+", NULL};
+    const char *bad[] = {"",     "-",   "1.",  ".5",       "1.0000001", "1e-7",
+                         "abc",  "1,5", "NaN", "Infinity", "1e400",     "9223372036854.775808",
+                         "0x10", " 1",  "1 ",  "--1",      "1e",        "1e+",
+                         NULL};
     for (const char **s = bad; *s; s++) {
         int64_t v;
         char err[128] = "";
-        CHECK_MSG(tly_decimal_parse(*s, strlen(*s), 6, &v, err, sizeof(err)) < 0,
-                  "accepted \"%s\"", *s);
+        CHECK_MSG(tly_decimal_parse(*s, strlen(*s), 6, &v, err, sizeof(err)) < 0, "accepted \"%s\"",
+                  *s);
         CHECK_MSG(err[0] != '\0', "no message for \"%s\"", *s);
     }
 end:;
@@ -62,9 +73,12 @@ end:;
 static void test_format(void)
 {
     char buf[32];
-    struct { int64_t v; const char *s; } cases[] = {
-        {0, "0.00"}, {10500000, "10.50"}, {-3125000, "-3.125"}, {7, "0.000007"},
-        {-7, "-0.000007"}, {INT64_MIN, "-9223372036854.775808"}, {1000000, "1.00"}};
+    struct {
+        int64_t v;
+        const char *s;
+    } cases[] = {{0, "0.00"},      {10500000, "10.50"}, {-3125000, "-3.125"},
+                 {7, "0.000007"},  {-7, "-0.000007"},   {INT64_MIN, "-9223372036854.775808"},
+                 {1000000, "1.00"}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         CHECK(tly_decimal_format(cases[i].v, 6, buf, sizeof(buf)) > 0);
         CHECK_STR(buf, cases[i].s);
@@ -75,11 +89,13 @@ static void test_format(void)
 end:;
 }
 
-static const tly_testcase cases[] = {
-    {"parse_exact", test_parse_exact},
-    {"parse_rejects", test_parse_rejects},
-    {"money_is_exact", test_money_is_exact},
-    {"format", test_format},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"parse_exact", test_parse_exact},
+                                     {"parse_rejects", test_parse_rejects},
+                                     {"money_is_exact", test_money_is_exact},
+                                     {"format", test_format},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -51,11 +51,12 @@ end:;
 static void test_listen_rejects(void)
 {
     static const char *const bad[] = {
-        "",          "9464",       "localhost", "127.0.0.1", /* no colon */
-        "host:",     ":",                                    /* no port */
-        "host:65536", "host:-1",   "host:99999999999999999999",
-        "host:80a",  "host:abc",   "host:8 0",  "host:0x50", "host:80 ",
-        "[::1]",     /* the colon found is inside the brackets: port "1]" */
+        "",           "9464",     "localhost",
+        "127.0.0.1",       /* no colon */
+        "host:",      ":", /* no port */
+        "host:65536", "host:-1",  "host:99999999999999999999",
+        "host:80a",   "host:abc", "host:8 0",
+        "host:0x50",  "host:80 ", "[::1]", /* the colon found is inside the brackets: port "1]" */
         NULL};
     char host[256];
     int port;
@@ -159,8 +160,8 @@ static void test_serves_page(void)
 {
     const char *path = TLY_TEST_PAGE_HTML; /* set by tests/CMakeLists.txt */
     tly_metrics *metrics = tly_metrics_new("telemetry");
-    tly_http_config cfg = {"127.0.0.1:0", NULL, "/nonexistent/telemetry.db", "telemetry",
-                           1000, 10, metrics};
+    tly_http_config cfg = {"127.0.0.1:0", NULL, "/nonexistent/telemetry.db", "telemetry", 1000, 10,
+                           metrics};
     tly_http *http = NULL;
     char err[512] = "", *file = NULL, *reply = NULL, *expected = NULL;
     const char *body_tag, *body;
@@ -194,11 +195,13 @@ end:
     free(file);
 }
 
-static const tly_testcase cases[] = {
-    {"listen_accepts", test_listen_accepts},
-    {"listen_rejects", test_listen_rejects},
-    {"listen_host_length", test_listen_host_length},
-    {"serves_page", test_serves_page},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"listen_accepts", test_listen_accepts},
+                                     {"listen_rejects", test_listen_rejects},
+                                     {"listen_host_length", test_listen_host_length},
+                                     {"serves_page", test_serves_page},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

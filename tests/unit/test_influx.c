@@ -609,21 +609,23 @@ end:
     tly_influx_close(client);
 }
 
-static const tly_testcase cases[] = {
-    {"build_select", test_build_select},
-    {"request_target", test_request_target},
-    {"parse", test_parse},
-    {"parse_errors", test_parse_errors},
-    {"latest", test_latest},
-    {"resource_map", test_resource_map},
-    {"backoff", test_backoff},
-    {"checkpoint", test_checkpoint},
-    {"next_range", test_next_range},
-    {"fold", test_fold},
-    {"fold_map", test_fold_map},
-    {"ingest_open_refuses", test_ingest_open_refuses},
-    {"open_options", test_open_options},
-    {"query_refused", test_query_refused},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"build_select", test_build_select},
+                                     {"request_target", test_request_target},
+                                     {"parse", test_parse},
+                                     {"parse_errors", test_parse_errors},
+                                     {"latest", test_latest},
+                                     {"resource_map", test_resource_map},
+                                     {"backoff", test_backoff},
+                                     {"checkpoint", test_checkpoint},
+                                     {"next_range", test_next_range},
+                                     {"fold", test_fold},
+                                     {"fold_map", test_fold_map},
+                                     {"ingest_open_refuses", test_ingest_open_refuses},
+                                     {"open_options", test_open_options},
+                                     {"query_refused", test_query_refused},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -64,7 +64,7 @@ static void test_file_then_flags(void)
     CHECK_STR(conf_value(conf, "sasl.username"), "from-flag");
     CHECK_STR(conf_value(conf, "sasl.password"), "s3cr3t=with=equals");
     CHECK_STR(conf_value(conf, "bootstrap.servers"), "flag-host:9092");
-    CHECK_STR(conf_value(conf, "linger.ms"), "50");    /* a user setting beats a default */
+    CHECK_STR(conf_value(conf, "linger.ms"), "50");      /* a user setting beats a default */
     CHECK_STR(conf_value(conf, "client.id"), "tally-x"); /* a default nobody changed */
     CHECK_STR(conf_value(conf, "enable.idempotence"), "true");
     rd_kafka_conf_destroy(conf);
@@ -79,7 +79,8 @@ static void test_file_then_flags(void)
     CHECK_MSG(strstr(summary, "sasl.password=[redacted]") != NULL, "%s", summary);
     CHECK_MSG(strstr(summary, "s3cr3t") == NULL, "%s", summary);
     /* file first, then -X */
-    CHECK_MSG(strstr(summary, "sasl.username=from-file") < strstr(summary, "sasl.username=from-flag"),
+    CHECK_MSG(strstr(summary, "sasl.username=from-file") <
+                  strstr(summary, "sasl.username=from-flag"),
               "%s", summary);
 end:
     if (conf)
@@ -105,7 +106,8 @@ static void test_refused(void)
     for (int i = 0; owned[i]; i++) {
         err[0] = '\0';
         CHECK_MSG(tly_kconf_add(owned[i], "-X", err, sizeof(err)) < 0, "accepted %s", owned[i]);
-        CHECK_MSG(strstr(err, "cannot be set: ") != NULL && strncmp(err, "-X: ", 4) == 0, "%s", err);
+        CHECK_MSG(strstr(err, "cannot be set: ") != NULL && strncmp(err, "-X: ", 4) == 0, "%s",
+                  err);
     }
     CHECK_MSG(strstr(err, "--group-id") != NULL, "%s", err);
 
@@ -122,17 +124,18 @@ static void test_refused(void)
     /* secrets in lines that are not name=value, or under a misspelled name,
      * are not repeated */
     CHECK(tly_kconf_add("sasl.password: hunter2", "-X", err, sizeof(err)) < 0);
-    CHECK_MSG(strstr(err, "\"sasl.password...\" is not name=value") && !strstr(err, "hunter2"), "%s",
-              err);
+    CHECK_MSG(strstr(err, "\"sasl.password...\" is not name=value") && !strstr(err, "hunter2"),
+              "%s", err);
     CHECK(tly_kconf_add("sasl.pasword=hunter2", "-X", err, sizeof(err)) < 0);
-    CHECK_MSG(strstr(err, "sasl.pasword: No such configuration property") && !strstr(err, "hunter2"),
+    CHECK_MSG(strstr(err, "sasl.pasword: No such configuration property") &&
+                  !strstr(err, "hunter2"),
               "%s", err);
     CHECK(tly_kconf_add("=x", "-X", err, sizeof(err)) < 0);
     CHECK_MSG(strstr(err, "name is missing") != NULL, "%s", err);
     snprintf(path, sizeof(path), "%s/missing.properties", tly_test_dir());
     CHECK(tly_kconf_add_file(path, err, sizeof(err)) < 0);
-    CHECK_MSG(strstr(err, "missing.properties") != NULL && strstr(err, "No such file") != NULL, "%s",
-              err);
+    CHECK_MSG(strstr(err, "missing.properties") != NULL && strstr(err, "No such file") != NULL,
+              "%s", err);
 
     /* a setting a client needs, which the table does not list, is not
      * overridden silently either */
@@ -219,12 +222,14 @@ static void test_check_unreachable(void)
 end:;
 }
 
-static const tly_testcase cases[] = {
-    {"file_then_flags", test_file_then_flags},
-    {"refused", test_refused},
-    {"environment", test_environment},
-    {"secrets", test_secrets},
-    {"check_unreachable", test_check_unreachable},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"file_then_flags", test_file_then_flags},
+                                     {"refused", test_refused},
+                                     {"environment", test_environment},
+                                     {"secrets", test_secrets},
+                                     {"check_unreachable", test_check_unreachable},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -53,7 +53,8 @@ static void test_logfmt(void)
     char *text = NULL;
     CHECK(tly_log_set_format("logfmt") == 0);
     CHECK((text = capture(log_tricky)) != NULL);
-    CHECK_MSG(strstr(text, " level=info event=flush vin_count=12 ratio=-2.50 id=007 ") != NULL, "%s", text);
+    CHECK_MSG(strstr(text, " level=info event=flush vin_count=12 ratio=-2.50 id=007 ") != NULL,
+              "%s", text);
     CHECK_MSG(strstr(text, "quote=\"he said \\\"hi\\\" \\\\ ok\"") != NULL, "%s", text);
     CHECK(strstr(text, "hidden") == NULL); /* below the default level */
 end:
@@ -100,10 +101,12 @@ end:
     return;
 }
 
-static const tly_testcase cases[] = {
-    {"logfmt", test_logfmt},
-    {"json", test_json},
-    {"bad_settings", test_bad_settings},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"logfmt", test_logfmt},
+                                     {"json", test_json},
+                                     {"bad_settings", test_bad_settings},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

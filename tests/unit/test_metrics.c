@@ -492,17 +492,17 @@ static void test_histogram(void)
     static const struct {
         const char *le;
         int count;
-    } buckets[] = {{"0.001", 3}, {"0.0025", 3}, {"0.005", 5}, {"0.01", 6}, {"0.025", 6},
-                   {"5", 6},     {"10", 6},     {"+Inf", 7}};
+    } buckets[] = {{"0.001", 3}, {"0.0025", 3}, {"0.005", 5}, {"0.01", 6},
+                   {"0.025", 6}, {"5", 6},      {"10", 6},    {"+Inf", 7}};
 
     CHECK(m != NULL);
     tly_metrics_observe_ms(m, TLY_H_E2E, 0.5, 1);
-    tly_metrics_observe_ms(m, TLY_H_E2E, 1, 1);   /* on the 1 ms bound: in it */
-    tly_metrics_observe_ms(m, TLY_H_E2E, -5, 1);  /* a producer clock ahead: 0 */
-    tly_metrics_observe_ms(m, TLY_H_E2E, 3, 2);   /* two at once */
-    tly_metrics_observe_ms(m, TLY_H_E2E, 10, 1);  /* on the 10 ms bound */
+    tly_metrics_observe_ms(m, TLY_H_E2E, 1, 1);     /* on the 1 ms bound: in it */
+    tly_metrics_observe_ms(m, TLY_H_E2E, -5, 1);    /* a producer clock ahead: 0 */
+    tly_metrics_observe_ms(m, TLY_H_E2E, 3, 2);     /* two at once */
+    tly_metrics_observe_ms(m, TLY_H_E2E, 10, 1);    /* on the 10 ms bound */
     tly_metrics_observe_ms(m, TLY_H_E2E, 20000, 1); /* past the last bound */
-    tly_metrics_observe_ms(m, TLY_H_E2E, 1, 0);   /* no observation */
+    tly_metrics_observe_ms(m, TLY_H_E2E, 1, 0);     /* no observation */
     tly_metrics_observe_ms(m, TLY_H_E2E, 1, -2);
     tly_metrics_observe_ms(m, TLY_H_APPLY, 30, 1);
     CHECK((text = render(m, NULL)) != NULL);
@@ -557,9 +557,8 @@ static void test_lag(void)
                  "tally_consumer_lag_records{pipeline=\"orders\",topic=\"orders.enriched\","
                  "partition=\"1\"}",
                  7);
-    CHECK_SAMPLE(text,
-                 "tally_consumer_lag_records{pipeline=\"orders\",topic=\"other\",partition=\"0\"}",
-                 9);
+    CHECK_SAMPLE(
+        text, "tally_consumer_lag_records{pipeline=\"orders\",topic=\"other\",partition=\"0\"}", 9);
     free(text);
     text = NULL;
 
@@ -693,8 +692,8 @@ static void test_format_checker(void)
         {FAMILY_A "a_total" P "} 3x\n", "bad value"},
         {FAMILY_A "a_total" P ",x=\"\\q\"} 3\n", "bad escape"},
         {FAMILY_A "1a_total" P "} 3\n", "bad metric name"},
-        {HIST "h_bucket" P ",le=\"0.1\"} 2\nh_bucket" P ",le=\"+Inf\"} 1\nh_sum" P
-              "} 0\nh_count" P "} 1\n",
+        {HIST "h_bucket" P ",le=\"0.1\"} 2\nh_bucket" P ",le=\"+Inf\"} 1\nh_sum" P "} 0\nh_count" P
+              "} 1\n",
          "not cumulative"},
         {HIST "h_bucket" P ",le=\"0.5\"} 1\nh_bucket" P ",le=\"0.1\"} 1\nh_bucket" P
               ",le=\"+Inf\"} 1\nh_sum" P "} 0\nh_count" P "} 1\n",
@@ -733,17 +732,19 @@ static void test_null_metrics(void)
 end:;
 }
 
-static const tly_testcase cases[] = {
-    {"fresh", test_fresh},
-    {"counters", test_counters},
-    {"gauges", test_gauges},
-    {"histogram", test_histogram},
-    {"lag", test_lag},
-    {"partition_recovery", test_partition_recovery},
-    {"database_sizes", test_database_sizes},
-    {"pipeline_label", test_pipeline_label},
-    {"null_metrics", test_null_metrics},
-    {"format_checker", test_format_checker},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"fresh", test_fresh},
+                                     {"counters", test_counters},
+                                     {"gauges", test_gauges},
+                                     {"histogram", test_histogram},
+                                     {"lag", test_lag},
+                                     {"partition_recovery", test_partition_recovery},
+                                     {"database_sizes", test_database_sizes},
+                                     {"pipeline_label", test_pipeline_label},
+                                     {"null_metrics", test_null_metrics},
+                                     {"format_checker", test_format_checker},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -28,7 +28,8 @@ static int step(tly_part_state from, tly_part_event event, tly_part_state to)
     CHECK_INT(tly_ownership_state(o, 5), to);
     CHECK_INT(tly_ownership_since(o, 5), 20);
     CHECK_INT(tly_ownership_count(o, to), to == TLY_PART_UNASSIGNED ? TLY_MAX_PARTITIONS : 1);
-    CHECK_INT(tly_ownership_count(o, TLY_PART_UNASSIGNED), TLY_MAX_PARTITIONS - (to != TLY_PART_UNASSIGNED));
+    CHECK_INT(tly_ownership_count(o, TLY_PART_UNASSIGNED),
+              TLY_MAX_PARTITIONS - (to != TLY_PART_UNASSIGNED));
     ok = 1;
 end:
     tly_ownership_free(o);
@@ -139,17 +140,19 @@ end:
     tly_ownership_free(o);
 }
 
-static const tly_testcase cases[] = {
-    {"assigned", test_assigned},
-    {"assigned_wait", test_assigned_wait},
-    {"taken", test_taken},
-    {"revoked", test_revoked},
-    {"kept", test_kept},
-    {"consumer_restart", test_consumer_restart},
-    {"restored", test_restored},
-    {"not_assigned", test_not_assigned},
-    {"invalid_refused", test_invalid_refused},
-    {"counts_and_oldest", test_counts_and_oldest},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"assigned", test_assigned},
+                                     {"assigned_wait", test_assigned_wait},
+                                     {"taken", test_taken},
+                                     {"revoked", test_revoked},
+                                     {"kept", test_kept},
+                                     {"consumer_restart", test_consumer_restart},
+                                     {"restored", test_restored},
+                                     {"not_assigned", test_not_assigned},
+                                     {"invalid_refused", test_invalid_refused},
+                                     {"counts_and_oldest", test_counts_and_oldest},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -160,12 +160,13 @@ static void test_adopt(void)
     CHECK_MSG(fill(src, err, sizeof(err)) == 0, "%s", err);
     CHECK_MSG(tly_snapshot_copy(src_path, dir, &m, err, sizeof(err)) == 0, "%s", err);
     CHECK_MSG(tly_store_open(dst_path, NULL, &dst, err, sizeof(err)) == 0, "%s", err);
-    CHECK_MSG(tly_store_exec(dst,
-                             "INSERT INTO order_window_state (store_id, product_id, window_start_ms, "
-                             "sum_micros, count, key_seq, part) VALUES ('old', 'x', 0, 9, 9, 1, 1), "
-                             "('keep', 'y', 0, 5, 5, 1, 2)",
-                             err, sizeof(err)) == 0,
-              "%s", err);
+    CHECK_MSG(
+        tly_store_exec(dst,
+                       "INSERT INTO order_window_state (store_id, product_id, window_start_ms, "
+                       "sum_micros, count, key_seq, part) VALUES ('old', 'x', 0, 9, 9, 1, 1), "
+                       "('keep', 'y', 0, 5, 5, 1, 2)",
+                       err, sizeof(err)) == 0,
+        "%s", err);
     CHECK_MSG(tly_partitions_adopt(dst, m.path, 1, "in", "cl", 77, err, sizeof(err)) == 0, "%s",
               err);
     CHECK_INT(count_rows(dst, "SELECT count(*) FROM order_window_state WHERE part = 1"), 2);
@@ -233,12 +234,14 @@ end:
     tly_store_close(store);
 }
 
-static const tly_testcase cases[] = {
-    {"meta_keys", test_meta_keys},
-    {"positions_and_history", test_positions_and_history},
-    {"forget_and_present", test_forget_and_present},
-    {"adopt", test_adopt},
-    {"prune_and_snapshots", test_prune_and_snapshots},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"meta_keys", test_meta_keys},
+                                     {"positions_and_history", test_positions_and_history},
+                                     {"forget_and_present", test_forget_and_present},
+                                     {"adopt", test_adopt},
+                                     {"prune_and_snapshots", test_prune_and_snapshots},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

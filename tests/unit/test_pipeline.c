@@ -62,7 +62,8 @@ static const char *query_text(tly_store *store, const char *sql)
     if (sqlite3_prepare_v2(tly_store_db(store), sql, -1, &stmt, NULL) == SQLITE_OK &&
         sqlite3_step(stmt) == SQLITE_ROW)
         snprintf(buf, sizeof(buf), "%s",
-                 sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0) : "NULL");
+                 sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0)
+                                              : "NULL");
     sqlite3_finalize(stmt);
     return buf;
 }
@@ -87,7 +88,9 @@ static void test_orders_money_is_exact(void)
     CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE product_id = 'p1'"), 3);
     CHECK_STR(query_text(store, "SELECT sum FROM order_windows WHERE product_id = 'p2'"), "0.30");
     CHECK_STR(query_text(store, "SELECT sum FROM order_windows WHERE product_id = 'p3'"), "30.00");
-    CHECK_INT(query_int(store, "SELECT typeof(sum_micros) = 'integer' FROM order_window_state LIMIT 1"), 1);
+    CHECK_INT(
+        query_int(store, "SELECT typeof(sum_micros) = 'integer' FROM order_window_state LIMIT 1"),
+        1);
 end:
     tly_pipeline_close(p);
     tly_store_close(store);
@@ -101,7 +104,8 @@ static void test_orders_windows(void)
     const char *one_minute[] = {"window_ms=60000", NULL};
     char err[256] = "";
     const char *batch[] = {
-        /* normTs wins over ts (a string here); 1700000000000 falls in the 5-minute window 1699999800000 */
+        /* normTs wins over ts (a string here); 1700000000000 falls in the 5-minute window
+           1699999800000 */
         "{\"orderId\":\"o1\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":\"2023-11-14T22:13:20Z\",\"normTs\":1700000000000,\"validated\":true}",
         /* exactly on a boundary */
         "{\"orderId\":\"o2\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1699999800000}",
@@ -109,10 +113,13 @@ static void test_orders_windows(void)
         "{\"orderId\":\"o3\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1699999799999}",
         NULL};
     CHECK(store);
-    CHECK_MSG(tly_pipeline_open(store, "orders", five_minutes, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_open(store, "orders", five_minutes, 0, &p, err, sizeof(err)) == 0, "%s",
+              err);
     CHECK(apply(p, batch, NULL, NULL) == 0);
-    CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE window_start = 1699999800000"), 2);
-    CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE window_start = 1699999500000"), 1);
+    CHECK_INT(
+        query_int(store, "SELECT count FROM order_windows WHERE window_start = 1699999800000"), 2);
+    CHECK_INT(
+        query_int(store, "SELECT count FROM order_windows WHERE window_start = 1699999500000"), 1);
     CHECK_INT(query_int(store, "SELECT count(*) FROM order_windows"), 2);
     /* A second pipeline with another window size on the same database is refused. */
     CHECK(tly_pipeline_open(store, "orders", one_minute, 0, &other, err, sizeof(err)) < 0);
@@ -139,9 +146,10 @@ static void test_orders_coalesce_per_batch(void)
     CHECK(store);
     CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
     for (int i = 0; i < 40; i++) {
-        snprintf(lines[i], sizeof(lines[i]),
-                 "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s\",\"price\":\"2.50\",\"qty\":2,\"ts\":1700000000000}",
-                 i, i % 2);
+        snprintf(
+            lines[i], sizeof(lines[i]),
+            "{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s\",\"price\":\"2.50\",\"qty\":2,\"ts\":1700000000000}",
+            i, i % 2);
         batch[i] = lines[i];
     }
     batch[40] = NULL;
@@ -157,9 +165,12 @@ static void test_orders_coalesce_per_batch(void)
     CHECK_INT(query_int(store, "SELECT count FROM order_windows WHERE product_id = 'p0'"), 40);
     /* The changelog carries the after-image, the delta and the key. */
     CHECK_STR(query_text(store, "SELECT key FROM changelog WHERE seq = 3"), "s#p0#1699999980000");
-    CHECK_INT(query_int(store, "SELECT image ->> '$.sum_micros' FROM changelog WHERE seq = 3"), 200000000);
+    CHECK_INT(query_int(store, "SELECT image ->> '$.sum_micros' FROM changelog WHERE seq = 3"),
+              200000000);
     CHECK_INT(query_int(store, "SELECT delta ->> '$.count' FROM changelog WHERE seq = 3"), 20);
-    CHECK_INT(query_int(store, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"), 80);
+    CHECK_INT(
+        query_int(store, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"),
+        80);
 end:
     tly_pipeline_close(p);
     tly_store_close(store);
@@ -176,27 +187,46 @@ static void test_orders_malformed(void)
         {"not json", "invalid JSON"},
         {"{\"orderId\":\"o\",\"productId\":\"p\"", "truncated"},
         {"[1,2,3]", "must be a JSON object"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1}", "missing field \"normTs|ts\""},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"price\":1,\"qty\":1,\"ts\":1}", "missing field \"storeId\""},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":\"x\",\"ts\":1}", "must be an integer"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":{},\"price\":1,\"qty\":1,\"ts\":1}", "must be a string or integer"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":true,\"qty\":1,\"ts\":1}", "must be a number or decimal string"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1.0000001,\"qty\":1,\"ts\":1}", "more than 6 decimal places"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1e400,\"qty\":1,\"ts\":1}", "too large"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":\"12abc\",\"qty\":1,\"ts\":1}", "not a decimal"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":-1,\"qty\":1,\"ts\":1}", "price must be >= 0"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":5000,\"ts\":1}", "qty must be between"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":99999999999999999999}", "out of range"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":-5}", "epoch milliseconds"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1,\"validated\":false}", "not validated"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1} trailing", "invalid JSON"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\xff\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "invalid UTF-8"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\xc0\xaf\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "invalid UTF-8"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\xed\xa0\x80\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "invalid UTF-8"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1}",
+         "missing field \"normTs|ts\""},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"price\":1,\"qty\":1,\"ts\":1}",
+         "missing field \"storeId\""},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":\"x\",\"ts\":1}",
+         "must be an integer"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":{},\"price\":1,\"qty\":1,\"ts\":1}",
+         "must be a string or integer"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":true,\"qty\":1,\"ts\":1}",
+         "must be a number or decimal string"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1.0000001,\"qty\":1,\"ts\":1}",
+         "more than 6 decimal places"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1e400,\"qty\":1,\"ts\":1}",
+         "too large"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":\"12abc\",\"qty\":1,\"ts\":1}",
+         "not a decimal"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":-1,\"qty\":1,\"ts\":1}",
+         "price must be >= 0"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":5000,\"ts\":1}",
+         "qty must be between"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":99999999999999999999}",
+         "out of range"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":-5}",
+         "epoch milliseconds"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1,\"validated\":false}",
+         "not validated"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1} trailing",
+         "invalid JSON"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\xff\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}",
+         "invalid UTF-8"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\xc0\xaf\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}",
+         "invalid UTF-8"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\xed\xa0\x80\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}",
+         "invalid UTF-8"},
         {"42", "must be a JSON object, got int"},
         {"null", "must be a JSON object, got null"},
-        {"{\"orderId\":\"o\",\"productId\":\"\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}", "is empty"},
-        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":NaN,\"qty\":1,\"ts\":1}", "not a decimal"},
+        {"{\"orderId\":\"o\",\"productId\":\"\",\"storeId\":\"s\",\"price\":1,\"qty\":1,\"ts\":1}",
+         "is empty"},
+        {"{\"orderId\":\"o\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":NaN,\"qty\":1,\"ts\":1}",
+         "not a decimal"},
     };
     const size_t ncases = sizeof(cases) / sizeof(cases[0]);
     tly_store *store = open_store("malformed.db");
@@ -204,7 +234,8 @@ static void test_orders_malformed(void)
     tly_event events[64] = {{0}};
     tly_event_result results[64];
     tly_batch_stats stats;
-    const char *good = "{\"orderId\":\"g\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":\"1.25\",\"qty\":2,\"ts\":1700000000000}";
+    const char *good =
+        "{\"orderId\":\"g\",\"productId\":\"p\",\"storeId\":\"s\",\"price\":\"1.25\",\"qty\":2,\"ts\":1700000000000}";
     char err[256];
     size_t n = 0;
 
@@ -223,7 +254,8 @@ static void test_orders_malformed(void)
     CHECK_MSG(tly_pipeline_apply(p, events, n, results, &stats, err, sizeof(err)) == 0, "%s", err);
     for (size_t i = 0; i < ncases; i++) {
         CHECK_INT(results[2 * i].status, TLY_EVENT_APPLIED);
-        CHECK_MSG(results[2 * i + 1].status == TLY_EVENT_REJECTED, "case %zu accepted: %s", i, cases[i].line);
+        CHECK_MSG(results[2 * i + 1].status == TLY_EVENT_REJECTED, "case %zu accepted: %s", i,
+                  cases[i].line);
         CHECK_MSG(strstr(results[2 * i + 1].reason, cases[i].reason_part) != NULL,
                   "case %zu: reason \"%s\" lacks \"%s\"", i, results[2 * i + 1].reason,
                   cases[i].reason_part);
@@ -234,9 +266,11 @@ static void test_orders_malformed(void)
     CHECK_INT(stats.rejected, (int64_t)ncases + 1);
     /* Only the good events reached the state. */
     CHECK_INT(query_int(store, "SELECT count FROM order_windows"), (int64_t)ncases);
-    CHECK_INT(query_int(store, "SELECT sum_micros FROM order_window_state"), 2500000 * (int64_t)ncases);
-    CHECK_INT(query_int(store, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_rejected'"),
-              (int64_t)ncases + 1);
+    CHECK_INT(query_int(store, "SELECT sum_micros FROM order_window_state"),
+              2500000 * (int64_t)ncases);
+    CHECK_INT(
+        query_int(store, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_rejected'"),
+        (int64_t)ncases + 1);
 end:
     tly_pipeline_close(p);
     tly_store_close(store);
@@ -263,8 +297,7 @@ static void test_telemetry_latest_wins(void)
         "{\"data\":{\"id\":\"VIN1\",\"door\":\"open\"},\"received_at\":2500,\"produced_at\":2490}",
         "{\"data\":{\"speed\":1},\"received_at\":1000}",
         "{\"data\":{\"id\":\"VIN3\",\"speed\":1},\"received_at\":\"soon\"}",
-        "{\"data\":\"VIN4\",\"received_at\":1000}",
-        NULL};
+        "{\"data\":\"VIN4\",\"received_at\":1000}", NULL};
 
     CHECK(store);
     CHECK_MSG(tly_pipeline_open(store, "telemetry", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
@@ -273,26 +306,36 @@ static void test_telemetry_latest_wins(void)
     CHECK(strstr(results[2].reason, "empty data.id") != NULL);
     CHECK_INT(stats.applied, 3);
     CHECK_INT(stats.skipped, 1);
-    CHECK_STR(query_text(store, "SELECT value FROM vehicle_sensor_state WHERE vin='VIN1' AND sensor='speed'"), "80.50");
+    CHECK_STR(
+        query_text(store,
+                   "SELECT value FROM vehicle_sensor_state WHERE vin='VIN1' AND sensor='speed'"),
+        "80.50");
     CHECK(apply(p, batch2, results, &stats) == 0);
     CHECK_INT(results[2].status, TLY_EVENT_REJECTED);
     CHECK(strstr(results[2].reason, "missing field \"data.id\"") != NULL);
     CHECK_INT(results[3].status, TLY_EVENT_REJECTED);
     CHECK_INT(results[4].status, TLY_EVENT_REJECTED);
     CHECK_INT(stats.applied, 2);
-    CHECK_STR(query_text(store, "SELECT record FROM vehicle_latest WHERE vin='VIN1'"),
-              "{\"data\":{\"id\":\"VIN1\",\"door\":\"open\",\"speed\":80.50},\"received_at\":2500,\"produced_at\":2490}");
-    CHECK_STR(query_text(store, "SELECT record FROM vehicle_latest WHERE vin='VIN2'"),
-              "{\"data\":{\"id\":\"VIN2\",\"fuel\":{\"level\":0.5,\"unit\":\"ratio\"}},\"received_at\":1500,\"produced_at\":null}");
+    CHECK_STR(
+        query_text(store, "SELECT record FROM vehicle_latest WHERE vin='VIN1'"),
+        "{\"data\":{\"id\":\"VIN1\",\"door\":\"open\",\"speed\":80.50},\"received_at\":2500,\"produced_at\":2490}");
+    CHECK_STR(
+        query_text(store, "SELECT record FROM vehicle_latest WHERE vin='VIN2'"),
+        "{\"data\":{\"id\":\"VIN2\",\"fuel\":{\"level\":0.5,\"unit\":\"ratio\"}},\"received_at\":1500,\"produced_at\":null}");
     CHECK_INT(query_int(store, "SELECT received_at FROM vehicle_latest WHERE vin='VIN1'"), 2500);
     /* One changelog row per changed vehicle per batch, with the whole vehicle:
      * VIN1 changed in both batches (the newer door), VIN2 only in the first. */
     CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN1'"), 2);
     CHECK_INT(query_int(store, "SELECT count(*) FROM changelog WHERE key = 'VIN2'"), 1);
-    CHECK_STR(query_text(store, "SELECT image FROM changelog WHERE key = 'VIN1' ORDER BY seq DESC LIMIT 1"),
-              "{\"vin\":\"VIN1\",\"sensors\":{\"door\":[\"open\",2500,2490,2],"
-              "\"speed\":[80.50,2000,1990,1]}}");
-    CHECK_INT(query_int(store, "SELECT key_seq FROM changelog WHERE key = 'VIN1' ORDER BY seq DESC LIMIT 1"), 3);
+    CHECK_STR(
+        query_text(store,
+                   "SELECT image FROM changelog WHERE key = 'VIN1' ORDER BY seq DESC LIMIT 1"),
+        "{\"vin\":\"VIN1\",\"sensors\":{\"door\":[\"open\",2500,2490,2],"
+        "\"speed\":[80.50,2000,1990,1]}}");
+    CHECK_INT(
+        query_int(store,
+                  "SELECT key_seq FROM changelog WHERE key = 'VIN1' ORDER BY seq DESC LIMIT 1"),
+        3);
 end:
     tly_pipeline_close(p);
     tly_store_close(store);
@@ -337,9 +380,12 @@ static void test_user_pipeline_and_isolation(void)
     tly_event_result results[8];
     tly_batch_stats stats;
     FILE *f;
-    const char *batch[] = {"{\"page\":\"home\",\"user\":1}", "{\"page\":\"about\"}",
-                           "{\"page\":\"a-very-long-page-name\"}", "{\"page\":\"home\",\"user\":\"u2\"}",
-                           "{\"page\":5}", NULL};
+    const char *batch[] = {"{\"page\":\"home\",\"user\":1}",
+                           "{\"page\":\"about\"}",
+                           "{\"page\":\"a-very-long-page-name\"}",
+                           "{\"page\":\"home\",\"user\":\"u2\"}",
+                           "{\"page\":5}",
+                           NULL};
 
     snprintf(path, sizeof(path), "%s/clicks.sql", dir);
     snprintf(db_path, sizeof(db_path), "%s/clicks.db", dir);
@@ -392,7 +438,8 @@ static void test_bad_pipeline_files(void)
         fputs(files[i].line, f);
         fclose(f);
         err[0] = '\0';
-        CHECK_MSG(tly_pipeline_open(store, path, NULL, 0, &p, err, sizeof(err)) < 0, "file %zu opened", i);
+        CHECK_MSG(tly_pipeline_open(store, path, NULL, 0, &p, err, sizeof(err)) < 0,
+                  "file %zu opened", i);
         CHECK_MSG(strstr(err, files[i].reason_part) != NULL, "file %zu: \"%s\"", i, err);
     }
     CHECK(tly_pipeline_open(store, "nonesuch", NULL, 0, &p, err, sizeof(err)) < 0);
@@ -431,20 +478,22 @@ static void test_reader_sees_consistent_state(void)
         if (read(pipefd[0], &go, 1) != 1)
             _exit(3);
         if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-            sqlite3_prepare_v2(db,
-                               "SELECT (SELECT coalesce(sum(count), 0) FROM order_window_state),"
-                               " (SELECT coalesce(max(value), 0) FROM meta WHERE key = 'pipeline.orders.events_applied'),"
-                               " (SELECT count(*) FROM changelog)",
-                               -1, &stmt, NULL) != SQLITE_OK)
+            sqlite3_prepare_v2(
+                db,
+                "SELECT (SELECT coalesce(sum(count), 0) FROM order_window_state),"
+                " (SELECT coalesce(max(value), 0) FROM meta WHERE key = 'pipeline.orders.events_applied'),"
+                " (SELECT count(*) FROM changelog)",
+                -1, &stmt, NULL) != SQLITE_OK)
             _exit(4);
         sqlite3_busy_timeout(db, 5000);
         while (last < 200 * 50) {
             if (sqlite3_step(stmt) != SQLITE_ROW)
                 _exit(5);
-            int64_t counted = sqlite3_column_int64(stmt, 0), applied = sqlite3_column_int64(stmt, 1);
+            int64_t counted = sqlite3_column_int64(stmt, 0),
+                    applied = sqlite3_column_int64(stmt, 1);
             if (counted != applied || counted % 200 != 0) {
-                fprintf(stderr, "reader saw sum(count)=%lld events_applied=%lld\n", (long long)counted,
-                        (long long)applied);
+                fprintf(stderr, "reader saw sum(count)=%lld events_applied=%lld\n",
+                        (long long)counted, (long long)applied);
                 _exit(6);
             }
             if (counted != last)
@@ -462,9 +511,10 @@ static void test_reader_sees_consistent_state(void)
     CHECK(write(pipefd[1], "g", 1) == 1);
     for (int b = 0; b < 50; b++) {
         for (int i = 0; i < 200; i++) {
-            snprintf(lines[i], sizeof(lines[i]),
-                     "{\"orderId\":\"o%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.10\",\"qty\":1,\"ts\":%lld}",
-                     b, i, i % 17, i % 5, 1700000000000LL + b * 1000LL);
+            snprintf(
+                lines[i], sizeof(lines[i]),
+                "{\"orderId\":\"o%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"1.10\",\"qty\":1,\"ts\":%lld}",
+                b, i, i % 17, i % 5, 1700000000000LL + b * 1000LL);
             batch[i] = lines[i];
         }
         batch[200] = NULL;
@@ -475,7 +525,8 @@ static void test_reader_sees_consistent_state(void)
     }
     CHECK(waitpid(child, &status, 0) == child);
     child = -1;
-    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reader exit status %d", WEXITSTATUS(status));
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "reader exit status %d",
+              WEXITSTATUS(status));
 end:
     if (child > 0) {
         kill(child, 9);
@@ -522,19 +573,23 @@ static void test_emit_outputs(void)
         NULL};
     const char *readings[] = {
         "{\"data\":{\"id\":\"V9\",\"speed\":12.50},\"received_at\":5,\"produced_at\":4}",
-        "{\"data\":{\"id\":\"V9\",\"door\":\"open\"},\"received_at\":6,\"produced_at\":5}",
-        NULL};
+        "{\"data\":{\"id\":\"V9\",\"door\":\"open\"},\"received_at\":6,\"produced_at\":5}", NULL};
 
     CHECK(store);
-    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &orders, err, sizeof(err)) == 0, "%s", err);
-    CHECK_MSG(tly_pipeline_open(store, "telemetry", NULL, 0, &telemetry, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_open(store, "orders", NULL, 0, &orders, err, sizeof(err)) == 0, "%s",
+              err);
+    CHECK_MSG(tly_pipeline_open(store, "telemetry", NULL, 0, &telemetry, err, sizeof(err)) == 0,
+              "%s", err);
     before = tly_store_last_seq(store);
     CHECK(apply(orders, batch, NULL, NULL) == 0);
     after = tly_store_last_seq(store);
-    CHECK_MSG(tly_pipeline_emit(orders, before, after, collect_emit, &e, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_emit(orders, before, after, collect_emit, &e, err, sizeof(err)) == 0,
+              "%s", err);
     CHECK_INT(e.count, 1);
     CHECK_STR(e.keys[0], "s1#p1#1699999980000");
-    CHECK_STR(e.values[0], "{\"storeId\":\"s1\",\"productId\":\"p1\",\"windowStart\":1699999980000,\"sum\":251.63,\"count\":2}");
+    CHECK_STR(
+        e.values[0],
+        "{\"storeId\":\"s1\",\"productId\":\"p1\",\"windowStart\":1699999980000,\"sum\":251.63,\"count\":2}");
     /* nothing changed in an empty range */
     memset(&e, 0, sizeof(e));
     CHECK(tly_pipeline_emit(orders, after, after, collect_emit, &e, err, sizeof(err)) == 0);
@@ -555,10 +610,13 @@ static void test_emit_outputs(void)
         t1 = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         CHECK_INT(e.count, 1);
         CHECK_STR(e.keys[0], "V9");
-        CHECK_MSG(sscanf(e.values[0],
-                         "{\"data\":{\"id\":\"V9\",\"door\":\"open\",\"speed\":12.50},\"received_at\":6,"
-                         "\"produced_at\":%lld%255s", &at, rest) == 2 && strcmp(rest, "}") == 0,
-                  "%s", e.values[0]);
+        CHECK_MSG(
+            sscanf(e.values[0],
+                   "{\"data\":{\"id\":\"V9\",\"door\":\"open\",\"speed\":12.50},\"received_at\":6,"
+                   "\"produced_at\":%lld%255s",
+                   &at, rest) == 2 &&
+                strcmp(rest, "}") == 0,
+            "%s", e.values[0]);
         CHECK_MSG(at >= t0 && at <= t1, "produced_at %lld not in [%lld, %lld]", at, t0, t1);
     }
     /* the orders pipeline emits nothing for telemetry's changes */
@@ -585,9 +643,8 @@ static void test_flush_and_windows(void)
     char err[256];
     int64_t read_at;
     const char *settings[] = {"window_ms=1000", NULL};
-    const char *first[] = {
-        "{\"data\":{\"id\":\"A\",\"speed\":1},\"received_at\":100}",
-        "{\"data\":{\"id\":\"B\",\"speed\":2},\"received_at\":200}", NULL};
+    const char *first[] = {"{\"data\":{\"id\":\"A\",\"speed\":1},\"received_at\":100}",
+                           "{\"data\":{\"id\":\"B\",\"speed\":2},\"received_at\":200}", NULL};
     const char *again[] = {"{\"data\":{\"id\":\"A\",\"speed\":3},\"received_at\":300}", NULL};
     const char *stale[] = {"{\"data\":{\"id\":\"B\",\"speed\":9},\"received_at\":150}", NULL};
     /* windows of 1 s, lateness 500 ms: 2600 closes [0,1000) and [1000,2000) */
@@ -597,12 +654,14 @@ static void test_flush_and_windows(void)
                           "{\"data\":{\"id\":\"E\",\"speed\":7},\"received_at\":2000}", NULL};
 
     CHECK(store);
-    CHECK_MSG(tly_pipeline_open(store, "telemetry", settings, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_pipeline_open(store, "telemetry", settings, 0, &p, err, sizeof(err)) == 0, "%s",
+              err);
     CHECK(tly_pipeline_has_flush(p));
     CHECK(apply(p, first, NULL, NULL) == 0);
     CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 2);
     /* without event-time windows, one row per vehicle, whatever its times */
-    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending WHERE window_start_ms <> 0"), 0);
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending WHERE window_start_ms <> 0"),
+              0);
     read_at = tly_store_last_seq(store);
     CHECK(tly_pipeline_flush(p, read_at, collect_emit, &e, err, sizeof(err)) == 0);
     CHECK_INT(e.count, 2);
@@ -613,7 +672,8 @@ static void test_flush_and_windows(void)
     CHECK(tly_pipeline_flushed(p, read_at, err, sizeof(err)) == 0);
     CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 1);
     memset(&e, 0, sizeof(e));
-    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) ==
+          0);
     CHECK_INT(e.count, 1);
     CHECK_STR(e.keys[0], "A");
     CHECK(tly_pipeline_flushed(p, tly_store_last_seq(store), err, sizeof(err)) == 0);
@@ -629,7 +689,8 @@ static void test_flush_and_windows(void)
     CHECK_INT(stats.applied, 2);
     CHECK_INT(stats.late, 0);
     memset(&e, 0, sizeof(e));
-    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) ==
+          0);
     /* [1000,2000) closed (2600 - 500 >= 2000): C; D's window [2000,3000) is open */
     CHECK_INT(e.count, 1);
     CHECK_STR(e.keys[0], "C");
@@ -641,9 +702,11 @@ static void test_flush_and_windows(void)
     CHECK_INT(stats.applied, 1);
     CHECK_INT(results[0].status, TLY_EVENT_LATE);
     CHECK_MSG(strncmp(results[0].reason, "late: received_at 1999 belongs to window [1000, 2000)",
-                      53) == 0, "%s", results[0].reason);
+                      53) == 0,
+              "%s", results[0].reason);
     CHECK_INT(results[1].status, TLY_EVENT_APPLIED);
-    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"), 2); /* D and E in [2000,3000) */
+    CHECK_INT(query_int(store, "SELECT count(*) FROM vehicle_pending"),
+              2); /* D and E in [2000,3000) */
     /* lateness is judged event by event: 3700 closes [2000,3000) for the
      * reading after it in the same batch, not for the one before it */
     {
@@ -661,8 +724,8 @@ static void test_flush_and_windows(void)
     {
         sqlite3_stmt *stmt = NULL;
         CHECK(sqlite3_prepare_v2(tly_store_db(store),
-                                 "SELECT value FROM vehicle_sensor_state WHERE vin = 'A'", -1, &stmt,
-                                 NULL) == SQLITE_OK);
+                                 "SELECT value FROM vehicle_sensor_state WHERE vin = 'A'", -1,
+                                 &stmt, NULL) == SQLITE_OK);
         CHECK(sqlite3_step(stmt) == SQLITE_ROW);
         CHECK_STR((const char *)sqlite3_column_text(stmt, 0), "3");
         sqlite3_finalize(stmt);
@@ -670,7 +733,8 @@ static void test_flush_and_windows(void)
     /* without windows again, everything pending flushes */
     CHECK(tly_pipeline_set_windowed(p, false, 0, err, sizeof(err)) == 0);
     memset(&e, 0, sizeof(e));
-    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) == 0);
+    CHECK(tly_pipeline_flush(p, tly_store_last_seq(store), collect_emit, &e, err, sizeof(err)) ==
+          0);
     CHECK_INT(e.count, 4);
 end:
     tly_pipeline_close(p);
@@ -690,4 +754,7 @@ static const tly_testcase cases[] = {
     {"emit_outputs", test_emit_outputs},
     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

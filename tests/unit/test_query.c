@@ -31,7 +31,8 @@ static int on_row(void *ctx, sqlite3_stmt *stmt)
     if (c->rows++ == 0) {
         c->first_int = sqlite3_column_int64(stmt, 0);
         snprintf(c->first_text, sizeof(c->first_text), "%s",
-                 sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0) : "NULL");
+                 sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0)
+                                              : "NULL");
     }
     return 0;
 }
@@ -82,13 +83,16 @@ static void test_select(void)
     snprintf(path, sizeof(path), "%s/q.db", tly_test_dir());
     CHECK(fill(path) == 0);
     CHECK_MSG(tly_query_open(path, &opts, &q, err, sizeof(err)) == 0, "%s", err);
-    CHECK_INT(tly_query_run(q, "SELECT sum FROM order_windows WHERE product_id = 'p1';  -- the money\n",
-                            &sink, &c, &truncated, err, sizeof(err)), 1);
+    CHECK_INT(
+        tly_query_run(q, "SELECT sum FROM order_windows WHERE product_id = 'p1';  -- the money\n",
+                      &sink, &c, &truncated, err, sizeof(err)),
+        1);
     CHECK_STR(c.first_text, "251.13");
     CHECK_INT(truncated, 0);
     memset(&c, 0, sizeof(c));
     CHECK_INT(tly_query_run(q, "PRAGMA table_info(order_window_state)", &sink, &c, &truncated, err,
-                            sizeof(err)), 7); /* six columns and part */
+                            sizeof(err)),
+              7); /* six columns and part */
     memset(&c, 0, sizeof(c));
     CHECK_INT(tly_query_run(q, "PRAGMA user_version", &sink, &c, &truncated, err, sizeof(err)), 1);
     CHECK(c.first_int >= 3);
@@ -98,7 +102,9 @@ static void test_select(void)
     opts.max_rows = 2;
     CHECK_MSG(tly_query_open(path, &opts, &q, err, sizeof(err)) == 0, "%s", err);
     memset(&c, 0, sizeof(c));
-    CHECK_INT(tly_query_run(q, "SELECT * FROM order_windows", &sink, &c, &truncated, err, sizeof(err)), 2);
+    CHECK_INT(
+        tly_query_run(q, "SELECT * FROM order_windows", &sink, &c, &truncated, err, sizeof(err)),
+        2);
     CHECK_INT(truncated, 1);
     CHECK_INT(c.ncols, 5);
     /* the database must exist: a query never creates one */
@@ -188,8 +194,11 @@ static void test_runaway_query_is_interrupted(void)
     CHECK(fill(path) == 0);
     CHECK_MSG(tly_query_open(path, &opts, &q, err, sizeof(err)) == 0, "%s", err);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    CHECK(tly_query_run(q, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
-                        &sink, &c, &truncated, err, sizeof(err)) < 0);
+    CHECK(
+        tly_query_run(
+            q,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+            &sink, &c, &truncated, err, sizeof(err)) < 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
     CHECK_MSG(strstr(err, "interrupted") != NULL, "%s", err);
@@ -197,7 +206,9 @@ static void test_runaway_query_is_interrupted(void)
     CHECK_MSG(seconds < 20.0, "took %.1f s", seconds);
     /* and the handle still works */
     memset(&c, 0, sizeof(c));
-    CHECK_INT(tly_query_run(q, "SELECT count(*) FROM order_windows", &sink, &c, &truncated, err, sizeof(err)), 1);
+    CHECK_INT(tly_query_run(q, "SELECT count(*) FROM order_windows", &sink, &c, &truncated, err,
+                            sizeof(err)),
+              1);
     CHECK_INT(c.first_int, 3);
 end:
     tly_query_close(q);
@@ -219,11 +230,15 @@ static void test_reads_while_writer_is_open(void)
     CHECK(tly_store_exec(store, "DELETE FROM order_window_state", err, sizeof(err)) == 0);
     CHECK_MSG(tly_query_open(path, &opts, &q, err, sizeof(err)) == 0, "%s", err);
     /* the uncommitted delete is invisible, and the read is not blocked */
-    CHECK_INT(tly_query_run(q, "SELECT count(*) FROM order_windows", &sink, &c, &truncated, err, sizeof(err)), 1);
+    CHECK_INT(tly_query_run(q, "SELECT count(*) FROM order_windows", &sink, &c, &truncated, err,
+                            sizeof(err)),
+              1);
     CHECK_INT(c.first_int, 3);
     CHECK(tly_store_commit(store, err, sizeof(err)) == 0);
     memset(&c, 0, sizeof(c));
-    CHECK_INT(tly_query_run(q, "SELECT count(*) FROM order_windows", &sink, &c, &truncated, err, sizeof(err)), 1);
+    CHECK_INT(tly_query_run(q, "SELECT count(*) FROM order_windows", &sink, &c, &truncated, err,
+                            sizeof(err)),
+              1);
     CHECK_INT(c.first_int, 0);
 end:
     tly_query_close(q);
@@ -237,4 +252,7 @@ static const tly_testcase cases[] = {
     {"reads_while_writer_is_open", test_reads_while_writer_is_open},
     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -212,7 +212,8 @@ static void test_missing_newest_corrupt(void)
     CHECK_STR(rep->db_state, "missing");
     CHECK_INT(rep->candidate_count, 2);
     CHECK_STR(rep->candidates[0].manifest.snapshot_id, f.newer.snapshot_id);
-    CHECK_MSG(strstr(rep->candidates[0].status, "checksum") != NULL, "%s", rep->candidates[0].status);
+    CHECK_MSG(strstr(rep->candidates[0].status, "checksum") != NULL, "%s",
+              rep->candidates[0].status);
     CHECK_INT(rep->chosen, 1);
     CHECK_STR(rep->candidates[1].status, "restored");
     CHECK_STR(rep->source, "snapshot");
@@ -358,8 +359,10 @@ static void test_busy_is_not_damaged(void)
 
     CHECK(rep && setup(&f) == 0);
     CHECK(sqlite3_open(f.db, &holder) == SQLITE_OK);
-    CHECK(sqlite3_exec(holder, "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;"
-                               " INSERT INTO meta VALUES ('held', 1);", NULL, NULL, NULL) == SQLITE_OK);
+    CHECK(sqlite3_exec(holder,
+                       "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;"
+                       " INSERT INTO meta VALUES ('held', 1);",
+                       NULL, NULL, NULL) == SQLITE_OK);
     CHECK(tly_recovery_prepare(&f.cfg, rep, err, sizeof(err)) < 0);
     CHECK_MSG(strstr(err, "cannot check the database") && strstr(err, "locked"), "%s", err);
     CHECK_INT(count_prefix(f.dir, "orders.db.failed-"), 0);
@@ -401,14 +404,30 @@ static void test_partitions_drop(void)
     CHECK(apply_store_orders(db, 0, 60, 0) == 0);
     CHECK(apply_store_orders(db, 60, 45, 1) == 0);
     /* rows and changelog rows carry their partition */
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 0"), 60);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"), 45);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(*) FROM changelog WHERE part IS NULL OR part NOT IN (0, 1)"), 0);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 0"),
+              60);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"),
+              45);
+    CHECK_INT(
+        tly_test_scalar(db, NULL,
+                        "SELECT count(*) FROM changelog WHERE part IS NULL OR part NOT IN (0, 1)"),
+        0);
     CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(DISTINCT part) FROM changelog"), 2);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.p0.events_applied'"), 60);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.p1.events_applied'"), 45);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"), 105);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT coalesce((SELECT value FROM meta WHERE key = 'state.rows_moved'), 0)"), 0);
+    CHECK_INT(
+        tly_test_scalar(db, NULL,
+                        "SELECT value FROM meta WHERE key = 'pipeline.orders.p0.events_applied'"),
+        60);
+    CHECK_INT(
+        tly_test_scalar(db, NULL,
+                        "SELECT value FROM meta WHERE key = 'pipeline.orders.p1.events_applied'"),
+        45);
+    CHECK_INT(tly_test_scalar(
+                  db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"),
+              105);
+    CHECK_INT(tly_test_scalar(
+                  db, NULL,
+                  "SELECT coalesce((SELECT value FROM meta WHERE key = 'state.rows_moved'), 0)"),
+              0);
 
     CHECK(tly_store_open(db, NULL, &store, err, sizeof(err)) == 0);
     CHECK_MSG(tly_recovery_present(store, &cfg, present, err, sizeof(err)) == 0, "%s", err);
@@ -421,20 +440,36 @@ static void test_partitions_drop(void)
     CHECK(present[0] && !present[1]);
     tly_store_close(store);
     store = NULL;
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(*) FROM order_window_state WHERE part = 1"), 0);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(*) FROM order_window_state WHERE part = 1"),
+              0);
     CHECK_INT(tly_test_scalar(db, NULL, "SELECT sum(count) FROM order_window_state"), 60);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(*) FROM meta WHERE key LIKE '%.p1.%' OR key LIKE 'kafka.%.1'"), 0);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"), 60);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'kafka.changelog.p-changelog.0'"), 60);
+    CHECK_INT(
+        tly_test_scalar(
+            db, NULL, "SELECT count(*) FROM meta WHERE key LIKE '%.p1.%' OR key LIKE 'kafka.%.1'"),
+        0);
+    CHECK_INT(tly_test_scalar(
+                  db, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied'"),
+              60);
+    CHECK_INT(tly_test_scalar(db, NULL,
+                              "SELECT value FROM meta WHERE key = 'kafka.changelog.p-changelog.0'"),
+              60);
     /* the database's own history stays */
     CHECK_INT(tly_test_scalar(db, NULL, "SELECT count(DISTINCT part) FROM changelog"), 2);
 
     /* An event of partition 1 for partition 0's store moves the row: counted. */
     CHECK(apply_store_orders(db, 700, 3, 1) == 0); /* s1, s3, s5: partition 1's again */
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT coalesce((SELECT value FROM meta WHERE key = 'state.rows_moved'), 0)"), 0);
+    CHECK_INT(tly_test_scalar(
+                  db, NULL,
+                  "SELECT coalesce((SELECT value FROM meta WHERE key = 'state.rows_moved'), 0)"),
+              0);
     CHECK(apply_orders_from(db, 0, 1, 1) == 0); /* s0 p0: partition 0's row */
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'state.rows_moved'"), 1);
-    CHECK_INT(tly_test_scalar(db, NULL, "SELECT part FROM order_window_state WHERE store_id = 's0' AND product_id = 'p0'"), 1);
+    CHECK_INT(tly_test_scalar(db, NULL, "SELECT value FROM meta WHERE key = 'state.rows_moved'"),
+              1);
+    CHECK_INT(
+        tly_test_scalar(
+            db, NULL,
+            "SELECT part FROM order_window_state WHERE store_id = 's0' AND product_id = 'p0'"),
+        1);
 end:
     tly_store_close(store);
 }
@@ -470,24 +505,38 @@ static void test_partitions_take_from_snapshot(void)
     cfg.snapshot_dir = snaps;
     cfg.changelog = 1;
     flip_bytes(newer.path, page_size_of(newer.path) * 2 + 100);
-    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == TLY_TAKE_DONE, "%s", err);
+    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == TLY_TAKE_DONE,
+              "%s", err);
     CHECK_STR(take.source, "snapshot");
     CHECK_STR(take.snapshot_id, older.snapshot_id);
-    CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"), 30);
-    CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 0"), 10);
-    CHECK_INT(tly_test_scalar(b, older.path,
-                              "SELECT count(*) FROM (SELECT * FROM order_window_state WHERE part = 1 "
-                              "EXCEPT SELECT * FROM other.order_window_state WHERE part = 1)"),
-              0);
-    CHECK_INT(tly_test_scalar(b, NULL, "SELECT value FROM meta WHERE key = 'pipeline.orders.p1.events_applied'"), 30);
-    CHECK_INT(tly_test_scalar(b, NULL, "SELECT value FROM meta WHERE key = 'kafka.changelog.p-changelog.1'"), 70);
+    CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"),
+              30);
+    CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 0"),
+              10);
+    CHECK_INT(
+        tly_test_scalar(b, older.path,
+                        "SELECT count(*) FROM (SELECT * FROM order_window_state WHERE part = 1 "
+                        "EXCEPT SELECT * FROM other.order_window_state WHERE part = 1)"),
+        0);
+    CHECK_INT(
+        tly_test_scalar(b, NULL,
+                        "SELECT value FROM meta WHERE key = 'pipeline.orders.p1.events_applied'"),
+        30);
+    CHECK_INT(tly_test_scalar(b, NULL,
+                              "SELECT value FROM meta WHERE key = 'kafka.changelog.p-changelog.1'"),
+              70);
     CHECK_INT(tly_test_scalar(b, NULL, "SELECT count(*) FROM changelog WHERE part = 1"), 0);
-    CHECK_INT(tly_test_scalar(b, NULL, "SELECT count(*) FROM partitions WHERE part = 1 AND source = 'snapshot'"), 1);
+    CHECK_INT(
+        tly_test_scalar(b, NULL,
+                        "SELECT count(*) FROM partitions WHERE part = 1 AND source = 'snapshot'"),
+        1);
     /* again: b now holds partition 1 as far as any good snapshot does */
     take.source = NULL;
-    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == TLY_TAKE_DONE, "%s", err);
+    CHECK_MSG(tly_recovery_take(&cfg, "order_window", &take, 1, err, sizeof(err)) == TLY_TAKE_DONE,
+              "%s", err);
     CHECK_STR(take.source, "local");
-    CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"), 30);
+    CHECK_INT(tly_test_scalar(b, NULL, "SELECT sum(count) FROM order_window_state WHERE part = 1"),
+              30);
 end:
     return;
 }
@@ -505,4 +554,7 @@ static const tly_testcase cases[] = {
     {"partitions_take_from_snapshot", test_partitions_take_from_snapshot},
     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

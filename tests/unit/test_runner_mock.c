@@ -188,8 +188,10 @@ static void test_abortable_error_aborts_and_rewinds(void)
     CHECK_MSG(f.rc == 0, "%s", f.err);
     /* each event once, although its first batch was aborted */
     CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT sum(count) FROM order_window_state"), EVENTS);
-    CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT sum(count) FROM order_window_state "
-                                          "WHERE store_id = 's1'"), EVENTS / 4);
+    CHECK_INT(tly_test_scalar(f.db, NULL,
+                              "SELECT sum(count) FROM order_window_state "
+                              "WHERE store_id = 's1'"),
+              EVENTS / 4);
     CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.0'"),
               EVENTS / 2);
     CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT value FROM meta WHERE key = 'kafka.input.in.1'"),
@@ -216,8 +218,8 @@ static void test_fatal_error_stops_with_nothing_applied(void)
     CHECK_MSG(strstr(f.err, "commit_transaction") != NULL, "%s", f.err);
     /* the batch's rows and positions were rolled back */
     CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT count(*) FROM order_window_state"), 0);
-    CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT count(*) FROM meta WHERE key LIKE 'kafka.input.%'"),
-              0);
+    CHECK_INT(
+        tly_test_scalar(f.db, NULL, "SELECT count(*) FROM meta WHERE key LIKE 'kafka.input.%'"), 0);
     CHECK_INT(log_lines(&f, "event=transaction_aborted"), 0);
 end:
     if (f.thread)
@@ -242,10 +244,13 @@ static void test_partition_moves_and_comes_back(void)
     CHECK_MSG(wait_for(&g, total, EVENTS / 2, 60), "b's rows: %lld",
               (long long)tly_test_scalar(g.db, NULL, total));
     CHECK_INT(tly_test_scalar(f.db, NULL, total), EVENTS / 2);
-    CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT count(DISTINCT part) FROM order_window_state"), 1);
+    CHECK_INT(tly_test_scalar(f.db, NULL, "SELECT count(DISTINCT part) FROM order_window_state"),
+              1);
     CHECK(tly_test_scalar(f.db, NULL, "SELECT part FROM partitions") !=
           tly_test_scalar(g.db, NULL, "SELECT part FROM partitions"));
-    CHECK_INT(tly_test_scalar(g.db, NULL, "SELECT count(*) FROM partitions WHERE source = 'changelog'"), 1);
+    CHECK_INT(
+        tly_test_scalar(g.db, NULL, "SELECT count(*) FROM partitions WHERE source = 'changelog'"),
+        1);
     CHECK(log_lines(&f, "event=partition_dropped") >= 1);
     /* b stops: a takes the partition back, rebuilt from the changelog */
     g.stop = 1;

@@ -38,9 +38,10 @@ static void run_writer(const char *db_path)
         _exit(3);
     while (!writer_stop) {
         for (int i = 0; i < 100; i++) {
-            snprintf(lines[i], sizeof(lines[i]),
-                     "{\"orderId\":\"%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"%d.25\",\"qty\":1,\"ts\":%lld}",
-                     b, i, (b + i) % 13, i % 7, i, 1700000000000LL + b * 997LL);
+            snprintf(
+                lines[i], sizeof(lines[i]),
+                "{\"orderId\":\"%d-%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":\"%d.25\",\"qty\":1,\"ts\":%lld}",
+                b, i, (b + i) % 13, i % 7, i, 1700000000000LL + b * 997LL);
             events[i].data = lines[i];
             events[i].len = strlen(lines[i]);
         }
@@ -62,7 +63,8 @@ static int count_files(const char *dir, const char *suffix)
     int n = 0;
     while (d && (e = readdir(d)))
         if (strlen(e->d_name) > strlen(suffix) &&
-            strcmp(e->d_name + strlen(e->d_name) - strlen(suffix), suffix) == 0 && e->d_name[0] != '.')
+            strcmp(e->d_name + strlen(e->d_name) - strlen(suffix), suffix) == 0 &&
+            e->d_name[0] != '.')
             n++;
     if (d)
         closedir(d);
@@ -92,7 +94,8 @@ static int replay_since(const char *source, int64_t since, const char *target, c
         goto done;
     while ((len = getline(&line, &cap, f)) > 0) {
         tly_replay_outcome out;
-        if (tly_replayer_apply_line(r, line, (size_t)len, &out, err, sizeof(err)) < 0 || out.gap_from) {
+        if (tly_replayer_apply_line(r, line, (size_t)len, &out, err, sizeof(err)) < 0 ||
+            out.gap_from) {
             fprintf(stderr, "replay: %s gap=%lld\n", err, (long long)out.gap_from);
             goto done;
         }
@@ -157,16 +160,21 @@ static void test_snapshot_under_writes_is_exact(void)
     /* ...and the copy is the state at exactly last_seq: its own changelog ends
      * there, its counters agree with its state, */
     CHECK_INT(tly_test_scalar(m.path, NULL, "SELECT max(seq) FROM changelog"), m.last_seq);
-    CHECK_INT(tly_test_scalar(m.path, NULL, "SELECT (SELECT sum(count) FROM order_window_state) = "
-                                   "(SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied')"), 1);
+    CHECK_INT(
+        tly_test_scalar(m.path, NULL,
+                        "SELECT (SELECT sum(count) FROM order_window_state) = "
+                        "(SELECT value FROM meta WHERE key = 'pipeline.orders.events_applied')"),
+        1);
     /* and restore + the changelog after last_seq == the source, exactly. */
     CHECK_MSG(tly_snapshot_restore(&m, restored, err, sizeof(err)) == 0, "%s", err);
     CHECK(replay_since(db_path, m.last_seq, restored, dir) == 0);
-    CHECK_INT(tly_test_scalar(db_path, restored,
-                     "SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM other.order_window_state))"
-                     " + (SELECT count(*) FROM (SELECT * FROM other.order_window_state EXCEPT SELECT * FROM main.order_window_state))"
-                     " + (SELECT count(*) FROM (SELECT seq, key, key_seq, image FROM main.changelog EXCEPT SELECT seq, key, key_seq, image FROM other.changelog))"),
-              0);
+    CHECK_INT(
+        tly_test_scalar(
+            db_path, restored,
+            "SELECT (SELECT count(*) FROM (SELECT * FROM main.order_window_state EXCEPT SELECT * FROM other.order_window_state))"
+            " + (SELECT count(*) FROM (SELECT * FROM other.order_window_state EXCEPT SELECT * FROM main.order_window_state))"
+            " + (SELECT count(*) FROM (SELECT seq, key, key_seq, image FROM main.changelog EXCEPT SELECT seq, key, key_seq, image FROM other.changelog))"),
+        0);
     /* restore never overwrites */
     CHECK(tly_snapshot_restore(&m, restored, err, sizeof(err)) < 0);
     CHECK(strstr(err, "exists") != NULL);
@@ -246,4 +254,7 @@ static const tly_testcase cases[] = {
     {"keeps_the_newest", test_keeps_the_newest},
     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

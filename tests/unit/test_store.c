@@ -34,19 +34,23 @@ static void test_open_creates_wal_database(void)
     CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
     CHECK_INT(tly_store_schema_version(store), tly_store_latest_schema_version());
     CHECK(tly_store_latest_schema_version() >= 3);
-    CHECK(sqlite3_prepare_v2(tly_store_db(store), "PRAGMA journal_mode", -1, &stmt, NULL) == SQLITE_OK);
+    CHECK(sqlite3_prepare_v2(tly_store_db(store), "PRAGMA journal_mode", -1, &stmt, NULL) ==
+          SQLITE_OK);
     CHECK(sqlite3_step(stmt) == SQLITE_ROW);
     snprintf(mode, sizeof(mode), "%s", sqlite3_column_text(stmt, 0));
     CHECK_STR(mode, "wal");
     sqlite3_finalize(stmt);
     stmt = NULL;
-    CHECK(sqlite3_prepare_v2(tly_store_db(store), "PRAGMA synchronous", -1, &stmt, NULL) == SQLITE_OK);
+    CHECK(sqlite3_prepare_v2(tly_store_db(store), "PRAGMA synchronous", -1, &stmt, NULL) ==
+          SQLITE_OK);
     CHECK(sqlite3_step(stmt) == SQLITE_ROW);
     CHECK_INT(sqlite3_column_int(stmt, 0), 1); /* NORMAL */
     CHECK_INT(tly_store_last_seq(store), 0);
     /* The stable views exist. */
-    CHECK(tly_store_exec(store, "SELECT store_id, product_id, window_start, sum, count FROM order_windows;"
-                                "SELECT vin, received_at, record FROM vehicle_latest;", err, sizeof(err)) == 0);
+    CHECK(tly_store_exec(store,
+                         "SELECT store_id, product_id, window_start, sum, count FROM order_windows;"
+                         "SELECT vin, received_at, record FROM vehicle_latest;",
+                         err, sizeof(err)) == 0);
     /* Reopening an up-to-date database changes nothing. */
     sqlite3_finalize(stmt);
     stmt = NULL;
@@ -130,7 +134,8 @@ static void test_migrates_older_schema(void)
 
     CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
     CHECK_INT(tly_store_schema_version(store), tly_store_latest_schema_version());
-    CHECK(tly_store_exec(store, "SELECT 1 FROM order_window_state; SELECT 1 FROM vehicle_sensor_state",
+    CHECK(tly_store_exec(store,
+                         "SELECT 1 FROM order_window_state; SELECT 1 FROM vehicle_sensor_state",
                          err, sizeof(err)) == 0);
     CHECK_INT(tly_store_meta_get_int(store, "kept.across.migration", &value), 1);
     CHECK_INT(value, 42);
@@ -167,13 +172,15 @@ end:
     tly_store_close(store);
 }
 
-static const tly_testcase cases[] = {
-    {"open_creates_wal_database", test_open_creates_wal_database},
-    {"synchronous_option", test_synchronous_option},
-    {"refuses_newer_schema", test_refuses_newer_schema},
-    {"refuses_non_database", test_refuses_non_database},
-    {"migrates_older_schema", test_migrates_older_schema},
-    {"meta", test_meta},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"open_creates_wal_database", test_open_creates_wal_database},
+                                     {"synchronous_option", test_synchronous_option},
+                                     {"refuses_newer_schema", test_refuses_newer_schema},
+                                     {"refuses_non_database", test_refuses_non_database},
+                                     {"migrates_older_schema", test_migrates_older_schema},
+                                     {"meta", test_meta},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

@@ -13,13 +13,16 @@ static int parse(const char *text, int64_t *ms, char *err, size_t errlen)
 
 static void test_epoch(void)
 {
-    struct { const char *text; int64_t ms; } cases[] = {
-        {"1700000000000", 1700000000000LL},     /* ms */
-        {"1700000000", 1700000000000LL},        /* seconds */
-        {"1700000000.123", 1700000000123LL},    /* seconds with ms */
-        {"1700000000.1239", 1700000000123LL},   /* beyond the ms: truncated */
+    struct {
+        const char *text;
+        int64_t ms;
+    } cases[] = {
+        {"1700000000000", 1700000000000LL},   /* ms */
+        {"1700000000", 1700000000000LL},      /* seconds */
+        {"1700000000.123", 1700000000123LL},  /* seconds with ms */
+        {"1700000000.1239", 1700000000123LL}, /* beyond the ms: truncated */
         {"1700000000.5", 1700000000500LL},
-        {"1700000000000.9", 1700000000000LL},   /* a fraction of a ms is dropped */
+        {"1700000000000.9", 1700000000000LL}, /* a fraction of a ms is dropped */
         {"0", 0},
         {"99999999999", 99999999999000LL},      /* just below the threshold: seconds */
         {"100000000000", 100000000000LL},       /* at the threshold: ms (1973-03-03) */
@@ -39,7 +42,10 @@ end:;
 
 static void test_rfc3339(void)
 {
-    struct { const char *text; int64_t ms; } cases[] = {
+    struct {
+        const char *text;
+        int64_t ms;
+    } cases[] = {
         {"2023-11-14T22:13:20Z", 1700000000000LL},
         {"2023-11-14T22:13:20.123Z", 1700000000123LL},
         {"2023-11-14T22:13:20.1Z", 1700000000100LL},
@@ -50,9 +56,9 @@ static void test_rfc3339(void)
         {"2023-11-14 22:13:20Z", 1700000000000LL},
         {"1970-01-01T00:00:00Z", 0},
         {"1970-01-01T07:00:00+07:00", 0},
-        {"2024-02-29T00:00:00Z", 1709164800000LL},          /* leap day */
-        {"2000-02-29T12:00:00Z", 951825600000LL},           /* 400-year leap day */
-        {"2016-12-31T23:59:60Z", 1483228800000LL},          /* leap second: next minute */
+        {"2024-02-29T00:00:00Z", 1709164800000LL}, /* leap day */
+        {"2000-02-29T12:00:00Z", 951825600000LL},  /* 400-year leap day */
+        {"2016-12-31T23:59:60Z", 1483228800000LL}, /* leap second: next minute */
         {"9999-12-31T23:59:59.999Z", 253402300799999LL},
         {"2024-12-31T23:59:59.999+00:00", 1735689599999LL},
     };
@@ -68,7 +74,10 @@ end:;
 
 static void test_rejects(void)
 {
-    struct { const char *text; const char *why; } cases[] = {
+    struct {
+        const char *text;
+        const char *why;
+    } cases[] = {
         {"", "empty"},
         {"-1700000000000", "negative"},
         {"1.7e12", "exponent"},
@@ -80,8 +89,8 @@ static void test_rejects(void)
         {"253402300800000", "out of range"},
         {"2024-13-40T00:00:00Z", "no such date"},
         {"2024-13-01T00:00:00Z", "no such date"},
-        {"2023-02-29T00:00:00Z", "no such date"},   /* not a leap year */
-        {"1900-02-29T00:00:00Z", "no such date"},   /* century, not a leap year */
+        {"2023-02-29T00:00:00Z", "no such date"}, /* not a leap year */
+        {"1900-02-29T00:00:00Z", "no such date"}, /* century, not a leap year */
         {"2024-04-31T00:00:00Z", "no such date"},
         {"2024-00-10T00:00:00Z", "no such date"},
         {"2024-05-01T24:00:00Z", "no such time"},
@@ -122,11 +131,13 @@ static void test_length_bound(void)
 end:;
 }
 
-static const tly_testcase cases[] = {
-    {"epoch", test_epoch},
-    {"rfc3339", test_rfc3339},
-    {"rejects", test_rejects},
-    {"length_bound", test_length_bound},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"epoch", test_epoch},
+                                     {"rfc3339", test_rfc3339},
+                                     {"rejects", test_rejects},
+                                     {"length_bound", test_length_bound},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

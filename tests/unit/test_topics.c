@@ -40,9 +40,9 @@ static void test_defaults_per_pipeline(void)
 
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         err[0] = '\0';
-        CHECK_MSG(tly_topics_layout(want[i].pipeline, NULL, NULL, NULL, &layout, err,
-                                    sizeof(err)) == 0,
-                  "%s: %s", want[i].pipeline, err);
+        CHECK_MSG(
+            tly_topics_layout(want[i].pipeline, NULL, NULL, NULL, &layout, err, sizeof(err)) == 0,
+            "%s: %s", want[i].pipeline, err);
         CHECK_SPEC(layout.input, want[i].input);
         CHECK_SPEC(layout.output, want[i].output);
         CHECK_SPEC(layout.changelog, changelog);
@@ -58,8 +58,7 @@ static void test_prefix(void)
     tly_topic_layout layout;
     char err[512] = "";
 
-    CHECK_MSG(tly_topics_layout("orders", "fleet.eu_1", NULL, NULL, &layout, err, sizeof(err)) ==
-                  0,
+    CHECK_MSG(tly_topics_layout("orders", "fleet.eu_1", NULL, NULL, &layout, err, sizeof(err)) == 0,
               "%s", err);
     CHECK_STR(layout.changelog.name, "fleet.eu_1-changelog");
     CHECK_STR(layout.snapshots.name, "fleet.eu_1-snapshots");
@@ -80,8 +79,8 @@ static void test_overrides(void)
     tly_topic_layout layout;
     char err[512] = "";
 
-    CHECK_MSG(tly_topics_layout("telemetry", "t", "my.in", "My_Out-2", &layout, err,
-                                sizeof(err)) == 0,
+    CHECK_MSG(tly_topics_layout("telemetry", "t", "my.in", "My_Out-2", &layout, err, sizeof(err)) ==
+                  0,
               "%s", err);
     CHECK_STR(layout.input.name, "my.in");
     CHECK_STR(layout.input.cleanup_policy, "compact");
@@ -124,8 +123,8 @@ end:;
  * it can be) as the prefix; the message names the role. */
 static void test_bad_names(void)
 {
-    static const char *const bad[] = {"",      ".",  "..",   "has space", "a/b",
-                                      "tab\there", "é", "a:b", "star*", NULL};
+    static const char *const bad[] = {"",          ".", "..",  "has space", "a/b",
+                                      "tab\there", "é", "a:b", "star*",     NULL};
     tly_topic_layout layout;
     char err[512], name[300];
 
@@ -181,12 +180,9 @@ static void test_same_topic_twice(void)
     static const struct {
         const char *prefix, *input, *output;
     } twice[] = {
-        {NULL, "same", "same"},
-        {NULL, "opb-changelog", NULL},
-        {NULL, NULL, "opb-dlq"},
-        {"x", "x-snapshots", NULL},
-        {NULL, "orders.output", NULL}, /* orders' default output */
-        {NULL, NULL, "orders.enriched"}, /* orders' default input */
+        {NULL, "same", "same"},          {NULL, "opb-changelog", NULL}, {NULL, NULL, "opb-dlq"},
+        {"x", "x-snapshots", NULL},      {NULL, "orders.output", NULL}, /* orders' default output */
+        {NULL, NULL, "orders.enriched"},                                /* orders' default input */
     };
     tly_topic_layout layout;
     char err[512];
@@ -201,13 +197,15 @@ static void test_same_topic_twice(void)
 end:;
 }
 
-static const tly_testcase cases[] = {
-    {"defaults_per_pipeline", test_defaults_per_pipeline},
-    {"prefix", test_prefix},
-    {"overrides", test_overrides},
-    {"unknown_pipeline", test_unknown_pipeline},
-    {"bad_names", test_bad_names},
-    {"same_topic_twice", test_same_topic_twice},
-    {NULL, NULL}};
+static const tly_testcase cases[] = {{"defaults_per_pipeline", test_defaults_per_pipeline},
+                                     {"prefix", test_prefix},
+                                     {"overrides", test_overrides},
+                                     {"unknown_pipeline", test_unknown_pipeline},
+                                     {"bad_names", test_bad_names},
+                                     {"same_topic_twice", test_same_topic_twice},
+                                     {NULL, NULL}};
 
-int main(int argc, char **argv) { return tly_test_main(argc, argv, cases); }
+int main(int argc, char **argv)
+{
+    return tly_test_main(argc, argv, cases);
+}

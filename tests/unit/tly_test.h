@@ -29,40 +29,39 @@
 static int tly_test_failures;
 static int tly_test_checks;
 
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        tly_test_checks++;                                                                 \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);       \
-            tly_test_failures++;                                                           \
-            goto end;                                                                      \
-        }                                                                                  \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        tly_test_checks++;                                                                         \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+            tly_test_failures++;                                                                   \
+            goto end;                                                                              \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_MSG(cond, ...)                                                               \
-    do {                                                                                   \
-        tly_test_checks++;                                                                 \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fputc('\n', stderr);                                                           \
-            tly_test_failures++;                                                           \
-            goto end;                                                                      \
-        }                                                                                  \
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        tly_test_checks++;                                                                         \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+            tly_test_failures++;                                                                   \
+            goto end;                                                                              \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                    \
-    do {                                                                                   \
-        const char *check_a_ = (a), *check_b_ = (b);                                       \
-        CHECK_MSG(check_a_ && check_b_ && strcmp(check_a_, check_b_) == 0,                 \
-                  "\"%s\" != \"%s\"", check_a_ ? check_a_ : "(null)",                      \
-                  check_b_ ? check_b_ : "(null)");                                         \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *check_a_ = (a), *check_b_ = (b);                                               \
+        CHECK_MSG(check_a_ &&check_b_ &&strcmp(check_a_, check_b_) == 0, "\"%s\" != \"%s\"",       \
+                  check_a_ ? check_a_ : "(null)", check_b_ ? check_b_ : "(null)");                 \
     } while (0)
 
-#define CHECK_INT(a, b)                                                                    \
-    do {                                                                                   \
-        long long check_a_ = (long long)(a), check_b_ = (long long)(b);                    \
-        CHECK_MSG(check_a_ == check_b_, "%lld != %lld", check_a_, check_b_);               \
+#define CHECK_INT(a, b)                                                                            \
+    do {                                                                                           \
+        long long check_a_ = (long long)(a), check_b_ = (long long)(b);                            \
+        CHECK_MSG(check_a_ == check_b_, "%lld != %lld", check_a_, check_b_);                       \
     } while (0)
 
 /* One case: a name to select it by and the function that runs it. A table of
@@ -104,7 +103,8 @@ static inline int64_t tly_test_scalar(const char *db_path, const char *attach, c
             sqlite3_exec(db, attach_sql, NULL, NULL, NULL) != SQLITE_OK)
             goto done;
     }
-    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
         v = sqlite3_column_int64(stmt, 0);
     else
         fprintf(stderr, "tly_test_scalar(%s): %s\n", sql, sqlite3_errmsg(db));
