@@ -183,7 +183,18 @@ static bool is_blank(const char *s, size_t len)
     return true;
 }
 
-int cmd_ingest(int argc, char **argv)
+/* The command line of tally ingest, checked. */
+struct ingest_options {
+    const char *pipeline_name, *db_path, *rejects_path, *input_path;
+    const char *settings[MAX_SETTINGS + 1];
+    int nsettings;
+    int64_t batch, window_ms;
+    char window_setting[64], default_rejects[4096];
+    tly_store_options store;
+};
+
+/* Returns -1 to go on, or the exit status (usage error, --help). */
+static int parse_ingest_options(struct ingest_options *o, int argc, char **argv)
 {
     static const struct option options[] = {{"pipeline", required_argument, NULL, 'p'},
                                             {"db", required_argument, NULL, 'd'},
@@ -194,177 +205,219 @@ int cmd_ingest(int argc, char **argv)
                                             {"synchronous", required_argument, NULL, 'y'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-    const char *pipeline_name = NULL, *db_path = NULL, *rejects_path = NULL;
-    const char *settings[MAX_SETTINGS + 1] = {0};
-    char window_setting[64], default_rejects[4096], err[512];
-    int nsettings = 0, opt, status = CLI_EXIT_FAILURE;
-    int64_t batch = 20000, window_ms = -1, started;
-    tly_store_options store_opts;
-    struct ingest in = {0};
-    FILE *input = stdin;
-    char *line = NULL;
-    size_t line_cap = 0;
-    ssize_t len;
-    cli_progress progress;
+    int opt;
 
-    /* Only as the first word: "tally ingest --db x.db influxdb" still reads
-     * a file of that name. */
-    if (argc >= 2 && strcmp(argv[1], "influxdb") == 0)
-        return cmd_ingest_influxdb(argc - 1, argv + 1);
-    tly_store_options_init(&store_opts);
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         switch (opt) {
-        case 'p': pipeline_name = optarg; break;
-        case 'd': db_path = optarg; break;
-        case 'r': rejects_path = optarg; break;
-        case 'y': store_opts.synchronous = optarg; break;
+        case 'p': o->pipeline_name = optarg; break;
+        case 'd': o->db_path = optarg; break;
+        case 'r': o->rejects_path = optarg; break;
+        case 'y': o->store.synchronous = optarg; break;
         case 'w':
-            if (cli_parse_duration_ms("ingest", "--window-size", optarg, &window_ms) < 0)
+            if (cli_parse_duration_ms("ingest", "--window-size", optarg, &o->window_ms) < 0)
                 return CLI_EXIT_USAGE;
-            if (window_ms < 1)
+            if (o->window_ms < 1)
                 return cli_usage_error("ingest", "--window-size must be at least 1ms");
             break;
         case 's':
-            if (nsettings == MAX_SETTINGS || !strchr(optarg, '='))
+            if (o->nsettings == MAX_SETTINGS || !strchr(optarg, '='))
                 return cli_usage_error("ingest", "--set takes NAME=VALUE (at most %d)",
                                        MAX_SETTINGS);
-            settings[nsettings++] = optarg;
+            o->settings[o->nsettings++] = optarg;
             break;
         case 'b':
-            if (cli_parse_int64("ingest", "--batch", optarg, 1, 1000000, &batch) < 0)
+            if (cli_parse_int64("ingest", "--batch", optarg, 1, 1000000, &o->batch) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'h': fputs(ingest_usage, stdout); return CLI_EXIT_OK;
         default: return cli_bad_option("ingest", opt, argv, optind);
         }
     }
-    if (!pipeline_name)
+    return -1;
+}
+
+/* What the options mean together; returns -1 to go on or the exit status. */
+static int check_ingest_options(struct ingest_options *o, int argc, char **argv)
+{
+    if (!o->pipeline_name)
         return cli_usage_error("ingest",
                                "--pipeline is required (orders, telemetry or a .sql file)");
-    if (!db_path)
+    if (!o->db_path)
         return cli_usage_error("ingest", "--db is required (the state database to write)");
     if (argc - optind > 1)
         return cli_usage_error("ingest", "one input file at most (got %d)", argc - optind);
-    if (window_ms > 0) {
-        if (nsettings == MAX_SETTINGS)
+    if (o->window_ms > 0) {
+        if (o->nsettings == MAX_SETTINGS)
             return cli_usage_error("ingest", "too many settings");
-        snprintf(window_setting, sizeof(window_setting), "window_ms=%lld", (long long)window_ms);
-        settings[nsettings++] = window_setting;
+        snprintf(o->window_setting, sizeof(o->window_setting), "window_ms=%lld",
+                 (long long)o->window_ms);
+        o->settings[o->nsettings++] = o->window_setting;
     }
-    if (strcmp(store_opts.synchronous, "OFF") && strcmp(store_opts.synchronous, "NORMAL") &&
-        strcmp(store_opts.synchronous, "FULL"))
+    if (strcmp(o->store.synchronous, "OFF") && strcmp(o->store.synchronous, "NORMAL") &&
+        strcmp(o->store.synchronous, "FULL"))
         return cli_usage_error("ingest", "--synchronous must be OFF, NORMAL or FULL, not \"%s\"",
-                               store_opts.synchronous);
-    in.input_name = "-";
-    if (optind < argc && strcmp(argv[optind], "-") != 0) {
-        in.input_name = argv[optind];
-        if (!(input = fopen(argv[optind], "rb"))) {
-            fprintf(stderr, "tally ingest: cannot open %s: %m\n", argv[optind]);
-            return CLI_EXIT_FAILURE;
-        }
+                               o->store.synchronous);
+    if (optind < argc && strcmp(argv[optind], "-") != 0)
+        o->input_path = argv[optind];
+    if (!o->rejects_path) {
+        snprintf(o->default_rejects, sizeof(o->default_rejects), "%s.rejects.jsonl", o->db_path);
+        o->rejects_path = o->default_rejects;
     }
-    /* Check the pipeline and its settings on a scratch database first, so a
-     * mistake on the command line never creates or touches the real one. */
-    {
-        tly_store *scratch = NULL;
-        tly_pipeline *check = NULL;
-        int ok =
-            tly_store_open(":memory:", NULL, &scratch, err, sizeof(err)) == 0 &&
-            tly_pipeline_open(scratch, pipeline_name, settings, 0, &check, err, sizeof(err)) == 0;
-        tly_pipeline_close(check);
-        tly_store_close(scratch);
-        if (!ok) {
-            status = cli_usage_error("ingest", "%s", err);
-            goto done;
-        }
-    }
-    if (tly_store_open(db_path, &store_opts, &in.store, err, sizeof(err)) < 0) {
+    return -1;
+}
+
+/* Checks the pipeline and its settings on a scratch database, so a mistake on
+ * the command line never creates or touches the real one. */
+static int check_pipeline(const struct ingest_options *o, char *err, size_t errlen)
+{
+    tly_store *scratch = NULL;
+    tly_pipeline *check = NULL;
+    int ok = tly_store_open(":memory:", NULL, &scratch, err, errlen) == 0 &&
+             tly_pipeline_open(scratch, o->pipeline_name, o->settings, 0, &check, err, errlen) == 0;
+    tly_pipeline_close(check);
+    tly_store_close(scratch);
+    return ok ? 0 : -1;
+}
+
+/* Opens the database, the pipeline, the reject file and the batch buffers;
+ * errors are printed. */
+static int ingest_open(struct ingest *in, const struct ingest_options *o)
+{
+    char err[512];
+    if (tly_store_open(o->db_path, &o->store, &in->store, err, sizeof(err)) < 0 ||
+        tly_pipeline_open(in->store, o->pipeline_name, o->settings, 0, &in->pipeline, err,
+                          sizeof(err)) < 0) {
         fprintf(stderr, "tally ingest: %s\n", err);
-        goto done;
+        return -1;
     }
-    if (tly_pipeline_open(in.store, pipeline_name, settings, 0, &in.pipeline, err, sizeof(err)) <
-        0) {
-        fprintf(stderr, "tally ingest: %s\n", err);
-        goto done;
+    in->rejects_path = o->rejects_path;
+    if (!(in->rejects = fopen(o->rejects_path, "ab"))) {
+        fprintf(stderr, "tally ingest: cannot open reject file %s: %m\n", o->rejects_path);
+        return -1;
     }
-    if (!rejects_path) {
-        snprintf(default_rejects, sizeof(default_rejects), "%s.rejects.jsonl", db_path);
-        rejects_path = default_rejects;
-    }
-    in.rejects_path = rejects_path;
-    if (!(in.rejects = fopen(rejects_path, "ab"))) {
-        fprintf(stderr, "tally ingest: cannot open reject file %s: %m\n", rejects_path);
-        goto done;
-    }
-    in.batch_size = (size_t)batch;
-    in.events = calloc(in.batch_size, sizeof(*in.events));
-    in.lines = calloc(in.batch_size, sizeof(*in.lines));
-    in.capacities = calloc(in.batch_size, sizeof(*in.capacities));
-    in.line_numbers = calloc(in.batch_size, sizeof(*in.line_numbers));
-    in.results = calloc(in.batch_size, sizeof(*in.results));
-    if (!in.events || !in.lines || !in.capacities || !in.line_numbers || !in.results) {
+    in->batch_size = (size_t)o->batch;
+    in->events = calloc(in->batch_size, sizeof(*in->events));
+    in->lines = calloc(in->batch_size, sizeof(*in->lines));
+    in->capacities = calloc(in->batch_size, sizeof(*in->capacities));
+    in->line_numbers = calloc(in->batch_size, sizeof(*in->line_numbers));
+    in->results = calloc(in->batch_size, sizeof(*in->results));
+    if (!in->events || !in->lines || !in->capacities || !in->line_numbers || !in->results) {
         fprintf(stderr, "tally ingest: out of memory\n");
-        goto done;
+        return -1;
     }
+    return 0;
+}
+
+static void ingest_close(struct ingest *in)
+{
+    for (size_t i = 0; in->lines && i < in->batch_size; i++)
+        free(in->lines[i]);
+    free(in->lines);
+    free(in->events);
+    free(in->capacities);
+    free(in->line_numbers);
+    free(in->results);
+    if (in->rejects)
+        fclose(in->rejects);
+    tly_pipeline_close(in->pipeline);
+    tly_store_close(in->store);
+}
+
+/* Reads every line of input and applies it in batches; errors are printed. */
+static int ingest_read(struct ingest *in, FILE *input)
+{
+    char *line = NULL, err[512];
+    size_t line_cap = 0;
+    ssize_t len;
+    int rc = -1;
+    cli_progress progress;
+
     cli_progress_init(&progress, "ingest");
-    started = tly_clock_mono_ms();
     while ((len = getline(&line, &line_cap, input)) >= 0) {
-        in.lines_read++;
+        in->lines_read++;
         if (len > 0 && line[len - 1] == '\n')
             len--;
         if (is_blank(line, (size_t)len)) {
-            in.blank++;
+            in->blank++;
             continue;
         }
-        if (add_line(&in, line, (size_t)len) < 0) {
-            fprintf(stderr, "tally ingest: out of memory at line %lld\n", (long long)in.lines_read);
+        if (add_line(in, line, (size_t)len) < 0) {
+            fprintf(stderr, "tally ingest: out of memory at line %lld\n",
+                    (long long)in->lines_read);
             goto done;
         }
-        if (in.count == in.batch_size) {
-            if (flush_batch(&in, err, sizeof(err)) < 0) {
+        if (in->count == in->batch_size) {
+            if (flush_batch(in, err, sizeof(err)) < 0) {
                 fprintf(stderr, "tally ingest: %s (batch ending at line %lld not applied)\n", err,
-                        (long long)in.lines_read);
+                        (long long)in->lines_read);
                 goto done;
             }
-            cli_progress_tick(&progress, in.lines_read);
+            cli_progress_tick(&progress, in->lines_read);
         }
     }
     if (ferror(input)) {
-        fprintf(stderr, "tally ingest: read error on %s after line %lld: %m\n", in.input_name,
-                (long long)in.lines_read);
+        fprintf(stderr, "tally ingest: read error on %s after line %lld: %m\n", in->input_name,
+                (long long)in->lines_read);
         goto done;
     }
-    if (flush_batch(&in, err, sizeof(err)) < 0) {
+    if (flush_batch(in, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally ingest: %s (last batch not applied)\n", err);
         goto done;
     }
     cli_progress_done(&progress);
-    {
-        int64_t elapsed = tly_clock_mono_ms() - started;
-        int64_t events = in.applied + in.skipped + in.rejected;
-        printf("ingested pipeline=%s input=%s lines=%lld applied=%lld skipped=%lld rejected=%lld "
-               "blank=%lld changes=%lld seconds=%.3f events_per_s=%.0f rejects=%s\n",
-               tly_pipeline_name(in.pipeline), in.input_name, (long long)in.lines_read,
-               (long long)in.applied, (long long)in.skipped, (long long)in.rejected,
-               (long long)in.blank, (long long)in.changes, elapsed / 1000.0,
-               events * 1000.0 / (double)(elapsed > 0 ? elapsed : 1), rejects_path);
-    }
-    status = CLI_EXIT_OK;
+    rc = 0;
 done:
     free(line);
-    for (size_t i = 0; in.lines && i < in.batch_size; i++)
-        free(in.lines[i]);
-    free(in.lines);
-    free(in.events);
-    free(in.capacities);
-    free(in.line_numbers);
-    free(in.results);
-    if (in.rejects)
-        fclose(in.rejects);
-    tly_pipeline_close(in.pipeline);
-    tly_store_close(in.store);
+    return rc;
+}
+
+int cmd_ingest(int argc, char **argv)
+{
+    struct ingest_options o = {.batch = 20000, .window_ms = -1};
+    struct ingest in = {.input_name = "-"};
+    FILE *input = stdin;
+    char err[512];
+    int status;
+    int64_t started, elapsed, events;
+
+    /* Only as the first word: "tally ingest --db x.db influxdb" still reads
+     * a file of that name. */
+    if (argc >= 2 && strcmp(argv[1], "influxdb") == 0)
+        return cmd_ingest_influxdb(argc - 1, argv + 1);
+    tly_store_options_init(&o.store);
+    if ((status = parse_ingest_options(&o, argc, argv)) >= 0 ||
+        (status = check_ingest_options(&o, argc, argv)) >= 0)
+        return status;
+    if (o.input_path) {
+        in.input_name = o.input_path;
+        if (!(input = fopen(o.input_path, "rb"))) {
+            fprintf(stderr, "tally ingest: cannot open %s: %m\n", o.input_path);
+            return CLI_EXIT_FAILURE;
+        }
+    }
+    status = CLI_EXIT_FAILURE;
+    if (check_pipeline(&o, err, sizeof(err)) < 0) {
+        status = cli_usage_error("ingest", "%s", err);
+        goto done;
+    }
+    if (ingest_open(&in, &o) < 0)
+        goto done;
+    started = tly_clock_mono_ms();
+    if (ingest_read(&in, input) < 0)
+        goto done;
+    elapsed = tly_clock_mono_ms() - started;
+    events = in.applied + in.skipped + in.rejected;
+    printf("ingested pipeline=%s input=%s lines=%lld applied=%lld skipped=%lld rejected=%lld "
+           "blank=%lld changes=%lld seconds=%.3f events_per_s=%.0f rejects=%s\n",
+           tly_pipeline_name(in.pipeline), in.input_name, (long long)in.lines_read,
+           (long long)in.applied, (long long)in.skipped, (long long)in.rejected,
+           (long long)in.blank, (long long)in.changes, elapsed / 1000.0,
+           events * 1000.0 / (double)(elapsed > 0 ? elapsed : 1), o.rejects_path);
+    status = CLI_EXIT_OK;
+done:
+    ingest_close(&in);
     if (input != stdin)
         fclose(input);
     return status;

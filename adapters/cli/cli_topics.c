@@ -88,7 +88,14 @@ static rd_kafka_resp_err_t read_partitions(rd_kafka_t *rk, const char *const *na
     return RD_KAFKA_RESP_ERR_NO_ERROR;
 }
 
-static int topics_create(int argc, char **argv)
+/* The command line of tally topics create. */
+struct create_options {
+    const char *brokers, *pipeline, *prefix, *input, *output, *input_policy;
+    int64_t partitions, timeout_ms;
+};
+
+/* Returns -1 to go on, or the exit status (usage error, --help). */
+static int parse_create_options(struct create_options *o, int argc, char **argv)
 {
     static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
                                             {"pipeline", required_argument, NULL, 'p'},
@@ -101,41 +108,30 @@ static int topics_create(int argc, char **argv)
                                             CLI_KAFKA_OPTION,
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-    const char *brokers = NULL, *pipeline = NULL, *prefix = "opb";
-    const char *input = NULL, *output = NULL, *input_policy = NULL;
-    int64_t partitions = 0, timeout_ms = DEFAULT_TIMEOUT_MS;
-    tly_topic_layout layout;
-    const tly_topic_spec *specs[5];
-    const char *names[5];
-    int before[5], after[5], created = 0, opt, status = CLI_EXIT_FAILURE;
-    rd_kafka_resp_err_t kerr;
-    rd_kafka_conf_t *conf = NULL;
-    static const char *const defaults[] = {"client.id", "tally-admin", NULL};
-    rd_kafka_t *rk = NULL;
-    char err[1024], last_error[256] = "";
+    int opt;
 
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
-        case 'b': brokers = optarg; break;
-        case 'p': pipeline = optarg; break;
-        case 'x': prefix = optarg; break;
+        case 'b': o->brokers = optarg; break;
+        case 'p': o->pipeline = optarg; break;
+        case 'x': o->prefix = optarg; break;
         case 'X':
         case CLI_OPT_KAFKA_CONFIG:
             if (cli_kafka_option(COMMAND, opt, optarg) != 0)
                 return CLI_EXIT_USAGE;
             break;
-        case 'i': input = optarg; break;
-        case 'o': output = optarg; break;
+        case 'i': o->input = optarg; break;
+        case 'o': o->output = optarg; break;
         case 'n':
-            if (cli_parse_int64(COMMAND, "--partitions", optarg, 1, 100000, &partitions) < 0)
+            if (cli_parse_int64(COMMAND, "--partitions", optarg, 1, 100000, &o->partitions) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 't':
-            if (cli_parse_duration_ms(COMMAND, "--timeout", optarg, &timeout_ms) < 0)
+            if (cli_parse_duration_ms(COMMAND, "--timeout", optarg, &o->timeout_ms) < 0)
                 return CLI_EXIT_USAGE;
-            if (timeout_ms < 1 || timeout_ms > 3600000)
+            if (o->timeout_ms < 1 || o->timeout_ms > 3600000)
                 return cli_usage_error(COMMAND, "--timeout must be between 1ms and 1h");
             break;
         case 'c':
@@ -144,7 +140,7 @@ static int topics_create(int argc, char **argv)
                                        "--input-cleanup-policy must be compact or delete, "
                                        "not \"%s\"",
                                        optarg);
-            input_policy = optarg;
+            o->input_policy = optarg;
             break;
         case 'h': fputs(topics_usage, stdout); return CLI_EXIT_OK;
         default: return cli_bad_option(COMMAND, opt, argv, optind);
@@ -152,68 +148,99 @@ static int topics_create(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error(COMMAND, "unexpected argument \"%s\"", argv[optind]);
-    if (cli_kafka_settings(COMMAND, &brokers) != 0)
+    if (cli_kafka_settings(COMMAND, &o->brokers) != 0)
         return CLI_EXIT_USAGE;
-    if (!pipeline)
+    if (!o->pipeline)
         return cli_usage_error(COMMAND, "--pipeline is required (orders, telemetry or enrich)");
-    /* A bad name is a bad flag value: the user must change the command line. */
-    if (tly_topics_layout(pipeline, prefix, input, output, &layout, err, sizeof(err)) < 0)
-        return cli_usage_error(COMMAND, "%s", err);
+    return -1;
+}
 
-    if (input_policy)
-        layout.input.cleanup_policy = input_policy;
-    specs[0] = &layout.input;
-    specs[1] = &layout.output;
-    specs[2] = &layout.changelog;
-    specs[3] = &layout.snapshots;
-    specs[4] = &layout.dlq;
-    for (int i = 0; i < 5; i++)
-        names[i] = specs[i]->name;
+/* The client that lists the topics before and after; its errors land in
+ * last_error (256 bytes). Errors are printed. */
+static rd_kafka_t *open_lister(const struct create_options *o, char *last_error)
+{
+    static const char *const defaults[] = {"client.id", "tally-admin", NULL};
+    rd_kafka_conf_t *conf = NULL;
+    rd_kafka_t *rk;
+    char err[1024];
 
-    if (tly_kconf_check_cluster(brokers, (int)timeout_ms, err, sizeof(err)) < 0 ||
-        !(conf = tly_kconf_new(brokers, defaults, NULL, err, sizeof(err)))) {
+    if (tly_kconf_check_cluster(o->brokers, (int)o->timeout_ms, err, sizeof(err)) < 0 ||
+        !(conf = tly_kconf_new(o->brokers, defaults, NULL, err, sizeof(err)))) {
         fprintf(stderr, "tally topics create: %s\n", err);
-        return CLI_EXIT_FAILURE;
+        return NULL;
     }
     rd_kafka_conf_set_log_cb(conf, drop_log);
     rd_kafka_conf_set_error_cb(conf, keep_error);
     rd_kafka_conf_set_opaque(conf, last_error);
-    if (!(rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "a Kafka client", err, sizeof(err)))) {
+    if (!(rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "a Kafka client", err, sizeof(err))))
         fprintf(stderr, "tally topics create: %s\n", err);
-        return CLI_EXIT_FAILURE;
-    }
+    return rk;
+}
+
+/* Creates what is missing of the five topics and prints one line each. */
+static int create_topics(const struct create_options *o, const tly_topic_layout *layout,
+                         rd_kafka_t *rk, const char *last_error)
+{
+    const tly_topic_spec *specs[5] = {&layout->input, &layout->output, &layout->changelog,
+                                      &layout->snapshots, &layout->dlq};
+    const char *names[5];
+    int before[5], after[5], created = 0, timeout_ms = (int)o->timeout_ms;
+    rd_kafka_resp_err_t kerr;
+    char err[1024];
+
+    for (int i = 0; i < 5; i++)
+        names[i] = specs[i]->name;
     /* This first list tells created from existing below. */
-    if ((kerr = read_partitions(rk, names, 5, before, (int)timeout_ms))) {
+    if ((kerr = read_partitions(rk, names, 5, before, timeout_ms))) {
         rd_kafka_poll(rk, 0); /* serves keep_error */
         fprintf(stderr, "tally topics create: cannot read the topic list from %s: %s%s%s%s\n",
-                brokers, rd_kafka_err2str(kerr), last_error[0] ? " (last error: " : "", last_error,
-                last_error[0] ? ")" : "");
-        goto done;
+                o->brokers, rd_kafka_err2str(kerr), last_error[0] ? " (last error: " : "",
+                last_error, last_error[0] ? ")" : "");
+        return -1;
     }
-    if (tly_topics_ensure(brokers, &layout, TLY_TOPIC_ALL, (int)partitions, (int)timeout_ms,
+    if (tly_topics_ensure(o->brokers, layout, TLY_TOPIC_ALL, (int)o->partitions, timeout_ms,
                           &created, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally topics create: %s\n", err);
-        goto done;
+        return -1;
     }
-    if ((kerr = read_partitions(rk, names, 5, after, (int)timeout_ms))) {
+    if ((kerr = read_partitions(rk, names, 5, after, timeout_ms))) {
         fprintf(stderr,
                 "tally topics create: the topics are in place, but reading the topic list "
                 "from %s failed: %s\n",
-                brokers, rd_kafka_err2str(kerr));
-        goto done;
+                o->brokers, rd_kafka_err2str(kerr));
+        return -1;
     }
-    if (partitions > 0 && before[0] > 0 && before[0] != partitions)
+    if (o->partitions > 0 && before[0] > 0 && before[0] != o->partitions)
         fprintf(stderr,
                 "tally topics create: note: input %s already has %d partitions; "
                 "--partitions %lld applies only to a new input\n",
-                layout.input.name, before[0], (long long)partitions);
+                layout->input.name, before[0], (long long)o->partitions);
     /* A topic missing from the first list was created by us or, when we
      * created none, by a concurrent `tally topics create`. */
     for (int i = 0; i < 5; i++)
         printf("topic=%s partitions=%d cleanup.policy=%s status=%s\n", names[i], after[i],
                specs[i]->cleanup_policy, before[i] < 0 && created > 0 ? "created" : "exists");
-    status = CLI_EXIT_OK;
-done:
+    return 0;
+}
+
+static int topics_create(int argc, char **argv)
+{
+    struct create_options o = {.prefix = "opb", .timeout_ms = DEFAULT_TIMEOUT_MS};
+    tly_topic_layout layout;
+    rd_kafka_t *rk;
+    char err[1024], last_error[256] = "";
+    int status;
+
+    if ((status = parse_create_options(&o, argc, argv)) >= 0)
+        return status;
+    /* A bad name is a bad flag value: the user must change the command line. */
+    if (tly_topics_layout(o.pipeline, o.prefix, o.input, o.output, &layout, err, sizeof(err)) < 0)
+        return cli_usage_error(COMMAND, "%s", err);
+    if (o.input_policy)
+        layout.input.cleanup_policy = o.input_policy;
+    if (!(rk = open_lister(&o, last_error)))
+        return CLI_EXIT_FAILURE;
+    status = create_topics(&o, &layout, rk, last_error) == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
     rd_kafka_destroy(rk);
     return status;
 }

@@ -219,16 +219,9 @@ static long long file_size(const char *path)
     return stat(path, &st) == 0 ? (long long)st.st_size : 0;
 }
 
-char *tly_metrics_render(tly_metrics *m, const char *db_path)
+static void render_counters_and_gauges(tly_metrics *m, FILE *out)
 {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *out = open_memstream(&text, &len);
     const char *p = m->pipeline;
-    bool recovered = false;
-
-    if (!out)
-        return NULL;
     for (int c = 0; c < TLY_C_COUNT; c++)
         fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s{pipeline=\"%s\"} %lld\n",
                 counter_info[c].name, counter_info[c].help, counter_info[c].name,
@@ -243,6 +236,11 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
         else
             fprintf(out, "%.6f\n", (double)v * gauge_info[g].scale);
     }
+}
+
+static void render_histograms(tly_metrics *m, FILE *out)
+{
+    const char *p = m->pipeline;
     for (int h = 0; h < TLY_H_COUNT; h++) {
         struct histogram *hist = &m->histograms[h];
         long long cumulative = 0;
@@ -263,10 +261,16 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
                 (double)atomic_load_explicit(&hist->sum_us, memory_order_relaxed) / 1e6,
                 histogram_info[h].name, p, cumulative);
     }
-    /* The per-partition families are written only once they have a sample
-     * (no partition assigned yet, none taken over yet): a # TYPE line with
-     * no samples tells a scraper nothing. */
-    pthread_mutex_lock(&m->lag_lock);
+}
+
+/* The per-partition families are written only once they have a sample (no
+ * partition assigned yet, none taken over yet): a # TYPE line with no samples
+ * tells a scraper nothing. Called with lag_lock held. */
+static void render_partitions(tly_metrics *m, FILE *out)
+{
+    const char *p = m->pipeline;
+    bool recovered = false;
+
     if (m->lag_count > 0)
         fprintf(out, "# HELP tally_consumer_lag_records Input records behind the high watermark, "
                      "per assigned partition.\n# TYPE tally_consumer_lag_records gauge\n");
@@ -274,29 +278,41 @@ char *tly_metrics_render(tly_metrics *m, const char *db_path)
         fprintf(out,
                 "tally_consumer_lag_records{pipeline=\"%s\",topic=\"%s\",partition=\"%d\"} %lld\n",
                 p, m->lags[i].topic, m->lags[i].partition, (long long)m->lags[i].lag);
-    for (int i = 0; i < MAX_PARTITIONS; i++)
-        if (m->recoveries[i].set) {
-            recovered = true;
-            break;
-        }
-    if (recovered)
-        fprintf(out, "# HELP tally_partition_recovery_seconds Time bringing the input partition's "
-                     "state up to date took when this instance last took it over.\n"
-                     "# TYPE tally_partition_recovery_seconds gauge\n");
+    for (int i = 0; i < MAX_PARTITIONS && !recovered; i++)
+        recovered = m->recoveries[i].set;
+    if (!recovered)
+        return;
+    fprintf(out, "# HELP tally_partition_recovery_seconds Time bringing the input partition's "
+                 "state up to date took when this instance last took it over.\n"
+                 "# TYPE tally_partition_recovery_seconds gauge\n");
     for (int i = 0; i < MAX_PARTITIONS; i++)
         if (m->recoveries[i].set)
             fprintf(out,
                     "tally_partition_recovery_seconds{pipeline=\"%s\",partition=\"%d\"} %.6f\n", p,
                     i, (double)m->recoveries[i].ms / 1000.0);
-    if (recovered)
-        fprintf(out, "# HELP tally_partition_recovery_records Changelog records replayed when this "
-                     "instance last took the input partition over.\n"
-                     "# TYPE tally_partition_recovery_records gauge\n");
+    fprintf(out, "# HELP tally_partition_recovery_records Changelog records replayed when this "
+                 "instance last took the input partition over.\n"
+                 "# TYPE tally_partition_recovery_records gauge\n");
     for (int i = 0; i < MAX_PARTITIONS; i++)
         if (m->recoveries[i].set)
             fprintf(out,
                     "tally_partition_recovery_records{pipeline=\"%s\",partition=\"%d\"} %lld\n", p,
                     i, (long long)m->recoveries[i].records);
+}
+
+char *tly_metrics_render(tly_metrics *m, const char *db_path)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    const char *p = m->pipeline;
+
+    if (!out)
+        return NULL;
+    render_counters_and_gauges(m, out);
+    render_histograms(m, out);
+    pthread_mutex_lock(&m->lag_lock);
+    render_partitions(m, out);
     pthread_mutex_unlock(&m->lag_lock);
     if (db_path) {
         char wal[4200];
