@@ -225,46 +225,46 @@ static void print_view(const char *orders_db, const char *telemetry_db, double s
     sqlite3_close(telemetry);
 }
 
-int cmd_demo(int argc, char **argv)
+static const char *const pipelines[2] = {"orders", "telemetry"};
+
+/* One demo: its options, the mock cluster, the two daemons and the figures. */
+struct demo {
+    int64_t duration_ms, rate, http_port, started, produced, last_applied;
+    int64_t produced_by[2];
+    const char *dir, *bootstraps;
+    char dir_buf[64], db_paths[2][4200], prefixes[2][32];
+    struct demo_runner runners[2];
+    int started_runners;
+    tly_topic_layout layouts[2];
+    tly_loadgen *gens[2];
+    rd_kafka_t *mock_handle, *producer;
+    rd_kafka_mock_cluster_t *mock;
+};
+
+/* Returns -1 to go on, or the exit status (usage error, --help). */
+static int parse_demo_options(struct demo *d, int argc, char **argv)
 {
     static const struct option options[] = {
         {"duration", required_argument, NULL, 'd'}, {"rate", required_argument, NULL, 'r'},
         {"dir", required_argument, NULL, 'D'},      {"http-port", required_argument, NULL, 'H'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
-    static const char *const pipelines[2] = {"orders", "telemetry"};
-    int64_t duration_ms = 0, rate = 2000, http_port = 9464, started = 0, next_tick, next_view,
-            produced = 0, last_applied = 0;
-    int64_t produced_by[2] = {0, 0};
-    char dir_buf[64], err[1024], db_paths[2][4200], prefixes[2][32], errstr[256];
-    const char *dir = NULL, *bootstraps;
-    struct demo_runner runners[2];
-    tly_topic_layout layouts[2];
-    tly_loadgen *gens[2] = {NULL, NULL};
-    rd_kafka_t *mock_handle = NULL, *producer = NULL;
-    rd_kafka_mock_cluster_t *mock = NULL;
-    rd_kafka_conf_t *conf;
-    static const char *const mock_defaults[] = {"log_level", "0", NULL};
-    static const char *const producer_defaults[] = {"client.id", "tally-demo", "linger.ms", "5",
-                                                    NULL};
-    int opt, status = CLI_EXIT_FAILURE, started_runners = 0;
-    unsigned ticks = 0;
-    bool tty = isatty(STDOUT_FILENO);
+    int opt;
 
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":h", options, NULL)) != -1) {
         switch (opt) {
         case 'd':
-            if (cli_parse_duration_ms("demo", "--duration", optarg, &duration_ms) < 0)
+            if (cli_parse_duration_ms("demo", "--duration", optarg, &d->duration_ms) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'r':
-            if (cli_parse_int64("demo", "--rate", optarg, 1, 100000, &rate) < 0)
+            if (cli_parse_int64("demo", "--rate", optarg, 1, 100000, &d->rate) < 0)
                 return CLI_EXIT_USAGE;
             break;
-        case 'D': dir = optarg; break;
+        case 'D': d->dir = optarg; break;
         case 'H':
-            if (cli_parse_int64("demo", "--http-port", optarg, 0, 65534, &http_port) < 0)
+            if (cli_parse_int64("demo", "--http-port", optarg, 0, 65534, &d->http_port) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'h': fputs(demo_usage, stdout); return CLI_EXIT_OK;
@@ -273,18 +273,24 @@ int cmd_demo(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("demo", "unexpected argument \"%s\"", argv[optind]);
-    if (!dir) {
-        snprintf(dir_buf, sizeof(dir_buf), "/tmp/tally-demo-XXXXXX");
-        if (!mkdtemp(dir_buf)) {
+    return -1;
+}
+
+/* --dir, or a new directory under /tmp; returns -1 to go on or the exit status. */
+static int prepare_dir(struct demo *d)
+{
+    char err[1024];
+    if (!d->dir) {
+        snprintf(d->dir_buf, sizeof(d->dir_buf), "/tmp/tally-demo-XXXXXX");
+        if (!mkdtemp(d->dir_buf)) {
             fprintf(stderr, "tally demo: cannot create a directory in /tmp: %m\n");
             return CLI_EXIT_FAILURE;
         }
-        dir = dir_buf;
-    } else if (mkdir(dir, 0755) != 0 && access(dir, W_OK) != 0) {
-        fprintf(stderr, "tally demo: cannot use directory %s: %m\n", dir);
+        d->dir = d->dir_buf;
+    } else if (mkdir(d->dir, 0755) != 0 && access(d->dir, W_OK) != 0) {
+        fprintf(stderr, "tally demo: cannot use directory %s: %m\n", d->dir);
         return CLI_EXIT_FAILURE;
     }
-
     /* The demo takes no Kafka settings but librdkafka's debug contexts. */
     if (getenv("TALLY_KAFKA_DEBUG") && *getenv("TALLY_KAFKA_DEBUG")) {
         char assignment[300];
@@ -294,91 +300,122 @@ int cmd_demo(int argc, char **argv)
             return CLI_EXIT_USAGE;
         }
     }
-    /* The mock cluster lives inside a librdkafka handle of its own. */
-    if (!(conf = tly_kconf_new(NULL, mock_defaults, NULL, errstr, sizeof(errstr))) ||
-        !(mock_handle = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the mock cluster's handle",
-                                         errstr, sizeof(errstr)))) {
-        fprintf(stderr, "tally demo: %s\n", errstr);
-        return CLI_EXIT_FAILURE;
+    return -1;
+}
+
+/* The mock cluster (inside a librdkafka handle of its own), both pipelines'
+ * topics, their load generators and the producer; errors are printed. */
+static int start_cluster(struct demo *d)
+{
+    static const char *const mock_defaults[] = {"log_level", "0", NULL};
+    static const char *const producer_defaults[] = {"client.id", "tally-demo", "linger.ms", "5",
+                                                    NULL};
+    rd_kafka_conf_t *conf;
+    char err[1024];
+
+    if (!(conf = tly_kconf_new(NULL, mock_defaults, NULL, err, sizeof(err))) ||
+        !(d->mock_handle = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the mock cluster's handle",
+                                            err, sizeof(err)))) {
+        fprintf(stderr, "tally demo: %s\n", err);
+        return -1;
     }
-    if (!(mock = rd_kafka_mock_cluster_new(mock_handle, 1))) {
+    if (!(d->mock = rd_kafka_mock_cluster_new(d->mock_handle, 1))) {
         fprintf(stderr, "tally demo: cannot start the mock cluster\n");
-        goto done;
+        return -1;
     }
-    bootstraps = rd_kafka_mock_cluster_bootstraps(mock);
+    d->bootstraps = rd_kafka_mock_cluster_bootstraps(d->mock);
     tly_log_set_level("warn"); /* the view below replaces the daemons' info lines */
     for (int i = 0; i < 2; i++) {
         tly_loadgen_options gopts;
-        snprintf(prefixes[i], sizeof(prefixes[i]), "demo-%s", pipelines[i]);
-        if (tly_topics_layout(pipelines[i], prefixes[i], NULL, NULL, &layouts[i], err,
+        snprintf(d->prefixes[i], sizeof(d->prefixes[i]), "demo-%s", pipelines[i]);
+        if (tly_topics_layout(pipelines[i], d->prefixes[i], NULL, NULL, &d->layouts[i], err,
                               sizeof(err)) < 0 ||
-            create_topics(mock, &layouts[i], err, sizeof(err)) < 0) {
+            create_topics(d->mock, &d->layouts[i], err, sizeof(err)) < 0) {
             fprintf(stderr, "tally demo: %s\n", err);
-            goto done;
+            return -1;
         }
         tly_loadgen_options_init(&gopts, pipelines[i]);
         gopts.time_spread_ms = 3000;
         gopts.skewed = 1;
-        gens[i] = tly_loadgen_new(&gopts);
-        snprintf(db_paths[i], sizeof(db_paths[i]), "%s/%s.db", dir, pipelines[i]);
+        d->gens[i] = tly_loadgen_new(&gopts);
+        snprintf(d->db_paths[i], sizeof(d->db_paths[i]), "%s/%s.db", d->dir, pipelines[i]);
     }
-    if (!(conf = tly_kconf_new(bootstraps, producer_defaults, NULL, errstr, sizeof(errstr))) ||
-        !(producer = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the demo's producer", errstr,
-                                      sizeof(errstr)))) {
-        fprintf(stderr, "tally demo: %s\n", errstr);
-        goto done;
+    if (!(conf = tly_kconf_new(d->bootstraps, producer_defaults, NULL, err, sizeof(err))) ||
+        !(d->producer =
+              tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the demo's producer", err, sizeof(err)))) {
+        fprintf(stderr, "tally demo: %s\n", err);
+        return -1;
     }
+    return 0;
+}
+
+/* One daemon thread per pipeline; errors are printed. */
+static int start_runners(struct demo *d)
+{
     for (int i = 0; i < 2; i++) {
-        struct demo_runner *d = &runners[i];
-        tly_runner_config_init(&d->cfg, pipelines[i]);
-        snprintf(d->instance, sizeof(d->instance), "demo-%s-0", pipelines[i]);
-        d->cfg.brokers = bootstraps;
-        d->cfg.topic_prefix = prefixes[i];
-        d->cfg.group_id = prefixes[i];
-        d->cfg.instance_id = d->instance;
-        d->cfg.state_dir = dir;
-        d->cfg.manage_topics = 0;
-        d->cfg.stop = &runners_stop;
-        if (http_port > 0) {
+        struct demo_runner *r = &d->runners[i];
+        tly_runner_config_init(&r->cfg, pipelines[i]);
+        snprintf(r->instance, sizeof(r->instance), "demo-%s-0", pipelines[i]);
+        r->cfg.brokers = d->bootstraps;
+        r->cfg.topic_prefix = d->prefixes[i];
+        r->cfg.group_id = d->prefixes[i];
+        r->cfg.instance_id = r->instance;
+        r->cfg.state_dir = d->dir;
+        r->cfg.manage_topics = 0;
+        r->cfg.stop = &runners_stop;
+        if (d->http_port > 0) {
             /* best effort: a taken port logs event=http_off and the demo goes on */
-            snprintf(d->http, sizeof(d->http), "127.0.0.1:%lld", (long long)http_port + i);
-            d->cfg.http_listen = d->http;
+            snprintf(r->http, sizeof(r->http), "127.0.0.1:%lld", (long long)d->http_port + i);
+            r->cfg.http_listen = r->http;
         }
-        if (pthread_create(&d->thread, NULL, run_pipeline, d) != 0) {
+        if (pthread_create(&r->thread, NULL, run_pipeline, r) != 0) {
             fprintf(stderr, "tally demo: cannot start a thread\n");
-            goto done;
+            return -1;
         }
-        started_runners++;
+        d->started_runners++;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    return 0;
+}
+
+static void print_intro(const struct demo *d)
+{
     printf("tally demo: Kafka mock cluster at %s; state databases\n  %s\n  %s\n"
            "  query them while the demo runs, e.g.\n"
            "    tally query --db %s 'SELECT * FROM order_windows ORDER BY count DESC LIMIT 5'\n"
            "    tally query --db %s 'SELECT record FROM vehicle_latest LIMIT 1'\n\n",
-           bootstraps, db_paths[0], db_paths[1], db_paths[0], db_paths[1]);
-    if (http_port > 0)
+           d->bootstraps, d->db_paths[0], d->db_paths[1], d->db_paths[0], d->db_paths[1]);
+    if (d->http_port > 0)
         printf(
             "  live pages: http://127.0.0.1:%lld/ (orders), http://127.0.0.1:%lld/ (telemetry);\n"
             "  also /metrics and /query?sql=... on each\n\n",
-            (long long)http_port, (long long)http_port + 1);
+            (long long)d->http_port, (long long)d->http_port + 1);
     fflush(stdout);
-    started = next_tick = tly_clock_mono_ms();
-    next_view = started + 1000;
-    while (!stop_requested && (duration_ms == 0 || tly_clock_mono_ms() - started < duration_ms)) {
+}
+
+/* Produces at --rate until --duration or a signal, redrawing the view each
+ * second, then lets the daemons drain what was produced (every event ends
+ * applied, skipped or dead-lettered) so the figures add up. */
+static void produce_and_watch(struct demo *d)
+{
+    int64_t next_tick, next_view;
+    unsigned ticks = 0;
+    bool tty = isatty(STDOUT_FILENO);
+
+    d->started = next_tick = tly_clock_mono_ms();
+    next_view = d->started + 1000;
+    while (!stop_requested &&
+           (d->duration_ms == 0 || tly_clock_mono_ms() - d->started < d->duration_ms)) {
         int64_t now;
         bool bad = ticks % TICKS_PER_SECOND == 0;
         for (int i = 0; i < 2; i++)
-            produce_tick(producer, gens[i], layouts[i].input.name, (int)(rate / TICKS_PER_SECOND),
-                         bad, &produced_by[i]);
-        produced = produced_by[0] + produced_by[1];
+            produce_tick(d->producer, d->gens[i], d->layouts[i].input.name,
+                         (int)(d->rate / TICKS_PER_SECOND), bad, &d->produced_by[i]);
+        d->produced = d->produced_by[0] + d->produced_by[1];
         ticks++;
         now = tly_clock_mono_ms();
         if (now >= next_view) {
-            int64_t applied;
-            print_view(db_paths[0], db_paths[1], (now - started) / 1000.0, produced, last_applied,
-                       tty, &applied);
-            last_applied = applied;
+            print_view(d->db_paths[0], d->db_paths[1], (now - d->started) / 1000.0, d->produced,
+                       d->last_applied, tty, &d->last_applied);
             next_view += 1000;
         }
         next_tick += 1000 / TICKS_PER_SECOND;
@@ -387,40 +424,59 @@ int cmd_demo(int argc, char **argv)
         else
             next_tick = now;
     }
-    rd_kafka_flush(producer, 5000);
-    /* Let the daemons drain what was produced (every event ends applied,
-     * skipped or dead-lettered) before they stop, so the figures add up. */
+    rd_kafka_flush(d->producer, 5000);
     for (int64_t deadline = tly_clock_mono_ms() + 15000;
-         tly_clock_mono_ms() < deadline && !runners[0].rc && !runners[1].rc;) {
-        if (events_done(db_paths[0], "orders") + events_done(db_paths[1], "telemetry") >= produced)
+         tly_clock_mono_ms() < deadline && !d->runners[0].rc && !d->runners[1].rc;) {
+        if (events_done(d->db_paths[0], "orders") + events_done(d->db_paths[1], "telemetry") >=
+            d->produced)
             break;
         usleep(100000);
     }
-    status = CLI_EXIT_OK;
-done:
+}
+
+/* Stops and joins the daemons; with status OK prints the final figures.
+ * Returns the exit status. */
+static int finish(struct demo *d, int status)
+{
     runners_stop = 1;
-    for (int i = 0; i < started_runners; i++) {
-        pthread_join(runners[i].thread, NULL);
-        if (runners[i].rc < 0)
+    for (int i = 0; i < d->started_runners; i++) {
+        pthread_join(d->runners[i].thread, NULL);
+        if (d->runners[i].rc < 0)
             status = CLI_EXIT_FAILURE;
     }
     if (status == CLI_EXIT_OK) {
         int64_t applied;
-        print_view(db_paths[0], db_paths[1], (tly_clock_mono_ms() - started) / 1000.0, produced,
-                   last_applied, false, &applied);
+        print_view(d->db_paths[0], d->db_paths[1], (tly_clock_mono_ms() - d->started) / 1000.0,
+                   d->produced, d->last_applied, false, &applied);
         printf("tally demo: stopped; produced orders=%lld telemetry=%lld; done orders=%lld "
                "telemetry=%lld\nstate databases: %s %s\n",
-               (long long)produced_by[0], (long long)produced_by[1],
-               (long long)events_done(db_paths[0], "orders"),
-               (long long)events_done(db_paths[1], "telemetry"), db_paths[0], db_paths[1]);
+               (long long)d->produced_by[0], (long long)d->produced_by[1],
+               (long long)events_done(d->db_paths[0], "orders"),
+               (long long)events_done(d->db_paths[1], "telemetry"), d->db_paths[0], d->db_paths[1]);
     }
-    if (producer)
-        rd_kafka_destroy(producer);
+    if (d->producer)
+        rd_kafka_destroy(d->producer);
     for (int i = 0; i < 2; i++)
-        tly_loadgen_free(gens[i]);
-    if (mock)
-        rd_kafka_mock_cluster_destroy(mock);
-    if (mock_handle)
-        rd_kafka_destroy(mock_handle);
+        tly_loadgen_free(d->gens[i]);
+    if (d->mock)
+        rd_kafka_mock_cluster_destroy(d->mock);
+    if (d->mock_handle)
+        rd_kafka_destroy(d->mock_handle);
     return status;
+}
+
+int cmd_demo(int argc, char **argv)
+{
+    struct demo d = {.rate = 2000, .http_port = 9464};
+    int status;
+
+    if ((status = parse_demo_options(&d, argc, argv)) >= 0 || (status = prepare_dir(&d)) >= 0)
+        return status;
+    if (start_cluster(&d) < 0 || start_runners(&d) < 0)
+        return finish(&d, CLI_EXIT_FAILURE);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    print_intro(&d);
+    produce_and_watch(&d);
+    return finish(&d, CLI_EXIT_OK);
 }
