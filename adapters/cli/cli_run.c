@@ -1,18 +1,16 @@
-/* adapters/cli/cli_run.c - tally run: the daemon. Flags in, tly_runner out. */
+/* adapters/cli/cli_run.c - tally run and tally recover: the daemon. Flags in
+ * (cli_daemon_flags.c), tly_runner out. */
 #include "cli_common.h"
+#include "cli_daemon_flags.h"
 #include "commands.h"
 
-#include "http.h"
 #include "kconf.h"
-#include "log.h"
 #include "pipeline.h"
 #include "recovery.h"
 #include "runner.h"
 #include "store.h"
 #include "topics.h"
 
-#include <getopt.h>
-#include <stdbool.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,256 +118,12 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
-int cli_group_timeout(const char *cmd, const char *flag, const char *value,
-                      struct tly_runner_config *cfg)
-{
-    bool session = strcmp(flag, "--session-timeout") == 0;
-    int64_t *ms = session ? &cfg->session_timeout_ms : &cfg->transaction_timeout_ms;
-    if (cli_parse_duration_ms(cmd, flag, value, ms) < 0)
-        return CLI_EXIT_USAGE;
-    /* the broker's defaults: group.min/max.session.timeout.ms 6 s / 30 min,
-     * transaction.max.timeout.ms 15 min */
-    if (session && (*ms < 6000 || *ms > 1800000))
-        return cli_usage_error(cmd,
-                               "--session-timeout must be between 6s and 30m (the broker's "
-                               "limits), not \"%s\"",
-                               value);
-    if (!session && (*ms < 1000 || *ms > 900000))
-        return cli_usage_error(cmd,
-                               "--transaction-timeout must be between 1s and 15m (the "
-                               "broker's transaction.max.timeout.ms), not \"%s\"",
-                               value);
-    return 0;
-}
-
-/* Parses tally run's flags (tally recover takes the same, plus --dry-run).
- * Returns -1 when the flags are fine, else the exit status. */
-static int parse_flags(const char *cmd, const char *usage, int argc, char **argv,
-                       tly_runner_config *cfg, char *default_instance, size_t instance_len,
-                       int *dry_run)
-{
-    static const struct option options[] = {{"pipeline", required_argument, NULL, 'p'},
-                                            {"brokers", required_argument, NULL, 'b'},
-                                            {"topic-prefix", required_argument, NULL, 'P'},
-                                            {"group-id", required_argument, NULL, 'g'},
-                                            {"instance-id", required_argument, NULL, 'i'},
-                                            {"input-topic", required_argument, NULL, 'I'},
-                                            {"output-topic", required_argument, NULL, 'O'},
-                                            {"state-dir", required_argument, NULL, 's'},
-                                            {"window-size", required_argument, NULL, 'w'},
-                                            {"commit-interval-ms", required_argument, NULL, 'c'},
-                                            {"max-batch", required_argument, NULL, 'm'},
-                                            {"changelog", required_argument, NULL, 'C'},
-                                            {"snapshot-dir", required_argument, NULL, 'D'},
-                                            {"snapshot-interval", required_argument, NULL, 'S'},
-                                            {"snapshot-keep", required_argument, NULL, 'K'},
-                                            {"changelog-retention", required_argument, NULL, 'R'},
-                                            {"allow-empty", no_argument, NULL, 'E'},
-                                            {"dry-run", no_argument, NULL, 'n'},
-                                            {"http", required_argument, NULL, 'H'},
-                                            {"http-token", required_argument, NULL, 'T'},
-                                            {"query-timeout-ms", required_argument, NULL, 'q'},
-                                            {"query-max-rows", required_argument, NULL, 'r'},
-                                            {"log-level", required_argument, NULL, 'L'},
-                                            {"strategy", required_argument, NULL, 'Y'},
-                                            {"allowed-lateness", required_argument, NULL, 'l'},
-                                            {"batch-size", required_argument, NULL, 'B'},
-                                            {"flush-interval", required_argument, NULL, 'f'},
-                                            {"log-format", required_argument, NULL, 'F'},
-                                            {"session-timeout", required_argument, NULL, 'x'},
-                                            {"transaction-timeout", required_argument, NULL, 'Z'},
-                                            CLI_KAFKA_OPTION,
-                                            {"help", no_argument, NULL, 'h'},
-                                            {NULL, 0, NULL, 0}};
-    const char *pipeline = NULL;
-    int64_t n;
-    int opt, strategy = -1, lateness_given = 0, max_batch_given = 0;
-
-    tly_runner_config_init(cfg, NULL);
-    cfg->brokers = NULL; /* cli_kafka_settings */
-    cfg->http_listen = "127.0.0.1:9464";
-    cfg->http_token = getenv("TALLY_HTTP_TOKEN");
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
-        switch (opt) {
-        case 'p': pipeline = optarg; break;
-        case 'b': cfg->brokers = optarg; break;
-        case 'P': cfg->topic_prefix = optarg; break;
-        case 'g': cfg->group_id = optarg; break;
-        case 'i': cfg->instance_id = optarg; break;
-        case 'I': cfg->input_topic = optarg; break;
-        case 'O': cfg->output_topic = optarg; break;
-        case 's': cfg->state_dir = optarg; break;
-        case 'D': cfg->snapshot_dir = optarg; break;
-        case 'K':
-            if (cli_parse_int64(cmd, "--snapshot-keep", optarg, 1, 1000, &n) < 0)
-                return CLI_EXIT_USAGE;
-            cfg->snapshot_keep = (int)n;
-            break;
-        case 'w':
-            if (cli_parse_duration_ms(cmd, "--window-size", optarg, &cfg->window_ms) < 0)
-                return CLI_EXIT_USAGE;
-            if (cfg->window_ms < 1)
-                return cli_usage_error(cmd, "--window-size must be at least 1ms");
-            break;
-        case 'S':
-            if (cli_parse_duration_ms(cmd, "--snapshot-interval", optarg,
-                                      &cfg->snapshot_interval_ms) < 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'c':
-            if (cli_parse_int64(cmd, "--commit-interval-ms", optarg, 1, 600000,
-                                &cfg->commit_interval_ms) < 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'm':
-            if (cli_parse_int64(cmd, "--max-batch", optarg, 1, 1000000, &n) < 0)
-                return CLI_EXIT_USAGE;
-            max_batch_given = 1;
-            cfg->max_batch = (int)n;
-            break;
-        case 'C':
-            if (strcmp(optarg, "on") == 0)
-                cfg->changelog = 1;
-            else if (strcmp(optarg, "off") == 0)
-                cfg->changelog = 0;
-            else
-                return cli_usage_error(cmd, "--changelog must be on or off, not \"%s\"", optarg);
-            break;
-        case 'R':
-            if (cli_parse_duration_ms(cmd, "--changelog-retention", optarg,
-                                      &cfg->changelog_retention_ms) < 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'E': cfg->allow_empty = 1; break;
-        case 'x':
-            if (cli_group_timeout(cmd, "--session-timeout", optarg, cfg) != 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'Z':
-            if (cli_group_timeout(cmd, "--transaction-timeout", optarg, cfg) != 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'X':
-        case CLI_OPT_KAFKA_CONFIG:
-            if (cli_kafka_option(cmd, opt, optarg) != 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'Y':
-            if ((strategy = tly_emit_strategy_parse(optarg)) < 0)
-                return cli_usage_error(cmd,
-                                       "--strategy must be inline, log_compacted, window_stream "
-                                       "or state_store, not \"%s\"",
-                                       optarg);
-            break;
-        case 'l':
-            if (cli_parse_duration_ms(cmd, "--allowed-lateness", optarg,
-                                      &cfg->allowed_lateness_ms) < 0)
-                return CLI_EXIT_USAGE;
-            lateness_given = 1;
-            break;
-        case 'B':
-            if (cli_parse_int64(cmd, "--batch-size", optarg, 1, 100000, &n) < 0)
-                return CLI_EXIT_USAGE;
-            cfg->batch_size = (int)n;
-            break;
-        case 'f':
-            if (cli_parse_duration_ms(cmd, "--flush-interval", optarg, &cfg->flush_interval_ms) < 0)
-                return CLI_EXIT_USAGE;
-            if (cfg->flush_interval_ms < 1)
-                return cli_usage_error(cmd, "--flush-interval must be at least 1ms");
-            break;
-        case 'H':
-            if (strcmp(optarg, "off") == 0) {
-                cfg->http_listen = NULL;
-            } else {
-                char host[256];
-                int port;
-                if (tly_http_parse_listen(optarg, host, sizeof(host), &port) < 0)
-                    return cli_usage_error(cmd,
-                                           "--http wants HOST:PORT (e.g. 127.0.0.1:9464) or off, "
-                                           "not \"%s\"",
-                                           optarg);
-                cfg->http_listen = optarg;
-            }
-            cfg->http_required = 1;
-            break;
-        case 'T': cfg->http_token = optarg; break;
-        case 'L':
-            if (tly_log_set_level(optarg) < 0)
-                return cli_usage_error(
-                    cmd, "--log-level must be debug, info, warn or error, not \"%s\"", optarg);
-            break;
-        case 'F':
-            if (tly_log_set_format(optarg) < 0)
-                return cli_usage_error(cmd, "--log-format must be logfmt or json, not \"%s\"",
-                                       optarg);
-            break;
-        case 'q':
-            if (cli_parse_int64(cmd, "--query-timeout-ms", optarg, 1, 3600000,
-                                &cfg->query_timeout_ms) < 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'r':
-            if (cli_parse_int64(cmd, "--query-max-rows", optarg, 1, 100000000,
-                                &cfg->query_max_rows) < 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case 'n':
-            if (!dry_run)
-                return cli_usage_error(cmd, "--dry-run is a tally recover option");
-            *dry_run = 1;
-            break;
-        case 'h': fputs(usage, stdout); return CLI_EXIT_OK;
-        default: return cli_bad_option(cmd, opt, argv, optind);
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
-    if (cfg->http_token && !*cfg->http_token)
-        cfg->http_token = NULL;
-    if (!pipeline)
-        return cli_usage_error(cmd, "--pipeline is required (orders or telemetry)");
-    if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry"))
-        return cli_usage_error(cmd, "--pipeline must be orders or telemetry, not \"%s\"", pipeline);
-    if (cli_kafka_settings(cmd, &cfg->brokers) != 0)
-        return CLI_EXIT_USAGE;
-    cfg->pipeline = pipeline;
-    cfg->strategy = strategy >= 0                        ? strategy
-                    : strcmp(pipeline, "telemetry") == 0 ? TLY_EMIT_LOG_COMPACTED
-                                                         : TLY_EMIT_INLINE;
-    if (cfg->strategy != TLY_EMIT_INLINE && strcmp(pipeline, "orders") == 0)
-        return cli_usage_error(cmd,
-                               "--strategy %s is for telemetry; orders emits each batch's "
-                               "changed windows (--strategy inline)",
-                               tly_emit_strategy_name(cfg->strategy));
-    /* Measured with benchmarks/bench_telemetry (100k vehicles x 30 sensors):
-     * 5000 231k readings/s, 20000 276k, 50000 316k; peak RSS 276 -> 498 MB. */
-    if (!max_batch_given && strcmp(pipeline, "telemetry") == 0 &&
-        (cfg->strategy == TLY_EMIT_LOG_COMPACTED || cfg->strategy == TLY_EMIT_STATE_STORE))
-        cfg->max_batch = 50000;
-    if (lateness_given && cfg->strategy != TLY_EMIT_WINDOW_STREAM)
-        return cli_usage_error(cmd, "--allowed-lateness applies to --strategy window_stream only");
-    if (cfg->batch_size > 1 && cfg->strategy == TLY_EMIT_LOG_COMPACTED)
-        return cli_usage_error(cmd,
-                               "--batch-size %d packs several vehicles into one message, which a "
-                               "compacted topic cannot keep per key: use --batch-size 1 with "
-                               "log_compacted, or another --strategy",
-                               cfg->batch_size);
-    if (!cfg->instance_id) {
-        snprintf(default_instance, instance_len, "%s-0", pipeline);
-        cfg->instance_id = default_instance;
-    }
-    return -1;
-}
-
 int cmd_run(int argc, char **argv)
 {
     tly_runner_config cfg;
-    char default_instance[128], err[1024];
-    int rc = parse_flags("run", run_usage, argc, argv, &cfg, default_instance,
-                         sizeof(default_instance), NULL);
+    struct cli_daemon_extra extra;
+    char err[1024];
+    int rc = cli_daemon_flags_parse(CLI_DAEMON_RUN, run_usage, argc, argv, &cfg, &extra);
 
     if (rc >= 0)
         return rc;
@@ -459,17 +213,16 @@ done:
 int cmd_recover(int argc, char **argv)
 {
     tly_runner_config cfg;
-    char default_instance[128], err[1024];
-    int dry_run = 0;
-    int rc = parse_flags("recover", recover_usage, argc, argv, &cfg, default_instance,
-                         sizeof(default_instance), &dry_run);
+    struct cli_daemon_extra extra;
+    char err[1024];
+    int rc = cli_daemon_flags_parse(CLI_DAEMON_RECOVER, recover_usage, argc, argv, &cfg, &extra);
 
     if (rc >= 0)
         return rc;
     cfg.stop = &stop_requested;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    if (dry_run)
+    if (extra.dry_run)
         return recover_dry_run(&cfg);
     cfg.recover_only = 1;
     cfg.http_listen = NULL; /* a recovery serves nothing */

@@ -18,11 +18,4 @@ int cmd_restore(int argc, char **argv);
 int cmd_recover(int argc, char **argv);
 int cmd_publish(int argc, char **argv);
 
-/* --session-timeout DUR / --transaction-timeout DUR of tally run and tally
- * enrich, into cfg (a tly_runner_config). Returns 0, or the usage exit status
- * after printing what is wrong. */
-struct tly_runner_config;
-int cli_group_timeout(const char *cmd, const char *flag, const char *value,
-                      struct tly_runner_config *cfg);
-
 #endif
