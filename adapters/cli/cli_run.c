@@ -14,7 +14,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static const char run_usage[] =
     "usage: tally run --pipeline orders|telemetry --brokers HOST:PORT[,...] [OPTIONS]\n"
