@@ -182,16 +182,9 @@ static int open_producer(struct producer *p, char *err, size_t errlen)
     static const char *const defaults[] = {"client.id",   "tally-produce",    "linger.ms",
                                            "5",           "compression.type", "none",
                                            "partitioner", "murmur2_random",   NULL};
-    static const char *const required[] = {"enable.idempotence", "true", NULL};
-    rd_kafka_conf_t *conf = tly_kconf_new(p->brokers, defaults, required, err, errlen);
 
-    if (!conf)
-        return -1;
-    rd_kafka_conf_set_opaque(conf, p);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_error_cb(conf, on_error);
-    rd_kafka_conf_set_log_cb(conf, drop_log);
-    if (!(p->rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen)))
+    if (!(p->rk = tly_kconf_idempotent_producer(p->brokers, defaults, p, on_delivery, on_error,
+                                                drop_log, err, errlen)))
         return -1;
     if (!(p->rkt = rd_kafka_topic_new(p->rk, p->topic, NULL))) {
         snprintf(err, errlen, "topic %s: %s", p->topic, rd_kafka_err2str(rd_kafka_last_error()));
@@ -226,20 +219,16 @@ static int send_one(struct producer *p, char *err, size_t errlen)
                  p->orders ? "storeId" : "data.id", len > 0 ? p->event : "(too long)");
         return -1;
     }
-    for (;;) {
-        if (signals_received || p->fatal)
-            return 1;
-        /* F_COPY: the buffers are reused for the next event. */
-        kerr = rd_kafka_producev(
-            p->rk, RD_KAFKA_V_RKT(p->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(p->key, (size_t)key_len), RD_KAFKA_V_VALUE(p->event, (size_t)len),
-            RD_KAFKA_V_OPAQUE(readings), RD_KAFKA_V_END);
-        if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            break;
-        /* The local queue is full: the broker takes less than the rate. Wait
-         * for deliveries; the lag shows as behind= at the end. */
-        rd_kafka_poll(p->rk, TICK_MS);
-    }
+    /* Copied: the buffers are reused for the next event. A full local queue
+     * means the broker takes less than the rate: this waits for deliveries,
+     * and the lag shows as behind= at the end. */
+    kerr = tly_kconf_produce(p->rk, p->rkt, NULL, RD_KAFKA_PARTITION_UA, p->key, (size_t)key_len,
+                             p->event, (size_t)len, NULL, readings, &signals_received);
+    /* A signal ends the wait (or comes before it). After a fatal error the
+     * producer refuses every event (RD_KAFKA_RESP_ERR__FATAL): on_error has
+     * reported it, the run stops like for a signal. */
+    if (kerr == RD_KAFKA_RESP_ERR__INTR || (kerr && p->fatal))
+        return 1;
     if (kerr) {
         snprintf(err, errlen, "cannot send to %s: %s", p->topic, rd_kafka_err2str(kerr));
         return -1;

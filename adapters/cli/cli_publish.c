@@ -109,15 +109,8 @@ static int send_message(void *ctx, const char *key, size_t key_len, const char *
                         size_t value_len)
 {
     struct publisher *p = ctx;
-    rd_kafka_resp_err_t err;
-    for (;;) {
-        err = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic), RD_KAFKA_V_KEY(key, key_len),
-                                RD_KAFKA_V_VALUE((void *)value, value_len),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            break;
-        rd_kafka_poll(p->rk, 10);
-    }
+    rd_kafka_resp_err_t err = tly_kconf_produce(p->rk, NULL, p->topic, RD_KAFKA_PARTITION_UA, key,
+                                                key_len, value, value_len, NULL, NULL, NULL);
     if (err && p->failed++ == 0)
         snprintf(p->first_error, sizeof(p->first_error), "%s", rd_kafka_err2str(err));
     return err ? 1 : 0;
@@ -183,15 +176,8 @@ static rd_kafka_t *new_producer(struct publisher *p, const char *brokers, char *
 {
     static const char *const defaults[] = {"client.id",   "tally-publish",  "linger.ms", "20",
                                            "partitioner", "murmur2_random", NULL};
-    static const char *const required[] = {"enable.idempotence", "true", NULL};
-    rd_kafka_conf_t *conf = tly_kconf_new(brokers, defaults, required, err, errlen);
-
-    if (!conf)
-        return NULL;
-    rd_kafka_conf_set_opaque(conf, p);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_error_cb(conf, on_error);
-    return tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen);
+    return tly_kconf_idempotent_producer(brokers, defaults, p, on_delivery, on_error, NULL, err,
+                                         errlen);
 }
 
 int cmd_publish(int argc, char **argv)
