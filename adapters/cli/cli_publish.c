@@ -17,6 +17,7 @@
 #include "commands.h"
 
 #include "error.h"
+#include "flush.h"
 #include "kconf.h"
 #include "log.h"
 #include "pack.h"
@@ -116,32 +117,18 @@ static int send_message(void *ctx, const char *key, size_t key_len, const char *
     return err ? 1 : 0;
 }
 
-static int add_record(void *ctx, const char *key, size_t key_len, const char *value,
-                      size_t value_len)
-{
-    struct publisher *p = ctx;
-    return tly_pack_add(p->pack, key, key_len, value, value_len);
-}
-
-/* One cycle. Returns 0 (also when the broker refused some messages: logged,
- * retried next cycle), or -1 with err on a database or fatal producer error. */
+/* One flush-then-mark cycle (flush.h), delivered by waiting for every
+ * delivery report. Returns 0 (also when the broker refused some messages:
+ * logged, retried next cycle), or -1 with err on a database or fatal producer
+ * error. */
 static int publish_once(struct publisher *p, char *err, size_t errlen)
 {
-    int64_t started = tly_clock_mono_ms(), upto;
-    int rc;
+    int64_t started = tly_clock_mono_ms(), upto = TLY_FLUSH_LAST_SEQ;
 
-    /* A read transaction (not BEGIN IMMEDIATE): the daemon keeps writing while
-     * the records go out. */
-    if (tly_store_exec(p->store, "BEGIN", err, errlen) < 0)
-        return -1;
-    upto = tly_store_last_seq(p->store);
-    tly_pack_reset(p->pack, p);
+    /* A read that stopped at a failed send is no database error: after the
+     * deliveries already queued, the cycle ends as a flush_error below. */
     p->failed = 0;
-    rc = tly_pipeline_flush(p->pipeline, upto, add_record, p, err, errlen);
-    if (rc == 0 && tly_pack_finish(p->pack) != 0)
-        rc = -1;
-    tly_store_exec(p->store, "COMMIT", (char[256]){0}, 256); /* a read: nothing to lose */
-    if (rc < 0 && !p->failed)
+    if (tly_flush_read(p->store, p->pipeline, p->pack, p, &upto, err, errlen) < 0 && !p->failed)
         return -1;
     /* Only confirmed deliveries count: wait for every report. */
     while (rd_kafka_outq_len(p->rk) > 0 && !p->fatal)
@@ -155,20 +142,14 @@ static int publish_once(struct publisher *p, char *err, size_t errlen)
                 (long long)p->failed, tly_log_quote(p->first_error, (char[300]){0}, 300));
         return 0;
     }
-    if (tly_store_begin(p->store, err, errlen) < 0 ||
-        tly_pipeline_flushed(p->pipeline, upto, err, errlen) < 0 ||
-        tly_store_commit(p->store, err, errlen) < 0) {
-        tly_store_rollback(p->store);
+    if (tly_flush_forget(p->store, p->pipeline, upto, err, errlen) < 0) {
         tly_log("warn", "flush_error",
                 "error=%s note=\"sent but not forgotten: the next cycle "
                 "repeats them\"",
                 tly_log_quote(err, (char[600]){0}, 600));
         return 0;
     }
-    tly_log("info", "flush",
-            "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
-            (long long)(tly_clock_mono_ms() - started), (long long)tly_pack_records(p->pack),
-            (long long)tly_pack_messages(p->pack), (long long)upto);
+    tly_flush_log("flush", started, p->pack, upto);
     return 0;
 }
 

@@ -207,7 +207,7 @@ struct flush_ctx {
 static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
 {
     struct flush_ctx *f = ctx;
-    if (tly_flush_read(r->store, r->pipeline, r->pack, &f->produced, f->upto, why, whylen) < 0) {
+    if (tly_flush_read(r->store, r->pipeline, r->pack, &f->produced, &f->upto, why, whylen) < 0) {
         if (f->produced.err)
             tly_error(why, whylen, "%s", rd_kafka_err2str(f->produced.err));
         return -1;
