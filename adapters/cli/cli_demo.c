@@ -120,11 +120,8 @@ static void produce_tick(rd_kafka_t *producer, tly_loadgen *gen, const char *top
         }
         if (key)
             key_len = strcspn(key, "\"");
-        while (rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key_len),
-                                 RD_KAFKA_V_VALUE(buf, (size_t)len),
-                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                 RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            rd_kafka_poll(producer, 10);
+        tly_kconf_produce(producer, NULL, topic, RD_KAFKA_PARTITION_UA, key, key_len, buf,
+                          (size_t)len, NULL, NULL, NULL);
         (*sent)++;
     }
     if (with_bad) {

@@ -182,16 +182,9 @@ static int open_producer(struct producer *p, char *err, size_t errlen)
     static const char *const defaults[] = {"client.id",   "tally-produce",    "linger.ms",
                                            "5",           "compression.type", "none",
                                            "partitioner", "murmur2_random",   NULL};
-    static const char *const required[] = {"enable.idempotence", "true", NULL};
-    rd_kafka_conf_t *conf = tly_kconf_new(p->brokers, defaults, required, err, errlen);
 
-    if (!conf)
-        return -1;
-    rd_kafka_conf_set_opaque(conf, p);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_error_cb(conf, on_error);
-    rd_kafka_conf_set_log_cb(conf, drop_log);
-    if (!(p->rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen)))
+    if (!(p->rk = tly_kconf_idempotent_producer(p->brokers, defaults, p, on_delivery, on_error,
+                                                drop_log, err, errlen)))
         return -1;
     if (!(p->rkt = rd_kafka_topic_new(p->rk, p->topic, NULL))) {
         snprintf(err, errlen, "topic %s: %s", p->topic, rd_kafka_err2str(rd_kafka_last_error()));
@@ -226,20 +219,16 @@ static int send_one(struct producer *p, char *err, size_t errlen)
                  p->orders ? "storeId" : "data.id", len > 0 ? p->event : "(too long)");
         return -1;
     }
-    for (;;) {
-        if (signals_received || p->fatal)
-            return 1;
-        /* F_COPY: the buffers are reused for the next event. */
-        kerr = rd_kafka_producev(
-            p->rk, RD_KAFKA_V_RKT(p->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(p->key, (size_t)key_len), RD_KAFKA_V_VALUE(p->event, (size_t)len),
-            RD_KAFKA_V_OPAQUE(readings), RD_KAFKA_V_END);
-        if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            break;
-        /* The local queue is full: the broker takes less than the rate. Wait
-         * for deliveries; the lag shows as behind= at the end. */
-        rd_kafka_poll(p->rk, TICK_MS);
-    }
+    /* Copied: the buffers are reused for the next event. A full local queue
+     * means the broker takes less than the rate: this waits for deliveries,
+     * and the lag shows as behind= at the end. */
+    kerr = tly_kconf_produce(p->rk, p->rkt, NULL, RD_KAFKA_PARTITION_UA, p->key, (size_t)key_len,
+                             p->event, (size_t)len, NULL, readings, &signals_received);
+    /* A signal ends the wait (or comes before it). After a fatal error the
+     * producer refuses every event (RD_KAFKA_RESP_ERR__FATAL): on_error has
+     * reported it, the run stops like for a signal. */
+    if (kerr == RD_KAFKA_RESP_ERR__INTR || (kerr && p->fatal))
+        return 1;
     if (kerr) {
         snprintf(err, errlen, "cannot send to %s: %s", p->topic, rd_kafka_err2str(kerr));
         return -1;
@@ -290,7 +279,15 @@ static void drain(struct producer *p)
     rd_kafka_poll(p->rk, 0);
 }
 
-int cmd_produce(int argc, char **argv)
+/* What the flags say besides the run's own fields. */
+struct produce_options {
+    const char *topic;                          /* --topic, NULL: the pipeline's input */
+    int64_t duration_ms, keys, seed, per_event; /* -1: not given */
+    tly_topic_layout layout;                    /* holds the input topic's name */
+};
+
+/* Parses argv into p and o. Returns -1 to go on, or the exit status. */
+static int parse_options(struct producer *p, struct produce_options *o, int argc, char **argv)
 {
     static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
                                             {"pipeline", required_argument, NULL, 'p'},
@@ -303,18 +300,8 @@ int cmd_produce(int argc, char **argv)
                                             CLI_KAFKA_OPTION,
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-    struct producer run, *p = &run;
-    const char *topic = NULL;
-    int64_t duration_ms = -1, keys = -1, seed = -1, end_ms, behind_ms = 0, errors, per_event = -1;
-    int opt, status = CLI_EXIT_FAILURE;
-    tly_topic_layout layout;
-    tly_loadgen_options gen_opts;
-    struct sigaction sa;
-    char err[512];
+    int opt;
 
-    memset(p, 0, sizeof(*p));
-    p->brokers = NULL; /* cli_kafka_settings */
-    p->rate = 1000;
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
@@ -326,27 +313,27 @@ int cmd_produce(int argc, char **argv)
                 return CLI_EXIT_USAGE;
             break;
         case 'p': p->pipeline = optarg; break;
-        case 't': topic = optarg; break;
+        case 't': o->topic = optarg; break;
         case 'r':
             if (cli_parse_int64("produce", "--rate", optarg, 1, 10000000, &p->rate) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'd':
-            if (cli_parse_duration_ms("produce", "--duration", optarg, &duration_ms) < 0)
+            if (cli_parse_duration_ms("produce", "--duration", optarg, &o->duration_ms) < 0)
                 return CLI_EXIT_USAGE;
-            if (duration_ms < 1 || duration_ms > 366LL * 86400000)
+            if (o->duration_ms < 1 || o->duration_ms > 366LL * 86400000)
                 return cli_usage_error("produce", "--duration must be between 1ms and 366d");
             break;
         case 'k':
-            if (cli_parse_int64("produce", "--keys", optarg, 1, 10000000, &keys) < 0)
+            if (cli_parse_int64("produce", "--keys", optarg, 1, 10000000, &o->keys) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 's':
-            if (cli_parse_int64("produce", "--seed", optarg, 0, INT64_MAX, &seed) < 0)
+            if (cli_parse_int64("produce", "--seed", optarg, 0, INT64_MAX, &o->seed) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'S':
-            if (cli_parse_int64("produce", "--sensors-per-event", optarg, 1, 30, &per_event) < 0)
+            if (cli_parse_int64("produce", "--sensors-per-event", optarg, 1, 30, &o->per_event) < 0)
                 return CLI_EXIT_USAGE;
             break;
         case 'h': fputs(produce_usage, stdout); return CLI_EXIT_OK;
@@ -355,72 +342,79 @@ int cmd_produce(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("produce", "unexpected argument \"%s\"", argv[optind]);
+    return -1;
+}
+
+/* What the flags cannot say one at a time; sets the topic and the total.
+ * Returns -1 to go on, or the exit status. */
+static int check_options(struct producer *p, struct produce_options *o)
+{
+    char err[512];
+
     if (!p->pipeline)
         return cli_usage_error("produce", "--pipeline is required (orders or telemetry)");
     if (cli_kafka_settings("produce", &p->brokers) != 0)
         return CLI_EXIT_USAGE;
-    if (tly_topics_layout(p->pipeline, NULL, NULL, NULL, &layout, err, sizeof(err)) < 0)
+    if (tly_topics_layout(p->pipeline, NULL, NULL, NULL, &o->layout, err, sizeof(err)) < 0)
         return cli_usage_error("produce", "%s", err);
-    if (topic && !*topic)
+    if (o->topic && !*o->topic)
         return cli_usage_error("produce", "--topic must not be empty");
-    p->topic = topic ? topic : layout.input.name;
+    p->topic = o->topic ? o->topic : o->layout.input.name;
     p->orders = strcmp(p->pipeline, "orders") == 0;
-    if (per_event > 0 && p->orders)
+    if (o->per_event > 0 && p->orders)
         return cli_usage_error("produce", "--sensors-per-event is for --pipeline telemetry");
     /* Fits: at most 1e7 events/s x 3.2e10 ms / 1000. */
-    p->total = duration_ms > 0 ? p->rate * duration_ms / 1000 : INT64_MAX;
+    p->total = o->duration_ms > 0 ? p->rate * o->duration_ms / 1000 : INT64_MAX;
+    return -1;
+}
+
+/* The generator, the producer, and a topic that exists. Returns 0, or -1
+ * after printing why. */
+static int open_run(struct producer *p, const struct produce_options *o)
+{
+    tly_loadgen_options gen_opts;
+    char err[512];
 
     tly_loadgen_options_init(&gen_opts, p->pipeline);
-    if (seed >= 0)
-        gen_opts.seed = (uint64_t)seed;
-    if (per_event > 0)
-        gen_opts.sensors_per_event = (int)per_event;
-    if (keys > 0) {
+    if (o->seed >= 0)
+        gen_opts.seed = (uint64_t)o->seed;
+    if (o->per_event > 0)
+        gen_opts.sensors_per_event = (int)o->per_event;
+    if (o->keys > 0) {
         if (p->orders)
-            gen_opts.stores = (int)keys;
+            gen_opts.stores = (int)o->keys;
         else
-            gen_opts.vins = (int)keys;
+            gen_opts.vins = (int)o->keys;
     }
     p->gen = tly_loadgen_new(&gen_opts);
     p->tok = json_tokener_new();
     if (!p->gen || !p->tok) {
         fprintf(stderr, "tally produce: out of memory\n");
-        goto done;
+        return -1;
     }
     if (tly_kconf_check_cluster(p->brokers, FLUSH_TIMEOUT_MS, err, sizeof(err)) < 0 ||
         open_producer(p, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally produce: %s\n", err);
-        goto done;
+        return -1;
     }
     switch (topic_exists(p, err, sizeof(err))) {
-    case -1: fprintf(stderr, "tally produce: %s\n", err); goto done;
+    case -1: fprintf(stderr, "tally produce: %s\n", err); return -1;
     case 0:
         fprintf(stderr,
                 "tally produce: topic %s does not exist on %s; create it with "
                 "`tally topics create --pipeline %s --brokers %s%s%s`\n",
-                p->topic, p->brokers, p->pipeline, p->brokers, topic ? " --input-topic " : "",
-                topic ? topic : "");
-        goto done;
+                p->topic, p->brokers, p->pipeline, p->brokers, o->topic ? " --input-topic " : "",
+                o->topic ? o->topic : "");
+        return -1;
     }
+    return 0;
+}
 
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    p->progress = isatty(STDERR_FILENO);
+/* Prints what went wrong and the summary line. Returns the exit status. */
+static int report(const struct producer *p, int64_t duration_ms, int64_t behind_ms, int64_t end_ms)
+{
+    int64_t errors = p->sent - p->delivered; /* failed, or (never seen) no report at all */
 
-    if (send_paced(p, err, sizeof(err)) < 0)
-        fprintf(stderr, "tally produce: %s\n", err);
-    if (duration_ms > 0 && p->sent == p->total &&
-        p->send_end_ms - p->start_ms - duration_ms > BEHIND_TOLERANCE_MS)
-        behind_ms = p->send_end_ms - p->start_ms - duration_ms;
-    drain(p);
-    end_ms = tly_clock_mono_ms();
-    if (p->progress && p->progress_ms != p->start_ms)
-        fputc('\n', stderr);
-
-    errors = p->sent - p->delivered; /* failed, or (never seen) no report at all */
     if (p->failed)
         fprintf(stderr, "tally produce: %lld deliveries failed; the first: %s\n",
                 (long long)p->failed, p->first_error);
@@ -443,7 +437,46 @@ int cmd_produce(int argc, char **argv)
     fflush(stdout);
     /* Short of the total without a signal: a send error or a fatal one. */
     if (!errors && !p->fatal && (p->sent == p->total || signals_received))
-        status = CLI_EXIT_OK;
+        return CLI_EXIT_OK;
+    return CLI_EXIT_FAILURE;
+}
+
+int cmd_produce(int argc, char **argv)
+{
+    struct producer run, *p = &run;
+    struct produce_options o = {
+        .topic = NULL, .duration_ms = -1, .keys = -1, .seed = -1, .per_event = -1};
+    int64_t end_ms, behind_ms = 0;
+    int status;
+    struct sigaction sa;
+    char err[512];
+
+    memset(p, 0, sizeof(*p));
+    p->brokers = NULL; /* cli_kafka_settings */
+    p->rate = 1000;
+    if ((status = parse_options(p, &o, argc, argv)) >= 0 || (status = check_options(p, &o)) >= 0)
+        return status;
+    status = CLI_EXIT_FAILURE;
+    if (open_run(p, &o) < 0)
+        goto done;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    p->progress = isatty(STDERR_FILENO);
+
+    if (send_paced(p, err, sizeof(err)) < 0)
+        fprintf(stderr, "tally produce: %s\n", err);
+    if (o.duration_ms > 0 && p->sent == p->total &&
+        p->send_end_ms - p->start_ms - o.duration_ms > BEHIND_TOLERANCE_MS)
+        behind_ms = p->send_end_ms - p->start_ms - o.duration_ms;
+    drain(p);
+    end_ms = tly_clock_mono_ms();
+    if (p->progress && p->progress_ms != p->start_ms)
+        fputc('\n', stderr);
+    status = report(p, o.duration_ms, behind_ms, end_ms);
 done:
     if (p->rkt)
         rd_kafka_topic_destroy(p->rkt);

@@ -17,6 +17,7 @@
 #include "commands.h"
 
 #include "error.h"
+#include "flush.h"
 #include "kconf.h"
 #include "log.h"
 #include "pack.h"
@@ -71,6 +72,14 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
+/* What the flags say. */
+struct publish_options {
+    const char *db_path, *brokers, *pipeline, *output;
+    int64_t interval_ms;
+    int once, batch_size;
+    tly_topic_layout layout; /* holds the output topic's name */
+};
+
 struct publisher {
     const char *topic;
     rd_kafka_t *rk;
@@ -109,46 +118,25 @@ static int send_message(void *ctx, const char *key, size_t key_len, const char *
                         size_t value_len)
 {
     struct publisher *p = ctx;
-    rd_kafka_resp_err_t err;
-    for (;;) {
-        err = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic), RD_KAFKA_V_KEY(key, key_len),
-                                RD_KAFKA_V_VALUE((void *)value, value_len),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            break;
-        rd_kafka_poll(p->rk, 10);
-    }
+    rd_kafka_resp_err_t err = tly_kconf_produce(p->rk, NULL, p->topic, RD_KAFKA_PARTITION_UA, key,
+                                                key_len, value, value_len, NULL, NULL, NULL);
     if (err && p->failed++ == 0)
         snprintf(p->first_error, sizeof(p->first_error), "%s", rd_kafka_err2str(err));
     return err ? 1 : 0;
 }
 
-static int add_record(void *ctx, const char *key, size_t key_len, const char *value,
-                      size_t value_len)
-{
-    struct publisher *p = ctx;
-    return tly_pack_add(p->pack, key, key_len, value, value_len);
-}
-
-/* One cycle. Returns 0 (also when the broker refused some messages: logged,
- * retried next cycle), or -1 with err on a database or fatal producer error. */
+/* One flush-then-mark cycle (flush.h), delivered by waiting for every
+ * delivery report. Returns 0 (also when the broker refused some messages:
+ * logged, retried next cycle), or -1 with err on a database or fatal producer
+ * error. */
 static int publish_once(struct publisher *p, char *err, size_t errlen)
 {
-    int64_t started = tly_clock_mono_ms(), upto;
-    int rc;
+    int64_t started = tly_clock_mono_ms(), upto = TLY_FLUSH_LAST_SEQ;
 
-    /* A read transaction (not BEGIN IMMEDIATE): the daemon keeps writing while
-     * the records go out. */
-    if (tly_store_exec(p->store, "BEGIN", err, errlen) < 0)
-        return -1;
-    upto = tly_store_last_seq(p->store);
-    tly_pack_reset(p->pack, p);
+    /* A read that stopped at a failed send is no database error: after the
+     * deliveries already queued, the cycle ends as a flush_error below. */
     p->failed = 0;
-    rc = tly_pipeline_flush(p->pipeline, upto, add_record, p, err, errlen);
-    if (rc == 0 && tly_pack_finish(p->pack) != 0)
-        rc = -1;
-    tly_store_exec(p->store, "COMMIT", (char[256]){0}, 256); /* a read: nothing to lose */
-    if (rc < 0 && !p->failed)
+    if (tly_flush_read(p->store, p->pipeline, p->pack, p, &upto, err, errlen) < 0 && !p->failed)
         return -1;
     /* Only confirmed deliveries count: wait for every report. */
     while (rd_kafka_outq_len(p->rk) > 0 && !p->fatal)
@@ -162,39 +150,19 @@ static int publish_once(struct publisher *p, char *err, size_t errlen)
                 (long long)p->failed, tly_log_quote(p->first_error, (char[300]){0}, 300));
         return 0;
     }
-    if (tly_store_begin(p->store, err, errlen) < 0 ||
-        tly_pipeline_flushed(p->pipeline, upto, err, errlen) < 0 ||
-        tly_store_commit(p->store, err, errlen) < 0) {
-        tly_store_rollback(p->store);
+    if (tly_flush_forget(p->store, p->pipeline, upto, err, errlen) < 0) {
         tly_log("warn", "flush_error",
                 "error=%s note=\"sent but not forgotten: the next cycle "
                 "repeats them\"",
                 tly_log_quote(err, (char[600]){0}, 600));
         return 0;
     }
-    tly_log("info", "flush",
-            "flush_duration_ms=%lld vin_count=%lld message_count=%lld upto_seq=%lld",
-            (long long)(tly_clock_mono_ms() - started), (long long)tly_pack_records(p->pack),
-            (long long)tly_pack_messages(p->pack), (long long)upto);
+    tly_flush_log("flush", started, p->pack, upto);
     return 0;
 }
 
-static rd_kafka_t *new_producer(struct publisher *p, const char *brokers, char *err, size_t errlen)
-{
-    static const char *const defaults[] = {"client.id",   "tally-publish",  "linger.ms", "20",
-                                           "partitioner", "murmur2_random", NULL};
-    static const char *const required[] = {"enable.idempotence", "true", NULL};
-    rd_kafka_conf_t *conf = tly_kconf_new(brokers, defaults, required, err, errlen);
-
-    if (!conf)
-        return NULL;
-    rd_kafka_conf_set_opaque(conf, p);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_error_cb(conf, on_error);
-    return tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen);
-}
-
-int cmd_publish(int argc, char **argv)
+/* Parses argv into o. Returns -1 to go on, or the exit status. */
+static int parse_options(struct publish_options *o, int argc, char **argv)
 {
     static const struct option options[] = {{"db", required_argument, NULL, 'd'},
                                             {"brokers", required_argument, NULL, 'b'},
@@ -208,42 +176,34 @@ int cmd_publish(int argc, char **argv)
                                             CLI_KAFKA_OPTION,
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
-    const char *db_path = NULL, *brokers = NULL, *pipeline = "telemetry";
-    const char *output = NULL;
-    int64_t interval_ms = 120000, n, next;
-    int opt, once = 0, batch_size = 1, rc = CLI_EXIT_FAILURE;
-    struct publisher p;
-    tly_store_options sopts;
-    tly_topic_layout layout;
-    struct stat st;
-    char err[1024];
+    int64_t n;
+    int opt;
 
-    memset(&p, 0, sizeof(p));
     opterr = 0;
     optind = 1;
     while ((opt = getopt_long(argc, argv, ":hX:", options, NULL)) != -1) {
         switch (opt) {
-        case 'd': db_path = optarg; break;
-        case 'b': brokers = optarg; break;
+        case 'd': o->db_path = optarg; break;
+        case 'b': o->brokers = optarg; break;
         case 'X':
         case CLI_OPT_KAFKA_CONFIG:
             if (cli_kafka_option("publish", opt, optarg) != 0)
                 return CLI_EXIT_USAGE;
             break;
-        case 'p': pipeline = optarg; break;
-        case 'O': output = optarg; break;
+        case 'p': o->pipeline = optarg; break;
+        case 'O': o->output = optarg; break;
         case 'i':
-            if (cli_parse_duration_ms("publish", "--interval", optarg, &interval_ms) < 0)
+            if (cli_parse_duration_ms("publish", "--interval", optarg, &o->interval_ms) < 0)
                 return CLI_EXIT_USAGE;
-            if (interval_ms < 1)
+            if (o->interval_ms < 1)
                 return cli_usage_error("publish", "--interval must be at least 1ms");
             break;
         case 'B':
             if (cli_parse_int64("publish", "--batch-size", optarg, 1, 100000, &n) < 0)
                 return CLI_EXIT_USAGE;
-            batch_size = (int)n;
+            o->batch_size = (int)n;
             break;
-        case '1': once = 1; break;
+        case '1': o->once = 1; break;
         case 'L':
             if (tly_log_set_level(optarg) < 0)
                 return cli_usage_error("publish",
@@ -262,64 +222,108 @@ int cmd_publish(int argc, char **argv)
     }
     if (optind < argc)
         return cli_usage_error("publish", "unexpected argument \"%s\"", argv[optind]);
-    if (!db_path)
+    return -1;
+}
+
+/* What the flags cannot say one at a time, the database's presence and the
+ * output topic. Returns -1 to go on, or the exit status. */
+static int check_options(struct publish_options *o)
+{
+    struct stat st;
+    char err[1024];
+
+    if (!o->db_path)
         return cli_usage_error("publish", "--db is required: the database of tally run --strategy "
                                           "state_store, e.g. --db state/telemetry.db");
-    if (cli_kafka_settings("publish", &brokers) != 0)
+    if (cli_kafka_settings("publish", &o->brokers) != 0)
         return CLI_EXIT_USAGE;
-    if (strcmp(pipeline, "telemetry") != 0)
+    if (strcmp(o->pipeline, "telemetry") != 0)
         return cli_usage_error("publish",
                                "--pipeline %s keeps no pending set to publish; only "
                                "telemetry does",
-                               pipeline);
-    if (stat(db_path, &st) != 0) {
+                               o->pipeline);
+    if (stat(o->db_path, &st) != 0) {
         fprintf(stderr,
                 "tally publish: no database at %s: start tally run --strategy state_store "
                 "first (or fix --db)\n",
-                db_path);
+                o->db_path);
         return CLI_EXIT_FAILURE;
     }
-    if (tly_topics_layout(pipeline, "opb", NULL, output, &layout, err, sizeof(err)) < 0) {
+    if (tly_topics_layout(o->pipeline, "opb", NULL, o->output, &o->layout, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally publish: %s\n", err);
         return CLI_EXIT_USAGE;
     }
-    p.topic = layout.output.name;
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
+    return -1;
+}
+
+/* Opens the database, the pipeline, the pack and the producer. Returns 0, or
+ * -1 with err. */
+static int open_publisher(struct publisher *p, const struct publish_options *o, char *err,
+                          size_t errlen)
+{
+    static const char *const defaults[] = {"client.id",   "tally-publish",  "linger.ms", "20",
+                                           "partitioner", "murmur2_random", NULL};
+    tly_store_options sopts;
+
     /* The settings are the daemon's: the database recorded them, and a
      * publish that reads all that is pending does not use them. */
     /* The daemon may hold the write lock for a whole batch (seconds with
      * 50000-record batches): the forget waits for it rather than failing. */
     tly_store_options_init(&sopts);
     sopts.busy_timeout_ms = 60000;
-    if (tly_store_open(db_path, &sopts, &p.store, err, sizeof(err)) < 0 ||
-        tly_pipeline_open(p.store, pipeline, NULL, TLY_PIPELINE_REPLAY_ONLY, &p.pipeline, err,
-                          sizeof(err)) < 0)
-        goto done;
-    if (!tly_pipeline_has_flush(p.pipeline)) {
-        tly_error(err, sizeof(err), "pipeline %s keeps no pending set", pipeline);
-        goto done;
-    }
-    if (!(p.pack = tly_pack_new(batch_size, send_message, &p))) {
-        tly_error(err, sizeof(err), "out of memory");
-        goto done;
-    }
-    if (tly_kconf_check_cluster(brokers, 30000, err, sizeof(err)) < 0 ||
-        !(p.rk = new_producer(&p, brokers, err, sizeof(err))))
-        goto done;
-    tly_log("info", "publish_started", "db=%s topic=%s interval_ms=%lld batch_size=%d", db_path,
-            p.topic, (long long)interval_ms, batch_size);
+    if (tly_store_open(o->db_path, &sopts, &p->store, err, errlen) < 0 ||
+        tly_pipeline_open(p->store, o->pipeline, NULL, TLY_PIPELINE_REPLAY_ONLY, &p->pipeline, err,
+                          errlen) < 0)
+        return -1;
+    if (!tly_pipeline_has_flush(p->pipeline))
+        return tly_error(err, errlen, "pipeline %s keeps no pending set", o->pipeline);
+    if (!(p->pack = tly_pack_new(o->batch_size, send_message, p)))
+        return tly_error(err, errlen, "out of memory");
+    if (tly_kconf_check_cluster(o->brokers, 30000, err, errlen) < 0 ||
+        !(p->rk = tly_kconf_idempotent_producer(o->brokers, defaults, p, on_delivery, on_error,
+                                                NULL, err, errlen)))
+        return -1;
+    return 0;
+}
+
+/* A cycle every o->interval_ms until a signal (or one with --once).
+ * Returns 0, or -1 with err. */
+static int publish_cycles(struct publisher *p, const struct publish_options *o, char *err,
+                          size_t errlen)
+{
     for (;;) {
-        next = tly_clock_mono_ms() + interval_ms;
-        if (publish_once(&p, err, sizeof(err)) < 0)
-            goto done;
-        if (once)
-            break;
+        int64_t next = tly_clock_mono_ms() + o->interval_ms;
+        if (publish_once(p, err, errlen) < 0)
+            return -1;
+        if (o->once)
+            return 0;
         while (!stop_requested && tly_clock_mono_ms() < next)
-            rd_kafka_poll(p.rk, 100);
+            rd_kafka_poll(p->rk, 100);
         if (stop_requested)
-            break;
+            return 0;
     }
+}
+
+int cmd_publish(int argc, char **argv)
+{
+    struct publish_options o = {.pipeline = "telemetry", .interval_ms = 120000, .batch_size = 1};
+    struct publisher p;
+    int rc;
+    char err[1024];
+
+    memset(&p, 0, sizeof(p));
+    if ((rc = parse_options(&o, argc, argv)) >= 0 || (rc = check_options(&o)) >= 0)
+        return rc;
+    p.topic = o.layout.output.name;
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    rc = CLI_EXIT_FAILURE;
+    if (open_publisher(&p, &o, err, sizeof(err)) < 0)
+        goto done;
+    tly_log("info", "publish_started", "db=%s topic=%s interval_ms=%lld batch_size=%d", o.db_path,
+            p.topic, (long long)o.interval_ms, o.batch_size);
+    if (publish_cycles(&p, &o, err, sizeof(err)) < 0)
+        goto done;
     rc = CLI_EXIT_OK;
 done:
     if (rc != CLI_EXIT_OK) {

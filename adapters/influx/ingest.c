@@ -237,7 +237,6 @@ static void close_producer(tly_influx_ingest *ing)
 static int open_producer(tly_influx_ingest *ing, char *err, size_t errlen)
 {
     char timeout[32];
-    rd_kafka_conf_t *conf;
 
     snprintf(timeout, sizeof(timeout), "%" PRId64, ing->cfg.delivery_timeout_ms);
     {
@@ -248,16 +247,10 @@ static int open_producer(tly_influx_ingest *ing, char *err, size_t errlen)
                                         "message.timeout.ms", timeout,
                                         "partitioner", "murmur2_random", NULL};
         /* clang-format on */
-        static const char *const required[] = {"enable.idempotence", "true", NULL};
-        if (!(conf = tly_kconf_new(ing->cfg.brokers, defaults, required, err, errlen)))
+        if (!(ing->rk = tly_kconf_idempotent_producer(ing->cfg.brokers, defaults, ing, on_delivery,
+                                                      on_kafka_error, drop_log, err, errlen)))
             return -1;
     }
-    rd_kafka_conf_set_opaque(conf, ing);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
-    rd_kafka_conf_set_log_cb(conf, drop_log);
-    if (!(ing->rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", err, errlen)))
-        return -1;
     if (!(ing->rkt = rd_kafka_topic_new(ing->rk, ing->cfg.topic, NULL))) {
         snprintf(err, errlen, "topic %s: %s", ing->cfg.topic,
                  rd_kafka_err2str(rd_kafka_last_error()));
@@ -308,17 +301,10 @@ static int queue_pending(tly_influx_ingest *ing, char *err, size_t errlen)
         struct outgoing *r = &ing->out[i];
         if (r->delivered)
             continue;
-        for (;;) {
-            /* F_COPY: a failed record may be sent again by the next attempt
-             * while librdkafka still holds this one. */
-            kerr = rd_kafka_producev(
-                ing->rk, RD_KAFKA_V_RKT(ing->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_KEY(r->vin, strlen(r->vin)), RD_KAFKA_V_VALUE(r->json, r->len),
-                RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
-            if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-                break;
-            rd_kafka_poll(ing->rk, 100); /* the local queue is full: let deliveries drain it */
-        }
+        /* Copied: a failed record may be sent again by the next attempt
+         * while librdkafka still holds this one. */
+        kerr = tly_kconf_produce(ing->rk, ing->rkt, NULL, RD_KAFKA_PARTITION_UA, r->vin,
+                                 strlen(r->vin), r->json, r->len, NULL, r, NULL);
         if (kerr) {
             snprintf(err, errlen, "cannot queue a record for %s: %s", ing->cfg.topic,
                      rd_kafka_err2str(kerr));

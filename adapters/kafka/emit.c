@@ -94,37 +94,15 @@ rd_kafka_t *runner_new_producer(struct runner *r, char *errbuf, size_t errlen)
     return rk;
 }
 
-/* Produces one message inside the open transaction, waiting while the local
- * queue is full. Returns 0 or the librdkafka error. */
-static rd_kafka_resp_err_t produce_to(struct runner *r, const char *topic, int32_t partition,
-                                      const void *key, size_t key_len, const void *value,
-                                      size_t value_len, rd_kafka_headers_t *headers)
-{
-    rd_kafka_resp_err_t err;
-    for (;;) {
-        if (headers)
-            err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
-                                    RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, key_len),
-                                    RD_KAFKA_V_VALUE((void *)value, value_len),
-                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                    RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
-        else
-            err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
-                                    RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_KEY(key, key_len),
-                                    RD_KAFKA_V_VALUE((void *)value, value_len),
-                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            return err;
-        rd_kafka_poll(r->producer, 10);
-    }
-}
-
-/* To the partition the topic's partitioner picks for the key. */
+/* One message inside the open transaction, to the partition the topic's
+ * partitioner picks for the key; a full local queue is waited out (kconf.h).
+ * Returns 0 or the librdkafka error. */
 rd_kafka_resp_err_t runner_produce(struct runner *r, const char *topic, const void *key,
                                    size_t key_len, const void *value, size_t value_len,
                                    rd_kafka_headers_t *headers)
 {
-    return produce_to(r, topic, RD_KAFKA_PARTITION_UA, key, key_len, value, value_len, headers);
+    return tly_kconf_produce(r->producer, NULL, topic, RD_KAFKA_PARTITION_UA, key, key_len, value,
+                             value_len, headers, NULL, NULL);
 }
 
 /* A change made by input partition p goes to changelog partition p (the
@@ -135,8 +113,9 @@ static int produce_changelog_row(void *ctx, int64_t seq, const char *key, size_t
 {
     struct produce_ctx *c = ctx;
     (void)seq;
-    c->err = produce_to(c->r, c->topic, part >= 0 ? part : RD_KAFKA_PARTITION_UA, key, key_len,
-                        line, line_len, NULL);
+    c->err =
+        tly_kconf_produce(c->r->producer, NULL, c->topic, part >= 0 ? part : RD_KAFKA_PARTITION_UA,
+                          key, key_len, line, line_len, NULL, NULL, NULL);
     c->count++;
     return c->err ? 1 : 0;
 }
@@ -228,7 +207,7 @@ struct flush_ctx {
 static int fill_flush(struct runner *r, void *ctx, char *why, size_t whylen)
 {
     struct flush_ctx *f = ctx;
-    if (tly_flush_read(r->store, r->pipeline, r->pack, &f->produced, f->upto, why, whylen) < 0) {
+    if (tly_flush_read(r->store, r->pipeline, r->pack, &f->produced, &f->upto, why, whylen) < 0) {
         if (f->produced.err)
             tly_error(why, whylen, "%s", rd_kafka_err2str(f->produced.err));
         return -1;

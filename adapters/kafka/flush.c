@@ -11,7 +11,7 @@ static int add_record(void *ctx, const char *key, size_t key_len, const char *va
 }
 
 int tly_flush_read(tly_store *store, tly_pipeline *pipeline, tly_pack *pack, void *pack_ctx,
-                   int64_t upto, char *err, size_t errlen)
+                   int64_t *upto, char *err, size_t errlen)
 {
     int rc;
 
@@ -19,8 +19,10 @@ int tly_flush_read(tly_store *store, tly_pipeline *pipeline, tly_pack *pack, voi
      * connection goes on while the records go out. */
     if (tly_store_exec(store, "BEGIN", err, errlen) < 0)
         return -1;
+    if (*upto == TLY_FLUSH_LAST_SEQ)
+        *upto = tly_store_last_seq(store);
     tly_pack_reset(pack, pack_ctx);
-    rc = tly_pipeline_flush(pipeline, upto, add_record, pack, err, errlen);
+    rc = tly_pipeline_flush(pipeline, *upto, add_record, pack, err, errlen);
     if (rc == 0 && tly_pack_finish(pack) != 0)
         rc = tly_error(err, errlen, "cannot produce a packed message");
     tly_store_exec(store, "COMMIT", (char[256]){0}, 256); /* a read: nothing to lose */

@@ -3,8 +3,9 @@
  * out, and is forgotten only once it is delivered.
  *
  *   1. read     tly_flush_read: the pending set up to seq `upto` (the
- *               store's last seq when the cycle starts), record by record
- *               into a pack (pack.h), in one read transaction
+ *               store's last seq when the cycle starts, or when its read
+ *               transaction starts), record by record into a pack (pack.h),
+ *               in one read transaction
  *   2. deliver  the caller's: commit the Kafka transaction that holds the
  *               records (tally run --strategy log_compacted), or wait for
  *               every delivery report of an idempotent producer (tally
@@ -28,12 +29,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* *upto for tly_flush_read: the store's last seq, read inside the read
+ * transaction, so that it is the last seq of the very snapshot the records
+ * come from even while a writer on another connection goes on (tally
+ * publish beside the daemon). */
+#define TLY_FLUSH_LAST_SEQ (-1)
+
 /* Step 1: resets pack (its send context becomes pack_ctx), adds every
- * pending record up to upto, sends the last message. Returns 0, or -1 with
- * err (a database error, or a send that failed: the caller's context may
- * know why). */
+ * pending record up to *upto (TLY_FLUSH_LAST_SEQ: *upto is set to the last
+ * seq, see above), sends the last message. Returns 0, or -1 with err (a
+ * database error, or a send that failed: the caller's context may know
+ * why). */
 int tly_flush_read(tly_store *store, tly_pipeline *pipeline, tly_pack *pack, void *pack_ctx,
-                   int64_t upto, char *err, size_t errlen);
+                   int64_t *upto, char *err, size_t errlen);
 
 /* Step 3. Returns 0, or -1 with err (rolled back: the records stay pending
  * and the next cycle repeats them). */

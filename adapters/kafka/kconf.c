@@ -325,6 +325,62 @@ rd_kafka_t *tly_kconf_client(rd_kafka_type_t type, rd_kafka_conf_t *conf, const 
 }
 
 /* ------------------------------------------------------------------------ */
+/* Producers                                                                 */
+/* ------------------------------------------------------------------------ */
+
+rd_kafka_t *tly_kconf_idempotent_producer(
+    const char *brokers, const char *const *defaults, void *opaque,
+    void (*on_delivery)(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque),
+    void (*on_error)(rd_kafka_t *rk, int err, const char *reason, void *opaque),
+    void (*on_log)(const rd_kafka_t *rk, int level, const char *facility, const char *message),
+    char *errbuf, size_t errlen)
+{
+    /* A retry after a lost acknowledgement must not write a message twice. */
+    static const char *const required[] = {"enable.idempotence", "true", NULL};
+    rd_kafka_conf_t *conf = tly_kconf_new(brokers, defaults, required, errbuf, errlen);
+
+    if (!conf)
+        return NULL;
+    rd_kafka_conf_set_opaque(conf, opaque);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    if (on_log)
+        rd_kafka_conf_set_log_cb(conf, on_log);
+    return tly_kconf_client(RD_KAFKA_PRODUCER, conf, "the producer", errbuf, errlen);
+}
+
+rd_kafka_resp_err_t tly_kconf_produce(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const char *topic,
+                                      int32_t partition, const void *key, size_t key_len,
+                                      const void *value, size_t value_len,
+                                      rd_kafka_headers_t *headers, void *msg_opaque,
+                                      const volatile sig_atomic_t *stop)
+{
+    rd_kafka_resp_err_t err;
+
+    for (;;) {
+        if (stop && *stop)
+            return RD_KAFKA_RESP_ERR__INTR;
+        /* A NULL headers list or opaque, or RD_KAFKA_PARTITION_UA, is what
+         * librdkafka assumes when they are left out. */
+        if (rkt)
+            err = rd_kafka_producev(
+                rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_PARTITION(partition),
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, key_len),
+                RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_HEADERS(headers),
+                RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
+        else
+            err = rd_kafka_producev(
+                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, key_len),
+                RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_HEADERS(headers),
+                RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            return err;
+        rd_kafka_poll(rk, 10);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* The connection check                                                      */
 /* ------------------------------------------------------------------------ */
 

@@ -31,7 +31,9 @@
 #define TLY_KCONF_H
 
 #include <librdkafka/rdkafka.h>
+#include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Adds one user setting "name=value". origin says where it came from
  * ("-X", "FILE:LINE") for messages. Returns 0, or -1 with errbuf for a
@@ -78,6 +80,46 @@ rd_kafka_t *tly_kconf_client(rd_kafka_type_t type, rd_kafka_conf_t *conf, const 
  * (its value redacted if secret). */
 int tly_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errbuf,
                   size_t errlen);
+
+/* An idempotent producer (enable.idempotence=true, which a user setting may
+ * not change): `defaults` as for tly_kconf_new, then the user settings and
+ * brokers. Its callbacks: opaque is the opaque of all three, on_delivery gets
+ * every message's delivery report, on_error librdkafka's errors (a fatal one
+ * included); on_log NULL leaves librdkafka's own logging to stderr. Returns
+ * the handle, or NULL with errbuf ("cannot create the producer: ..."). */
+rd_kafka_t *tly_kconf_idempotent_producer(
+    const char *brokers, const char *const *defaults, void *opaque,
+    void (*on_delivery)(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque),
+    void (*on_error)(rd_kafka_t *rk, int err, const char *reason, void *opaque),
+    void (*on_log)(const rd_kafka_t *rk, int level, const char *facility, const char *message),
+    char *errbuf, size_t errlen);
+
+/* Queues one message on producer rk, waiting while librdkafka's local queue
+ * is full (RD_KAFKA_RESP_ERR__QUEUE_FULL: the broker takes less than is
+ * sent). Each wait serves rk's callbacks for up to 10 ms: the delivery
+ * reports served are what free room in the queue, and rd_kafka_poll returns
+ * as soon as it has served one, so the bound only sets how often a stop is
+ * looked at while nothing arrives.
+ *
+ *   rkt, topic  the topic: the handle rkt when not NULL, else the topic named
+ *               `topic` (librdkafka looks the name up on every call)
+ *   partition   RD_KAFKA_PARTITION_UA: the topic's partitioner picks one by key
+ *   key, value  copied (RD_KAFKA_MSG_F_COPY): the caller may reuse its buffers
+ *               as soon as this returns
+ *   headers     NULL, or a list that librdkafka owns once the message is
+ *               queued; on any error the caller still owns it and destroys it
+ *   msg_opaque  the delivery report's msg->_private
+ *   stop        NULL, or a flag looked at before every attempt: once it is
+ *               non-zero nothing more is tried
+ *
+ * Returns RD_KAFKA_RESP_ERR_NO_ERROR once queued, RD_KAFKA_RESP_ERR__INTR when
+ * *stop was set first (not queued), or the error librdkafka gave (not queued;
+ * RD_KAFKA_RESP_ERR__FATAL once an idempotent producer has failed fatally). */
+rd_kafka_resp_err_t tly_kconf_produce(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const char *topic,
+                                      int32_t partition, const void *key, size_t key_len,
+                                      const void *value, size_t value_len,
+                                      rd_kafka_headers_t *headers, void *msg_opaque,
+                                      const volatile sig_atomic_t *stop);
 
 /* Connects to the cluster once with the user settings and fails fast when it
  * cannot: bad credentials, a TLS handshake that fails (untrusted CA, TLS

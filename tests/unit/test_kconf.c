@@ -1,11 +1,16 @@
 /* tests/unit/test_kconf.c - the user's Kafka settings: the properties file,
  * -X, the environment, their order, refused and misspelled properties,
- * redaction, and the connection check's timeout. No broker needed. */
+ * redaction, and the connection check's timeout; the idempotent producer and
+ * the produce call that waits out a full local queue. No broker needed (the
+ * wait for room uses librdkafka's in-process mock cluster). */
 #include "tly_test.h"
 
 #include "kconf.h"
 
+#include <librdkafka/rdkafka_mock.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/time.h>
 #include <time.h>
 
 static int64_t cli_ms(void)
@@ -16,7 +21,7 @@ static int64_t cli_ms(void)
 }
 
 /* The value conf holds for name ("" if unset). */
-static const char *conf_value(rd_kafka_conf_t *conf, const char *name)
+static const char *conf_value(const rd_kafka_conf_t *conf, const char *name)
 {
     static char buf[512];
     size_t len = sizeof(buf);
@@ -222,11 +227,184 @@ static void test_check_unreachable(void)
 end:;
 }
 
+static void quiet_log(const rd_kafka_t *rk, int level, const char *facility, const char *message)
+{
+    (void)rk, (void)level, (void)facility, (void)message;
+}
+
+static void quiet_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk, (void)err, (void)reason, (void)opaque;
+}
+
+/* Counts the delivered messages whose opaque is the counter itself. */
+static void count_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    int *delivered = opaque;
+    (void)rk;
+    if (!m->err && m->_private == delivered)
+        (*delivered)++;
+}
+
+/* Counts the messages purged from the queue. */
+static void count_purged(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    int *purged = opaque;
+    (void)rk;
+    if (m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE)
+        (*purged)++;
+}
+
+/* The defaults, the user's settings, and idempotence, which nobody turns off. */
+static void test_idempotent_producer(void)
+{
+    static const char *const defaults[] = {"client.id", "tally-x", "linger.ms", "5", NULL};
+    char err[1024] = "";
+    int delivered = 0;
+    rd_kafka_t *rk = NULL;
+    const rd_kafka_conf_t *conf;
+
+    tly_kconf_reset();
+    CHECK_MSG(tly_kconf_add("linger.ms=50", "-X", err, sizeof(err)) == 0, "%s", err);
+    rk = tly_kconf_idempotent_producer("127.0.0.1:1", defaults, &delivered, count_delivery,
+                                       quiet_error, quiet_log, err, sizeof(err));
+    CHECK_MSG(rk != NULL, "%s", err);
+    conf = rd_kafka_conf(rk);
+    CHECK_STR(conf_value(conf, "enable.idempotence"), "true");
+    CHECK_STR(conf_value(conf, "client.id"), "tally-x");
+    CHECK_STR(conf_value(conf, "linger.ms"), "50");
+    CHECK_STR(conf_value(conf, "bootstrap.servers"), "127.0.0.1:1");
+    CHECK(rd_kafka_opaque(rk) == &delivered);
+end:
+    if (rk)
+        rd_kafka_destroy(rk);
+    tly_kconf_reset();
+}
+
+static volatile sig_atomic_t alarm_stop;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    alarm_stop = 1;
+}
+
+/* No broker and room for one message: the second waits for room that never
+ * comes, until the stop flag is set (by SIGALRM, 300 ms later); it is not
+ * queued (purging the queue reports the first alone), and its headers stay
+ * the caller's. */
+static void test_produce_stops(void)
+{
+    static const char *const defaults[] = {"queue.buffering.max.messages", "1", NULL};
+    struct itimerval in_300ms = {{0, 0}, {0, 300000}};
+    struct sigaction sa, saved;
+    char err[1024] = "";
+    int purged = 0, alarm_set = 0;
+    rd_kafka_t *rk = NULL;
+    rd_kafka_headers_t *headers = rd_kafka_headers_new(1);
+    int64_t started;
+    rd_kafka_resp_err_t kerr;
+
+    tly_kconf_reset();
+    rk = tly_kconf_idempotent_producer("127.0.0.1:1", defaults, &purged, count_purged, quiet_error,
+                                       quiet_log, err, sizeof(err));
+    CHECK_MSG(rk != NULL, "%s", err);
+    kerr = tly_kconf_produce(rk, NULL, "t", RD_KAFKA_PARTITION_UA, "k", 1, "v1", 2, NULL, NULL,
+                             &alarm_stop);
+    CHECK_MSG(kerr == RD_KAFKA_RESP_ERR_NO_ERROR, "%s", rd_kafka_err2str(kerr));
+
+    /* a stop set before the call: nothing is tried */
+    alarm_stop = 1;
+    CHECK_INT(tly_kconf_produce(rk, NULL, "t", RD_KAFKA_PARTITION_UA, "k", 1, "v2", 2, NULL, NULL,
+                                &alarm_stop),
+              RD_KAFKA_RESP_ERR__INTR);
+    alarm_stop = 0;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_alarm;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, &saved);
+    alarm_set = 1;
+    rd_kafka_header_add(headers, "h", -1, "x", 1);
+    started = cli_ms();
+    setitimer(ITIMER_REAL, &in_300ms, NULL);
+    kerr = tly_kconf_produce(rk, NULL, "t", RD_KAFKA_PARTITION_UA, "k", 1, "v3", 2, headers, NULL,
+                             &alarm_stop);
+    CHECK_MSG(kerr == RD_KAFKA_RESP_ERR__INTR, "%s", rd_kafka_err2str(kerr));
+    CHECK_MSG(cli_ms() - started >= 250, "returned after %lld ms", (long long)(cli_ms() - started));
+    CHECK_MSG(cli_ms() - started < 5000, "returned after %lld ms", (long long)(cli_ms() - started));
+    CHECK_INT(rd_kafka_header_cnt(headers), 1);
+    rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_flush(rk, 2000); /* serves the purged messages' reports */
+    CHECK_INT(purged, 1);
+end:
+    if (alarm_set) {
+        struct itimerval off = {{0, 0}, {0, 0}};
+        setitimer(ITIMER_REAL, &off, NULL);
+        sigaction(SIGALRM, &saved, NULL);
+    }
+    rd_kafka_headers_destroy(headers);
+    if (rk)
+        rd_kafka_destroy(rk);
+    tly_kconf_reset();
+}
+
+/* A mock cluster and room for one message: librdkafka refuses the second
+ * (the queue is full until the first's delivery report is served), and
+ * tly_kconf_produce waits until it fits, every time. */
+static void test_produce_waits_for_room(void)
+{
+    static const char *const defaults[] = {"queue.buffering.max.messages", "1", NULL};
+    enum { MESSAGES = 20 };
+    char err[1024] = "", errstr[256], value[32];
+    int delivered = 0;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *handle = NULL, *rk = NULL;
+    rd_kafka_mock_cluster_t *mock = NULL;
+    rd_kafka_resp_err_t kerr;
+
+    tly_kconf_reset();
+    rd_kafka_conf_set(conf, "log_level", "0", errstr, sizeof(errstr));
+    handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+    CHECK_MSG(handle != NULL, "%s", errstr);
+    CHECK((mock = rd_kafka_mock_cluster_new(handle, 1)) != NULL);
+    CHECK_INT(rd_kafka_mock_topic_create(mock, "t", 1, 1), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rk = tly_kconf_idempotent_producer(rd_kafka_mock_cluster_bootstraps(mock), defaults, &delivered,
+                                       count_delivery, quiet_error, quiet_log, err, sizeof(err));
+    CHECK_MSG(rk != NULL, "%s", err);
+
+    for (int i = 0; i < MESSAGES; i++) {
+        snprintf(value, sizeof(value), "v%d", i);
+        kerr = tly_kconf_produce(rk, NULL, "t", RD_KAFKA_PARTITION_UA, "k", 1, value, strlen(value),
+                                 NULL, &delivered, NULL);
+        CHECK_MSG(kerr == RD_KAFKA_RESP_ERR_NO_ERROR, "message %d: %s", i, rd_kafka_err2str(kerr));
+        if (i == 0) /* nothing has served the first's report: there is no room */
+            CHECK_INT(rd_kafka_producev(rk, RD_KAFKA_V_TOPIC("t"), RD_KAFKA_V_VALUE("x", 1),
+                                        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END),
+                      RD_KAFKA_RESP_ERR__QUEUE_FULL);
+    }
+    CHECK_INT(rd_kafka_flush(rk, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    CHECK_INT(delivered, MESSAGES);
+end:
+    if (rk)
+        rd_kafka_destroy(rk);
+    if (mock)
+        rd_kafka_mock_cluster_destroy(mock);
+    if (handle)
+        rd_kafka_destroy(handle);
+    else
+        rd_kafka_conf_destroy(conf);
+    tly_kconf_reset();
+}
+
 static const tly_testcase cases[] = {{"file_then_flags", test_file_then_flags},
                                      {"refused", test_refused},
                                      {"environment", test_environment},
                                      {"secrets", test_secrets},
                                      {"check_unreachable", test_check_unreachable},
+                                     {"idempotent_producer", test_idempotent_producer},
+                                     {"produce_stops", test_produce_stops},
+                                     {"produce_waits_for_room", test_produce_waits_for_room},
                                      {NULL, NULL}};
 
 int main(int argc, char **argv)
