@@ -117,15 +117,6 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
             cli_quote(reason, quoted, sizeof(quoted)));
 }
 
-/* librdkafka's own log lines repeat what on_error reports. */
-static void drop_log(const rd_kafka_t *rk, int level, const char *facility, const char *message)
-{
-    (void)rk;
-    (void)level;
-    (void)facility;
-    (void)message;
-}
-
 /* The message key of a generated event: orders: storeId; telemetry: data.id
  * (the VIN). Parsed rather than predicted, so the key is always the event's
  * own. Returns its length, or -1. */
@@ -152,28 +143,6 @@ static int event_key(struct producer *p, int len)
     return n;
 }
 
-/* Returns 1 if the topic exists, 0 if not, -1 on a metadata error. */
-static int topic_exists(struct producer *p, char *err, size_t errlen)
-{
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t kerr;
-    int found = 0;
-
-    /* All topics: a request naming this one could make a broker with
-     * auto.create.topics.enable create it with the wrong settings. */
-    if ((kerr = rd_kafka_metadata(p->rk, 1, NULL, &md, METADATA_TIMEOUT_MS))) {
-        snprintf(err, errlen, "cannot read the topic list from %s: %s", p->brokers,
-                 rd_kafka_err2str(kerr));
-        return -1;
-    }
-    for (int i = 0; i < md->topic_cnt; i++)
-        if (strcmp(md->topics[i].topic, p->topic) == 0 &&
-            md->topics[i].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-            found = 1;
-    rd_kafka_metadata_destroy(md);
-    return found;
-}
-
 /* Creates the idempotent producer. Returns 0, or -1 with err. */
 static int open_producer(struct producer *p, char *err, size_t errlen)
 {
@@ -184,7 +153,7 @@ static int open_producer(struct producer *p, char *err, size_t errlen)
                                            "partitioner", "murmur2_random",   NULL};
 
     if (!(p->rk = tly_kconf_idempotent_producer(p->brokers, defaults, p, on_delivery, on_error,
-                                                drop_log, err, errlen)))
+                                                tly_kconf_drop_log, err, errlen)))
         return -1;
     if (!(p->rkt = rd_kafka_topic_new(p->rk, p->topic, NULL))) {
         snprintf(err, errlen, "topic %s: %s", p->topic, rd_kafka_err2str(rd_kafka_last_error()));
@@ -397,7 +366,8 @@ static int open_run(struct producer *p, const struct produce_options *o)
         fprintf(stderr, "tally produce: %s\n", err);
         return -1;
     }
-    switch (topic_exists(p, err, sizeof(err))) {
+    switch (tly_kconf_topic_exists(p->rk, p->brokers, p->topic, METADATA_TIMEOUT_MS, err,
+                                   sizeof(err))) {
     case -1: fprintf(stderr, "tally produce: %s\n", err); return -1;
     case 0:
         fprintf(stderr,

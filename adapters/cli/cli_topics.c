@@ -50,16 +50,6 @@ static const char topics_usage[] =
     "Exit status 0 when all five topics are in place, 1 on a conflict or a Kafka\n"
     "error, 2 on a bad option.\n";
 
-/* Errors reach keep_error and our message; the default log lines on stderr
- * would only repeat them in librdkafka's format. */
-static void drop_log(const rd_kafka_t *rk, int level, const char *facility, const char *message)
-{
-    (void)rk;
-    (void)level;
-    (void)facility;
-    (void)message;
-}
-
 static void keep_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk;
@@ -169,7 +159,7 @@ static rd_kafka_t *open_lister(const struct create_options *o, char *last_error)
         fprintf(stderr, "tally topics create: %s\n", err);
         return NULL;
     }
-    rd_kafka_conf_set_log_cb(conf, drop_log);
+    rd_kafka_conf_set_log_cb(conf, tly_kconf_drop_log);
     rd_kafka_conf_set_error_cb(conf, keep_error);
     rd_kafka_conf_set_opaque(conf, last_error);
     if (!(rk = tly_kconf_client(RD_KAFKA_PRODUCER, conf, "a Kafka client", err, sizeof(err))))

@@ -214,15 +214,6 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
             tly_log_quote(reason, quoted, sizeof(quoted)));
 }
 
-/* librdkafka's own log lines repeat what on_kafka_error reports. */
-static void drop_log(const rd_kafka_t *rk, int level, const char *facility, const char *message)
-{
-    (void)rk;
-    (void)level;
-    (void)facility;
-    (void)message;
-}
-
 static void close_producer(tly_influx_ingest *ing)
 {
     if (ing->rkt)
@@ -247,8 +238,9 @@ static int open_producer(tly_influx_ingest *ing, char *err, size_t errlen)
                                         "message.timeout.ms", timeout,
                                         "partitioner", "murmur2_random", NULL};
         /* clang-format on */
-        if (!(ing->rk = tly_kconf_idempotent_producer(ing->cfg.brokers, defaults, ing, on_delivery,
-                                                      on_kafka_error, drop_log, err, errlen)))
+        if (!(ing->rk =
+                  tly_kconf_idempotent_producer(ing->cfg.brokers, defaults, ing, on_delivery,
+                                                on_kafka_error, tly_kconf_drop_log, err, errlen)))
             return -1;
     }
     if (!(ing->rkt = rd_kafka_topic_new(ing->rk, ing->cfg.topic, NULL))) {
@@ -258,28 +250,6 @@ static int open_producer(tly_influx_ingest *ing, char *err, size_t errlen)
         return -1;
     }
     return 0;
-}
-
-/* Returns 1 if the topic exists, 0 if not, -1 when the broker cannot say. */
-static int topic_exists(tly_influx_ingest *ing, char *err, size_t errlen)
-{
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t kerr;
-    int found = 0;
-
-    /* All topics: asking for this one by name could make a broker with
-     * auto.create.topics.enable create it with the wrong settings. */
-    if ((kerr = rd_kafka_metadata(ing->rk, 1, NULL, &md, METADATA_TIMEOUT_MS))) {
-        snprintf(err, errlen, "cannot read the topic list from %s: %s", ing->cfg.brokers,
-                 rd_kafka_err2str(kerr));
-        return -1;
-    }
-    for (int i = 0; i < md->topic_cnt; i++)
-        if (strcmp(md->topics[i].topic, ing->cfg.topic) == 0 &&
-            md->topics[i].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-            found = 1;
-    rd_kafka_metadata_destroy(md);
-    return found;
 }
 
 static void free_outgoing(tly_influx_ingest *ing)
@@ -478,7 +448,8 @@ static int open_sink(tly_influx_ingest *ing, char *errbuf, size_t errlen)
     }
     if (open_producer(ing, errbuf, errlen) < 0)
         return -1;
-    switch (topic_exists(ing, errbuf, errlen)) {
+    switch (tly_kconf_topic_exists(ing->rk, ing->cfg.brokers, ing->cfg.topic, METADATA_TIMEOUT_MS,
+                                   errbuf, errlen)) {
     case -1: /* the broker may come back: producing retries, and says so */
         tly_log("warn", "kafka", "error=%s", tly_log_quote(errbuf, quoted, sizeof(quoted)));
         break;

@@ -520,3 +520,31 @@ rd_kafka_t *tly_kconf_reader_isolation(const char *brokers, const char *group_id
     rd_kafka_conf_set_log_cb(conf, reader_log);
     return tly_kconf_client(RD_KAFKA_CONSUMER, conf, "a Kafka reader", errbuf, errlen);
 }
+
+void tly_kconf_drop_log(const rd_kafka_t *rk, int level, const char *facility, const char *message)
+{
+    (void)rk;
+    (void)level;
+    (void)facility;
+    (void)message;
+}
+
+int tly_kconf_topic_exists(rd_kafka_t *rk, const char *brokers, const char *topic, int timeout_ms,
+                           char *errbuf, size_t errlen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t kerr;
+    int found = 0;
+
+    if ((kerr = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms))) {
+        snprintf(errbuf, errlen, "cannot read the topic list from %s: %s", brokers,
+                 rd_kafka_err2str(kerr));
+        return -1;
+    }
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (strcmp(md->topics[i].topic, topic) == 0 &&
+            md->topics[i].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+            found = 1;
+    rd_kafka_metadata_destroy(md);
+    return found;
+}

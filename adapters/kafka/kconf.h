@@ -94,6 +94,18 @@ rd_kafka_t *tly_kconf_idempotent_producer(
     void (*on_log)(const rd_kafka_t *rk, int level, const char *facility, const char *message),
     char *errbuf, size_t errlen);
 
+/* A log callback that drops librdkafka's own log lines, for clients whose
+ * error callback already reports what those lines would repeat in
+ * librdkafka's format. */
+void tly_kconf_drop_log(const rd_kafka_t *rk, int level, const char *facility, const char *message);
+
+/* Whether `topic` exists on the cluster rk is connected to (brokers names it
+ * in the error): 1 yes, 0 no, -1 when the broker cannot say (errbuf). Reads
+ * the list of all topics: a request naming this one could make a broker with
+ * auto.create.topics.enable create it with the wrong settings. */
+int tly_kconf_topic_exists(rd_kafka_t *rk, const char *brokers, const char *topic, int timeout_ms,
+                           char *errbuf, size_t errlen);
+
 /* Queues one message on producer rk, waiting while librdkafka's local queue
  * is full (RD_KAFKA_RESP_ERR__QUEUE_FULL: the broker takes less than is
  * sent). Each wait serves rk's callbacks for up to 10 ms: the delivery
