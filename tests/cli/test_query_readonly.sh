@@ -2,7 +2,7 @@
 # test_query_readonly.sh - tally query refuses anything that could write,
 # interrupts runaway queries, caps rows, prints csv/json correctly, and reads
 # consistent snapshots while an ingest writes the same database.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib/assert.sh"
 
 DB=$WORK/state.db
 

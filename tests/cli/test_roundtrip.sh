@@ -3,7 +3,7 @@
 # against expectations computed independently with awk; then changelog export
 # and replay into a new database must reproduce the state exactly, replaying
 # twice must change nothing, and --since exports must continue a replica.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib/assert.sh"
 
 ORDERS=$WORK/orders.jsonl
 ORDERS_TSV=$WORK/orders.tsv # store, product, event time, price micros * qty

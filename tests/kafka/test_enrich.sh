@@ -13,10 +13,10 @@
 #   3. Restarted with --dedup-window 5s (a per-run setting): copies of orders
 #      first seen longer ago count as new and come out again, once; a copy
 #      within the window does not; expired rows are pruned.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
-# shellcheck source-path=SCRIPTDIR source=lib_enrich.sh
-source "$(dirname "$0")/lib_enrich.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
+# shellcheck source=../lib/enrich.sh
+source "$(dirname "$0")/../lib/enrich.sh"
 
 N_VALID=600
 N_BAD=44

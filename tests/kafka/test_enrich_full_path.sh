@@ -9,10 +9,10 @@
 # computed with awk over the distinct orders exactly, the aggregator
 # dead-lettered nothing (whatever enrich calls validated, it accepts), and the
 # enrich DLQ holds each malformed record once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
-# shellcheck source-path=SCRIPTDIR source=lib_enrich.sh
-source "$(dirname "$0")/lib_enrich.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
+# shellcheck source=../lib/enrich.sh
+source "$(dirname "$0")/../lib/enrich.sh"
 
 N_PRE=8000
 CHUNKS=12

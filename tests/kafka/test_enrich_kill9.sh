@@ -8,10 +8,10 @@
 # runs to completion: orders.enriched (read_committed) holds each distinct
 # order exactly once with the normalized fields, and the DLQ each malformed
 # record once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
-# shellcheck source-path=SCRIPTDIR source=lib_enrich.sh
-source "$(dirname "$0")/lib_enrich.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
+# shellcheck source=../lib/enrich.sh
+source "$(dirname "$0")/../lib/enrich.sh"
 
 N_PRE=12000   # distinct orders produced before the first start (with copies)
 CHUNKS=10     # then CHUNKS chunks, one a second, each with

@@ -23,8 +23,8 @@
 #   6. The live page, in headless Chromium while orders flow, draws its three
 #      charts (data-points >= 2), fills the recent-rows table through /query
 #      and shows no error; without the token it shows the 401.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 command -v curl >/dev/null || fail "curl is required"
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}

@@ -34,7 +34,7 @@
 # Each vehicle of parts 2 and 3 has a single reading, so "every reading
 # reached Kafka" is "every VIN is on the topic with its value": a range that
 # was skipped would leave VINs out.
-source "$(dirname "$0")/lib_run.sh"
+source "$(dirname "$0")/../lib/tally.sh"
 
 INFLUXDB_SCRIPT=$TALLY_SOURCE_DIR/scripts/influxdb
 [[ -x "$INFLUXDB_SCRIPT" ]] || fail "$INFLUXDB_SCRIPT missing"

@@ -6,8 +6,8 @@
 # is restarted - that is allowed, and reported. Either way, at the end the
 # latest committed output per key and the SQLite state equal the awk totals
 # exactly, and the DLQ holds each malformed line once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_FIRST=30000
 N_SECOND=5000

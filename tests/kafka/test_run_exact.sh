@@ -5,8 +5,8 @@
 # the SQLite state equal totals computed with awk, exactly; the DLQ holds each
 # malformed line once, with its headers; the changelog topic mirrors the state;
 # the recorded input positions are the ends of the input partitions.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_ORDERS=20000
 N_BAD=30

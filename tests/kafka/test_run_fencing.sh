@@ -16,8 +16,8 @@
 # totals exactly - so nothing A or B wrote after being fenced is visible - the
 # DLQ holds each malformed line once, and C, which started with an empty state
 # directory and rebuilt it from the changelog topic, holds exact totals too.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_PRE=2000
 N_CHUNK=100     # a chunk every CHUNK_GAP s (plus kcat's time) while the

@@ -16,8 +16,8 @@
 # the end the latest outputs and the union of b's and c's states equal the
 # awk totals, no window is in both, and each partition's tally.counters
 # chain runs without gap or overlap to its end offset.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 STORES=6
 TXN_TIMEOUT=15s

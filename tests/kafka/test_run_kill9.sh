@@ -8,8 +8,8 @@
 # At the end it runs to completion: the latest committed output per key and
 # the SQLite state equal the awk totals exactly (no order lost, none counted
 # twice), and the DLQ holds each malformed line once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_PRE=15000      # produced before the first start
 CHUNKS=10        # then CHUNKS x N_CHUNK more, one chunk a second

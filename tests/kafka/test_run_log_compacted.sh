@@ -7,8 +7,8 @@
 # a vehicle:
 # the latest output per VIN equals the awk-computed latest record, and so does
 # the state.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=3000
 IN=$(name in)

@@ -20,8 +20,8 @@
 #                      stops, y's replaced consumer is assigned the partition,
 #                      takes it over and counts what x counted plus what comes
 #                      after, exactly.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=2000
 STORES=12

@@ -37,8 +37,8 @@
 # the input's end offsets (every one of those restarts found nothing left to
 # consume: the positions come from the replayed batches' counters records);
 # at the end the DLQ holds each malformed line once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 PARTS=5
 N_PART=(0 2000 800 800 800 800) # orders per part, part 1..5

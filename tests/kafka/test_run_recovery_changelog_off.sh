@@ -26,8 +26,8 @@
 #      has never recorded a position for (the state holds nothing of that
 #      partition, while the group's committed offset is past the batch): the
 #      restart reads that partition from its start and ends exact.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 RUN=0
 # start_run ARGS...: a new `tally run` with ARGS, its own log ($LOG); waits

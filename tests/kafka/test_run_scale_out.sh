@@ -24,8 +24,8 @@
 #      recovery time for each of its partitions), and no partitions table,
 #      whenever the test looked, listed a partition its instance was never
 #      assigned.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 PARTITIONS=6
 STORES=12        # over 6 partitions by kcat's key hash: every partition gets stores

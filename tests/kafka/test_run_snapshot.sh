@@ -7,8 +7,8 @@
 # records up to those offsets replayed into an empty database. An early
 # snapshot, restored into a new state directory, and the daemon started on it
 # again catches up from the changelog topic to exactly the same totals.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N1=6000
 N2=6000

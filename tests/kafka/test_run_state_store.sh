@@ -10,8 +10,8 @@
 # the publisher packs records (--batch-size 2) for a while; at the end nothing
 # is pending and the latest output per VIN equals the awk-computed latest
 # record and the state.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=4000
 IN=$(name in)

@@ -12,7 +12,7 @@
 # view must hold the same records, also after the database is lost and
 # rebuilt from the changelog topic (which also brings back the input
 # positions of every batch).
-source "$(dirname "$0")/lib_run.sh"
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=4000
 IN=$(name in)

@@ -16,8 +16,8 @@
 #   - a kill -9 mid-run and a restart change nothing of the above;
 #   - the latest output per VIN (packed messages unpacked) equals the state;
 #   - /metrics counts the late readings (tally_events_late_total).
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=3000
 W=10000

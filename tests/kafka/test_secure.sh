@@ -25,8 +25,8 @@
 # 7. Bad settings exit 2 before anything connects: a misspelled property
 #    (librdkafka's message, and FILE:LINE for a file), a property tally owns
 #    (with why), a file that does not exist.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 kafka_tls_dir
 SCRAM=$TLS_DIR/sasl-scram.properties

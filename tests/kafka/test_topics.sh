@@ -11,8 +11,8 @@
 # Environment: TALLY (the binary), KAFKA_BROKERS (default 127.0.0.1:9092).
 # Run by hand: TALLY=build/tally bash tests/kafka/test_topics.sh
 
-# shellcheck source=../cli/lib.sh
-source "$(dirname "$0")/../cli/lib.sh"
+# shellcheck source=../lib/assert.sh
+source "$(dirname "$0")/../lib/assert.sh"
 
 BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
 SRC=${TALLY_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}

@@ -1,5 +1,5 @@
-# tests/kafka/lib_enrich.sh - helpers for the `tally enrich` tests (source it
-# after lib_run.sh, do not run it).
+# tests/lib/enrich.sh - helpers for the `tally enrich` tests (source it
+# after tally.sh, do not run it).
 # shellcheck shell=bash
 #
 # Provides:

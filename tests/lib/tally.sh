@@ -1,4 +1,4 @@
-# tests/kafka/lib_run.sh - helpers for the `tally run` tests against a real
+# tests/lib/tally.sh - helpers for the `tally run` tests against a real
 # Kafka broker (source it, do not run it).
 # shellcheck shell=bash
 #

@@ -1,4 +1,5 @@
-# tests/cli/lib.sh - helpers shared by the CLI tests (source it, do not run it).
+# tests/lib/assert.sh - assertions, temp dirs and cleanup for every bash test
+# (source it, do not run it).
 # shellcheck shell=bash
 #
 # Environment (set by tests/CMakeLists.txt):
