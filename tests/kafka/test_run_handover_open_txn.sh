@@ -26,12 +26,8 @@ expect_usage_error "--transaction-timeout 0s" --pipeline orders --brokers "$KAFK
 expect_usage_error "--transaction-timeout 20m" --pipeline orders --brokers "$KAFKA_BROKERS" --transaction-timeout 20m
 expect_usage_error "--session-timeout 1s" --pipeline orders --brokers "$KAFKA_BROKERS" --session-timeout 1s
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-COMMON=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --snapshot-dir "$WORK/snaps" --snapshot-interval 1s --session-timeout 6s
+stream_names
+COMMON=("${TOPIC_ARGS[@]}" --snapshot-dir "$WORK/snaps" --snapshot-interval 1s --session-timeout 6s
     --transaction-timeout "$TXN_TIMEOUT" --commit-interval-ms 50 --max-batch 200 --http off)
 
 create_topic "$IN" 2

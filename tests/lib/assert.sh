@@ -1,34 +1,100 @@
 # tests/lib/assert.sh - assertions, temp dirs and cleanup for every bash test
-# (source it, do not run it).
+# (source it, do not run it; kafka.sh, data.sh, tally.sh and enrich.sh
+# source it themselves).
 # shellcheck shell=bash
 #
 # Environment (set by tests/CMakeLists.txt):
 #   TALLY             path to the tally binary (required)
-#   TALLY_SOURCE_DIR  repository root (optional)
+#   TALLY_SOURCE_DIR  repository root (default: two levels above this file)
 #   TALLY_KEEP_WORK   if set, keep the temp dir for inspection
 #
-# Provides: $WORK (a temp dir removed on exit), fail, ok, assert_eq,
-# assert_contains, assert_not_contains, assert_files_eq, run (captures status,
-# stdout and stderr of a command), tally (the binary under a watchdog),
-# summary_field, sq (sqlite3 on a file), jsonl_load, bg_track, finish.
+# Provides:
+#   $WORK, $TEST_NAME, $CHECKS      a temp dir removed on exit, the script's
+#                                     name, the checks passed so far
+#   CLEANUP_HOOKS                     functions the exit trap also runs
+#   alive PID                         the process exists and is no zombie
+#   bg_track PID [LOG]                a background process the exit trap kills
+#                                     (SIGKILL); its LOG is shown on failure
+#   log_track LOG                     a log shown (its tail) if the test fails
+#   show_logs                         the tails of the tracked logs
+#   cleanup                           the exit trap: ends the processes, runs
+#                                     CLEANUP_HOOKS, removes $WORK
+#   fail MESSAGE                      FAIL line on stderr, exit 1
+#   ok                                one more check passed
+#   note MESSAGE                      a progress line on stderr
+#   assert_eq WHAT EXPECTED ACTUAL    the two strings are equal
+#   assert_contains WHAT TEXT PART    PART (fixed string) is in TEXT
+#   assert_not_contains WHAT TEXT PART
+#                                     PART is not in TEXT
+#   assert_files_eq WHAT EXP ACTUAL   the files are equal (shows the diff)
+#   expect_in FILE WHAT TEXT...       FILE contains every TEXT (fixed strings)
+#   tally ARGS...                     the binary under a 120 s watchdog
+#   run CMD ARGS...                   sets RC, OUT and ERR of the command
+#   expect_rc WHAT CODE               the last run exited with CODE
+#   summary_field NAME TEXT           the value of NAME=VALUE in TEXT
+#   sq DB SQL...                      sqlite3 in batch mode, bail on error
+#   jsonl_load DB TABLE FILE          each line of FILE one row TABLE(j)
+#   csv_body FILE                     a tally query CSV: no header, no CR, sorted
+#   finish [SUMMARY]                  "ok: TEST: N checks; SUMMARY"
+
+[[ -z "${TALLY_LIB_ASSERT:-}" ]] || return 0
+TALLY_LIB_ASSERT=1
 
 set -euo pipefail
 export LC_ALL=C
 
 : "${TALLY:?set TALLY to the path of the tally binary}"
 [[ -x "$TALLY" ]] || { echo "FAIL: TALLY=$TALLY is not executable" >&2; exit 1; }
-command -v sqlite3 >/dev/null || { echo "FAIL: the sqlite3 command-line shell is required" >&2; exit 1; }
+for _tool in sqlite3 awk timeout; do
+    command -v "$_tool" >/dev/null || { echo "FAIL: $_tool is required" >&2; exit 1; }
+done
+TALLY_SOURCE_DIR=${TALLY_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+
+# abort() must not leave core files behind.
+ulimit -c 0
 
 TEST_NAME=$(basename "$0" .sh)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tally-${TEST_NAME}.XXXXXX")
 CHECKS=0
 BG_PIDS=()
+LOGS=()
+CLEANUP_HOOKS=()
+
+# True while the process exists and is not a zombie.
+alive() {
+    local state
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
+    [[ -n "$state" && "$state" != Z ]]
+}
+
+# bg_track PID [LOG]: a background process the exit trap ends; LOG, if
+# given, is shown when the test fails.
+bg_track() {
+    BG_PIDS+=("$1")
+    [[ -z "${2:-}" ]] || LOGS+=("$2")
+}
+
+# log_track LOG: shown (its last lines) when the test fails.
+log_track() { LOGS+=("$1"); }
+
+show_logs() {
+    local log
+    for log in "${LOGS[@]+"${LOGS[@]}"}"; do
+        [[ -f "$log" ]] || continue
+        printf -- '--- last lines of %s:\n' "$log" >&2
+        tail -n 15 "$log" | cut -c1-400 >&2 || true
+    done
+}
 
 cleanup() {
-    local pid
+    local rc=$? pid hook
     for pid in "${BG_PIDS[@]+"${BG_PIDS[@]}"}"; do
-        kill "$pid" 2>/dev/null || true
+        if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
         wait "$pid" 2>/dev/null || true
+    done
+    if ((rc != 0)); then show_logs; fi
+    for hook in "${CLEANUP_HOOKS[@]+"${CLEANUP_HOOKS[@]}"}"; do
+        "$hook" || true
     done
     if [[ -n "${TALLY_KEEP_WORK:-}" ]]; then
         echo "kept $WORK" >&2
@@ -38,15 +104,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Remembers a background process this test started, so cleanup can end it.
-bg_track() { BG_PIDS+=("$1"); }
-
 fail() {
     printf 'FAIL [%s]: %s\n' "$TEST_NAME" "$*" >&2
     exit 1
 }
 
 ok() { CHECKS=$((CHECKS + 1)); }
+
+note() { printf '[%s] %s\n' "$TEST_NAME" "$*" >&2; }
 
 # assert_eq WHAT EXPECTED ACTUAL
 assert_eq() {
@@ -74,6 +139,16 @@ assert_files_eq() {
         exit 1
     fi
     ok
+}
+
+# expect_in FILE WHAT TEXT...: FILE contains every TEXT (fixed strings).
+expect_in() {
+    local file=$1 what=$2 text
+    shift 2
+    for text in "$@"; do
+        grep -qF -- "$text" "$file" || fail "$what: no \"$text\" in: $(grep -v '^ts=' "$file" | head -c 800)"
+        ok
+    done
 }
 
 # tally ARGS...: the binary under test, with a watchdog so a hang fails the
@@ -116,4 +191,4 @@ jsonl_load() {
 # csv_body FILE: a CSV from tally query without its header and CR, sorted.
 csv_body() { tr -d '\r' <"$1" | tail -n +2 | sort; }
 
-finish() { echo "ok: $CHECKS checks"; }
+finish() { echo "ok: $TEST_NAME: $CHECKS checks${1:+; $1}"; }

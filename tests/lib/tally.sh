@@ -1,315 +1,157 @@
-# tests/lib/tally.sh - helpers for the `tally run` tests against a real
-# Kafka broker (source it, do not run it).
+# tests/lib/tally.sh - starting, waiting for and stopping `tally` processes
+# against the test broker, reading their state, and checking it exactly
+# against awk (source it, do not run it; it sources assert.sh, kafka.sh and
+# data.sh, so a test sources this file only).
 # shellcheck shell=bash
 #
-# Environment (set by tests/CMakeLists.txt; the broker is started by the
-# kafka.start fixture with scripts/kafka):
-#   TALLY             path to the tally binary (required)
-#   KAFKA_BROKERS     bootstrap servers of the test broker (required)
-#   KAFKA_PORT        its port, for scripts/kafka (default: from KAFKA_BROKERS)
-#   TALLY_SOURCE_DIR  repository root (default: two levels above this file)
-#   TALLY_KEEP_WORK   if set, keep the temp dir for inspection
-#
-# Everything a test creates on the broker is named after RUN_ID (a random
-# suffix), so tests and repeated runs never share topics, groups or
-# transactional ids. Every tally this library starts is killed on exit.
+# Environment: see assert.sh and kafka.sh. Every process started here is
+# killed on exit, and the tails of its log are shown if the test fails.
 #
 # Provides:
-#   $WORK, $RUN_ID, fail, ok, note, assert_eq, assert_files_eq, finish
-#   CLEANUP_HOOKS                     functions the exit trap also runs
-#   alive PID                         the process exists and is no zombie
-#   name SUFFIX                       a unique topic/group/instance name
-#   create_topic NAME PARTITIONS      via scripts/kafka topics
-#   gen_orders N SEED FIRST TSV       "key|json" order lines on stdout, their
-#                                     store/product/event_ms/micros to TSV
-#   gen_malformed N TAG               "key|value" lines tally must reject
-#   mix FILE... > OUT                 the lines of all FILEs, shuffled
-#   produce TOPIC FILE                "key|value" lines to TOPIC (kcat)
-#   end_offsets TOPIC                 "partition offset" lines
-#   topic_records TOPIC               records in a non-transactional topic
-#   expected_windows TSV              expected order_windows rows (awk)
-#   tally_start LOG ARGS...           `tally run --pipeline orders` in the
-#                                     background; sets TALLY_PID
-#   tally_wait_started PID LOG        until the "event=started" log line
+#   new_stream DB_FILE [N]            stream_names N; DB (in STATE) and LOG
+#   tally_bg LOG ARGS...              `tally ARGS` in the background, output
+#                                     appended to LOG; sets TALLY_PID
+#   tally_start LOG ARGS...           `tally run --pipeline orders` likewise
+#   next_run ARGS...                  tally_start with a log of its own
+#                                     ($WORK/runN.log in LOG; RUN counts)
+#   next_run_started ARGS...          next_run, until started; sets RECOVERED
+#   tally_wait_started PID LOG [SECONDS]
+#                                     until LOG has a new event=started line
+#   started_since LOG N               LOG has more than N event=started lines
 #   tally_wait_exit PID SECONDS       sets RC to the exit status
+#   alive_or_fail PID WHAT            fails if the process has exited
+#   poll_until SECONDS PID WHAT CHECK...
+#                                     until CHECK succeeds, PID alive
 #   tally_stop PID                    SIGTERM, expects exit status 0
+#   tally_kill9 PID                   SIGKILL, expects exit status 137
+#   random_pause MIN MAX              a random number of seconds in [MIN, MAX]
+#   kill9_loop KILLS WIPE_AFTER DB SQL MIN MAX START...
+#                                     START, a pause, SIGKILL, KILLS times
+#   sqlval DB SQL                     a value from the state database
+#   meta DB KEY                       a value of its meta table
+#   meta_sum DB KEY...                the sum of meta values (0: none)
+#   orders_in DB                      orders the state counts
+#   orders_above DB N                 the state counts more than N orders
+#   db_seq DB                         the last changelog seq the state assigned
+#   log_field LINE KEY                the value of KEY=... in a logfmt line
+#   dlq_records PREFIX                committed records in PREFIX-dlq
+#   dlq_reached PREFIX N_BAD          the DLQ holds N_BAD records (fails on more)
 #   wait_done DB N_VALID PREFIX N_BAD SECONDS [PID]
 #                                     until the state counts N_VALID orders
 #                                     and the DLQ holds N_BAD records
+#   orders_done DB N_VALID PREFIX N_BAD
+#                                     wait_done's check
 #   wait_positions DB TOPIC PREFIX N_BAD SECONDS [PID]
 #                                     until the recorded input positions are
 #                                     the partition ends, DLQ holds N_BAD
-#   sqlval DB SQL, meta DB KEY        a value from the state database
-#   dlq_records PREFIX                committed records in PREFIX-dlq
-#   state_windows DB                  order_windows rows (tally query)
-#   read_topic TOPIC FORMAT           every read_committed record (kcat -f)
-#   output_windows TOPIC              latest output value per key, as rows
-#   check_totals WHAT TSV DB OUTPUT   state and output == awk, exactly (DB
-#                                     "" skips the state)
-#   check_dlq PREFIX INPUT BAD_FILE   the DLQ holds each bad line once
-#   expect_usage_error WHAT ARGS...   tally run ARGS exits 2 with a message
-#   show_logs                         tails of the tally logs (on failure)
-#   log_field LINE KEY                the value of KEY=... in a logfmt line
-#   db_seq DB                         the last changelog seq the state assigned
-#   tally_kill9 PID                   SIGKILL, expects exit status 137
+#   positions_done DB TOPIC PREFIX N_BAD
+#                                     wait_positions' check
+#   wait_orders DB N SECONDS PID [WHAT]
+#                                     until the state counts N orders
+#   orders_counted DB N [PREFIX]      wait_orders' check
+#   wait_meta DB N SECONDS PID KEY... until the meta KEYs add up to N or more
+#   meta_reached DB N KEY...          wait_meta's check
+#   check_positions WHAT DB TOPIC     the recorded input positions are the ends
 #   wait_snapshot_of DB LOG SECONDS [PID]
 #                                     until LOG has an event=snapshot line of
 #                                     the database's current seq; sets SNAP_ID
 #                                     and SNAP_PATH
+#   snapshot_of DB LOG                wait_snapshot_of's check
+#   state_windows DB                  order_windows rows (tally query)
+#   output_windows TOPIC              latest output value per key, as rows
+#   check_totals WHAT TSV DB OUTPUT   state and output == awk, exactly (DB
+#                                     "" skips the state)
+#   check_dlq PREFIX INPUT BAD_FILE   the DLQ holds each bad line once
+#   check_dlq_set PREFIX BAD_FILE     the DLQ holds each bad line, repeats
+#                                     allowed, nothing else
+#   expect_usage_error WHAT ARGS...   tally run ARGS exits 2 with a message
+#   latest_outputs TOPIC SINCE_MS     the latest telemetry output per VIN
+#   vehicle_latest DB                 the state's latest record per VIN
+#   check_latest WHAT TOPIC SINCE_MS EXPECTED DB
+#                                     output and state == awk, exactly
+#   metric FILE NAME                  a sample's value in a /metrics scrape
+#   held_partitions DB                the partitions table, comma separated
+#   counters_records PREFIX > FILE    the tally.counters records of the
+#                                     changelog, one tab separated line each
+#   counters_behind PREFIX INPUT      partitions whose counters chain does
+#                                     not reach the input's end offset yet
+#   check_counters_chain PREFIX INPUT each changelog partition's counters
+#                                     chain covers its input partition once
 
-set -euo pipefail
-export LC_ALL=C
+[[ -z "${TALLY_LIB_TALLY:-}" ]] || return 0
+TALLY_LIB_TALLY=1
 
-: "${TALLY:?set TALLY to the path of the tally binary}"
-: "${KAFKA_BROKERS:?set KAFKA_BROKERS to the test broker (e.g. 127.0.0.1:9092)}"
-[[ -x "$TALLY" ]] || { echo "FAIL: TALLY=$TALLY is not executable" >&2; exit 1; }
-for _tool in kcat sqlite3 awk shuf timeout; do
-    command -v "$_tool" >/dev/null || { echo "FAIL: $_tool is required" >&2; exit 1; }
-done
-if [[ -z "${KAFKA_PORT:-}" ]]; then
-    KAFKA_PORT=${KAFKA_BROKERS##*:}
-    KAFKA_PORT=${KAFKA_PORT%%,*}
-fi
-export KAFKA_PORT KAFKA_BROKERS
-TALLY_SOURCE_DIR=${TALLY_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
-KAFKA_SCRIPT=$TALLY_SOURCE_DIR/scripts/kafka
-[[ -x "$KAFKA_SCRIPT" ]] || { echo "FAIL: $KAFKA_SCRIPT missing" >&2; exit 1; }
+# shellcheck source=assert.sh
+source "$(dirname "${BASH_SOURCE[0]}")/assert.sh"
+# shellcheck source=kafka.sh
+source "$(dirname "${BASH_SOURCE[0]}")/kafka.sh"
+# shellcheck source=data.sh
+source "$(dirname "${BASH_SOURCE[0]}")/data.sh"
 
-# abort() must not leave core files behind.
-ulimit -c 0
+declare -A STARTED_BEFORE=()
+RUN=0
 
-TEST_NAME=$(basename "$0" .sh)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tally-${TEST_NAME}.XXXXXX")
-RUN_ID="$(date +%s)$((RANDOM % 1000))$((RANDOM % 1000))"
-WINDOW_MS=60000
-CHECKS=0
-TALLY_PIDS=()
-BG_PIDS=()
-TALLY_LOGS=()
+# ---------------------------------------------------------- processes ---
 
-# True while the process exists and is not a zombie.
-alive() {
-    local state
-    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1) || return 1
-    [[ -n "$state" && "$state" != Z ]]
+# new_stream DB_FILE [N]: stream_names N (kafka.sh), and the stream's
+# database DB=$STATE/DB_FILE and log LOG=$WORK/tallyN.log.
+new_stream() {
+    stream_names "${2:-}"
+    DB=$STATE/$1
+    LOG=$WORK/tally${2:-}.log
 }
 
-CLEANUP_HOOKS=()
-
-cleanup() {
-    local rc=$? pid hook
-    for pid in "${TALLY_PIDS[@]+"${TALLY_PIDS[@]}"}" "${BG_PIDS[@]+"${BG_PIDS[@]}"}"; do
-        if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-        wait "$pid" 2>/dev/null || true
-    done
-    if ((rc != 0)); then show_logs; fi
-    for hook in "${CLEANUP_HOOKS[@]+"${CLEANUP_HOOKS[@]}"}"; do
-        "$hook" || true
-    done
-    if [[ -n "${TALLY_KEEP_WORK:-}" ]]; then
-        echo "kept $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
+# tally_bg LOG ARGS...: `tally ARGS` in the background, stdout and stderr
+# appended to LOG; sets TALLY_PID. Remembers how many event=started lines LOG
+# held before, for tally_wait_started.
+tally_bg() {
+    local log=$1 before
+    shift
+    before=$(grep -c 'event=started' "$log" 2>/dev/null || true)
+    "$TALLY" "$@" >>"$log" 2>&1 &
+    TALLY_PID=$!
+    STARTED_BEFORE[$TALLY_PID]=${before:-0}
+    bg_track "$TALLY_PID" "$log"
 }
-trap cleanup EXIT
-
-fail() {
-    printf 'FAIL [%s]: %s\n' "$TEST_NAME" "$*" >&2
-    exit 1
-}
-
-ok() { CHECKS=$((CHECKS + 1)); }
-
-note() { printf '[%s] %s\n' "$TEST_NAME" "$*" >&2; }
-
-assert_eq() {
-    [[ "$2" == "$3" ]] || fail "$1: expected [$2], got [$3]"
-    ok
-}
-
-# assert_files_eq WHAT EXPECTED_FILE ACTUAL_FILE: shows the first differences.
-assert_files_eq() {
-    if ! cmp -s "$2" "$3"; then
-        printf 'FAIL [%s]: %s differs (expected %s lines, got %s lines); first differences (< expected, > actual):\n' \
-            "$TEST_NAME" "$1" "$(wc -l <"$2")" "$(wc -l <"$3")" >&2
-        diff "$2" "$3" | head -20 >&2 || true
-        exit 1
-    fi
-    ok
-}
-
-show_logs() {
-    local log
-    for log in "${TALLY_LOGS[@]+"${TALLY_LOGS[@]}"}"; do
-        [[ -f "$log" ]] || continue
-        printf -- '--- last lines of %s:\n' "$log" >&2
-        tail -n 15 "$log" | cut -c1-400 >&2 || true
-    done
-}
-
-finish() { echo "ok: $TEST_NAME: $CHECKS checks${1:+; $1}"; }
-
-# name SUFFIX: a name no other test or run uses.
-name() { echo "tr-${TEST_NAME#test_run_}-$RUN_ID-$1"; }
-
-# ------------------------------------------------------------- topics ---
-
-create_topic() {
-    if ! "$KAFKA_SCRIPT" topics --create --topic "$1" --partitions "$2" --replication-factor 1 \
-        >"$WORK/topics.out" 2>&1; then
-        cat "$WORK/topics.out" >&2
-        fail "cannot create topic $1 with scripts/kafka topics"
-    fi
-}
-
-# produce TOPIC FILE: every "key|value" line of FILE as one record.
-produce() {
-    local lines
-    lines=$(wc -l <"$2")
-    if ! timeout 120 kcat -b "$KAFKA_BROKERS" -P -t "$1" -K '|' -l -X acks=all "$2" \
-        2>"$WORK/produce.err"; then
-        cat "$WORK/produce.err" >&2
-        fail "kcat could not produce $lines records to $1"
-    fi
-    if [[ -s "$WORK/produce.err" ]]; then
-        cat "$WORK/produce.err" >&2
-        fail "kcat reported errors producing to $1"
-    fi
-}
-
-# end_offsets TOPIC: "partition offset" per partition (the high watermarks).
-end_offsets() {
-    local parts p args=()
-    parts=$(timeout 30 kcat -b "$KAFKA_BROKERS" -L -t "$1" 2>/dev/null | grep -c '^ *partition ') ||
-        fail "no metadata for topic $1"
-    for ((p = 0; p < parts; p++)); do args+=(-t "$1:$p:-1"); done
-    timeout 30 kcat -b "$KAFKA_BROKERS" -Q "${args[@]}" |
-        awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n
-}
-
-# topic_records TOPIC: the number of records in TOPIC (sum of end offsets;
-# only for topics written without transactions).
-topic_records() { end_offsets "$1" | awk '{ n += $2 } END { printf "%.0f\n", n }'; }
-
-# read_topic TOPIC FORMAT: every committed record of TOPIC, formatted by kcat.
-read_topic() {
-    timeout 120 kcat -b "$KAFKA_BROKERS" -C -t "$1" -o beginning -e -q \
-        -X isolation.level=read_committed -f "$2" ||
-        fail "kcat could not read $1"
-}
-
-# ---------------------------------------------------------- the data ---
-
-# gen_orders N SEED FIRST_ID TSV > "key|json" lines; appends to TSV, per
-# order: store, product, event ms, price micros * qty. 4 stores x 5 products,
-# event times over 4 minutes (5 windows of 60 s, not aligned), out of order.
-# Prices come as JSON numbers with 2 decimals, decimal strings, integers and
-# numbers with 3 decimals. Deterministic (Park-Miller LCG, exact in doubles);
-# mawk prints integers above 2^31 wrongly with %d, so those use %.0f.
-gen_orders() { orders_awk "$1" "$2" "$3" 4 "$4" order; }
-
-# orders_awk N SEED FIRST STORES TSV KEY: gen_orders' generator over STORES
-# stores, each line keyed by the order id (KEY=order) or its storeId
-# (KEY=store).
-orders_awk() {
-    awk -v n="$1" -v seed="$2" -v first="$3" -v stores="$4" -v tsv="$5" -v key_by="$6" '
-    function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
-    BEGIN {
-        base = 1700000000000 + 12345
-        for (i = 0; i < n; i++) {
-            id = first + i
-            s = rnd(stores); p = rnd(5)
-            qty = (rnd(50) == 0) ? 1000 : 1 + rnd(20)
-            ts = base + rnd(240000)
-            kind = rnd(8); cents = rnd(100000)
-            if (kind <= 3) {
-                micros = cents * 10000; price = sprintf("%d.%02d", int(cents / 100), cents % 100)
-            } else if (kind <= 5) {
-                micros = cents * 10000; price = sprintf("\"%d.%02d\"", int(cents / 100), cents % 100)
-            } else if (kind == 6) {
-                micros = int(cents / 100) * 1000000; price = sprintf("%d", int(cents / 100))
-            } else {
-                mills = rnd(1000000); micros = mills * 1000; price = sprintf("%d.%03d", int(mills / 1000), mills % 1000)
-            }
-            key = key_by == "store" ? "s" s : "o" id
-            printf "%s|{\"orderId\":\"o%d\",\"productId\":\"p%d\",\"storeId\":\"s%d\",\"price\":%s,\"qty\":%d,\"ts\":%.0f}\n", key, id, p, s, price, qty, ts
-            printf "s%d\tp%d\t%.0f\t%.0f\n", s, p, ts, micros * qty >> tsv
-        }
-    }'
-}
-
-# gen_malformed N TAG > "key|value" lines that tally must send to the DLQ,
-# each one different (TAG and a counter make it unique). Values hold no '|'.
-gen_malformed() {
-    awk -v n="$1" -v tag="$2" '
-    BEGIN {
-        for (i = 0; i < n; i++) {
-            id = tag "-" i; k = i % 10
-            if (k == 0) v = "not json " id
-            else if (k == 1) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":\"abc\",\"qty\":1,\"ts\":1700000000000}"
-            else if (k == 2) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":0,\"ts\":1700000000000}"
-            else if (k == 3) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":1001,\"ts\":1700000000000}"
-            else if (k == 4) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":-1.5,\"qty\":1,\"ts\":1700000000000}"
-            else if (k == 5) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"price\":1.5,\"qty\":1,\"ts\":1700000000000}"
-            else if (k == 6) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":1,\"ts\":1700000000000,\"validated\":false}"
-            else if (k == 7) v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,"
-            else if (k == 8) v = "[\"" id "\",1,2]"
-            else v = "{\"orderId\":\"" id "\",\"productId\":\"p1\",\"storeId\":\"s1\",\"price\":1.5,\"qty\":1}"
-            print "bad-" id "|" v
-        }
-    }'
-}
-
-# mix FILE... : all their lines in a random order.
-mix() { cat "$@" | shuf; }
-
-# expected_windows TSV: "store product window_start sum count" (tab separated,
-# sorted), the sum formatted like the order_windows view: at least two
-# decimals, no trailing zeros beyond them.
-expected_windows() {
-    awk -F'\t' -v w="$WINDOW_MS" '
-    function fmt(m,   whole, frac) {
-        whole = sprintf("%.0f", (m - m % 1000000) / 1000000)
-        frac = sprintf("%06d", m % 1000000)
-        while (length(frac) > 2 && substr(frac, length(frac)) == "0") frac = substr(frac, 1, length(frac) - 1)
-        return whole "." frac
-    }
-    {
-        k = $1 "\t" $2 "\t" sprintf("%.0f", $3 - ($3 % w))
-        sum[k] += $4; cnt[k]++
-    }
-    END { for (k in sum) printf "%s\t%s\t%d\n", k, fmt(sum[k]), cnt[k] }' "$1" | sort
-}
-
-# ------------------------------------------------------------- tally ---
 
 # tally_start LOG ARGS...: starts `tally run --pipeline orders` with ARGS in
-# the background, stdout and stderr appended to LOG; sets TALLY_PID.
+# the background (a later --pipeline in ARGS wins); sets TALLY_PID.
 tally_start() {
     local log=$1
     shift
-    "$TALLY" run --pipeline orders --brokers "$KAFKA_BROKERS" "$@" >>"$log" 2>&1 &
-    TALLY_PID=$!
-    TALLY_PIDS+=("$TALLY_PID")
-    TALLY_LOGS+=("$log")
+    tally_bg "$log" run --pipeline orders --brokers "$KAFKA_BROKERS" "$@"
+}
+
+# next_run ARGS...: tally_start with ARGS and a log of its own, LOG =
+# $WORK/runN.log (RUN counts the runs).
+next_run() {
+    RUN=$((RUN + 1))
+    LOG=$WORK/run$RUN.log
+    tally_start "$LOG" "$@"
+}
+
+# next_run_started ARGS...: next_run, then waits for event=started and sets
+# RECOVERED to its event=recovered line.
+next_run_started() {
+    next_run "$@"
+    tally_wait_started "$TALLY_PID" "$LOG"
+    RECOVERED=$(grep -m1 'event=recovered ' "$LOG" || true)
+    [[ -n "$RECOVERED" ]] || fail "run $RUN: no event=recovered line before event=started"
 }
 
 # tally_wait_started PID LOG [SECONDS]: until LOG has a new "event=started"
-# line (counted from the number of such lines before the start: STARTS_BEFORE,
-# default 0). Fails if the process exits first.
+# line (more than it held when tally_bg started PID). Fails if the process
+# exits first, or after SECONDS (60).
 tally_wait_started() {
-    local pid=$1 log=$2 limit=$((SECONDS + ${3:-60})) before=${STARTS_BEFORE:-0} n
-    while :; do
-        n=$(grep -c 'event=started' "$log" 2>/dev/null || true)
-        ((n > before)) && return 0
-        if ! alive "$pid"; then
-            tally_wait_exit "$pid" 5
-            fail "tally (pid $pid) exited with status $RC before it started; log $log: $(tail -n 3 "$log" | cut -c1-300)"
-        fi
-        ((SECONDS < limit)) || fail "tally (pid $pid) did not log event=started within ${3:-60} s"
-        sleep 0.1
-    done
+    POLL_EVERY=0.1 poll_until "${3:-60}" "$1" "tally (pid $1) logging event=started in $2" \
+        started_since "$2" "${STARTED_BEFORE[$1]:-0}"
+}
+
+# started_since LOG N: LOG holds more than N event=started lines.
+started_since() {
+    local n
+    n=$(grep -c 'event=started' "$1" 2>/dev/null || true)
+    ((${n:-0} > $2))
 }
 
 # tally_wait_exit PID SECONDS: waits for the process to end, sets RC to its
@@ -328,6 +170,29 @@ tally_wait_exit() {
     if wait "$pid" 2>/dev/null; then RC=0; else RC=$?; fi
 }
 
+# alive_or_fail PID WHAT: fails (with the exit status) if the process has
+# exited; WHAT says when.
+alive_or_fail() {
+    alive "$1" && return 0
+    tally_wait_exit "$1" 5
+    fail "tally (pid $1) exited with status $RC $2"
+}
+
+# poll_until SECONDS PID WHAT CHECK...: runs the command CHECK every
+# POLL_EVERY (0.2) s until it succeeds. Fails after SECONDS, or as soon as
+# the process PID (unless "") has exited. CHECK may set POLL_STATE to say how
+# far it got, for the failure message; it may fail the test itself.
+poll_until() {
+    local secs=$1 pid=$2 what=$3 limit=$((SECONDS + $1))
+    shift 3
+    POLL_STATE=""
+    until "$@"; do
+        [[ -z "$pid" ]] || alive_or_fail "$pid" "while waiting for $what${POLL_STATE:+ ($POLL_STATE)}"
+        ((SECONDS < limit)) || fail "no $what within $secs s${POLL_STATE:+ ($POLL_STATE)}"
+        sleep "${POLL_EVERY:-0.2}"
+    done
+}
+
 # tally_stop PID: SIGTERM, then the process must exit 0 within 60 s.
 tally_stop() {
     kill -TERM "$1" 2>/dev/null || fail "tally (pid $1) is not running any more"
@@ -337,6 +202,50 @@ tally_stop() {
     ok
 }
 
+# tally_kill9 PID: SIGKILL; the process must die with status 137.
+tally_kill9() {
+    alive "$1" || fail "tally (pid $1) is not running any more, cannot kill it"
+    kill -KILL "$1"
+    tally_wait_exit "$1" 10
+    assert_eq "exit status after kill -9 (pid $1)" 137 "$RC"
+}
+
+# random_pause MIN MAX: a random number of seconds from MIN to MAX (steps of
+# 1 ms, printed with 2 decimals).
+random_pause() {
+    awk -v r="$RANDOM" -v lo="$1" -v hi="$2" 'BEGIN { printf "%.2f", lo + (r % (int((hi - lo) * 1000 + 0.5) + 1)) / 1000 }'
+}
+
+# kill9_loop KILLS WIPE_AFTER DB SQL MIN MAX START...: KILLS times: the
+# command START (it starts one tally in the background: TALLY_PID), a random
+# pause of MIN to MAX s (startup, recovery, batches, snapshots: whatever it
+# is doing then), SIGKILL (exit status 137). After the kills listed in
+# WIPE_AFTER (" 4 8 ") the directory of DB is deleted. SQL (one number) is
+# read from DB before each start and after each kill; MOVED counts the kills
+# after which it had changed.
+kill9_loop() {
+    local kills=$1 wipe=$2 db=$3 sql=$4 min=$5 max=$6 k pause before after
+    shift 6
+    MOVED=0
+    for ((k = 1; k <= kills; k++)); do
+        before=$(sqlval "$db" "$sql")
+        "$@"
+        pause=$(random_pause "$min" "$max")
+        sleep "$pause"
+        alive_or_fail "$TALLY_PID" "by itself before kill $k"
+        tally_kill9 "$TALLY_PID"
+        after=$(sqlval "$db" "$sql")
+        if [[ "${after:-0}" != "${before:-0}" ]]; then MOVED=$((MOVED + 1)); fi
+        note "kill $k after ${pause}s: [$sql] ${before:-0} before, ${after:-0} after"
+        if [[ "$wipe" == *" $k "* ]]; then
+            rm -rf "$(dirname "$db")"
+            note "kill $k: state directory deleted"
+        fi
+    done
+}
+
+# -------------------------------------------------------------- state ---
+
 # sqlval DB SQL: one value from the state database (read only; retries while
 # the database is locked or not created yet). Empty if there is none.
 sqlval() {
@@ -345,33 +254,64 @@ sqlval() {
 
 meta() { sqlval "$1" "SELECT value FROM meta WHERE key = '$2'"; }
 
+# meta_sum DB KEY...: the sum of those meta values (0 when there are none).
+meta_sum() {
+    local db=$1 keys v
+    shift
+    keys=$(printf "'%s'," "$@")
+    v=$(sqlval "$db" "SELECT coalesce(sum(value), 0) FROM meta WHERE key IN (${keys%,})")
+    echo "${v:-0}"
+}
+
+# orders_in DB: the orders the state counts (0: none, or no database yet).
+orders_in() {
+    local n
+    n=$(sqlval "$1" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
+    echo "${n:-0}"
+}
+
+# orders_above DB N: the state counts more than N orders.
+orders_above() { (($(orders_in "$1") > $2)); }
+
+# db_seq DB: the last changelog seq the state database assigned (0: none).
+db_seq() {
+    local seq
+    seq=$(sqlval "$1" "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'")
+    echo "${seq:-0}"
+}
+
+# log_field LINE KEY: the value of KEY=VALUE in a logfmt LINE (unquoted
+# values only); empty when the line has no such key.
+log_field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+
 # dlq_records PREFIX: committed records in the DLQ.
 dlq_records() { read_topic "$1-dlq" '%o\n' | wc -l; }
+
+# dlq_reached PREFIX N_BAD: the DLQ holds N_BAD committed records (fails on
+# more: duplicates).
+dlq_reached() {
+    local dlq
+    dlq=$(dlq_records "$1")
+    ((dlq <= $2)) || fail "the DLQ holds $dlq records, more than the $2 malformed lines (duplicates)"
+    ((dlq == $2))
+}
 
 # wait_done DB N_VALID PREFIX N_BAD SECONDS [PID]: waits until the state
 # database counts N_VALID orders (SQLite commits after Kafka did, so those are
 # committed in Kafka too) and the DLQ holds N_BAD committed records. Fails on
 # timeout, on more orders than N_VALID (duplicates), or if PID exits.
 wait_done() {
-    local db=$1 want=$2 prefix=$3 bad=$4 limit=$((SECONDS + $5)) pid=${6:-} have dlq
-    while :; do
-        have=$(sqlval "$db" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
-        have=${have:-0}
-        if ((have > want)); then
-            fail "the state counts $have orders, more than the $want produced (duplicates)"
-        fi
-        if ((have == want)); then
-            dlq=$(dlq_records "$prefix")
-            ((dlq > bad)) && fail "the DLQ holds $dlq records, more than the $bad malformed lines (duplicates)"
-            ((dlq == bad)) && return 0
-        fi
-        if [[ -n "$pid" ]] && ! alive "$pid"; then
-            tally_wait_exit "$pid" 5
-            fail "tally (pid $pid) exited with status $RC while consuming ($have of $want orders applied)"
-        fi
-        ((SECONDS < limit)) || fail "not done within $5 s: the state counts $have of $want orders"
-        sleep 0.5
-    done
+    POLL_EVERY=0.5 poll_until "$5" "${6:-}" "state of $2 orders and $4 dead letters" \
+        orders_done "$1" "$2" "$3" "$4"
+}
+
+# orders_done DB N_VALID PREFIX N_BAD: wait_done's check.
+orders_done() {
+    local have
+    have=$(orders_in "$1")
+    POLL_STATE="the state counts $have of $2 orders"
+    ((have <= $2)) || fail "the state counts $have orders, more than the $2 produced (duplicates)"
+    ((have == $2)) && dlq_reached "$3" "$4"
 }
 
 # wait_positions DB TOPIC PREFIX N_BAD SECONDS [PID]: waits until the input
@@ -379,25 +319,52 @@ wait_done() {
 # partition of TOPIC and the DLQ holds N_BAD committed records. For runs whose
 # state database did not see every batch (another instance did some).
 wait_positions() {
-    local db=$1 topic=$2 prefix=$3 bad=$4 limit=$((SECONDS + $5)) pid=${6:-} p end behind dlq
-    end_offsets "$topic" >"$WORK/ends"
-    while :; do
-        behind=0
-        while read -r p end; do
-            [[ "$(meta "$db" "kafka.input.$topic.$p")" == "$end" ]] || behind=$((behind + 1))
-        done <"$WORK/ends"
-        if ((behind == 0)); then
-            dlq=$(dlq_records "$prefix")
-            ((dlq > bad)) && fail "the DLQ holds $dlq records, more than the $bad malformed lines (duplicates)"
-            ((dlq == bad)) && return 0
-        fi
-        if [[ -n "$pid" ]] && ! alive "$pid"; then
-            tally_wait_exit "$pid" 5
-            fail "tally (pid $pid) exited with status $RC while consuming ($behind partitions behind)"
-        fi
-        ((SECONDS < limit)) || fail "not done within $5 s: $behind partitions of $topic behind their ends"
-        sleep 0.5
-    done
+    end_offsets "$2" >"$WORK/ends"
+    POLL_EVERY=0.5 poll_until "$5" "${6:-}" "input positions at the ends of $2 and $4 dead letters" \
+        positions_done "$1" "$2" "$3" "$4"
+}
+
+# positions_done DB TOPIC PREFIX N_BAD: wait_positions' check.
+positions_done() {
+    local p end behind=0
+    while read -r p end; do
+        [[ "$(meta "$1" "kafka.input.$2.$p")" == "$end" ]] || behind=$((behind + 1))
+    done <"$WORK/ends"
+    POLL_STATE="$behind partitions of $2 behind their ends"
+    ((behind == 0)) && dlq_reached "$3" "$4"
+}
+
+# wait_orders DB N SECONDS PID [WHAT]: until the state counts N orders
+# (fails on more). For runs whose DLQ may legitimately hold repeats
+# (wait_done would take them for duplicates). WHAT prefixes the messages.
+wait_orders() {
+    POLL_EVERY=0.5 poll_until "$3" "$4" "${5:+$5: }state of $2 orders" orders_counted "$1" "$2" "${5:+$5: }"
+}
+
+# orders_counted DB N [PREFIX]: the state counts N orders (fails on more).
+orders_counted() {
+    local have
+    have=$(orders_in "$1")
+    POLL_STATE="the state counts $have of $2 orders"
+    ((have <= $2)) || fail "${3:-}the state counts $have orders, more than the $2 produced (counted twice)"
+    ((have == $2))
+}
+
+# wait_meta DB N SECONDS PID KEY...: until the meta values KEY... add up to N
+# or more.
+wait_meta() {
+    local db=$1 want=$2 secs=$3 pid=$4
+    shift 4
+    poll_until "$secs" "$pid" "$* reaching $want" meta_reached "$db" "$want" "$@"
+}
+
+# meta_reached DB N KEY...: wait_meta's check.
+meta_reached() {
+    local db=$1 want=$2 have
+    shift 2
+    have=$(meta_sum "$db" "$@")
+    POLL_STATE="$have of $want"
+    ((have >= want))
 }
 
 # check_positions WHAT DB TOPIC: the input positions the database recorded
@@ -416,6 +383,27 @@ check_positions() {
     done <"$WORK/ends.positions"
     ok
 }
+
+# wait_snapshot_of DB LOG SECONDS [PID]: waits until LOG has an
+# "event=snapshot" line whose last_seq is the database's current seq (call it
+# once the state stopped changing). Sets SNAP_ID and SNAP_PATH.
+wait_snapshot_of() {
+    poll_until "$3" "${4:-}" "snapshot of the current seq in $2" snapshot_of "$1" "$2"
+}
+
+# snapshot_of DB LOG: wait_snapshot_of's check.
+snapshot_of() {
+    local seq line
+    seq=$(db_seq "$1")
+    POLL_STATE="seq $seq"
+    line=$(grep "event=snapshot .*last_seq=$seq " "$2" | tail -n 1 || true)
+    [[ -n "$line" && "$seq" != 0 ]] || return 1
+    SNAP_ID=$(log_field "$line" snapshot)
+    SNAP_PATH=$(log_field "$line" path)
+    [[ -n "$SNAP_ID" && -f "$SNAP_PATH" ]] || fail "snapshot line names no existing file: $line"
+}
+
+# ------------------------------------------------------ exact results ---
 
 # state_windows DB: order_windows as "store product window_start sum count"
 # lines (tab separated, sorted), through tally query.
@@ -458,9 +446,6 @@ output_windows() {
     rm -f "$WORK/output.latest"
 }
 
-# total_count FILE: the sum of the count column of window rows.
-total_count() { awk -F'\t' '{ n += $5 } END { printf "%.0f\n", n }' "$1"; }
-
 # check_totals WHAT TSV DB OUTPUT_TOPIC: the state database and the latest
 # output per key must equal the awk totals of TSV exactly (sum and count).
 check_totals() {
@@ -497,6 +482,14 @@ check_dlq() {
         "$(grep -cE 'tally\.partition=[0-9]+.*tally\.offset=[0-9]+' "$WORK/dlq.headers" || true)"
 }
 
+# check_dlq_set PREFIX BAD_FILE: the DLQ holds every malformed line at least
+# once and nothing else (a batch read again writes its dead letters again).
+check_dlq_set() {
+    cut -d'|' -f2- "$2" | sort -u >"$WORK/dlq.expected"
+    read_topic "$1-dlq" '%s\n' | sort -u >"$WORK/dlq.actual"
+    assert_files_eq "distinct DLQ values vs the malformed lines" "$WORK/dlq.expected" "$WORK/dlq.actual"
+}
+
 # expect_usage_error WHAT ARGS...: `tally run ARGS` (KAFKA_BROKERS unset)
 # must exit 2 with a message on stderr, quickly and without a broker.
 expect_usage_error() {
@@ -506,115 +499,6 @@ expect_usage_error() {
     [[ "$rc" == 2 ]] || fail "$what: expected exit status 2, got $rc; stderr: $(head -c 300 "$WORK/usage.err")"
     [[ -s "$WORK/usage.err" ]] || fail "$what: no message on stderr"
     ok
-}
-
-# ---------------------------------------------------------- recovery ---
-
-# log_field LINE KEY: the value of KEY=VALUE in a logfmt LINE (unquoted
-# values only); empty when the line has no such key.
-log_field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
-
-# db_seq DB: the last changelog seq the state database assigned (0: none).
-db_seq() {
-    local seq
-    seq=$(sqlval "$1" "SELECT seq FROM sqlite_sequence WHERE name = 'changelog'")
-    echo "${seq:-0}"
-}
-
-# tally_kill9 PID: SIGKILL; the process must die with status 137.
-tally_kill9() {
-    alive "$1" || fail "tally (pid $1) is not running any more, cannot kill it"
-    kill -KILL "$1"
-    tally_wait_exit "$1" 10
-    assert_eq "exit status after kill -9 (pid $1)" 137 "$RC"
-}
-
-# wait_snapshot_of DB LOG SECONDS [PID]: waits until LOG has an
-# "event=snapshot" line whose last_seq is the database's current seq (call it
-# once the state stopped changing). Sets SNAP_ID and SNAP_PATH.
-wait_snapshot_of() {
-    local db=$1 log=$2 limit=$((SECONDS + $3)) pid=${4:-} seq line
-    while :; do
-        seq=$(db_seq "$db")
-        line=$(grep "event=snapshot .*last_seq=$seq " "$log" | tail -n 1 || true)
-        if [[ -n "$line" && "$seq" != 0 ]]; then
-            SNAP_ID=$(log_field "$line" snapshot)
-            SNAP_PATH=$(log_field "$line" path)
-            [[ -n "$SNAP_ID" && -f "$SNAP_PATH" ]] || fail "snapshot line names no existing file: $line"
-            return 0
-        fi
-        if [[ -n "$pid" ]] && ! alive "$pid"; then
-            tally_wait_exit "$pid" 5
-            fail "tally (pid $pid) exited with status $RC before it took a snapshot of seq $seq"
-        fi
-        ((SECONDS < limit)) || fail "no snapshot of seq $seq in $log within $3 s"
-        sleep 0.2
-    done
-}
-
-# ---------------------------------------------------------- telemetry ---
-
-# gen_readings N SEED > "VIN|json" lines: N telemetry readings for 25 vehicles
-# x 6 sensors; received_at is a permutation of 1..N (no ties) plus a base, so
-# arrival order says nothing about recency; one or two sensors per reading.
-gen_readings() {
-    awk -v n="$1" -v seed="$2" 'BEGIN {
-        srand(seed)
-        for (i = 1; i <= n; i++) t[i] = i
-        for (i = n; i > 1; i--) { j = int(rand() * i) + 1; x = t[i]; t[i] = t[j]; t[j] = x }
-        split("battery,door,fuel,gear,speed,temp", names, ",")
-        for (i = 1; i <= n; i++) {
-            vin = sprintf("VIN%03d", int(rand() * 25))
-            at = 1700000000000 + t[i]
-            s1 = names[int(rand() * 6) + 1]
-            v1 = (s1 == "door") ? (rand() < 0.5 ? "\"open\"" : "\"closed\"") : sprintf("%d.%d", int(rand() * 200), i % 10)
-            data = sprintf("\"id\":\"%s\",\"%s\":%s", vin, s1, v1)
-            if (rand() < 0.3) {
-                s2 = names[int(rand() * 6) + 1]
-                if (s2 != s1) {
-                    v2 = (s2 == "door") ? "\"open\"" : sprintf("%d", i)
-                    data = data sprintf(",\"%s\":%s", s2, v2)
-                }
-            }
-            printf "%s|{\"data\":{%s},\"received_at\":%.0f,\"produced_at\":%.0f}\n", vin, data, at, at - 5
-        }
-    }'
-}
-
-# expected_latest READINGS.kv > "VIN<TAB>record" lines, sorted: per sensor
-# the value with the newest received_at, sensors in name order, received_at
-# and produced_at the newest of the winning readings.
-expected_latest() {
-    sed 's/^[^|]*|//' "$1" | awk '
-    {
-        line = $0
-        # timestamps stay strings: mawk prints numbers above 2^31 as 1.7e+12
-        match(line, /"received_at":[0-9]+/); at_s = substr(line, RSTART + 14, RLENGTH - 14); at = at_s + 0
-        match(line, /"produced_at":[0-9]+/); pr_s = substr(line, RSTART + 14, RLENGTH - 14)
-        match(line, /"data":\{[^}]*\}/); data = substr(line, RSTART + 8, RLENGTH - 9)
-        n = split(data, parts, ",")
-        split(parts[1], idkv, ":"); vin = idkv[2]; gsub(/"/, "", vin)
-        for (k = 2; k <= n; k++) {
-            split(parts[k], kv, ":"); s = kv[1]; gsub(/"/, "", s)
-            key = vin SUBSEP s
-            if (!(key in best) || at > best[key]) { best[key] = at; at_str[key] = at_s; val[key] = kv[2]; prod[key] = pr_s }
-        }
-    }
-    END {
-        for (key in best) {
-            split(key, vk, SUBSEP); print vk[1] "\t" vk[2] "\t" val[key] "\t" at_str[key] "\t" prod[key]
-        }
-    }' | sort -t $'\t' -k1,1 -k2,2 | awk -F'\t' '
-    function flush() {
-        if (vin != "") printf "%s\t{\"data\":{\"id\":\"%s\"%s},\"received_at\":%s,\"produced_at\":%s}\n", vin, vin, body, maxat_s, maxpr_s
-    }
-    $1 != vin { flush(); vin = $1; body = ""; maxat = 0; maxpr = 0 }
-    {
-        body = body ",\"" $2 "\":" $3
-        if ($4 + 0 > maxat) { maxat = $4 + 0; maxat_s = $4 }
-        if ($5 + 0 > maxpr) { maxpr = $5 + 0; maxpr_s = $5 }
-    }
-    END { flush() }'
 }
 
 # latest_outputs TOPIC SINCE_MS > "VIN<TAB>record" lines, sorted: the latest
@@ -640,92 +524,30 @@ latest_outputs() {
     without_produced_at "$WORK/latest_raw.tsv"
 }
 
-# unpack_records: "key<TAB>value" lines in, one "VIN<TAB>record" line per
-# record out: a packed message (--batch-size > 1, a JSON array of records)
-# becomes its records, in order, each keyed by its own data.id.
-unpack_records() {
-    awk -F'\t' '
-        substr($2, 1, 1) != "[" { print; next }
-        {
-            v = substr($2, 2, length($2) - 2)
-            gsub(/\},\{"data":/, "}\001{\"data\":", v)
-            n = split(v, recs, "\001")
-            for (i = 1; i <= n; i++) {
-                if (!match(recs[i], /^\{"data":\{"id":"[^"]*"/)) { print "not a record: " recs[i] > "/dev/stderr"; exit 1 }
-                print substr(recs[i], 16, RLENGTH - 16) "\t" recs[i]
-            }
-        }'
+# vehicle_latest DB: the state's vehicle_latest view, "VIN<TAB>record" lines.
+vehicle_latest() {
+    sqlite3 -batch -readonly "$1" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin"
 }
 
-# without_produced_at FILE: the records of FILE with their produced_at removed.
-without_produced_at() { sed -E 's/,"produced_at":[0-9]+\}$/}/' "$1"; }
+# check_latest WHAT TOPIC SINCE_MS EXPECTED DB: the latest output per VIN in
+# TOPIC (latest_outputs) and the state's vehicle_latest equal EXPECTED
+# (expected_latest), exactly.
+check_latest() {
+    latest_outputs "$2" "$3" >"$WORK/output.tsv"
+    without_produced_at "$4" >"$WORK/expected_out.tsv"
+    assert_files_eq "$1: latest output record per VIN (produced_at = emit time, checked apart)" \
+        "$WORK/expected_out.tsv" "$WORK/output.tsv"
+    vehicle_latest "$5" >"$WORK/state.tsv"
+    assert_files_eq "$1: vehicle_latest in the state" "$4" "$WORK/state.tsv"
+}
 
 # ----------------------------------------------------------- metrics ---
-
-# free_port: a loopback port nothing listens on, below the ephemeral range,
-# never one of the brokers' ports nor tally's default.
-free_port() {
-    local base p i
-    base=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
-    for ((i = 0; i < 500; i++)); do
-        p=$((base + i))
-        case $p in 9092 | 9392 | 9464 | 19092 | 29092 | 39092 | "$KAFKA_PORT" | $((KAFKA_PORT + 1))) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    fail "no free loopback port from $base on"
-}
 
 # metric FILE NAME: the value of the sample NAME{...} in a /metrics scrape (one
 # series; empty if there is none).
 metric() { awk -v n="$2" 'index($0, n "{") == 1 || index($0, n " ") == 1 { print $NF; exit }' "$1"; }
 
-# ------------------------------------------------------- secured mode ---
-
-# kafka_tls_dir: sets TLS_DIR to where scripts/kafka (KAFKA_SECURE=1) put
-# the CA, the client certificate and the librdkafka properties files of its
-# secured listeners.
-kafka_tls_dir() {
-    TLS_DIR=${KAFKA_DATA_DIR:-${TMPDIR:-/tmp}/tally-kafka-$KAFKA_PORT}/tls
-    [[ -f "$TLS_DIR/sasl-scram.properties" ]] ||
-        fail "the test broker has no secured listeners ($TLS_DIR/sasl-scram.properties missing; start it with KAFKA_SECURE=1)"
-}
-
-# secret_of FILE: the sasl.password (or ssl.key.password) a properties file holds.
-secret_of() { sed -n 's/^\(sasl\|ssl\.key\)\.password=//p' "$1" | head -n 1; }
-
 # ---------------------------------------------------------- scale-out ---
-#
-#   gen_orders_by_store N SEED FIRST STORES TSV
-#                                     like gen_orders, keyed by storeId
-#   begin_offsets TOPIC               "partition offset" (low watermarks)
-#   held_partitions DB                the partitions table, comma separated
-#   counters_records PREFIX > FILE    the tally.counters records of the
-#                                     changelog, one tab separated line each
-#   counters_behind PREFIX INPUT      partitions whose counters chain does
-#                                     not reach the input's end offset yet
-#   check_counters_chain PREFIX INPUT each changelog partition's counters
-#                                     chain covers its input partition once
-#   open_transactions TOPIC P...      partitions with records of a
-#                                     transaction still open
-
-# gen_orders_by_store N SEED FIRST_ID STORES TSV > "storeId|json" lines; the
-# orders of gen_orders (same fields, prices, event times; TSV in the same
-# form) over STORES stores, keyed by storeId: every window of a store is then
-# fed by one input partition, as scale-out requires.
-gen_orders_by_store() { orders_awk "$1" "$2" "$3" "$4" "$5" store; }
-
-# begin_offsets TOPIC: "partition offset" per partition (the low watermarks).
-begin_offsets() {
-    local parts p args=()
-    parts=$(timeout 30 kcat -b "$KAFKA_BROKERS" -L -t "$1" 2>/dev/null | grep -c '^ *partition ') ||
-        fail "no metadata for topic $1"
-    for ((p = 0; p < parts; p++)); do args+=(-t "$1:$p:-2"); done
-    timeout 30 kcat -b "$KAFKA_BROKERS" -Q "${args[@]}" |
-        awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n
-}
 
 # held_partitions DB: the partitions the instance holds (its partitions
 # table), "0,3" (empty: none, or no table yet).
@@ -818,19 +640,4 @@ check_counters_chain() {
         exit bad
     }' "$WORK/chain.counters" || fail "the tally.counters chains of $prefix-changelog do not cover $input exactly once"
     ok
-}
-
-# open_transactions TOPIC PARTITION...: those PARTITIONs of TOPIC that hold
-# records of a transaction still open: their read_committed end (the last
-# stable offset) is below their high watermark.
-open_transactions() {
-    local topic=$1 p args=()
-    shift
-    for p in "$@"; do args+=(-t "$topic:$p:-1"); done
-    paste -d' ' \
-        <(timeout 30 kcat -b "$KAFKA_BROKERS" -Q -X isolation.level=read_committed "${args[@]}" 2>/dev/null |
-            awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n) \
-        <(timeout 30 kcat -b "$KAFKA_BROKERS" -Q -X isolation.level=read_uncommitted "${args[@]}" 2>/dev/null |
-            awk '{ p = $2; gsub(/[][]/, "", p); print p, $4 }' | sort -n) |
-        awk '$1 == $3 && $2 < $4 { print $1 }'
 }
