@@ -1,0 +1,67 @@
+/* engine/derive.h - what a pipeline file with @state and @fold does not spell:
+ * the changelog, the batch merge, the replay and the default emit.
+ *
+ * A user pipeline declares its state table (@state, a CREATE TABLE with a
+ * PRIMARY KEY) and the statement that folds one valid event into it (@fold).
+ * The engine derives the rest from the table's columns and primary key:
+ *
+ *   install  the first open on a database runs @state, adds two columns the
+ *            engine keeps on every state row (key_seq: the row's version;
+ *            part: the input partition whose event changed it last, see
+ *            migrations/008_partitions.sql), and a trigger that appends a
+ *            changelog row whenever key_seq moves. The @state text is
+ *            recorded in meta (pipeline.<name>.@state); a later open whose
+ *            @state differs is refused, never migrated.
+ *   setup    per connection: a temporary table of the keys the batch changed
+ *            and temporary triggers that fill it while @fold runs (the SQL
+ *            function tly_fold_part() says which partition's event is being
+ *            folded, or -1 outside @fold)
+ *   merge    per batch: each changed key's key_seq goes up by one, so the
+ *            trigger writes one changelog row per changed key per batch (an
+ *            after-image of the whole row, keyed by the primary key columns
+ *            joined with '#'), however many events touched it
+ *   replay   applies one after-image when its key_seq is newer than the row's
+ *   emit     each changed row's after-image, keyed as in the changelog
+ *
+ * @fold is checked when it is prepared: it may write the state table only
+ * (insert or update; a delete would never reach the changelog), never the
+ * engine's tables or key_seq and part. */
+#ifndef TLY_DERIVE_H
+#define TLY_DERIVE_H
+
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stddef.h>
+
+typedef struct tly_derived {
+    char *table;      /* the state table's name */
+    char *setup_sql;  /* per connection (temporary objects) */
+    char *merge_sql;  /* per batch */
+    char *replay_sql; /* :image, :key_seq, :partition */
+    char *emit_sql;   /* :from_seq, :to_seq */
+} tly_derived;
+
+/* Installs (first open) or checks (later opens) the @state schema of
+ * pipeline `pipeline` on store, and fills *out. entity names the changelog
+ * rows. source and state_line (the line @state starts on) name the place in
+ * errors: "FILE:LINE: what is wrong". Returns 0, or -1 with errbuf. */
+int tly_derive(tly_store *store, const char *pipeline, const char *entity, const char *source,
+               int state_line, const char *state_sql, tly_derived *out, char *errbuf,
+               size_t errlen);
+
+/* Frees what tly_derive filled; a zeroed struct is fine. */
+void tly_derived_free(tly_derived *d);
+
+/* Registers tly_fold_part() on db: it returns *part (the caller keeps it up
+ * to date: the partition of the event @fold runs for, -1 otherwise). */
+int tly_derive_register(sqlite3 *db, const int *part, char *errbuf, size_t errlen);
+
+/* Prepares one @fold statement (from *tail, which it advances like
+ * sqlite3_prepare_v3) and refuses a write outside d->table, or to key_seq or
+ * part. *stmt is NULL when only comments were left. Returns 0, or -1 with
+ * errbuf ("what is wrong" only: the caller adds file and line). */
+int tly_derive_prepare_fold(sqlite3 *db, const tly_derived *d, const char **tail,
+                            sqlite3_stmt **stmt, char *errbuf, size_t errlen);
+
+#endif
