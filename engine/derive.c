@@ -209,14 +209,15 @@ static void append_pk_list(sqlite3_str *s, const struct columns *c, const char *
 static char *install_sql(const char *table, const char *entity, const struct columns *c)
 {
     sqlite3_str *s = sqlite3_str_new(NULL);
-    sqlite3_str_appendf(s,
-                        "ALTER TABLE main.\"%w\" ADD COLUMN key_seq INTEGER NOT NULL DEFAULT 0;\n"
-                        "ALTER TABLE main.\"%w\" ADD COLUMN part INTEGER NOT NULL DEFAULT 0;\n"
-                        "CREATE TRIGGER main.\"tly_%w_changelog\" AFTER UPDATE OF key_seq ON \"%w\"\n"
-                        "BEGIN\n"
-                        "    INSERT INTO changelog (entity, key, key_seq, image, delta, "
-                        "changed_ms, part)\n    VALUES (%Q, ",
-                        table, table, table, table, entity);
+    sqlite3_str_appendf(
+        s,
+        "ALTER TABLE main.\"%w\" ADD COLUMN key_seq INTEGER NOT NULL DEFAULT 0;\n"
+        "ALTER TABLE main.\"%w\" ADD COLUMN part INTEGER NOT NULL DEFAULT 0;\n"
+        "CREATE TRIGGER main.\"tly_%w_changelog\" AFTER UPDATE OF key_seq ON \"%w\"\n"
+        "BEGIN\n"
+        "    INSERT INTO changelog (entity, key, key_seq, image, delta, "
+        "changed_ms, part)\n    VALUES (%Q, ",
+        table, table, table, table, entity);
     append_key(s, c, "NEW");
     sqlite3_str_appendall(s, ", NEW.key_seq, ");
     append_image(s, c, "NEW");
@@ -358,8 +359,7 @@ done:
 }
 
 int tly_derive(tly_store *store, const char *pipeline, const char *entity, const char *source,
-               int state_line, const char *state_sql, tly_derived *out, char *errbuf,
-               size_t errlen)
+               int state_line, const char *state_sql, tly_derived *out, char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
     struct state_check check = {0};

@@ -626,13 +626,19 @@ static char *read_file(const char *path, char *errbuf, size_t errlen)
     return text;
 }
 
+bool tly_pipeline_is_file(const char *name)
+{
+    size_t len = strlen(name);
+    return strchr(name, '/') || (len > 4 && strcmp(name + len - 4, ".sql") == 0);
+}
+
 /* The text of built-in pipeline `name`, or of the pipeline file at that path
  * (*owned is then the buffer to free); sets p->source_name. NULL with errbuf. */
 static const char *load_source(tly_pipeline *p, const char *name, char **owned, char *errbuf,
                                size_t errlen)
 {
     const char *text = NULL;
-    if (strchr(name, '/') || (strlen(name) > 4 && strcmp(name + strlen(name) - 4, ".sql") == 0)) {
+    if (tly_pipeline_is_file(name)) {
         if (!(text = *owned = read_file(name, errbuf, errlen)))
             return NULL;
         p->source_name = strdup(name);

@@ -61,6 +61,10 @@ const char *const *tly_pipeline_builtin_names(void);
 int tly_pipeline_open(tly_store *store, const char *name, const char *const *params, int flags,
                       tly_pipeline **out, char *errbuf, size_t errlen);
 
+/* Whether `name` names a pipeline file rather than a built-in pipeline: it
+ * has a '/' or ends in ".sql". */
+bool tly_pipeline_is_file(const char *name);
+
 /* What a pipeline file says of itself, read without a database. */
 typedef struct tly_pipeline_info {
     char name[64];          /* @pipeline */

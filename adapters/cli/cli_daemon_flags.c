@@ -6,7 +6,9 @@
 
 #include "http.h"
 #include "log.h"
+#include "pipeline.h"
 #include "runner.h"
+#include "store.h"
 
 #include <getopt.h>
 #include <stdbool.h>
@@ -275,6 +277,45 @@ static bool was_given(uint64_t given, const char *name)
     return false;
 }
 
+/* --pipeline FILE.sql: the whole file is checked here, on a scratch
+ * database, so that a mistake is a usage error with its line before anything
+ * connects; cfg->pipeline becomes its @pipeline name. Returns -1 to go on. */
+static int own_pipeline(const struct parse *p)
+{
+    tly_runner_config *cfg = p->cfg;
+    tly_pipeline_info info;
+    tly_store *scratch = NULL;
+    tly_pipeline *check = NULL;
+    char err[1024];
+    int ok;
+
+    if (tly_pipeline_describe(cfg->pipeline, &info, err, sizeof(err)) < 0)
+        return cli_usage_error(p->name, "%s", err);
+    for (const char *c = info.name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '_' || *c == '-'))
+            return cli_usage_error(p->name,
+                                   "%s: @pipeline %s: a pipeline name is letters, digits, _ and - "
+                                   "(it names the database file and the metrics)",
+                                   info.source, info.name);
+    if (!info.builtin && (strcmp(info.name, "orders") == 0 || strcmp(info.name, "telemetry") == 0 ||
+                          strcmp(info.name, "enrich") == 0))
+        return cli_usage_error(p->name,
+                               "%s: @pipeline %s is a built-in pipeline's name: pick another",
+                               info.source, info.name);
+    ok = tly_store_open(":memory:", NULL, &scratch, err, sizeof(err)) == 0 &&
+         tly_pipeline_open(scratch, cfg->pipeline, cfg->pipeline_settings, 0, &check, err,
+                           sizeof(err)) == 0;
+    tly_pipeline_close(check);
+    tly_store_close(scratch);
+    if (!ok)
+        return cli_usage_error(p->name, "%s", err);
+    snprintf(p->extra->pipeline_name, sizeof(p->extra->pipeline_name), "%s", info.name);
+    cfg->pipeline_file = cfg->pipeline;
+    cfg->pipeline = p->extra->pipeline_name;
+    return -1;
+}
+
 /* tally run and tally recover: the pipeline, the brokers, then what the
  * strategy allows. */
 static int finish_run(const struct parse *p, uint64_t given)
@@ -282,11 +323,21 @@ static int finish_run(const struct parse *p, uint64_t given)
     tly_runner_config *cfg = p->cfg;
     const char *pipeline = cfg->pipeline;
 
+    int rc;
+
     if (!pipeline)
-        return cli_usage_error(p->name, "--pipeline is required (orders or telemetry)");
-    if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry"))
-        return cli_usage_error(p->name, "--pipeline must be orders or telemetry, not \"%s\"",
+        return cli_usage_error(
+            p->name, "--pipeline is required (orders, telemetry or a pipeline .sql file)");
+    if (tly_pipeline_is_file(pipeline)) {
+        if ((rc = own_pipeline(p)) >= 0)
+            return rc;
+        pipeline = cfg->pipeline;
+    } else if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry")) {
+        return cli_usage_error(p->name,
+                               "--pipeline must be orders, telemetry or a pipeline .sql file, not "
+                               "\"%s\"",
                                pipeline);
+    }
     if (cli_kafka_settings(p->name, &cfg->brokers) != 0)
         return CLI_EXIT_USAGE;
     if (!was_given(given, "strategy"))

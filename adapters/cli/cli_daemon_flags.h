@@ -22,6 +22,9 @@ struct cli_daemon_extra {
     /* run and recover without --instance-id: "<pipeline>-0", which
      * cfg->instance_id then points at */
     char default_instance[128];
+    /* --pipeline FILE.sql: its @pipeline name, which cfg->pipeline then
+     * points at (cfg->pipeline_file at the path) */
+    char pipeline_name[64];
 };
 
 /* Parses argv (argv[0] is the command) for cmd into cfg and extra, first

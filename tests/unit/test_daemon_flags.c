@@ -404,9 +404,14 @@ static void test_usage_errors(void)
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "orders", "--brokers", "b:1", "extra", NULL);
     CHECK_USAGE(o, "tally run: unexpected argument \"extra\"" HINT("run"));
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--brokers", "b:1", NULL);
-    CHECK_USAGE(o, "tally run: --pipeline is required (orders or telemetry)" HINT("run"));
+    CHECK_USAGE(
+        o, "tally run: --pipeline is required (orders, telemetry or a pipeline .sql file)" HINT(
+               "run"));
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "enrich", NULL);
-    CHECK_USAGE(o, "tally run: --pipeline must be orders or telemetry, not \"enrich\"" HINT("run"));
+    CHECK_USAGE(
+        o,
+        "tally run: --pipeline must be orders, telemetry or a pipeline .sql file, not \"enrich\"" HINT(
+            "run"));
     parse(&o, CLI_DAEMON_ENRICH, &c, &x, "--brokers", "", NULL);
     CHECK_USAGE(o, "tally enrich: --brokers must not be empty, e.g. --brokers "
                    "127.0.0.1:9092" HINT("enrich"));
