@@ -279,8 +279,9 @@ static bool was_given(uint64_t given, const char *name)
 
 /* --pipeline FILE.sql: the whole file is checked here, on a scratch
  * database, so that a mistake is a usage error with its line before anything
- * connects; cfg->pipeline becomes its @pipeline name. Returns -1 to go on. */
-static int own_pipeline(const struct parse *p)
+ * connects; cfg->pipeline becomes its @pipeline name, which is also the
+ * default topic prefix and group. Returns -1 to go on. */
+static int own_pipeline(const struct parse *p, uint64_t given)
 {
     tly_runner_config *cfg = p->cfg;
     tly_pipeline_info info;
@@ -313,6 +314,13 @@ static int own_pipeline(const struct parse *p)
     snprintf(p->extra->pipeline_name, sizeof(p->extra->pipeline_name), "%s", info.name);
     cfg->pipeline_file = cfg->pipeline;
     cfg->pipeline = p->extra->pipeline_name;
+    /* Its own internal topics and group: another pipeline's changelog topic
+     * may have another partition count, and one group would share its
+     * members out between two inputs. */
+    if (!was_given(given, "topic-prefix"))
+        cfg->topic_prefix = cfg->pipeline;
+    if (!was_given(given, "group-id"))
+        cfg->group_id = cfg->pipeline;
     return -1;
 }
 
@@ -329,7 +337,7 @@ static int finish_run(const struct parse *p, uint64_t given)
         return cli_usage_error(
             p->name, "--pipeline is required (orders, telemetry or a pipeline .sql file)");
     if (tly_pipeline_is_file(pipeline)) {
-        if ((rc = own_pipeline(p)) >= 0)
+        if ((rc = own_pipeline(p, given)) >= 0)
             return rc;
         pipeline = cfg->pipeline;
     } else if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry")) {

@@ -26,8 +26,9 @@ static const char run_usage[] =
     "SIGTERM or SIGINT finishes the open batch and exits 0.\n"
     "\n"
     "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
-    "  --topic-prefix P         internal topics P-changelog, P-snapshots, P-dlq (default opb)\n"
-    "  --group-id G             consumer group (default opb)\n"
+    "  --topic-prefix P         internal topics P-changelog, P-snapshots, P-dlq (default opb;\n"
+    "                           a pipeline file: its @pipeline name)\n"
+    "  --group-id G             consumer group (default opb; a pipeline file: its name)\n"
     "  --instance-id I          static group member and transactional.id (default <pipeline>-0);\n"
     "                           a second process with the same id fences the first\n"
     "  --input-topic T          default orders.enriched | sensor-service.dispatch.telemetry-aggregated\n"
