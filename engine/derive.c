@@ -226,31 +226,51 @@ static char *install_sql(const char *table, const char *entity, const struct col
     return sqlite3_str_finish(s);
 }
 
-static void append_dirty_trigger(sqlite3_str *s, const char *table, const char *event,
-                                 const struct columns *c)
+/* AFTER INSERT and AFTER UPDATE: the key, the event's partition. */
+static void append_dirty_trigger(sqlite3_str *s, const char *table, const char *fn,
+                                 const char *event, const struct columns *c)
 {
     sqlite3_str_appendf(s,
-                        "CREATE TEMP TRIGGER IF NOT EXISTS \"tly_fold_%w_%s\" AFTER %s ON "
-                        "main.\"%w\" WHEN tly_fold_part() >= 0\nBEGIN\n"
-                        "    INSERT INTO \"tly_dirty_%w\" (",
-                        table, event, event, table, table);
+                        "CREATE TEMP TRIGGER \"tly_fold_%w_%s\" AFTER %s ON main.\"%w\" "
+                        "WHEN %s() >= 0\nBEGIN\n    INSERT INTO \"tly_dirty_%w\" (",
+                        table, event, event, table, fn, table);
     append_pk_list(s, c, "");
     sqlite3_str_appendall(s, ", part) VALUES (");
     append_pk_list(s, c, "NEW.");
-    sqlite3_str_appendall(s, ", tly_fold_part()) ON CONFLICT DO UPDATE SET part = excluded.part;\n"
-                             "END;\n");
+    sqlite3_str_appendf(s, ", %s()) ON CONFLICT DO UPDATE SET part = excluded.part;\nEND;\n", fn);
 }
 
-static char *setup_sql(const char *table, const struct columns *c)
+/* The temporary table of changed keys and its triggers. A delete while
+ * @fold runs can only be INSERT OR REPLACE making room (a DELETE statement
+ * is refused): the replaced row's key_seq is kept so the new row goes on
+ * from it. */
+static char *setup_sql(const char *table, const char *fn, const struct columns *c)
 {
     sqlite3_str *s = sqlite3_str_new(NULL);
-    sqlite3_str_appendf(s, "CREATE TEMP TABLE IF NOT EXISTS \"tly_dirty_%w\" (", table);
+    sqlite3_str_appendf(s,
+                        "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_INSERT\";\n"
+                        "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_UPDATE\";\n"
+                        "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_DELETE\";\n"
+                        "CREATE TEMP TABLE IF NOT EXISTS \"tly_dirty_%w\" (",
+                        table, table, table, table);
     append_pk_list(s, c, "");
-    sqlite3_str_appendall(s, ", part INTEGER NOT NULL, PRIMARY KEY (");
+    sqlite3_str_appendall(s, ", part INTEGER NOT NULL, prev_seq INTEGER NOT NULL DEFAULT 0, "
+                             "PRIMARY KEY (");
     append_pk_list(s, c, "");
     sqlite3_str_appendall(s, "));\n");
-    append_dirty_trigger(s, table, "INSERT", c);
-    append_dirty_trigger(s, table, "UPDATE", c);
+    append_dirty_trigger(s, table, fn, "INSERT", c);
+    append_dirty_trigger(s, table, fn, "UPDATE", c);
+    sqlite3_str_appendf(s,
+                        "CREATE TEMP TRIGGER \"tly_fold_%w_DELETE\" AFTER DELETE ON main.\"%w\" "
+                        "WHEN %s() >= 0\nBEGIN\n    INSERT INTO \"tly_dirty_%w\" (",
+                        table, table, fn, table);
+    append_pk_list(s, c, "");
+    sqlite3_str_appendall(s, ", part, prev_seq) VALUES (");
+    append_pk_list(s, c, "OLD.");
+    sqlite3_str_appendf(s,
+                        ", %s(), OLD.key_seq) ON CONFLICT DO UPDATE SET prev_seq = "
+                        "max(prev_seq, excluded.prev_seq);\nEND;\n",
+                        fn);
     return sqlite3_str_finish(s);
 }
 
@@ -258,7 +278,8 @@ static char *merge_sql(const char *table, const struct columns *c)
 {
     sqlite3_str *s = sqlite3_str_new(NULL);
     sqlite3_str_appendf(s,
-                        "UPDATE main.\"%w\" AS s SET key_seq = s.key_seq + 1, part = d.part "
+                        "UPDATE main.\"%w\" AS s SET key_seq = max(s.key_seq, d.prev_seq) + 1, "
+                        "part = d.part "
                         "FROM temp.\"tly_dirty_%w\" AS d WHERE ",
                         table, table);
     for (int k = 0; k < c->npk; k++) {
@@ -306,73 +327,124 @@ static char *emit_sql(const char *entity)
                            entity);
 }
 
+/* The one table @state creates, found by running it on a scratch database:
+ * the real one may already hold it (a plain CREATE TABLE would fail there). */
+static int state_table(const char *source, int state_line, const char *state_sql, char **table,
+                       char *errbuf, size_t errlen)
+{
+    struct state_check check = {0};
+    sqlite3 *scratch = NULL;
+    int rc = -1;
+
+    if (sqlite3_open(":memory:", &scratch) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    if (walk_state(scratch, source, state_line, state_sql, true, &check, errbuf, errlen) < 0)
+        goto done;
+    *table = check.tables[0];
+    check.tables[0] = NULL;
+    rc = 0;
+done:
+    for (int i = 0; i < check.ntables; i++)
+        free(check.tables[i]);
+    sqlite3_close(scratch);
+    return rc;
+}
+
 /* First open: @state, the engine's columns and trigger, the recorded text. */
-static int install(tly_store *store, const char *key, const char *source, int state_line,
-                   const char *state_sql, const char *entity, tly_derived *out, char *errbuf,
+static int install(tly_store *store, const char *key, const char *state_sql, const char *entity,
+                   const char *table, const char *source, int state_line, char *errbuf,
                    size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
-    struct state_check check = {0};
     struct columns cols = {0};
     char *sql = NULL;
     int rc = -1;
 
-    if (tly_store_exec(store, "SAVEPOINT tly_state", errbuf, errlen) < 0)
-        return -1;
-    if (walk_state(db, source, state_line, state_sql, true, &check, errbuf, errlen) < 0)
-        goto done;
-    out->table = check.tables[0];
-    check.tables[0] = NULL;
-    if (read_columns(db, out->table, &cols, errbuf, errlen) < 0)
+    if (tly_store_exec(store, state_sql, errbuf, errlen) < 0 ||
+        read_columns(db, table, &cols, errbuf, errlen) < 0)
         goto done;
     if (cols.has_engine_columns) {
         tly_error(errbuf, errlen,
                   "%s:%d: @state: table %s has a column named key_seq or part; the engine "
                   "keeps those on every state row: rename yours",
-                  source, state_line, out->table);
+                  source, state_line, table);
         goto done;
     }
     if (cols.npk == 0) {
         tly_error(errbuf, errlen,
                   "%s:%d: @state: table %s has no PRIMARY KEY; the engine keys the changelog, "
                   "replay and outputs by it",
-                  source, state_line, out->table);
+                  source, state_line, table);
         goto done;
     }
-    sql = install_sql(out->table, entity ? entity : out->table, &cols);
-    if (!sql || tly_store_exec(store, sql, errbuf, errlen) < 0 ||
-        tly_store_meta_set_text(store, key, state_sql) < 0) {
-        if (!errbuf[0])
-            tly_error(errbuf, errlen, "cannot install @state: %s", sqlite3_errmsg(db));
+    if (!(sql = install_sql(table, entity, &cols))) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    if (tly_store_exec(store, sql, errbuf, errlen) < 0)
+        goto done;
+    if (tly_store_meta_set_text(store, key, state_sql) < 0) {
+        tly_error(errbuf, errlen, "cannot record %s in meta: %s", key, sqlite3_errmsg(db));
         goto done;
     }
     rc = 0;
 done:
     sqlite3_free(sql);
     free_columns(&cols);
-    for (int i = 0; i < check.ntables; i++)
-        free(check.tables[i]);
-    if (rc == 0)
-        return tly_store_exec(store, "RELEASE tly_state", errbuf, errlen);
-    tly_store_exec(store, "ROLLBACK TO tly_state; RELEASE tly_state", NULL, 0);
-    return -1;
+    return rc;
+}
+
+/* The derived SQL and the key columns, from the installed table. */
+static int derive_sql(sqlite3 *db, const char *entity, tly_derived *out, char *errbuf,
+                      size_t errlen)
+{
+    static int next_fn; /* a function per pipeline: two may share a connection */
+    struct columns cols = {0};
+    int rc = -1;
+
+    if (read_columns(db, out->table, &cols, errbuf, errlen) < 0)
+        goto done;
+    snprintf(out->fn, sizeof(out->fn), "tly_fold_part_%d",
+             __atomic_add_fetch(&next_fn, 1, __ATOMIC_RELAXED));
+    out->setup_sql = setup_sql(out->table, out->fn, &cols);
+    out->merge_sql = merge_sql(out->table, &cols);
+    out->replay_sql = replay_sql(out->table, &cols);
+    out->emit_sql = emit_sql(entity);
+    out->keys = calloc((size_t)cols.npk + 1, sizeof(char *));
+    if (!out->setup_sql || !out->merge_sql || !out->replay_sql || !out->emit_sql || !out->keys) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    for (int k = 0; k < cols.npk; k++)
+        if (!(out->keys[out->nkeys++] = strdup(cols.names[cols.pk[k]]))) {
+            tly_error(errbuf, errlen, "out of memory");
+            goto done;
+        }
+    rc = 0;
+done:
+    free_columns(&cols);
+    return rc;
 }
 
 int tly_derive(tly_store *store, const char *pipeline, const char *entity, const char *source,
                int state_line, const char *state_sql, tly_derived *out, char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
-    struct state_check check = {0};
-    struct columns cols = {0};
     char key[160], *recorded = NULL;
     size_t cap = strlen(state_sql) + 2;
     int rc = -1, found;
 
     memset(out, 0, sizeof(*out));
-    errbuf[0] = '\0';
+    out->part = -1;
     tly_meta_key_state(pipeline, key, sizeof(key));
     if (!(recorded = malloc(cap)))
         return tly_error(errbuf, errlen, "out of memory");
+    if (state_table(source, state_line, state_sql, &out->table, errbuf, errlen) < 0)
+        goto done;
+    if (!entity)
+        entity = out->table;
     if ((found = tly_store_meta_get_text(store, key, recorded, cap)) < 0) {
         tly_error(errbuf, errlen, "cannot read %s from meta: %s", key, sqlite3_errmsg(db));
         goto done;
@@ -385,31 +457,14 @@ int tly_derive(tly_store *store, const char *pipeline, const char *entity, const
                   source, state_line, tly_store_path(store), key);
         goto done;
     }
-    if (!found) {
-        if (install(store, key, source, state_line, state_sql, entity, out, errbuf, errlen) < 0)
-            goto done;
-    } else {
-        if (walk_state(db, source, state_line, state_sql, false, &check, errbuf, errlen) < 0)
-            goto done;
-        out->table = check.tables[0];
-        check.tables[0] = NULL;
-    }
-    if (read_columns(db, out->table, &cols, errbuf, errlen) < 0)
+    if (!found &&
+        install(store, key, state_sql, entity, out->table, source, state_line, errbuf, errlen) < 0)
         goto done;
-    out->setup_sql = setup_sql(out->table, &cols);
-    out->merge_sql = merge_sql(out->table, &cols);
-    out->replay_sql = replay_sql(out->table, &cols);
-    out->emit_sql = emit_sql(entity ? entity : out->table);
-    if (!out->setup_sql || !out->merge_sql || !out->replay_sql || !out->emit_sql) {
-        tly_error(errbuf, errlen, "out of memory");
+    if (derive_sql(db, entity, out, errbuf, errlen) < 0)
         goto done;
-    }
     rc = 0;
 done:
     free(recorded);
-    free_columns(&cols);
-    for (int i = 0; i < check.ntables; i++)
-        free(check.tables[i]);
     if (rc < 0)
         tly_derived_free(out);
     return rc;
@@ -418,11 +473,15 @@ done:
 void tly_derived_free(tly_derived *d)
 {
     free(d->table);
+    for (int k = 0; k < d->nkeys; k++)
+        free(d->keys[k]);
+    free(d->keys);
     sqlite3_free(d->setup_sql);
     sqlite3_free(d->merge_sql);
     sqlite3_free(d->replay_sql);
     sqlite3_free(d->emit_sql);
     memset(d, 0, sizeof(*d));
+    d->part = -1;
 }
 
 static void fold_part(sqlite3_context *ctx, int argc, sqlite3_value **argv)
@@ -432,18 +491,52 @@ static void fold_part(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     sqlite3_result_int(ctx, *(const int *)sqlite3_user_data(ctx));
 }
 
-int tly_derive_register(sqlite3 *db, const int *part, char *errbuf, size_t errlen)
+int tly_derive_register(sqlite3 *db, tly_derived *d, char *errbuf, size_t errlen)
 {
-    if (sqlite3_create_function(db, "tly_fold_part", 0, SQLITE_UTF8 | SQLITE_INNOCUOUS,
-                                (void *)part, fold_part, NULL, NULL) != SQLITE_OK)
-        return tly_error(errbuf, errlen, "cannot register tly_fold_part: %s", sqlite3_errmsg(db));
+    char *msg = NULL;
+    /* With recursive triggers on, the rows INSERT OR REPLACE deletes fire
+     * delete triggers (SQLite's rule), which is how setup_sql sees them. */
+    if (sqlite3_create_function(db, d->fn, 0, SQLITE_UTF8 | SQLITE_INNOCUOUS, &d->part, fold_part,
+                                NULL, NULL) != SQLITE_OK)
+        return tly_error(errbuf, errlen, "cannot register %s: %s", d->fn, sqlite3_errmsg(db));
+    if (sqlite3_exec(db, "PRAGMA recursive_triggers = ON", NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(db, d->setup_sql, NULL, NULL, &msg) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot set up @fold: %s", msg ? msg : sqlite3_errmsg(db));
+        sqlite3_free(msg);
+        tly_derive_release(db, d);
+        return -1;
+    }
     return 0;
 }
 
+void tly_derive_release(sqlite3 *db, tly_derived *d)
+{
+    char *sql;
+    if (!d->table || !d->fn[0])
+        return;
+    /* The triggers first: they call the function. */
+    sql = sqlite3_mprintf("DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_INSERT\";"
+                          "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_UPDATE\";"
+                          "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_DELETE\";",
+                          d->table, d->table, d->table);
+    if (sql)
+        sqlite3_exec(db, sql, NULL, NULL, NULL);
+    sqlite3_free(sql);
+    sqlite3_create_function(db, d->fn, 0, SQLITE_UTF8, NULL, NULL, NULL, NULL);
+}
+
 struct fold_check {
-    const char *table;
+    const tly_derived *d;
     char why[256];
 };
+
+static bool is_key(const tly_derived *d, const char *column)
+{
+    for (int k = 0; k < d->nkeys; k++)
+        if (strcmp(d->keys[k], column) == 0)
+            return true;
+    return false;
+}
 
 static int fold_authorizer(void *ctx, int action, const char *a1, const char *a2, const char *db,
                            const char *trigger)
@@ -457,15 +550,20 @@ static int fold_authorizer(void *ctx, int action, const char *a1, const char *a2
     case SQLITE_DELETE:
         if (db && strcmp(db, "temp") == 0)
             return SQLITE_OK;
-        if (strcmp(a1, c->table) != 0)
+        if (strcmp(a1, c->d->table) != 0)
             snprintf(c->why, sizeof(c->why), "@fold writes to %s, outside the state table %s", a1,
-                     c->table);
+                     c->d->table);
         else if (action == SQLITE_DELETE)
             snprintf(c->why, sizeof(c->why),
                      "@fold deletes rows of %s: a deletion would not reach the changelog", a1);
         else if (action == SQLITE_UPDATE && a2 &&
                  (strcmp(a2, "key_seq") == 0 || strcmp(a2, "part") == 0))
             snprintf(c->why, sizeof(c->why), "@fold sets %s.%s, which the engine keeps", a1, a2);
+        else if (action == SQLITE_UPDATE && a2 && is_key(c->d, a2))
+            snprintf(c->why, sizeof(c->why),
+                     "@fold changes %s.%s, a primary key column: the old key would stay in the "
+                     "changelog (insert the new key instead)",
+                     a1, a2);
         else
             return SQLITE_OK;
         return SQLITE_DENY;
@@ -477,7 +575,7 @@ static int fold_authorizer(void *ctx, int action, const char *a1, const char *a2
         snprintf(c->why, sizeof(c->why),
                  "@fold runs once per event: it may insert into and update the state table "
                  "%s, nothing else",
-                 c->table);
+                 c->d->table);
         return SQLITE_DENY;
     }
 }
@@ -485,7 +583,7 @@ static int fold_authorizer(void *ctx, int action, const char *a1, const char *a2
 int tly_derive_prepare_fold(sqlite3 *db, const tly_derived *d, const char **tail,
                             sqlite3_stmt **stmt, char *errbuf, size_t errlen)
 {
-    struct fold_check check = {.table = d->table};
+    struct fold_check check = {.d = d};
     int rc;
     sqlite3_set_authorizer(db, fold_authorizer, &check);
     rc = sqlite3_prepare_v3(db, *tail, -1, SQLITE_PREPARE_PERSISTENT, stmt, tail);

@@ -13,9 +13,11 @@
  *            recorded in meta (pipeline.<name>.@state); a later open whose
  *            @state differs is refused, never migrated.
  *   setup    per connection: a temporary table of the keys the batch changed
- *            and temporary triggers that fill it while @fold runs (the SQL
- *            function tly_fold_part() says which partition's event is being
- *            folded, or -1 outside @fold)
+ *            and temporary triggers that fill it while @fold runs (an SQL
+ *            function of the pipeline's own says which partition's event is
+ *            being folded, or -1 outside @fold). A row replaced by INSERT OR
+ *            REPLACE keeps its version: the delete is seen (recursive
+ *            triggers are on) and its key_seq carried over
  *   merge    per batch: each changed key's key_seq goes up by one, so the
  *            trigger writes one changelog row per changed key per batch (an
  *            after-image of the whole row, keyed by the primary key columns
@@ -24,8 +26,9 @@
  *   emit     each changed row's after-image, keyed as in the changelog
  *
  * @fold is checked when it is prepared: it may write the state table only
- * (insert or update; a delete would never reach the changelog), never the
- * engine's tables or key_seq and part. */
+ * (insert or update; a delete would never reach the changelog), never its
+ * primary key columns (the old key would stay in the changelog), the
+ * engine's tables, key_seq or part. */
 #ifndef TLY_DERIVE_H
 #define TLY_DERIVE_H
 
@@ -35,7 +38,12 @@
 #include <stddef.h>
 
 typedef struct tly_derived {
-    char *table;      /* the state table's name */
+    char *table; /* the state table's name */
+    char **keys; /* its primary key columns, nkeys of them */
+    int nkeys;
+    char fn[48];      /* the SQL function that reads `part` (one per pipeline) */
+    int part;         /* what fn returns: the partition of the event @fold runs
+                         for, -1 outside @fold (the pipeline keeps it current) */
     char *setup_sql;  /* per connection (temporary objects) */
     char *merge_sql;  /* per batch */
     char *replay_sql; /* :image, :key_seq, :partition */
@@ -53,9 +61,12 @@ int tly_derive(tly_store *store, const char *pipeline, const char *entity, const
 /* Frees what tly_derive filled; a zeroed struct is fine. */
 void tly_derived_free(tly_derived *d);
 
-/* Registers tly_fold_part() on db: it returns *part (the caller keeps it up
- * to date: the partition of the event @fold runs for, -1 otherwise). */
-int tly_derive_register(sqlite3 *db, const int *part, char *errbuf, size_t errlen);
+/* Registers d->fn on db, reading d->part (d must not move), and runs
+ * d->setup_sql. Undone by tly_derive_release. Returns 0, or -1 with errbuf. */
+int tly_derive_register(sqlite3 *db, tly_derived *d, char *errbuf, size_t errlen);
+
+/* Drops the temporary triggers and the function of tly_derive_register. */
+void tly_derive_release(sqlite3 *db, tly_derived *d);
 
 /* Prepares one @fold statement (from *tail, which it advances like
  * sqlite3_prepare_v3) and refuses a write outside d->table, or to key_seq or

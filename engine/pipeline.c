@@ -200,7 +200,6 @@ struct tly_pipeline {
     int section_line[SECTION_COUNT];  /* where each section starts in the file */
     bool derived;                     /* @state and @fold: see derive.h */
     tly_derived derivation;
-    int fold_part; /* tly_fold_part(): the partition of the event @fold runs for, or -1 */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -419,11 +418,15 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
     }
     if (!p->name)
         return tly_error(errbuf, errlen, "%s: needs \"-- @pipeline NAME\"", p->source_name);
+    if (!p->entity && !section_sql[9][0] && section_sql[10][0])
+        return tly_error(errbuf, errlen,
+                         "%s:%d: @fold needs a @state section: the state table it folds into",
+                         p->source_name, p->section_line[10] - 1);
     if (!p->entity && !section_sql[9][0])
         return tly_error(errbuf, errlen,
-                         "%s: needs \"-- @entity NAME\" (or a @state section, whose table "
+                         "%s:%d: needs \"-- @entity NAME\" (or a @state section, whose table "
                          "names the entity)",
-                         p->source_name);
+                         p->source_name, line_no);
     return 0;
 }
 
@@ -701,30 +704,28 @@ static int prepare_fold(tly_pipeline *p, const char *sql, char *errbuf, size_t e
 static int derive_sections(tly_pipeline *p, char **section_sql, char *errbuf, size_t errlen)
 {
     const char *state = section_sql[9], *fold = section_sql[10];
-    char *msg = NULL;
 
     if (!fold[0] && !state[0])
         return 0;
     if (!fold[0] || !state[0])
-        return tly_error(errbuf, errlen, "%s: @state and @fold go together", p->source_name);
+        return tly_error(errbuf, errlen, "%s:%d: @state and @fold go together", p->source_name,
+                         (fold[0] ? p->section_line[10] : p->section_line[9]) - 1);
     if (section_sql[2][0] || section_sql[3][0])
         return tly_error(errbuf, errlen,
-                         "%s: @fold derives the staging and the merge: drop @stage and @merge "
+                         "%s:%d: @fold derives the staging and the merge: drop @stage and @merge "
                          "(or @state and @fold, and write all of them yourself)",
-                         p->source_name);
+                         p->source_name,
+                         (section_sql[2][0] ? p->section_line[2] : p->section_line[3]) - 1);
     p->derived = true;
-    p->fold_part = -1;
     if (tly_derive(p->store, p->name, p->entity, p->source_name, p->section_line[9], state,
-                   &p->derivation, errbuf, errlen) < 0 ||
-        tly_derive_register(p->db, &p->fold_part, errbuf, errlen) < 0)
+                   &p->derivation, errbuf, errlen) < 0)
         return -1;
-    if (!p->entity && !(p->entity = strdup(p->derivation.table)))
-        return tly_error(errbuf, errlen, "out of memory");
-    if (sqlite3_exec(p->db, p->derivation.setup_sql, NULL, NULL, &msg) != SQLITE_OK) {
-        tly_error(errbuf, errlen, "%s: cannot set up @fold: %s", p->source_name, msg ? msg : "?");
-        sqlite3_free(msg);
+    if (tly_derive_register(p->db, &p->derivation, errbuf, errlen) < 0) {
+        tly_derived_free(&p->derivation);
         return -1;
     }
+    if (!p->entity && !(p->entity = strdup(p->derivation.table)))
+        return tly_error(errbuf, errlen, "out of memory");
     free(section_sql[3]);
     section_sql[3] = strdup(p->derivation.merge_sql);
     if (!section_sql[4][0]) {
@@ -747,6 +748,7 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
     char *owned_text = NULL, *section_sql[SECTION_COUNT] = {0};
     const char *text = NULL;
     char *msg = NULL;
+    bool savepoint = false;
     int rc = -1;
 
     *out = NULL;
@@ -756,6 +758,13 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
     p->db = tly_store_db(store);
     if (!(text = load_source(p, name, &owned_text, errbuf, errlen)))
         goto done;
+    /* A refused file leaves nothing behind: no @state installed, no settings
+     * recorded. */
+    if (sqlite3_exec(p->db, "SAVEPOINT tly_open", NULL, NULL, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "%s", sqlite3_errmsg(p->db));
+        goto done;
+    }
+    savepoint = true;
     if (parse_file(p, text, section_sql, errbuf, errlen) < 0 ||
         apply_overrides(p, params, errbuf, errlen) < 0)
         goto done;
@@ -821,10 +830,17 @@ done:
     for (int i = 0; i < SECTION_COUNT; i++)
         free(section_sql[i]);
     free(owned_text);
-    if (rc == 0)
+    if (rc == 0 && savepoint &&
+        sqlite3_exec(p->db, "RELEASE tly_open", NULL, NULL, NULL) != SQLITE_OK)
+        rc = tly_error(errbuf, errlen, "%s", sqlite3_errmsg(p->db));
+    if (rc == 0) {
         *out = p;
-    else
+    } else {
+        sqlite3 *db = p->db;
         tly_pipeline_close(p);
+        if (savepoint)
+            sqlite3_exec(db, "ROLLBACK TO tly_open; RELEASE tly_open", NULL, NULL, NULL);
+    }
     return rc;
 }
 
@@ -900,6 +916,8 @@ void tly_pipeline_close(tly_pipeline *p)
     free(p->input_topic);
     free(p->output_topic);
     free(p->source_name);
+    if (p->derived)
+        tly_derive_release(p->db, &p->derivation);
     tly_derived_free(&p->derivation);
     free(p);
 }
@@ -1254,7 +1272,7 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
          result->status != TLY_EVENT_APPLIED))
         goto done;
     bind_fields(p, &p->stage, values, ev);
-    p->fold_part = ev->partition; /* read by the derived triggers (derive.h) */
+    p->derivation.part = ev->partition; /* read by the derived triggers (derive.h) */
     if (!p->has_each) {
         rc = run_section(&p->stage);
         goto done;
@@ -1278,7 +1296,7 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
             goto done;
     }
 done:
-    p->fold_part = -1;
+    p->derivation.part = -1;
     json_object_put(root);
     return rc;
 }
