@@ -1,5 +1,10 @@
 /* engine/derive.c - the changelog, merge, replay and emit of a @state/@fold
  * pipeline, derived from its state table (see derive.h). */
+/* The keys @fold changes are seen by SQLite's preupdate hook (Debian builds
+ * SQLite with it; CMakeLists.txt checks): triggers would do the same, but a
+ * statement that fires triggers inside the batch's savepoint pays for a
+ * statement journal, several times the cost of the upsert itself. */
+#define SQLITE_ENABLE_PREUPDATE_HOOK 1
 #include "derive.h"
 #include "error.h"
 #include "meta.h"
@@ -11,6 +16,8 @@
 
 #define MAX_STATE_TABLES 8
 #define MAX_COLUMNS 64
+
+static void marks_free(tly_marks *m);
 
 /* What @state creates, seen through the authorizer while it is prepared. */
 struct state_check {
@@ -126,6 +133,8 @@ static int walk_state(sqlite3 *db, const char *source, int state_line, const cha
  * in key order. */
 struct columns {
     int n, npk, has_engine_columns;
+    int key_seq_cid;      /* key_seq's column index, -1 before install */
+    int cid[MAX_COLUMNS]; /* each name's column index in the table */
     char *names[MAX_COLUMNS];
     int pk[MAX_COLUMNS]; /* pk[k] = index in names of the k-th key column */
 };
@@ -143,7 +152,9 @@ static int read_columns(sqlite3 *db, const char *table, struct columns *c, char 
     sqlite3_stmt *stmt = NULL;
     int order[MAX_COLUMNS], rc;
 
-    if (sqlite3_prepare_v2(db, "SELECT name, pk FROM pragma_table_info(?1, 'main') ORDER BY cid",
+    c->key_seq_cid = -1;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT name, pk, cid FROM pragma_table_info(?1, 'main') ORDER BY cid",
                            -1, &stmt, NULL) != SQLITE_OK)
         return tly_error(errbuf, errlen, "cannot read table %s: %s", table, sqlite3_errmsg(db));
     sqlite3_bind_text(stmt, 1, table, -1, SQLITE_STATIC);
@@ -151,6 +162,8 @@ static int read_columns(sqlite3 *db, const char *table, struct columns *c, char 
         const char *name = (const char *)sqlite3_column_text(stmt, 0);
         if (strcmp(name, "key_seq") == 0 || strcmp(name, "part") == 0) {
             c->has_engine_columns++;
+            if (strcmp(name, "key_seq") == 0)
+                c->key_seq_cid = sqlite3_column_int(stmt, 2);
             continue;
         }
         if (c->n == MAX_COLUMNS) {
@@ -159,6 +172,7 @@ static int read_columns(sqlite3 *db, const char *table, struct columns *c, char 
                              MAX_COLUMNS);
         }
         order[c->n] = sqlite3_column_int(stmt, 1);
+        c->cid[c->n] = sqlite3_column_int(stmt, 2);
         c->names[c->n++] = strdup(name);
     }
     sqlite3_finalize(stmt);
@@ -226,51 +240,30 @@ static char *install_sql(const char *table, const char *entity, const struct col
     return sqlite3_str_finish(s);
 }
 
-/* AFTER INSERT and AFTER UPDATE: the key, the event's partition. */
-static void append_dirty_trigger(sqlite3_str *s, const char *table, const char *fn,
-                                 const char *event, const struct columns *c)
-{
-    sqlite3_str_appendf(s,
-                        "CREATE TEMP TRIGGER \"tly_fold_%w_%s\" AFTER %s ON main.\"%w\" "
-                        "WHEN %s() >= 0\nBEGIN\n    INSERT INTO \"tly_dirty_%w\" (",
-                        table, event, event, table, fn, table);
-    append_pk_list(s, c, "");
-    sqlite3_str_appendall(s, ", part) VALUES (");
-    append_pk_list(s, c, "NEW.");
-    sqlite3_str_appendf(s, ", %s()) ON CONFLICT DO UPDATE SET part = excluded.part;\nEND;\n", fn);
-}
-
-/* The temporary table of changed keys and its triggers. A delete while
- * @fold runs can only be INSERT OR REPLACE making room (a DELETE statement
- * is refused): the replaced row's key_seq is kept so the new row goes on
- * from it. */
-static char *setup_sql(const char *table, const char *fn, const struct columns *c)
+/* The keys a batch changed, per connection: filled from the marks before
+ * the merge (tly_derive_stage_marks). */
+static char *setup_sql(const char *table, const struct columns *c)
 {
     sqlite3_str *s = sqlite3_str_new(NULL);
-    sqlite3_str_appendf(s,
-                        "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_INSERT\";\n"
-                        "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_UPDATE\";\n"
-                        "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_DELETE\";\n"
-                        "CREATE TEMP TABLE IF NOT EXISTS \"tly_dirty_%w\" (",
-                        table, table, table, table);
+    sqlite3_str_appendf(s, "CREATE TEMP TABLE IF NOT EXISTS \"tly_dirty_%w\" (", table);
     append_pk_list(s, c, "");
     sqlite3_str_appendall(s, ", part INTEGER NOT NULL, prev_seq INTEGER NOT NULL DEFAULT 0, "
                              "PRIMARY KEY (");
     append_pk_list(s, c, "");
     sqlite3_str_appendall(s, "));\n");
-    append_dirty_trigger(s, table, fn, "INSERT", c);
-    append_dirty_trigger(s, table, fn, "UPDATE", c);
-    sqlite3_str_appendf(s,
-                        "CREATE TEMP TRIGGER \"tly_fold_%w_DELETE\" AFTER DELETE ON main.\"%w\" "
-                        "WHEN %s() >= 0\nBEGIN\n    INSERT INTO \"tly_dirty_%w\" (",
-                        table, table, fn, table);
+    return sqlite3_str_finish(s);
+}
+
+/* One changed key: INSERT INTO temp.tly_dirty_<t> (keys..., part, prev_seq). */
+static char *mark_sql(const char *table, const struct columns *c)
+{
+    sqlite3_str *s = sqlite3_str_new(NULL);
+    sqlite3_str_appendf(s, "INSERT INTO temp.\"tly_dirty_%w\" (", table);
     append_pk_list(s, c, "");
     sqlite3_str_appendall(s, ", part, prev_seq) VALUES (");
-    append_pk_list(s, c, "OLD.");
-    sqlite3_str_appendf(s,
-                        ", %s(), OLD.key_seq) ON CONFLICT DO UPDATE SET prev_seq = "
-                        "max(prev_seq, excluded.prev_seq);\nEND;\n",
-                        fn);
+    for (int k = 0; k < c->npk + 2; k++)
+        sqlite3_str_appendf(s, "%s?%d", k ? ", " : "", k + 1);
+    sqlite3_str_appendall(s, ")");
     return sqlite3_str_finish(s);
 }
 
@@ -400,23 +393,26 @@ done:
 static int derive_sql(sqlite3 *db, const char *entity, tly_derived *out, char *errbuf,
                       size_t errlen)
 {
-    static int next_fn; /* a function per pipeline: two may share a connection */
     struct columns cols = {0};
     int rc = -1;
 
     if (read_columns(db, out->table, &cols, errbuf, errlen) < 0)
         goto done;
-    snprintf(out->fn, sizeof(out->fn), "tly_fold_part_%d",
-             __atomic_add_fetch(&next_fn, 1, __ATOMIC_RELAXED));
-    out->setup_sql = setup_sql(out->table, out->fn, &cols);
+    out->setup_sql = setup_sql(out->table, &cols);
+    out->mark_sql = mark_sql(out->table, &cols);
+    out->key_seq_cid = cols.key_seq_cid;
     out->merge_sql = merge_sql(out->table, &cols);
     out->replay_sql = replay_sql(out->table, &cols);
     out->emit_sql = emit_sql(entity);
     out->keys = calloc((size_t)cols.npk + 1, sizeof(char *));
-    if (!out->setup_sql || !out->merge_sql || !out->replay_sql || !out->emit_sql || !out->keys) {
+    out->key_cids = calloc((size_t)cols.npk + 1, sizeof(int));
+    if (!out->setup_sql || !out->mark_sql || !out->merge_sql || !out->replay_sql ||
+        !out->emit_sql || !out->keys || !out->key_cids) {
         tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
+    for (int k = 0; k < cols.npk; k++)
+        out->key_cids[k] = cols.cid[cols.pk[k]];
     for (int k = 0; k < cols.npk; k++)
         if (!(out->keys[out->nkeys++] = strdup(cols.names[cols.pk[k]]))) {
             tly_error(errbuf, errlen, "out of memory");
@@ -437,7 +433,6 @@ int tly_derive(tly_store *store, const char *pipeline, const char *entity, const
     int rc = -1, found;
 
     memset(out, 0, sizeof(*out));
-    out->part = -1;
     tly_meta_key_state(pipeline, key, sizeof(key));
     if (!(recorded = malloc(cap)))
         return tly_error(errbuf, errlen, "out of memory");
@@ -476,53 +471,280 @@ void tly_derived_free(tly_derived *d)
     for (int k = 0; k < d->nkeys; k++)
         free(d->keys[k]);
     free(d->keys);
+    free(d->key_cids);
+    sqlite3_finalize(d->mark_stmt);
+    marks_free(d->marks);
     sqlite3_free(d->setup_sql);
+    sqlite3_free(d->mark_sql);
     sqlite3_free(d->merge_sql);
     sqlite3_free(d->replay_sql);
     sqlite3_free(d->emit_sql);
     memset(d, 0, sizeof(*d));
-    d->part = -1;
 }
 
-static void fold_part(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+/* ------------------------------------------------------------------ */
+/* Marks: the keys @fold changed, serialized                           */
+/* ------------------------------------------------------------------ */
+
+/* A key is its primary key values, each a type byte ('i' int64, 'f' double,
+ * 't' text, 'b' blob: a 4-byte length first, 'n' NULL) and its bytes. */
+struct mark {
+    unsigned char *key; /* NULL: a free slot */
+    size_t len;
+    uint64_t hash;
+    int part;
+    int64_t prev_seq;
+};
+
+struct tly_marks {
+    struct mark *slots;
+    size_t cap, count;
+    unsigned char *buf; /* the key being built */
+    size_t buf_len, buf_cap;
+    bool failed; /* out of memory in the hook: the merge reports it */
+};
+
+static bool buf_put(tly_marks *m, const void *data, size_t len)
 {
-    (void)argc;
-    (void)argv;
-    sqlite3_result_int(ctx, *(const int *)sqlite3_user_data(ctx));
+    if (m->buf_len + len > m->buf_cap) {
+        size_t cap = (m->buf_cap ? m->buf_cap * 2 : 256) + len;
+        unsigned char *grown = realloc(m->buf, cap);
+        if (!grown)
+            return false;
+        m->buf = grown;
+        m->buf_cap = cap;
+    }
+    memcpy(m->buf + m->buf_len, data, len);
+    m->buf_len += len;
+    return true;
+}
+
+static bool put_value(tly_marks *m, sqlite3_value *v)
+{
+    unsigned char type;
+    switch (sqlite3_value_type(v)) {
+    case SQLITE_INTEGER: {
+        int64_t i = sqlite3_value_int64(v);
+        type = 'i';
+        return buf_put(m, &type, 1) && buf_put(m, &i, sizeof(i));
+    }
+    case SQLITE_FLOAT: {
+        double f = sqlite3_value_double(v);
+        type = 'f';
+        return buf_put(m, &type, 1) && buf_put(m, &f, sizeof(f));
+    }
+    case SQLITE_NULL: type = 'n'; return buf_put(m, &type, 1);
+    default: {
+        bool text = sqlite3_value_type(v) == SQLITE_TEXT;
+        const void *bytes = text ? (const void *)sqlite3_value_text(v) : sqlite3_value_blob(v);
+        uint32_t len = (uint32_t)sqlite3_value_bytes(v);
+        type = text ? 't' : 'b';
+        return buf_put(m, &type, 1) && buf_put(m, &len, sizeof(len)) &&
+               (len == 0 || buf_put(m, bytes, len));
+    }
+    }
+}
+
+static uint64_t hash_bytes(const unsigned char *p, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+static bool marks_grow(tly_marks *m)
+{
+    size_t cap = m->cap ? m->cap * 2 : 1024;
+    struct mark *slots = calloc(cap, sizeof(*slots));
+    if (!slots)
+        return false;
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->slots[i].key) {
+            size_t j = m->slots[i].hash & (cap - 1);
+            while (slots[j].key)
+                j = (j + 1) & (cap - 1);
+            slots[j] = m->slots[i];
+        }
+    free(m->slots);
+    m->slots = slots;
+    m->cap = cap;
+    return true;
+}
+
+/* Marks the key in m->buf: the newest part wins, prev_seq the highest. */
+static bool marks_add(tly_marks *m, int part, int64_t prev_seq)
+{
+    uint64_t h = hash_bytes(m->buf, m->buf_len);
+    size_t j;
+    if ((m->count + 1) * 2 > m->cap && !marks_grow(m))
+        return false;
+    for (j = h & (m->cap - 1); m->slots[j].key; j = (j + 1) & (m->cap - 1)) {
+        struct mark *k = &m->slots[j];
+        if (k->hash == h && k->len == m->buf_len && memcmp(k->key, m->buf, k->len) == 0) {
+            k->part = part;
+            if (prev_seq > k->prev_seq)
+                k->prev_seq = prev_seq;
+            return true;
+        }
+    }
+    if (!(m->slots[j].key = malloc(m->buf_len ? m->buf_len : 1)))
+        return false;
+    memcpy(m->slots[j].key, m->buf, m->buf_len);
+    m->slots[j].len = m->buf_len;
+    m->slots[j].hash = h;
+    m->slots[j].part = part;
+    m->slots[j].prev_seq = prev_seq;
+    m->count++;
+    return true;
+}
+
+void tly_derive_forget_marks(tly_derived *d)
+{
+    tly_marks *m = d->marks;
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->cap && m->count; i++)
+        if (m->slots[i].key) {
+            free(m->slots[i].key);
+            m->slots[i].key = NULL;
+            m->count--;
+        }
+    m->failed = false;
+}
+
+static void marks_free(tly_marks *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->cap; i++)
+        free(m->slots[i].key);
+    free(m->slots);
+    free(m->buf);
+    free(m);
+}
+
+/* The preupdate hook while @fold runs: a change to the state table marks
+ * its key. A delete can only be INSERT OR REPLACE making room (@fold may not
+ * DELETE): the replaced row's key_seq goes on in the new one. */
+static void on_preupdate(void *ctx, sqlite3 *db, int op, const char *zdb, const char *table,
+                         sqlite3_int64 old_rowid, sqlite3_int64 new_rowid)
+{
+    tly_derived *d = ctx;
+    tly_marks *m = d->marks;
+    int (*get)(sqlite3 *, int, sqlite3_value **) =
+        op == SQLITE_DELETE ? sqlite3_preupdate_old : sqlite3_preupdate_new;
+    sqlite3_value *v;
+    int64_t prev_seq = 0;
+
+    (void)old_rowid;
+    (void)new_rowid;
+    if (strcmp(zdb, "main") != 0 || strcmp(table, d->table) != 0)
+        return;
+    m->buf_len = 0;
+    for (int k = 0; k < d->nkeys; k++)
+        if (get(db, d->key_cids[k], &v) != SQLITE_OK || !put_value(m, v)) {
+            m->failed = true;
+            return;
+        }
+    if (op == SQLITE_DELETE && sqlite3_preupdate_old(db, d->key_seq_cid, &v) == SQLITE_OK)
+        prev_seq = sqlite3_value_int64(v);
+    if (!marks_add(m, d->part, prev_seq))
+        m->failed = true;
+}
+
+void tly_derive_fold_begin(sqlite3 *db, tly_derived *d, int part)
+{
+    d->part = part;
+    sqlite3_preupdate_hook(db, on_preupdate, d);
+}
+
+void tly_derive_fold_end(sqlite3 *db)
+{
+    sqlite3_preupdate_hook(db, NULL, NULL);
+}
+
+/* Binds one serialized key to the first parameters of stmt; returns the
+ * next parameter's index. */
+static int bind_key(sqlite3_stmt *stmt, const unsigned char *p, const unsigned char *end)
+{
+    int index = 1;
+    while (p < end) {
+        unsigned char type = *p++;
+        int64_t i;
+        double f;
+        uint32_t len;
+        switch (type) {
+        case 'i':
+            memcpy(&i, p, sizeof(i));
+            p += sizeof(i);
+            sqlite3_bind_int64(stmt, index++, i);
+            break;
+        case 'f':
+            memcpy(&f, p, sizeof(f));
+            p += sizeof(f);
+            sqlite3_bind_double(stmt, index++, f);
+            break;
+        case 'n': sqlite3_bind_null(stmt, index++); break;
+        default:
+            memcpy(&len, p, sizeof(len));
+            p += sizeof(len);
+            if (type == 't')
+                sqlite3_bind_text(stmt, index++, (const char *)p, (int)len, SQLITE_STATIC);
+            else
+                sqlite3_bind_blob(stmt, index++, p, (int)len, SQLITE_STATIC);
+            p += len;
+            break;
+        }
+    }
+    return index;
+}
+
+int tly_derive_stage_marks(sqlite3 *db, tly_derived *d)
+{
+    tly_marks *m = d->marks;
+    int rc = SQLITE_DONE;
+    (void)db;
+    if (m->failed)
+        rc = SQLITE_NOMEM;
+    for (size_t i = 0; i < m->cap && rc == SQLITE_DONE; i++) {
+        struct mark *k = &m->slots[i];
+        int index;
+        if (!k->key)
+            continue;
+        index = bind_key(d->mark_stmt, k->key, k->key + k->len);
+        sqlite3_bind_int(d->mark_stmt, index, k->part);
+        sqlite3_bind_int64(d->mark_stmt, index + 1, k->prev_seq);
+        rc = sqlite3_step(d->mark_stmt);
+        sqlite3_reset(d->mark_stmt);
+        sqlite3_clear_bindings(d->mark_stmt);
+    }
+    tly_derive_forget_marks(d);
+    return rc;
 }
 
 int tly_derive_register(sqlite3 *db, tly_derived *d, char *errbuf, size_t errlen)
 {
     char *msg = NULL;
-    /* With recursive triggers on, the rows INSERT OR REPLACE deletes fire
-     * delete triggers (SQLite's rule), which is how setup_sql sees them. */
-    if (sqlite3_create_function(db, d->fn, 0, SQLITE_UTF8 | SQLITE_INNOCUOUS, &d->part, fold_part,
-                                NULL, NULL) != SQLITE_OK)
-        return tly_error(errbuf, errlen, "cannot register %s: %s", d->fn, sqlite3_errmsg(db));
-    if (sqlite3_exec(db, "PRAGMA recursive_triggers = ON", NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(db, d->setup_sql, NULL, NULL, &msg) != SQLITE_OK) {
+    if (sqlite3_exec(db, d->setup_sql, NULL, NULL, &msg) != SQLITE_OK) {
         tly_error(errbuf, errlen, "cannot set up @fold: %s", msg ? msg : sqlite3_errmsg(db));
         sqlite3_free(msg);
-        tly_derive_release(db, d);
         return -1;
     }
+    if (!(d->marks = calloc(1, sizeof(*d->marks))) ||
+        sqlite3_prepare_v3(db, d->mark_sql, -1, SQLITE_PREPARE_PERSISTENT, &d->mark_stmt, NULL) !=
+            SQLITE_OK)
+        return tly_error(errbuf, errlen, "cannot set up @fold: %s", sqlite3_errmsg(db));
     return 0;
 }
 
 void tly_derive_release(sqlite3 *db, tly_derived *d)
 {
-    char *sql;
-    if (!d->table || !d->fn[0])
-        return;
-    /* The triggers first: they call the function. */
-    sql = sqlite3_mprintf("DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_INSERT\";"
-                          "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_UPDATE\";"
-                          "DROP TRIGGER IF EXISTS temp.\"tly_fold_%w_DELETE\";",
-                          d->table, d->table, d->table);
-    if (sql)
-        sqlite3_exec(db, sql, NULL, NULL, NULL);
-    sqlite3_free(sql);
-    sqlite3_create_function(db, d->fn, 0, SQLITE_UTF8, NULL, NULL, NULL, NULL);
+    (void)db;
+    sqlite3_finalize(d->mark_stmt);
+    d->mark_stmt = NULL;
+    marks_free(d->marks);
+    d->marks = NULL;
 }
 
 struct fold_check {

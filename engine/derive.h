@@ -12,12 +12,10 @@
  *            changelog row whenever key_seq moves. The @state text is
  *            recorded in meta (pipeline.<name>.@state); a later open whose
  *            @state differs is refused, never migrated.
- *   setup    per connection: a temporary table of the keys the batch changed
- *            and temporary triggers that fill it while @fold runs (an SQL
- *            function of the pipeline's own says which partition's event is
- *            being folded, or -1 outside @fold). A row replaced by INSERT OR
- *            REPLACE keeps its version: the delete is seen (recursive
- *            triggers are on) and its key_seq carried over
+ *   marks    while @fold runs, SQLite's preupdate hook marks each key it
+ *            inserts or updates, with the event's input partition; a row
+ *            INSERT OR REPLACE deletes keeps its version (its key_seq is
+ *            carried over to the new row)
  *   merge    per batch: each changed key's key_seq goes up by one, so the
  *            trigger writes one changelog row per changed key per batch (an
  *            after-image of the whole row, keyed by the primary key columns
@@ -36,16 +34,22 @@
 
 #include <sqlite3.h>
 #include <stddef.h>
+#include <stdint.h>
+
+typedef struct tly_marks tly_marks;
 
 typedef struct tly_derived {
     char *table; /* the state table's name */
     char **keys; /* its primary key columns, nkeys of them */
     int nkeys;
-    char fn[48];      /* the SQL function that reads `part` (one per pipeline) */
-    int part;         /* what fn returns: the partition of the event @fold runs
-                         for, -1 outside @fold (the pipeline keeps it current) */
+    int *key_cids;    /* their column indexes in the table */
+    int key_seq_cid;  /* key_seq's */
+    int part;         /* the partition of the event @fold runs for */
+    tly_marks *marks; /* the keys @fold changed since the last merge */
+    sqlite3_stmt *mark_stmt;
     char *setup_sql;  /* per connection (temporary objects) */
-    char *merge_sql;  /* per batch */
+    char *mark_sql;   /* one marked key into the temporary table */
+    char *merge_sql;  /* per batch, after tly_derive_stage_marks */
     char *replay_sql; /* :image, :key_seq, :partition */
     char *emit_sql;   /* :from_seq, :to_seq */
 } tly_derived;
@@ -61,12 +65,24 @@ int tly_derive(tly_store *store, const char *pipeline, const char *entity, const
 /* Frees what tly_derive filled; a zeroed struct is fine. */
 void tly_derived_free(tly_derived *d);
 
-/* Registers d->fn on db, reading d->part (d must not move), and runs
- * d->setup_sql. Undone by tly_derive_release. Returns 0, or -1 with errbuf. */
+/* Runs d->setup_sql on db and prepares what tly_derive_stage_marks needs.
+ * Returns 0, or -1 with errbuf. */
 int tly_derive_register(sqlite3 *db, tly_derived *d, char *errbuf, size_t errlen);
 
-/* Drops the temporary triggers and the function of tly_derive_register. */
+/* Drops what tly_derive_register made. */
 void tly_derive_release(sqlite3 *db, tly_derived *d);
+
+/* Around one event's @fold statements: while they run, each key of the state
+ * table they insert, update or replace is marked, with `part`. */
+void tly_derive_fold_begin(sqlite3 *db, tly_derived *d, int part);
+void tly_derive_fold_end(sqlite3 *db);
+
+/* Writes the marked keys into the temporary table merge_sql reads and
+ * forgets them. Returns SQLITE_DONE or the SQLite error code. */
+int tly_derive_stage_marks(sqlite3 *db, tly_derived *d);
+
+/* Forgets the marks (their changes were rolled back). */
+void tly_derive_forget_marks(tly_derived *d);
 
 /* Prepares one @fold statement (from *tail, which it advances like
  * sqlite3_prepare_v3) and refuses a write outside d->table, or to key_seq or

@@ -1272,7 +1272,8 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
          result->status != TLY_EVENT_APPLIED))
         goto done;
     bind_fields(p, &p->stage, values, ev);
-    p->derivation.part = ev->partition; /* read by the derived triggers (derive.h) */
+    if (p->derived)
+        tly_derive_fold_begin(p->db, &p->derivation, ev->partition);
     if (!p->has_each) {
         rc = run_section(&p->stage);
         goto done;
@@ -1296,7 +1297,8 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
             goto done;
     }
 done:
-    p->derivation.part = -1;
+    if (p->derived)
+        tly_derive_fold_end(p->db);
     json_object_put(root);
     return rc;
 }
@@ -1327,6 +1329,23 @@ static int exec(tly_pipeline *p, const char *sql)
     return sqlite3_exec(p->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+/* @merge; a derived one first learns the keys @fold marked. */
+static int run_merge(tly_pipeline *p)
+{
+    int rc;
+    if (p->derived && (rc = tly_derive_stage_marks(p->db, &p->derivation)) != SQLITE_DONE)
+        return rc;
+    return run_section(&p->merge);
+}
+
+/* Rolls back to savepoint `name`; a derived pipeline's marks go with it. */
+static int rollback_to(tly_pipeline *p, const char *sql)
+{
+    if (p->derived)
+        tly_derive_forget_marks(&p->derivation);
+    return exec(p, sql);
+}
+
 /* The fallback when a statement failed on some event: each event under its own
  * savepoint with its own merge, so the failing one is rejected alone. */
 static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t count,
@@ -1338,14 +1357,14 @@ static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t cou
             goto fatal;
         rc = stage_event(p, &events[i], &results[i]);
         if (rc == SQLITE_DONE && results[i].status == TLY_EVENT_APPLIED)
-            rc = run_section(&p->merge);
+            rc = run_merge(p);
         if (rc != SQLITE_DONE) {
             if (!is_event_error(rc))
                 goto fatal;
             results[i].status = TLY_EVENT_REJECTED;
             snprintf(results[i].reason, sizeof(results[i].reason), "rejected by the database: %s",
                      sqlite3_errmsg(p->db));
-            if (exec(p, "ROLLBACK TO tly_event") < 0)
+            if (rollback_to(p, "ROLLBACK TO tly_event") < 0)
                 goto fatal;
         }
         if (exec(p, "RELEASE tly_event") < 0)
@@ -1406,16 +1425,18 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
     if (exec(p, "SAVEPOINT tly_batch") < 0)
         return tly_error(errbuf, errlen, "cannot start batch: %s", sqlite3_errmsg(p->db));
     seq_before = last_seq(p);
+    if (p->derived)
+        tly_derive_forget_marks(&p->derivation);
     for (size_t i = 0; i < count && rc == SQLITE_DONE; i++)
         rc = stage_event(p, &events[i], &results[i]);
     if (rc == SQLITE_DONE)
-        rc = run_section(&p->merge);
+        rc = run_merge(p);
     if (rc != SQLITE_DONE) {
         if (!is_event_error(rc)) {
             tly_error(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
             goto fatal;
         }
-        if (exec(p, "ROLLBACK TO tly_batch") < 0 ||
+        if (rollback_to(p, "ROLLBACK TO tly_batch") < 0 ||
             apply_one_by_one(p, events, count, results, errbuf, errlen) < 0)
             goto fatal;
     }
@@ -1447,7 +1468,7 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
         *stats = local;
     return 0;
 fatal:
-    exec(p, "ROLLBACK TO tly_batch");
+    rollback_to(p, "ROLLBACK TO tly_batch");
     exec(p, "RELEASE tly_batch");
     return -1;
 }
