@@ -4,7 +4,7 @@
 # on stderr and in the reject file with its line number and original bytes,
 # and exactly the valid events reach the state. Telemetry with an empty
 # data.id is skipped, not rejected.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib/assert.sh"
 
 F=$WORK/mixed.jsonl
 DB=$WORK/state.db

@@ -2,7 +2,7 @@
 # test_flags.sh - command-line handling: usage errors exit 2 with a message
 # naming the problem and pointing at --help; --help exits 0; durations are
 # parsed into the window size recorded in the database.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib/assert.sh"
 
 ORDER='{"orderId":"o1","productId":"p1","storeId":"s1","price":1.25,"qty":2,"ts":1700000040000}'
 printf '%s\n' "$ORDER" >"$WORK/one.jsonl"

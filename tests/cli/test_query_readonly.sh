@@ -2,7 +2,8 @@
 # test_query_readonly.sh - tally query refuses anything that could write,
 # interrupts runaway queries, caps rows, prints csv/json correctly, and reads
 # consistent snapshots while an ingest writes the same database.
-source "$(dirname "$0")/lib.sh"
+# shellcheck source=../lib/data.sh
+source "$(dirname "$0")/../lib/data.sh"
 
 DB=$WORK/state.db
 
@@ -32,41 +33,9 @@ BEFORE=$(checksum)
 assert_contains "setup: state holds the orders" "$BEFORE" "|5000|"
 
 # --- hostile statements -----------------------------------------------------
-hostile=(
-    "DELETE FROM changelog"
-    "DELETE FROM order_window_state WHERE 1"
-    "UPDATE order_window_state SET count = 0"
-    "INSERT INTO meta (key, value) VALUES ('x', 1)"
-    "REPLACE INTO meta (key, value) VALUES ('pipeline.orders.window_ms', '1')"
-    "DROP TABLE changelog"
-    "DROP VIEW order_windows"
-    "CREATE TABLE evil (a)"
-    "CREATE TEMP TABLE evil (a)"
-    "CREATE INDEX evil ON changelog (key)"
-    "ALTER TABLE meta ADD COLUMN evil"
-    "ATTACH DATABASE '$WORK/evil.db' AS evil"
-    "DETACH DATABASE main"
-    "PRAGMA writable_schema = 1"
-    "PRAGMA journal_mode = DELETE"
-    "PRAGMA user_version = 42"
-    "PRAGMA query_only = 0"
-    "PRAGMA wal_checkpoint(TRUNCATE)"
-    "SELECT load_extension('x')"
-    "SELECT load_extension('$WORK/evil.so')"
-    "SELECT writefile('$WORK/evil.txt', 'x')"
-    "SELECT 1; DELETE FROM changelog"
-    "SELECT 1; ATTACH DATABASE '$WORK/evil.db' AS evil"
-    "VACUUM"
-    "VACUUM INTO '$WORK/evil.db'"
-    "REINDEX"
-    "ANALYZE"
-    "BEGIN"
-    "BEGIN IMMEDIATE"
-    "COMMIT"
-    "SAVEPOINT s"
-    "WITH x AS (SELECT 1) DELETE FROM changelog"
-    "WITH x AS (SELECT 1) INSERT INTO meta SELECT 'y', 2 FROM x"
-)
+hostile_sql
+hostile=("${HOSTILE_SQL[@]}" "SELECT writefile('$WORK/evil.txt', 'x')" "SELECT 1; DELETE FROM changelog"
+    "SELECT 1; ATTACH DATABASE '$WORK/evil.db' AS evil")
 for sql in "${hostile[@]}"; do
     run tally query --db "$DB" "$sql"
     [[ $RC == 1 ]] || fail "[$sql]: expected exit status 1 (refused), got $RC; stdout=[${OUT:0:200}] stderr=[${ERR:0:200}]"

@@ -4,7 +4,7 @@
 # gap, and - as 'tally replay --help' and the message itself promise -
 # everything before the gap stays applied: a consistent state as of the last
 # seq before the gap. With --on-gap warn it goes on and counts the gap.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../lib/assert.sh"
 
 SRC=$WORK/source.db
 # 600 orders over 5 stores x 4 products x 2 windows in batches of 10: keys

@@ -3,22 +3,22 @@
 # against expectations computed independently with awk; then changelog export
 # and replay into a new database must reproduce the state exactly, replaying
 # twice must change nothing, and --since exports must continue a replica.
-source "$(dirname "$0")/lib.sh"
+# shellcheck source=../lib/data.sh
+source "$(dirname "$0")/../lib/data.sh"
 
 ORDERS=$WORK/orders.jsonl
 ORDERS_TSV=$WORK/orders.tsv # store, product, event time, price micros * qty
 TELE=$WORK/telemetry.jsonl
 TELE_TSV=$WORK/telemetry.tsv # vin, sensor, value JSON, received_at, produced_at|""
 DB=$WORK/state.db
-WINDOW_MS=60000
 
 # --------------------------------------------------------------------------
 # Generators (deterministic: Park-Miller LCG, exact in doubles). mawk prints
 # integers above 2^31 wrongly with %d, so every large integer uses %.0f.
 # --------------------------------------------------------------------------
 
-# gen_orders N SEED FIRST_ID TSV > JSONL (TSV is appended to)
-gen_orders() {
+# gen_order_json N SEED FIRST_ID TSV > JSONL (TSV is appended to)
+gen_order_json() {
     awk -v n="$1" -v seed="$2" -v first="$3" -v tsv="$4" '
     function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
     BEGIN {
@@ -57,24 +57,9 @@ gen_orders() {
     }'
 }
 
-# expected_windows TSV WINDOW_MS: "store,product,window_start,sum,count" sorted,
-# sum formatted like the order_windows view (at least two decimals, no
-# trailing zeros beyond them).
-expected_windows() {
-    awk -F'\t' -v w="$2" '
-    function fmt(m,   whole, frac) {
-        whole = sprintf("%.0f", (m - m % 1000000) / 1000000)
-        frac = sprintf("%06d", m % 1000000)
-        while (length(frac) > 2 && substr(frac, length(frac)) == "0") frac = substr(frac, 1, length(frac) - 1)
-        return whole "." frac
-    }
-    {
-        ws = $3 - ($3 % w)
-        k = $1 "," $2 "," sprintf("%.0f", ws)
-        sum[k] += $4; cnt[k]++
-    }
-    END { for (k in sum) printf "%s,%s,%d\n", k, fmt(sum[k]), cnt[k] }' "$1" | sort
-}
+# windows_csv TSV: the expected order_windows rows (data.sh's
+# expected_windows) as tally query --format csv prints them, sorted.
+windows_csv() { expected_windows "$1" | tr '\t' ',' | sort; }
 
 # gen_telemetry N SEED TSV > JSONL: readings for 200 VINs; received_at values
 # are a permutation (unique, so there are no ties) emitted out of order.
@@ -123,7 +108,7 @@ expected_sensors() {
 }
 
 # The vehicle_latest view: vin<TAB>received_at<TAB>record, sensors in name order.
-expected_latest() {
+expected_vehicle_latest() {
     awk -F'\t' '
     {
         k = $1 SUBSEP $2
@@ -149,7 +134,7 @@ expected_latest() {
 # --------------------------------------------------------------------------
 # Orders
 # --------------------------------------------------------------------------
-gen_orders 20000 4242 1 "$ORDERS_TSV" >"$ORDERS"
+gen_order_json 20000 4242 1 "$ORDERS_TSV" >"$ORDERS"
 assert_eq "generated orders" 20000 "$(wc -l <"$ORDERS")"
 # The generator must really produce every price shape (else the test is weak).
 for shape in '"price":[0-9]+\.[0-9]{2},' '"price":"[0-9]+\.[0-9]{2}"' '"price":[0-9]+,' \
@@ -158,7 +143,7 @@ for shape in '"price":[0-9]+\.[0-9]{2},' '"price":"[0-9]+\.[0-9]{2}"' '"price":[
     [[ $n -gt 100 ]] || fail "generator produced only $n orders matching $shape"
     ok
 done
-expected_windows "$ORDERS_TSV" "$WINDOW_MS" >"$WORK/windows.expected"
+windows_csv "$ORDERS_TSV" >"$WORK/windows.expected"
 nwin=$(cut -d, -f3 "$WORK/windows.expected" | sort -u | wc -l)
 [[ $nwin -ge 8 ]] || fail "expected at least 8 distinct windows in the data, got $nwin"
 ok
@@ -213,7 +198,7 @@ assert_files_eq "vehicle_sensor_state vs awk (latest received_at wins)" "$WORK/s
 assert_eq "200 vehicles" 200 "$(sq "$DB" 'SELECT count(DISTINCT vin) FROM vehicle_sensor_state')"
 
 # The view, read with the sqlite3 shell and through tally query (json).
-expected_latest "$TELE_TSV" >"$WORK/latest.expected"
+expected_vehicle_latest "$TELE_TSV" >"$WORK/latest.expected"
 sq "$DB" '.separator "\t"' 'SELECT vin, received_at, record FROM vehicle_latest' | sort >"$WORK/latest.actual"
 assert_files_eq "vehicle_latest (sqlite3) vs awk" "$WORK/latest.expected" "$WORK/latest.actual"
 run tally query --db "$DB" --format json 'SELECT vin, received_at, record FROM vehicle_latest'
@@ -323,7 +308,7 @@ same_state "head + since" "$DB" "$PART"
 
 # New events after the export: an incremental export brings the replica up
 # to date (existing keys get newer key_seq).
-gen_orders 3000 99 100000 "$ORDERS_TSV" >"$WORK/more.jsonl"
+gen_order_json 3000 99 100000 "$ORDERS_TSV" >"$WORK/more.jsonl"
 run tally ingest --pipeline orders --db "$DB" --batch 700 "$WORK/more.jsonl"
 expect_rc "second ingest" 0
 assert_eq "second ingest applied" 3000 "$(summary_field applied "$OUT")"
@@ -334,7 +319,7 @@ run tally replay --db "$REPLICA" "$WORK/inc.jsonl"
 expect_rc "incremental replay" 0
 assert_eq "incremental replay gaps" 0 "$(summary_field gaps "$OUT")"
 same_state "after incremental replay" "$DB" "$REPLICA"
-expected_windows "$ORDERS_TSV" "$WINDOW_MS" >"$WORK/windows2.expected"
+windows_csv "$ORDERS_TSV" >"$WORK/windows2.expected"
 tally query --db "$REPLICA" --format csv 'SELECT store_id, product_id, window_start, sum, count FROM order_windows' >"$WORK/w2.csv"
 csv_body "$WORK/w2.csv" >"$WORK/windows2.actual"
 assert_files_eq "replica order_windows after 23000 orders vs awk" "$WORK/windows2.expected" "$WORK/windows2.actual"

@@ -13,10 +13,10 @@
 #   3. Restarted with --dedup-window 5s (a per-run setting): copies of orders
 #      first seen longer ago count as new and come out again, once; a copy
 #      within the window does not; expired rows are pruned.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
-# shellcheck source-path=SCRIPTDIR source=lib_enrich.sh
-source "$(dirname "$0")/lib_enrich.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
+# shellcheck source=../lib/enrich.sh
+source "$(dirname "$0")/../lib/enrich.sh"
 
 N_VALID=600
 N_BAD=44
@@ -59,15 +59,8 @@ done <"$WORK/sample.exp"
 ((checked >= 20)) || fail "only $checked RFC 3339 samples (test bug)"
 
 # ---- phase 1: duplicates and malformed records --------------------------------
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-STATE=$WORK/state
-DB=$STATE/enrich.db
-LOG=$WORK/enrich.log
-ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --instance-id "$(name i)" --state-dir "$STATE" --commit-interval-ms 50 --max-batch 150)
+new_stream enrich.db
+ARGS=("${STREAM_ARGS[@]}" --max-batch 150)
 
 create_topic "$IN" 3
 : >"$WORK/expected.tsv"
@@ -114,7 +107,6 @@ tally_stop "$PID"
 sleep 5.5 # every order of phases 1 and 2 is now older than the window
 head -n 5 "$WORK/orders.kv" >"$WORK/again.kv"
 head -n 5 "$WORK/expected.tsv" >>"$WORK/expected.tsv"
-STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
 enrich_start "$LOG" "${ARGS[@]}" --dedup-window 5s
 PID=$TALLY_PID
 tally_wait_started "$PID" "$LOG"

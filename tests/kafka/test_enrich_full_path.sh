@@ -9,10 +9,10 @@
 # computed with awk over the distinct orders exactly, the aggregator
 # dead-lettered nothing (whatever enrich calls validated, it accepts), and the
 # enrich DLQ holds each malformed record once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
-# shellcheck source-path=SCRIPTDIR source=lib_enrich.sh
-source "$(dirname "$0")/lib_enrich.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
+# shellcheck source=../lib/enrich.sh
+source "$(dirname "$0")/../lib/enrich.sh"
 
 N_PRE=8000
 CHUNKS=12
@@ -40,66 +40,29 @@ AGG_ARGS=(--input-topic "$ENRICHED" --output-topic "$OUTPUT" --topic-prefix "$PB
 
 create_topic "$RAW" 3
 create_topic "$ENRICHED" 3
-: >"$WORK/orders.tsv"
-: >"$WORK/bad.kv"
-: >"$WORK/reasons.tsv"
-gen_orders "$N_PRE" 31337 1 "$WORK/orders.tsv" >"$WORK/orders0.kv"
-gen_bad_raw 11 pre "$WORK/bad.kv" "$WORK/reasons.tsv"
-dup_lines "$WORK/orders0.kv" 9 >"$WORK/dup0.kv"
-mix "$WORK/dup0.kv" "$WORK/bad.kv" >"$WORK/chunk0.kv"
-for ((c = 1; c <= CHUNKS; c++)); do
-    gen_orders "$N_CHUNK" $((2000 + c)) $((N_PRE + (c - 1) * N_CHUNK + 1)) "$WORK/orders.tsv" >"$WORK/orders$c.kv"
-    : >"$WORK/bad$c.kv"
-    gen_bad_raw "$BAD_PER_CHUNK" "chunk$c" "$WORK/bad$c.kv" "$WORK/reasons.tsv"
-    cat "$WORK/bad$c.kv" >>"$WORK/bad.kv"
-    dup_lines "$WORK/orders$c.kv" $((70 + c)) >"$WORK/dup$c.kv"
-    cat "$WORK"/orders[0-9]*.kv | grep -v -F -f <(cut -d'|' -f1 "$WORK/orders$c.kv" | sed 's/$/|/') |
-        shuf -n "$N_AGAIN" --random-source=<(yes "$c") >"$WORK/again$c.kv"
-    mix "$WORK/dup$c.kv" "$WORK/again$c.kv" "$WORK/bad$c.kv" >"$WORK/chunk$c.kv"
-done
-N_VALID=$(wc -l <"$WORK/orders.tsv")
-N_BAD=$(wc -l <"$WORK/bad.kv")
+gen_dup_chunks gen_orders "$WORK/orders.tsv" 31337 2000 9 70
 produce "$RAW" "$WORK/chunk0.kv"
 
 enrich_start "$ELOG" "${ENRICH_ARGS[@]}"
 EPID=$TALLY_PID
 tally_wait_started "$EPID" "$ELOG"
 
-(
-    for ((c = 1; c <= CHUNKS; c++)); do
-        sleep 1
-        produce "$RAW" "$WORK/chunk$c.kv"
-    done
-) &
-PRODUCER=$!
-BG_PIDS+=("$PRODUCER")
+produce_chunks "$RAW" "$CHUNKS"
 
 # ---- the aggregator, killed while enrich keeps going --------------------------
-moved=0
-for ((k = 1; k <= KILLS; k++)); do
-    before=$(sqlval "$AGG_DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
+# aggregator_start: the aggregator, while enrich still runs.
+aggregator_start() {
+    alive_or_fail "$EPID" "(tally enrich, while the aggregator was being killed)"
     tally_start "$ALOG" "${AGG_ARGS[@]}"
-    pause=$(awk -v r="$RANDOM" 'BEGIN { printf "%.2f", 1 + (r % 2001) / 1000 }')
-    sleep "$pause"
-    alive "$EPID" || { tally_wait_exit "$EPID" 5; fail "tally enrich exited with status $RC"; }
-    if ! alive "$TALLY_PID"; then
-        tally_wait_exit "$TALLY_PID" 5
-        fail "the aggregator exited by itself with status $RC before kill $k"
-    fi
-    tally_kill9 "$TALLY_PID"
-    after=$(sqlval "$AGG_DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
-    if [[ "${after:-0}" != "${before:-0}" ]]; then moved=$((moved + 1)); fi
-    note "aggregator kill $k after ${pause}s: ${before:-0} orders counted before, ${after:-0} after"
-    if [[ "$WIPE_AFTER" == *" $k "* ]]; then
-        rm -rf "$AGG_STATE"
-        note "kill $k: the aggregator's state directory deleted"
-    fi
-done
-if wait "$PRODUCER"; then :; else fail "the background producer failed"; fi
+}
+kill9_loop "$KILLS" "$WIPE_AFTER" "$AGG_DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state' 1 3 \
+    aggregator_start
+moved=$MOVED
+alive_or_fail "$EPID" "(tally enrich, while the aggregator was being killed)"
+wait_producer
 ((moved >= 3)) || fail "only $moved of $KILLS kills came while the aggregator was counting"
 
 # ---- both to the end -----------------------------------------------------------
-STARTS_BEFORE=$(grep -c 'event=started' "$ALOG" || true)
 tally_start "$ALOG" "${AGG_ARGS[@]}"
 APID=$TALLY_PID
 tally_wait_started "$APID" "$ALOG"

@@ -23,8 +23,8 @@
 #   6. The live page, in headless Chromium while orders flow, draws its three
 #      charts (data-points >= 2), fills the recent-rows table through /query
 #      and shows no error; without the token it shows the 401.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 command -v curl >/dev/null || fail "curl is required"
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
@@ -38,12 +38,7 @@ TOKEN_ENV="env-$RUN_ID"
 QUERY_TIMEOUT_MS=500
 MAX_ROWS=5
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-STATE=$WORK/state
-DB=$STATE/orders.db
+new_stream orders.db
 
 # ----------------------------------------------------------- functions ---
 
@@ -302,28 +297,25 @@ state_dump() {
 # up until it answers 200; the codes seen, one per change, go to READY_SEEN
 # (e.g. "000 503 200").
 readyz_until_ready() {
-    local pid=$1 limit=$((SECONDS + $2)) last=""
     READY_SEEN=""
-    while :; do
-        req GET /readyz
-        if [[ "$CODE" != "$last" ]]; then
-            READY_SEEN="${READY_SEEN:+$READY_SEEN }$CODE"
-            last=$CODE
-            [[ "$CODE" == 503 ]] && cp "$WORK/body" "$WORK/readyz.503"
-        fi
-        [[ "$CODE" == 200 ]] && return 0
-        if ! alive "$pid"; then
-            tally_wait_exit "$pid" 5
-            fail "tally exited with status $RC before /readyz said 200 (seen: $READY_SEEN)"
-        fi
-        ((SECONDS < limit)) || fail "/readyz did not answer 200 within $2 s (seen: $READY_SEEN)"
-        sleep 0.02
-    done
+    READY_LAST=""
+    POLL_EVERY=0.02 poll_until "$2" "$1" "/readyz answering 200" readyz_ready
 }
 
-run_args=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --instance-id "$(name i)" --state-dir "$STATE" --commit-interval-ms 50
-    --snapshot-interval 500ms --query-timeout-ms "$QUERY_TIMEOUT_MS" --query-max-rows "$MAX_ROWS")
+# readyz_ready: one /readyz; true on 200 (readyz_until_ready's check).
+readyz_ready() {
+    req GET /readyz
+    if [[ "$CODE" != "$READY_LAST" ]]; then
+        READY_SEEN="${READY_SEEN:+$READY_SEEN }$CODE"
+        READY_LAST=$CODE
+        if [[ "$CODE" == 503 ]]; then cp "$WORK/body" "$WORK/readyz.503"; fi
+    fi
+    POLL_STATE="seen: $READY_SEEN"
+    [[ "$CODE" == 200 ]]
+}
+
+run_args=("${STREAM_ARGS[@]}" --snapshot-interval 500ms --query-timeout-ms "$QUERY_TIMEOUT_MS"
+    --query-max-rows "$MAX_ROWS")
 
 # ---- 5b. flags: usage errors need no broker ------------------------------------
 expect_usage_error "--http foo" --pipeline orders --brokers "$KAFKA_BROKERS" --http foo --state-dir "$WORK/none"
@@ -379,8 +371,9 @@ declare -A prev=()
 declare -A consumed_seen=()
 counters=(tally_events_consumed_total tally_events_applied_total tally_events_dead_lettered_total
     tally_batches_total tally_transactions_committed_total tally_end_to_end_latency_seconds_count)
-limit=$((SECONDS + 90))
-while :; do
+# backlog_scraped: one scrape, checked; true once it counts every record.
+backlog_scraped() {
+    local c v lag
     scrape "$WORK/m.txt"
     promcheck "$WORK/m.txt" "scrape $scrapes during the backlog"
     scrapes=$((scrapes + 1))
@@ -396,12 +389,11 @@ while :; do
     ((consumed <= TOTAL)) || fail "tally_events_consumed_total $consumed exceeds the $TOTAL records produced"
     consumed_seen[$consumed]=1
     lag=$(lag_lines "$WORK/m.txt" | awk '{ n += $2 } END { print n + 0 }')
-    ((lag > max_lag)) && max_lag=$lag
-    ((consumed == TOTAL)) && break
-    alive "$PID" || { tally_wait_exit "$PID" 5; fail "tally exited with status $RC while consuming ($consumed of $TOTAL)"; }
-    ((SECONDS < limit)) || fail "only $consumed of $TOTAL records counted by /metrics within 90 s"
-    sleep 0.2
-done
+    if ((lag > max_lag)); then max_lag=$lag; fi
+    POLL_STATE="$consumed of $TOTAL records counted by /metrics"
+    ((consumed == TOTAL))
+}
+poll_until 90 "$PID" "every record counted by /metrics" backlog_scraped
 backlog_s=$((SECONDS - t0))
 note "run 1: backlog of $TOTAL consumed in ~${backlog_s}s; $scrapes scrapes saw ${#consumed_seen[@]} values of consumed, lag up to $max_lag"
 ((${#consumed_seen[@]} >= 2)) || fail "tally_events_consumed_total did not move while the backlog was consumed (${!consumed_seen[*]})"
@@ -410,17 +402,16 @@ ok
 ok
 
 # After the catch-up: every partition's lag 0, snapshots taken.
-limit=$((SECONDS + 15))
-while :; do
+# caught_up: one scrape; true once every partition's lag is 0 and a snapshot
+# was taken.
+caught_up() {
     scrape "$WORK/m.txt"
     lag_lines "$WORK/m.txt" >"$WORK/lag.txt"
-    if [[ "$(wc -l <"$WORK/lag.txt")" == 3 ]] && awk '$2 != 0 { exit 1 }' "$WORK/lag.txt" &&
-        (($(metric "$WORK/m.txt" tally_snapshots_total) > 0)); then
-        break
-    fi
-    ((SECONDS < limit)) || fail "after the catch-up: lag per partition [$(tr '\n' ' ' <"$WORK/lag.txt")], snapshots $(metric "$WORK/m.txt" tally_snapshots_total)"
-    sleep 0.3
-done
+    POLL_STATE="lag per partition [$(tr '\n' ' ' <"$WORK/lag.txt")], snapshots $(metric "$WORK/m.txt" tally_snapshots_total)"
+    [[ "$(wc -l <"$WORK/lag.txt")" == 3 ]] && awk '$2 != 0 { exit 1 }' "$WORK/lag.txt" &&
+        (($(metric "$WORK/m.txt" tally_snapshots_total) > 0))
+}
+POLL_EVERY=0.3 poll_until 15 "" "catch-up (lag 0 everywhere, a snapshot)" caught_up
 promcheck "$WORK/m.txt" "after the catch-up"
 assert_eq "lag per partition after the catch-up" "0 0
 1 0
@@ -523,39 +514,8 @@ ok
 # Hostile statements: the state must not change.
 BEFORE=$(state_dump)
 [[ -n "$BEFORE" ]] || fail "empty state dump"
-hostile=(
-    "DELETE FROM changelog"
-    "DELETE FROM order_window_state WHERE 1"
-    "UPDATE order_window_state SET count = 0"
-    "INSERT INTO meta (key, value) VALUES ('x', 1)"
-    "REPLACE INTO meta (key, value) VALUES ('pipeline.orders.window_ms', '1')"
-    "DROP TABLE changelog"
-    "DROP VIEW order_windows"
-    "CREATE TABLE evil (a)"
-    "CREATE TEMP TABLE evil (a)"
-    "CREATE INDEX evil ON changelog (key)"
-    "ALTER TABLE meta ADD COLUMN evil"
-    "ATTACH DATABASE '$WORK/evil.db' AS evil"
-    "DETACH DATABASE main"
-    "PRAGMA writable_schema = 1"
-    "PRAGMA journal_mode = DELETE"
-    "PRAGMA user_version = 42"
-    "PRAGMA query_only = 0"
-    "PRAGMA wal_checkpoint(TRUNCATE)"
-    "SELECT load_extension('x')"
-    "SELECT load_extension('$WORK/evil.so')"
-    "BEGIN"
-    "BEGIN IMMEDIATE"
-    "COMMIT"
-    "ROLLBACK"
-    "SAVEPOINT s"
-    "VACUUM"
-    "VACUUM INTO '$WORK/evil.db'"
-    "REINDEX"
-    "ANALYZE"
-    "WITH x AS (SELECT 1) DELETE FROM changelog"
-    "WITH x AS (SELECT 1) INSERT INTO meta SELECT 'y', 2 FROM x"
-)
+hostile_sql
+hostile=("${HOSTILE_SQL[@]}" "ROLLBACK")
 for sql in "${hostile[@]}"; do
     query_get "$sql"
     expect_code "GET [$sql]" 403
@@ -711,13 +671,9 @@ gen_orders "$N_LIVE" 991 1000000 "$WORK/live.tsv" >"$WORK/live.kv"
     timeout 120 kcat -b "$KAFKA_BROKERS" -P -t "$IN" -K '|' -X linger.ms=5 -X acks=all) \
     2>"$WORK/live.err" &
 LIVE_PID=$!
-BG_PIDS+=("$LIVE_PID")
+bg_track "$LIVE_PID"
 # Wait until events flow, so the first samples already have some.
-limit=$((SECONDS + 30))
-until (($(sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state') > N_ORDERS)); do
-    ((SECONDS < limit)) || fail "the live orders do not arrive"
-    sleep 0.1
-done
+POLL_EVERY=0.1 poll_until 30 "" "live orders arriving" orders_above "$DB" "$N_ORDERS"
 
 # page URL FILE [BUDGET_MS]: the DOM headless Chromium dumps after the page
 # ran for BUDGET_MS of virtual time. Virtual time runs as fast as the page's
@@ -746,7 +702,7 @@ page_live() {
         --disable-extensions --user-data-dir="$dir/profile" --remote-debugging-pipe \
         3<"$dir/to" 4>"$dir/from" 2>"$dir/err" about:blank &
     cpid=$!
-    BG_PIDS+=("$cpid")
+    bg_track "$cpid"
     exec 5>"$dir/to" 6<"$dir/from"
     cdp_send() { printf '%s\0' "$1" >&5; }
     # cdp_recv ID: the answer to request ID (events are skipped), in $dir/msg.

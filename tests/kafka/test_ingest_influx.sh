@@ -34,7 +34,8 @@
 # Each vehicle of parts 2 and 3 has a single reading, so "every reading
 # reached Kafka" is "every VIN is on the topic with its value": a range that
 # was skipped would leave VINs out.
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 INFLUXDB_SCRIPT=$TALLY_SOURCE_DIR/scripts/influxdb
 [[ -x "$INFLUXDB_SCRIPT" ]] || fail "$INFLUXDB_SCRIPT missing"
@@ -77,24 +78,35 @@ now_ms() { date +%s%3N; }
 ingest_start() {
     local log=$1
     shift
-    "$TALLY" ingest influxdb --url "$INFLUX_URL" --database "$DB" --brokers "$KAFKA_BROKERS" "$@" \
-        >>"$log" 2>&1 &
-    TALLY_PID=$!
-    TALLY_PIDS+=("$TALLY_PID")
-    TALLY_LOGS+=("$log")
+    tally_bg "$log" ingest influxdb --url "$INFLUX_URL" --database "$DB" --brokers "$KAFKA_BROKERS" "$@"
+}
+
+# start_writer MEASUREMENT POD PODS VIN BASE N: in the background (WRITER),
+# N points 100 ms apart, each stamped now: point i has pod=POD(i % PODS + 1),
+# vin=VIN-i (3 digits) and speed=BASE+i.
+start_writer() {
+    (
+        for i in $(seq 0 $(($6 - 1))); do
+            printf '%s,pod=%s%d,vin=%s-%03d speed=%di %s\n' "$1" "$2" $((i % $3 + 1)) "$4" "$i" $(($5 + i)) \
+                "$(now_ms)" >"$WORK/$1.lp"
+            curl -sS -o /dev/null -XPOST "$INFLUX_URL/write?db=$DB&precision=ms" --data-binary "@$WORK/$1.lp" || exit 1
+            sleep 0.1
+        done
+    ) &
+    WRITER=$!
+    bg_track "$WRITER"
 }
 
 # wait_cycle_past LOG MS PID SECONDS: until LOG has an ingest_cycle whose
 # to_ms is beyond MS.
-wait_cycle_past() {
-    local log=$1 ms=$2 pid=$3 limit=$((SECONDS + $4))
-    while :; do
-        [[ -f "$log" ]] && awk -v ms="$ms" '/event=ingest_cycle / { for (i = 1; i <= NF; i++) if ($i ~ /^to_ms=/) { t = substr($i, 7) + 0; if (t > ms + 0) found = 1 } }
-            END { exit !found }' "$log" && return 0
-        alive "$pid" || fail "tally ingest influxdb exited early: $(tail -n 3 "$log" | cut -c1-300)"
-        ((SECONDS < limit)) || fail "no ingest_cycle reached $ms within $4 s: $(tail -n 2 "$log" | cut -c1-300)"
-        sleep 0.2
-    done
+wait_cycle_past() { poll_until "$4" "$3" "ingest_cycle past $2" cycle_past "$1" "$2"; }
+
+# cycle_past LOG MS: wait_cycle_past's check.
+cycle_past() {
+    [[ -f "$1" ]] || return 1
+    POLL_STATE=$(tail -n 2 "$1" | cut -c1-300)
+    awk -v ms="$2" '/event=ingest_cycle / { for (i = 1; i <= NF; i++) if ($i ~ /^to_ms=/) { t = substr($i, 7) + 0; if (t > ms + 0) found = 1 } }
+        END { exit !found }' "$1"
 }
 
 # check_contiguous LOG: the ingest_cycle ranges follow one another exactly.
@@ -221,7 +233,7 @@ rc=0
 env -u KAFKA_BROKERS "$TALLY" ingest influxdb --url "$INFLUX_URL" --database "$DB" \
     --kafka-config "$TLS_DIR/sasl-scram.properties" --pods p1,p2,p3 --output-topic "$TOPIC1S" \
     --lookback 40s --once >"$WORK/sasl.log" 2>&1 || rc=$?
-TALLY_LOGS+=("$WORK/sasl.log")
+log_track "$WORK/sasl.log"
 assert_eq "--once over SASL_SSL: exit status" 0 "$rc"
 read_topic "$TOPIC1S" '%k\t%s\n' | sort >"$WORK/sasl_raw.tsv"
 without_produced_at "$WORK/sasl_raw.tsv" >"$WORK/sasl.tsv"
@@ -365,15 +377,7 @@ CP3=$WORK/restart.checkpoint
 ARGS3=(--measurement kills --pods k1,k2 --output-topic "$TOPIC3" --interval 500ms --lookback 1s --chunk 1s --settle 3s
     --checkpoint-path "$CP3")
 # A writer: a point every 100 ms, stamped now, one VIN each, for 12 s.
-(
-    for i in $(seq 0 119); do
-        printf 'kills,pod=k%d,vin=KILL-%03d speed=%di %s\n' $((i % 2 + 1)) "$i" $((3000 + i)) "$(now_ms)" >"$WORK/w.lp"
-        curl -sS -o /dev/null -XPOST "$INFLUX_URL/write?db=$DB&precision=ms" --data-binary "@$WORK/w.lp" || exit 1
-        sleep 0.1
-    done
-) &
-WRITER=$!
-BG_PIDS+=("$WRITER")
+start_writer kills k 2 KILL 3000 120
 ingest_start "$LOG3" "${ARGS3[@]}"
 PID3=$TALLY_PID
 wait_cycle_past "$LOG3" 0 "$PID3" 30
@@ -382,7 +386,6 @@ tally_kill9 "$PID3"
 cp_killed=$(sed -n 's/^tally-checkpoint 1 end_ms=\([0-9]*\)$/\1/p' "$CP3")
 [[ -n "$cp_killed" ]] || fail "no checkpoint after the first run"
 sleep 3 # points keep arriving while it is down
-STARTS_BEFORE=$(grep -c 'event=started' "$LOG3")
 ingest_start "$LOG3" "${ARGS3[@]}"
 PID3=$TALLY_PID
 tally_wait_started "$PID3" "$LOG3"
@@ -411,33 +414,18 @@ note "kill -9: resumed from $cp_killed; $(read_topic "$TOPIC3" '.\n' | wc -l) re
 # --delivery-timeout 1s the records of a cycle produced while the broker is
 # down fail, the produce is retried (event=ingest_retry stage=produce), and
 # every reading still reaches the topic.
-ensure_broker() {
-    "$KAFKA_SCRIPT" status >/dev/null 2>&1 && return 0
-    echo "[$TEST_NAME] the broker is down; starting it again" >&2
-    "$KAFKA_SCRIPT" start >&2 || true
-}
-CLEANUP_HOOKS+=(ensure_broker)
-[[ "$("$KAFKA_SCRIPT" status)" == *"Apache Kafka"* ]] ||
-    fail "scripts/kafka restart needs Apache Kafka: $("$KAFKA_SCRIPT" status)"
+broker_restartable
 TOPIC4=$(name broker)
 create_topic "$TOPIC4" 3
 LOG4=$WORK/broker.log
-(
-    for i in $(seq 0 99); do
-        printf 'brokers,pod=b1,vin=BRK-%03d speed=%di %s\n' "$i" $((4000 + i)) "$(now_ms)" >"$WORK/wb.lp"
-        curl -sS -o /dev/null -XPOST "$INFLUX_URL/write?db=$DB&precision=ms" --data-binary "@$WORK/wb.lp" || exit 1
-        sleep 0.1
-    done
-) &
-WRITER=$!
-BG_PIDS+=("$WRITER")
+start_writer brokers b 1 BRK 4000 100
 ingest_start "$LOG4" --measurement brokers --pods b1 --output-topic "$TOPIC4" --interval 500ms \
     --lookback 1s --settle 2s --delivery-timeout 1s --retry-initial-interval 300ms \
     --retry-max-interval 1s --retry-max-attempts 3
 PID4=$TALLY_PID
 wait_cycle_past "$LOG4" 0 "$PID4" 30
 sleep 2
-"$KAFKA_SCRIPT" restart >"$WORK/restart.out" 2>&1 || fail "scripts/kafka restart failed: $(tail -n 3 "$WORK/restart.out")"
+broker_restart
 wait "$WRITER" || fail "the point writer failed"
 wait_cycle_past "$LOG4" "$(now_ms)" "$PID4" 90
 tally_stop "$PID4"

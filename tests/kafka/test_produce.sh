@@ -11,32 +11,20 @@
 # Environment: TALLY (the binary), KAFKA_BROKERS (default 127.0.0.1:9092).
 # Run by hand: TALLY=build/tally bash tests/kafka/test_produce.sh
 
-# shellcheck source=../cli/lib.sh
-source "$(dirname "$0")/../cli/lib.sh"
+# shellcheck source=../lib/kafka.sh
+source "$(dirname "$0")/../lib/kafka.sh"
 
-BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
-SRC=${TALLY_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 RUN_ID="tp$$x$RANDOM"
-command -v kcat >/dev/null || fail "kcat is required"
-kcat -b "$BROKERS" -L -m 10 >/dev/null 2>&1 ||
-    fail "no Kafka broker answers on $BROKERS (start one with scripts/kafka start)"
-
-# Removes this run's topics, best effort (only scripts/kafka's Apache broker
-# has the tool), so reruns do not fill the broker.
-delete_run_topics() {
-    if [[ "$BROKERS" == "127.0.0.1:${KAFKA_PORT:-9092}" ]] && "$SRC/scripts/kafka" status 2>/dev/null | grep -q 'Apache Kafka'; then
-        "$SRC/scripts/kafka" topics --delete --topic "$RUN_ID.*" >/dev/null 2>&1 || true
-    fi
-}
-trap 'delete_run_topics; cleanup' EXIT
+broker_answers
+CLEANUP_HOOKS+=(delete_run_topics)
 
 # consume TOPIC FORMAT: every committed message of TOPIC, formatted by kcat.
 consume() {
-    kcat -b "$BROKERS" -C -e -q -t "$1" -X isolation.level=read_committed -f "$2"
+    kcat -b "$KAFKA_BROKERS" -C -e -q -t "$1" -X isolation.level=read_committed -f "$2"
 }
 
 topics_for() {
-    run tally topics create --brokers "$BROKERS" --pipeline "$1" --topic-prefix "$RUN_ID-$1" \
+    run tally topics create --brokers "$KAFKA_BROKERS" --pipeline "$1" --topic-prefix "$RUN_ID-$1" \
         --input-topic "$RUN_ID.$1.in" --output-topic "$RUN_ID.$1.out" --partitions "$2"
     expect_rc "topics for $1" 0
 }
@@ -48,7 +36,7 @@ now_ms() { date +%s%3N; }
 topics_for orders 3
 orders_topic="$RUN_ID.orders.in"
 before=$(now_ms)
-run tally produce --pipeline orders --brokers "$BROKERS" --topic "$orders_topic" --rate 2000 \
+run tally produce --pipeline orders --brokers "$KAFKA_BROKERS" --topic "$orders_topic" --rate 2000 \
     --duration 3s --keys 7 --seed 42
 after=$(now_ms)
 expect_rc "orders produce" 0
@@ -91,7 +79,7 @@ slices=$(sq "$WORK/o.db" "SELECT count(DISTINCT json_extract(j, '\$.timestamp') 
 ok
 
 # Rounding down: 3 events/s for 1.5 s is 4 events.
-run tally produce --pipeline orders --brokers "$BROKERS" --topic "$orders_topic" --rate 3 --duration 1500ms
+run tally produce --pipeline orders --brokers "$KAFKA_BROKERS" --topic "$orders_topic" --rate 3 --duration 1500ms
 expect_rc "orders at 3/s" 0
 assert_eq "3/s x 1.5s" 4 "$(summary_field events "$OUT")"
 consume "$orders_topic" '.\n' >"$WORK/orders.count"
@@ -101,7 +89,7 @@ assert_eq "kcat counts 6004 orders" 6004 "$(wc -l <"$WORK/orders.count")"
 
 topics_for telemetry 2
 telemetry_topic="$RUN_ID.telemetry.in"
-run tally produce --pipeline telemetry --brokers "$BROKERS" --topic "$telemetry_topic" --rate 500 \
+run tally produce --pipeline telemetry --brokers "$KAFKA_BROKERS" --topic "$telemetry_topic" --rate 500 \
     --duration 2s --keys 5
 expect_rc "telemetry produce" 0
 assert_eq "telemetry events" 1000 "$(summary_field events "$OUT")"
@@ -127,7 +115,7 @@ assert_eq "one partition per VIN" 0 "$(sq "$WORK/t.db" "
 # ---------------------------------------------------------------- Ctrl-C ---
 
 # No --duration: runs until interrupted, then flushes and reports exactly.
-"$TALLY" produce --pipeline telemetry --brokers "$BROKERS" --topic "$telemetry_topic" --rate 400 \
+"$TALLY" produce --pipeline telemetry --brokers "$KAFKA_BROKERS" --topic "$telemetry_topic" --rate 400 \
     >"$WORK/int.out" 2>"$WORK/int.err" &
 pid=$!
 bg_track "$pid"
@@ -147,12 +135,12 @@ assert_eq "kcat counts what the interrupted run reported" $((1000 + interrupted_
 
 # ---------------------------------------------------------- missing topic ---
 
-run tally produce --pipeline orders --brokers "$BROKERS" --topic "$RUN_ID.nowhere" --rate 10 --duration 1s
+run tally produce --pipeline orders --brokers "$KAFKA_BROKERS" --topic "$RUN_ID.nowhere" --rate 10 --duration 1s
 expect_rc "missing topic" 1
 assert_contains "missing topic: says to create it" "$ERR" "tally topics create"
 assert_contains "missing topic: names it" "$ERR" "$RUN_ID.nowhere"
 assert_not_contains "missing topic: no summary" "$OUT" "produced"
-kcat -b "$BROKERS" -L -m 10 | grep -qF "\"$RUN_ID.nowhere\"" && fail "produce created $RUN_ID.nowhere"
+kcat -b "$KAFKA_BROKERS" -L -m 10 | grep -qF "\"$RUN_ID.nowhere\"" && fail "produce created $RUN_ID.nowhere"
 ok
 
 # -------------------------------------------------------------- bad flags ---
@@ -167,7 +155,7 @@ for args in "" "--pipeline payments" "--pipeline orders --rate 0" "--pipeline or
     "--pipeline orders --keys 0" "--pipeline orders --seed -1" "--pipeline orders --bogus" \
     "--pipeline orders --rate" "--pipeline orders extra" "--pipeline orders --topic="; do
     # shellcheck disable=SC2086 # split on purpose
-    run tally produce --brokers "$BROKERS" $args
+    run tally produce --brokers "$KAFKA_BROKERS" $args
     expect_rc "bad flags [$args]" 2
 done
 

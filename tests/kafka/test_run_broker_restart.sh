@@ -6,8 +6,8 @@
 # is restarted - that is allowed, and reported. Either way, at the end the
 # latest committed output per key and the SQLite state equal the awk totals
 # exactly, and the DLQ holds each malformed line once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_FIRST=30000
 N_SECOND=5000
@@ -19,26 +19,12 @@ expect_usage_error "--window-size 0" --pipeline orders --brokers "$KAFKA_BROKERS
 expect_usage_error "--max-batch too large" --pipeline orders --brokers "$KAFKA_BROKERS" --max-batch 1000001
 expect_usage_error "--brokers empty" --pipeline orders --brokers ""
 
-# The other tests need the broker: if this one fails while it is down, bring
-# one up again (a fresh one if the data cannot be used).
-ensure_broker() {
-    "$KAFKA_SCRIPT" status >/dev/null 2>&1 && return 0
-    echo "[$TEST_NAME] the broker is down; starting it again" >&2
-    "$KAFKA_SCRIPT" start >&2 || true
-}
-CLEANUP_HOOKS+=(ensure_broker)
-"$KAFKA_SCRIPT" status >/dev/null || fail "no broker up on port $KAFKA_PORT (scripts/kafka status)"
-[[ "$("$KAFKA_SCRIPT" status)" == *"Apache Kafka"* ]] ||
-    fail "scripts/kafka restart needs Apache Kafka: $("$KAFKA_SCRIPT" status)"
+# The other tests need the broker: if this one fails while it is down, it
+# is brought up again.
+broker_restartable
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-STATE=$WORK/state
-DB=$STATE/orders.db
-LOG=$WORK/tally.log
-RUN_ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g)"
-    --instance-id "$(name i)" --state-dir "$STATE" --commit-interval-ms 50 --max-batch 200)
+new_stream orders.db
+RUN_ARGS=("${STREAM_ARGS[@]}" --max-batch 200)
 
 create_topic "$IN" 3
 : >"$WORK/orders.tsv"
@@ -53,14 +39,11 @@ N_ORDERS=$(wc -l <"$WORK/orders.tsv")
 N_BAD=$(wc -l <"$WORK/bad.kv")
 produce "$IN" "$WORK/first.kv"
 
-orders_in() { sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state'; }
-
 STARTS=0
 EXITS=()
 start_tally() {
     STARTS=$((STARTS + 1))
     ((STARTS <= MAX_TALLY_STARTS)) || fail "tally had to be started $MAX_TALLY_STARTS times; giving up"
-    STARTS_BEFORE=$(grep -c 'event=started' "$LOG" 2>/dev/null || true)
     tally_start "$LOG" "${RUN_ARGS[@]}"
     PID=$TALLY_PID
 }
@@ -82,26 +65,33 @@ stall_report() {
     echo "tally (pid $PID) is $(alive "$PID" && echo alive || echo gone); its last rebalance line: ${rebalance:-none}"
 }
 
-# wait_orders N SECONDS: until the state counts at least N orders, reviving
-# tally when it exits.
-wait_orders() {
-    local want=$1 limit=$((SECONDS + $2)) have
-    while :; do
-        have=$(orders_in)
-        ((${have:-0} >= want)) && return 0
-        revive "while waiting for $want orders"
-        ((SECONDS < limit)) || fail "the state counts ${have:-0} orders, not $want, after $2 s; $(stall_report)"
-        sleep 0.3
-    done
+# counted N: the state counts at least N orders; revives tally if it exited.
+counted() {
+    local have
+    have=$(orders_in "$DB")
+    ((have >= $1)) && return 0
+    revive "while waiting for $1 orders"
+    POLL_STATE="the state counts $have orders; $(stall_report)"
+    return 1
 }
 
-broker_restart() {
+# wait_counted N SECONDS: until the state counts at least N orders, reviving
+# tally when it exits.
+wait_counted() { POLL_EVERY=0.3 poll_until "$2" "" "state of $1 orders" counted "$1"; }
+
+# finished: every order counted, every dead letter in the DLQ; revives tally
+# if it exited.
+finished() {
+    orders_done "$DB" "$N_ORDERS" "$PREFIX" "$N_BAD" && return 0
+    revive "while finishing"
+    POLL_STATE="$POLL_STATE; $(stall_report)"
+    return 1
+}
+
+restart_broker() {
     local t0=$SECONDS
-    note "restarting the broker with $(orders_in) orders in the state"
-    "$KAFKA_SCRIPT" restart >"$WORK/restart.out" 2>&1 || {
-        cat "$WORK/restart.out" >&2
-        fail "scripts/kafka restart failed"
-    }
+    note "restarting the broker with $(orders_in "$DB") orders in the state"
+    broker_restart
     note "broker back after $((SECONDS - t0)) s"
     ok
 }
@@ -110,32 +100,20 @@ start_tally
 tally_wait_started "$PID" "$LOG"
 
 # ---- restart 1: in the middle of the backlog ---------------------------------
-wait_orders 3000 60
-broker_restart
-had=$(orders_in)
-wait_orders $((had + 2000)) 120
-note "after restart 1: tally went on to $(orders_in) orders"
+wait_counted 3000 60
+restart_broker
+had=$(orders_in "$DB")
+wait_counted $((had + 2000)) 120
+note "after restart 1: tally went on to $(orders_in "$DB") orders"
 
 # ---- restart 2: more input, and again ------------------------------------------------
 produce "$IN" "$WORK/second.kv"
-wait_orders $(($(orders_in) + 1000)) 120
-broker_restart
+wait_counted $(($(orders_in "$DB") + 1000)) 120
+restart_broker
 assert_eq "records in the input topic after the restarts" $((N_ORDERS + N_BAD)) "$(topic_records "$IN")"
 
 # ---- to the end -------------------------------------------------------------------------
-limit=$((SECONDS + 150))
-while :; do
-    have=$(orders_in)
-    ((${have:-0} <= N_ORDERS)) || fail "the state counts $have orders, more than the $N_ORDERS produced (duplicates)"
-    if ((${have:-0} == N_ORDERS)); then
-        dlq=$(dlq_records "$PREFIX")
-        ((dlq <= N_BAD)) || fail "the DLQ holds $dlq records, more than the $N_BAD malformed lines (duplicates)"
-        ((dlq == N_BAD)) && break
-    fi
-    revive "while finishing"
-    ((SECONDS < limit)) || fail "not done 150 s after the last restart: ${have:-0} of $N_ORDERS orders; $(stall_report)"
-    sleep 0.5
-done
+POLL_EVERY=0.5 poll_until 150 "" "end of the input after the last restart" finished
 tally_stop "$PID"
 
 check_totals "after $RESTARTS broker restarts" "$WORK/orders.tsv" "$DB" "$OUT"

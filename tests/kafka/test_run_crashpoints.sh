@@ -11,8 +11,8 @@
 # source=local records_replayed=N with N > 0: the intact database plus the
 # changelog after its recorded offsets). At the other points the
 # Kafka transaction was never committed, so nothing may be replayed.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_ORDERS=3000
 N_BAD=10

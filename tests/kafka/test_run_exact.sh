@@ -5,8 +5,8 @@
 # the SQLite state equal totals computed with awk, exactly; the DLQ holds each
 # malformed line once, with its headers; the changelog topic mirrors the state;
 # the recorded input positions are the ends of the input partitions.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_ORDERS=20000
 N_BAD=30
@@ -21,12 +21,7 @@ grep -q -- '--instance-id' "$WORK/help.out" || fail "tally run --help does not d
 ok
 
 # ---- input -----------------------------------------------------------------
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-STATE=$WORK/state
-DB=$STATE/orders.db
+new_stream orders.db
 
 create_topic "$IN" 3
 : >"$WORK/orders.tsv"
@@ -43,22 +38,18 @@ awk '$2 == 0 { exit 1 }' "$WORK/input.ends" || fail "an input partition is empty
 # ---- run until everything is consumed --------------------------------------
 LOG=$WORK/tally.log
 started=$SECONDS
-tally_start "$LOG" --input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" \
-    --group-id "$GROUP" --instance-id "$(name i)" --state-dir "$STATE" \
-    --commit-interval-ms 50 --max-batch 200
+tally_start "$LOG" "${STREAM_ARGS[@]}" --max-batch 200
 PID=$TALLY_PID
 tally_wait_started "$PID" "$LOG"
-limit=$((SECONDS + 150))
-while :; do
-    applied=$(meta "$DB" pipeline.orders.events_applied)
-    rejected=$(meta "$DB" pipeline.orders.events_rejected)
-    done_n=$((${applied:-0} + ${rejected:-0}))
-    ((done_n <= TOTAL)) || fail "applied ($applied) + rejected ($rejected) exceeds the $TOTAL records produced"
-    ((done_n == TOTAL)) && break
-    alive "$PID" || { tally_wait_exit "$PID" 5; fail "tally exited with status $RC while consuming ($done_n of $TOTAL)"; }
-    ((SECONDS < limit)) || fail "only $done_n of $TOTAL records consumed within 150 s"
-    sleep 0.5
-done
+# consumed: applied + rejected is every record produced (fails on more).
+consumed() {
+    local done_n
+    done_n=$(meta_sum "$DB" pipeline.orders.events_applied pipeline.orders.events_rejected)
+    POLL_STATE="$done_n of $TOTAL records consumed"
+    ((done_n <= TOTAL)) || fail "applied + rejected ($done_n) exceeds the $TOTAL records produced"
+    ((done_n == TOTAL))
+}
+POLL_EVERY=0.5 poll_until 150 "$PID" "all $TOTAL records consumed" consumed
 elapsed=$((SECONDS - started))
 tally_stop "$PID"
 

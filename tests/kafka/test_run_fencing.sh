@@ -16,8 +16,8 @@
 # totals exactly - so nothing A or B wrote after being fenced is visible - the
 # DLQ holds each malformed line once, and C, which started with an empty state
 # directory and rebuilt it from the changelog topic, holds exact totals too.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_PRE=2000
 N_CHUNK=100     # a chunk every CHUNK_GAP s (plus kcat's time) while the
@@ -31,11 +31,8 @@ expect_usage_error "--commit-interval-ms 0" --pipeline orders --brokers "$KAFKA_
 expect_usage_error "--instance-id without a value" --pipeline orders --brokers "$KAFKA_BROKERS" \
     --instance-id
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-COMMON=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g)"
-    --instance-id "$(name i)")
+stream_names
+COMMON=("${TOPIC_ARGS[@]}" --instance-id "$INSTANCE")
 # A commits tiny batches back to back, so B's takeover lands among them.
 A_ARGS=(--commit-interval-ms 1 --max-batch 10)
 B_ARGS=(--commit-interval-ms 50 --max-batch 200)
@@ -71,11 +68,9 @@ start_stream() {
         done
     ) &
     STREAM=$!
-    BG_PIDS+=("$STREAM")
+    bg_track "$STREAM"
 }
 : >"$WORK/produced"
-
-orders_in() { sqlval "$1" 'SELECT coalesce(sum(count), 0) FROM order_window_state'; }
 
 # ---- 1. A runs, B takes over ---------------------------------------------------------
 LOG_A=$WORK/a.log
@@ -138,7 +133,7 @@ kill -STOP "$PID_B"
 note "B froze after applying ${applied_b}+ orders; starting C with the same --instance-id"
 tally_start "$LOG_C" "${COMMON[@]}" "${B_ARGS[@]}" --state-dir "$WORK/state-c"
 PID_C=$TALLY_PID
-STARTS_BEFORE=0 tally_wait_started "$PID_C" "$LOG_C" 60
+tally_wait_started "$PID_C" "$LOG_C" 60
 kill -CONT "$PID_B"
 tally_wait_exit "$PID_B" 90
 ((TIMED_OUT == 0)) || fail "B still ran 90 s after it was resumed behind C"

@@ -16,8 +16,8 @@
 # the end the latest outputs and the union of b's and c's states equal the
 # awk totals, no window is in both, and each partition's tally.counters
 # chain runs without gap or overlap to its end offset.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 STORES=6
 TXN_TIMEOUT=15s
@@ -26,12 +26,8 @@ expect_usage_error "--transaction-timeout 0s" --pipeline orders --brokers "$KAFK
 expect_usage_error "--transaction-timeout 20m" --pipeline orders --brokers "$KAFKA_BROKERS" --transaction-timeout 20m
 expect_usage_error "--session-timeout 1s" --pipeline orders --brokers "$KAFKA_BROKERS" --session-timeout 1s
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-COMMON=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --snapshot-dir "$WORK/snaps" --snapshot-interval 1s --session-timeout 6s
+stream_names
+COMMON=("${TOPIC_ARGS[@]}" --snapshot-dir "$WORK/snaps" --snapshot-interval 1s --session-timeout 6s
     --transaction-timeout "$TXN_TIMEOUT" --commit-interval-ms 50 --max-batch 200 --http off)
 
 create_topic "$IN" 2

@@ -8,8 +8,8 @@
 # At the end it runs to completion: the latest committed output per key and
 # the SQLite state equal the awk totals exactly (no order lost, none counted
 # twice), and the DLQ holds each malformed line once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N_PRE=15000      # produced before the first start
 CHUNKS=10        # then CHUNKS x N_CHUNK more, one chunk a second
@@ -24,17 +24,8 @@ expect_usage_error "--commit-interval-ms abc" --pipeline orders --brokers "$KAFK
     --commit-interval-ms abc
 expect_usage_error "unknown flag" --pipeline orders --brokers "$KAFKA_BROKERS" --no-such-flag
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-INSTANCE=$(name i)
-STATE=$WORK/state
-DB=$STATE/orders.db
-LOG=$WORK/tally.log
-RUN_ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --instance-id "$INSTANCE" --state-dir "$STATE" --commit-interval-ms 50 --max-batch 200
-    --snapshot-dir "$WORK/snaps" --snapshot-interval 1s)
+new_stream orders.db
+RUN_ARGS=("${STREAM_ARGS[@]}" --max-batch 200 --snapshot-dir "$WORK/snaps" --snapshot-interval 1s)
 
 create_topic "$IN" 3
 : >"$WORK/orders.tsv"
@@ -53,43 +44,16 @@ N_BAD=$(wc -l <"$WORK/bad.kv")
 produce "$IN" "$WORK/chunk0.kv"
 
 # Later chunks arrive while tally is being killed.
-(
-    for ((c = 1; c <= CHUNKS; c++)); do
-        sleep 1
-        produce "$IN" "$WORK/chunk$c.kv"
-    done
-) &
-PRODUCER=$!
-BG_PIDS+=("$PRODUCER")
+produce_chunks "$IN" "$CHUNKS"
 
 # ---- kill -9 at random moments ---------------------------------------------
-mid_stream=0
-for ((k = 1; k <= KILLS; k++)); do
-    before=$(sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
+kill9_loop "$KILLS" "$WIPE_AFTER" "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state' 0.5 3 \
     tally_start "$LOG" "${RUN_ARGS[@]}"
-    pause=$(awk -v r="$RANDOM" 'BEGIN { printf "%.2f", 0.5 + (r % 2501) / 1000 }')
-    sleep "$pause"
-    if ! alive "$TALLY_PID"; then
-        tally_wait_exit "$TALLY_PID" 5
-        fail "tally exited by itself with status $RC before kill $k"
-    fi
-    kill -KILL "$TALLY_PID"
-    tally_wait_exit "$TALLY_PID" 10
-    assert_eq "exit status after kill -9 number $k" 137 "$RC"
-    after=$(sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
-    if [[ "${after:-0}" != "${before:-0}" ]]; then mid_stream=$((mid_stream + 1)); fi
-    note "kill $k after ${pause}s: state counted ${before:-0} orders before, ${after:-0} after"
-    if [[ "$WIPE_AFTER" == *" $k "* ]]; then
-        rm -rf "$STATE"
-        note "kill $k: state directory deleted"
-    fi
-done
-
-if wait "$PRODUCER"; then :; else fail "the background producer failed"; fi
+mid_stream=$MOVED
+wait_producer
 assert_eq "records in the input topic" $((N_ORDERS + N_BAD)) "$(topic_records "$IN")"
 
 # ---- the last run goes to the end -------------------------------------------
-STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
 tally_start "$LOG" "${RUN_ARGS[@]}"
 tally_wait_started "$TALLY_PID" "$LOG"
 wait_done "$DB" "$N_ORDERS" "$PREFIX" "$N_BAD" 150 "$TALLY_PID"

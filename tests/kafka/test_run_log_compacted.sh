@@ -7,18 +7,12 @@
 # a vehicle:
 # the latest output per VIN equals the awk-computed latest record, and so does
 # the state.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=3000
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-DB=$WORK/state/telemetry.db
-LOG=$WORK/run.log
-ARGS=(--pipeline telemetry --input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX"
-    --group-id "$(name g)" --instance-id "$(name i)" --state-dir "$WORK/state"
-    --commit-interval-ms 50 --max-batch 200 --strategy log_compacted --http off)
+new_stream telemetry.db
+ARGS=(--pipeline telemetry "${STREAM_ARGS[@]}" --max-batch 200 --strategy log_compacted --http off)
 
 expect_usage_error "--strategy bogus" --pipeline telemetry --brokers "$KAFKA_BROKERS" --strategy bogus
 expect_usage_error "--flush-interval 0" --pipeline telemetry --brokers "$KAFKA_BROKERS" --flush-interval 0
@@ -31,15 +25,7 @@ head -n 1000 "$WORK/readings.kv" >"$WORK/part1.kv"
 sed -n '1001,2000p' "$WORK/readings.kv" >"$WORK/part2.kv"
 tail -n +2001 "$WORK/readings.kv" >"$WORK/part3.kv"
 
-applied() { sqlval "$DB" "SELECT coalesce(value, 0) FROM meta WHERE key = 'pipeline.telemetry.events_applied'"; }
-wait_applied() { # N SECONDS
-    local limit=$((SECONDS + $2))
-    until [[ "$(applied)" -ge "$1" ]] 2>/dev/null; do
-        alive "$TALLY_PID" || fail "tally exited early: $(tail -n 3 "$LOG")"
-        ((SECONDS < limit)) || fail "only $(applied) of $1 readings applied after $2 s"
-        sleep 0.2
-    done
-}
+wait_applied() { wait_meta "$DB" "$1" "$2" "$TALLY_PID" pipeline.telemetry.events_applied; } # N SECONDS
 output_records() { read_topic "$OUT" '%k\n' | grep -c . || true; }
 
 # ---- 1. nothing goes out before the first flush; then one flush, all of it ----
@@ -48,11 +34,7 @@ tally_start "$LOG" "${ARGS[@]}" --flush-interval 6s
 tally_wait_started "$TALLY_PID" "$LOG"
 wait_applied 1000 60
 assert_eq "output records before the first flush" 0 "$(output_records)"
-limit=$((SECONDS + 30))
-until grep -q 'event=flush ' "$LOG"; do
-    ((SECONDS < limit)) || fail "no event=flush within 30 s"
-    sleep 0.2
-done
+poll_until 30 "" "event=flush" grep -q 'event=flush ' "$LOG"
 flush_line=$(grep -m1 'event=flush ' "$LOG")
 vins=$(sed -E 's/.* vin_count=([0-9]+).*/\1/' <<<"$flush_line")
 ((vins > 0 && vins <= 25)) || fail "first flush: vin_count=$vins: $flush_line"
@@ -71,14 +53,12 @@ note "$pending_at_crash vehicles still pending after the crash between Kafka and
 
 
 # ---- 3. kill -9 between flushes while the last part arrives, then run out ------
-STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
 tally_start "$LOG" "${ARGS[@]}" --flush-interval 1s
 tally_wait_started "$TALLY_PID" "$LOG"
 produce "$IN" "$WORK/part3.kv"
 sleep 0.7
 kill -KILL "$TALLY_PID"
 tally_wait_exit "$TALLY_PID" 10
-STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
 tally_start "$LOG" "${ARGS[@]}" --flush-interval 1s
 tally_wait_started "$TALLY_PID" "$LOG"
 wait_applied "$N" 90
@@ -89,12 +69,7 @@ assert_eq "vehicles pending at the end (everything flushed)" 0 \
     "$(sqlval "$DB" "SELECT count(*) FROM vehicle_pending")"
 ok
 
-latest_outputs "$OUT" "$T0" >"$WORK/output.tsv"
-without_produced_at "$WORK/expected.tsv" >"$WORK/expected_out.tsv"
-assert_files_eq "latest output record per VIN (produced_at = emit time, checked apart)" \
-    "$WORK/expected_out.tsv" "$WORK/output.tsv"
-sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/state.tsv"
-assert_files_eq "vehicle_latest in the state" "$WORK/expected.tsv" "$WORK/state.tsv"
+check_latest "after the crash and the kill" "$OUT" "$T0" "$WORK/expected.tsv" "$DB"
 records=$(output_records)
 flushes=$(grep -c 'event=flush \|event=shutdown_flush ' "$LOG")
 note "$records output records in $flushes flushes for $N readings"

@@ -20,8 +20,8 @@
 #                      stops, y's replaced consumer is assigned the partition,
 #                      takes it over and counts what x counted plus what comes
 #                      after, exactly.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=2000
 STORES=12
@@ -29,16 +29,14 @@ SESSION=6s
 
 DB() { echo "$WORK/state-$1/orders.db"; }
 LOG() { echo "$WORK/$1.log"; }
-orders_in() { sqlval "$1" 'SELECT coalesce(sum(count), 0) FROM order_window_state'; }
 # rows of partitions the database does not hold
 foreign_rows() { sqlval "$1" 'SELECT count(*) FROM order_window_state WHERE part NOT IN (SELECT part FROM partitions)'; }
 
 # ---- not_assigned: the standby rows of partitions assigned elsewhere -------
-IN=$(name in)
-PREFIX=$(name p)
-GROUP=$(name g)
-COMMON=(--input-topic "$IN" --output-topic "$(name out)" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --snapshot-interval 0 --session-timeout "$SESSION" --commit-interval-ms 50)
+# group_args: COMMON, the flags every instance of the stream passes.
+group_args() { COMMON=("${TOPIC_ARGS[@]}" --snapshot-interval 0 --session-timeout "$SESSION" --commit-interval-ms 50); }
+stream_names
+group_args
 create_topic "$IN" 4
 gen_orders_by_store "$N" 4242 1 "$STORES" "$WORK/orders.tsv" >"$WORK/orders.kv"
 produce "$IN" "$WORK/orders.kv"
@@ -63,10 +61,8 @@ until (($(grep -c 'event=partition_assigned' "$(LOG b)" || true) == 4)) &&
     sleep 0.3
 done
 ok
-STARTS_BEFORE=1
 tally_start "$(LOG a)" "${COMMON[@]}" --instance-id "$(name a)" --state-dir "$WORK/state-a"
 A=$TALLY_PID
-STARTS_BEFORE=0
 # Each holds two partitions, together all four; then the standby rows go.
 limit=$((SECONDS + 120))
 while :; do
@@ -104,18 +100,15 @@ tally_stop "$A"
 tally_stop "$B"
 
 # ---- consumer_restart: the watchdog replaces a consumer without partitions --
-IN2=$(name in2)
-PREFIX2=$(name q)
-GROUP2=$(name h)
-COMMON2=(--input-topic "$IN2" --output-topic "$(name out2)" --topic-prefix "$PREFIX2" --group-id "$GROUP2"
-    --snapshot-interval 0 --session-timeout "$SESSION" --commit-interval-ms 50)
-create_topic "$IN2" 1
+stream_names 2
+group_args
+create_topic "$IN" 1
 gen_orders_by_store 500 77 1 4 "$WORK/first.tsv" >"$WORK/first.kv"
-produce "$IN2" "$WORK/first.kv"
-tally_start "$(LOG x)" "${COMMON2[@]}" --instance-id "$(name x)" --state-dir "$WORK/state-x"
+produce "$IN" "$WORK/first.kv"
+tally_start "$(LOG x)" "${COMMON[@]}" --instance-id "$(name x)" --state-dir "$WORK/state-x"
 X=$TALLY_PID
-wait_done "$(DB x)" 500 "$PREFIX2" 0 120 "$X"
-TALLY_WATCHDOG_MS=3000 tally_start "$(LOG y)" "${COMMON2[@]}" --instance-id "$(name y)" --state-dir "$WORK/state-y"
+wait_done "$(DB x)" 500 "$PREFIX" 0 120 "$X"
+TALLY_WATCHDOG_MS=3000 tally_start "$(LOG y)" "${COMMON[@]}" --instance-id "$(name y)" --state-dir "$WORK/state-y"
 Y=$TALLY_PID
 limit=$((SECONDS + 60))
 until (($(grep -c 'event=consumer_restart' "$(LOG y)" || true) >= 2)); do
@@ -128,12 +121,12 @@ ok
 ok
 tally_stop "$X"
 gen_orders_by_store 300 78 501 4 "$WORK/second.tsv" >"$WORK/second.kv"
-produce "$IN2" "$WORK/second.kv"
-wait_done "$(DB y)" 800 "$PREFIX2" 0 120 "$Y"
+produce "$IN" "$WORK/second.kv"
+wait_done "$(DB y)" 800 "$PREFIX" 0 120 "$Y"
 [[ "$(held_partitions "$(DB y)")" == 0 ]] || fail "y should hold partition 0 now"
 ok
 tally_stop "$Y"
 cat "$WORK/first.tsv" "$WORK/second.tsv" >"$WORK/all2.tsv"
-check_totals "y after taking x's partition over" "$WORK/all2.tsv" "$(DB y)" "$(name out2)"
+check_totals "y after taking x's partition over" "$WORK/all2.tsv" "$(DB y)" "$OUT"
 
 finish "a dropped its standby rows, b what it gave up; y replaced its consumer $(grep -c 'event=consumer_restart' "$(LOG y)") times and then took the partition over"

@@ -37,22 +37,16 @@
 # the input's end offsets (every one of those restarts found nothing left to
 # consume: the positions come from the replayed batches' counters records);
 # at the end the DLQ holds each malformed line once.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 PARTS=5
 N_PART=(0 2000 800 800 800 800) # orders per part, part 1..5
 BAD_PART=4                       # malformed lines per part
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-STATE=$WORK/state
+new_stream orders.db
 SNAPS=$WORK/snaps
-DB=$STATE/orders.db
-COMMON=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g)"
-    --instance-id "$(name i)" --state-dir "$STATE" --snapshot-dir "$SNAPS" --snapshot-keep 3
-    --commit-interval-ms 50 --max-batch 200)
+COMMON=("${STREAM_ARGS[@]}" --snapshot-dir "$SNAPS" --snapshot-keep 3 --max-batch 200)
 
 create_topic "$IN" 3
 : >"$WORK/orders.tsv"
@@ -77,17 +71,9 @@ produce_part() {
     N_BAD=$((N_BAD + BAD_PART))
 }
 
-RUN=0
 # start_run ARGS...: a new `tally run` with COMMON and ARGS, its own log
 # ($LOG); waits for event=started and sets RECOVERED to its recovered line.
-start_run() {
-    RUN=$((RUN + 1))
-    LOG=$WORK/run$RUN.log
-    tally_start "$LOG" "${COMMON[@]}" "$@"
-    tally_wait_started "$TALLY_PID" "$LOG"
-    RECOVERED=$(grep -m1 'event=recovered ' "$LOG" || true)
-    [[ -n "$RECOVERED" ]] || fail "run $RUN: no event=recovered line before event=started"
-}
+start_run() { next_run_started "${COMMON[@]}" "$@"; }
 
 # expect_recovered WHAT SOURCE SNAPSHOT DB_STATE REPLAYED: the fields of
 # RECOVERED (REPLAYED "" : not checked).
@@ -298,7 +284,7 @@ assert_eq "records the dry run plans to replay (seq at the kill - last_seq of $S
 rc=0
 "$TALLY" recover --pipeline orders --brokers "$KAFKA_BROKERS" "${COMMON[@]}" \
     >"$WORK/recover.log" 2>&1 || rc=$?
-TALLY_LOGS+=("$WORK/recover.log")
+log_track "$WORK/recover.log"
 assert_eq "tally recover exit status ($(tail -n 2 "$WORK/recover.log" | cut -c1-300))" 0 "$rc"
 RECOVERED=$(grep -m1 'event=recovered ' "$WORK/recover.log" || true)
 expect_recovered "tally recover" snapshot "$S6" missing "$planned"

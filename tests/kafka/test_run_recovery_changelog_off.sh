@@ -26,20 +26,8 @@
 #      has never recorded a position for (the state holds nothing of that
 #      partition, while the group's committed offset is past the batch): the
 #      restart reads that partition from its start and ends exact.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
-
-RUN=0
-# start_run ARGS...: a new `tally run` with ARGS, its own log ($LOG); waits
-# for event=started and sets RECOVERED to its recovered line.
-start_run() {
-    RUN=$((RUN + 1))
-    LOG=$WORK/run$RUN.log
-    tally_start "$LOG" "$@"
-    tally_wait_started "$TALLY_PID" "$LOG"
-    RECOVERED=$(grep -m1 'event=recovered ' "$LOG" || true)
-    [[ -n "$RECOVERED" ]] || fail "run $RUN: no event=recovered line before event=started"
-}
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 # refused_run WHAT ARGS...: `tally run ARGS` must exit 1 within 90 s, its
 # stderr in $WORK/refused.err.
@@ -53,67 +41,16 @@ refused_run() {
     ok
 }
 
-# expect_in FILE WHAT TEXT...: FILE contains every TEXT.
-expect_in() {
-    local file=$1 what=$2 text
-    shift 2
-    for text in "$@"; do
-        grep -qF -- "$text" "$file" || fail "$what: no \"$text\" in: $(grep -v '^ts=' "$file" | head -c 800)"
-        ok
-    done
-}
-
-# wait_orders DB N SECONDS PID [WHAT]: until the state counts N orders
-# (fails on more). For runs whose DLQ may legitimately hold repeats
-# (wait_done would take them for duplicates). WHAT prefixes the messages.
-wait_orders() {
-    local db=$1 want=$2 limit=$((SECONDS + $3)) pid=$4 what=${5:+$5: } have
-    while :; do
-        have=$(sqlval "$db" 'SELECT coalesce(sum(count), 0) FROM order_window_state')
-        have=${have:-0}
-        ((have > want)) && fail "${what}the state counts $have orders, more than the $want produced (counted twice)"
-        ((have == want)) && return 0
-        if ! alive "$pid"; then
-            tally_wait_exit "$pid" 5
-            fail "tally (pid $pid) exited with status $RC while consuming ($have of $want orders applied)"
-        fi
-        ((SECONDS < limit)) || fail "${what}not done within $3 s: the state counts $have of $want orders"
-        sleep 0.5
-    done
-}
-
-# check_dlq_set PREFIX BAD_FILE: the DLQ holds every malformed line at least
-# once and nothing else (a batch read again writes its dead letters again).
-check_dlq_set() {
-    cut -d'|' -f2- "$2" | sort -u >"$WORK/dlq.expected"
-    read_topic "$1-dlq" '%s\n' | sort -u >"$WORK/dlq.actual"
-    assert_files_eq "distinct DLQ values vs the malformed lines" "$WORK/dlq.expected" "$WORK/dlq.actual"
-}
-
-# produce_to TOPIC PARTITION FILE: "key|value" lines to one partition.
-produce_to() {
-    timeout 120 kcat -b "$KAFKA_BROKERS" -P -t "$1" -p "$2" -K '|' -l -X acks=all "$3" 2>"$WORK/produce.err" ||
-        fail "kcat could not produce to $1 partition $2: $(cat "$WORK/produce.err")"
-}
-
-orders_in() { sqlval "$1" 'SELECT coalesce(sum(count), 0) FROM order_window_state'; }
-
 # ---- 1. never start empty when history exists -------------------------------
-IN=$(name in1)
-OUT=$(name out1)
-PREFIX=$(name p1)
-STATE=$WORK/state1
-DB=$STATE/orders.db
-ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g1)"
-    --instance-id "$(name i1)" --state-dir "$STATE" --changelog off --snapshot-interval 0
-    --commit-interval-ms 50 --max-batch 200)
+new_stream orders.db 1
+ARGS=("${STREAM_ARGS[@]}" --changelog off --snapshot-interval 0 --max-batch 200)
 create_topic "$IN" 2
 : >"$WORK/before.tsv"
 : >"$WORK/after.tsv"
 gen_orders 600 61 1 "$WORK/before.tsv" >"$WORK/before.kv"
 gen_orders 400 62 601 "$WORK/after.tsv" >"$WORK/after.kv"
 produce "$IN" "$WORK/before.kv"
-start_run "${ARGS[@]}"
+next_run_started "${ARGS[@]}"
 wait_done "$DB" 600 "$PREFIX" 0 60 "$TALLY_PID"
 tally_stop "$TALLY_PID"
 check_totals "changelog off, before the loss" "$WORK/before.tsv" "$DB" "$OUT"
@@ -136,7 +73,7 @@ assert_eq "tally recover --dry-run exit status when tally run would refuse" 1 "$
 expect_in "$WORK/plan.out" "the dry run's plan" "outcome     tally run would refuse to start: refusing" \
     "changelog   off" "--allow-empty"
 
-start_run "${ARGS[@]}" --allow-empty
+next_run_started "${ARGS[@]}" --allow-empty
 [[ "$(log_field "$RECOVERED" source)" =~ ^(new|local)$ && "$(log_field "$RECOVERED" records_replayed)" == 0 ]] ||
     fail "--allow-empty: unexpected recovered line: $RECOVERED"
 ok
@@ -148,19 +85,13 @@ expected_windows "$WORK/after.tsv" >"$WORK/expected-after.tsv"
 state_windows "$DB" >"$WORK/state-after.tsv"
 assert_files_eq "--allow-empty: the state holds exactly the orders produced after the start" \
     "$WORK/expected-after.tsv" "$WORK/state-after.tsv"
-start_run "${ARGS[@]}"
+next_run_started "${ARGS[@]}"
 assert_eq "restart after --allow-empty: source" local "$(log_field "$RECOVERED" source)"
 tally_stop "$TALLY_PID"
 
 # ---- 2. crash after the Kafka commit, then kill -9 mid-stream ----------------
-IN=$(name in2)
-OUT=$(name out2)
-PREFIX=$(name p2)
-STATE=$WORK/state2
-DB=$STATE/orders.db
-ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g2)"
-    --instance-id "$(name i2)" --state-dir "$STATE" --changelog off --snapshot-interval 0
-    --commit-interval-ms 50 --max-batch 200)
+new_stream orders.db 2
+ARGS=("${STREAM_ARGS[@]}" --changelog off --snapshot-interval 0 --max-batch 200)
 create_topic "$IN" 3
 : >"$WORK/orders2.tsv"
 gen_orders 3000 71 1 "$WORK/orders2.tsv" >"$WORK/pre2.kv"
@@ -177,13 +108,12 @@ N2=$(wc -l <"$WORK/orders2.tsv")
 produce "$IN" "$WORK/input2.kv"
 
 export TALLY_CRASH_AT=after_commit TALLY_CRASH_BATCH=3
-RUN=$((RUN + 1))
+next_run "${ARGS[@]}"
 FIRST_RUN2=$RUN
-tally_start "$WORK/run$RUN.log" "${ARGS[@]}"
 unset TALLY_CRASH_AT TALLY_CRASH_BATCH
 tally_wait_exit "$TALLY_PID" 90
-grep -q 'event=crash_point step=after_commit batch=3' "$WORK/run$RUN.log" ||
-    fail "no crash_point line for after_commit batch 3 (status $RC): $(tail -n 2 "$WORK/run$RUN.log" | cut -c1-300)"
+grep -q 'event=crash_point step=after_commit batch=3' "$LOG" ||
+    fail "no crash_point line for after_commit batch 3 (status $RC): $(tail -n 2 "$LOG" | cut -c1-300)"
 assert_eq "exit status of the crash (SIGABRT)" 134 "$RC"
 crashed_with=$(orders_in "$DB")
 # Kafka has batch 3 (its outputs count its orders), SQLite does not.
@@ -193,22 +123,10 @@ in_kafka=$(total_count "$WORK/crash-output.tsv")
     fail "after the crash the outputs count $in_kafka orders and SQLite $crashed_with: SQLite is not behind Kafka (test bug)"
 ok
 
-(
-    for ((c = 1; c <= CHUNKS; c++)); do
-        sleep 1
-        produce "$IN" "$WORK/chunk$c.kv"
-    done
-) &
-PRODUCER=$!
-BG_PIDS+=("$PRODUCER")
-for ((k = 1; k <= 3; k++)); do
-    RUN=$((RUN + 1))
-    tally_start "$WORK/run$RUN.log" "${ARGS[@]}"
-    sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.2f", 0.5 + (r % 2001) / 1000 }')"
-    tally_kill9 "$TALLY_PID"
-done
-wait "$PRODUCER" || fail "the background producer failed"
-start_run "${ARGS[@]}"
+produce_chunks "$IN" "$CHUNKS"
+kill9_loop 3 "" "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state' 0.5 2.5 next_run "${ARGS[@]}"
+wait_producer
+next_run_started "${ARGS[@]}"
 wait_orders "$DB" "$N2" 60 "$TALLY_PID" "the batches committed in Kafka but not in SQLite must be read again"
 tally_stop "$TALLY_PID"
 # Every restart found its database intact and replayed nothing.
@@ -224,15 +142,9 @@ check_dlq_set "$PREFIX" "$WORK/bad2.kv"
 note "case 2: the crash left $crashed_with orders in SQLite, $in_kafka in Kafka; outputs written $(read_topic "$OUT" '%o\n' | wc -l) times for $(wc -l <"$WORK/actual-output.tsv") keys"
 
 # ---- 3. database lost, snapshot left: the input from the snapshot's positions
-IN=$(name in3)
-OUT=$(name out3)
-PREFIX=$(name p3)
-STATE=$WORK/state3
+new_stream orders.db 3
 SNAPS=$WORK/snaps3
-DB=$STATE/orders.db
-ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g3)"
-    --instance-id "$(name i3)" --state-dir "$STATE" --snapshot-dir "$SNAPS" --changelog off
-    --commit-interval-ms 50 --max-batch 200)
+ARGS=("${STREAM_ARGS[@]}" --snapshot-dir "$SNAPS" --changelog off --max-batch 200)
 create_topic "$IN" 2
 : >"$WORK/orders3.tsv"
 gen_orders 1000 91 1 "$WORK/orders3.tsv" >"$WORK/first3.kv"
@@ -240,17 +152,17 @@ gen_orders 800 92 1001 "$WORK/orders3.tsv" >"$WORK/second3.orders"
 gen_malformed 4 "off-snap" >"$WORK/bad3.kv"
 mix "$WORK/second3.orders" "$WORK/bad3.kv" >"$WORK/second3.kv"
 produce "$IN" "$WORK/first3.kv"
-start_run "${ARGS[@]}" --snapshot-interval 500ms
+next_run_started "${ARGS[@]}" --snapshot-interval 500ms
 wait_done "$DB" 1000 "$PREFIX" 0 60 "$TALLY_PID"
 wait_snapshot_of "$DB" "$LOG" 30 "$TALLY_PID"
 S=$SNAP_ID
 tally_stop "$TALLY_PID"
-start_run "${ARGS[@]}" --snapshot-interval 0
+next_run_started "${ARGS[@]}" --snapshot-interval 0
 produce "$IN" "$WORK/second3.kv"
 wait_done "$DB" 1800 "$PREFIX" 4 60 "$TALLY_PID"
 tally_kill9 "$TALLY_PID"
 rm -rf "$STATE"
-start_run "${ARGS[@]}" --snapshot-interval 0
+next_run_started "${ARGS[@]}" --snapshot-interval 0
 assert_eq "changelog off, database lost: source" snapshot "$(log_field "$RECOVERED" source)"
 assert_eq "changelog off, database lost: snapshot" "$S" "$(log_field "$RECOVERED" snapshot)"
 assert_eq "changelog off, database lost: records_replayed" 0 "$(log_field "$RECOVERED" records_replayed)"
@@ -276,28 +188,22 @@ rejected=$(grep -c 'event=snapshot_rejected ' "$WORK/refused.err" || true)
 ok
 
 # ---- 5. crash in the first batch of a partition the state never recorded -----
-IN=$(name in5)
-OUT=$(name out5)
-PREFIX=$(name p5)
-STATE=$WORK/state5
-DB=$STATE/orders.db
-ARGS=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g5)"
-    --instance-id "$(name i5)" --state-dir "$STATE" --changelog off --snapshot-interval 0
-    --commit-interval-ms 50 --max-batch 200)
+new_stream orders.db 5
+ARGS=("${STREAM_ARGS[@]}" --changelog off --snapshot-interval 0 --max-batch 200)
 create_topic "$IN" 2
 : >"$WORK/orders5.tsv"
 gen_orders 400 81 1 "$WORK/orders5.tsv" >"$WORK/p0.kv"
 gen_orders 600 82 401 "$WORK/orders5.tsv" >"$WORK/p1.kv"
-produce_to "$IN" 0 "$WORK/p0.kv"
-start_run "${ARGS[@]}"
+produce "$IN" "$WORK/p0.kv" 0
+next_run_started "${ARGS[@]}"
 wait_done "$DB" 400 "$PREFIX" 0 60 "$TALLY_PID"
 tally_stop "$TALLY_PID"
 assert_eq "recorded position of partition 0" 400 "$(meta "$DB" "kafka.input.$IN.0")"
 assert_eq "recorded position of partition 1 (never read)" "" "$(meta "$DB" "kafka.input.$IN.1")"
 export TALLY_CRASH_AT=after_commit TALLY_CRASH_BATCH=1
-start_run "${ARGS[@]}"
+next_run_started "${ARGS[@]}"
 unset TALLY_CRASH_AT TALLY_CRASH_BATCH
-produce_to "$IN" 1 "$WORK/p1.kv"
+produce "$IN" "$WORK/p1.kv" 1
 tally_wait_exit "$TALLY_PID" 60
 grep -q 'event=crash_point step=after_commit batch=1' "$LOG" ||
     fail "no crash_point line for after_commit batch 1 (status $RC): $(tail -n 2 "$LOG" | cut -c1-300)"
@@ -307,7 +213,7 @@ output_windows "$OUT" >"$WORK/crash-output.tsv"
 in_kafka=$(total_count "$WORK/crash-output.tsv")
 ((in_kafka > 400)) || fail "after the crash the outputs count $in_kafka orders: SQLite is not behind Kafka (test bug)"
 ok
-start_run "${ARGS[@]}"
+next_run_started "${ARGS[@]}"
 wait_orders "$DB" 1000 30 "$TALLY_PID" \
     "partition 1's first batch, committed in Kafka but not in SQLite, must be read again"
 tally_stop "$TALLY_PID"

@@ -24,8 +24,8 @@
 #      recovery time for each of its partitions), and no partitions table,
 #      whenever the test looked, listed a partition its instance was never
 #      assigned.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 PARTITIONS=6
 STORES=12        # over 6 partitions by kcat's key hash: every partition gets stores
@@ -46,12 +46,8 @@ command -v curl >/dev/null || fail "curl is required"
 
 expect_usage_error "--session-timeout abc" --pipeline orders --brokers "$KAFKA_BROKERS" --session-timeout abc
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-COMMON=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$GROUP"
-    --snapshot-dir "$WORK/snaps" --snapshot-interval 1s --session-timeout "$SESSION"
+stream_names
+COMMON=("${TOPIC_ARGS[@]}" --snapshot-dir "$WORK/snaps" --snapshot-interval 1s --session-timeout "$SESSION"
     --transaction-timeout "$TXN_TIMEOUT"
     --commit-interval-ms 50 --max-batch 200)
 declare -A PID PORT
@@ -113,7 +109,6 @@ wait_settled() {
     done
 }
 
-orders_in() { sqlval "$1" 'SELECT coalesce(sum(count), 0) FROM order_window_state'; }
 
 # ---- input -----------------------------------------------------------------
 create_topic "$IN" "$PARTITIONS"
@@ -150,7 +145,7 @@ produce "$IN" "$WORK/pre.kv"
     exit 1
 ) &
 STREAM=$!
-BG_PIDS+=("$STREAM")
+bg_track "$STREAM"
 
 # ---- a, b, c share the input -----------------------------------------------
 # a creates the internal topics; b and c join it together.

@@ -7,16 +7,13 @@
 # records up to those offsets replayed into an empty database. An early
 # snapshot, restored into a new state directory, and the daemon started on it
 # again catches up from the changelog topic to exactly the same totals.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N1=6000
 N2=6000
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-COMMON=(--input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX" --group-id "$(name g)"
-    --instance-id "$(name i)" --commit-interval-ms 50 --max-batch 500)
+stream_names
+COMMON=("${TOPIC_ARGS[@]}" --instance-id "$INSTANCE" --commit-interval-ms 50 --max-batch 500)
 SNAPS=$WORK/snaps
 
 create_topic "$IN" 2
@@ -54,7 +51,7 @@ mkdir -p "$WORK/all"
     done
 ) &
 COPIER=$!
-BG_PIDS+=("$COPIER")
+bg_track "$COPIER"
 split -l 500 "$WORK/second.kv" "$WORK/second.part."
 for part in "$WORK"/second.part.*; do
     produce "$IN" "$part"

@@ -10,19 +10,13 @@
 # the publisher packs records (--batch-size 2) for a while; at the end nothing
 # is pending and the latest output per VIN equals the awk-computed latest
 # record and the state.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=4000
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-DB=$WORK/state/telemetry.db
-LOG=$WORK/run.log
+new_stream telemetry.db
 PLOG=$WORK/publish.log
-ARGS=(--pipeline telemetry --input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX"
-    --group-id "$(name g)" --instance-id "$(name i)" --state-dir "$WORK/state"
-    --commit-interval-ms 50 --max-batch 100 --strategy state_store --http off)
+ARGS=(--pipeline telemetry "${STREAM_ARGS[@]}" --max-batch 100 --strategy state_store --http off)
 PUBLISH=(publish --db "$DB" --brokers "$KAFKA_BROKERS" --output-topic "$OUT")
 
 expect_publish_usage_error() { # WHAT ARGS...
@@ -48,21 +42,15 @@ head -n 1000 "$WORK/readings.kv" >"$WORK/part1.kv"
 tail -n +1001 "$WORK/readings.kv" >"$WORK/part2.kv"
 split -n l/3 -d "$WORK/part2.kv" "$WORK/chunk"
 
-applied() { sqlval "$DB" "SELECT coalesce(value, 0) FROM meta WHERE key = 'pipeline.telemetry.events_applied'"; }
-wait_applied() { # N SECONDS
-    local limit=$((SECONDS + $2))
-    until [[ "$(applied)" -ge "$1" ]] 2>/dev/null; do
-        alive "$TALLY_PID" || fail "tally exited early: $(tail -n 3 "$LOG")"
-        ((SECONDS < limit)) || fail "only $(applied) of $1 readings applied after $2 s"
-        sleep 0.2
-    done
-}
+wait_applied() { wait_meta "$DB" "$1" "$2" "$TALLY_PID" pipeline.telemetry.events_applied; } # N SECONDS
 output_records() { read_topic "$OUT" '%k\t%s\n' | unpack_records | grep -c . || true; }
-publish_start() { # ARGS...
-    "$TALLY" "${PUBLISH[@]}" "$@" >>"$PLOG" 2>&1 &
-    PUB_PID=$!
-    TALLY_PIDS+=("$PUB_PID")
-    TALLY_LOGS+=("$PLOG")
+# pending N: N vehicles pending.
+pending() { [[ "$(sqlval "$DB" "SELECT count(*) FROM vehicle_pending")" == "$1" ]]; }
+publish_start() { # ARGS...: the publisher in the background (PUB_PID)
+    local daemon=$TALLY_PID
+    tally_bg "$PLOG" "${PUBLISH[@]}" "$@"
+    PUB_PID=$TALLY_PID
+    TALLY_PID=$daemon
 }
 
 # ---- 1. the daemon keeps the state and emits nothing; one publish cycle ------
@@ -91,27 +79,18 @@ tally_wait_exit "$PUB_PID" 10
 kill -KILL "$TALLY_PID"
 tally_wait_exit "$TALLY_PID" 10
 produce "$IN" "$WORK/chunk01"
-STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
 tally_start "$LOG" "${ARGS[@]}"
 tally_wait_started "$TALLY_PID" "$LOG"
 publish_start --interval 300ms
 produce "$IN" "$WORK/chunk02"
 wait_applied "$N" 120
-limit=$((SECONDS + 30))
-until [[ "$(sqlval "$DB" "SELECT count(*) FROM vehicle_pending")" == 0 ]]; do
-    ((SECONDS < limit)) || fail "still $(sqlval "$DB" "SELECT count(*) FROM vehicle_pending") pending 30 s after the last reading"
-    sleep 0.3
-done
+POLL_EVERY=0.3 poll_until 30 "" "nothing pending after the last reading" pending 0
 kill -TERM "$PUB_PID"
 tally_wait_exit "$PUB_PID" 30
 assert_eq "publish exit status after SIGTERM" 0 "$RC"
 tally_stop "$TALLY_PID"
 
-latest_outputs "$OUT" "$T0" >"$WORK/output.tsv"
-without_produced_at "$WORK/expected.tsv" >"$WORK/expected_out.tsv"
-assert_files_eq "latest output record per VIN" "$WORK/expected_out.tsv" "$WORK/output.tsv"
-sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/state.tsv"
-assert_files_eq "vehicle_latest in the state" "$WORK/expected.tsv" "$WORK/state.tsv"
+check_latest "through kills of both" "$OUT" "$T0" "$WORK/expected.tsv" "$DB"
 grep -q 'message_count=' "$PLOG" || fail "publish logged no event=flush"
 cycles=$(grep -c 'event=flush ' "$PLOG")
 finish "$N readings, $cycles publish cycles, $(output_records) output records"

@@ -12,14 +12,12 @@
 # view must hold the same records, also after the database is lost and
 # rebuilt from the changelog topic (which also brings back the input
 # positions of every batch).
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=4000
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-DB=$WORK/state/telemetry.db
-LOG=$WORK/run.log
+new_stream telemetry.db
+ARGS=(--pipeline telemetry "${STREAM_ARGS[@]}" --max-batch 300 --strategy inline)
 
 PARTITIONS=3
 create_topic "$IN" "$PARTITIONS"
@@ -35,23 +33,12 @@ produce "$IN" "$WORK/input.kv"
 expected_latest "$WORK/readings.kv" >"$WORK/expected.tsv"
 [[ $(wc -l <"$WORK/expected.tsv") -eq 25 ]] || fail "expected 25 vehicles, awk made $(wc -l <"$WORK/expected.tsv")"
 
-"$TALLY" run --pipeline telemetry --brokers "$KAFKA_BROKERS" --input-topic "$IN" --output-topic "$OUT" \
-    --topic-prefix "$PREFIX" --group-id "$(name g)" --instance-id "$(name i)" \
-    --state-dir "$WORK/state" --commit-interval-ms 50 --max-batch 300 --strategy inline >>"$LOG" 2>&1 &
-TALLY_PID=$!
-TALLY_PIDS+=("$TALLY_PID")
-TALLY_LOGS+=("$LOG")
+tally_start "$LOG" "${ARGS[@]}"
 tally_wait_started "$TALLY_PID" "$LOG"
 
 total=$(wc -l <"$WORK/input.kv")
-limit=$((SECONDS + 120))
-while :; do
-    done_n=$(sqlval "$DB" "SELECT coalesce(sum(value), 0) FROM meta WHERE key IN ('pipeline.telemetry.events_applied', 'pipeline.telemetry.events_skipped', 'pipeline.telemetry.events_rejected')")
-    [[ "${done_n:-0}" -ge "$total" ]] && break
-    alive "$TALLY_PID" || fail "tally exited early: $(tail -n 3 "$LOG")"
-    ((SECONDS < limit)) || fail "only ${done_n:-0} of $total readings done after 120 s"
-    sleep 0.2
-done
+wait_meta "$DB" "$total" 120 "$TALLY_PID" pipeline.telemetry.events_applied pipeline.telemetry.events_skipped \
+    pipeline.telemetry.events_rejected
 tally_stop "$TALLY_PID"
 
 assert_eq "applied readings" "$N" "$(meta "$DB" pipeline.telemetry.events_applied)"
@@ -63,41 +50,31 @@ ok
 
 # Latest committed output per VIN: for one key, records stay in one partition
 # in order, so the last one kcat prints is the latest.
-latest_outputs "$OUT" "$T0" >"$WORK/output.tsv"
-without_produced_at "$WORK/expected.tsv" >"$WORK/expected_out.tsv"
-assert_files_eq "latest output record per VIN (produced_at = emit time, checked apart)" \
-    "$WORK/expected_out.tsv" "$WORK/output.tsv"
-
-sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/state.tsv"
-assert_files_eq "vehicle_latest in the state" "$WORK/expected.tsv" "$WORK/state.tsv"
+check_latest "inline" "$OUT" "$T0" "$WORK/expected.tsv" "$DB"
 
 # The database is lost (snapshots too: they live in the state directory): the
 # restart rebuilds it from the changelog topic alone, one record per vehicle
 # and batch (the newest record of a VIN holds the whole vehicle), and emits
 # nothing again (inline: the committed history already has every output).
 outputs_before=$(read_topic "$OUT" '%o\n' | wc -l)
-rm -rf "$WORK/state"
-STARTS_BEFORE=$(grep -c "event=started" "$LOG" || true)
-"$TALLY" run --pipeline telemetry --brokers "$KAFKA_BROKERS" --input-topic "$IN" --output-topic "$OUT" \
-    --topic-prefix "$PREFIX" --group-id "$(name g)" --instance-id "$(name i)" \
-    --state-dir "$WORK/state" --commit-interval-ms 50 --max-batch 300 --strategy inline \
-    --http off >>"$LOG" 2>&1 &
-TALLY_PID=$!
-TALLY_PIDS+=("$TALLY_PID")
+rm -rf "$STATE"
+tally_start "$LOG" "${ARGS[@]}" --http off
 tally_wait_started "$TALLY_PID" "$LOG"
 line=$(grep 'event=recovered' "$LOG" | tail -n 1)
 assert_eq "recovery source after the database was lost" new "$(log_field "$line" source)"
 # ... and each input partition is rebuilt from its changelog partition as it
 # is assigned, before it is read.
-for ((i = 0; i < 300; i++)); do
+# rebuilt_all: every partition was rebuilt from the changelog.
+rebuilt_all() {
     rebuilt=$(grep -c 'event=partition_assigned .*source=changelog' "$LOG" || true)
-    ((rebuilt == PARTITIONS)) && break
-    sleep 0.1
-done
+    POLL_STATE="$rebuilt of $PARTITIONS"
+    ((rebuilt == PARTITIONS))
+}
+POLL_EVERY=0.1 poll_until 30 "$TALLY_PID" "partitions rebuilt from the changelog" rebuilt_all
 assert_eq "partitions rebuilt from the changelog after the database was lost" "$PARTITIONS" "$rebuilt"
 sleep 1
 tally_stop "$TALLY_PID"
-sqlite3 -batch -readonly "$DB" "SELECT vin || char(9) || record FROM vehicle_latest ORDER BY vin" >"$WORK/rebuilt.tsv"
+vehicle_latest "$DB" >"$WORK/rebuilt.tsv"
 assert_files_eq "vehicle_latest rebuilt from the changelog topic" "$WORK/expected.tsv" "$WORK/rebuilt.tsv"
 check_positions "telemetry rebuilt from the changelog" "$DB" "$IN"
 assert_eq "vehicles pending after the rebuild (all emitted before)" 0 \

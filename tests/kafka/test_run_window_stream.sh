@@ -16,21 +16,15 @@
 #   - a kill -9 mid-run and a restart change nothing of the above;
 #   - the latest output per VIN (packed messages unpacked) equals the state;
 #   - /metrics counts the late readings (tally_events_late_total).
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 N=3000
 W=10000
 L=3000
 BASE=1700000000000
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-DB=$WORK/state/telemetry.db
-LOG=$WORK/run.log
-ARGS=(--pipeline telemetry --input-topic "$IN" --output-topic "$OUT" --topic-prefix "$PREFIX"
-    --group-id "$(name g)" --instance-id "$(name i)" --state-dir "$WORK/state"
-    --commit-interval-ms 50 --max-batch 100 --strategy window_stream --window-size 10s
+new_stream telemetry.db
+ARGS=(--pipeline telemetry "${STREAM_ARGS[@]}" --max-batch 100 --strategy window_stream --window-size 10s
     --allowed-lateness 3s --batch-size 3)
 
 expect_usage_error "--allowed-lateness without window_stream" --pipeline telemetry \
@@ -85,27 +79,18 @@ note "$n_late of $N readings are late by the rule"
 grep '^VIN0' "$WORK/accepted.kv" >"$WORK/accepted_main.kv"
 expected_latest "$WORK/accepted_main.kv" >"$WORK/expected.tsv"
 
-applied() {
-    sqlval "$DB" "SELECT coalesce(sum(value), 0) FROM meta WHERE key IN ('pipeline.telemetry.events_applied', 'pipeline.telemetry.events_late')"
-}
-wait_done() { # N SECONDS
-    local limit=$((SECONDS + $2))
-    until [[ "$(applied)" -ge "$1" ]] 2>/dev/null; do
-        alive "$TALLY_PID" || fail "tally exited early: $(tail -n 3 "$LOG")"
-        ((SECONDS < limit)) || fail "only $(applied) of $1 readings done after $2 s"
-        sleep 0.2
-    done
-}
+# applied: readings applied or found late.
+applied() { meta_sum "$DB" pipeline.telemetry.events_applied pipeline.telemetry.events_late; }
+# wait_readings N SECONDS: until N readings are applied or found late.
+wait_readings() { wait_meta "$DB" "$1" "$2" "$TALLY_PID" pipeline.telemetry.events_applied pipeline.telemetry.events_late; }
+# pending N: N vehicles pending.
+pending() { [[ "$(sqlval "$DB" "SELECT count(*) FROM vehicle_pending")" == "$1" ]]; }
 
 # ---- 1. first half, kill -9 while it is applied, restart, second half --------
 produce "$IN" "$WORK/part1.kv"
 tally_start "$LOG" "${ARGS[@]}" --http off
 tally_wait_started "$TALLY_PID" "$LOG"
-limit=$((SECONDS + 60))
-until [[ "$(applied)" -ge 300 ]] 2>/dev/null; do
-    ((SECONDS < limit)) || fail "nothing applied within 60 s"
-    sleep 0.05
-done
+POLL_EVERY=0.05 wait_readings 300 60
 kill -KILL "$TALLY_PID"
 tally_wait_exit "$TALLY_PID" 10
 note "killed after $(applied) readings"
@@ -115,13 +100,12 @@ note "killed after $(applied) readings"
 "$TALLY" recover --brokers "$KAFKA_BROKERS" "${ARGS[@]}" --http off >>"$LOG" 2>&1 ||
     fail "tally recover failed: $(tail -n 3 "$LOG")"
 late_at_kill=$(meta "$DB" pipeline.telemetry.events_late)
-STARTS_BEFORE=$(grep -c 'event=started' "$LOG" || true)
 PORT=$(free_port)
 tally_start "$LOG" "${ARGS[@]}" --http "127.0.0.1:$PORT"
 tally_wait_started "$TALLY_PID" "$LOG"
 produce "$IN" "$WORK/part2.kv"
 produce "$IN" "$WORK/last.kv"
-wait_done $((N + 3)) 120
+wait_readings $((N + 3)) 120
 sleep 1 # a last batch may still be committing its outputs
 read_topic "$OUT" '%k\t%s\n' | unpack_records >"$WORK/before_ahead.tsv"
 if grep -q '^VINLAST' "$WORK/before_ahead.tsv"; then
@@ -133,12 +117,8 @@ ok
 
 # ---- 2. a reading far ahead closes every window ------------------------------
 produce "$IN" "$WORK/ahead.kv"
-wait_done $((N + 4)) 60
-limit=$((SECONDS + 30))
-until [[ "$(sqlval "$DB" "SELECT count(*) FROM vehicle_pending")" == 1 ]]; do
-    ((SECONDS < limit)) || fail "windows did not close: $(sqlval "$DB" "SELECT count(*) FROM vehicle_pending") pending"
-    sleep 0.2
-done
+wait_readings $((N + 4)) 60
+poll_until 30 "" "windows closing (one vehicle left pending)" pending 1
 assert_eq "the one vehicle still pending" VINZZZ "$(sqlval "$DB" "SELECT vin FROM vehicle_pending")"
 curl -s -o "$WORK/metrics.txt" "http://127.0.0.1:$PORT/metrics" || fail "cannot scrape /metrics"
 tally_stop "$TALLY_PID"

@@ -25,8 +25,8 @@
 # 7. Bad settings exit 2 before anything connects: a misspelled property
 #    (librdkafka's message, and FILE:LINE for a file), a property tally owns
 #    (with why), a file that does not exist.
-# shellcheck source-path=SCRIPTDIR source=lib_run.sh
-source "$(dirname "$0")/lib_run.sh"
+# shellcheck source=../lib/tally.sh
+source "$(dirname "$0")/../lib/tally.sh"
 
 kafka_tls_dir
 SCRAM=$TLS_DIR/sasl-scram.properties
@@ -36,14 +36,8 @@ KEY_PASSWORD=$(secret_of "$MTLS")
 [[ -n "$PASSWORD" && -n "$KEY_PASSWORD" ]] || fail "no passwords in $SCRAM / $MTLS (test bug)"
 SSL_BROKER=$(sed -n 's/^bootstrap.servers=//p' "$MTLS")
 
-IN=$(name in)
-OUT=$(name out)
-PREFIX=$(name p)
-GROUP=$(name g)
-INSTANCE=$(name i)
-STATE=$WORK/state
+new_stream orders.db
 SNAPS=$WORK/snaps
-DB=$STATE/orders.db
 HTTP_PORT=$(free_port)
 
 # tally_sec ARGS...: tally with $KAFKA_BROKERS unset (the settings file must
@@ -83,19 +77,17 @@ gen_orders 3000 41 1 "$WORK/orders.tsv" >"$WORK/orders1.kv"
 gen_orders 3000 42 3001 "$WORK/orders.tsv" >"$WORK/orders2.kv"
 gen_malformed 5 sec >"$WORK/bad.kv"
 mix "$WORK/orders1.kv" "$WORK/bad.kv" >"$WORK/input1.kv"
-RUN_ARGS=(run --pipeline orders --kafka-config "$SCRAM" --input-topic "$IN" --output-topic "$OUT"
-    --topic-prefix "$PREFIX" --group-id "$GROUP" --instance-id "$INSTANCE" --state-dir "$STATE"
-    --snapshot-dir "$SNAPS" --snapshot-interval 500ms --commit-interval-ms 50 --max-batch 300
-    --http "127.0.0.1:$HTTP_PORT")
+RUN_ARGS=(run --pipeline orders --kafka-config "$SCRAM" "${STREAM_ARGS[@]}" --snapshot-dir "$SNAPS"
+    --snapshot-interval 500ms --max-batch 300 --http "127.0.0.1:$HTTP_PORT")
 RUNS=0
 sec_start() {
+    local brokers=$KAFKA_BROKERS
     RUNS=$((RUNS + 1))
     LOG=$WORK/run$RUNS.log
-    # env execs tally: $! is tally itself
-    env -u KAFKA_BROKERS "$TALLY" "${RUN_ARGS[@]}" >>"$LOG" 2>&1 &
-    TALLY_PID=$!
-    TALLY_PIDS+=("$TALLY_PID")
-    TALLY_LOGS+=("$LOG")
+    # tally without $KAFKA_BROKERS (the settings file must carry everything)
+    unset KAFKA_BROKERS
+    tally_bg "$LOG" "${RUN_ARGS[@]}"
+    export KAFKA_BROKERS=$brokers
     tally_wait_started "$TALLY_PID" "$LOG"
 }
 
@@ -119,12 +111,7 @@ sec_start
 recovered=$(grep -m1 'event=recovered ' "$LOG" || true)
 assert_eq "source after the state directory was deleted" snapshot "$(log_field "$recovered" source)"
 # kill -9 again once the second part is being applied
-limit=$((SECONDS + 60))
-until [[ "$(sqlval "$DB" 'SELECT coalesce(sum(count), 0) FROM order_window_state')" -gt 3000 ]]; do
-    alive "$TALLY_PID" || fail "tally run exited while consuming: $(tail -n 3 "$LOG")"
-    ((SECONDS < limit)) || fail "tally run applied nothing of the second part within 60 s"
-    sleep 0.05
-done
+POLL_EVERY=0.05 poll_until 60 "$TALLY_PID" "orders of the second part applied" orders_above "$DB" 3000
 tally_kill9 "$TALLY_PID"
 sec_start
 wait_done "$DB" 6000 "$PREFIX" 5 60 "$TALLY_PID"

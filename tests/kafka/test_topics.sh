@@ -11,33 +11,16 @@
 # Environment: TALLY (the binary), KAFKA_BROKERS (default 127.0.0.1:9092).
 # Run by hand: TALLY=build/tally bash tests/kafka/test_topics.sh
 
-# shellcheck source=../cli/lib.sh
-source "$(dirname "$0")/../cli/lib.sh"
+# shellcheck source=../lib/kafka.sh
+source "$(dirname "$0")/../lib/kafka.sh"
 
-BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
-SRC=${TALLY_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 RUN_ID="tt$$x$RANDOM"
-command -v kcat >/dev/null || fail "kcat is required"
-kcat -b "$BROKERS" -L -m 10 >/dev/null 2>&1 ||
-    fail "no Kafka broker answers on $BROKERS (start one with scripts/kafka start)"
-
-# Kafka's TopicCommand, only on scripts/kafka's Apache broker: it reads topic
-# configurations, which kcat cannot.
-have_topic_command() {
-    [[ "$BROKERS" == "127.0.0.1:${KAFKA_PORT:-9092}" ]] && "$SRC/scripts/kafka" status 2>/dev/null | grep -q 'Apache Kafka'
-}
-
-# Removes this run's topics, best effort, so reruns do not fill the broker.
-delete_run_topics() {
-    if have_topic_command; then
-        "$SRC/scripts/kafka" topics --delete --topic "$RUN_ID.*" >/dev/null 2>&1 || true
-    fi
-}
-trap 'delete_run_topics; cleanup' EXIT
+broker_answers
+CLEANUP_HOOKS+=(delete_run_topics)
 
 # partitions_of TOPIC: its partition count per kcat, or "missing".
 partitions_of() {
-    kcat -b "$BROKERS" -L -m 10 2>/dev/null |
+    kcat -b "$KAFKA_BROKERS" -L -m 10 2>/dev/null |
         awk -v t="$1" '$1 == "topic" && $2 == "\"" t "\"" { print $4; found = 1 } END { if (!found) print "missing" }'
 }
 
@@ -45,7 +28,7 @@ partitions_of() {
 policy_of() {
     # Configs: a=1,cleanup.policy=compact,delete,b=2 - the policy's own commas
     # are the items without "=" that follow it.
-    "$SRC/scripts/kafka" topics --describe --topic "$1" 2>/dev/null |
+    "$KAFKA_SCRIPT" topics --describe --topic "$1" 2>/dev/null |
         awk -F'Configs: ' 'NF > 1 { n = split($2, item, ","); on = 0; out = ""
             for (i = 1; i <= n; i++) {
                 if (item[i] ~ /^cleanup\.policy=/) { on = 1; out = substr(item[i], 16); continue }
@@ -55,7 +38,24 @@ policy_of() {
 }
 
 # create_topics ARGS...: tally topics create, its results in RC/OUT/ERR.
-create_topics() { run tally topics create --brokers "$BROKERS" "$@"; }
+create_topics() { run tally topics create --brokers "$KAFKA_BROKERS" "$@"; }
+
+# made WHAT ARGS...: tally topics create ARGS exits 0.
+made() {
+    local what=$1
+    shift
+    create_topics "$@"
+    expect_rc "$what" 0
+}
+
+# refused WHAT ERROR ARGS...: tally topics create ARGS exits 1 with ERROR.
+refused() {
+    local what=$1 error=$2
+    shift 2
+    create_topics "$@"
+    expect_rc "$what" 1
+    assert_contains "$what: the error" "$ERR" "$error"
+}
 
 # ------------------------------------------------ both pipelines, twice ---
 
@@ -70,9 +70,8 @@ for pipeline in orders telemetry; do
         ["$prefix-snapshots"]=compact ["$prefix-dlq"]=delete)
     topics=("$input" "$output" "$prefix-changelog" "$prefix-snapshots" "$prefix-dlq")
 
-    create_topics --pipeline "$pipeline" --topic-prefix "$prefix" --input-topic "$input" \
+    made "$pipeline: first create" --pipeline "$pipeline" --topic-prefix "$prefix" --input-topic "$input" \
         --output-topic "$output" --partitions 3
-    expect_rc "$pipeline: first create" 0
     assert_eq "$pipeline: lines printed" 5 "$(grep -c '^topic=' <<<"$OUT")"
     for t in "${topics[@]}"; do
         assert_contains "$pipeline: report for $t" "$OUT" \
@@ -84,7 +83,7 @@ for pipeline in orders telemetry; do
     done
 
     # Again, this time with KAFKA_BROKERS instead of --brokers: nothing to do.
-    if KAFKA_BROKERS=$BROKERS "$TALLY" topics create --pipeline "$pipeline" --topic-prefix "$prefix" \
+    if KAFKA_BROKERS=$KAFKA_BROKERS "$TALLY" topics create --pipeline "$pipeline" --topic-prefix "$prefix" \
         --input-topic "$input" --output-topic "$output" --partitions 3 >"$WORK/again.out" 2>"$WORK/again.err"; then
         RC=0
     else
@@ -101,9 +100,8 @@ for pipeline in orders telemetry; do
 done
 
 # An existing input keeps its partition count; new internal topics follow it.
-create_topics --pipeline orders --topic-prefix "$RUN_ID-follow" --input-topic "$RUN_ID.orders.in" \
-    --output-topic "$RUN_ID.follow.out" --partitions 5
-expect_rc "internal topics next to an existing input" 0
+made "internal topics next to an existing input" --pipeline orders --topic-prefix "$RUN_ID-follow" \
+    --input-topic "$RUN_ID.orders.in" --output-topic "$RUN_ID.follow.out" --partitions 5
 assert_contains "existing input reported" "$OUT" "topic=$RUN_ID.orders.in partitions=3 cleanup.policy=delete status=exists"
 assert_contains "new changelog follows the input" "$OUT" "topic=$RUN_ID-follow-changelog partitions=3 cleanup.policy=compact status=created"
 assert_eq "kcat partitions of the new changelog" 3 "$(partitions_of "$RUN_ID-follow-changelog")"
@@ -115,17 +113,15 @@ assert_contains "--partitions ignored for an existing input, with a note" "$ERR"
 # there is one; otherwise with tally, as another layout's (delete) input.
 bad="$RUN_ID-bad"
 if have_topic_command; then
-    "$SRC/scripts/kafka" topics --create --topic "$bad-changelog" --partitions 3 \
+    "$KAFKA_SCRIPT" topics --create --topic "$bad-changelog" --partitions 3 \
         --config cleanup.policy=delete >/dev/null 2>&1 || fail "could not create $bad-changelog"
 else
-    create_topics --pipeline orders --input-topic "$bad-changelog" --topic-prefix "$bad-other" \
+    made "setting up $bad-changelog" --pipeline orders --input-topic "$bad-changelog" --topic-prefix "$bad-other" \
         --output-topic "$bad-other.out" --partitions 3
-    expect_rc "setting up $bad-changelog" 0
 fi
-create_topics --pipeline orders --topic-prefix "$bad" --input-topic "$bad.in" --output-topic "$bad.out" --partitions 3
-expect_rc "changelog with cleanup.policy=delete" 1
-assert_contains "the error names the topic and both policies" "$ERR" \
-    "topic $bad-changelog exists with cleanup.policy=delete, tally needs compact"
+refused "changelog with cleanup.policy=delete (the error names the topic and both policies)" \
+    "topic $bad-changelog exists with cleanup.policy=delete, tally needs compact" \
+    --pipeline orders --topic-prefix "$bad" --input-topic "$bad.in" --output-topic "$bad.out" --partitions 3
 assert_eq "no report lines on a conflict" "" "$OUT"
 for t in "$bad.in" "$bad.out" "$bad-snapshots" "$bad-dlq"; do
     assert_eq "nothing created on a conflict: $t" missing "$(partitions_of "$t")"
@@ -134,26 +130,21 @@ done
 # A snapshots topic (compact, as it should be) with 2 partitions where the input
 # will have 3: made as a telemetry input, whose policy is compact.
 odd="$RUN_ID-odd"
-create_topics --pipeline telemetry --input-topic "$odd-snapshots" --topic-prefix "$odd-other" \
+made "setting up $odd-snapshots" --pipeline telemetry --input-topic "$odd-snapshots" --topic-prefix "$odd-other" \
     --output-topic "$odd-other.out" --partitions 2
-expect_rc "setting up $odd-snapshots" 0
-create_topics --pipeline orders --topic-prefix "$odd" --input-topic "$odd.in" --output-topic "$odd.out" --partitions 3
-expect_rc "snapshots with the wrong partition count" 1
-assert_contains "the error names both partition counts" "$ERR" \
-    "topic $odd-snapshots has 2 partitions, the input $odd.in would be created with 3"
+refused "snapshots with the wrong partition count (the error names both counts)" \
+    "topic $odd-snapshots has 2 partitions, the input $odd.in would be created with 3" \
+    --pipeline orders --topic-prefix "$odd" --input-topic "$odd.in" --output-topic "$odd.out" --partitions 3
 assert_eq "input not created on a conflict" missing "$(partitions_of "$odd.in")"
 # The same against an existing input.
-create_topics --pipeline orders --topic-prefix "$odd" --input-topic "$RUN_ID.orders.in" --output-topic "$odd.out"
-expect_rc "snapshots vs existing input" 1
-assert_contains "the error names the existing input" "$ERR" \
-    "topic $odd-snapshots has 2 partitions, the input $RUN_ID.orders.in has 3"
+refused "snapshots vs existing input (the error names it)" \
+    "topic $odd-snapshots has 2 partitions, the input $RUN_ID.orders.in has 3" \
+    --pipeline orders --topic-prefix "$odd" --input-topic "$RUN_ID.orders.in" --output-topic "$odd.out"
 
 # An input with the wrong policy: the telemetry input must be compacted.
-create_topics --pipeline telemetry --topic-prefix "$RUN_ID-tw" --input-topic "$RUN_ID.orders.in" \
-    --output-topic "$RUN_ID.tw.out"
-expect_rc "input with the wrong policy" 1
-assert_contains "the error names the input's policy" "$ERR" \
-    "topic $RUN_ID.orders.in exists with cleanup.policy=delete, tally needs compact"
+refused "input with the wrong policy (the error names the input's policy)" \
+    "topic $RUN_ID.orders.in exists with cleanup.policy=delete, tally needs compact" \
+    --pipeline telemetry --topic-prefix "$RUN_ID-tw" --input-topic "$RUN_ID.orders.in" --output-topic "$RUN_ID.tw.out"
 
 # ------------------------------------------------------------ bad flags ---
 

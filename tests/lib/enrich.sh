@@ -1,5 +1,5 @@
-# tests/kafka/lib_enrich.sh - helpers for the `tally enrich` tests (source it
-# after lib_run.sh, do not run it).
+# tests/lib/enrich.sh - the `tally enrich` tests' raw orders and checks
+# (source it, do not run it; it sources tally.sh).
 # shellcheck shell=bash
 #
 # Provides:
@@ -14,6 +14,10 @@
 #   dup_lines FILE SEED               every line once, some twice or three times
 #   gen_bad_raw N TAG BAD REASONS     malformed raw orders: "key|value" lines to
 #                                     BAD, "value<TAB>reason" lines to REASONS
+#   gen_dup_chunks GEN EXP SEED CHUNK_SEED DUP_SEED DUP_CHUNK_SEED
+#                                     $WORK/chunk0.kv .. chunkN.kv: orders with
+#                                     copies, copies of earlier chunks' orders,
+#                                     malformed records
 #   enriched_outputs TOPIC            "orderId<TAB>key<TAB>value" per committed
 #                                     record of TOPIC, sorted
 #   check_enriched WHAT TOPIC EXP     TOPIC holds each expected record exactly
@@ -21,14 +25,17 @@
 #   check_dlq_reasons PREFIX REASONS  the DLQ holds each malformed value once,
 #                                     its tally.error naming the expected reason
 
+[[ -z "${TALLY_LIB_ENRICH:-}" ]] || return 0
+TALLY_LIB_ENRICH=1
+
+# shellcheck source=tally.sh
+source "$(dirname "${BASH_SOURCE[0]}")/tally.sh"
+
 # enrich_start LOG ARGS...
 enrich_start() {
     local log=$1
     shift
-    "$TALLY" enrich --brokers "$KAFKA_BROKERS" --http off "$@" >>"$log" 2>&1 &
-    TALLY_PID=$!
-    TALLY_PIDS+=("$TALLY_PID")
-    TALLY_LOGS+=("$log")
+    tally_bg "$log" enrich --brokers "$KAFKA_BROKERS" --http off "$@"
 }
 
 # gen_raw_orders N SEED FIRST_ID EXPECTED > "key|json" lines. The key is the
@@ -120,6 +127,40 @@ gen_bad_raw() {
             print v "\t" r >> reasons
         }
     }'
+}
+
+# gen_dup_chunks GEN EXPECTED SEED CHUNK_SEED DUP_SEED DUP_CHUNK_SEED: the
+# input of a run that keeps receiving orders, from N_PRE, CHUNKS, N_CHUNK,
+# N_AGAIN and BAD_PER_CHUNK. $WORK/chunk0.kv: N_PRE orders of GEN (gen_orders
+# or gen_raw_orders, seeded SEED; their expectations appended to EXPECTED),
+# some sent two or three times (dup_lines, DUP_SEED), and 11 malformed
+# records; $WORK/chunk1.kv to chunkCHUNKS.kv: N_CHUNK new orders each (seeded
+# CHUNK_SEED + c) with copies (DUP_CHUNK_SEED + c), N_AGAIN copies of orders
+# of earlier chunks, and BAD_PER_CHUNK malformed records. Every malformed
+# record goes to $WORK/bad.kv, its reason to $WORK/reasons.tsv. Sets N_VALID
+# (distinct orders) and N_BAD (malformed records).
+gen_dup_chunks() {
+    local gen=$1 expected=$2 c
+    : >"$expected"
+    : >"$WORK/bad.kv"
+    : >"$WORK/reasons.tsv"
+    "$gen" "$N_PRE" "$3" 1 "$expected" >"$WORK/orders0.kv"
+    gen_bad_raw 11 pre "$WORK/bad.kv" "$WORK/reasons.tsv"
+    dup_lines "$WORK/orders0.kv" "$5" >"$WORK/dup0.kv"
+    mix "$WORK/dup0.kv" "$WORK/bad.kv" >"$WORK/chunk0.kv"
+    for ((c = 1; c <= CHUNKS; c++)); do
+        "$gen" "$N_CHUNK" $(($4 + c)) $((N_PRE + (c - 1) * N_CHUNK + 1)) "$expected" >"$WORK/orders$c.kv"
+        : >"$WORK/bad$c.kv"
+        gen_bad_raw "$BAD_PER_CHUNK" "chunk$c" "$WORK/bad$c.kv" "$WORK/reasons.tsv"
+        cat "$WORK/bad$c.kv" >>"$WORK/bad.kv"
+        dup_lines "$WORK/orders$c.kv" $(($6 + c)) >"$WORK/dup$c.kv"
+        # copies of orders that earlier chunks (or the first batch) already sent
+        cat "$WORK"/orders[0-9]*.kv | grep -v -F -f <(cut -d'|' -f1 "$WORK/orders$c.kv" | sed 's/$/|/') |
+            shuf -n "$N_AGAIN" --random-source=<(yes "$c") >"$WORK/again$c.kv"
+        mix "$WORK/dup$c.kv" "$WORK/again$c.kv" "$WORK/bad$c.kv" >"$WORK/chunk$c.kv"
+    done
+    N_VALID=$(wc -l <"$expected")
+    N_BAD=$(wc -l <"$WORK/bad.kv")
 }
 
 # enriched_outputs TOPIC: "orderId<TAB>key<TAB>value" per committed record.
