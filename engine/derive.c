@@ -322,8 +322,8 @@ static char *emit_sql(const char *entity)
 
 /* The one table @state creates, found by running it on a scratch database:
  * the real one may already hold it (a plain CREATE TABLE would fail there). */
-static int state_table(const char *source, int state_line, const char *state_sql, char **table,
-                       char *errbuf, size_t errlen)
+int tly_derive_state_table(const char *source, int state_line, const char *state_sql, char **table,
+                           char *errbuf, size_t errlen)
 {
     struct state_check check = {0};
     sqlite3 *scratch = NULL;
@@ -436,7 +436,7 @@ int tly_derive(tly_store *store, const char *pipeline, const char *entity, const
     tly_meta_key_state(pipeline, key, sizeof(key));
     if (!(recorded = malloc(cap)))
         return tly_error(errbuf, errlen, "out of memory");
-    if (state_table(source, state_line, state_sql, &out->table, errbuf, errlen) < 0)
+    if (tly_derive_state_table(source, state_line, state_sql, &out->table, errbuf, errlen) < 0)
         goto done;
     if (!entity)
         entity = out->table;

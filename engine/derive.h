@@ -62,6 +62,12 @@ int tly_derive(tly_store *store, const char *pipeline, const char *entity, const
                int state_line, const char *state_sql, tly_derived *out, char *errbuf,
                size_t errlen);
 
+/* The one table @state creates (*table, malloc'd), found by running it on a
+ * scratch database; checks @state as tly_derive does. Returns 0, or -1 with
+ * errbuf. */
+int tly_derive_state_table(const char *source, int state_line, const char *state_sql, char **table,
+                           char *errbuf, size_t errlen);
+
 /* Frees what tly_derive filled; a zeroed struct is fine. */
 void tly_derived_free(tly_derived *d);
 

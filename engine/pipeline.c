@@ -859,6 +859,14 @@ int tly_pipeline_describe(const char *name, tly_pipeline_info *info, char *errbu
         goto done;
     info->builtin = !owned;
     info->derived = section_sql[10][0] != '\0';
+    if (section_sql[9][0]) {
+        char *table = NULL;
+        if (tly_derive_state_table(p->source_name, p->section_line[9], section_sql[9], &table,
+                                   errbuf, errlen) < 0)
+            goto done;
+        snprintf(info->state_table, sizeof(info->state_table), "%s", table);
+        free(table);
+    }
     snprintf(info->name, sizeof(info->name), "%s", p->name);
     snprintf(info->source, sizeof(info->source), "%s", p->source_name);
     if (p->input_topic)

@@ -73,6 +73,7 @@ typedef struct tly_pipeline_info {
     char output_topic[256]; /* @output, or "" */
     bool builtin;           /* one of tly_pipeline_builtin_names() */
     bool derived;           /* @state and @fold (engine/derive.h) */
+    char state_table[128];  /* derived: the table @state creates */
 } tly_pipeline_info;
 
 /* Reads built-in pipeline `name` or the pipeline file at that path (as

@@ -115,7 +115,12 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
      * "recovering" while the state is brought back. */
     if (cfg->http_listen) {
         tly_http_config hc = {cfg->http_listen,      cfg->http_token,     r->db_path, cfg->pipeline,
-                              cfg->query_timeout_ms, cfg->query_max_rows, r->metrics};
+                              cfg->query_timeout_ms, cfg->query_max_rows, r->metrics, NULL};
+        tly_pipeline_info info;
+        if (cfg->pipeline_file &&
+            tly_pipeline_describe(cfg->pipeline_file, &info, errbuf, errlen) == 0 &&
+            info.state_table[0])
+            hc.table = info.state_table;
         if (tly_http_start(&hc, http, err, sizeof(err)) < 0) {
             if (cfg->http_required)
                 return tly_error(errbuf, errlen, "%s", err);
