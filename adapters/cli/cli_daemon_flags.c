@@ -66,7 +66,7 @@ struct flag {
 };
 
 static flag_read read_string, read_set, read_int, read_int64, read_duration, read_on_off,
-    read_choice, read_http, read_kafka, read_help;
+    read_choice, read_http, read_kafka, read_param, read_help;
 
 #define VALUE .has_arg = required_argument
 #define CFG(member) .where = IN_CFG, .field = offsetof(tly_runner_config, member)
@@ -83,6 +83,8 @@ static const struct flag flags[] = {
     {"input-topic", VALUE, .accepted = ALL, .read = read_string, CFG(input_topic)},
     {"output-topic", VALUE, .accepted = ALL, .read = read_string, CFG(output_topic)},
     {"state-dir", VALUE, .accepted = ALL, .read = read_string, CFG(state_dir)},
+    {"set", VALUE, .accepted = RUNS, .read = read_param, .rejected = ENRICH,
+     .why_not = "--set is not an enrich option: the enrich pipeline's settings are its flags"},
     {"window-size", VALUE, .accepted = RUNS, .read = read_duration, CFG(window_ms), .min = 1,
      .max = INT64_MAX, .error = "--window-size must be at least 1ms", .rejected = ENRICH,
      .why_not = "--window-size is not an enrich option: windows belong to tally run --pipeline "
@@ -259,6 +261,21 @@ static int read_kafka(const struct parse *p, const struct flag *f, const char *v
 {
     int opt = f->short_name == 'X' ? 'X' : CLI_OPT_KAFKA_CONFIG;
     return cli_kafka_option(p->name, opt, value) != 0 ? CLI_EXIT_USAGE : -1;
+}
+
+/* --set NAME=VALUE: one more @param override (repeatable). */
+static int read_param(const struct parse *p, const struct flag *f, const char *value)
+{
+    struct cli_daemon_extra *x = p->extra;
+    (void)f;
+    if (!strchr(value, '=') || value[0] == '=')
+        return cli_usage_error(p->name, "--set takes NAME=VALUE, not \"%s\"", value);
+    if (x->nsettings == CLI_DAEMON_MAX_SETTINGS)
+        return cli_usage_error(p->name, "--set: at most %d settings", CLI_DAEMON_MAX_SETTINGS);
+    x->settings[x->nsettings++] = value;
+    x->settings[x->nsettings] = NULL;
+    p->cfg->pipeline_settings = x->settings;
+    return -1;
 }
 
 static int read_help(const struct parse *p, const struct flag *f, const char *value)

@@ -36,6 +36,8 @@ static const char run_usage[] =
     "  --output-topic T         default orders.output | sensor-service.dispatch.telemetry-latest-compacted\n"
     "                           | a file's @output, else <name>.output\n"
     "  --state-dir DIR          the database is DIR/<pipeline>.db (default ./state)\n"
+    "  --set NAME=VALUE         a pipeline file's -- @param setting (repeatable); fixed per\n"
+    "                           database, as --window-size\n"
     "  --window-size DUR        orders: tumbling window (default 60s); telemetry: the\n"
     "                           window_stream windows (default 120s); fixed per database\n"
     "  --commit-interval-ms N   longest a batch collects before it commits (default 100)\n"
