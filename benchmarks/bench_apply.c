@@ -6,6 +6,7 @@
  * is per core.
  *
  *   bench_apply [--scenario NAME|all] [--events N] [--batch N] [--dir DIR]
+ *               [--pageviews FILE]
  *
  * Scenarios:
  *   orders_many_keys   1,000 stores x 1,000 products, events spread over 10
@@ -15,6 +16,14 @@
  *   telemetry_full     100,000 VINs x 30 sensors, every event carries all 30
  *                      sensors (one full record per vehicle)
  *   telemetry_single   100,000 VINs x 30 sensors, one sensor per event
+ *   pageviews          the pipeline file examples/pipelines/pageviews.sql
+ *                      (@state and @fold; --pageviews names another copy):
+ *                      {"page":"/p<N>","user":"u<M>","ts":<ms>} with 10,000
+ *                      pages and 100,000 users drawn uniformly, event time
+ *                      spread over 10 minutes (ten one-minute windows), so
+ *                      100,000 keys: about 90% of the events in a batch of
+ *                      20,000 touch a key new to their batch; over a run
+ *                      a key sees about events / 100,000 of them
  *
  * Prints one line per scenario:
  *   scenario=... events=... readings=... batch=... seconds=... events_per_s=...
@@ -32,6 +41,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef TALLY_SOURCE_DIR /* CMakeLists.txt sets it to the source tree */
+#define TALLY_SOURCE_DIR "."
+#endif
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -46,6 +59,45 @@ struct events {
     char *arena;
 };
 
+/* The pageviews scenario's events: splitmix64, a fixed seed. */
+static uint64_t next_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void generate_pageviews(size_t count, int64_t base_ms, struct events *out)
+{
+    const size_t cap = count * 64 + 8192;
+    size_t used = 0;
+    uint64_t state = 42;
+
+    out->count = count;
+    out->readings = (int64_t)count;
+    out->list = calloc(count, sizeof(tly_event));
+    out->arena = malloc(cap);
+    if (!out->list || !out->arena) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < count; i++) {
+        /* event time = base - uniform[0, 10 min), as orders_many_keys */
+        int n = snprintf(out->arena + used, cap - used,
+                         "{\"page\":\"/p%d\",\"user\":\"u%d\",\"ts\":%lld}",
+                         (int)(next_random(&state) % 10000), (int)(next_random(&state) % 100000),
+                         (long long)(base_ms - (int64_t)(next_random(&state) % 600000)));
+        if (n < 0 || (size_t)n >= cap - used) {
+            fprintf(stderr, "event arena too small\n");
+            exit(1);
+        }
+        out->list[i].data = out->arena + used;
+        out->list[i].len = (size_t)n;
+        used += (size_t)n + 1;
+    }
+}
+
 static void generate(const char *scenario, size_t count, struct events *out)
 {
     int orders = strncmp(scenario, "orders", 6) == 0;
@@ -55,6 +107,10 @@ static void generate(const char *scenario, size_t count, struct events *out)
     tly_loadgen_options opts;
     tly_loadgen *gen;
 
+    if (strcmp(scenario, "pageviews") == 0) {
+        generate_pageviews(count, base_ms, out);
+        return;
+    }
     tly_loadgen_options_init(&opts, orders ? "orders" : "telemetry");
     if (strcmp(scenario, "orders_many_keys") == 0) {
         opts.stores = 1000;
@@ -94,7 +150,8 @@ static void generate(const char *scenario, size_t count, struct events *out)
     tly_loadgen_free(gen);
 }
 
-static int run(const char *scenario, size_t count, size_t batch, const char *dir)
+static int run(const char *scenario, size_t count, size_t batch, const char *dir,
+               const char *pageviews)
 {
     char path[512], err[1024];
     struct events ev;
@@ -105,6 +162,9 @@ static int run(const char *scenario, size_t count, size_t batch, const char *dir
     struct stat st;
     double start, elapsed;
     int rc = 1;
+    const char *name = strcmp(scenario, "pageviews") == 0    ? pageviews
+                       : strncmp(scenario, "orders", 6) == 0 ? "orders"
+                                                             : "telemetry";
 
     generate(scenario, count, &ev);
     snprintf(path, sizeof(path), "%s/bench-%s.db", dir, scenario);
@@ -112,8 +172,7 @@ static int run(const char *scenario, size_t count, size_t batch, const char *dir
     snprintf(err, sizeof(err), "%s-wal", path);
     unlink(err);
     if (tly_store_open(path, NULL, &store, err, sizeof(err)) < 0 ||
-        tly_pipeline_open(store, strncmp(scenario, "orders", 6) == 0 ? "orders" : "telemetry", NULL,
-                          0, &pipeline, err, sizeof(err)) < 0) {
+        tly_pipeline_open(store, name, NULL, 0, &pipeline, err, sizeof(err)) < 0) {
         fprintf(stderr, "bench_apply: %s\n", err);
         goto done;
     }
@@ -160,14 +219,18 @@ done:
 int main(int argc, char **argv)
 {
     static const char *all[] = {"orders_many_keys", "orders_few_keys", "telemetry_full",
-                                "telemetry_single", NULL};
-    static const struct option options[] = {
-        {"scenario", required_argument, NULL, 's'}, {"events", required_argument, NULL, 'e'},
-        {"batch", required_argument, NULL, 'b'},    {"dir", required_argument, NULL, 'd'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+                                "telemetry_single", "pageviews",       NULL};
+    static const struct option options[] = {{"scenario", required_argument, NULL, 's'},
+                                            {"events", required_argument, NULL, 'e'},
+                                            {"batch", required_argument, NULL, 'b'},
+                                            {"dir", required_argument, NULL, 'd'},
+                                            {"pageviews", required_argument, NULL, 'p'},
+                                            {"help", no_argument, NULL, 'h'},
+                                            {NULL, 0, NULL, 0}};
     const char *scenario = "all", *dir = "/tmp";
+    const char *pageviews = TALLY_SOURCE_DIR "/examples/pipelines/pageviews.sql";
     long events = 1000000, batch = 20000;
-    int opt, rc = 0;
+    int opt, rc = 0, found = 0;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (opt) {
@@ -175,9 +238,10 @@ int main(int argc, char **argv)
         case 'e': events = atol(optarg); break;
         case 'b': batch = atol(optarg); break;
         case 'd': dir = optarg; break;
+        case 'p': pageviews = optarg; break;
         default:
             fprintf(stderr, "usage: bench_apply [--scenario NAME|all] [--events N] [--batch N] "
-                            "[--dir DIR]\n");
+                            "[--dir DIR] [--pageviews FILE]\n");
             return opt == 'h' ? 0 : 2;
         }
     }
@@ -191,7 +255,12 @@ int main(int argc, char **argv)
         /* Full telemetry events carry 30 readings each: a tenth as many events
          * keeps the run about as long as the others. */
         size_t n = strcmp(*s, "telemetry_full") == 0 ? (size_t)events / 10 : (size_t)events;
-        rc |= run(*s, n ? n : 1, (size_t)batch, dir);
+        rc |= run(*s, n ? n : 1, (size_t)batch, dir, pageviews);
+        found = 1;
+    }
+    if (!found) {
+        fprintf(stderr, "bench_apply: unknown scenario \"%s\"\n", scenario);
+        return 2;
     }
     return rc;
 }

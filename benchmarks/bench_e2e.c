@@ -1,8 +1,8 @@
 /* benchmarks/bench_e2e.c - end-to-end throughput and latency of `tally run`
  * on a real broker.
  *
- *   bench_e2e --brokers B --tally PATH [--rate N] [--duration DUR] [--keys K]
- *             [--commit-interval-ms N] [--max-batch N]
+ *   bench_e2e --brokers B --tally PATH [--pipeline orders|FILE.sql] [--rate N]
+ *             [--duration DUR] [--keys K] [--commit-interval-ms N] [--max-batch N]
  *
  * Creates fresh topics (one input partition, so the input has one order),
  * starts `tally run --pipeline orders` as a child process, produces orders at a
@@ -15,9 +15,17 @@
  *   bench=e2e pipeline=orders rate=... duration_s=... events=... visible=...
  *   throughput_eps=... p50_ms=... p95_ms=... p99_ms=... max_ms=... held=yes|no
  *
- * held=yes when every order became visible and the p95 stayed under 1 s. */
+ * held=yes when every order became visible and the p95 stayed under 1 s.
+ *
+ * --pipeline FILE.sql runs a pipeline file instead, one whose @pipeline is
+ * pageviews (examples/pipelines/pageviews.sql): `tally run --pipeline FILE.sql`
+ * on fresh topics named as above, fed {"page":"/p<N>","user":"u<M>","ts":<now>}
+ * keyed by page (--keys pages, 100,000 users). The consumer keeps the latest
+ * "views" of each page#window_start_ms key and sums them as it sums orders'
+ * counts, so the figures mean the same; the line says pipeline=pageviews. */
 #include "loadgen.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <librdkafka/rdkafka.h>
@@ -72,8 +80,42 @@ static int64_t update(const char *key, size_t n, int64_t count)
     return delta > 0 ? delta : 0;
 }
 
+/* Events to produce: the orders of tly_loadgen, or page views. */
+struct source {
+    int pageviews;
+    tly_loadgen *orders;
+    int64_t pages;
+    uint64_t random; /* splitmix64 state */
+};
+
+static uint64_t next_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Writes the next event with event time now into buf and its message key
+ * (none for orders: *key_len = 0) into key. Returns its length. */
+static int next_event(struct source *src, int64_t now, char *buf, size_t buflen, char *key,
+                      size_t keylen, size_t *key_len)
+{
+    int page, n;
+    if (!src->pageviews) {
+        *key_len = 0;
+        return tly_loadgen_next(src->orders, now, buf, buflen);
+    }
+    page = (int)(next_random(&src->random) % (uint64_t)src->pages);
+    n = snprintf(key, keylen, "/p%d", page);
+    *key_len = n > 0 ? (size_t)n : 0;
+    return snprintf(buf, buflen, "{\"page\":\"/p%d\",\"user\":\"u%d\",\"ts\":%lld}", page,
+                    (int)(next_random(&src->random) % 100000), (long long)now);
+}
+
 struct producer_state {
     rd_kafka_t *rk;
+    int pageviews;   /* produce page views rather than orders */
     int64_t warmup;  /* events sent first, before the clock starts */
     volatile int go; /* set once the warmup events are visible */
     const char *topic;
@@ -87,18 +129,20 @@ static void *produce(void *arg)
 {
     struct producer_state *p = arg;
     tly_loadgen_options opts;
-    tly_loadgen *gen;
-    char buf[1024];
+    struct source src = {.pageviews = p->pageviews, .pages = p->keys, .random = 42};
+    char buf[1024], key[64];
+    size_t key_len;
     int64_t start, total = p->warmup + p->rate * p->duration_ms / 1000;
 
     tly_loadgen_options_init(&opts, "orders");
     opts.stores = (int)(p->keys / 20 > 0 ? p->keys / 20 : 1);
     opts.products = 20;
-    gen = tly_loadgen_new(&opts);
+    src.orders = tly_loadgen_new(&opts);
     for (int64_t i = 0; i < p->warmup; i++) {
-        int len = tly_loadgen_next(gen, now_ms(), buf, sizeof(buf));
+        int len = next_event(&src, now_ms(), buf, sizeof(buf), key, sizeof(key), &key_len);
         p->sent_at[i] = now_ms();
         rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic), RD_KAFKA_V_VALUE(buf, (size_t)len),
+                          RD_KAFKA_V_KEY(key_len ? key : NULL, key_len),
                           RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
     }
     rd_kafka_flush(p->rk, 30000);
@@ -111,10 +155,11 @@ static void *produce(void *arg)
         if (due > now)
             usleep((useconds_t)(due - now) * 1000);
         now = now_ms();
-        len = tly_loadgen_next(gen, now, buf, sizeof(buf));
+        len = next_event(&src, now, buf, sizeof(buf), key, sizeof(key), &key_len);
         p->sent_at[i] = now;
         while (rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(p->topic),
                                  RD_KAFKA_V_VALUE(buf, (size_t)len),
+                                 RD_KAFKA_V_KEY(key_len ? key : NULL, key_len),
                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                  RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
             rd_kafka_poll(p->rk, 5);
@@ -122,7 +167,7 @@ static void *produce(void *arg)
         p->sent = i + 1;
     }
     rd_kafka_flush(p->rk, 30000);
-    tly_loadgen_free(gen);
+    tly_loadgen_free(src.orders);
     p->done = 1;
     return NULL;
 }
@@ -131,6 +176,31 @@ static int compare(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? -1 : x > y;
+}
+
+/* The @pipeline name a pipeline file gives itself into name, or "" if it
+ * has none; -1 if it cannot be read. */
+static int pipeline_name(const char *path, char *name, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    name[0] = 0;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f)) {
+        const char *s = line;
+        size_t n = 0;
+        if (strncmp(s, "-- @pipeline", 12) != 0 || !isspace((unsigned char)s[12]))
+            continue;
+        for (s += 12; isspace((unsigned char)*s);)
+            s++;
+        while (s[n] && !isspace((unsigned char)s[n]))
+            n++;
+        snprintf(name, len, "%.*s", (int)n, s);
+        break;
+    }
+    fclose(f);
+    return 0;
 }
 
 static int run_command(char *const argv[])
@@ -150,6 +220,7 @@ int main(int argc, char **argv)
 {
     static const struct option options[] = {{"brokers", required_argument, NULL, 'b'},
                                             {"tally", required_argument, NULL, 't'},
+                                            {"pipeline", required_argument, NULL, 'p'},
                                             {"rate", required_argument, NULL, 'r'},
                                             {"duration", required_argument, NULL, 'd'},
                                             {"keys", required_argument, NULL, 'k'},
@@ -157,7 +228,9 @@ int main(int argc, char **argv)
                                             {"max-batch", required_argument, NULL, 'm'},
                                             {NULL, 0, NULL, 0}};
     const char *brokers = getenv("KAFKA_BROKERS"), *tally = "build/tally";
-    const char *commit_interval = "50", *max_batch = "10000";
+    const char *commit_interval = "50", *max_batch = "10000", *pipeline = "orders";
+    const char *count_field = "\"count\":";
+    char label[64] = "orders";
     int64_t rate = 10000, duration_s = 60, keys = 2000;
     char prefix[64], input[96], output[96], state_dir[128], reader_group[96], errstr[256];
     struct producer_state p = {0};
@@ -172,14 +245,17 @@ int main(int argc, char **argv)
         switch (opt) {
         case 'b': brokers = optarg; break;
         case 't': tally = optarg; break;
+        case 'p': pipeline = optarg; break;
         case 'r': rate = atoll(optarg); break;
         case 'd': duration_s = atoll(optarg); break;
         case 'k': keys = atoll(optarg); break;
         case 'c': commit_interval = optarg; break;
         case 'm': max_batch = optarg; break;
         default:
-            fprintf(stderr, "usage: bench_e2e --brokers B --tally PATH [--rate N] [--duration S] "
-                            "[--keys K] [--commit-interval-ms N] [--max-batch N]\n");
+            fprintf(stderr,
+                    "usage: bench_e2e --brokers B --tally PATH [--pipeline orders|FILE.sql] "
+                    "[--rate N] [--duration S] [--keys K] [--commit-interval-ms N] "
+                    "[--max-batch N]\n");
             return 2;
         }
     }
@@ -187,6 +263,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_e2e: --brokers (or KAFKA_BROKERS), a positive --rate, --duration "
                         "and --keys are required\n");
         return 2;
+    }
+    if (strcmp(pipeline, "orders") != 0) {
+        if (pipeline_name(pipeline, label, sizeof(label)) < 0) {
+            fprintf(stderr, "bench_e2e: cannot read the pipeline file %s\n", pipeline);
+            return 2;
+        }
+        if (strcmp(label, "pageviews") != 0) {
+            fprintf(stderr,
+                    "bench_e2e: --pipeline is orders or a pipeline file whose @pipeline is "
+                    "pageviews (its events are generated here); %s is \"%s\"\n",
+                    pipeline, label);
+            return 2;
+        }
+        p.pageviews = 1;
+        count_field = "\"views\":";
     }
     p.warmup = 1000;
     total = p.warmup + rate * duration_s;
@@ -208,7 +299,7 @@ int main(int argc, char **argv)
                           "--brokers",
                           (char *)brokers,
                           "--pipeline",
-                          "orders",
+                          (char *)pipeline,
                           "--partitions",
                           "1",
                           "--topic-prefix",
@@ -225,7 +316,7 @@ int main(int argc, char **argv)
     }
     daemon_pid = fork();
     if (daemon_pid == 0) {
-        execl(tally, tally, "run", "--pipeline", "orders", "--brokers", brokers, "--topic-prefix",
+        execl(tally, tally, "run", "--pipeline", pipeline, "--brokers", brokers, "--topic-prefix",
               prefix, "--group-id", prefix, "--instance-id", "bench", "--input-topic", input,
               "--output-topic", output, "--state-dir", state_dir, "--commit-interval-ms",
               commit_interval, "--max-batch", max_batch, (char *)NULL);
@@ -283,8 +374,9 @@ int main(int argc, char **argv)
         if (!m)
             continue;
         if (!m->err && m->key && m->payload) {
-            const char *count = memmem(m->payload, m->len, "\"count\":", 8);
-            int64_t delta = count ? update(m->key, m->key_len, atoll(count + 8)) : 0;
+            size_t field_len = strlen(count_field);
+            const char *count = memmem(m->payload, m->len, count_field, field_len);
+            int64_t delta = count ? update(m->key, m->key_len, atoll(count + field_len)) : 0;
             int64_t now = now_ms();
             for (int64_t i = visible; i < visible + delta && i < total; i++)
                 latency[i] = now - p.sent_at[i];
@@ -310,9 +402,9 @@ int main(int argc, char **argv)
         qsort(lat, (size_t)n, sizeof(int64_t), compare);
         int64_t p50 = n ? lat[n / 2] : -1, p95 = n ? lat[n * 95 / 100] : -1,
                 p99 = n ? lat[n * 99 / 100] : -1, max = n ? lat[n - 1] : -1;
-        printf("bench=e2e pipeline=orders rate=%lld duration_s=%lld events=%lld visible=%lld "
+        printf("bench=e2e pipeline=%s rate=%lld duration_s=%lld events=%lld visible=%lld "
                "throughput_eps=%.0f p50_ms=%lld p95_ms=%lld p99_ms=%lld max_ms=%lld held=%s\n",
-               (long long)rate, (long long)duration_s, (long long)measured, (long long)n,
+               label, (long long)rate, (long long)duration_s, (long long)measured, (long long)n,
                seconds > 0 ? n / seconds : 0.0, (long long)p50, (long long)p95, (long long)p99,
                (long long)max, n >= measured && p95 < 1000 ? "yes" : "no");
     }

@@ -25,6 +25,11 @@ void tly_meta_key_events(const char *pipeline, const char *kind, char *buf, size
     snprintf(buf, len, "pipeline.%s.events_%s", pipeline, kind);
 }
 
+void tly_meta_key_state(const char *pipeline, char *buf, size_t len)
+{
+    snprintf(buf, len, "pipeline.%s.@state", pipeline);
+}
+
 void tly_meta_glob_partition_counters(int partition, char *buf, size_t len)
 {
     snprintf(buf, len, "pipeline.*.p%d.events_*", partition);

@@ -15,6 +15,8 @@
  *   pipeline.<name>.p<p>.events_<kind>
  *                                  int   the same for input partition p
  *   pipeline.<name>.<param>        any   a @param setting in effect (pipeline.c)
+ *   pipeline.<name>.@state         text  the @state schema the database was built
+ *                                        with (engine/derive.c): another is refused
  *   recovery.source, .snapshot     text  the last recovery: where the state came
  *   recovery.ttr_ms, .records_replayed, .bytes_replayed, .at_ms, .count
  *                                  int   from, how long it took, how much it read
@@ -49,6 +51,8 @@ void tly_meta_key_position(tly_meta_position kind, const char *topic, int partit
 void tly_meta_key_position_prefix(tly_meta_position kind, const char *topic, char *buf, size_t len);
 /* pipeline.<name>.events_<kind> (kind: "applied", "skipped", "rejected", "late"). */
 void tly_meta_key_events(const char *pipeline, const char *kind, char *buf, size_t len);
+/* pipeline.<name>.@state */
+void tly_meta_key_state(const char *pipeline, char *buf, size_t len);
 /* A GLOB over every pipeline's per-partition counters of partition p:
  * "pipeline.*.p<p>.events_*". */
 void tly_meta_glob_partition_counters(int partition, char *buf, size_t len);

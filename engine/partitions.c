@@ -269,6 +269,14 @@ int tly_partitions_adopt(tly_store *store, const char *snapshot_path, int partit
                   "WHERE key GLOB ?1",
                   counters, NULL, NULL, errbuf, errlen) < 0)
         goto done;
+    /* The snapshot's input position comes with its rows: when no changelog
+     * follows the snapshot, nothing else would bring it back. */
+    tly_meta_key_position(TLY_META_INPUT, input_topic, partition, key, sizeof(key));
+    if (run_bound(db,
+                  "INSERT OR REPLACE INTO main.meta (key, value) SELECT key, value FROM snap.meta "
+                  "WHERE key = ?1",
+                  key, NULL, NULL, errbuf, errlen) < 0)
+        goto done;
     tly_meta_key_position(TLY_META_CHANGELOG, changelog_topic, partition, key, sizeof(key));
     if (tly_store_meta_set_int(store, key, offset) < 0) {
         tly_error(errbuf, errlen, "%s", sqlite3_errmsg(db));

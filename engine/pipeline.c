@@ -7,7 +7,11 @@
  *
  *   -- @pipeline NAME
  *   -- @entity NAME          changelog entity written by this pipeline's tables;
- *                            replay routes changelog rows here by it
+ *                            replay routes changelog rows here by it (with
+ *                            @state: the state table's name unless given)
+ *   -- @input TOPIC          the daemon's input topic unless --input-topic
+ *                            says otherwise (default NAME.input)
+ *   -- @output TOPIC         its output topic (default NAME.output)
  *   -- @param NAME VALUE [per_run]
  *                            a setting, bound as :NAME in every statement; the
  *                            caller may override VALUE ("window_ms=300000").
@@ -39,6 +43,19 @@
  * Sections start with "-- @NAME" alone on a line (NAME one of those below)
  * and run to the next section. A section may hold several statements; they
  * run in order.
+ *
+ * A pipeline of your own needs only two (engine/derive.h derives the rest
+ * from the state table: the changelog, @merge, @replay and a default @emit):
+ *
+ *   @state   the state table: one CREATE TABLE with a PRIMARY KEY (plus
+ *            indexes and views), applied by the first open of a database and
+ *            recorded there; a later open with another @state is refused
+ *   @fold    per valid event: insert into or update the state table (an
+ *            upsert); bound like @stage. Nothing is staged by hand: the
+ *            engine marks each key the batch touched and writes one
+ *            changelog row per changed key per batch
+ *
+ * The built-in pipelines spell everything themselves instead:
  *
  *   @setup   once when the pipeline opens (temporary staging tables)
  *   @check   per event: a SELECT whose first column is NULL for a valid event or
@@ -89,6 +106,7 @@
 #include "error.h"
 
 #include "decimal.h"
+#include "derive.h"
 #include "embedded_sql.h"
 #include "timestamp.h"
 #include "utf8.h"
@@ -109,7 +127,7 @@
 #define MAX_STATEMENTS 8
 #define MAX_EXCEPT 16
 #define MAX_TIME_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
-#define SECTION_COUNT 9
+#define SECTION_COUNT 11
 
 enum field_type { FT_ID, FT_TEXT, FT_INT, FT_DECIMAL6, FT_TIME_MS, FT_BOOL, FT_JSON, FT_TIME_ANY };
 #define FIELD_TYPE_COUNT 8
@@ -178,6 +196,10 @@ struct tly_pipeline {
     sqlite3_stmt *last_seq;
     json_tokener *tokener;
     char meta_applied[96], meta_skipped[96], meta_rejected[96], meta_late[96];
+    char *input_topic, *output_topic; /* @input, @output, or NULL */
+    int section_line[SECTION_COUNT];  /* where each section starts in the file */
+    bool derived;                     /* @state and @fold: see derive.h */
+    tly_derived derivation;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -308,13 +330,21 @@ static int prepare_section(tly_pipeline *p, const char *section_name, const char
     return 0;
 }
 
+/* Prefixes errbuf with "FILE:LINE: "; returns -1. */
+static int where(tly_pipeline *p, int line_no, char *errbuf, size_t errlen)
+{
+    char what[512];
+    snprintf(what, sizeof(what), "%s", errbuf);
+    return tly_error(errbuf, errlen, "%s:%d: %s", p->source_name, line_no, what);
+}
+
 static int parse_file(tly_pipeline *p, const char *text, char **section_sql, char *errbuf,
                       size_t errlen)
 {
-    static const char *section_names[] = {"setup", "check", "stage", "merge",  "replay",
-                                          "emit",  "late",  "flush", "flushed"};
+    static const char *section_names[] = {"setup", "check", "stage",   "merge", "replay", "emit",
+                                          "late",  "flush", "flushed", "state", "fold"};
     const char *line = text;
-    int current = -1;
+    int current = -1, line_no = 0;
     size_t lengths[SECTION_COUNT] = {0};
 
     for (int i = 0; i < SECTION_COUNT; i++) {
@@ -327,6 +357,7 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
         size_t len = eol ? (size_t)(eol - line) : strlen(line);
         const char *q = line;
 
+        line_no++;
         while (q < line + len && (*q == ' ' || *q == '\t'))
             q++;
         if ((size_t)(line + len - q) > 4 && strncmp(q, "-- @", 4) == 0) {
@@ -334,7 +365,8 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
             int nwords, s;
             size_t dlen = (size_t)(line + len - q) - 4;
             if (dlen >= sizeof(buf))
-                return tly_error(errbuf, errlen, "%s: directive line too long", p->source_name);
+                return tly_error(errbuf, errlen, "%s:%d: directive line too long", p->source_name,
+                                 line_no);
             memcpy(buf, q + 4, dlen);
             buf[dlen] = '\0';
             nwords = split_words(buf, words, 8);
@@ -342,6 +374,14 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
                 ;
             if (nwords == 1 && s < SECTION_COUNT) {
                 current = s;
+                if (!p->section_line[s])
+                    p->section_line[s] = line_no + 1;
+            } else if (nwords == 2 && strcmp(words[0], "input") == 0) {
+                free(p->input_topic);
+                p->input_topic = strdup(words[1]);
+            } else if (nwords == 2 && strcmp(words[0], "output") == 0) {
+                free(p->output_topic);
+                p->output_topic = strdup(words[1]);
             } else if (nwords == 2 && strcmp(words[0], "pipeline") == 0) {
                 free(p->name);
                 p->name = strdup(words[1]);
@@ -357,13 +397,17 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
                 p->settings[p->setting_count++].value = strdup(words[2]);
             } else if (nwords >= 1 && strcmp(words[0], "field") == 0) {
                 if (parse_field(p, words, nwords, errbuf, errlen) < 0)
-                    return -1;
+                    return where(p, line_no, errbuf, errlen);
             } else if (nwords >= 1 && strcmp(words[0], "each") == 0) {
                 if (parse_each(p, words, nwords, errbuf, errlen) < 0)
-                    return -1;
+                    return where(p, line_no, errbuf, errlen);
             } else {
-                return tly_error(errbuf, errlen, "%s: unknown directive \"-- @%.*s\"",
-                                 p->source_name, (int)dlen, q + 4);
+                return tly_error(errbuf, errlen,
+                                 "%s:%d: unknown directive \"-- @%.*s\" (pipeline, entity, "
+                                 "input, output, param, field, each, or a section: setup, "
+                                 "check, state, fold, stage, merge, replay, emit, late, flush, "
+                                 "flushed)",
+                                 p->source_name, line_no, (int)dlen, q + 4);
             }
         } else if (current >= 0) {
             memcpy(section_sql[current] + lengths[current], line, len);
@@ -372,9 +416,17 @@ static int parse_file(tly_pipeline *p, const char *text, char **section_sql, cha
         }
         line += len + (eol ? 1 : 0);
     }
-    if (!p->name || !p->entity)
-        return tly_error(errbuf, errlen, "%s: needs \"-- @pipeline NAME\" and \"-- @entity NAME\"",
-                         p->source_name);
+    if (!p->name)
+        return tly_error(errbuf, errlen, "%s: needs \"-- @pipeline NAME\"", p->source_name);
+    if (!p->entity && !section_sql[9][0] && section_sql[10][0])
+        return tly_error(errbuf, errlen,
+                         "%s:%d: @fold needs a @state section: the state table it folds into",
+                         p->source_name, p->section_line[10] - 1);
+    if (!p->entity && !section_sql[9][0])
+        return tly_error(errbuf, errlen,
+                         "%s:%d: needs \"-- @entity NAME\" (or a @state section, whose table "
+                         "names the entity)",
+                         p->source_name, line_no);
     return 0;
 }
 
@@ -577,23 +629,21 @@ static char *read_file(const char *path, char *errbuf, size_t errlen)
     return text;
 }
 
-int tly_pipeline_open(tly_store *store, const char *name, const char *const *params, int flags,
-                      tly_pipeline **out, char *errbuf, size_t errlen)
+bool tly_pipeline_is_file(const char *name)
 {
-    tly_pipeline *p = calloc(1, sizeof(*p));
-    char *owned_text = NULL, *section_sql[SECTION_COUNT] = {0};
-    const char *text = NULL;
-    char *msg = NULL;
-    int rc = -1;
+    size_t len = strlen(name);
+    return strchr(name, '/') || (len > 4 && strcmp(name + len - 4, ".sql") == 0);
+}
 
-    *out = NULL;
-    if (!p)
-        return tly_error(errbuf, errlen, "out of memory");
-    p->store = store;
-    p->db = tly_store_db(store);
-    if (strchr(name, '/') || (strlen(name) > 4 && strcmp(name + strlen(name) - 4, ".sql") == 0)) {
-        if (!(text = owned_text = read_file(name, errbuf, errlen)))
-            goto done;
+/* The text of built-in pipeline `name`, or of the pipeline file at that path
+ * (*owned is then the buffer to free); sets p->source_name. NULL with errbuf. */
+static const char *load_source(tly_pipeline *p, const char *name, char **owned, char *errbuf,
+                               size_t errlen)
+{
+    const char *text = NULL;
+    if (tly_pipeline_is_file(name)) {
+        if (!(text = *owned = read_file(name, errbuf, errlen)))
+            return NULL;
         p->source_name = strdup(name);
     } else {
         for (const struct tly_embedded_sql *e = tly_embedded_pipelines; e->name; e++)
@@ -612,13 +662,109 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
                       "unknown pipeline \"%s\" (built in: %s; or a path to a .sql "
                       "pipeline file)",
                       name, known);
-            goto done;
+            return NULL;
         }
     }
     if (!p->source_name) {
         tly_error(errbuf, errlen, "out of memory");
+        return NULL;
+    }
+    return text;
+}
+
+/* Prepares every @fold statement as the pipeline's @stage, each checked
+ * (derive.h) and located by its line in errors. */
+static int prepare_fold(tly_pipeline *p, const char *sql, char *errbuf, size_t errlen)
+{
+    const char *tail = sql;
+    while (tail && *tail) {
+        sqlite3_stmt *stmt = NULL;
+        int line = p->section_line[10];
+        for (const char *c = sql; c < tail; c++)
+            line += *c == '\n';
+        while (*tail == '\n' || *tail == ' ' || *tail == '\t' || *tail == '\r')
+            line += *tail++ == '\n';
+        if (tly_derive_prepare_fold(p->db, &p->derivation, &tail, &stmt, errbuf, errlen) < 0)
+            return where(p, line, errbuf, errlen);
+        if (!stmt)
+            continue;
+        if (p->stage.count == MAX_STATEMENTS) {
+            sqlite3_finalize(stmt);
+            return tly_error(errbuf, errlen, "%s:%d: @fold: more than %d statements",
+                             p->source_name, line, MAX_STATEMENTS);
+        }
+        p->stage.statements[p->stage.count++].stmt = stmt;
+    }
+    return 0;
+}
+
+/* A @state/@fold pipeline: installs or checks the schema and stands in the
+ * derived SQL for the sections the file leaves out (section_sql[3..5]:
+ * merge, replay, emit). Nothing to do for other pipelines. */
+static int derive_sections(tly_pipeline *p, char **section_sql, char *errbuf, size_t errlen)
+{
+    const char *state = section_sql[9], *fold = section_sql[10];
+
+    if (!fold[0] && !state[0])
+        return 0;
+    if (!fold[0] || !state[0])
+        return tly_error(errbuf, errlen, "%s:%d: @state and @fold go together", p->source_name,
+                         (fold[0] ? p->section_line[10] : p->section_line[9]) - 1);
+    if (section_sql[2][0] || section_sql[3][0])
+        return tly_error(errbuf, errlen,
+                         "%s:%d: @fold derives the staging and the merge: drop @stage and @merge "
+                         "(or @state and @fold, and write all of them yourself)",
+                         p->source_name,
+                         (section_sql[2][0] ? p->section_line[2] : p->section_line[3]) - 1);
+    p->derived = true;
+    if (tly_derive(p->store, p->name, p->entity, p->source_name, p->section_line[9], state,
+                   &p->derivation, errbuf, errlen) < 0)
+        return -1;
+    if (tly_derive_register(p->db, &p->derivation, errbuf, errlen) < 0) {
+        tly_derived_free(&p->derivation);
+        return -1;
+    }
+    if (!p->entity && !(p->entity = strdup(p->derivation.table)))
+        return tly_error(errbuf, errlen, "out of memory");
+    free(section_sql[3]);
+    section_sql[3] = strdup(p->derivation.merge_sql);
+    if (!section_sql[4][0]) {
+        free(section_sql[4]);
+        section_sql[4] = strdup(p->derivation.replay_sql);
+    }
+    if (!section_sql[5][0]) {
+        free(section_sql[5]);
+        section_sql[5] = strdup(p->derivation.emit_sql);
+    }
+    if (!section_sql[3] || !section_sql[4] || !section_sql[5])
+        return tly_error(errbuf, errlen, "out of memory");
+    return prepare_fold(p, fold, errbuf, errlen);
+}
+
+int tly_pipeline_open(tly_store *store, const char *name, const char *const *params, int flags,
+                      tly_pipeline **out, char *errbuf, size_t errlen)
+{
+    tly_pipeline *p = calloc(1, sizeof(*p));
+    char *owned_text = NULL, *section_sql[SECTION_COUNT] = {0};
+    const char *text = NULL;
+    char *msg = NULL;
+    bool savepoint = false;
+    int rc = -1;
+
+    *out = NULL;
+    if (!p)
+        return tly_error(errbuf, errlen, "out of memory");
+    p->store = store;
+    p->db = tly_store_db(store);
+    if (!(text = load_source(p, name, &owned_text, errbuf, errlen)))
+        goto done;
+    /* A refused file leaves nothing behind: no @state installed, no settings
+     * recorded. */
+    if (sqlite3_exec(p->db, "SAVEPOINT tly_open", NULL, NULL, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "%s", sqlite3_errmsg(p->db));
         goto done;
     }
+    savepoint = true;
     if (parse_file(p, text, section_sql, errbuf, errlen) < 0 ||
         apply_overrides(p, params, errbuf, errlen) < 0)
         goto done;
@@ -627,8 +773,11 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         sqlite3_free(msg);
         goto done;
     }
+    if (derive_sections(p, section_sql, errbuf, errlen) < 0)
+        goto done;
     if (prepare_section(p, "check", section_sql[1], &p->check, errbuf, errlen) < 0 ||
-        prepare_section(p, "stage", section_sql[2], &p->stage, errbuf, errlen) < 0 ||
+        (!p->derived &&
+         prepare_section(p, "stage", section_sql[2], &p->stage, errbuf, errlen) < 0) ||
         prepare_section(p, "merge", section_sql[3], &p->merge, errbuf, errlen) < 0 ||
         prepare_section(p, "replay", section_sql[4], &p->replay, errbuf, errlen) < 0 ||
         prepare_section(p, "emit", section_sql[5], &p->emit, errbuf, errlen) < 0 ||
@@ -636,7 +785,8 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         prepare_section(p, "flush", section_sql[7], &p->flush, errbuf, errlen) < 0 ||
         prepare_section(p, "flushed", section_sql[8], &p->flushed, errbuf, errlen) < 0 ||
         resolve_parameters(p, "check", &p->check, true, false, errbuf, errlen) < 0 ||
-        resolve_parameters(p, "stage", &p->stage, true, false, errbuf, errlen) < 0 ||
+        resolve_parameters(p, p->derived ? "fold" : "stage", &p->stage, true, false, errbuf,
+                           errlen) < 0 ||
         resolve_parameters(p, "merge", &p->merge, false, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "replay", &p->replay, false, true, errbuf, errlen) < 0 ||
         resolve_parameters(p, "emit", &p->emit, false, false, errbuf, errlen) < 0 ||
@@ -653,7 +803,8 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
     bind_runtime(p, "windowed", 0);
     if (!(flags & TLY_PIPELINE_REPLAY_ONLY)) {
         if (p->stage.count == 0 || p->merge.count == 0) {
-            tly_error(errbuf, errlen, "%s: needs @stage and @merge sections", p->source_name);
+            tly_error(errbuf, errlen, "%s: needs @state and @fold sections (or @stage and @merge)",
+                      p->source_name);
             goto done;
         }
         if (check_recorded_settings(p, errbuf, errlen) < 0)
@@ -679,10 +830,55 @@ done:
     for (int i = 0; i < SECTION_COUNT; i++)
         free(section_sql[i]);
     free(owned_text);
-    if (rc == 0)
+    if (rc == 0 && savepoint &&
+        sqlite3_exec(p->db, "RELEASE tly_open", NULL, NULL, NULL) != SQLITE_OK)
+        rc = tly_error(errbuf, errlen, "%s", sqlite3_errmsg(p->db));
+    if (rc == 0) {
         *out = p;
-    else
+    } else {
+        sqlite3 *db = p->db;
         tly_pipeline_close(p);
+        if (savepoint)
+            sqlite3_exec(db, "ROLLBACK TO tly_open; RELEASE tly_open", NULL, NULL, NULL);
+    }
+    return rc;
+}
+
+int tly_pipeline_describe(const char *name, tly_pipeline_info *info, char *errbuf, size_t errlen)
+{
+    tly_pipeline *p = calloc(1, sizeof(*p));
+    char *owned = NULL, *section_sql[SECTION_COUNT] = {0};
+    const char *text;
+    int rc = -1;
+
+    memset(info, 0, sizeof(*info));
+    if (!p)
+        return tly_error(errbuf, errlen, "out of memory");
+    if (!(text = load_source(p, name, &owned, errbuf, errlen)) ||
+        parse_file(p, text, section_sql, errbuf, errlen) < 0)
+        goto done;
+    info->builtin = !owned;
+    info->derived = section_sql[10][0] != '\0';
+    if (section_sql[9][0]) {
+        char *table = NULL;
+        if (tly_derive_state_table(p->source_name, p->section_line[9], section_sql[9], &table,
+                                   errbuf, errlen) < 0)
+            goto done;
+        snprintf(info->state_table, sizeof(info->state_table), "%s", table);
+        free(table);
+    }
+    snprintf(info->name, sizeof(info->name), "%s", p->name);
+    snprintf(info->source, sizeof(info->source), "%s", p->source_name);
+    if (p->input_topic)
+        snprintf(info->input_topic, sizeof(info->input_topic), "%s", p->input_topic);
+    if (p->output_topic)
+        snprintf(info->output_topic, sizeof(info->output_topic), "%s", p->output_topic);
+    rc = 0;
+done:
+    for (int i = 0; i < SECTION_COUNT; i++)
+        free(section_sql[i]);
+    free(owned);
+    tly_pipeline_close(p);
     return rc;
 }
 
@@ -725,7 +921,12 @@ void tly_pipeline_close(tly_pipeline *p)
     free(p->each_value);
     free(p->name);
     free(p->entity);
+    free(p->input_topic);
+    free(p->output_topic);
     free(p->source_name);
+    if (p->derived)
+        tly_derive_release(p->db, &p->derivation);
+    tly_derived_free(&p->derivation);
     free(p);
 }
 
@@ -1079,6 +1280,8 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
          result->status != TLY_EVENT_APPLIED))
         goto done;
     bind_fields(p, &p->stage, values, ev);
+    if (p->derived)
+        tly_derive_fold_begin(p->db, &p->derivation, ev->partition);
     if (!p->has_each) {
         rc = run_section(&p->stage);
         goto done;
@@ -1102,6 +1305,8 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
             goto done;
     }
 done:
+    if (p->derived)
+        tly_derive_fold_end(p->db);
     json_object_put(root);
     return rc;
 }
@@ -1132,6 +1337,23 @@ static int exec(tly_pipeline *p, const char *sql)
     return sqlite3_exec(p->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
+/* @merge; a derived one first learns the keys @fold marked. */
+static int run_merge(tly_pipeline *p)
+{
+    int rc;
+    if (p->derived && (rc = tly_derive_stage_marks(p->db, &p->derivation)) != SQLITE_DONE)
+        return rc;
+    return run_section(&p->merge);
+}
+
+/* Rolls back to savepoint `name`; a derived pipeline's marks go with it. */
+static int rollback_to(tly_pipeline *p, const char *sql)
+{
+    if (p->derived)
+        tly_derive_forget_marks(&p->derivation);
+    return exec(p, sql);
+}
+
 /* The fallback when a statement failed on some event: each event under its own
  * savepoint with its own merge, so the failing one is rejected alone. */
 static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t count,
@@ -1143,14 +1365,14 @@ static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t cou
             goto fatal;
         rc = stage_event(p, &events[i], &results[i]);
         if (rc == SQLITE_DONE && results[i].status == TLY_EVENT_APPLIED)
-            rc = run_section(&p->merge);
+            rc = run_merge(p);
         if (rc != SQLITE_DONE) {
             if (!is_event_error(rc))
                 goto fatal;
             results[i].status = TLY_EVENT_REJECTED;
             snprintf(results[i].reason, sizeof(results[i].reason), "rejected by the database: %s",
                      sqlite3_errmsg(p->db));
-            if (exec(p, "ROLLBACK TO tly_event") < 0)
+            if (rollback_to(p, "ROLLBACK TO tly_event") < 0)
                 goto fatal;
         }
         if (exec(p, "RELEASE tly_event") < 0)
@@ -1211,16 +1433,18 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
     if (exec(p, "SAVEPOINT tly_batch") < 0)
         return tly_error(errbuf, errlen, "cannot start batch: %s", sqlite3_errmsg(p->db));
     seq_before = last_seq(p);
+    if (p->derived)
+        tly_derive_forget_marks(&p->derivation);
     for (size_t i = 0; i < count && rc == SQLITE_DONE; i++)
         rc = stage_event(p, &events[i], &results[i]);
     if (rc == SQLITE_DONE)
-        rc = run_section(&p->merge);
+        rc = run_merge(p);
     if (rc != SQLITE_DONE) {
         if (!is_event_error(rc)) {
             tly_error(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
             goto fatal;
         }
-        if (exec(p, "ROLLBACK TO tly_batch") < 0 ||
+        if (rollback_to(p, "ROLLBACK TO tly_batch") < 0 ||
             apply_one_by_one(p, events, count, results, errbuf, errlen) < 0)
             goto fatal;
     }
@@ -1252,7 +1476,7 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
         *stats = local;
     return 0;
 fatal:
-    exec(p, "ROLLBACK TO tly_batch");
+    rollback_to(p, "ROLLBACK TO tly_batch");
     exec(p, "RELEASE tly_batch");
     return -1;
 }

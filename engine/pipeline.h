@@ -61,6 +61,27 @@ const char *const *tly_pipeline_builtin_names(void);
 int tly_pipeline_open(tly_store *store, const char *name, const char *const *params, int flags,
                       tly_pipeline **out, char *errbuf, size_t errlen);
 
+/* Whether `name` names a pipeline file rather than a built-in pipeline: it
+ * has a '/' or ends in ".sql". */
+bool tly_pipeline_is_file(const char *name);
+
+/* What a pipeline file says of itself, read without a database. */
+typedef struct tly_pipeline_info {
+    char name[64];          /* @pipeline */
+    char source[4096];      /* "sql/orders.sql", or the file's path */
+    char input_topic[256];  /* @input, or "" */
+    char output_topic[256]; /* @output, or "" */
+    bool builtin;           /* one of tly_pipeline_builtin_names() */
+    bool derived;           /* @state and @fold (engine/derive.h) */
+    char state_table[128];  /* derived: the table @state creates */
+} tly_pipeline_info;
+
+/* Reads built-in pipeline `name` or the pipeline file at that path (as
+ * tly_pipeline_open names it) and fills *info. Checks the directives only:
+ * the SQL is checked when the pipeline opens on a database. Returns 0, or -1
+ * with errbuf. */
+int tly_pipeline_describe(const char *name, tly_pipeline_info *info, char *errbuf, size_t errlen);
+
 /* Frees the pipeline; NULL is a no-op. */
 void tly_pipeline_close(tly_pipeline *pipeline);
 

@@ -6,7 +6,9 @@
 
 #include "http.h"
 #include "log.h"
+#include "pipeline.h"
 #include "runner.h"
+#include "store.h"
 
 #include <getopt.h>
 #include <stdbool.h>
@@ -64,7 +66,7 @@ struct flag {
 };
 
 static flag_read read_string, read_set, read_int, read_int64, read_duration, read_on_off,
-    read_choice, read_http, read_kafka, read_help;
+    read_choice, read_http, read_kafka, read_param, read_help;
 
 #define VALUE .has_arg = required_argument
 #define CFG(member) .where = IN_CFG, .field = offsetof(tly_runner_config, member)
@@ -81,6 +83,8 @@ static const struct flag flags[] = {
     {"input-topic", VALUE, .accepted = ALL, .read = read_string, CFG(input_topic)},
     {"output-topic", VALUE, .accepted = ALL, .read = read_string, CFG(output_topic)},
     {"state-dir", VALUE, .accepted = ALL, .read = read_string, CFG(state_dir)},
+    {"set", VALUE, .accepted = RUNS, .read = read_param, .rejected = ENRICH,
+     .why_not = "--set is not an enrich option: the enrich pipeline's settings are its flags"},
     {"window-size", VALUE, .accepted = RUNS, .read = read_duration, CFG(window_ms), .min = 1,
      .max = INT64_MAX, .error = "--window-size must be at least 1ms", .rejected = ENRICH,
      .why_not = "--window-size is not an enrich option: windows belong to tally run --pipeline "
@@ -259,6 +263,21 @@ static int read_kafka(const struct parse *p, const struct flag *f, const char *v
     return cli_kafka_option(p->name, opt, value) != 0 ? CLI_EXIT_USAGE : -1;
 }
 
+/* --set NAME=VALUE: one more @param override (repeatable). */
+static int read_param(const struct parse *p, const struct flag *f, const char *value)
+{
+    struct cli_daemon_extra *x = p->extra;
+    (void)f;
+    if (!strchr(value, '=') || value[0] == '=')
+        return cli_usage_error(p->name, "--set takes NAME=VALUE, not \"%s\"", value);
+    if (x->nsettings == CLI_DAEMON_MAX_SETTINGS)
+        return cli_usage_error(p->name, "--set: at most %d settings", CLI_DAEMON_MAX_SETTINGS);
+    x->settings[x->nsettings++] = value;
+    x->settings[x->nsettings] = NULL;
+    p->cfg->pipeline_settings = x->settings;
+    return -1;
+}
+
 static int read_help(const struct parse *p, const struct flag *f, const char *value)
 {
     (void)f;
@@ -275,6 +294,53 @@ static bool was_given(uint64_t given, const char *name)
     return false;
 }
 
+/* --pipeline FILE.sql: the whole file is checked here, on a scratch
+ * database, so that a mistake is a usage error with its line before anything
+ * connects; cfg->pipeline becomes its @pipeline name, which is also the
+ * default topic prefix and group. Returns -1 to go on. */
+static int own_pipeline(const struct parse *p, uint64_t given)
+{
+    tly_runner_config *cfg = p->cfg;
+    tly_pipeline_info info;
+    tly_store *scratch = NULL;
+    tly_pipeline *check = NULL;
+    char err[1024];
+    int ok;
+
+    if (tly_pipeline_describe(cfg->pipeline, &info, err, sizeof(err)) < 0)
+        return cli_usage_error(p->name, "%s", err);
+    for (const char *c = info.name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '_' || *c == '-'))
+            return cli_usage_error(p->name,
+                                   "%s: @pipeline %s: a pipeline name is letters, digits, _ and - "
+                                   "(it names the database file and the metrics)",
+                                   info.source, info.name);
+    if (!info.builtin && (strcmp(info.name, "orders") == 0 || strcmp(info.name, "telemetry") == 0 ||
+                          strcmp(info.name, "enrich") == 0))
+        return cli_usage_error(p->name,
+                               "%s: @pipeline %s is a built-in pipeline's name: pick another",
+                               info.source, info.name);
+    ok = tly_store_open(":memory:", NULL, &scratch, err, sizeof(err)) == 0 &&
+         tly_pipeline_open(scratch, cfg->pipeline, cfg->pipeline_settings, 0, &check, err,
+                           sizeof(err)) == 0;
+    tly_pipeline_close(check);
+    tly_store_close(scratch);
+    if (!ok)
+        return cli_usage_error(p->name, "%s", err);
+    snprintf(p->extra->pipeline_name, sizeof(p->extra->pipeline_name), "%s", info.name);
+    cfg->pipeline_file = cfg->pipeline;
+    cfg->pipeline = p->extra->pipeline_name;
+    /* Its own internal topics and group: another pipeline's changelog topic
+     * may have another partition count, and one group would share its
+     * members out between two inputs. */
+    if (!was_given(given, "topic-prefix"))
+        cfg->topic_prefix = cfg->pipeline;
+    if (!was_given(given, "group-id"))
+        cfg->group_id = cfg->pipeline;
+    return -1;
+}
+
 /* tally run and tally recover: the pipeline, the brokers, then what the
  * strategy allows. */
 static int finish_run(const struct parse *p, uint64_t given)
@@ -282,11 +348,21 @@ static int finish_run(const struct parse *p, uint64_t given)
     tly_runner_config *cfg = p->cfg;
     const char *pipeline = cfg->pipeline;
 
+    int rc;
+
     if (!pipeline)
-        return cli_usage_error(p->name, "--pipeline is required (orders or telemetry)");
-    if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry"))
-        return cli_usage_error(p->name, "--pipeline must be orders or telemetry, not \"%s\"",
+        return cli_usage_error(
+            p->name, "--pipeline is required (orders, telemetry or a pipeline .sql file)");
+    if (tly_pipeline_is_file(pipeline)) {
+        if ((rc = own_pipeline(p, given)) >= 0)
+            return rc;
+        pipeline = cfg->pipeline;
+    } else if (strcmp(pipeline, "orders") && strcmp(pipeline, "telemetry")) {
+        return cli_usage_error(p->name,
+                               "--pipeline must be orders, telemetry or a pipeline .sql file, not "
+                               "\"%s\"",
                                pipeline);
+    }
     if (cli_kafka_settings(p->name, &cfg->brokers) != 0)
         return CLI_EXIT_USAGE;
     if (!was_given(given, "strategy"))

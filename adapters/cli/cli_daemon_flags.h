@@ -15,6 +15,8 @@
 
 enum cli_daemon_cmd { CLI_DAEMON_RUN, CLI_DAEMON_RECOVER, CLI_DAEMON_ENRICH };
 
+#define CLI_DAEMON_MAX_SETTINGS 16
+
 /* What the flags set beyond tly_runner_config. */
 struct cli_daemon_extra {
     int dry_run;             /* recover --dry-run */
@@ -22,6 +24,13 @@ struct cli_daemon_extra {
     /* run and recover without --instance-id: "<pipeline>-0", which
      * cfg->instance_id then points at */
     char default_instance[128];
+    /* --pipeline FILE.sql: its @pipeline name, which cfg->pipeline then
+     * points at (cfg->pipeline_file at the path) */
+    char pipeline_name[64];
+    /* --set NAME=VALUE (run, recover), which cfg->pipeline_settings then
+     * points at: NULL-terminated */
+    const char *settings[CLI_DAEMON_MAX_SETTINGS + 1];
+    int nsettings;
 };
 
 /* Parses argv (argv[0] is the command) for cmd into cfg and extra, first

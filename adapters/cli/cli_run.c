@@ -16,21 +16,28 @@
 #include <string.h>
 
 static const char run_usage[] =
-    "usage: tally run --pipeline orders|telemetry --brokers HOST:PORT[,...] [OPTIONS]\n"
+    "usage: tally run --pipeline orders|telemetry|FILE.sql --brokers HOST:PORT[,...] [OPTIONS]\n"
     "\n"
     "Consumes the pipeline's input topic (read_committed), applies each batch to the\n"
-    "state database and commits exactly once: one Kafka transaction carries the batch's\n"
-    "changelog records, outputs, dead letters and input offsets; SQLite commits after.\n"
+    "state database and commits exactly once. The pipeline is a built-in one or a SQL\n"
+    "file of your own (-- @state and -- @fold, see the README: Write your own pipeline).\n"
+    "One Kafka transaction carries the batch's changelog records, outputs, dead letters\n"
+    "and input offsets; SQLite commits after.\n"
     "SIGTERM or SIGINT finishes the open batch and exits 0.\n"
     "\n"
     "  --brokers LIST           bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
-    "  --topic-prefix P         internal topics P-changelog, P-snapshots, P-dlq (default opb)\n"
-    "  --group-id G             consumer group (default opb)\n"
+    "  --topic-prefix P         internal topics P-changelog, P-snapshots, P-dlq (default opb;\n"
+    "                           a pipeline file: its @pipeline name)\n"
+    "  --group-id G             consumer group (default opb; a pipeline file: its name)\n"
     "  --instance-id I          static group member and transactional.id (default <pipeline>-0);\n"
     "                           a second process with the same id fences the first\n"
     "  --input-topic T          default orders.enriched | sensor-service.dispatch.telemetry-aggregated\n"
+    "                           | a file's @input, else <name>.input\n"
     "  --output-topic T         default orders.output | sensor-service.dispatch.telemetry-latest-compacted\n"
+    "                           | a file's @output, else <name>.output\n"
     "  --state-dir DIR          the database is DIR/<pipeline>.db (default ./state)\n"
+    "  --set NAME=VALUE         a pipeline file's -- @param setting (repeatable); fixed per\n"
+    "                           database, as --window-size\n"
     "  --window-size DUR        orders: tumbling window (default 60s); telemetry: the\n"
     "                           window_stream windows (default 120s); fixed per database\n"
     "  --commit-interval-ms N   longest a batch collects before it commits (default 100)\n"
@@ -88,8 +95,8 @@ static const char run_usage[] =
     "one is replaced by the newest snapshot that verifies, then the changelog after it.\n";
 
 static const char recover_usage[] =
-    "usage: tally recover --pipeline orders|telemetry --brokers HOST:PORT[,...] [--dry-run]\n"
-    "                     [OPTIONS]\n"
+    "usage: tally recover --pipeline orders|telemetry|FILE.sql --brokers HOST:PORT[,...]\n"
+    "                     [--dry-run] [OPTIONS]\n"
     "\n"
     "Brings the state database back as tally run does on start, then exits:\n"
     "  intact database       replay the changelog records after its recorded offsets\n"
@@ -166,9 +173,10 @@ static int recover_dry_run(const tly_runner_config *cfg)
         fprintf(stderr, "tally recover: out of memory\n");
         return CLI_EXIT_FAILURE;
     }
-    if (tly_topics_layout(cfg->pipeline, cfg->topic_prefix, cfg->input_topic, cfg->output_topic,
-                          &topics, err, sizeof(err)) < 0 ||
-        pipeline_entity(cfg->pipeline, entity, sizeof(entity), err, sizeof(err)) < 0) {
+    const char *source = cfg->pipeline_file ? cfg->pipeline_file : cfg->pipeline;
+    if (tly_topics_layout(source, cfg->topic_prefix, cfg->input_topic, cfg->output_topic, &topics,
+                          err, sizeof(err)) < 0 ||
+        pipeline_entity(source, entity, sizeof(entity), err, sizeof(err)) < 0) {
         fprintf(stderr, "tally recover: %s\n", err);
         goto done;
     }
@@ -179,6 +187,7 @@ static int recover_dry_run(const tly_runner_config *cfg)
     memset(&rcfg, 0, sizeof(rcfg));
     rcfg.brokers = cfg->brokers;
     rcfg.pipeline = cfg->pipeline;
+    rcfg.pipeline_file = cfg->pipeline_file;
     rcfg.topics = &topics;
     rcfg.group_id = cfg->group_id;
     rcfg.db_path = db_path;

@@ -9,6 +9,7 @@
 #include "commands.h"
 
 #include "kconf.h"
+#include "pipeline.h"
 #include "topics.h"
 
 #include <getopt.h>
@@ -29,6 +30,8 @@ static const char topics_usage[] =
     "  output      the results (orders: orders.output; telemetry:\n"
     "              sensor-service.dispatch.telemetry-latest-compacted), compact;\n"
     "              enrich: orders.enriched, delete (a stream: the orders input)\n"
+    "  (a pipeline file: its @input, else NAME.input, delete; its @output, else\n"
+    "  NAME.output, compact)\n"
     "  PREFIX-changelog  compact, PREFIX-snapshots  compact, PREFIX-dlq  delete\n"
     "The internal PREFIX-* topics and a new output get the input's partition count;\n"
     "the replication factor is the broker's default. Topics that exist with the right\n"
@@ -36,9 +39,11 @@ static const char topics_usage[] =
     "difference is an error and nothing is created.\n"
     "\n"
     "  --brokers B          bootstrap servers (default: $KAFKA_BROKERS)\n" CLI_KAFKA_USAGE
-    "  --pipeline NAME      orders, telemetry or enrich (give enrich --topic-prefix opa)\n"
+    "  --pipeline NAME      orders, telemetry, enrich (give enrich --topic-prefix opa),\n"
+    "                       or a pipeline .sql file\n"
     "  --partitions N       partitions of the input if it must be created (default 1)\n"
-    "  --topic-prefix P     prefix of the internal topics (default opb)\n"
+    "  --topic-prefix P     prefix of the internal topics (default opb; a pipeline\n"
+    "                       file: its @pipeline name, as tally run)\n"
     "  --input-topic T      input topic (default: the pipeline's)\n"
     "  --input-cleanup-policy compact|delete  the input's policy if it is created here\n"
     "                       (default: the pipeline's, above)\n"
@@ -141,7 +146,8 @@ static int parse_create_options(struct create_options *o, int argc, char **argv)
     if (cli_kafka_settings(COMMAND, &o->brokers) != 0)
         return CLI_EXIT_USAGE;
     if (!o->pipeline)
-        return cli_usage_error(COMMAND, "--pipeline is required (orders, telemetry or enrich)");
+        return cli_usage_error(COMMAND, "--pipeline is required (orders, telemetry, enrich or a "
+                                        "pipeline .sql file)");
     return -1;
 }
 
@@ -215,14 +221,23 @@ static int create_topics(const struct create_options *o, const tly_topic_layout 
 
 static int topics_create(int argc, char **argv)
 {
-    struct create_options o = {.prefix = "opb", .timeout_ms = DEFAULT_TIMEOUT_MS};
+    struct create_options o = {.timeout_ms = DEFAULT_TIMEOUT_MS};
     tly_topic_layout layout;
+    tly_pipeline_info info;
     rd_kafka_t *rk;
     char err[1024], last_error[256] = "";
     int status;
 
     if ((status = parse_create_options(&o, argc, argv)) >= 0)
         return status;
+    /* The daemon's default prefix: a pipeline file's name, else opb. */
+    if (!o.prefix && tly_pipeline_is_file(o.pipeline)) {
+        if (tly_pipeline_describe(o.pipeline, &info, err, sizeof(err)) < 0)
+            return cli_usage_error(COMMAND, "%s", err);
+        o.prefix = info.name;
+    }
+    if (!o.prefix)
+        o.prefix = "opb";
     /* A bad name is a bad flag value: the user must change the command line. */
     if (tly_topics_layout(o.pipeline, o.prefix, o.input, o.output, &layout, err, sizeof(err)) < 0)
         return cli_usage_error(COMMAND, "%s", err);

@@ -27,7 +27,8 @@
  * One self-contained HTML document, no external resources: it polls /metrics
  * every second and draws three charts on canvases (events applied per second,
  * consumer lag, end-to-end latency p50/p95 from the histogram's deltas), and
- * shows the most recently changed rows of the pipeline's view through /query.
+ * shows the most recently changed rows of the pipeline's view through /query
+ * (a pipeline file's: ten rows of its state table).
  * A token given as #token=... in the address is sent as a bearer token.
  * #status shows the last error of /metrics and the last of /query, each until
  * that endpoint answers again (a successful scrape does not hide a failing
@@ -46,7 +47,7 @@ struct tly_http {
     atomic_bool stop;
     int port;
     /* copies: the server owns nothing of its caller but the metrics */
-    char *token, *db_path, *pipeline;
+    char *token, *db_path, *pipeline, *table;
     int64_t query_timeout_ms, max_rows;
     tly_metrics *metrics;
 };
@@ -250,14 +251,20 @@ done:
 
 static void serve_page(struct tly_http *h, struct evhttp_request *req)
 {
-    /* The pipeline goes into <body data-pipeline="..."> for the page's query. */
+    /* The pipeline (and a pipeline file's state table) go into <body
+     * data-pipeline="..." data-table="..."> for the page's query. */
     const char *body = strstr(tly_http_page, "<body>");
     struct evbuffer *out = evbuffer_new();
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/html; charset=utf-8");
     if (out && body) {
         evbuffer_add(out, tly_http_page, (size_t)(body - tly_http_page));
-        evbuffer_add_printf(out, "<body data-pipeline=\"%s\">", h->pipeline);
+        char *pipeline = evhttp_htmlescape(h->pipeline);
+        char *table = evhttp_htmlescape(h->table ? h->table : "");
+        evbuffer_add_printf(out, "<body data-pipeline=\"%s\" data-table=\"%s\">",
+                            pipeline ? pipeline : "", table ? table : "");
+        free(pipeline);
+        free(table);
         evbuffer_add(out, body + 6, strlen(body + 6));
     }
     evhttp_send_reply(req, 200, "OK", out);
@@ -341,6 +348,7 @@ static void destroy(struct tly_http *h)
     free(h->token);
     free(h->db_path);
     free(h->pipeline);
+    free(h->table);
     free(h);
 }
 
@@ -363,11 +371,12 @@ int tly_http_start(const tly_http_config *cfg, tly_http **out, char *errbuf, siz
     h->token = cfg->token ? strdup(cfg->token) : NULL;
     h->db_path = strdup(cfg->db_path);
     h->pipeline = strdup(cfg->pipeline);
+    h->table = cfg->table ? strdup(cfg->table) : NULL;
     h->query_timeout_ms = cfg->query_timeout_ms;
     h->max_rows = cfg->max_rows;
     h->metrics = cfg->metrics;
-    if (!h->db_path || !h->pipeline || (cfg->token && !h->token) || !(h->base = event_base_new()) ||
-        !(h->http = evhttp_new(h->base)) ||
+    if (!h->db_path || !h->pipeline || (cfg->table && !h->table) || (cfg->token && !h->token) ||
+        !(h->base = event_base_new()) || !(h->http = evhttp_new(h->base)) ||
         !(h->tick = event_new(h->base, -1, EV_PERSIST, on_tick, h))) {
         destroy(h);
         return tly_error(errbuf, errlen, "cannot set up the HTTP server");

@@ -32,6 +32,8 @@ typedef struct tly_http_config {
     int64_t query_timeout_ms;
     int64_t max_rows;
     tly_metrics *metrics; /* borrowed; must outlive the server */
+    const char *table;    /* the state table the page lists (a pipeline file's
+                             @state table), or NULL for a built-in pipeline's */
 } tly_http_config;
 
 /* Parses an --http address, "HOST:PORT", without resolving anything.

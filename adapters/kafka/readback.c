@@ -275,8 +275,9 @@ int recovery_open_replayer(const tly_recovery_config *cfg, const char *entity,
                            tly_replayer **replayer, char *errbuf, size_t errlen)
 {
     char positions[512];
+    const char *files[2] = {cfg->pipeline_file, NULL};
 
-    if (tly_replayer_open(cfg->db_path, NULL, replayer, errbuf, errlen) < 0)
+    if (tly_replayer_open(cfg->db_path, files, replayer, errbuf, errlen) < 0)
         return -1;
     tly_meta_key_position_prefix(TLY_META_INPUT, cfg->topics->input.name, positions,
                                  sizeof(positions));

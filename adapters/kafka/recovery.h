@@ -36,7 +36,8 @@
 
 typedef struct tly_recovery_config {
     const char *brokers;
-    const char *pipeline; /* the manifest's key on the snapshots topic */
+    const char *pipeline;      /* the manifest's key on the snapshots topic */
+    const char *pipeline_file; /* a user pipeline's file (its @replay), or NULL */
     const tly_topic_layout *topics;
     const char *group_id; /* its committed input offsets prove history */
     const char *db_path;

@@ -90,8 +90,9 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
     /* tests shorten the watchdog to see it act */
     r->assign.watchdog_ms =
         (env = getenv("TALLY_WATCHDOG_MS")) && atol(env) > 0 ? atol(env) : WATCHDOG_MS;
-    if (tly_topics_layout(cfg->pipeline, cfg->topic_prefix, cfg->input_topic, cfg->output_topic,
-                          &r->topics, errbuf, errlen) < 0)
+    if (tly_topics_layout(cfg->pipeline_file ? cfg->pipeline_file : cfg->pipeline,
+                          cfg->topic_prefix, cfg->input_topic, cfg->output_topic, &r->topics,
+                          errbuf, errlen) < 0)
         return -1;
     if (mkdir(cfg->state_dir, 0755) != 0 && errno != EEXIST)
         return tly_error(errbuf, errlen, "cannot create state directory %s: %s", cfg->state_dir,
@@ -114,7 +115,12 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
      * "recovering" while the state is brought back. */
     if (cfg->http_listen) {
         tly_http_config hc = {cfg->http_listen,      cfg->http_token,     r->db_path, cfg->pipeline,
-                              cfg->query_timeout_ms, cfg->query_max_rows, r->metrics};
+                              cfg->query_timeout_ms, cfg->query_max_rows, r->metrics, NULL};
+        tly_pipeline_info info;
+        if (cfg->pipeline_file &&
+            tly_pipeline_describe(cfg->pipeline_file, &info, errbuf, errlen) == 0 &&
+            info.state_table[0])
+            hc.table = info.state_table;
         if (tly_http_start(&hc, http, err, sizeof(err)) < 0) {
             if (cfg->http_required)
                 return tly_error(errbuf, errlen, "%s", err);
@@ -142,7 +148,8 @@ static int open_pipeline(struct runner *r, char *errbuf, size_t errlen)
     }
     for (const char *const *extra = cfg->pipeline_settings; extra && *extra && n < 17; extra++)
         settings[n++] = *extra;
-    if (tly_pipeline_open(r->store, cfg->pipeline, settings, 0, &r->pipeline, errbuf, errlen) < 0)
+    if (tly_pipeline_open(r->store, cfg->pipeline_file ? cfg->pipeline_file : cfg->pipeline,
+                          settings, 0, &r->pipeline, errbuf, errlen) < 0)
         return -1;
     if (cfg->strategy != TLY_EMIT_INLINE && !tly_pipeline_has_flush(r->pipeline))
         return tly_error(errbuf, errlen,
@@ -183,6 +190,7 @@ static int runner_recover(struct runner *r, tly_recovery_config *rcfg,
     *rcfg = (tly_recovery_config){0};
     rcfg->brokers = cfg->brokers;
     rcfg->pipeline = cfg->pipeline;
+    rcfg->pipeline_file = cfg->pipeline_file;
     rcfg->topics = &r->topics;
     rcfg->group_id = cfg->group_id;
     rcfg->db_path = r->db_path;

@@ -40,16 +40,19 @@ const char *tly_emit_strategy_name(int strategy);
 int tly_emit_strategy_parse(const char *name);
 
 typedef struct tly_runner_config {
-    const char *pipeline;     /* "orders", "telemetry" or "enrich" */
-    const char *brokers;      /* bootstrap.servers */
-    const char *topic_prefix; /* internal topics: <prefix>-changelog, -snapshots, -dlq */
-    const char *group_id;     /* consumer group */
-    const char *instance_id;  /* group.instance.id; transactional.id derives from it */
-    const char *input_topic;  /* NULL: the pipeline's default */
-    const char *output_topic; /* NULL: the pipeline's default */
-    const char *state_dir;    /* the database is <state_dir>/<pipeline>.db */
-    int64_t window_ms;        /* pipeline window (orders' tumbling windows, telemetry's
-                                 window_stream windows); <= 0: the pipeline's default */
+    const char *pipeline;      /* "orders", "telemetry", "enrich", or a pipeline file's
+                                  @pipeline name */
+    const char *pipeline_file; /* that pipeline file (a user pipeline), or NULL for the
+                                  built-in named pipeline */
+    const char *brokers;       /* bootstrap.servers */
+    const char *topic_prefix;  /* internal topics: <prefix>-changelog, -snapshots, -dlq */
+    const char *group_id;      /* consumer group */
+    const char *instance_id;   /* group.instance.id; transactional.id derives from it */
+    const char *input_topic;   /* NULL: the pipeline's default */
+    const char *output_topic;  /* NULL: the pipeline's default */
+    const char *state_dir;     /* the database is <state_dir>/<pipeline>.db */
+    int64_t window_ms;         /* pipeline window (orders' tumbling windows, telemetry's
+                                  window_stream windows); <= 0: the pipeline's default */
     const char *const *pipeline_settings; /* more "name=value" @param overrides
                                              (NULL-terminated), or NULL */
     int64_t commit_interval_ms;           /* longest a batch collects before it commits */

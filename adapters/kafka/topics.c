@@ -26,6 +26,7 @@
 #include "clock.h"
 
 #include "kconf.h"
+#include "pipeline.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdarg.h>
@@ -94,13 +95,26 @@ int tly_topics_layout(const char *pipeline, const char *prefix, const char *inpu
 {
     const struct pipeline_topics *p = NULL;
     const tly_topic_spec *all[5];
+    struct pipeline_topics own = {NULL, NULL, NULL, "delete", "compact"};
+    tly_pipeline_info info;
+    char own_input[300], own_output[300];
 
     memset(layout, 0, sizeof(*layout));
     for (size_t i = 0; i < sizeof(pipeline_topics) / sizeof(pipeline_topics[0]); i++)
         if (pipeline && strcmp(pipeline, pipeline_topics[i].pipeline) == 0)
             p = &pipeline_topics[i];
+    if (!p && pipeline && tly_pipeline_is_file(pipeline)) {
+        if (tly_pipeline_describe(pipeline, &info, errbuf, errlen) < 0)
+            return -1;
+        snprintf(own_input, sizeof(own_input), "%s.input", info.name);
+        snprintf(own_output, sizeof(own_output), "%s.output", info.name);
+        own.input = info.input_topic[0] ? info.input_topic : own_input;
+        own.output = info.output_topic[0] ? info.output_topic : own_output;
+        p = &own;
+    }
     if (!p) {
-        snprintf(errbuf, errlen, "unknown pipeline \"%s\" (orders, telemetry or enrich)",
+        snprintf(errbuf, errlen,
+                 "unknown pipeline \"%s\" (orders, telemetry, enrich, or a pipeline .sql file)",
                  pipeline ? pipeline : "");
         return -1;
     }

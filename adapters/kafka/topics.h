@@ -29,12 +29,16 @@ typedef struct tly_topic_layout {
     tly_topic_spec input, output, changelog, snapshots, dlq;
 } tly_topic_layout;
 
-/* Fills layout for pipeline "orders", "telemetry" or "enrich". input and
- * output may be NULL for the pipeline's defaults (orders: orders.enriched ->
- * orders.output; telemetry: sensor-service.dispatch.telemetry-aggregated ->
+/* Fills layout for pipeline "orders", "telemetry" or "enrich", or the
+ * pipeline file at that path (a name with a '/' or ending in ".sql"). input
+ * and output may be NULL for the pipeline's defaults (orders: orders.enriched
+ * -> orders.output; telemetry: sensor-service.dispatch.telemetry-aggregated ->
  * sensor-service.dispatch.telemetry-latest-compacted; enrich: orders ->
- * orders.enriched, whose output is a stream: cleanup.policy delete). Returns 0, or -1 with
- * errbuf for an unknown pipeline or a name that is not a valid topic name. */
+ * orders.enriched, whose output is a stream: cleanup.policy delete; a
+ * pipeline file: its @input and @output, else <name>.input (delete) ->
+ * <name>.output (compact: the latest record per key)). Returns 0, or -1 with
+ * errbuf for an unknown pipeline, a pipeline file that cannot be read or a
+ * name that is not a valid topic name. */
 int tly_topics_layout(const char *pipeline, const char *prefix, const char *input,
                       const char *output, tly_topic_layout *layout, char *errbuf, size_t errlen);
 

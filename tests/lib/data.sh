@@ -20,6 +20,21 @@
 #   expected_latest READINGS          the latest record per VIN
 #   unpack_records                    packed output messages as records
 #   without_produced_at FILE          records without their produced_at
+#   $PAGEVIEWS_SQL, $SENSOR_MAX_SQL   the example pipeline files
+#   gen_pageviews N SEED TSV          "page|json" page views (pageviews.sql);
+#                                     page and event ms to TSV
+#   gen_bad_pageviews N TAG REASONS   "key|value" lines it must reject; each
+#                                     value and its reason to REASONS
+#   expected_page_views TSV [WINDOW_MS]
+#                                     "page window_start views" rows
+#   gen_sensor_readings N SEED TSV    "sensor|json" readings (sensor_max.sql);
+#                                     sensor, event ms, micros to TSV
+#   gen_bad_readings N TAG REASONS    "key|value" readings it must reject
+#   expected_sensor_max TSV           "sensor hour_start max_micros readings"
+#   state_records NKEYS COLUMN:TYPE...
+#                                     rows (stdin) as "key<TAB>json" records,
+#                                     as a pipeline file's default @emit
+#                                     writes them
 #   hostile_sql                       sets HOSTILE_SQL: statements a read-only
 #                                     query must refuse, each alone
 
@@ -208,6 +223,164 @@ unpack_records() {
 
 # without_produced_at FILE: the records of FILE with their produced_at removed.
 without_produced_at() { sed -E 's/,"produced_at":[0-9]+\}$/}/' "$1"; }
+
+# ------------------------------------------------ pipeline files ---
+
+PAGEVIEWS_SQL=$TALLY_SOURCE_DIR/examples/pipelines/pageviews.sql
+SENSOR_MAX_SQL=$TALLY_SOURCE_DIR/examples/pipelines/sensor_max.sql
+
+# gen_pageviews N SEED TSV > "page|json" lines, keyed by page: N views of 40
+# pages (one with a non-ASCII name) by users given as strings or integers,
+# event times over 5 minutes (6 windows of 60 s, not aligned), out of order;
+# some events carry a field the pipeline ignores. Appends "page<TAB>event_ms"
+# per view to TSV.
+gen_pageviews() {
+    awk -v n="$1" -v seed="$2" -v tsv="$3" '
+    function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
+    BEGIN {
+        split("/ /home /docs/install /pricing /blog/2024/ten-tips /caf\303\251 /about-us /search", named, " ")
+        base = 1700000000000 + 23456
+        for (i = 0; i < n; i++) {
+            k = rnd(40)
+            page = (k < 8) ? named[k + 1] : sprintf("/p/%d", k)
+            ts = base + rnd(300000)
+            user = rnd(2) ? sprintf("\"u%d\"", rnd(500)) : sprintf("%d", rnd(500))
+            extra = (rnd(5) == 0) ? sprintf(",\"ref\":{\"from\":\"/p/%d\"}", rnd(40)) : ""
+            if (rnd(3) == 0)
+                printf "%s|{\"ts\":%.0f,\"user\":%s,\"page\":\"%s\"%s}\n", page, ts, user, page, extra
+            else
+                printf "%s|{\"page\":\"%s\",\"user\":%s,\"ts\":%.0f%s}\n", page, page, user, ts, extra
+            printf "%s\t%.0f\n", page, ts >> tsv
+        }
+    }'
+}
+
+# gen_bad_pageviews N TAG REASONS > "key|value" lines pageviews.sql must
+# reject, each one different (TAG and a counter); appends "value<TAB>the
+# start of the reason" to REASONS.
+gen_bad_pageviews() {
+    awk -v n="$1" -v tag="$2" -v reasons="$3" '
+    BEGIN {
+        for (i = 0; i < n; i++) {
+            id = tag "-" i; k = i % 9; ts = 1700000000000 + i
+            if (k == 0) { v = "not json " id; r = "invalid JSON" }
+            else if (k == 1) { v = sprintf("{\"page\":\"/home\",\"ts\":%.0f,\"id\":\"%s\"}", ts, id); r = "missing field \"user\"" }
+            else if (k == 2) { v = "{\"page\":\"/home\",\"user\":\"" id "\",\"ts\":\"yesterday\"}"; r = "field \"ts\" must be an integer" }
+            else if (k == 3) { v = sprintf("{\"page\":17,\"user\":\"%s\",\"ts\":%.0f}", id, ts); r = "field \"page\" must be a string" }
+            else if (k == 4) { v = sprintf("{\"page\":null,\"user\":\"%s\",\"ts\":%.0f}", id, ts); r = "missing field \"page\"" }
+            else if (k == 5) { v = "{\"page\":\"/home\",\"user\":\"" id "\","; r = "invalid JSON" }
+            else if (k == 6) { v = "[\"" id "\",1]"; r = "event must be a JSON object" }
+            else if (k == 7) { v = "{\"page\":\"/home\",\"user\":\"" id "\",\"ts\":-5}"; r = "field \"ts\" is -5, not epoch milliseconds" }
+            else { v = sprintf("{\"page\":\"/home\",\"user\":true,\"ts\":%.0f,\"id\":\"%s\"}", ts, id); r = "field \"user\" must be a string or integer" }
+            print "bad-" id "|" v
+            print v "\t" r >> reasons
+        }
+    }'
+}
+
+# expected_page_views TSV [WINDOW_MS]: the page_views rows the views of TSV
+# make, "page<TAB>window_start_ms<TAB>views", sorted.
+expected_page_views() {
+    awk -F'\t' -v w="${2:-$WINDOW_MS}" '
+        { k = $1 "\t" sprintf("%.0f", $2 - ($2 % w)); views[k]++ }
+        END { for (k in views) printf "%s\t%d\n", k, views[k] }' "$1" | sort
+}
+
+# gen_sensor_readings N SEED TSV > "sensor|json" lines, keyed by sensor: N
+# temperatures of 24 sensors (four of them named by a number, sent as a JSON
+# integer or a string) over 3.4 hours (4 or 5 hours each, not aligned).
+# Degrees from -40 to 80 with 0 to 6 decimals, as JSON numbers or decimal
+# strings, some with trailing zeros, some numbers with an exponent; now and then exactly -273.15
+# or 1000, the limits @check still lets through. Appends
+# "sensor<TAB>event_ms<TAB>micros" per reading to TSV.
+gen_sensor_readings() {
+    awk -v n="$1" -v seed="$2" -v tsv="$3" '
+    function rnd(m) { seed = (seed * 16807) % 2147483647; return seed % m }
+    BEGIN {
+        base = 1700000000000 + 777
+        for (i = 0; i < n; i++) {
+            k = rnd(24)
+            if (k < 20) { sensor = sprintf("s-%02d", k); sv = "\"" sensor "\"" }
+            else { sensor = sprintf("%d", 80 + k); sv = rnd(2) ? sensor : "\"" sensor "\"" }
+            ts = base + rnd(12345678)
+            edge = rnd(400)
+            if (edge == 0) { micros = -273150000; t = rnd(2) ? "-273.15" : "\"-273.150000\"" }
+            else if (edge == 1) { micros = 1000000000; t = rnd(2) ? "1000" : "\"1000.000000\"" }
+            else {
+                d = rnd(7); scale = 1; for (j = 0; j < d; j++) scale *= 10
+                units = rnd(120 * scale) - 40 * scale
+                micros = units * 1000000 / scale
+                if (micros == 0) micros = 0
+                a = units < 0 ? -units : units
+                t = sprintf("%s%d", units < 0 ? "-" : "", int(a / scale))
+                if (d > 0) t = t "." sprintf("%0" d "d", a % scale)
+                form = rnd(10)
+                if (form == 0 && d > 0) t = sprintf("%de-%d", units, d)
+                else {
+                    if (form == 1 && d < 6) { if (d == 0) t = t "."; while (d++ < 6) t = t "0" }
+                    if (rnd(4) == 0) t = "\"" t "\""
+                }
+            }
+            printf "%s|{\"sensor\":%s,\"celsius\":%s,\"ts\":%.0f}\n", sensor, sv, t, ts
+            printf "%s\t%.0f\t%.0f\n", sensor, ts, micros >> tsv
+        }
+    }'
+}
+
+# gen_bad_readings N TAG REASONS > "key|value" readings sensor_max.sql must
+# reject (@check: below absolute zero or above 1000; more than 6 decimals;
+# malformed), each one different; appends "value<TAB>the start of the
+# reason" to REASONS.
+gen_bad_readings() {
+    awk -v n="$1" -v tag="$2" -v reasons="$3" '
+    BEGIN {
+        for (i = 0; i < n; i++) {
+            id = tag "-" i; k = i % 8; ts = 1700000000000 + i; s = "\"sensor\":\"" id "\""
+            if (k == 0) { v = sprintf("{%s,\"celsius\":-273.150001,\"ts\":%.0f}", s, ts); r = "celsius is below absolute zero" }
+            else if (k == 1) { v = sprintf("{%s,\"celsius\":21.1234567,\"ts\":%.0f}", s, ts); r = "field \"celsius\": more than 6 decimal places" }
+            else if (k == 2) { v = sprintf("{%s,\"celsius\":\"-300.5\",\"ts\":%.0f}", s, ts); r = "celsius is below absolute zero" }
+            else if (k == 3) { v = sprintf("{%s,\"celsius\":\"-0.0000001\",\"ts\":%.0f}", s, ts); r = "field \"celsius\": more than 6 decimal places" }
+            else if (k == 4) { v = sprintf("{%s,\"celsius\":1000.000001,\"ts\":%.0f}", s, ts); r = "celsius is above 1000" }
+            else if (k == 5) { v = sprintf("{%s,\"celsius\":\"warm\",\"ts\":%.0f}", s, ts); r = "field \"celsius\": not a decimal number" }
+            else if (k == 6) { v = "{" s ",\"celsius\":21.5}"; r = "missing field \"ts\"" }
+            else { v = "{" s ",\"celsius\":"; r = "invalid JSON" }
+            print "bad-" id "|" v
+            print v "\t" r >> reasons
+        }
+    }'
+}
+
+# expected_sensor_max TSV: the sensor_max rows the readings of TSV make,
+# "sensor<TAB>hour_start_ms<TAB>max_micros<TAB>readings", sorted.
+expected_sensor_max() {
+    awk -F'\t' '
+        { k = $1 "\t" sprintf("%.0f", $2 - ($2 % 3600000))
+          if (!(k in max) || $3 + 0 > max[k] + 0) max[k] = $3
+          n[k]++ }
+        END { for (k in max) printf "%s\t%.0f\t%d\n", k, max[k], n[k] }' "$1" | sort
+}
+
+# state_records NKEYS COLUMN:TYPE... < rows > "key<TAB>json" lines, sorted:
+# the output record of each tab separated row (the columns of the state
+# table in order, TYPE text or int), keyed by its first NKEYS columns joined
+# with '#', its value the row as a JSON object in column order.
+state_records() {
+    local nkeys=$1
+    shift
+    awk -F'\t' -v nkeys="$nkeys" -v cols="$*" '
+    BEGIN { ncol = split(cols, c, " "); for (i = 1; i <= ncol; i++) { split(c[i], nt, ":"); name[i] = nt[1]; type[i] = nt[2] } }
+    NF != ncol { print "state_records: " NF " columns, expected " ncol ": " $0 > "/dev/stderr"; exit 1 }
+    {
+        key = ""; v = ""
+        for (i = 1; i <= ncol; i++) {
+            if (i <= nkeys) key = key (i > 1 ? "#" : "") $i
+            x = $i
+            if (type[i] == "text") { gsub(/\\/, "\\\\", x); gsub(/"/, "\\\"", x); x = "\"" x "\"" }
+            v = v (i > 1 ? "," : "") "\"" name[i] "\":" x
+        }
+        print key "\t{" v "}"
+    }' | sort
+}
 
 # ------------------------------------------------------------- queries ---
 

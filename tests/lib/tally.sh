@@ -46,6 +46,11 @@
 #                                     the partition ends, DLQ holds N_BAD
 #   positions_done DB TOPIC PREFIX N_BAD
 #                                     wait_positions' check
+#   wait_total DB SQL N PREFIX N_BAD SECONDS [PID]
+#                                     until SQL (one number) on DB is N and
+#                                     the DLQ holds N_BAD records (any
+#                                     pipeline; fails on more of either)
+#   total_done DB SQL N PREFIX N_BAD  wait_total's check
 #   wait_orders DB N SECONDS PID [WHAT]
 #                                     until the state counts N orders
 #   orders_counted DB N [PREFIX]      wait_orders' check
@@ -64,6 +69,19 @@
 #   check_dlq PREFIX INPUT BAD_FILE   the DLQ holds each bad line once
 #   check_dlq_set PREFIX BAD_FILE     the DLQ holds each bad line, repeats
 #                                     allowed, nothing else
+#   check_dlq_reasons PREFIX REASONS  each DLQ record's tally.error starts
+#                                     with the reason REASONS gives its value
+#   output_latest TOPIC               the latest committed "key<TAB>value"
+#                                     per key, sorted (each key in one
+#                                     partition)
+#   input_counts TOPIC                "partition valid malformed" per
+#                                     partition (malformed: keys bad-*)
+#   partition_counters DB PIPELINE P...
+#                                     "partition applied rejected" of each P,
+#                                     from the database's meta
+#   check_row_parts WHAT DB SQL INPUT each "part<TAB>key" row of SQL names
+#                                     the partition of INPUT that key was
+#                                     produced to
 #   expect_usage_error WHAT ARGS...   tally run ARGS exits 2 with a message
 #   latest_outputs TOPIC SINCE_MS     the latest telemetry output per VIN
 #   vehicle_latest DB                 the state's latest record per VIN
@@ -71,12 +89,16 @@
 #                                     output and state == awk, exactly
 #   metric FILE NAME                  a sample's value in a /metrics scrape
 #   held_partitions DB                the partitions table, comma separated
-#   counters_records PREFIX > FILE    the tally.counters records of the
+#   counters_records PREFIX [PIPELINE] > FILE
+#                                     the tally.counters records of the
 #                                     changelog, one tab separated line each
-#   counters_behind PREFIX INPUT      partitions whose counters chain does
+#   counters_behind PREFIX INPUT [PIPELINE]
+#                                     partitions whose counters chain does
 #                                     not reach the input's end offset yet
-#   check_counters_chain PREFIX INPUT each changelog partition's counters
+#   check_counters_chain PREFIX INPUT [PIPELINE]
+#                                     each changelog partition's counters
 #                                     chain covers its input partition once
+#                                     (PIPELINE: orders unless given)
 
 [[ -z "${TALLY_LIB_TALLY:-}" ]] || return 0
 TALLY_LIB_TALLY=1
@@ -334,6 +356,25 @@ positions_done() {
     ((behind == 0)) && dlq_reached "$3" "$4"
 }
 
+# wait_total DB SQL N PREFIX N_BAD SECONDS [PID]: wait_done for any
+# pipeline: waits until SQL (one number, e.g. the sum of a count column) on
+# the state database is N and the DLQ holds N_BAD committed records. Fails on
+# timeout, on more than N (counted twice) or more than N_BAD, or if PID exits.
+wait_total() {
+    POLL_EVERY=0.5 poll_until "$6" "${7:-}" "[$2] = $3 and $5 dead letters" \
+        total_done "$1" "$2" "$3" "$4" "$5"
+}
+
+# total_done DB SQL N PREFIX N_BAD: wait_total's check.
+total_done() {
+    local have
+    have=$(sqlval "$1" "$2")
+    have=${have:-0}
+    POLL_STATE="[$2] is $have of $3"
+    ((have <= $3)) || fail "[$2] is $have, more than the $3 events produced (counted twice)"
+    ((have == $3)) && dlq_reached "$4" "$5"
+}
+
 # wait_orders DB N SECONDS PID [WHAT]: until the state counts N orders
 # (fails on more). For runs whose DLQ may legitimately hold repeats
 # (wait_done would take them for duplicates). WHAT prefixes the messages.
@@ -404,6 +445,19 @@ snapshot_of() {
 }
 
 # ------------------------------------------------------ exact results ---
+
+# output_latest TOPIC: the latest committed value per key of TOPIC, as
+# "key<TAB>value" lines, sorted (a key's records are in one partition, in
+# order; fails if a key is in two).
+output_latest() {
+    read_topic "$1" '%p\t%k\t%s\n' >"$WORK/latest.raw"
+    awk -F'\t' '
+        ($2 in part) && part[$2] != $1 { print "key " $2 " in partitions " part[$2] " and " $1 > "/dev/stderr"; bad = 1 }
+        { part[$2] = $1; v = $0; sub(/^[^\t]*\t[^\t]*\t/, "", v); last[$2] = v }
+        END { for (k in last) print k "\t" last[k]; exit bad }' "$WORK/latest.raw" >"$WORK/latest.tsv" ||
+        fail "a key of the output topic $1 is in two partitions"
+    sort "$WORK/latest.tsv"
+}
 
 # state_windows DB: order_windows as "store product window_start sum count"
 # lines (tab separated, sorted), through tally query.
@@ -541,6 +595,65 @@ check_latest() {
     assert_files_eq "$1: vehicle_latest in the state" "$4" "$WORK/state.tsv"
 }
 
+# input_counts TOPIC: "partition valid malformed" lines, one per partition
+# of TOPIC, sorted: its records whose key starts with bad- (gen_malformed and
+# the other generators of malformed lines key them so) and the others.
+input_counts() {
+    read_topic "$1" '%p\t%k\n' >"$WORK/input.keys"
+    end_offsets "$1" | awk -v keys="$WORK/input.keys" '
+        BEGIN { FS = "\t"; while ((getline l < keys) > 0) { split(l, a, "\t"); if (index(a[2], "bad-") == 1) bad[a[1]]++; else good[a[1]]++ } }
+        { split($0, e, " "); printf "%s %d %d\n", e[1], good[e[1]], bad[e[1]] }' | sort -n
+}
+
+# partition_counters DB PIPELINE P...: "P applied rejected" per partition P,
+# from meta pipeline.PIPELINE.pP.events_applied and _rejected (0 if none).
+partition_counters() {
+    local db=$1 pipeline=$2 p
+    shift 2
+    for p in "$@"; do
+        echo "$p $(meta_sum "$db" "pipeline.$pipeline.p$p.events_applied") $(meta_sum "$db" "pipeline.$pipeline.p$p.events_rejected")"
+    done
+}
+
+# check_row_parts WHAT DB SQL INPUT: SQL gives "part<TAB>key" rows of the
+# state (the part column and the input key its rows come from); each part
+# must be the partition of INPUT that key's records were produced to.
+check_row_parts() {
+    local what=$1 db=$2 sql=$3 input=$4
+    read_topic "$input" '%p\t%k\n' | sort -u >"$WORK/key-parts.tsv"
+    sqlite3 -batch -readonly -separator $'\t' "$db" "$sql" >"$WORK/row-parts.tsv" ||
+        fail "$what: cannot read $db"
+    [[ -s "$WORK/row-parts.tsv" ]] || fail "$what: no rows in $db (test bug)"
+    awk -F'\t' -v what="$what" '
+        NR == FNR { if (($2 in part) && part[$2] != $1) dup[$2] = 1; part[$2] = $1; next }
+        !($2 in part) { print what ": a row of key " $2 ", which was never produced" > "/dev/stderr"; bad = 1; next }
+        $2 in dup { print what ": key " $2 " was produced to several partitions" > "/dev/stderr"; bad = 1; next }
+        $1 != part[$2] { print what ": rows of key " $2 " carry part " $1 ", its records went to partition " part[$2] > "/dev/stderr"; bad = 1 }
+        END { exit bad }' "$WORK/key-parts.tsv" "$WORK/row-parts.tsv" ||
+        fail "$what: state rows whose part is not their input partition"
+    ok
+}
+
+# check_dlq_reasons PREFIX REASONS: REASONS holds "value<TAB>reason" lines;
+# each committed DLQ record's tally.error header starts with the reason of
+# its value (a value REASONS does not list fails).
+check_dlq_reasons() {
+    read_topic "$1-dlq" '%s\t%h\n' >"$WORK/dlq.reasons"
+    awk -F'\t' -v want="$2" '
+        BEGIN { while ((getline l < want) > 0) { i = index(l, "\t"); reason[substr(l, 1, i - 1)] = substr(l, i + 1) } }
+        {
+            h = $NF; v = substr($0, 1, length($0) - length(h) - 1)
+            if (!(v in reason)) { print "a dead letter tally did not have to write: " v > "/dev/stderr"; bad = 1; next }
+            i = index(h, "tally.error=")
+            got = i ? substr(h, i + 12) : "(no tally.error header)"
+            if (index(got, reason[v]) != 1) { print "dead letter " v ": tally.error=" got ", expected a reason starting " reason[v] > "/dev/stderr"; bad = 1 }
+            n++
+        }
+        END { if (n == 0) { print "no dead letters" > "/dev/stderr"; bad = 1 }; exit bad }' "$WORK/dlq.reasons" ||
+        fail "the reasons of the dead letters in $1-dlq"
+    ok
+}
+
 # ----------------------------------------------------------- metrics ---
 
 # metric FILE NAME: the value of the sample NAME{...} in a /metrics scrape (one
@@ -553,19 +666,20 @@ metric() { awk -v n="$2" 'index($0, n "{") == 1 || index($0, n " ") == 1 { print
 # table), "0,3" (empty: none, or no table yet).
 held_partitions() { sqlval "$1" 'SELECT group_concat(part) FROM (SELECT part FROM partitions ORDER BY part)'; }
 
-# counters_records PREFIX > lines of the per-partition "tally.counters"
-# records in PREFIX-changelog (read_committed), sorted by changelog partition
-# and offset: "changelog_partition offset part from to applied rejected
-# skipped late instance key" (tab separated). Fails on a counters record that
-# lacks one of these fields.
+# counters_records PREFIX [PIPELINE] > lines of the per-partition
+# "tally.counters" records of PIPELINE (orders unless given) in
+# PREFIX-changelog (read_committed), sorted by changelog partition and
+# offset: "changelog_partition offset part from to applied rejected skipped
+# late instance key" (tab separated). Fails on a counters record that lacks
+# one of these fields.
 counters_records() {
     read_topic "$1-changelog" '%p\t%o\t%s\n' >"$WORK/changelog.raw"
-    awk -F'\t' '
+    awk -F'\t' -v pipeline="${2:-orders}" '
         function num(re,   s) {
             if (!match($3, re)) { bad = 1; return "" }
             s = substr($3, RSTART, RLENGTH); sub(/^.*[":\[]/, "", s); return s
         }
-        index($3, "\"entity\":\"tally.counters\"") && index($3, "\"key\":\"pipeline.orders.p") {
+        index($3, "\"entity\":\"tally.counters\"") && index($3, "\"key\":\"pipeline." pipeline ".p") {
             bad = 0
             part = num("\"part\":[0-9]+")
             if (match($3, /"input":\[[0-9]+,[0-9]+\]/)) {
@@ -582,34 +696,35 @@ counters_records() {
     sort -t$'\t' -k1,1n -k2,2n "$WORK/counters.unsorted"
 }
 
-# counters_behind PREFIX INPUT: the partitions of INPUT whose last committed
-# counters record does not end at the partition's end offset, as "p:to/end"
-# words (empty once every record of INPUT is committed work).
+# counters_behind PREFIX INPUT [PIPELINE]: the partitions of INPUT whose
+# last committed counters record does not end at the partition's end offset,
+# as "p:to/end" words (empty once every record of INPUT is committed work).
 counters_behind() {
     end_offsets "$2" >"$WORK/ends.behind"
-    counters_records "$1" >"$WORK/counters.behind"
+    counters_records "$1" "${3:-orders}" >"$WORK/counters.behind"
     awk -F'\t' 'NR == FNR { last[$1] = $5; next }
         { split($0, e, " "); to = (e[1] in last) ? last[e[1]] : 0
           if (to != e[2]) printf "%s:%s/%s ", e[1], to, e[2] }' \
         "$WORK/counters.behind" "$WORK/ends.behind"
 }
 
-# check_counters_chain PREFIX INPUT: for every partition N of INPUT, the
-# counters records of PREFIX-changelog partition N (read_committed) are about
-# N (key pipeline.orders.pN, part N) and their input ranges [FROM,TO) chain
+# check_counters_chain PREFIX INPUT [PIPELINE]: for every partition N of
+# INPUT, the counters records of PREFIX-changelog partition N (read_committed)
+# are about N (key pipeline.PIPELINE.pN, PIPELINE orders unless given, part
+# N) and their input ranges [FROM,TO) chain
 # without gap or overlap from N's first offset to its end offset; each
 # record's applied + rejected grows by exactly its range's length (skipped and
-# late stay 0: orders), so the last one counts every record of N once. Two
+# late stay 0), so the last one counts every record of N once. Two
 # instances that both committed work on N would overlap; work lost would
 # leave a gap. Leaves "part batches records instances" lines in
 # $WORK/chain.summary.
 check_counters_chain() {
-    local prefix=$1 input=$2
+    local prefix=$1 input=$2 pipeline=${3:-orders}
     begin_offsets "$input" >"$WORK/chain.begin"
     end_offsets "$input" >"$WORK/chain.end"
-    counters_records "$prefix" >"$WORK/chain.counters"
-    [[ -s "$WORK/chain.counters" ]] || fail "$prefix-changelog holds no per-partition tally.counters records"
-    awk -F'\t' -v bf="$WORK/chain.begin" -v ef="$WORK/chain.end" -v summary="$WORK/chain.summary" '
+    counters_records "$prefix" "$pipeline" >"$WORK/chain.counters"
+    [[ -s "$WORK/chain.counters" ]] || fail "$prefix-changelog holds no per-partition tally.counters records of $pipeline"
+    awk -F'\t' -v bf="$WORK/chain.begin" -v ef="$WORK/chain.end" -v summary="$WORK/chain.summary" -v pipeline="$pipeline" '
     BEGIN {
         while ((getline l < bf) > 0) { split(l, a, " "); begin[a[1]] = a[2]; parts[a[1]] = 1 }
         while ((getline l < ef) > 0) { split(l, a, " "); end[a[1]] = a[2] }
@@ -619,7 +734,7 @@ check_counters_chain() {
         p = $1
         if (!(p in parts)) { err("no such input partition"); next }
         if ($3 != p) err("part " $3 " in changelog partition " p)
-        if ($11 != "pipeline.orders.p" p) err("key " $11)
+        if ($11 != "pipeline." pipeline ".p" p) err("key " $11)
         prev = (p in to) ? to[p] : begin[p]
         if ($4 + 0 != prev + 0) err(($4 + 0 < prev + 0 ? "overlap" : "gap") ": input [" $4 "," $5 ") after " prev " (instance " $10 ")")
         if ($5 + 0 <= $4 + 0) err("empty or reversed range [" $4 "," $5 ")")

@@ -404,9 +404,14 @@ static void test_usage_errors(void)
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "orders", "--brokers", "b:1", "extra", NULL);
     CHECK_USAGE(o, "tally run: unexpected argument \"extra\"" HINT("run"));
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--brokers", "b:1", NULL);
-    CHECK_USAGE(o, "tally run: --pipeline is required (orders or telemetry)" HINT("run"));
+    CHECK_USAGE(
+        o, "tally run: --pipeline is required (orders, telemetry or a pipeline .sql file)" HINT(
+               "run"));
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "enrich", NULL);
-    CHECK_USAGE(o, "tally run: --pipeline must be orders or telemetry, not \"enrich\"" HINT("run"));
+    CHECK_USAGE(
+        o,
+        "tally run: --pipeline must be orders, telemetry or a pipeline .sql file, not \"enrich\"" HINT(
+            "run"));
     parse(&o, CLI_DAEMON_ENRICH, &c, &x, "--brokers", "", NULL);
     CHECK_USAGE(o, "tally enrich: --brokers must not be empty, e.g. --brokers "
                    "127.0.0.1:9092" HINT("enrich"));
@@ -551,12 +556,78 @@ static void test_run_and_recover_alike(void)
                       "--%s: taken by none", name);
         }
     }
-    CHECK_INT(n, 33); /* every long flag; -X has none */
+    CHECK_INT(n, 34); /* every long flag; -X has none */
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_ENRICH, "window-size"), CLI_DAEMON_FLAG_REJECTED);
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_ENRICH, "batch-size"), CLI_DAEMON_FLAG_UNKNOWN);
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_ENRICH, "dedup-window"), CLI_DAEMON_FLAG_ACCEPTED);
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_RUN, "dedup-window"), CLI_DAEMON_FLAG_UNKNOWN);
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_RUN, "no-such-flag"), CLI_DAEMON_FLAG_UNKNOWN);
+end:;
+}
+
+/* --set NAME=VALUE is repeatable and reaches pipeline_settings; a pipeline
+ * file's @pipeline name becomes the pipeline, topic prefix and group. */
+static void test_pipeline_files(void)
+{
+    tly_runner_config c;
+    struct cli_daemon_extra x;
+    struct outcome o;
+    char path[512];
+    FILE *f;
+
+    parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "orders", "--brokers", "b:1", "--set",
+          "window_ms=120000", "--set", "other=x", NULL);
+    CHECK_MSG(o.rc == -1, "rc %d: %s", o.rc, o.err);
+    CHECK(c.pipeline_settings != NULL);
+    CHECK_STR(c.pipeline_settings[0], "window_ms=120000");
+    CHECK_STR(c.pipeline_settings[1], "other=x");
+    CHECK(c.pipeline_settings[2] == NULL);
+    CHECK(c.pipeline_file == NULL);
+    CHECK_STR(c.topic_prefix, "opb");
+    parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "orders", "--brokers", "b:1", "--set", "x",
+          NULL);
+    CHECK_USAGE(o, "tally run: --set takes NAME=VALUE, not \"x\"" HINT("run"));
+    parse(&o, CLI_DAEMON_ENRICH, &c, &x, "--brokers", "b:1", "--set", "a=1", NULL);
+    CHECK_USAGE(o, "tally enrich: --set is not an enrich option: the enrich pipeline's settings "
+                   "are its flags" HINT("enrich"));
+
+    snprintf(path, sizeof(path), "%s/views.sql", tly_test_dir());
+    CHECK((f = fopen(path, "w")) != NULL);
+    fputs(
+        "-- @pipeline views\n-- @param window_ms 60000\n-- @field page page text required\n"
+        "-- @state\nCREATE TABLE v (page TEXT PRIMARY KEY, n INTEGER NOT NULL);\n"
+        "-- @fold\nINSERT INTO v (page, n) VALUES (:page, 1) ON CONFLICT DO UPDATE SET n = n + 1;\n",
+        f);
+    fclose(f);
+    parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", path, "--brokers", "b:1", NULL);
+    CHECK_MSG(o.rc == -1, "rc %d: %s", o.rc, o.err);
+    CHECK_STR(c.pipeline, "views");
+    CHECK_STR(c.pipeline_file, path);
+    CHECK_STR(c.topic_prefix, "views");
+    CHECK_STR(c.group_id, "views");
+    CHECK_STR(c.instance_id, "views-0");
+    parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", path, "--brokers", "b:1", "--topic-prefix",
+          "tp", "--group-id", "g", "--set", "nope=1", NULL);
+    CHECK(o.rc == 2);
+    CHECK_MSG(strstr(o.err, "no setting \"nope\"") != NULL, "%s", o.err);
+    parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", path, "--brokers", "b:1", "--topic-prefix",
+          "tp", "--group-id", "g", NULL);
+    CHECK_MSG(o.rc == -1, "rc %d: %s", o.rc, o.err);
+    CHECK_STR(c.topic_prefix, "tp");
+    CHECK_STR(c.group_id, "g");
+
+    CHECK((f = fopen(path, "w")) != NULL);
+    fputs("-- @pipeline views\n-- @field page page text required\n-- @state\n"
+          "CREATE TABLE v (page TEXT, n INTEGER NOT NULL);\n"
+          "-- @fold\nINSERT INTO v (page, n) VALUES (:page, 1);\n",
+          f);
+    fclose(f);
+    parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", path, "--brokers", "b:1", NULL);
+    CHECK(o.rc == 2);
+    CHECK_MSG(strstr(o.err, ":4: @state: table v has no PRIMARY KEY") != NULL, "%s", o.err);
+    parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "./missing.sql", "--brokers", "b:1", NULL);
+    CHECK(o.rc == 2);
+    CHECK_MSG(strstr(o.err, "cannot open pipeline file ./missing.sql") != NULL, "%s", o.err);
 end:;
 }
 
@@ -575,6 +646,7 @@ int main(int argc, char **argv)
         {"http_token", test_http_token},
         {"kafka_properties", test_kafka_properties},
         {"run_and_recover_alike", test_run_and_recover_alike},
+        {"pipeline_files", test_pipeline_files},
         {NULL, NULL}};
     /* the parse reads these; the cases set what they need */
     static const char *const env[] = {"KAFKA_BROKERS",        "TALLY_KAFKA_CONFIG",

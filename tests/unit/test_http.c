@@ -160,8 +160,9 @@ static void test_serves_page(void)
 {
     const char *path = TLY_TEST_PAGE_HTML; /* set by tests/CMakeLists.txt */
     tly_metrics *metrics = tly_metrics_new("telemetry");
-    tly_http_config cfg = {"127.0.0.1:0", NULL, "/nonexistent/telemetry.db", "telemetry", 1000, 10,
-                           metrics};
+    tly_http_config cfg = {"127.0.0.1:0", NULL,         "/nonexistent/telemetry.db",
+                           "telemetry",   1000,         10,
+                           metrics,       "page<views>"};
     tly_http *http = NULL;
     char err[512] = "", *file = NULL, *reply = NULL, *expected = NULL;
     const char *body_tag, *body;
@@ -169,11 +170,13 @@ static void test_serves_page(void)
     int port;
 
     CHECK_MSG((file = read_file(path, &file_len)) != NULL, "cannot read %s", path);
-    /* what GET / should send: the file, with the pipeline in its <body> tag */
+    /* what GET / should send: the file, with the pipeline and the state table
+     * (HTML-escaped) in its <body> tag */
     CHECK((body_tag = strstr(file, "<body>")) != NULL);
-    CHECK((expected = malloc(file_len + 64)) != NULL);
-    expected_len = (size_t)snprintf(expected, file_len + 64, "%.*s<body data-pipeline=\"%s\">%s",
-                                    (int)(body_tag - file), file, "telemetry", body_tag + 6);
+    CHECK((expected = malloc(file_len + 128)) != NULL);
+    expected_len = (size_t)snprintf(
+        expected, file_len + 128, "%.*s<body data-pipeline=\"%s\" data-table=\"%s\">%s",
+        (int)(body_tag - file), file, "telemetry", "page&lt;views&gt;", body_tag + 6);
 
     CHECK(metrics != NULL);
     CHECK_MSG(tly_http_start(&cfg, &http, err, sizeof(err)) == 0, "%s", err);

@@ -175,6 +175,10 @@ static void test_adopt(void)
     CHECK_INT(count_rows(dst, "SELECT count(*) FROM order_window_state WHERE part IN (0, 3)"), 0);
     CHECK_INT(tly_store_meta_get_int(dst, "kafka.changelog.cl.1", &v), 1);
     CHECK_INT(v, 77);
+    /* the snapshot's input position comes along: no changelog may follow */
+    CHECK_INT(tly_store_meta_get_int(dst, "kafka.input.in.1", &v), 1);
+    CHECK_INT(v, 101);
+    CHECK_INT(tly_store_meta_get_int(dst, "kafka.input.in.2", &v), 0);
     CHECK_INT(tly_store_meta_get_int(dst, "pipeline.orders.p1.events_applied", &v), 1);
     CHECK_INT(v, 2);
     /* not attached any more: a second adoption works */

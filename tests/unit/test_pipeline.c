@@ -421,7 +421,7 @@ static void test_bad_pipeline_files(void)
         {"-- @pipeline x\n-- @entity e\n-- @frobnicate\n", "unknown directive"},
         {"-- @entity e\n-- @stage\nSELECT 1;\n", "@pipeline"},
         {"-- @pipeline x\n-- @entity e\n-- @stage\nSELEKT 1;\n", "syntax error"},
-        {"-- @pipeline x\n-- @entity e\n-- @stage\nSELECT 1;\n", "needs @stage and @merge"},
+        {"-- @pipeline x\n-- @entity e\n-- @stage\nSELECT 1;\n", "needs @state and @fold"},
     };
     const char *dir = tly_test_dir();
     char path[256], db_path[256], err[256];
