@@ -62,10 +62,10 @@ int tly_partitions_forget(tly_store *store, int partition, const char *input_top
 /* Replaces partition p's state with the snapshot file's (snapshot_path, a
  * database of the same schema version): its rows of every per-partition
  * table, its counters and its input position (input_topic), and records that
- * the partition now stands at changelog offset `offset`. Attaches the file, runs its own transaction,
- * detaches. Rows are copied as they are: a store whose triggers are on would
- * record them as new changes, so the caller passes a replayer's store (its
- * triggers are off). Returns 0, or -1 with errbuf (nothing changed). */
+ * the partition now stands at changelog offset `offset`. Attaches the file, runs its own
+ * transaction, detaches. Rows are copied as they are: a store whose triggers are on would record
+ * them as new changes, so the caller passes a replayer's store (its triggers are off). Returns 0,
+ * or -1 with errbuf (nothing changed). */
 int tly_partitions_adopt(tly_store *store, const char *snapshot_path, int partition,
                          const char *input_topic, const char *changelog_topic, int64_t offset,
                          char *errbuf, size_t errlen);
