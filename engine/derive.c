@@ -93,10 +93,10 @@ static const char *skip_blank(const char *s)
     }
 }
 
-/* Prepares (and with run, steps) every statement of @state, collecting the
- * tables it creates in c. */
+/* Prepares and steps every statement of @state on a scratch database,
+ * collecting the tables it creates in c. */
 static int walk_state(sqlite3 *db, const char *source, int state_line, const char *state_sql,
-                      bool run, struct state_check *c, char *errbuf, size_t errlen)
+                      struct state_check *c, char *errbuf, size_t errlen)
 {
     const char *tail = state_sql;
     int rc = 0;
@@ -111,7 +111,7 @@ static int walk_state(sqlite3 *db, const char *source, int state_line, const cha
                            c->why[0] ? c->why : sqlite3_errmsg(db));
             break;
         }
-        if (stmt && run) {
+        if (stmt) {
             sqlite3_set_authorizer(db, NULL, NULL); /* checked when prepared */
             if (sqlite3_step(stmt) != SQLITE_DONE)
                 rc = tly_error(errbuf, errlen, "%s:%d: @state: %s", source,
@@ -333,7 +333,7 @@ int tly_derive_state_table(const char *source, int state_line, const char *state
         tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
-    if (walk_state(scratch, source, state_line, state_sql, true, &check, errbuf, errlen) < 0)
+    if (walk_state(scratch, source, state_line, state_sql, &check, errbuf, errlen) < 0)
         goto done;
     *table = check.tables[0];
     check.tables[0] = NULL;
@@ -700,11 +700,10 @@ static int bind_key(sqlite3_stmt *stmt, const unsigned char *p, const unsigned c
     return index;
 }
 
-int tly_derive_stage_marks(sqlite3 *db, tly_derived *d)
+int tly_derive_stage_marks(tly_derived *d)
 {
     tly_marks *m = d->marks;
     int rc = SQLITE_DONE;
-    (void)db;
     if (m->failed)
         rc = SQLITE_NOMEM;
     for (size_t i = 0; i < m->cap && rc == SQLITE_DONE; i++) {
@@ -736,15 +735,6 @@ int tly_derive_register(sqlite3 *db, tly_derived *d, char *errbuf, size_t errlen
             SQLITE_OK)
         return tly_error(errbuf, errlen, "cannot set up @fold: %s", sqlite3_errmsg(db));
     return 0;
-}
-
-void tly_derive_release(sqlite3 *db, tly_derived *d)
-{
-    (void)db;
-    sqlite3_finalize(d->mark_stmt);
-    d->mark_stmt = NULL;
-    marks_free(d->marks);
-    d->marks = NULL;
 }
 
 struct fold_check {

@@ -71,12 +71,9 @@ int tly_derive_state_table(const char *source, int state_line, const char *state
 /* Frees what tly_derive filled; a zeroed struct is fine. */
 void tly_derived_free(tly_derived *d);
 
-/* Runs d->setup_sql on db and prepares what tly_derive_stage_marks needs.
- * Returns 0, or -1 with errbuf. */
+/* Runs d->setup_sql on db and prepares what tly_derive_stage_marks needs
+ * (tly_derived_free frees it). Returns 0, or -1 with errbuf. */
 int tly_derive_register(sqlite3 *db, tly_derived *d, char *errbuf, size_t errlen);
-
-/* Drops what tly_derive_register made. */
-void tly_derive_release(sqlite3 *db, tly_derived *d);
 
 /* Around one event's @fold statements: while they run, each key of the state
  * table they insert, update or replace is marked, with `part`. */
@@ -85,7 +82,7 @@ void tly_derive_fold_end(sqlite3 *db);
 
 /* Writes the marked keys into the temporary table merge_sql reads and
  * forgets them. Returns SQLITE_DONE or the SQLite error code. */
-int tly_derive_stage_marks(sqlite3 *db, tly_derived *d);
+int tly_derive_stage_marks(tly_derived *d);
 
 /* Forgets the marks (their changes were rolled back). */
 void tly_derive_forget_marks(tly_derived *d);

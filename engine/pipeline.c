@@ -720,10 +720,8 @@ static int derive_sections(tly_pipeline *p, char **section_sql, char *errbuf, si
     if (tly_derive(p->store, p->name, p->entity, p->source_name, p->section_line[9], state,
                    &p->derivation, errbuf, errlen) < 0)
         return -1;
-    if (tly_derive_register(p->db, &p->derivation, errbuf, errlen) < 0) {
-        tly_derived_free(&p->derivation);
+    if (tly_derive_register(p->db, &p->derivation, errbuf, errlen) < 0)
         return -1;
-    }
     if (!p->entity && !(p->entity = strdup(p->derivation.table)))
         return tly_error(errbuf, errlen, "out of memory");
     free(section_sql[3]);
@@ -924,8 +922,6 @@ void tly_pipeline_close(tly_pipeline *p)
     free(p->input_topic);
     free(p->output_topic);
     free(p->source_name);
-    if (p->derived)
-        tly_derive_release(p->db, &p->derivation);
     tly_derived_free(&p->derivation);
     free(p);
 }
@@ -1341,7 +1337,7 @@ static int exec(tly_pipeline *p, const char *sql)
 static int run_merge(tly_pipeline *p)
 {
     int rc;
-    if (p->derived && (rc = tly_derive_stage_marks(p->db, &p->derivation)) != SQLITE_DONE)
+    if (p->derived && (rc = tly_derive_stage_marks(&p->derivation)) != SQLITE_DONE)
         return rc;
     return run_section(&p->merge);
 }

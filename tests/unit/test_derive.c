@@ -116,32 +116,8 @@ static int apply(tly_pipeline *p, struct batch *b, tly_batch_stats *stats)
     return 0;
 }
 
-static int64_t query_int(tly_store *store, const char *sql)
-{
-    sqlite3_stmt *stmt = NULL;
-    int64_t v = INT64_MIN;
-    if (sqlite3_prepare_v2(tly_store_db(store), sql, -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        v = sqlite3_column_int64(stmt, 0);
-    else
-        fprintf(stderr, "query_int(%s): %s\n", sql, sqlite3_errmsg(tly_store_db(store)));
-    sqlite3_finalize(stmt);
-    return v;
-}
-
-static const char *query_text(tly_store *store, const char *sql)
-{
-    static char buf[4096];
-    sqlite3_stmt *stmt = NULL;
-    snprintf(buf, sizeof(buf), "(no row)");
-    if (sqlite3_prepare_v2(tly_store_db(store), sql, -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        snprintf(buf, sizeof(buf), "%s",
-                 sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0)
-                                              : "NULL");
-    sqlite3_finalize(stmt);
-    return buf;
-}
+#define query_int(store, sql) tly_test_query_int(tly_store_db(store), sql)
+#define query_text(store, sql) tly_test_query_text(tly_store_db(store), sql)
 
 /* The changelog key and after-image of key k with `views` views, as the
  * engine must write them: the primary key columns joined with '#', and a JSON

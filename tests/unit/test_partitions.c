@@ -12,16 +12,7 @@
 #include <sqlite3.h>
 #include <stdint.h>
 
-static int64_t count_rows(tly_store *store, const char *sql)
-{
-    sqlite3_stmt *stmt = NULL;
-    int64_t n = -1;
-    if (sqlite3_prepare_v2(tly_store_db(store), sql, -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        n = sqlite3_column_int64(stmt, 0);
-    sqlite3_finalize(stmt);
-    return n;
-}
+#define count_rows(store, sql) tly_test_query_int(tly_store_db(store), sql)
 
 /* Two order windows in each of partitions 0, 1 and 3, positions and counters
  * for each, as batches of the daemon would leave them. */

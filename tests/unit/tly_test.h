@@ -115,6 +115,37 @@ done:
     return v;
 }
 
+/* The first column of sql's first row on db as an integer; INT64_MIN (and
+ * the reason on stderr) when there is none. */
+static inline int64_t tly_test_query_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    int64_t v = INT64_MIN;
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        v = sqlite3_column_int64(stmt, 0);
+    else
+        fprintf(stderr, "tly_test_query_int(%s): %s\n", sql, sqlite3_errmsg(db));
+    sqlite3_finalize(stmt);
+    return v;
+}
+
+/* The same as text, "NULL" for a NULL and "(no row)" for none; the buffer is
+ * overwritten by the next call. */
+static inline const char *tly_test_query_text(sqlite3 *db, const char *sql)
+{
+    static char buf[4096];
+    sqlite3_stmt *stmt = NULL;
+    snprintf(buf, sizeof(buf), "(no row)");
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        snprintf(buf, sizeof(buf), "%s",
+                 sqlite3_column_text(stmt, 0) ? (const char *)sqlite3_column_text(stmt, 0)
+                                              : "NULL");
+    sqlite3_finalize(stmt);
+    return buf;
+}
+
 static inline const tly_testcase *tly_test_find(const tly_testcase *cases, const char *name)
 {
     for (const tly_testcase *c = cases; c->name; c++)
