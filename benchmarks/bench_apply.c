@@ -6,7 +6,16 @@
  * is per core.
  *
  *   bench_apply [--scenario NAME|all] [--events N] [--batch N] [--dir DIR]
- *               [--pageviews FILE]
+ *               [--pageviews FILE] [--records]
+ *
+ * --input FILE: the events are FILE's lines (JSON Lines, e.g. what
+ * ../peer-kstreams/gen_orders.py writes) instead of generated ones, applied by
+ * the scenario's pipeline (orders_* or telemetry_*); --events caps how many.
+ *
+ * --records: per batch, also what the daemon does with the batch's changes
+ * before its Kafka commit, minus Kafka: read back the changelog records it
+ * produces and run the pipeline's @emit (the output records). Their bytes are
+ * counted (records_bytes=) so nothing is optimised away.
  *
  * Scenarios:
  *   orders_many_keys   1,000 stores x 1,000 products, events spread over 10
@@ -29,11 +38,13 @@
  *   scenario=... events=... readings=... batch=... seconds=... events_per_s=...
  *   readings_per_s=... changes=... db_bytes=...
  */
+#include "changelog.h"
 #include "loadgen.h"
 #include "pipeline.h"
 #include "store.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +109,38 @@ static void generate_pageviews(size_t count, int64_t base_ms, struct events *out
     }
 }
 
+/* The lines of path, at most count of them; exits on failure. */
+static void read_lines(const char *path, size_t count, struct events *out)
+{
+    FILE *f = fopen(path, "rb");
+    long size;
+    size_t n = 0;
+    char *p, *end;
+
+    if (!f || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fprintf(stderr, "bench_apply: cannot read %s\n", path);
+        exit(1);
+    }
+    out->arena = malloc((size_t)size + 1);
+    out->list = calloc(count, sizeof(tly_event));
+    if (!out->arena || !out->list || fread(out->arena, 1, (size_t)size, f) != (size_t)size) {
+        fprintf(stderr, "bench_apply: cannot read %s\n", path);
+        exit(1);
+    }
+    fclose(f);
+    out->arena[size] = '\0';
+    for (p = out->arena, end = p + size; p < end && n < count; p++) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            nl = end;
+        out->list[n].data = p;
+        out->list[n++].len = (size_t)(nl - p);
+        p = nl;
+    }
+    out->count = n;
+    out->readings = (int64_t)n;
+}
+
 static void generate(const char *scenario, size_t count, struct events *out)
 {
     int orders = strncmp(scenario, "orders", 6) == 0;
@@ -150,15 +193,31 @@ static void generate(const char *scenario, size_t count, struct events *out)
     tly_loadgen_free(gen);
 }
 
+static int count_row(void *ctx, int64_t seq, const char *key, size_t key_len, int part,
+                     const char *line, size_t line_len)
+{
+    (void)seq, (void)key, (void)part, (void)line;
+    *(int64_t *)ctx += (int64_t)(key_len + line_len);
+    return 0;
+}
+
+static int count_output(void *ctx, const char *key, size_t key_len, const char *value,
+                        size_t value_len)
+{
+    (void)key, (void)value;
+    *(int64_t *)ctx += (int64_t)(key_len + value_len);
+    return 0;
+}
+
 static int run(const char *scenario, size_t count, size_t batch, const char *dir,
-               const char *pageviews)
+               const char *pageviews, const char *input, bool records)
 {
     char path[512], err[1024];
     struct events ev;
     tly_store *store = NULL;
     tly_pipeline *pipeline = NULL;
     tly_event_result *results = calloc(batch, sizeof(*results));
-    int64_t changes = 0, rejected = 0;
+    int64_t changes = 0, rejected = 0, record_bytes = 0;
     struct stat st;
     double start, elapsed;
     int rc = 1;
@@ -166,7 +225,12 @@ static int run(const char *scenario, size_t count, size_t batch, const char *dir
                        : strncmp(scenario, "orders", 6) == 0 ? "orders"
                                                              : "telemetry";
 
-    generate(scenario, count, &ev);
+    if (input) {
+        read_lines(input, count, &ev);
+        count = ev.count;
+    } else {
+        generate(scenario, count, &ev);
+    }
     snprintf(path, sizeof(path), "%s/bench-%s.db", dir, scenario);
     unlink(path);
     snprintf(err, sizeof(err), "%s-wal", path);
@@ -180,8 +244,13 @@ static int run(const char *scenario, size_t count, size_t batch, const char *dir
     for (size_t i = 0; i < count; i += batch) {
         size_t n = count - i < batch ? count - i : batch;
         tly_batch_stats stats;
+        int64_t seq_before = tly_store_last_seq(store);
         if (tly_store_begin(store, err, sizeof(err)) < 0 ||
             tly_pipeline_apply(pipeline, ev.list + i, n, results, &stats, err, sizeof(err)) < 0 ||
+            (records && (tly_changelog_scan(store, seq_before, tly_store_last_seq(store), count_row,
+                                            &record_bytes, err, sizeof(err)) < 0 ||
+                         tly_pipeline_emit(pipeline, seq_before, tly_store_last_seq(store),
+                                           count_output, &record_bytes, err, sizeof(err)) < 0)) ||
             tly_store_commit(store, err, sizeof(err)) < 0) {
             fprintf(stderr, "bench_apply: %s\n", err);
             goto done;
@@ -190,16 +259,18 @@ static int run(const char *scenario, size_t count, size_t batch, const char *dir
         rejected += stats.rejected;
     }
     elapsed = now_s() - start;
-    if (rejected) {
+    if (rejected && !input) {
         fprintf(stderr, "bench_apply: %lld generated events were rejected\n", (long long)rejected);
         goto done;
     }
     tly_store_exec(store, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, 0);
     printf("scenario=%s events=%zu readings=%lld batch=%zu seconds=%.3f events_per_s=%.0f "
-           "readings_per_s=%.0f changes=%lld db_bytes=%lld\n",
+           "readings_per_s=%.0f changes=%lld db_bytes=%lld%s",
            scenario, count, (long long)ev.readings, batch, elapsed, count / elapsed,
            ev.readings / elapsed, (long long)changes,
-           stat(path, &st) == 0 ? (long long)st.st_size : -1LL);
+           stat(path, &st) == 0 ? (long long)st.st_size : -1LL, records ? "" : "\n");
+    if (records)
+        printf(" records_bytes=%lld\n", (long long)record_bytes);
     fflush(stdout);
     rc = 0;
 done:
@@ -225,12 +296,16 @@ int main(int argc, char **argv)
                                             {"batch", required_argument, NULL, 'b'},
                                             {"dir", required_argument, NULL, 'd'},
                                             {"pageviews", required_argument, NULL, 'p'},
+                                            {"records", no_argument, NULL, 'r'},
+                                            {"input", required_argument, NULL, 'i'},
                                             {"help", no_argument, NULL, 'h'},
                                             {NULL, 0, NULL, 0}};
     const char *scenario = "all", *dir = "/tmp";
     const char *pageviews = TALLY_SOURCE_DIR "/examples/pipelines/pageviews.sql";
     long events = 1000000, batch = 20000;
     int opt, rc = 0, found = 0;
+    bool records = false;
+    const char *input = NULL;
 
     while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
         switch (opt) {
@@ -239,9 +314,11 @@ int main(int argc, char **argv)
         case 'b': batch = atol(optarg); break;
         case 'd': dir = optarg; break;
         case 'p': pageviews = optarg; break;
+        case 'r': records = true; break;
+        case 'i': input = optarg; break;
         default:
             fprintf(stderr, "usage: bench_apply [--scenario NAME|all] [--events N] [--batch N] "
-                            "[--dir DIR] [--pageviews FILE]\n");
+                            "[--dir DIR] [--pageviews FILE] [--input FILE] [--records]\n");
             return opt == 'h' ? 0 : 2;
         }
     }
@@ -255,7 +332,7 @@ int main(int argc, char **argv)
         /* Full telemetry events carry 30 readings each: a tenth as many events
          * keeps the run about as long as the others. */
         size_t n = strcmp(*s, "telemetry_full") == 0 ? (size_t)events / 10 : (size_t)events;
-        rc |= run(*s, n ? n : 1, (size_t)batch, dir, pageviews);
+        rc |= run(*s, n ? n : 1, (size_t)batch, dir, pageviews, input, records);
         found = 1;
     }
     if (!found) {

@@ -143,6 +143,53 @@ end:
     tly_store_close(store);
 }
 
+/* 009 rebuilds order_window_state window first: rows, their changelog
+ * triggers, the partition index and the view survive it. */
+static void test_migrates_order_windows(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "windows.db"), err[256];
+    tly_store_options opts;
+    tly_store *store = NULL;
+    sqlite3 *db;
+
+    tly_store_options_init(&opts);
+    opts.migrate_to = 8;
+    CHECK_MSG(tly_store_open(path, &opts, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_store_exec(store,
+                             "INSERT INTO order_window_state VALUES "
+                             "('s2', 'p1', 60000, 1250000, 1, 1, 2), "
+                             "('s1', 'p9', 120000, 2500000, 2, 3, 1)",
+                             err, sizeof(err)) == 0,
+              "%s", err);
+    tly_store_close(store);
+    store = NULL;
+
+    CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    db = tly_store_db(store);
+    CHECK_INT(tly_store_schema_version(store), tly_store_latest_schema_version());
+    CHECK_INT(tly_test_query_int(db, "SELECT count(*) FROM changelog"), 2);
+    CHECK_STR(tly_test_query_text(db, "SELECT group_concat(store_id || '/' || sum || '/' || count "
+                                      "|| '/' || window_start, ' ') FROM order_windows"),
+              "s2/1.25/1/60000 s1/2.50/2/120000");
+    CHECK_INT(tly_test_query_int(db, "SELECT sum(part) FROM order_window_state"), 3);
+    CHECK_INT(tly_test_query_int(db, "SELECT count(*) FROM pragma_index_list('order_window_state') "
+                                     "WHERE name = 'order_window_state_by_part'"),
+              1);
+    /* the triggers: an update appends its changelog row, a moved row is counted */
+    CHECK_MSG(tly_store_exec(store,
+                             "UPDATE order_window_state SET count = 5, key_seq = 4, part = 0 "
+                             "WHERE store_id = 's1'",
+                             err, sizeof(err)) == 0,
+              "%s", err);
+    CHECK_STR(tly_test_query_text(db, "SELECT key || ' ' || key_seq || ' ' || delta FROM changelog "
+                                      "ORDER BY seq DESC LIMIT 1"),
+              "s1#p9#120000 4 {\"sum_micros\":0,\"count\":3}");
+    CHECK_INT(tly_test_query_int(db, "SELECT value FROM meta WHERE key = 'state.rows_moved'"), 1);
+end:
+    tly_store_close(store);
+}
+
 static void test_meta(void)
 {
     const char *dir = tly_test_dir();
@@ -177,6 +224,7 @@ static const tly_testcase cases[] = {{"open_creates_wal_database", test_open_cre
                                      {"refuses_newer_schema", test_refuses_newer_schema},
                                      {"refuses_non_database", test_refuses_non_database},
                                      {"migrates_older_schema", test_migrates_older_schema},
+                                     {"migrates_order_windows", test_migrates_order_windows},
                                      {"meta", test_meta},
                                      {NULL, NULL}};
 
