@@ -56,7 +56,13 @@ rd_kafka_t *runner_new_producer(struct runner *r, char *errbuf, size_t errlen)
              r->cfg->instance_id);
     snprintf(client_id, sizeof(client_id), "tally-%s", r->cfg->instance_id);
     {
+        /* compression.type lz4: a batch's changelog records are JSON lines
+         * that share most of their bytes; lz4 cut the broker's CPU per drained
+         * order by more than half (../peer-kstreams/compare.sh, 1 M orders:
+         * broker_cpu_s 4.57 -> 2.10) at no measurable cost here. Consumers
+         * (kcat too) decompress without being told. */
         const char *const defaults[] = {"client.id", client_id, "linger.ms", "5",
+                                        "compression.type", "lz4",
                                         /* librdkafka: at most transaction.timeout.ms */
                                         "message.timeout.ms", txn_timeout, NULL};
         const char *const required[] = {"transactional.id", transactional_id,
