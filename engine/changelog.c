@@ -74,33 +74,202 @@ err:
     return -1;
 }
 
+/* A growable line buffer for the scan. */
+struct line {
+    char *buf;
+    size_t len, cap;
+};
+
+static int line_reserve(struct line *l, size_t more)
+{
+    size_t cap = l->cap ? l->cap : 512;
+    char *grown;
+    if (l->len + more + 1 <= l->cap)
+        return 0;
+    while (cap < l->len + more + 1)
+        cap *= 2;
+    if (!(grown = realloc(l->buf, cap)))
+        return -1;
+    l->buf = grown;
+    l->cap = cap;
+    return 0;
+}
+
+static void line_put(struct line *l, const char *text, size_t n)
+{
+    memcpy(l->buf + l->len, text, n);
+    l->len += n;
+}
+
+/* text as a JSON string, escaped exactly as SQLite's json_object escapes it
+ * (jsonAppendString, 3.40): \" and \\, \b \t \n \f \r, other control
+ * bytes as \u00XX, everything else as is. */
+static int line_put_string(struct line *l, const char *text, size_t n)
+{
+    if (line_reserve(l, n * 6 + 2) < 0)
+        return -1;
+    l->buf[l->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        static const char special[32] = {0, 0, 0, 0, 0, 0, 0, 0, 'b', 't', 'n', 0, 'f', 'r'};
+        unsigned char c = (unsigned char)text[i];
+        if (c == '"' || c == '\\') {
+            l->buf[l->len++] = '\\';
+        } else if (c <= 0x1f && special[c]) {
+            l->buf[l->len++] = '\\';
+            c = (unsigned char)special[c];
+        } else if (c <= 0x1f) {
+            line_put(l, "\\u00", 4);
+            l->buf[l->len++] = (char)('0' + (c >> 4));
+            c = (unsigned char)"0123456789abcdef"[c & 0xf];
+        }
+        l->buf[l->len++] = (char)c;
+    }
+    l->buf[l->len++] = '"';
+    return 0;
+}
+
+/* Whether text is JSON that json() would give back unchanged: no white
+ * space outside its strings. What the triggers store (json_object) is. */
+static bool is_minified(const char *text, size_t n)
+{
+    bool in_string = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Column `col` of stmt as stored JSON (the image or the delta), rendered as
+ * json() renders it: as is when minified, else through json() (normalize);
+ * SQL NULL as null. */
+static int line_put_json(struct line *l, sqlite3_stmt *stmt, int col, sqlite3_stmt *normalize)
+{
+    const char *text = (const char *)sqlite3_column_text(stmt, col);
+    size_t n = (size_t)sqlite3_column_bytes(stmt, col);
+    int rc = 0;
+
+    if (!text) {
+        if (line_reserve(l, 4) < 0)
+            return -1;
+        line_put(l, "null", 4);
+        return 0;
+    }
+    if (is_minified(text, n)) {
+        if (line_reserve(l, n) < 0)
+            return -1;
+        line_put(l, text, n);
+        return 0;
+    }
+    sqlite3_bind_text(normalize, 1, text, (int)n, SQLITE_TRANSIENT);
+    if (sqlite3_step(normalize) != SQLITE_ROW ||
+        line_reserve(l, (size_t)sqlite3_column_bytes(normalize, 0)) < 0)
+        rc = -1;
+    else
+        line_put(l, (const char *)sqlite3_column_text(normalize, 0),
+                 (size_t)sqlite3_column_bytes(normalize, 0));
+    sqlite3_reset(normalize);
+    return rc;
+}
+
+static int line_put_int(struct line *l, sqlite3_stmt *stmt, int col)
+{
+    if (line_reserve(l, 24) < 0)
+        return -1;
+    if (sqlite3_column_type(stmt, col) == SQLITE_NULL)
+        line_put(l, "null", 4);
+    else
+        l->len += (size_t)snprintf(l->buf + l->len, 24, "%lld",
+                                   (long long)sqlite3_column_int64(stmt, col));
+    return 0;
+}
+
+static int line_put_raw(struct line *l, const char *text)
+{
+    size_t n = strlen(text);
+    if (line_reserve(l, n) < 0)
+        return -1;
+    line_put(l, text, n);
+    return 0;
+}
+
+/* The export line of the row stmt stands on (columns: seq, entity, key,
+ * key_seq, image, delta, changed_ms, part), byte for byte what ROW_AS_JSON
+ * makes of it, built here because SQLite's json_object parses the stored
+ * image and delta again (json()) to embed them: most of the daemon's time
+ * reading a batch's changes back. */
+static int build_line(struct line *l, sqlite3_stmt *stmt, sqlite3_stmt *normalize)
+{
+    l->len = 0;
+    if (line_put_raw(l, "{\"seq\":") < 0 || line_put_int(l, stmt, 0) < 0 ||
+        line_put_raw(l, ",\"entity\":") < 0 ||
+        line_put_string(l, (const char *)sqlite3_column_text(stmt, 1),
+                        (size_t)sqlite3_column_bytes(stmt, 1)) < 0 ||
+        line_put_raw(l, ",\"key\":") < 0 ||
+        line_put_string(l, (const char *)sqlite3_column_text(stmt, 2),
+                        (size_t)sqlite3_column_bytes(stmt, 2)) < 0 ||
+        line_put_raw(l, ",\"key_seq\":") < 0 || line_put_int(l, stmt, 3) < 0 ||
+        line_put_raw(l, ",\"image\":") < 0 || line_put_json(l, stmt, 4, normalize) < 0 ||
+        line_put_raw(l, ",\"delta\":") < 0 || line_put_json(l, stmt, 5, normalize) < 0 ||
+        line_put_raw(l, ",\"changed_ms\":") < 0 || line_put_int(l, stmt, 6) < 0 ||
+        line_put_raw(l, ",\"part\":") < 0 || line_put_int(l, stmt, 7) < 0 ||
+        line_put_raw(l, "}") < 0)
+        return -1;
+    l->buf[l->len] = '\0';
+    return 0;
+}
+
 int tly_changelog_scan(tly_store *store, int64_t from_seq, int64_t to_seq, tly_changelog_row_fn fn,
                        void *ctx, char *errbuf, size_t errlen)
 {
     sqlite3 *db = tly_store_db(store);
-    sqlite3_stmt *stmt = NULL;
-    int rc;
+    sqlite3_stmt *stmt = NULL, *normalize = NULL;
+    struct line l = {NULL, 0, 0};
+    int rc = -1, step;
 
     if (sqlite3_prepare_v3(db,
-                           "SELECT seq, key, coalesce(part, -1), " ROW_AS_JSON " FROM changelog "
-                           "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
-                           -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
-        return tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+                           "SELECT seq, entity, key, key_seq, image, delta, changed_ms, part "
+                           "FROM changelog WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                           -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v3(db, "SELECT json(?1)", -1, SQLITE_PREPARE_PERSISTENT, &normalize,
+                           NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        goto done;
+    }
     sqlite3_bind_int64(stmt, 1, from_seq);
     sqlite3_bind_int64(stmt, 2, to_seq);
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        if (fn(ctx, sqlite3_column_int64(stmt, 0), (const char *)sqlite3_column_text(stmt, 1),
-               (size_t)sqlite3_column_bytes(stmt, 1), sqlite3_column_int(stmt, 2),
-               (const char *)sqlite3_column_text(stmt, 3),
-               (size_t)sqlite3_column_bytes(stmt, 3)) != 0) {
-            sqlite3_finalize(stmt);
-            return tly_error(errbuf, errlen, "changelog scan stopped by the caller");
+    while ((step = sqlite3_step(stmt)) == SQLITE_ROW) {
+        int part = sqlite3_column_type(stmt, 7) == SQLITE_NULL ? -1 : sqlite3_column_int(stmt, 7);
+        if (build_line(&l, stmt, normalize) < 0) {
+            tly_error(errbuf, errlen, "cannot read changelog: %s",
+                      l.buf ? sqlite3_errmsg(db) : "out of memory");
+            goto done;
+        }
+        if (fn(ctx, sqlite3_column_int64(stmt, 0), (const char *)sqlite3_column_text(stmt, 2),
+               (size_t)sqlite3_column_bytes(stmt, 2), part, l.buf, l.len) != 0) {
+            tly_error(errbuf, errlen, "changelog scan stopped by the caller");
+            goto done;
         }
     }
+    if (step != SQLITE_DONE) {
+        tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
+        goto done;
+    }
+    rc = 0;
+done:
     sqlite3_finalize(stmt);
-    if (rc != SQLITE_DONE)
-        return tly_error(errbuf, errlen, "cannot read changelog: %s", sqlite3_errmsg(db));
-    return 0;
+    sqlite3_finalize(normalize);
+    free(l.buf);
+    return rc;
 }
 
 struct tly_replayer {
