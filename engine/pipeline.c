@@ -66,7 +66,15 @@
  *            migrations/008_partitions.sql)
  *   @stage   per event (per @each member): write into the staging tables
  *   @merge   per batch: fold staging into the state tables, whose triggers write
- *            the changelog; empty the staging tables
+ *            the changelog; empty the staging tables. A statement with a
+ *            RETURNING clause of (key, value) hands over the batch's output
+ *            records as it writes them: an emit of exactly the changes the
+ *            last apply made (what the daemon asks for after each batch)
+ *            then sends those instead of running @emit, which is only read
+ *            for other ranges and must give the same records (orders: a
+ *            third of the daemon's time went to an @emit that found again
+ *            what the merge had just written). @emit must then select only
+ *            its own entity's changelog rows.
  *   @replay  per changelog row: :image (after-image JSON), :key_seq, :partition
  *            (the input partition that made it); the first
  *            statement applies the image and must change nothing unless :key_seq
@@ -200,6 +208,18 @@ struct tly_pipeline {
     int section_line[SECTION_COUNT];  /* where each section starts in the file */
     bool derived;                     /* @state and @fold: see derive.h */
     tly_derived derivation;
+    /* What @merge RETURNed for the last apply, which wrote the changelog rows
+     * (outputs_from, outputs_to]: records[i] are offsets into text. */
+    bool merge_returns;
+    bool outputs_valid;    /* nothing has changed the state since that apply */
+    bool outputs_repeated; /* one event at a time: a key may come more than once */
+    int64_t outputs_from, outputs_to;
+    struct merge_output {
+        size_t key, key_len, value, value_len;
+    } * records;
+    size_t record_count, record_cap;
+    char *text;
+    size_t text_len, text_cap;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -792,6 +812,17 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         resolve_parameters(p, "flush", &p->flush, false, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "flushed", &p->flushed, false, false, errbuf, errlen) < 0)
         goto done;
+    for (int k = 0; k < p->merge.count; k++) {
+        int columns = sqlite3_column_count(p->merge.statements[k].stmt);
+        if (columns != 0 && columns != 2) {
+            tly_error(errbuf, errlen,
+                      "%s @merge: a statement that returns rows returns (key, value), not %d "
+                      "columns",
+                      p->source_name, columns);
+            goto done;
+        }
+        p->merge_returns |= columns == 2;
+    }
     if ((p->flush.count == 0) != (p->flushed.count == 0)) {
         tly_error(errbuf, errlen, "%s: @flush and @flushed go together", p->source_name);
         goto done;
@@ -923,6 +954,8 @@ void tly_pipeline_close(tly_pipeline *p)
     free(p->output_topic);
     free(p->source_name);
     tly_derived_free(&p->derivation);
+    free(p->records);
+    free(p->text);
     free(p);
 }
 
@@ -1333,13 +1366,66 @@ static int exec(tly_pipeline *p, const char *sql)
     return sqlite3_exec(p->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
-/* @merge; a derived one first learns the keys @fold marked. */
+/* Appends one (key, value) row of a @merge RETURNING clause. */
+static int keep_output(tly_pipeline *p, sqlite3_stmt *stmt)
+{
+    const char *key = (const char *)sqlite3_column_text(stmt, 0);
+    size_t key_len = (size_t)sqlite3_column_bytes(stmt, 0);
+    const char *value = (const char *)sqlite3_column_text(stmt, 1);
+    size_t value_len = (size_t)sqlite3_column_bytes(stmt, 1);
+    struct merge_output *o;
+
+    if (!key || !value)
+        return SQLITE_MISMATCH; /* a NULL key or value: the event's data */
+    if (p->record_count == p->record_cap) {
+        size_t cap = p->record_cap ? p->record_cap * 2 : 1024;
+        struct merge_output *grown = realloc(p->records, cap * sizeof(*grown));
+        if (!grown)
+            return SQLITE_NOMEM;
+        p->records = grown;
+        p->record_cap = cap;
+    }
+    if (p->text_len + key_len + value_len > p->text_cap) {
+        size_t cap = p->text_cap ? p->text_cap : 65536;
+        char *grown;
+        while (cap < p->text_len + key_len + value_len)
+            cap *= 2;
+        if (!(grown = realloc(p->text, cap)))
+            return SQLITE_NOMEM;
+        p->text = grown;
+        p->text_cap = cap;
+    }
+    o = &p->records[p->record_count++];
+    o->key = p->text_len;
+    o->key_len = key_len;
+    memcpy(p->text + p->text_len, key, key_len);
+    p->text_len += key_len;
+    o->value = p->text_len;
+    o->value_len = value_len;
+    memcpy(p->text + p->text_len, value, value_len);
+    p->text_len += value_len;
+    return SQLITE_OK;
+}
+
+/* @merge; a derived one first learns the keys @fold marked. The rows of a
+ * RETURNING clause are kept as the batch's outputs. */
 static int run_merge(tly_pipeline *p)
 {
     int rc;
     if (p->derived && (rc = tly_derive_stage_marks(&p->derivation)) != SQLITE_DONE)
         return rc;
-    return run_section(&p->merge);
+    if (!p->merge_returns)
+        return run_section(&p->merge);
+    for (int k = 0; k < p->merge.count; k++) {
+        sqlite3_stmt *stmt = p->merge.statements[k].stmt;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+            if ((rc = keep_output(p, stmt)) != SQLITE_OK)
+                break;
+        sqlite3_reset(stmt);
+        if (rc != SQLITE_DONE)
+            return rc;
+    }
+    return SQLITE_DONE;
 }
 
 /* Rolls back to savepoint `name`; a derived pipeline's marks go with it. */
@@ -1355,7 +1441,9 @@ static int rollback_to(tly_pipeline *p, const char *sql)
 static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t count,
                             tly_event_result *results, char *errbuf, size_t errlen)
 {
+    p->outputs_repeated = true;
     for (size_t i = 0; i < count; i++) {
+        size_t records_before = p->record_count, text_before = p->text_len;
         int rc;
         if (exec(p, "SAVEPOINT tly_event") < 0)
             goto fatal;
@@ -1368,6 +1456,8 @@ static int apply_one_by_one(tly_pipeline *p, const tly_event *events, size_t cou
             results[i].status = TLY_EVENT_REJECTED;
             snprintf(results[i].reason, sizeof(results[i].reason), "rejected by the database: %s",
                      sqlite3_errmsg(p->db));
+            p->record_count = records_before;
+            p->text_len = text_before;
             if (rollback_to(p, "ROLLBACK TO tly_event") < 0)
                 goto fatal;
         }
@@ -1389,32 +1479,47 @@ static int count_partitions(tly_pipeline *p, const tly_event *events,
                             const tly_event_result *results, size_t count)
 {
     static const char *const names[] = {"applied", "skipped", "rejected", "late"};
+    /* one pass: a batch holds few partitions, found by a linear search
+     * from the last one seen (events come in runs of one partition) */
+    struct {
+        int partition;
+        int64_t n[4];
+    } seen[64];
+    int nseen = 0, last = -1;
+
     for (size_t i = 0; i < count; i++) {
-        int64_t n[4] = {0, 0, 0, 0};
-        bool first = true;
-        char key[160];
-        /* one pass per partition not seen before: batches hold few */
-        for (size_t j = 0; j < i && first; j++)
-            first = events[j].partition != events[i].partition;
-        if (!first)
-            continue;
-        for (size_t j = i; j < count; j++) {
-            if (events[j].partition != events[i].partition)
-                continue;
-            switch (results[j].status) {
-            case TLY_EVENT_APPLIED: n[0]++; break;
-            case TLY_EVENT_SKIPPED: n[1]++; break;
-            case TLY_EVENT_LATE: n[3]++; break;
-            default: n[2]++; break;
+        int k = last >= 0 && seen[last].partition == events[i].partition ? last : -1;
+        for (int j = 0; k < 0 && j < nseen; j++)
+            if (seen[j].partition == events[i].partition)
+                k = j;
+        if (k < 0) {
+            if (nseen == (int)(sizeof(seen) / sizeof(*seen))) {
+                /* more partitions than that in one batch: count what we
+                 * have, then go on with the rest */
+                return count_partitions(p, events, results, i) < 0
+                           ? -1
+                           : count_partitions(p, events + i, results + i, count - i);
             }
+            k = nseen++;
+            seen[k].partition = events[i].partition;
+            memset(seen[k].n, 0, sizeof(seen[k].n));
         }
-        for (int k = 0; k < 4; k++) {
-            snprintf(key, sizeof(key), "pipeline.%s.p%d.events_%s", p->name, events[i].partition,
-                     names[k]);
-            if (tly_store_meta_add_int(p->store, key, n[k]) < 0)
-                return -1;
+        last = k;
+        switch (results[i].status) {
+        case TLY_EVENT_APPLIED: seen[k].n[0]++; break;
+        case TLY_EVENT_SKIPPED: seen[k].n[1]++; break;
+        case TLY_EVENT_LATE: seen[k].n[3]++; break;
+        default: seen[k].n[2]++; break;
         }
     }
+    for (int j = 0; j < nseen; j++)
+        for (int k = 0; k < 4; k++) {
+            char key[160];
+            snprintf(key, sizeof(key), "pipeline.%s.p%d.events_%s", p->name, seen[j].partition,
+                     names[k]);
+            if (tly_store_meta_add_int(p->store, key, seen[j].n[k]) < 0)
+                return -1;
+        }
     return 0;
 }
 
@@ -1429,6 +1534,10 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
     if (exec(p, "SAVEPOINT tly_batch") < 0)
         return tly_error(errbuf, errlen, "cannot start batch: %s", sqlite3_errmsg(p->db));
     seq_before = last_seq(p);
+    p->outputs_valid = false;
+    p->outputs_repeated = false;
+    p->record_count = 0;
+    p->text_len = 0;
     if (p->derived)
         tly_derive_forget_marks(&p->derivation);
     for (size_t i = 0; i < count && rc == SQLITE_DONE; i++)
@@ -1440,6 +1549,8 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
             tly_error(errbuf, errlen, "database error while applying: %s", sqlite3_errmsg(p->db));
             goto fatal;
         }
+        p->record_count = 0;
+        p->text_len = 0;
         if (rollback_to(p, "ROLLBACK TO tly_batch") < 0 ||
             apply_one_by_one(p, events, count, results, errbuf, errlen) < 0)
             goto fatal;
@@ -1455,6 +1566,8 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
             local.rejected++;
     }
     local.changes = last_seq(p) - seq_before;
+    p->outputs_from = seq_before;
+    p->outputs_to = seq_before + local.changes;
     if ((local.applied && tly_store_meta_add_int(p->store, p->meta_applied, local.applied) < 0) ||
         (local.skipped && tly_store_meta_add_int(p->store, p->meta_skipped, local.skipped) < 0) ||
         (local.rejected &&
@@ -1468,6 +1581,7 @@ int tly_pipeline_apply(tly_pipeline *p, const tly_event *events, size_t count,
         tly_error(errbuf, errlen, "cannot finish batch: %s", sqlite3_errmsg(p->db));
         goto fatal;
     }
+    p->outputs_valid = p->merge_returns;
     if (stats)
         *stats = local;
     return 0;
@@ -1480,7 +1594,8 @@ fatal:
 int tly_pipeline_replay_image(tly_pipeline *p, const char *image, int64_t key_seq, int partition,
                               int *changed, char *errbuf, size_t errlen)
 {
-    int total = 0; /* the first statement's: the others maintain derived tables */
+    p->outputs_valid = false; /* the state moved: @emit reads it again */
+    int total = 0;            /* the first statement's: the others maintain derived tables */
     if (p->replay.count == 0)
         return tly_error(errbuf, errlen, "%s has no @replay section", p->source_name);
     for (int k = 0; k < p->replay.count; k++) {
@@ -1534,9 +1649,45 @@ static int run_outputs(tly_pipeline *p, const char *section_name, sqlite3_stmt *
     return 0;
 }
 
+static int compare_outputs(const void *a, const void *b, void *text)
+{
+    const struct merge_output *x = a, *y = b;
+    size_t n = x->key_len < y->key_len ? x->key_len : y->key_len;
+    int c = memcmp((char *)text + x->key, (char *)text + y->key, n);
+    if (c)
+        return c;
+    if (x->key_len != y->key_len)
+        return x->key_len < y->key_len ? -1 : 1;
+    return x->key < y->key ? -1 : x->key > y->key; /* later in the batch sorts last */
+}
+
+/* The outputs the last apply's @merge RETURNed, one per key (the last, when
+ * the batch went one event at a time). */
+static int emit_merge_outputs(tly_pipeline *p, tly_emit_fn fn, void *ctx, char *errbuf,
+                              size_t errlen)
+{
+    if (p->outputs_repeated && p->record_count > 1)
+        qsort_r(p->records, p->record_count, sizeof(*p->records), compare_outputs, p->text);
+    for (size_t i = 0; i < p->record_count; i++) {
+        const struct merge_output *o = &p->records[i];
+        if (p->outputs_repeated && i + 1 < p->record_count &&
+            o->key_len == p->records[i + 1].key_len &&
+            memcmp(p->text + o->key, p->text + p->records[i + 1].key, o->key_len) == 0)
+            continue;
+        if (fn(ctx, p->text + o->key, o->key_len, p->text + o->value, o->value_len) != 0)
+            return tly_error(errbuf, errlen, "%s @merge: stopped by the caller", p->source_name);
+    }
+    return 0;
+}
+
 int tly_pipeline_emit(tly_pipeline *p, int64_t from_seq, int64_t to_seq, tly_emit_fn fn, void *ctx,
                       char *errbuf, size_t errlen)
 {
+    /* What follows the last apply's rows up to to_seq was written by others
+     * (the daemon's counters rows): @emit selects this entity's rows only. */
+    if (p->outputs_valid && from_seq == p->outputs_from && to_seq >= p->outputs_to &&
+        to_seq <= last_seq(p))
+        return emit_merge_outputs(p, fn, ctx, errbuf, errlen);
     for (int k = 0; k < p->emit.count; k++) {
         sqlite3_stmt *stmt = p->emit.statements[k].stmt;
         int index;

@@ -14,7 +14,8 @@
 --   @check                    one SELECT per event: NULL = valid, text = why not
 --   @stage                    run once per valid event, coalesces in a temp table
 --   @merge                    run once per batch: staging -> state (triggers write
---                             the changelog), then empty the staging table
+--                             the changelog), then empty the staging table; its
+--                             RETURNING rows are the batch's (key, value) outputs
 --   @replay                   apply one changelog image (:image, :key_seq); must
 --                             change nothing unless :key_seq is newer
 --   @emit                     (key, value) output records for the changes with
@@ -68,7 +69,18 @@ FROM temp.orders_stage WHERE true
 ON CONFLICT DO UPDATE SET sum_micros = order_window_state.sum_micros + excluded.sum_micros,
                           count = order_window_state.count + excluded.count,
                           key_seq = order_window_state.key_seq + 1,
-                          part = excluded.part;
+                          part = excluded.part
+-- the batch's output records, as @emit below writes them (engine/pipeline.c)
+RETURNING store_id || '#' || product_id || '#' || window_start_ms,
+          printf('{"storeId":%s,"productId":%s,"windowStart":%d,"sum":%s%s,"count":%d}',
+                 json_quote(store_id), json_quote(product_id), window_start_ms,
+                 CASE WHEN sum_micros < 0 THEN '-' ELSE '' END,
+                 CASE WHEN sum_micros % 10000 = 0
+                      THEN printf('%d.%02d', abs(sum_micros) / 1000000,
+                                  abs(sum_micros) % 1000000 / 10000)
+                      ELSE rtrim(printf('%d.%06d', abs(sum_micros) / 1000000,
+                                        abs(sum_micros) % 1000000), '0') END,
+                 count);
 DELETE FROM temp.orders_stage;
 
 -- @replay

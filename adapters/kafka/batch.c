@@ -112,10 +112,14 @@ int runner_rewind_collected(struct runner *r, const rd_kafka_message_t *extra, c
 static rd_kafka_topic_partition_list_t *batch_offsets(struct runner *r)
 {
     rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new(8);
+    rd_kafka_topic_partition_t *p = NULL;
     for (int i = 0; i < r->batch.count; i++) {
         rd_kafka_message_t *m = r->batch.messages[i];
-        rd_kafka_topic_partition_t *p =
-            rd_kafka_topic_partition_list_find(offsets, rd_kafka_topic_name(m->rkt), m->partition);
+        /* messages come in runs of one partition: look up only a new one */
+        if (!p || i == 0 || r->batch.messages[i - 1]->partition != m->partition ||
+            r->batch.messages[i - 1]->rkt != m->rkt)
+            p = rd_kafka_topic_partition_list_find(offsets, rd_kafka_topic_name(m->rkt),
+                                                   m->partition);
         if (!p)
             p = rd_kafka_topic_partition_list_add(offsets, rd_kafka_topic_name(m->rkt),
                                                   m->partition);
@@ -154,26 +158,40 @@ static void log_rejected(struct runner *r, const rd_kafka_message_t *m, const ch
  * (changelog.h): the partition's counters and the offsets consumed. */
 static int record_counters(struct runner *r, char *err, size_t errlen)
 {
+    /* one pass, a linear search over the few partitions of a batch */
+    struct {
+        int32_t partition;
+        int64_t from, to;
+    } seen[TLY_MAX_PARTITIONS];
+    int nseen = 0, last = -1;
+
     for (int i = 0; i < r->batch.count; i++) {
-        int32_t p = r->batch.messages[i]->partition;
-        int64_t from = r->batch.messages[i]->offset, to = from + 1;
-        bool first = true;
-        for (int j = 0; j < i && first; j++)
-            first = r->batch.messages[j]->partition != p;
-        if (!first)
-            continue;
-        for (int j = i + 1; j < r->batch.count; j++)
-            if (r->batch.messages[j]->partition == p) {
-                if (r->batch.messages[j]->offset < from)
-                    from = r->batch.messages[j]->offset;
-                if (r->batch.messages[j]->offset + 1 > to)
-                    to = r->batch.messages[j]->offset + 1;
-            }
-        if (tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline), (int)p,
-                                          r->topics.input.name, from, to, r->cfg->instance_id, err,
+        const rd_kafka_message_t *m = r->batch.messages[i];
+        int k = last >= 0 && seen[last].partition == m->partition ? last : -1;
+        for (int j = 0; k < 0 && j < nseen; j++)
+            if (seen[j].partition == m->partition)
+                k = j;
+        if (k < 0) {
+            if (nseen == TLY_MAX_PARTITIONS)
+                return tly_error(err, errlen, "a batch from more than %d partitions",
+                                 TLY_MAX_PARTITIONS);
+            k = nseen++;
+            seen[k].partition = m->partition;
+            seen[k].from = m->offset;
+            seen[k].to = m->offset + 1;
+        }
+        last = k;
+        if (m->offset < seen[k].from)
+            seen[k].from = m->offset;
+        if (m->offset + 1 > seen[k].to)
+            seen[k].to = m->offset + 1;
+    }
+    for (int k = 0; k < nseen; k++)
+        if (tly_changelog_record_counters(r->store, tly_pipeline_name(r->pipeline),
+                                          (int)seen[k].partition, r->topics.input.name,
+                                          seen[k].from, seen[k].to, r->cfg->instance_id, err,
                                           errlen) < 0)
             return -1;
-    }
     return 0;
 }
 
