@@ -37,7 +37,7 @@ static const char enrich_usage[] =
     "                           one arriving later counts as a new order (default 24h;\n"
     "                           may change between runs)\n"
     "  --commit-interval-ms N   longest a batch collects before it commits (default 100)\n"
-    "  --max-batch N            most events per batch (default 5000)\n"
+    "  --max-batch N            most events per batch (default 20000)\n"
     "  --snapshot-dir DIR       where snapshots go (default <state-dir>/snapshots)\n"
     "  --snapshot-interval DUR  time between snapshots (default 60s; 0 = none)\n"
     "  --snapshot-keep N        newest snapshots kept (default 3)\n"

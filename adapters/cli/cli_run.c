@@ -41,7 +41,7 @@ static const char run_usage[] =
     "  --window-size DUR        orders: tumbling window (default 60s); telemetry: the\n"
     "                           window_stream windows (default 120s); fixed per database\n"
     "  --commit-interval-ms N   longest a batch collects before it commits (default 100)\n"
-    "  --max-batch N            most events per batch (default 5000; 50000 for telemetry\n"
+    "  --max-batch N            most events per batch (default 20000; 50000 for telemetry\n"
     "                           with log_compacted or state_store, whose outputs do not\n"
     "                           wait for a batch: fewer, larger batches apply faster)\n"
     "  --changelog on|off       mirror the changelog to P-changelog (default on); with off,\n"

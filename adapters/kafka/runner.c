@@ -41,7 +41,11 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
     cfg->instance_id = NULL;
     cfg->state_dir = "state";
     cfg->commit_interval_ms = 100;
-    cfg->max_batch = 5000;
+    /* Measured draining 2 M orders (../peer-kstreams/compare.sh): 20000
+     * against 5000 took 11% less CPU per order and 30% less of the broker's
+     * (fewer transactions); a batch still closes after commit_interval_ms,
+     * so at a moderate rate it stays small and latency does not change. */
+    cfg->max_batch = 20000;
     cfg->changelog = 1;
     cfg->snapshot_interval_ms = 60000;
     cfg->snapshot_keep = 3;

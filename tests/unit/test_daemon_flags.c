@@ -78,7 +78,7 @@ static int check_run_defaults(const tly_runner_config *c, const struct cli_daemo
     CHECK_INT(c->window_ms, 0);
     CHECK(c->pipeline_settings == NULL);
     CHECK_INT(c->commit_interval_ms, 100);
-    CHECK_INT(c->max_batch, 5000);
+    CHECK_INT(c->max_batch, 20000);
     CHECK_INT(c->changelog, 1);
     CHECK_INT(c->strategy, TLY_EMIT_INLINE);
     CHECK_INT(c->flush_interval_ms, 120000);
@@ -129,7 +129,7 @@ static void test_run_defaults(void)
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "telemetry", "--brokers", "b:9092",
           "--strategy", "window_stream", NULL);
     CHECK_INT(c.strategy, TLY_EMIT_WINDOW_STREAM);
-    CHECK_INT(c.max_batch, 5000);
+    CHECK_INT(c.max_batch, 20000);
     /* a --max-batch given stands, even the default's value */
     parse(&o, CLI_DAEMON_RUN, &c, &x, "--pipeline", "telemetry", "--brokers", "b:9092",
           "--max-batch", "5000", NULL);
@@ -176,7 +176,7 @@ static void test_enrich_defaults(void)
     CHECK_STR(c.state_dir, "state");
     CHECK_INT(x.dedup_window_ms, 24LL * 3600 * 1000);
     CHECK_INT(c.commit_interval_ms, 100);
-    CHECK_INT(c.max_batch, 5000);
+    CHECK_INT(c.max_batch, 20000);
     CHECK_INT(c.changelog, 1);
     CHECK_INT(c.strategy, TLY_EMIT_INLINE);
     CHECK_INT(c.batch_size, 1);
