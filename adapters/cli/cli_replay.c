@@ -26,7 +26,7 @@ static const char replay_usage[] =
     "\n"
     "  --db PATH              target database (created if missing)\n"
     "  --on-gap fail|warn     see above\n"
-    "  --batch N              rows per transaction (default 10000)\n"
+    "  --batch N              rows per transaction (default 200000)\n"
     "  --pipeline-file FILE   a pipeline .sql of your own whose entity appears (repeatable)\n";
 
 /* The command line of tally replay. */
@@ -188,7 +188,7 @@ done:
 
 int cmd_replay(int argc, char **argv)
 {
-    struct replay_options o = {.batch = 10000};
+    struct replay_options o = {.batch = 200000};
     struct replay r = {.o = &o, .input_name = "-"};
     FILE *input = stdin;
     char err[512];

@@ -501,8 +501,21 @@ rd_kafka_t *tly_kconf_reader_isolation(const char *brokers, const char *group_id
     /* A reader runs to the end and stops. A partition whose last record is a
      * transaction marker returns no data, and the end-of-partition event
      * waits for the next fetch: with the default 500 ms wait, every recovery
-     * paid half a second for nothing. */
-    const char *const defaults[] = {"client.id", "tally-reader", "fetch.wait.max.ms", "10", NULL};
+     * paid half a second for nothing.
+     * Readers read whole changelog partitions: with the default 1 MiB a
+     * partition per fetch, a rebuild of 1M changelog records (250 MB) waited
+     * about 250 round trips for the broker. */
+    const char *const defaults[] = {"client.id",
+                                    "tally-reader",
+                                    "fetch.wait.max.ms",
+                                    "10",
+                                    "max.partition.fetch.bytes",
+                                    "33554432",
+                                    "fetch.max.bytes",
+                                    "67108864",
+                                    "queued.max.messages.kbytes",
+                                    "262144",
+                                    NULL};
     /* librdkafka wants a group.id for any consumer handle; an unused one is
      * harmless as long as nothing subscribes or commits. */
     const char *const required[] = {"group.id",

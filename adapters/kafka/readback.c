@@ -247,17 +247,10 @@ int recovery_on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *e
     if (m->offset > c->offsets[m->partition]) {
         c->offsets[m->partition] = m->offset;
         if (c->replayer) {
-            char key[512];
             tly_store *store = tly_replayer_store(c->replayer);
-            tly_meta_key_position(TLY_META_CHANGELOG, c->cfg->topics->changelog.name,
-                                  (int)m->partition, key, sizeof(key));
-            if (tly_store_meta_set_int(store, key, m->offset) < 0)
-                return tly_error(errbuf, errlen, "cannot record the changelog offset: %s",
-                                 sqlite3_errmsg(tly_store_db(store)));
-            /* Offsets and rows commit together, so a replay cut short
-             * resumes where it stopped. */
+            c->moved[m->partition] = 1;
             if (++c->in_txn >= REPLAY_COMMIT_EVERY) {
-                if (tly_store_commit(store, errbuf, errlen) < 0 ||
+                if (recovery_replay_commit(c, errbuf, errlen) < 0 ||
                     tly_store_begin(store, errbuf, errlen) < 0)
                     return -1;
                 c->in_txn = 0;
@@ -265,6 +258,23 @@ int recovery_on_changelog_record(void *ctx, const rd_kafka_message_t *m, char *e
         }
     }
     return 0;
+}
+
+int recovery_replay_commit(struct replay_ctx *c, char *errbuf, size_t errlen)
+{
+    tly_store *store = tly_replayer_store(c->replayer);
+    for (int p = 0; p < TLY_MAX_PARTITIONS; p++) {
+        char key[512];
+        if (!c->moved[p])
+            continue;
+        tly_meta_key_position(TLY_META_CHANGELOG, c->cfg->topics->changelog.name, p, key,
+                              sizeof(key));
+        if (tly_store_meta_set_int(store, key, c->offsets[p]) < 0)
+            return tly_error(errbuf, errlen, "cannot record the changelog offset: %s",
+                             sqlite3_errmsg(tly_store_db(store)));
+        c->moved[p] = 0;
+    }
+    return tly_store_commit(store, errbuf, errlen);
 }
 
 /* Opens the replayer recovery applies changelog records with: only `entity`

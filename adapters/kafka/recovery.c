@@ -381,7 +381,7 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
                         tly_recovery_report *rep, int64_t *offsets_out, char *errbuf, size_t errlen)
 {
     int64_t offsets[TLY_MAX_PARTITIONS];
-    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, NULL};
+    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, NULL, {0}};
     unsigned char held[TLY_MAX_PARTITIONS];
     bool in_txn = false;
     int rc = -1, read;
@@ -419,7 +419,7 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
                                 errbuf, errlen);
     if (read < 0)
         goto done;
-    if (in_txn && tly_store_commit(tly_replayer_store(c.replayer), errbuf, errlen) < 0)
+    if (in_txn && recovery_replay_commit(&c, errbuf, errlen) < 0)
         goto done;
     in_txn = false;
     if (rep->records_replayed > 0 && rep->chosen < 0 && strcmp(rep->source, "local") != 0)

@@ -239,7 +239,7 @@ tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *en
     int64_t *offsets = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
     int64_t *records = calloc(TLY_MAX_PARTITIONS, sizeof(int64_t));
     unsigned char only[TLY_MAX_PARTITIONS] = {0};
-    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, records};
+    struct replay_ctx c = {cfg, entity, rep, NULL, offsets, 0, records, {0}};
     int64_t started = tly_clock_mono_ms();
     tly_take_result rc = TLY_TAKE_FAILED;
     int read;
@@ -281,7 +281,7 @@ tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *en
                ? 0 /* offline: the snapshots only */
                : recovery_read_to_end(cfg, cfg->topics->changelog.name, after, only, NULL, NULL,
                                       recovery_on_changelog_record, &c, errbuf, errlen);
-    if (read < 0 || tly_store_commit(store, errbuf, errlen) < 0) {
+    if (read < 0 || recovery_replay_commit(&c, errbuf, errlen) < 0) {
         tly_store_rollback(store);
         goto done;
     }

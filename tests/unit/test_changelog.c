@@ -243,14 +243,27 @@ static void test_damaged_lines(void)
     tly_replay_outcome out;
     char err[256] = "";
     const char *bad[] = {
-        "garbage",
-        "{\"seq\":1,\"entity\":\"order_window\"}",
+        "garbage", "{\"seq\":1,\"entity\":\"order_window\"}",
         "{\"seq\":1,\"entity\":\"spaceships\",\"key\":\"k\",\"key_seq\":1,\"image\":{},\"changed_ms\":0}",
         "{\"seq\":0,\"entity\":\"order_window\",\"key\":\"k\",\"key_seq\":1,\"image\":{},\"changed_ms\":0}",
         "{\"seq\":1,\"entity\":\"order_window\",\"key\":\"k\",\"key_seq\":1,\"image\":{\"store_id\":\"s\"},\"changed_ms\":0}",
+        /* what the fast reader passes on to json-c, which says why */
+        "{\"seq\":1,\"entity\":\"order_window\",\"key\":\"k\xff\",\"key_seq\":1,\"image\":{},\"changed_ms\":0}",
+        "{\"seq\":1,\"entity\":\"order_window\",\"key\":\"k\",\"key_seq\":1,\"image\":{\"a\":01},\"changed_ms\":0}",
+        "{\"seq\":1,\"entity\":\"order_window\",\"key\":\"k\",\"key_seq\":1.5,\"image\":{},\"changed_ms\":0}",
+        "{\"seq\":1,\"entity\":\"order_window\",\"key\":\"k\",\"key_seq\":1,\"image\":[],\"changed_ms\":0}",
+        "{\"seq\":1,\"entity\":\"order_window\",\"key\":\"k\",\"key_seq\":1,\"image\":{\"a\":[1,]},\"changed_ms\":0}",
         NULL};
-    const char *why[] = {"not JSON", "not a changelog row", "unknown entity", "not a changelog row",
-                         "NOT NULL"};
+    const char *why[] = {"not JSON",
+                         "not a changelog row",
+                         "unknown entity",
+                         "not a changelog row",
+                         "NOT NULL",
+                         "not JSON",
+                         "not JSON",
+                         "not a changelog row",
+                         "not a changelog row",
+                         "not JSON"};
 
     fixture_init(&fx);
     CHECK_MSG(tly_replayer_open(fx.target, NULL, &r, err, sizeof(err)) == 0, "%s", err);
@@ -491,10 +504,81 @@ end:
     tly_store_close(store);
 }
 
+/* Replay reads the lines the daemon and the export write in one C pass and
+ * hands every other spelling to json-c: both must land the same rows. */
+static void test_line_spellings(void)
+{
+    struct fixture fx;
+    tly_replayer *r = NULL;
+    tly_replay_outcome out;
+    sqlite3 *db = NULL;
+    char err[256] = "";
+#define IMAGE(s, n)                                                                                \
+    "{\"store_id\":\"" s "\",\"product_id\":\"p\",\"window_start_ms\":0,\"sum_micros\":" #n        \
+    ",\"count\":1}"
+    const char *lines[] = {
+        /* compact, as exported */
+        "{\"seq\":1,\"entity\":\"order_window\",\"key\":\"a#p#0\",\"key_seq\":1,\"image\":" IMAGE(
+            "a", 1) ",\"delta\":null,\"changed_ms\":7,\"part\":2}",
+        /* spaces everywhere */
+        " { \"seq\" : 2 , \"entity\" : \"order_window\" , \"key\" : \"b#p#0\" , \"key_seq\" : 1 , \"image\" : { \"store_id\" : \"b\" , \"product_id\" : \"p\" , \"window_start_ms\" : 0 , \"sum_micros\" : 2 , \"count\" : 1 } , \"changed_ms\" : 7 , \"part\" : 2 } ",
+        /* escapes, and UTF-8 as is */
+        "{\"seq\":3,\"entity\":\"order_window\",\"key\":\"\\u00e9#p#0\",\"key_seq\":1,\"image\":" IMAGE(
+            "\\u00e9", 3) ",\"changed_ms\":7,\"part\":2}",
+        "{\"seq\":4,\"entity\":\"order_window\",\"key\":\"\xc3\xa8#p#0\",\"key_seq\":1,\"image\":" IMAGE(
+            "\xc3\xa8", 4) ",\"changed_ms\":7,\"part\":2}",
+        /* no part, part null: the default partition */
+        "{\"seq\":5,\"entity\":\"order_window\",\"key\":\"c#p#0\",\"key_seq\":1,\"image\":" IMAGE(
+            "c", 5) ",\"changed_ms\":7}",
+        "{\"seq\":6,\"entity\":\"order_window\",\"key\":\"d#p#0\",\"key_seq\":1,\"image\":" IMAGE(
+            "d", 6) ",\"changed_ms\":7,\"part\":null}",
+        /* a name twice: the last counts, as json-c has it */
+        "{\"seq\":7,\"entity\":\"order_window\",\"key\":\"a#p#0\",\"key_seq\":1,\"image\":" IMAGE(
+            "a", 70) ",\"changed_ms\":7,\"part\":2,\"key_seq\":3}",
+        /* older than what the key holds: no change */
+        "{\"seq\":8,\"entity\":\"order_window\",\"key\":\"a#p#0\",\"key_seq\":2,\"image\":" IMAGE(
+            "a", 80) ",\"changed_ms\":7,\"part\":2,\"extra\":[true,false,null,-1.5e3,{}]}",
+        NULL};
+#undef IMAGE
+    const int changed[] = {1, 1, 1, 1, 1, 1, 1, 0};
+
+    fixture_init(&fx);
+    CHECK_MSG(tly_replayer_open(fx.target, NULL, &r, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_store_begin(tly_replayer_store(r), err, sizeof(err)) == 0, "%s", err);
+    for (int i = 0; lines[i]; i++) {
+        CHECK_MSG(tly_replayer_apply_line(r, lines[i], strlen(lines[i]), &out, err, sizeof(err)) ==
+                      0,
+                  "line %d: %s", i, err);
+        CHECK_INT(out.changed, changed[i]);
+        CHECK_INT(out.gap_from, 0);
+    }
+    CHECK_MSG(tly_store_commit(tly_replayer_store(r), err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_replayer_last_seq(r), 8);
+    CHECK(sqlite3_open(fx.target, &db) == SQLITE_OK);
+    CHECK_STR(tly_test_query_text(db, "SELECT group_concat(store_id || ':' || sum_micros || ':' || "
+                                      "key_seq || ':' || part, ' ') FROM (SELECT * FROM "
+                                      "order_window_state ORDER BY store_id)"),
+              "a:70:3:2 b:2:1:2 c:5:1:0 d:6:1:0 \xc3\xa8:4:1:2 \xc3\xa9:3:1:2");
+    CHECK_INT(tly_test_query_int(db, "SELECT count(*) FROM changelog"), 8);
+    CHECK_STR(tly_test_query_text(db, "SELECT image FROM changelog WHERE seq = 1"),
+              "{\"store_id\":\"a\",\"product_id\":\"p\",\"window_start_ms\":0,\"sum_micros\":1,"
+              "\"count\":1}");
+    CHECK_STR(tly_test_query_text(db, "SELECT image FROM changelog WHERE seq = 2"),
+              "{\"store_id\":\"b\",\"product_id\":\"p\",\"window_start_ms\":0,\"sum_micros\":2,"
+              "\"count\":1}");
+    CHECK_STR(tly_test_query_text(db, "SELECT key || ' ' || key_seq || ' ' || part FROM changelog "
+                                      "WHERE seq = 7"),
+              "a#p#0 3 2");
+end:
+    sqlite3_close(db);
+    tly_replayer_close(r);
+}
+
 static const tly_testcase cases[] = {{"scan_lines_match_export", test_scan_lines_match_export},
                                      {"export_replay_roundtrip", test_export_replay_roundtrip},
                                      {"since_and_gaps", test_since_and_gaps},
                                      {"damaged_lines", test_damaged_lines},
+                                     {"line_spellings", test_line_spellings},
                                      {"replay_restores_positions", test_replay_restores_positions},
                                      {NULL, NULL}};
 
