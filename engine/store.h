@@ -20,16 +20,20 @@ typedef struct tly_store_options {
      * never corrupts the database; a power cut may lose the last commits, which
      * the changelog replay then restores. */
     const char *synchronous;
-    int busy_timeout_ms;    /* default 5000 */
-    int64_t cache_kib;      /* page cache, default 65536 (64 MiB) */
-    int page_size;          /* bytes, for a new database only (SQLite fixes it when
-                               the first table is created); default 16384 */
-    int wal_autocheckpoint; /* pages, default 2500 (~40 MiB of 16 KiB pages): fewer,
-                               larger checkpoints write a page rewritten by many
-                               batches once instead of once per batch */
-    int migrate_to;         /* 0 = newest; a lower version is for tests of migration */
-    int disable_triggers;   /* 1 = this connection runs no triggers: changelog replay
-                               writes state and changelog rows itself */
+    int busy_timeout_ms;       /* default 5000 */
+    int64_t cache_kib;         /* page cache, default 65536 (64 MiB) */
+    int page_size;             /* bytes, for a new database only (SQLite fixes it when
+                                  the first table is created); default 16384 */
+    int wal_autocheckpoint;    /* pages, default 2500 (~40 MiB of 16 KiB pages): fewer,
+                                  larger checkpoints write a page rewritten by many
+                                  batches once instead of once per batch */
+    int migrate_to;            /* 0 = newest; a lower version is for tests of migration */
+    int disable_triggers;      /* 1 = this connection runs no triggers: changelog replay
+                                  writes state and changelog rows itself */
+    int background_checkpoint; /* 1 = checkpoints run on a thread of the store's own,
+                                  with a connection of its own, instead of inside the
+                                  commit that crossed wal_autocheckpoint pages: the
+                                  writer does not wait for them (the daemon) */
 } tly_store_options;
 
 /* Fills opts with the defaults above. */

@@ -177,6 +177,7 @@ static int runner_recover(struct runner *r, tly_recovery_config *rcfg,
 {
     const tly_runner_config *cfg = r->cfg;
     char summary[2048], quoted[2100];
+    tly_store_options opts;
 
     /* Settings that cannot work (credentials, TLS, the wrong listener) end
      * the start here, with librdkafka's reason, instead of in a timeout of
@@ -206,8 +207,10 @@ static int runner_recover(struct runner *r, tly_recovery_config *rcfg,
     rcfg->instance = cfg->instance_id;
     /* Before the database is opened: a missing or failing one is replaced by
      * the newest snapshot that verifies. */
+    tly_store_options_init(&opts);
+    opts.background_checkpoint = 1; /* the batch loop never waits for one */
     if (tly_recovery_prepare(rcfg, recovery, errbuf, errlen) < 0 ||
-        tly_store_open(r->db_path, NULL, &r->store, errbuf, errlen) < 0 ||
+        tly_store_open(r->db_path, &opts, &r->store, errbuf, errlen) < 0 ||
         open_pipeline(r, errbuf, errlen) < 0)
         return -1;
     /* init_transactions first: it fences any previous instance with our

@@ -3,6 +3,10 @@
 
 #include "store.h"
 
+#include <unistd.h>
+
+#include <sys/stat.h>
+
 #include <sqlite3.h>
 #include <stdint.h>
 
@@ -190,6 +194,51 @@ end:
     tly_store_close(store);
 }
 
+static long long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/* background_checkpoint: the commits only wake the thread, which copies the
+ * WAL into the database file; the file grows without a checkpoint by the
+ * writer (its automatic one is off) and without the store being closed. */
+static void test_background_checkpoint(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "ckpt.db"), err[256];
+    tly_store_options opts;
+    tly_store *store = NULL;
+    long long before;
+    int waited_ms = 0;
+
+    tly_store_options_init(&opts);
+    opts.background_checkpoint = 1;
+    opts.wal_autocheckpoint = 8;
+    CHECK_MSG(tly_store_open(path, &opts, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_MSG(tly_store_exec(store, "PRAGMA wal_checkpoint(TRUNCATE)", err, sizeof(err)) == 0, "%s",
+              err);
+    before = file_size(path);
+    for (int i = 0; i < 20; i++) {
+        char sql[160];
+        snprintf(sql, sizeof(sql),
+                 "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < 100) "
+                 "INSERT INTO meta (key, value) SELECT 'filler.%d.' || v, zeroblob(1000) FROM n",
+                 i);
+        CHECK_MSG(tly_store_exec(store, sql, err, sizeof(err)) == 0, "%s", err);
+    }
+    while (file_size(path) <= before && waited_ms < 10000) {
+        usleep(10000);
+        waited_ms += 10;
+    }
+    CHECK_MSG(file_size(path) > before, "the database file stayed at %lld bytes", before);
+    CHECK_INT(tly_test_query_int(tly_store_db(store),
+                                 "SELECT count(*) FROM meta WHERE key LIKE 'filler.%'"),
+              2000);
+end:
+    tly_store_close(store);
+}
+
 static void test_meta(void)
 {
     const char *dir = tly_test_dir();
@@ -225,6 +274,7 @@ static const tly_testcase cases[] = {{"open_creates_wal_database", test_open_cre
                                      {"refuses_non_database", test_refuses_non_database},
                                      {"migrates_older_schema", test_migrates_older_schema},
                                      {"migrates_order_windows", test_migrates_order_windows},
+                                     {"background_checkpoint", test_background_checkpoint},
                                      {"meta", test_meta},
                                      {NULL, NULL}};
 
