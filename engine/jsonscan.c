@@ -117,7 +117,7 @@ static const char *scan_string(tly_jsonscan *s, const char *p, uint8_t *flags)
         case 'f':
         case 'n':
         case 'r':
-        case 't': break;               /* json-c prints these back the same way */
+        case 't': break; /* json-c prints these back the same way */
         case '/': *flags &= (uint8_t)~TLY_JNODE_CANONICAL; break; /* printed as "/" */
         case 'u': {
             long cp;
@@ -312,12 +312,8 @@ static const char *scan_value(tly_jsonscan *s, const char *p, int depth, int *in
         return NULL;
     *index = i;
     switch (*p) {
-    case '{':
-        s->nodes[i].type = TLY_J_OBJECT;
-        return scan_container(s, p, depth, i);
-    case '[':
-        s->nodes[i].type = TLY_J_ARRAY;
-        return scan_container(s, p, depth, i);
+    case '{': s->nodes[i].type = TLY_J_OBJECT; return scan_container(s, p, depth, i);
+    case '[': s->nodes[i].type = TLY_J_ARRAY; return scan_container(s, p, depth, i);
     case '"': {
         const char *after = scan_string(s, p, &s->nodes[i].flags);
         s->nodes[i].type = TLY_J_STRING;
@@ -334,9 +330,7 @@ static const char *scan_value(tly_jsonscan *s, const char *p, int depth, int *in
         s->nodes[i].type = TLY_J_BOOL;
         s->nodes[i].raw_len = 5;
         return scan_literal(s, p, "false", 5);
-    case 'n':
-        s->nodes[i].raw_len = 4;
-        return scan_literal(s, p, "null", 4);
+    case 'n': s->nodes[i].raw_len = 4; return scan_literal(s, p, "null", 4);
     default:
         if (*p == '-' || (*p >= '0' && *p <= '9')) {
             s->nodes[i].type = TLY_J_INT;
