@@ -116,6 +116,7 @@
 #include "decimal.h"
 #include "derive.h"
 #include "embedded_sql.h"
+#include "jsonscan.h"
 #include "timestamp.h"
 #include "utf8.h"
 
@@ -203,6 +204,9 @@ struct tly_pipeline {
     bool windowed; /* run @late per event and flush closed windows only */
     sqlite3_stmt *last_seq;
     json_tokener *tokener;
+    tly_jsonscan *scan; /* the fast reader; events it declines go to json-c */
+    bool scan_enabled;
+    int64_t scanned_events; /* events decoded by the fast reader */
     char meta_applied[96], meta_skipped[96], meta_rejected[96], meta_late[96];
     char *input_topic, *output_topic; /* @input, @output, or NULL */
     int section_line[SECTION_COUNT];  /* where each section starts in the file */
@@ -849,7 +853,15 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         tly_error(errbuf, errlen, "out of memory");
         goto done;
     }
-    json_tokener_set_flags(p->tokener, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    /* No JSON_TOKENER_VALIDATE_UTF8: tly_utf8_check, stricter, has already
+     * passed every event json-c sees. */
+    json_tokener_set_flags(p->tokener, JSON_TOKENER_STRICT);
+    p->scan = tly_jsonscan_new();
+    if (!p->scan) {
+        tly_error(errbuf, errlen, "out of memory");
+        goto done;
+    }
+    p->scan_enabled = true;
     snprintf(p->meta_applied, sizeof(p->meta_applied), "pipeline.%s.events_applied", p->name);
     snprintf(p->meta_skipped, sizeof(p->meta_skipped), "pipeline.%s.events_skipped", p->name);
     snprintf(p->meta_rejected, sizeof(p->meta_rejected), "pipeline.%s.events_rejected", p->name);
@@ -933,6 +945,7 @@ void tly_pipeline_close(tly_pipeline *p)
     sqlite3_finalize(p->last_seq);
     if (p->tokener)
         json_tokener_free(p->tokener);
+    tly_jsonscan_free(p->scan);
     for (int i = 0; i < p->field_count; i++) {
         free(p->fields[i].param);
         free(p->fields[i].paths_text);
@@ -968,6 +981,16 @@ const char *tly_pipeline_entity(const tly_pipeline *p)
     return p->entity;
 }
 
+void tly_pipeline_set_fast_json(tly_pipeline *p, bool on)
+{
+    p->scan_enabled = on;
+}
+
+int64_t tly_pipeline_fast_json_events(const tly_pipeline *p)
+{
+    return p->scanned_events;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Decoding one event                                                        */
 /* ------------------------------------------------------------------------ */
@@ -988,11 +1011,23 @@ static const char *json_type_label(json_object *o)
     return o ? json_type_to_name(json_object_get_type(o)) : "null";
 }
 
+/* A field's JSON value as either reader gives it (json-c's tree or the fast
+ * reader's nodes), so that both decode through the same rules. */
+struct jval {
+    enum json_type type;
+    int64_t i;        /* json_type_int: json-c's int64 (saturated beyond) */
+    bool b;           /* json_type_boolean */
+    const char *text; /* string: its bytes, double: its text as written, both
+                         NUL-terminated; @field json: the value's JSON text */
+    size_t len;       /* of text: a string's length (json-c's, NULs counted),
+                         else strlen(text) */
+};
+
 /* json-c saturates integers outside int64; its saturated values are the only
  * ones that can mean "too large", and no field accepts them. */
-static int get_int64(json_object *o, int64_t *out)
+static int get_int64(const struct jval *o, int64_t *out)
 {
-    int64_t v = json_object_get_int64(o);
+    int64_t v = o->i;
     if (v == INT64_MAX || v == INT64_MIN)
         return -1;
     *out = v;
@@ -1001,22 +1036,20 @@ static int get_int64(json_object *o, int64_t *out)
 
 typedef enum { DECODE_OK, DECODE_SKIP, DECODE_REJECT } decode_result;
 
-static decode_result decode_field(const struct field *f, json_object *root, struct value *v,
+/* Decodes field f from its value o (NULL: absent or null). */
+static decode_result decode_value(const struct field *f, const struct jval *o, struct value *v,
                                   char *reason, size_t reason_len)
 {
-    json_object *o = NULL;
     enum json_type type;
 
     v->kind = V_NULL;
-    for (int a = 0; a < f->alternative_count && !o; a++)
-        o = lookup(root, &f->alternatives[a]);
     if (!o) {
         if (f->mode == FM_OPTIONAL)
             return DECODE_OK;
         snprintf(reason, reason_len, "missing field \"%s\"", f->paths_text);
         return DECODE_REJECT;
     }
-    type = json_object_get_type(o);
+    type = o->type;
     switch (f->type) {
     case FT_ID:
         if (type == json_type_int) {
@@ -1033,8 +1066,8 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
         if (type != json_type_string)
             goto wrong_type;
         v->kind = V_TEXT;
-        v->text = json_object_get_string(o);
-        v->text_len = json_object_get_string_len(o);
+        v->text = o->text;
+        v->text_len = (int)o->len;
         if (v->text_len == 0 && f->mode == FM_SKIP_EMPTY) {
             snprintf(reason, reason_len, "empty %s", f->paths_text);
             return DECODE_SKIP;
@@ -1073,7 +1106,7 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
             goto wrong_type;
         /* For a JSON number json-c keeps the text as written, which is what makes
          * exactness possible. */
-        text = json_object_get_string(o);
+        text = o->text;
         if (tly_decimal_parse(text, strlen(text), 6, &v->i, err, sizeof(err)) < 0) {
             snprintf(reason, reason_len, "field \"%s\": %s", f->paths_text, err);
             return DECODE_REJECT;
@@ -1094,8 +1127,8 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
             text = v->buf;
         } else if (type == json_type_double || type == json_type_string) {
             /* a double keeps the text as written, so nothing is rounded */
-            text = json_object_get_string(o);
-            len = type == json_type_string ? (size_t)json_object_get_string_len(o) : strlen(text);
+            text = o->text;
+            len = o->len;
         } else {
             goto wrong_type;
         }
@@ -1110,13 +1143,12 @@ static decode_result decode_field(const struct field *f, json_object *root, stru
         if (type != json_type_boolean)
             goto wrong_type;
         v->kind = V_INT;
-        v->i = json_object_get_boolean(o) ? 1 : 0;
+        v->i = o->b ? 1 : 0;
         return DECODE_OK;
     case FT_JSON:
         v->kind = V_TEXT;
-        v->text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-                                                        JSON_C_TO_STRING_NOSLASHESCAPE);
-        v->text_len = (int)strlen(v->text);
+        v->text = o->text;
+        v->text_len = (int)o->len;
         return DECODE_OK;
     }
 wrong_type : {
@@ -1129,7 +1161,7 @@ wrong_type : {
                                      "JSON",
                                      "epoch ms, epoch seconds or an RFC 3339 string"};
     snprintf(reason, reason_len, "field \"%s\" must be %s, got %s", f->paths_text,
-             expected[f->type], json_type_label(o));
+             expected[f->type], json_type_to_name(o->type));
     return DECODE_REJECT;
 }
 out_of_range:
@@ -1138,7 +1170,140 @@ out_of_range:
     return DECODE_REJECT;
 }
 
-/* Parses one event into a json-c tree; returns NULL with a reason. */
+static bool is_excepted(tly_pipeline *p, const char *key, size_t len)
+{
+    for (int i = 0; i < p->except_count; i++)
+        if (strncmp(p->except[i], key, len) == 0 && p->except[i][len] == '\0')
+            return true;
+    return false;
+}
+
+/* Decodes field f from json-c's tree. */
+static decode_result decode_field(const struct field *f, json_object *root, struct value *v,
+                                  char *reason, size_t reason_len)
+{
+    json_object *o = NULL;
+    struct jval jv;
+
+    for (int a = 0; a < f->alternative_count && !o; a++)
+        o = lookup(root, &f->alternatives[a]);
+    if (!o)
+        return decode_value(f, NULL, v, reason, reason_len);
+    jv.type = json_object_get_type(o);
+    jv.i = jv.type == json_type_int ? json_object_get_int64(o) : 0;
+    jv.b = jv.type == json_type_boolean && json_object_get_boolean(o);
+    jv.text = NULL;
+    jv.len = 0;
+    if (f->type == FT_JSON) {
+        jv.text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                        JSON_C_TO_STRING_NOSLASHESCAPE);
+        jv.len = strlen(jv.text);
+    } else if (jv.type == json_type_string) {
+        jv.text = json_object_get_string(o);
+        jv.len = (size_t)json_object_get_string_len(o);
+    } else if (jv.type == json_type_double) {
+        jv.text = json_object_get_string(o);
+        jv.len = strlen(jv.text);
+    }
+    return decode_value(f, &jv, v, reason, reason_len);
+}
+
+/* The fast reader's node at dot path `path`, as lookup() finds it in json-c's
+ * tree: -1 when absent or null, or when a step is not an object. */
+static int scan_lookup(tly_jsonscan *scan, const struct path *path)
+{
+    int node = 0;
+    for (int i = 0; i < path->segment_count && node >= 0; i++)
+        node = tly_jsonscan_member(scan, node, path->segments[i]);
+    return node >= 0 && tly_jsonscan_node(scan, node)->type != TLY_J_NULL ? node : -1;
+}
+
+/* Decodes every field of an event with the fast reader. Returns 0 when each
+ * decoded to a value (sets *members to the @each object's node), or -1 when
+ * json-c is to decode the event: the reader declined the text, a field is
+ * rejected or skipped (json-c then gives the reason), or a value json-c would
+ * print otherwise than it is written is bound as JSON. Never a verdict of
+ * its own. */
+static int scan_event(tly_pipeline *p, const tly_event *ev, struct value *values, int *members)
+{
+    static const enum json_type types[] = {
+        [TLY_J_NULL] = json_type_null,     [TLY_J_BOOL] = json_type_boolean,
+        [TLY_J_INT] = json_type_int,       [TLY_J_DOUBLE] = json_type_double,
+        [TLY_J_STRING] = json_type_string, [TLY_J_OBJECT] = json_type_object,
+        [TLY_J_ARRAY] = json_type_array};
+    char reason[sizeof(((tly_event_result *)0)->reason)];
+
+    if (tly_jsonscan_read(p->scan, ev->data, ev->len) < 0)
+        return -1;
+    for (int f = 0; f < p->field_count; f++) {
+        const struct field *field = &p->fields[f];
+        const tly_jnode *n;
+        struct jval jv;
+        int node = -1;
+
+        for (int a = 0; a < field->alternative_count && node < 0; a++)
+            node = scan_lookup(p->scan, &field->alternatives[a]);
+        if (node < 0) {
+            if (decode_value(field, NULL, &values[f], reason, sizeof(reason)) != DECODE_OK)
+                return -1;
+            continue;
+        }
+        n = tly_jsonscan_node(p->scan, node);
+        jv.type = types[n->type];
+        jv.i = n->i;
+        jv.b = n->b;
+        jv.text = NULL;
+        jv.len = 0;
+        if (field->type == FT_JSON) {
+            if (!(n->flags & TLY_JNODE_CANONICAL))
+                return -1;
+            jv.text = n->raw;
+            jv.len = n->raw_len;
+        } else if (n->type == TLY_J_STRING || n->type == TLY_J_DOUBLE) {
+            jv.text = tly_jsonscan_text(p->scan, node, &jv.len);
+        }
+        if (decode_value(field, &jv, &values[f], reason, sizeof(reason)) != DECODE_OK)
+            return -1;
+    }
+    *members = -1;
+    if (p->has_each) {
+        const tly_jnode *n;
+        *members = scan_lookup(p->scan, &p->each_path);
+        if (*members < 0 || tly_jsonscan_node(p->scan, *members)->type != TLY_J_OBJECT)
+            return -1;
+        for (int m = tly_jsonscan_node(p->scan, *members)->child; m >= 0; m = n->next) {
+            n = tly_jsonscan_node(p->scan, m);
+            if (!(n->flags & TLY_JNODE_CANONICAL) && !is_excepted(p, n->key, n->key_len))
+                return -1;
+        }
+    }
+    p->scanned_events++;
+    return 0;
+}
+
+/* Checks what both readers need of an event: its size, no NUL, valid UTF-8.
+ * Returns 0, or -1 with a reason. */
+static int check_event(const tly_event *ev, char *reason, size_t reason_len)
+{
+    size_t end;
+    if (ev->len > TLY_MAX_EVENT_BYTES) {
+        snprintf(reason, reason_len, "event is %zu bytes, over the %d-byte limit", ev->len,
+                 TLY_MAX_EVENT_BYTES);
+        return -1;
+    }
+    if (memchr(ev->data, '\0', ev->len)) {
+        snprintf(reason, reason_len, "invalid JSON: NUL byte in event");
+        return -1;
+    }
+    if ((end = tly_utf8_check(ev->data, ev->len)) != ev->len) {
+        snprintf(reason, reason_len, "invalid UTF-8 at byte %zu", end);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parses one event, checked by check_event, into a json-c tree; returns NULL
+ * with a reason. */
 static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reason,
                                 size_t reason_len)
 {
@@ -1146,19 +1311,6 @@ static json_object *parse_event(tly_pipeline *p, const tly_event *ev, char *reas
     size_t end;
     bool consumed_whole = false;
 
-    if (ev->len > TLY_MAX_EVENT_BYTES) {
-        snprintf(reason, reason_len, "event is %zu bytes, over the %d-byte limit", ev->len,
-                 TLY_MAX_EVENT_BYTES);
-        return NULL;
-    }
-    if (memchr(ev->data, '\0', ev->len)) {
-        snprintf(reason, reason_len, "invalid JSON: NUL byte in event");
-        return NULL;
-    }
-    if ((end = tly_utf8_check(ev->data, ev->len)) != ev->len) {
-        snprintf(reason, reason_len, "invalid UTF-8 at byte %zu", end);
-        return NULL;
-    }
     json_tokener_reset(p->tokener);
     root = json_tokener_parse_ex(p->tokener, ev->data, (int)ev->len);
     /* A bare number at the very end ("42") is still open to json-c: a space
@@ -1236,14 +1388,6 @@ static int run_section(struct section *s)
     return SQLITE_DONE;
 }
 
-static bool is_excepted(tly_pipeline *p, const char *key)
-{
-    for (int i = 0; i < p->except_count; i++)
-        if (strcmp(p->except[i], key) == 0)
-            return true;
-    return false;
-}
-
 /* Runs the SELECTs of @check or @late for one event: the first non-NULL first
  * column is why the event gets `verdict` instead of being applied. Returns
  * SQLITE_DONE or the error of a statement. */
@@ -1272,11 +1416,18 @@ static int run_verdicts(tly_pipeline *p, struct section *s, const struct value *
 static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *result)
 {
     struct value values[MAX_FIELDS];
-    json_object *root, *members = NULL;
+    json_object *root = NULL, *members = NULL;
+    int scanned_members = -1;
     int rc = SQLITE_DONE;
 
     result->status = TLY_EVENT_APPLIED;
     result->reason[0] = '\0';
+    if (check_event(ev, result->reason, sizeof(result->reason)) < 0) {
+        result->status = TLY_EVENT_REJECTED;
+        return SQLITE_DONE;
+    }
+    if (p->scan_enabled && scan_event(p, ev, values, &scanned_members) == 0)
+        goto decoded;
     root = parse_event(p, ev, result->reason, sizeof(result->reason));
     if (!root) {
         result->status = TLY_EVENT_REJECTED;
@@ -1290,10 +1441,11 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
             goto done;
         }
     }
+decoded:
     if ((rc = run_verdicts(p, &p->check, values, ev, TLY_EVENT_REJECTED, result)) != SQLITE_DONE ||
         result->status != TLY_EVENT_APPLIED)
         goto done;
-    if (p->has_each) {
+    if (p->has_each && root) {
         members = lookup(root, &p->each_path);
         if (!json_object_is_type(members, json_type_object)) {
             snprintf(result->reason, sizeof(result->reason),
@@ -1315,10 +1467,33 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
         rc = run_section(&p->stage);
         goto done;
     }
+    if (!root) {
+        /* the fast reader's members: their text as written is what json-c
+         * would print (scan_event checked) */
+        const tly_jnode *n;
+        for (int m = tly_jsonscan_node(p->scan, scanned_members)->child; m >= 0; m = n->next) {
+            n = tly_jsonscan_node(p->scan, m);
+            if (is_excepted(p, n->key, n->key_len))
+                continue;
+            for (int k = 0; k < p->stage.count; k++) {
+                struct bound_statement *b = &p->stage.statements[k];
+                if (b->each_key_index)
+                    sqlite3_bind_text(b->stmt, b->each_key_index, n->key, (int)n->key_len,
+                                      SQLITE_STATIC);
+                if (b->each_value_index)
+                    sqlite3_bind_text(b->stmt, b->each_value_index, n->raw, (int)n->raw_len,
+                                      SQLITE_STATIC);
+            }
+            rc = run_section(&p->stage);
+            if (rc != SQLITE_DONE)
+                goto done;
+        }
+        goto done;
+    }
     json_object_object_foreach(members, key, member)
     {
         const char *member_json;
-        if (is_excepted(p, key))
+        if (is_excepted(p, key, strlen(key)))
             continue;
         member_json = json_object_to_json_string_ext(member, JSON_C_TO_STRING_PLAIN |
                                                                  JSON_C_TO_STRING_NOSLASHESCAPE);
@@ -1336,7 +1511,8 @@ static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *r
 done:
     if (p->derived)
         tly_derive_fold_end(p->db);
-    json_object_put(root);
+    if (root)
+        json_object_put(root);
     return rc;
 }
 

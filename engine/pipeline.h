@@ -2,7 +2,8 @@
  *
  * A pipeline is data, not C: a SQL file (sql/orders.sql, sql/telemetry.sql, or a
  * user's own) that declares a field map and the statements that stage, check,
- * merge and replay events. This module decodes each event with json-c, binds the
+ * merge and replay events. This module decodes each event (with the fast reader
+ * of engine/jsonscan.h, or json-c for what that declines), binds the
  * mapped fields, and runs the statements in batches on the store's connection.
  * See pipeline.c for the file format.
  *
@@ -138,5 +139,12 @@ int tly_pipeline_set_windowed(tly_pipeline *pipeline, bool windowed, int64_t all
 int tly_pipeline_flush(tly_pipeline *pipeline, int64_t flush_seq, tly_emit_fn fn, void *ctx,
                        char *errbuf, size_t errlen);
 int tly_pipeline_flushed(tly_pipeline *pipeline, int64_t flush_seq, char *errbuf, size_t errlen);
+
+/* Whether events may be decoded by the fast reader (on by default) instead of
+ * json-c; both give the same results, which tests compare. */
+void tly_pipeline_set_fast_json(tly_pipeline *pipeline, bool on);
+
+/* How many events the fast reader has decoded since the pipeline opened. */
+int64_t tly_pipeline_fast_json_events(const tly_pipeline *pipeline);
 
 #endif
