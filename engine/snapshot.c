@@ -121,6 +121,44 @@ static int write_manifest(const tly_snapshot_manifest *m, const char *path, char
     return 0;
 }
 
+/* SQLite's quick_check of a finished copy: 0 if it says "ok", else -1 with
+ * its first complaint (or why it could not run). */
+static int check_copy(sqlite3 *dest, const char *db_path, char *errbuf, size_t errlen)
+{
+    sqlite3_stmt *stmt = NULL;
+    int rc = -1, step;
+
+    if (sqlite3_prepare_v2(dest, "PRAGMA quick_check", -1, &stmt, NULL) != SQLITE_OK) {
+        tly_error(errbuf, errlen, "cannot check the copy of %s: %s", db_path, sqlite3_errmsg(dest));
+        goto done;
+    }
+    step = sqlite3_step(stmt);
+    if (step != SQLITE_ROW) {
+        tly_error(errbuf, errlen,
+                  "the copy of %s fails SQLite's quick_check: %s; the database is damaged "
+                  "(older snapshots are kept)",
+                  db_path, sqlite3_errmsg(dest));
+        goto done;
+    }
+    if (strcmp((const char *)sqlite3_column_text(stmt, 0), "ok") != 0) {
+        /* Its first complaint, on one line (it comes as several). */
+        char why[512];
+        snprintf(why, sizeof(why), "%s", (const char *)sqlite3_column_text(stmt, 0));
+        for (char *c = why; *c; c++)
+            if (*c == '\n')
+                *c = ' ';
+        tly_error(errbuf, errlen,
+                  "the copy of %s fails SQLite's quick_check: %s; the database is damaged "
+                  "(older snapshots are kept)",
+                  db_path, why);
+        goto done;
+    }
+    rc = 0;
+done:
+    sqlite3_finalize(stmt);
+    return rc;
+}
+
 /* Copies the database inside one read transaction of its own connection and
  * reads last seq and changelog offsets in that same transaction. */
 static int copy_database(const char *db_path, const char *tmp_path, tly_snapshot_manifest *m,
@@ -129,7 +167,7 @@ static int copy_database(const char *db_path, const char *tmp_path, tly_snapshot
     sqlite3 *src = NULL, *dest = NULL;
     sqlite3_backup *backup = NULL;
     sqlite3_stmt *stmt = NULL;
-    int rc = -1;
+    int rc = -1, step;
 
     if (sqlite3_open_v2(db_path, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
         tly_error(errbuf, errlen, "cannot open %s: %s", db_path, src ? sqlite3_errmsg(src) : "?");
@@ -155,28 +193,37 @@ static int copy_database(const char *db_path, const char *tmp_path, tly_snapshot
         snprintf(m->instance, sizeof(m->instance), "%s", sqlite3_column_text(stmt, 2));
     sqlite3_finalize(stmt);
     stmt = NULL;
-    if (sqlite3_open(tmp_path, &dest) != SQLITE_OK ||
+    if ((step = sqlite3_open(tmp_path, &dest)) != SQLITE_OK ||
         !(backup = sqlite3_backup_init(dest, "main", src, "main"))) {
         tly_error(errbuf, errlen, "cannot start the copy into %s: %s", tmp_path,
-                  dest ? sqlite3_errmsg(dest) : "?");
+                  dest ? sqlite3_errmsg(dest) : sqlite3_errstr(step));
         goto done;
     }
-    /* One step copies every page under the read transaction opened above. */
-    if (sqlite3_backup_step(backup, -1) != SQLITE_DONE) {
-        tly_error(errbuf, errlen, "copy into %s failed: %s", tmp_path, sqlite3_errmsg(dest));
+    /* One step copies every page under the read transaction opened above. A
+     * failed step sets its code on the backup, not on either connection:
+     * sqlite3_errmsg(dest) would say "not an error". */
+    if ((step = sqlite3_backup_step(backup, -1)) != SQLITE_DONE) {
+        tly_error(errbuf, errlen, "copy of %s into %s failed: %s", db_path, tmp_path,
+                  sqlite3_errstr(step));
         goto done;
     }
-    if (sqlite3_backup_finish(backup) != SQLITE_OK) {
-        backup = NULL;
-        tly_error(errbuf, errlen, "copy into %s failed: %s", tmp_path, sqlite3_errmsg(dest));
-        goto done;
-    }
+    step = sqlite3_backup_finish(backup);
     backup = NULL;
+    if (step != SQLITE_OK) {
+        tly_error(errbuf, errlen, "copy of %s into %s failed: %s", db_path, tmp_path,
+                  sqlite3_errstr(step));
+        goto done;
+    }
     /* A self-contained file: no -wal beside it. */
     if (sqlite3_exec(dest, "PRAGMA journal_mode = DELETE", NULL, NULL, NULL) != SQLITE_OK) {
         tly_error(errbuf, errlen, "cannot finish %s: %s", tmp_path, sqlite3_errmsg(dest));
         goto done;
     }
+    /* The backup copies pages as they are, damaged ones too: a snapshot of a
+     * corrupt database must fail here, before it is renamed into place, named
+     * in a manifest or allowed to prune an older, good one. */
+    if (check_copy(dest, db_path, errbuf, errlen) < 0)
+        goto done;
     rc = 0;
 done:
     if (backup)
@@ -188,6 +235,18 @@ done:
     }
     sqlite3_close(dest);
     return rc;
+}
+
+/* Removes a temporary copy and whatever SQLite left beside it: a copy that
+ * failed half-way (a full disk) can leave its rollback journal. */
+static void remove_temporary(const char *tmp_db)
+{
+    static const char *const suffixes[] = {"", "-journal", "-wal", "-shm"};
+    char path[4300];
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        snprintf(path, sizeof(path), "%s%s", tmp_db, suffixes[i]);
+        unlink(path);
+    }
 }
 
 static void remove_snapshot_files(const char *db_file)
@@ -306,7 +365,7 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
     strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%S", &tm);
     m->created_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     snprintf(tmp_db, sizeof(tmp_db), "%s/.snapshot-%ld.db.tmp", dir, (long)getpid());
-    unlink(tmp_db);
+    remove_temporary(tmp_db);
     if (copy_database(db_path, tmp_db, m, errbuf, errlen) < 0)
         goto done;
     {
@@ -355,7 +414,7 @@ int tly_snapshot_copy(const char *db_path, const char *dir, tly_snapshot_manifes
     }
     rc = 0;
 done:
-    unlink(tmp_db);
+    remove_temporary(tmp_db);
     if (rc < 0)
         unlink(tmp_json);
     return rc;

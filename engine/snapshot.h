@@ -31,8 +31,10 @@ typedef struct tly_snapshot_manifest {
  * dir/snapshot-<id>.db and its manifest dir/snapshot-<id>.json, both written
  * under temporary names, fsynced and renamed, then records the manifest in the
  * database's snapshots table and deletes all but the newest `keep` snapshots
- * (keep <= 0: keep all). Returns 0 and fills *manifest, or -1 with errbuf; no
- * partial file is left under a final name. */
+ * (keep <= 0: keep all). The copy must pass SQLite's quick_check before it is
+ * renamed: a damaged database fails the snapshot and prunes nothing. Returns
+ * 0 and fills *manifest, or -1 with errbuf (SQLite's own reason); no
+ * temporary file (the copy, its journal, the manifest) is left behind. */
 int tly_snapshot_write(const char *db_path, const char *dir, int keep,
                        tly_snapshot_manifest *manifest, char *errbuf, size_t errlen);
 

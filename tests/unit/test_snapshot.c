@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 static volatile sig_atomic_t writer_stop;
@@ -248,10 +249,93 @@ static void test_keeps_the_newest(void)
 end:;
 }
 
+/* A damaged database (a zeroed b-tree page) copies page for page; the copy's
+ * quick_check fails the snapshot, names the page, leaves no file and prunes
+ * no older snapshot of the same database name. */
+static void test_damaged_source_keeps_the_older(void)
+{
+    const char *dir = tly_test_dir();
+    char db_path[256], damaged_dir[256], damaged[300], snap_dir[256], err[512];
+    tly_snapshot_manifest m, first, second;
+    tly_store *store = NULL;
+    int64_t page, page_size;
+    FILE *f = NULL;
+
+    snprintf(db_path, sizeof(db_path), "%s/state.db", dir);
+    snprintf(damaged_dir, sizeof(damaged_dir), "%s/damaged", dir);
+    snprintf(damaged, sizeof(damaged), "%s/state.db", damaged_dir);
+    snprintf(snap_dir, sizeof(snap_dir), "%s/snapshots", dir);
+    CHECK_MSG(tly_store_open(db_path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK(sqlite3_exec(tly_store_db(store),
+                       "CREATE TABLE filler(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+                       "SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO filler SELECT "
+                       "randomblob(100) FROM n; PRAGMA wal_checkpoint(TRUNCATE)",
+                       NULL, NULL, NULL) == SQLITE_OK);
+    tly_store_close(store);
+    store = NULL;
+    CHECK_MSG(tly_snapshot_write(db_path, snap_dir, 2, &first, err, sizeof(err)) == 0, "%s", err);
+    usleep(2000);
+    CHECK_MSG(tly_snapshot_write(db_path, snap_dir, 2, &second, err, sizeof(err)) == 0, "%s", err);
+    /* the copy, with the root page of filler zeroed */
+    CHECK(mkdir(damaged_dir, 0755) == 0);
+    {
+        /* a byte copy: the pages as they are */
+        char buf[65536];
+        size_t n;
+        FILE *in = fopen(db_path, "rb");
+        CHECK(in);
+        if (!(f = fopen(damaged, "wb")))
+            fclose(in);
+        CHECK(f);
+        while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+            fwrite(buf, 1, n, f);
+        fclose(in);
+        CHECK(fclose(f) == 0);
+        f = NULL;
+    }
+    page =
+        tly_test_scalar(damaged, NULL, "SELECT rootpage FROM sqlite_schema WHERE name = 'filler'");
+    page_size = tly_test_scalar(damaged, NULL, "PRAGMA page_size");
+    CHECK(page > 1 && page_size >= 512);
+    CHECK((f = fopen(damaged, "r+b")) != NULL);
+    CHECK(fseek(f, (long)((page - 1) * page_size), SEEK_SET) == 0);
+    {
+        static const char zeros[65536];
+        CHECK(page_size <= (int64_t)sizeof(zeros));
+        CHECK(fwrite(zeros, 1, (size_t)page_size, f) == (size_t)page_size);
+    }
+    CHECK(fclose(f) == 0);
+    f = NULL;
+    for (int i = 0; i < 3; i++) {
+        CHECK(tly_snapshot_write(damaged, snap_dir, 2, &m, err, sizeof(err)) < 0);
+        CHECK_MSG(strstr(err, "quick_check") && strstr(err, "Page"), "%s", err);
+    }
+    CHECK_INT(count_files(snap_dir, ".db"), 2);
+    CHECK_INT(count_files(snap_dir, ".json"), 2);
+    CHECK(access(first.path, F_OK) == 0);
+    CHECK(access(second.path, F_OK) == 0);
+    {
+        DIR *d = opendir(snap_dir);
+        struct dirent *e;
+        int hidden = 0;
+        CHECK(d);
+        while ((e = readdir(d)))
+            hidden += e->d_name[0] == '.' && strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+        closedir(d);
+        CHECK_INT(hidden, 0); /* no temporary copy, journal or manifest */
+    }
+end:
+    if (f)
+        fclose(f);
+    if (store)
+        tly_store_close(store);
+}
+
 static const tly_testcase cases[] = {
     {"snapshot_under_writes_is_exact", test_snapshot_under_writes_is_exact},
     {"corruption_is_detected", test_corruption_is_detected},
     {"keeps_the_newest", test_keeps_the_newest},
+    {"damaged_source_keeps_the_older", test_damaged_source_keeps_the_older},
     {NULL, NULL}};
 
 int main(int argc, char **argv)
