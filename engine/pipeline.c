@@ -39,6 +39,7 @@
  *   -- @each KEY VALUE PATH [except NAME,...]
  *                            run @stage once per member of the object at PATH,
  *                            with :KEY = member name and :VALUE = its JSON text
+ *                            (one @each per file: a second is refused)
  *
  * Sections start with "-- @NAME" alone on a line (NAME one of those below)
  * and run to the next section. A section may hold several statements; they
@@ -306,6 +307,11 @@ static int parse_each(tly_pipeline *p, char **words, int nwords, char *errbuf, s
 {
     if (nwords != 4 && !(nwords == 6 && strcmp(words[4], "except") == 0))
         return tly_error(errbuf, errlen, "@each needs KEY VALUE PATH [except NAME,...]");
+    /* One object per event is iterated; a second @each would overwrite the
+     * first (and lose what it allocated) without a word. */
+    if (p->has_each)
+        return tly_error(errbuf, errlen,
+                         "@each given twice: a pipeline iterates one object per event");
     p->has_each = true;
     p->each_key = strdup(words[1]);
     p->each_value = strdup(words[2]);

@@ -733,6 +733,16 @@ static void test_refused(void)
          "-- @field event_ms ts    time_ms  required\n"
          "-- @state\n" STATE "-- @fold\n" FOLD,
          3, 0, "@field page: unknown type \"string\"", 1},
+        {"two_each",
+         HEADER "-- @each item qty items\n-- @each item2 qty2 others\n-- @state\n" STATE
+                "-- @fold\n" FOLD,
+         7, 0, "@each given twice", 1},
+        {"each_bad_path", HEADER "-- @each item qty .\n-- @state\n" STATE "-- @fold\n" FOLD, 6, 0,
+         "@each: bad path \".\"", 1},
+        {"each_too_many_except",
+         HEADER "-- @each item qty items except a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t,u,v,w,x,y,"
+                "z,aa,ab,ac,ad,ae,af,ag,ah\n-- @state\n" STATE "-- @fold\n" FOLD,
+         6, 0, "@each: too many except names", 1},
         {"own_key_seq",
          HEADER "-- @state\n"
                 "CREATE TABLE IF NOT EXISTS page_views (\n"
