@@ -30,6 +30,11 @@ void tly_meta_key_state(const char *pipeline, char *buf, size_t len)
     snprintf(buf, len, "pipeline.%s.@state", pipeline);
 }
 
+void tly_meta_key_ingest(const char *pipeline, const char *path, char *buf, size_t len)
+{
+    snprintf(buf, len, "ingest.%s.%s", pipeline, path);
+}
+
 void tly_meta_glob_partition_counters(int partition, char *buf, size_t len)
 {
     snprintf(buf, len, "pipeline.*.p%d.events_*", partition);

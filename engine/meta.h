@@ -24,6 +24,11 @@
  *                                        (snapshots name it)
  *   state.rows_moved               int   state rows whose events came from more
  *                                        than one input partition (the triggers)
+ *   ingest.<name>.<path>           text  how far `tally ingest` of the file at the
+ *                                        absolute path applied pipeline <name>:
+ *                                        {"offset":BYTES,"line":N,"fingerprint":HEX}
+ *                                        (adapters/cli/cli_ingest.c, in each
+ *                                        batch's transaction)
  *
  * The builders below write a key into buf (truncated to len, always
  * terminated); the readers take a plain connection so that tools which open a
@@ -53,6 +58,8 @@ void tly_meta_key_position_prefix(tly_meta_position kind, const char *topic, cha
 void tly_meta_key_events(const char *pipeline, const char *kind, char *buf, size_t len);
 /* pipeline.<name>.@state */
 void tly_meta_key_state(const char *pipeline, char *buf, size_t len);
+/* ingest.<name>.<path> (path absolute). */
+void tly_meta_key_ingest(const char *pipeline, const char *path, char *buf, size_t len);
 /* A GLOB over every pipeline's per-partition counters of partition p:
  * "pipeline.*.p<p>.events_*". */
 void tly_meta_glob_partition_counters(int partition, char *buf, size_t len);

@@ -9,23 +9,40 @@
  *
  * "input" holds the line as a JSON string; a line that is not valid UTF-8 is
  * written as "input_base64" instead, so the reject file is always valid JSONL
- * and always holds the exact original bytes. */
+ * and always holds the exact original bytes.
+ *
+ * A run that fails half-way (a full disk, a kill) has committed some batches:
+ * running it again must not apply them twice. So each batch's transaction also
+ * records how far the file has been applied, in the meta key
+ * ingest.<pipeline>.<absolute path> (engine/meta.h): the byte offset and line
+ * after the batch, and a fingerprint of the bytes up to there (FNV-1a 64 of
+ * the first and the last 64 KiB before the offset). A later run of the same
+ * path whose bytes up to the offset still have that fingerprint resumes
+ * there: a file that has only grown resumes too; a rewritten one starts from
+ * its first line. Standard input and pipes have no identity to check and are
+ * applied from their first line every run. */
 #include "cli_common.h"
 #include "clock.h"
 #include "commands.h"
 
+#include "meta.h"
 #include "pipeline.h"
 #include "store.h"
 #include "utf8.h"
 
 #include <getopt.h>
 #include <json-c/json.h>
+#include <limits.h>
+#include <sqlite3.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define MAX_SETTINGS 16
-#define REPORT_LIMIT 100 /* rejects echoed on stderr; all go to the reject file */
+#define REPORT_LIMIT 100       /* rejects echoed on stderr; all go to the reject file */
+#define FINGERPRINT_SPAN 65536 /* bytes hashed at each end of the applied part */
 
 static const char ingest_usage[] =
     "usage: tally ingest --pipeline orders|telemetry|FILE.sql --db PATH [OPTIONS] [FILE|-]\n"
@@ -41,6 +58,12 @@ static const char ingest_usage[] =
     "  --batch N            events per transaction (default 20000)\n"
     "  --rejects PATH       reject file (default PATH.rejects.jsonl next to the database)\n"
     "  --synchronous MODE   OFF, NORMAL (default) or FULL\n"
+    "\n"
+    "Each batch records in the database how far FILE has been applied; running the\n"
+    "same command again (after a failure, or on a file that has grown) resumes after\n"
+    "the last applied line and says so (resumed_from_line=N). A file rewritten since\n"
+    "starts from its first line. Standard input (-) and pipes cannot be resumed:\n"
+    "every run applies every line.\n"
     "\n"
     "'tally ingest influxdb ...' reads InfluxDB into Kafka instead: see\n"
     "'tally ingest influxdb --help'. (A JSONL file named influxdb: ./influxdb.)\n"
@@ -103,7 +126,126 @@ struct ingest {
     tly_event_result *results;
     /* Totals. */
     int64_t lines_read, blank, applied, skipped, rejected, changes;
+    /* Resuming a regular file: its descriptor (-1: standard input or a pipe,
+     * not resumable), the meta key of its progress, the bytes read so far
+     * from its start, the line the last commit recorded, and where this run
+     * started (0: at the beginning). */
+    int fd;
+    char key[PATH_MAX + 300];
+    int64_t offset, recorded_line, resumed_line, resumed_offset;
 };
+
+static int hash_range(int fd, int64_t from, int64_t to, uint64_t *h)
+{
+    unsigned char buf[16384];
+    while (from < to) {
+        size_t want = to - from < (int64_t)sizeof(buf) ? (size_t)(to - from) : sizeof(buf);
+        ssize_t n = pread(fd, buf, want, (off_t)from);
+        if (n <= 0)
+            return -1;
+        for (ssize_t i = 0; i < n; i++)
+            *h = (*h ^ buf[i]) * 1099511628211ULL;
+        from += n;
+    }
+    return 0;
+}
+
+/* FNV-1a 64 over the first and the last FINGERPRINT_SPAN bytes before offset:
+ * what a rewritten file changes, at the cost of two short reads per batch.
+ * -1 if the file holds fewer than offset bytes. */
+static int fingerprint(int fd, int64_t offset, char out[17])
+{
+    uint64_t h = 14695981039346656037ULL;
+    if (hash_range(fd, 0, offset < FINGERPRINT_SPAN ? offset : FINGERPRINT_SPAN, &h) < 0 ||
+        hash_range(fd, offset > FINGERPRINT_SPAN ? offset - FINGERPRINT_SPAN : 0, offset, &h) < 0)
+        return -1;
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+    return 0;
+}
+
+/* Records how far the file is applied, in the open batch transaction. */
+static int record_position(struct ingest *in, char *err, size_t errlen)
+{
+    char fp[17], value[160];
+
+    if (in->fd < 0)
+        return 0;
+    if (fingerprint(in->fd, in->offset, fp) < 0) {
+        snprintf(err, errlen, "cannot read %s back: %m", in->input_name);
+        return -1;
+    }
+    snprintf(value, sizeof(value), "{\"offset\":%lld,\"line\":%lld,\"fingerprint\":\"%s\"}",
+             (long long)in->offset, (long long)in->lines_read, fp);
+    if (tly_store_meta_set_text(in->store, in->key, value) < 0) {
+        snprintf(err, errlen, "cannot record the position in %s: %s", in->input_name,
+                 sqlite3_errmsg(tly_store_db(in->store)));
+        return -1;
+    }
+    return 0;
+}
+
+/* Finds where an earlier run of this file stopped and seeks past it; a file
+ * that is not the one recorded (or not a regular file) is read from its
+ * start. Errors are printed. */
+static int ingest_resume(struct ingest *in, const char *path, FILE *input)
+{
+    char real[PATH_MAX], value[512], fp[17];
+    json_object *obj = NULL, *v;
+    struct stat st;
+    int64_t offset, line;
+    int rc = -1;
+
+    in->fd = -1;
+    if (!path || fstat(fileno(input), &st) != 0 || !S_ISREG(st.st_mode))
+        return 0;
+    if (!realpath(path, real)) {
+        fprintf(stderr, "tally ingest: cannot resolve %s: %m\n", path);
+        return -1;
+    }
+    in->fd = fileno(input);
+    tly_meta_key_ingest(tly_pipeline_name(in->pipeline), real, in->key, sizeof(in->key));
+    switch (tly_store_meta_get_text(in->store, in->key, value, sizeof(value))) {
+    case 0: return 0; /* never ingested here */
+    case 1: break;
+    default:
+        fprintf(stderr, "tally ingest: cannot read meta key %s: %s\n", in->key,
+                sqlite3_errmsg(tly_store_db(in->store)));
+        return -1;
+    }
+    if (!(obj = json_tokener_parse(value)) || !json_object_object_get_ex(obj, "offset", &v) ||
+        (offset = json_object_get_int64(v)) < 0 || !json_object_object_get_ex(obj, "line", &v) ||
+        (line = json_object_get_int64(v)) < 0 ||
+        !json_object_object_get_ex(obj, "fingerprint", &v) ||
+        !json_object_is_type(v, json_type_string)) {
+        fprintf(stderr,
+                "tally ingest: meta key %s holds \"%s\", not a position; delete it "
+                "(DELETE FROM meta WHERE key = '...') to apply %s from its first line\n",
+                in->key, value, path);
+        goto done;
+    }
+    if (offset > st.st_size || fingerprint(in->fd, offset, fp) < 0 ||
+        strcmp(fp, json_object_get_string(v)) != 0) {
+        cli_log("warn", "input_changed",
+                "input=%s recorded_line=%lld note=\"not the file an earlier run applied up to "
+                "that line: applying it from its first line\"",
+                path, (long long)line);
+        rc = 0;
+        goto done;
+    }
+    if (fseeko(input, (off_t)offset, SEEK_SET) != 0) {
+        fprintf(stderr, "tally ingest: cannot seek %s to byte %lld: %m\n", path, (long long)offset);
+        goto done;
+    }
+    in->offset = in->resumed_offset = offset;
+    in->lines_read = in->recorded_line = line;
+    in->resumed_line = line + 1;
+    cli_log("info", "resume", "input=%s line=%lld byte=%lld", path, (long long)in->resumed_line,
+            (long long)offset);
+    rc = 0;
+done:
+    json_object_put(obj);
+    return rc;
+}
 
 static int flush_batch(struct ingest *in, char *err, size_t errlen)
 {
@@ -146,10 +288,11 @@ static int flush_batch(struct ingest *in, char *err, size_t errlen)
             in->skipped++;
         }
     }
-    if (tly_store_commit(in->store, err, errlen) < 0) {
+    if (record_position(in, err, errlen) < 0 || tly_store_commit(in->store, err, errlen) < 0) {
         tly_store_rollback(in->store);
         return -1;
     }
+    in->recorded_line = in->lines_read;
     in->applied += stats.applied;
     in->changes += stats.changes;
     in->count = 0;
@@ -337,6 +480,7 @@ static int ingest_read(struct ingest *in, FILE *input)
     cli_progress_init(&progress, "ingest");
     while ((len = getline(&line, &line_cap, input)) >= 0) {
         in->lines_read++;
+        in->offset += len;
         if (len > 0 && line[len - 1] == '\n')
             len--;
         if (is_blank(line, (size_t)len)) {
@@ -352,7 +496,7 @@ static int ingest_read(struct ingest *in, FILE *input)
             if (flush_batch(in, err, sizeof(err)) < 0) {
                 fprintf(stderr, "tally ingest: %s (batch ending at line %lld not applied)\n", err,
                         (long long)in->lines_read);
-                goto done;
+                goto failed;
             }
             cli_progress_tick(&progress, in->lines_read);
         }
@@ -360,14 +504,26 @@ static int ingest_read(struct ingest *in, FILE *input)
     if (ferror(input)) {
         fprintf(stderr, "tally ingest: read error on %s after line %lld: %m\n", in->input_name,
                 (long long)in->lines_read);
-        goto done;
+        goto failed;
     }
     if (flush_batch(in, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally ingest: %s (last batch not applied)\n", err);
-        goto done;
+        goto failed;
     }
     cli_progress_done(&progress);
     rc = 0;
+    goto done;
+failed:
+    if (in->fd >= 0)
+        fprintf(stderr,
+                "tally ingest: %s is applied up to line %lld; run the same command again to "
+                "resume after that line\n",
+                in->input_name, (long long)in->recorded_line);
+    else
+        fprintf(stderr,
+                "tally ingest: standard input is applied up to line %lld and cannot be "
+                "resumed: feed only the lines after it\n",
+                (long long)in->recorded_line);
 done:
     free(line);
     return rc;
@@ -376,7 +532,7 @@ done:
 int cmd_ingest(int argc, char **argv)
 {
     struct ingest_options o = {.batch = 20000, .window_ms = -1};
-    struct ingest in = {.input_name = "-"};
+    struct ingest in = {.input_name = "-", .fd = -1};
     FILE *input = stdin;
     char err[512];
     int status;
@@ -402,19 +558,25 @@ int cmd_ingest(int argc, char **argv)
         status = cli_usage_error("ingest", "%s", err);
         goto done;
     }
-    if (ingest_open(&in, &o) < 0)
+    if (ingest_open(&in, &o) < 0 || ingest_resume(&in, o.input_path, input) < 0)
         goto done;
     started = tly_clock_mono_ms();
     if (ingest_read(&in, input) < 0)
         goto done;
     elapsed = tly_clock_mono_ms() - started;
     events = in.applied + in.skipped + in.rejected;
-    printf("ingested pipeline=%s input=%s lines=%lld applied=%lld skipped=%lld rejected=%lld "
-           "blank=%lld changes=%lld seconds=%.3f events_per_s=%.0f rejects=%s\n",
-           tly_pipeline_name(in.pipeline), in.input_name, (long long)in.lines_read,
-           (long long)in.applied, (long long)in.skipped, (long long)in.rejected,
-           (long long)in.blank, (long long)in.changes, elapsed / 1000.0,
-           events * 1000.0 / (double)(elapsed > 0 ? elapsed : 1), o.rejects_path);
+    {
+        char resumed[96] = "";
+        if (in.resumed_line > 0)
+            snprintf(resumed, sizeof(resumed), " resumed_from_line=%lld resumed_from_byte=%lld",
+                     (long long)in.resumed_line, (long long)in.resumed_offset);
+        printf("ingested pipeline=%s input=%s lines=%lld applied=%lld skipped=%lld rejected=%lld "
+               "blank=%lld changes=%lld seconds=%.3f events_per_s=%.0f rejects=%s%s\n",
+               tly_pipeline_name(in.pipeline), in.input_name, (long long)in.lines_read,
+               (long long)in.applied, (long long)in.skipped, (long long)in.rejected,
+               (long long)in.blank, (long long)in.changes, elapsed / 1000.0,
+               events * 1000.0 / (double)(elapsed > 0 ? elapsed : 1), o.rejects_path, resumed);
+    }
     status = CLI_EXIT_OK;
 done:
     ingest_close(&in);

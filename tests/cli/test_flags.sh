@@ -148,7 +148,10 @@ run tally ingest --pipeline orders --db "$W" --window-size 1m "$WORK/one.jsonl"
 expect_rc "ingest 1m into a 60s database" 0
 run tally ingest --pipeline orders --db "$W" "$WORK/one.jsonl"
 expect_rc "ingest with the default (60s) into a 60s database" 0
-assert_eq "three ingests counted" 3 "$(sq "$W" 'SELECT sum(count) FROM order_window_state')"
+# The same file again: its one line is applied once, the reruns resume after it.
+assert_eq "rerun resumes after the applied line" 2 "$(summary_field resumed_from_line "$OUT")"
+assert_eq "rerun applies nothing" 0 "$(summary_field applied "$OUT")"
+assert_eq "three ingests of one file counted once" 1 "$(sq "$W" 'SELECT sum(count) FROM order_window_state')"
 
 # --set for a setting the pipeline does not have.
 usage_error ingest "foo" ingest --pipeline orders --db "$WORK/set.db" --set foo=1 "$WORK/one.jsonl"
