@@ -23,6 +23,13 @@ TALLY_TEST_DEBIAN_PACKAGES=(
     clang-format
 )
 
+# The fuzz harnesses (scripts/fuzz, tests/fuzz): clang and its sanitizer and
+# libFuzzer runtimes (a recommendation of clang only, so named here).
+TALLY_FUZZ_DEBIAN_PACKAGES=(
+    clang
+    libclang-rt-dev
+)
+
 # tally_install_packages PKG...: installs those of PKG that are missing.
 tally_install_packages() {
     local missing=()
@@ -49,3 +56,6 @@ tally_install_deps() { tally_install_packages "${TALLY_DEBIAN_PACKAGES[@]}"; }
 tally_install_test_deps() {
     tally_install_packages "${TALLY_DEBIAN_PACKAGES[@]}" "${TALLY_TEST_DEBIAN_PACKAGES[@]}"
 }
+
+# What building and running the fuzz harnesses needs besides.
+tally_install_fuzz_deps() { tally_install_packages "${TALLY_FUZZ_DEBIAN_PACKAGES[@]}"; }
