@@ -496,7 +496,7 @@ static int ingest_read(struct ingest *in, FILE *input)
             if (flush_batch(in, err, sizeof(err)) < 0) {
                 fprintf(stderr, "tally ingest: %s (batch ending at line %lld not applied)\n", err,
                         (long long)in->lines_read);
-                goto failed;
+                goto done;
             }
             cli_progress_tick(&progress, in->lines_read);
         }
@@ -504,27 +504,28 @@ static int ingest_read(struct ingest *in, FILE *input)
     if (ferror(input)) {
         fprintf(stderr, "tally ingest: read error on %s after line %lld: %m\n", in->input_name,
                 (long long)in->lines_read);
-        goto failed;
+        goto done;
     }
     if (flush_batch(in, err, sizeof(err)) < 0) {
         fprintf(stderr, "tally ingest: %s (last batch not applied)\n", err);
-        goto failed;
+        goto done;
     }
     cli_progress_done(&progress);
     rc = 0;
-    goto done;
-failed:
-    if (in->fd >= 0)
-        fprintf(stderr,
-                "tally ingest: %s is applied up to line %lld; run the same command again to "
-                "resume after that line\n",
-                in->input_name, (long long)in->recorded_line);
-    else
-        fprintf(stderr,
-                "tally ingest: standard input is applied up to line %lld and cannot be "
-                "resumed: feed only the lines after it\n",
-                (long long)in->recorded_line);
 done:
+    /* What is applied is committed: say where a rerun takes over. */
+    if (rc < 0) {
+        if (in->fd >= 0)
+            fprintf(stderr,
+                    "tally ingest: %s is applied up to line %lld; run the same command again to "
+                    "resume after that line\n",
+                    in->input_name, (long long)in->recorded_line);
+        else
+            fprintf(stderr,
+                    "tally ingest: standard input is applied up to line %lld and cannot be "
+                    "resumed: feed only the lines after it\n",
+                    (long long)in->recorded_line);
+    }
     free(line);
     return rc;
 }
