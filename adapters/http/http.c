@@ -1,6 +1,7 @@
 /* adapters/http/http.c - the daemon's HTTP endpoint (see http.h). */
 #include "http.h"
 
+#include "clock.h"
 #include "error.h"
 #include "query.h"
 
@@ -249,6 +250,25 @@ done:
 
 /* ---- dispatch ------------------------------------------------------------ */
 
+/* /readyz: NULL when ready, else why not (the 503's body). Not ready while
+ * the state is recovered, while the cluster has not answered for
+ * READY_CONTACT_MS (nothing can commit: the daemon probes it every 2 s when
+ * no batch commits, adapters/kafka/housekeeping.c), and while the group
+ * gives this instance no partition (it has nothing current to serve). */
+static const char *readiness(tly_metrics *m)
+{
+    static const int64_t contact_ms = 10000;
+    int64_t contact = tly_metrics_get(m, TLY_G_BROKER_CONTACT_MS);
+
+    if (!tly_metrics_get(m, TLY_G_READY))
+        return "recovering\n";
+    if (contact > 0 && tly_clock_wall_ms() - contact > contact_ms)
+        return "broker unreachable (no answer for more than 10 s)\n";
+    if (tly_metrics_get(m, TLY_G_PARTITIONS_HELD) <= 0)
+        return "no partitions assigned\n";
+    return NULL;
+}
+
 static void serve_page(struct tly_http *h, struct evhttp_request *req)
 {
     /* The pipeline (and a pipeline file's state table) go into <body
@@ -307,10 +327,11 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/healthz") == 0) {
         reply(req, 200, "OK", "text/plain", "ok\n", 3);
     } else if (strcmp(path, "/readyz") == 0) {
-        if (tly_metrics_get(h->metrics, TLY_G_READY))
+        const char *why = readiness(h->metrics);
+        if (!why)
             reply(req, 200, "OK", "text/plain", "ready\n", 6);
         else
-            reply(req, 503, "Service Unavailable", "text/plain", "recovering\n", 11);
+            reply(req, 503, "Service Unavailable", "text/plain", why, strlen(why));
     } else if (strcmp(path, "/") == 0) {
         serve_page(h, req);
     } else {

@@ -107,6 +107,10 @@ static const struct {
                             "Time the last rebalance took here: dropping revoked partitions, or "
                             "bringing assigned ones up to date.",
                             0.001},
+    [TLY_G_BROKER_CONTACT_MS] = {"tally_broker_last_contact_timestamp_seconds",
+                                 "When the cluster last answered (Unix time): a committed "
+                                 "transaction, or a metadata probe while no batch commits.",
+                                 0.001},
     [TLY_G_ROWS_MOVED] = {"tally_state_rows_moved",
                           "State rows an event from another input partition updated, since the "
                           "database was created: 0 when the input is keyed by the state's key.",

@@ -42,9 +42,10 @@ typedef enum tly_gauge {
     TLY_G_RECOVERY_BYTES,
     TLY_G_CHANGELOG_ROWS,
     TLY_G_LAST_SEQ,
-    TLY_G_PARTITIONS_HELD, /* input partitions this instance holds */
-    TLY_G_REBALANCE_MS,    /* the last rebalance callback, state work included */
-    TLY_G_ROWS_MOVED,      /* state rows whose input partition changed (meta) */
+    TLY_G_PARTITIONS_HELD,   /* input partitions this instance holds */
+    TLY_G_REBALANCE_MS,      /* the last rebalance callback, state work included */
+    TLY_G_ROWS_MOVED,        /* state rows whose input partition changed (meta) */
+    TLY_G_BROKER_CONTACT_MS, /* wall-clock ms the cluster last answered (0: not yet) */
     TLY_G_COUNT
 } tly_gauge;
 

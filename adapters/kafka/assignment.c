@@ -54,9 +54,10 @@ static void positions_from_state(struct runner *r, rd_kafka_topic_partition_list
     }
 }
 
-#define STANDBY_MS 15000  /* see runner_drop_standby() */
-#define WATCHDOG_MS 60000 /* see runner_watch_consumer() */
-#define TAKE_RETRY_MS 300 /* between two asks for a PENDING partition's offsets */
+#define STANDBY_MS 15000      /* see runner_drop_standby() */
+#define WATCHDOG_MS 60000     /* see runner_watch_consumer() */
+#define WATCHDOG_LOST_MS 5000 /* the same after the group lost our partitions */
+#define TAKE_RETRY_MS 300     /* between two asks for a PENDING partition's offsets */
 
 /* What a take-over attempt came to. */
 typedef enum {
@@ -283,6 +284,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             own_list(r, partitions, TLY_PART_ASSIGNED);
     } else {
         change = rd_kafka_assignment_lost(rk) ? "lost" : "revoked";
+        if (rd_kafka_assignment_lost(rk))
+            r->assign.lost_ms = tly_clock_mono_ms();
         r->batch.revoked = true;
         error = rd_kafka_incremental_unassign(rk, partitions);
         revoke_partitions(r, partitions);
@@ -547,6 +550,10 @@ bool runner_is_pending(const struct runner *r, const rd_kafka_message_t *m)
  * during a broker restart) and never rejoin: the group stays empty and the
  * daemon idles forever. A consumer without partitions for WATCHDOG_MS is
  * replaced by a new one; with the same group.instance.id it rejoins at once.
+ * After an outage that cost the partitions (a "lost" rebalance) the wait is
+ * WATCHDOG_LOST_MS, counted while the cluster answers: the outage is the
+ * likely cause, and the group is back to normal a few seconds after the
+ * broker is (a consumer replaced needlessly only rejoins).
  * Safe between batches: nothing is in flight, and the new consumer starts
  * from the committed offsets. What it still counted as held or pending
  * becomes STANDBY: the rows are right, the new assignment takes them over. */
@@ -565,13 +572,16 @@ int runner_watch_consumer(struct runner *r, char *errbuf, size_t errlen)
     rd_kafka_topic_partition_list_destroy(assigned);
     if (count > 0) {
         r->assign.unassigned_since = 0;
+        r->assign.lost_ms = 0;
         return 0;
     }
     if (!r->assign.unassigned_since) {
         r->assign.unassigned_since = now;
         return 0;
     }
-    if (now - r->assign.unassigned_since < r->assign.watchdog_ms)
+    if (now - r->assign.unassigned_since <
+        (r->assign.lost_ms && r->assign.watchdog_ms > WATCHDOG_LOST_MS ? WATCHDOG_LOST_MS
+                                                                       : r->assign.watchdog_ms))
         return 0;
     /* Only while the cluster answers: with the broker gone, destroying the
      * consumer can block for minutes (and SIGTERM with it), and a new one
@@ -590,8 +600,10 @@ int runner_watch_consumer(struct runner *r, char *errbuf, size_t errlen)
             return 0;
         }
     }
-    tly_log("warn", "consumer_restart", "reason=\"no partitions for %lld s\"",
-            (long long)(r->assign.watchdog_ms / 1000));
+    tly_log("warn", "consumer_restart", "reason=\"no partitions for %lld s%s\"",
+            (long long)((now - r->assign.unassigned_since) / 1000),
+            r->assign.lost_ms ? " after the group lost them" : "");
+    r->assign.lost_ms = 0;
     runner_release_collected(r);
     rd_kafka_destroy_flags(r->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
     r->assign.unassigned_since = 0;

@@ -41,12 +41,24 @@
 #include "log.h"
 #include "meta.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void runner_crash_point(struct runner *r, const char *step)
 {
+    if (r->stall_at && strcmp(r->stall_at, step) == 0 && r->batches == r->crash_batch) {
+        struct timespec ts = {(time_t)(r->stall_ms / 1000), (long)(r->stall_ms % 1000) * 1000000};
+        if (strcmp(step, "after_produce") == 0)
+            rd_kafka_flush(r->producer, KAFKA_TIMEOUT_MS);
+        tly_log("warn", "stall_point", "step=%s batch=%ld ms=%lld note=\"TALLY_STALL_AT\"", step,
+                r->batches, (long long)r->stall_ms);
+        r->stall_at = NULL; /* once */
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+    }
     /* after_flush: at the first flush that emitted something, whatever the batch */
     if (r->crash_at && strcmp(r->crash_at, step) == 0 &&
         (r->batches == r->crash_batch || strcmp(step, "after_flush") == 0)) {
@@ -202,6 +214,7 @@ struct batch {
     rd_kafka_topic_partition_list_t *offsets; /* input positions after the batch */
     struct produce_ctx outputs;
     int64_t t_start, t_applied, t_produced, t_kafka;
+    int64_t t_begin;      /* begin_transaction (monotonic), 0 before it */
     bool sqlite_open;     /* BEGIN done, neither COMMIT nor ROLLBACK yet */
     bool kafka_committed; /* commit_transaction returned success */
     /* why the batch failed (batch_fail) */
@@ -220,20 +233,54 @@ static enum batch_result failed(struct batch *b, int fail, const char *step, con
     return BATCH_ABORTED;
 }
 
+/* A transaction open longer than --transaction-timeout: the broker has
+ * aborted it and bumped the producer's epoch, so every later call on it
+ * fails as if another instance had fenced this one, although none exists.
+ * Only a stall does this (a broker outage, a paused process): batches take
+ * milliseconds. */
+static bool txn_expired(const struct runner *r, const struct batch *b)
+{
+    return b->t_begin > 0 && tly_clock_mono_ms() - b->t_begin >= r->cfg->transaction_timeout_ms;
+}
+
 /* A transactional API error: fatal (fenced, or the producer's state is
  * gone) or abortable, as librdkafka's INTRODUCTION.md classifies them.
  * Retriable errors are retried by the caller before it gets here. Takes
  * ownership of error. */
-static enum batch_result txn_failed(struct batch *b, const char *step, rd_kafka_error_t *error)
+static enum batch_result txn_failed(const struct runner *r, struct batch *b, const char *step,
+                                    rd_kafka_error_t *error)
 {
     bool fatal = rd_kafka_error_is_fatal(error) || !rd_kafka_error_txn_requires_abort(error);
     bool fenced = rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__FENCED ||
                   rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR_PRODUCER_FENCED;
     char why[560];
     snprintf(why, sizeof(why), "%s%s", rd_kafka_error_string(error),
-             fatal && fenced ? " (another instance with the same --instance-id took over)" : "");
+             !fatal || !fenced ? ""
+             : txn_expired(r, b)
+                 ? " (the transaction outlived --transaction-timeout and the broker aborted it)"
+                 : " (another instance with the same --instance-id took over)");
     rd_kafka_error_destroy(error);
     return failed(b, fatal ? FAIL_FATAL : FAIL_ABORT, step, why);
+}
+
+/* A fatal producer error that a transaction's expiry explains (txn_expired)
+ * is not the end: the daemon starts over in-process (runner.c), exactly as
+ * a restart would - a new producer fences the old epoch, recovery brings the
+ * state back to what Kafka committed, the consumer rejoins. Returns
+ * BATCH_FATAL either way (the caller has written errbuf); r->restart says
+ * which. */
+static enum batch_result fatal_or_restart(struct runner *r, const struct batch *b)
+{
+    if (txn_expired(r, b)) {
+        r->restart = true;
+        tly_log("warn", "transaction_expired",
+                "step=%s open_ms=%lld transaction_timeout_ms=%lld error=%s "
+                "action=\"start over: new producer, recovery, rejoin\"",
+                b->step, (long long)(tly_clock_mono_ms() - b->t_begin),
+                (long long)r->cfg->transaction_timeout_ms,
+                tly_log_quote(b->why, (char[700]){0}, 700));
+    }
+    return BATCH_FATAL;
 }
 
 /* Aborts the open Kafka transaction after an abortable error and rewinds the
@@ -266,8 +313,9 @@ static enum batch_result batch_begin(struct runner *r, struct batch *b)
 
     r->batches++;
     r->delivery_failed = false;
+    b->t_begin = tly_clock_mono_ms();
     if ((error = rd_kafka_begin_transaction(r->producer)))
-        return txn_failed(b, "begin_transaction", error);
+        return txn_failed(r, b, "begin_transaction", error);
     if (tly_store_begin(r->store, err, sizeof(err)) < 0)
         return failed(b, FAIL_DATABASE, "apply", err);
     b->sqlite_open = true;
@@ -349,11 +397,11 @@ static enum batch_result batch_commit_kafka(struct runner *r, struct batch *b)
     }
     rd_kafka_consumer_group_metadata_destroy(group);
     if (error)
-        return txn_failed(b, "send_offsets_to_transaction", error);
+        return txn_failed(r, b, "send_offsets_to_transaction", error);
     runner_crash_point(r, "after_offsets");
     while ((error = rd_kafka_commit_transaction(r->producer, KAFKA_TIMEOUT_MS))) {
         if (!rd_kafka_error_is_retriable(error))
-            return txn_failed(b, "commit_transaction", error);
+            return txn_failed(r, b, "commit_transaction", error);
         tly_log("warn", "commit_retry", "error=\"%s\"", rd_kafka_error_string(error));
         rd_kafka_error_destroy(error);
     }
@@ -401,7 +449,7 @@ static enum batch_result batch_fail(struct runner *r, struct batch *b, char *err
         b->sqlite_open = false;
     }
     if (b->fail == FAIL_FATAL)
-        return tly_error(errbuf, errlen, "%s: %s", b->step, b->why), BATCH_FATAL;
+        return tly_error(errbuf, errlen, "%s: %s", b->step, b->why), fatal_or_restart(r, b);
     if (b->fail == FAIL_DATABASE && b->kafka_committed)
         return tly_error(errbuf, errlen,
                          "database error after the Kafka commit (restart replays it): %s", b->why),
@@ -413,7 +461,9 @@ static enum batch_result batch_fail(struct runner *r, struct batch *b, char *err
             return BATCH_FATAL;
         return tly_error(errbuf, errlen, "database error, batch aborted: %s", b->why), BATCH_FATAL;
     }
-    return abort_transaction_and_rewind(r, b->step, b->why, errbuf, errlen);
+    if (abort_transaction_and_rewind(r, b->step, b->why, errbuf, errlen) == BATCH_FATAL)
+        return fatal_or_restart(r, b);
+    return BATCH_ABORTED;
 }
 
 /* A committed batch's figures. End-to-end latency is measured from each
@@ -433,6 +483,7 @@ static void batch_account(struct runner *r, struct batch *b)
                 (long long)(b->t_applied - b->t_start), (long long)(b->t_produced - b->t_applied),
                 (long long)(b->t_kafka - b->t_produced), (long long)(done - b->t_kafka));
     b->stats.changes = b->seq_after - b->seq_before; /* the counters row too: all mirrored */
+    runner_broker_answered(r);
     r->applied += b->stats.applied;
     r->rejected += b->stats.rejected;
     r->skipped += b->stats.skipped;
@@ -492,9 +543,10 @@ runner_own_transaction(struct runner *r, const char *what, const char *error_eve
     rd_kafka_error_t *error;
     char step[128];
 
+    b.t_begin = tly_clock_mono_ms();
     if ((error = rd_kafka_begin_transaction(r->producer))) {
         snprintf(step, sizeof(step), "begin_transaction (%s)", what);
-        txn_failed(&b, step, error);
+        txn_failed(r, &b, step, error);
     } else if (fill(r, ctx, b.why, sizeof(b.why)) < 0) {
         if (error_event)
             tly_log("error", error_event, "error=%s", tly_log_quote(b.why, (char[700]){0}, 700));
@@ -505,8 +557,9 @@ runner_own_transaction(struct runner *r, const char *what, const char *error_eve
             tly_log("error", error_event, "error=%s",
                     tly_log_quote(rd_kafka_error_string(error), (char[700]){0}, 700));
         snprintf(step, sizeof(step), "commit_transaction (%s)", what);
-        txn_failed(&b, step, error);
+        txn_failed(r, &b, step, error);
     } else {
+        runner_broker_answered(r);
         return BATCH_COMMITTED;
     }
     return batch_fail(r, &b, errbuf, errlen);

@@ -226,6 +226,31 @@ void runner_prune(struct runner *r)
 /* Every second between batches: consumer lag per assigned partition (the
  * high watermark librdkafka last saw minus our position: no broker round
  * trip), and every ten seconds the changelog table's row count. */
+/* The cluster answered: /readyz and tally_broker_last_contact_* see it. */
+void runner_broker_answered(struct runner *r)
+{
+    r->broker_ok_ms = tly_clock_mono_ms();
+    tly_metrics_set(r->metrics, TLY_G_BROKER_CONTACT_MS, tly_clock_wall_ms());
+}
+
+/* Without committed batches (an idle input, a broker away) nothing says
+ * whether the cluster answers: a metadata request every PROBE_MS does. It
+ * blocks the loop for at most a second, and only when the loop has had no
+ * answer for PROBE_MS anyway. */
+static void probe_broker(struct runner *r, int64_t now)
+{
+    static const int64_t probe_ms = 2000;
+    const struct rd_kafka_metadata *md = NULL;
+
+    if (!r->producer || now - r->broker_ok_ms < probe_ms || now - r->last_probe < probe_ms)
+        return;
+    r->last_probe = now;
+    if (rd_kafka_metadata(r->producer, 0, NULL, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        runner_broker_answered(r);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+}
+
 void runner_update_gauges(struct runner *r)
 {
     rd_kafka_topic_partition_list_t *assigned = NULL;
@@ -249,6 +274,7 @@ void runner_update_gauges(struct runner *r)
         }
     }
     r->last_gauges = now;
+    probe_broker(r, now);
     if (rd_kafka_assignment(r->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return;
     if (rd_kafka_position(r->consumer, assigned) == RD_KAFKA_RESP_ERR_NO_ERROR) {

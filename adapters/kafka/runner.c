@@ -91,6 +91,8 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
         r->changelog_offsets[p] = -1;
     r->crash_at = getenv("TALLY_CRASH_AT");
     r->crash_batch = getenv("TALLY_CRASH_BATCH") ? atol(getenv("TALLY_CRASH_BATCH")) : 1;
+    r->stall_at = getenv("TALLY_STALL_AT");
+    r->stall_ms = getenv("TALLY_STALL_MS") ? atol(getenv("TALLY_STALL_MS")) : 0;
     /* tests shorten the watchdog to see it act */
     r->assign.watchdog_ms =
         (env = getenv("TALLY_WATCHDOG_MS")) && atol(env) > 0 ? atol(env) : WATCHDOG_MS;
@@ -335,6 +337,63 @@ static void runner_close(struct runner *r, const tly_recovery_config *rcfg,
     tly_metrics_free(r->metrics);
 }
 
+/* After a transaction expired in a stall (batch.c, fatal_or_restart): what
+ * a restart of the process would do, without dropping the HTTP server and
+ * the metrics. The clients, the pipeline and the store are closed as they
+ * are - the open batch is rolled back, what Kafka has not committed is
+ * purged - and the start is run again: init_transactions fences the old
+ * epoch, recovery brings the database to what Kafka committed, the
+ * consumer rejoins the group and takes its partitions over again. */
+static int runner_start_over(struct runner *r, tly_recovery_config *rcfg,
+                             tly_recovery_report *recovery, char *errbuf, size_t errlen)
+{
+    char quoted[1100];
+
+    r->restarts++;
+    tly_log("warn", "restart", "count=%ld reason=%s", r->restarts,
+            tly_log_quote(errbuf, quoted, sizeof(quoted)));
+    tly_metrics_set(r->metrics, TLY_G_READY, 0);
+    r->restart = false;
+    runner_release_collected(r);
+    runner_housekeeping_free(r); /* a snapshot under way is finished, not published */
+    if (runner_housekeeping_init(r) < 0)
+        return tly_error(errbuf, errlen, "out of memory");
+    if (r->consumer) {
+        /* no leave: the new consumer, same group.instance.id, takes the place */
+        rd_kafka_destroy_flags(r->consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        r->consumer = NULL;
+    }
+    if (r->producer) {
+        rd_kafka_purge(r->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_destroy(r->producer);
+        r->producer = NULL;
+    }
+    tly_pipeline_close(r->pipeline);
+    r->pipeline = NULL;
+    tly_pack_free(r->pack);
+    r->pack = NULL;
+    tly_store_close(r->store);
+    r->store = NULL;
+    tly_ownership_free(r->assign.owned);
+    if (!(r->assign.owned = tly_ownership_new()))
+        return tly_error(errbuf, errlen, "out of memory");
+    r->assign.unassigned_since = r->assign.lost_ms = 0;
+    r->assign.error[0] = '\0';
+    for (int p = 0; p < TLY_MAX_PARTITIONS; p++)
+        r->changelog_offsets[p] = -1;
+    r->delivery_failed = false;
+    memset(recovery, 0, sizeof(*recovery));
+    if (runner_recover(r, rcfg, recovery, errbuf, errlen) < 0 ||
+        !(r->consumer = runner_new_consumer(r, errbuf, errlen)))
+        return -1;
+    runner_broker_answered(r);
+    tly_metrics_set(r->metrics, TLY_G_READY, 1);
+    tly_log("info", "restarted", "count=%ld source=%s ttr_ms=%lld records_replayed=%lld",
+            r->restarts, recovery->source, (long long)recovery->ttr_ms,
+            (long long)recovery->records_replayed);
+    return 0;
+}
+
 int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
 {
     struct runner r = {0};
@@ -353,13 +412,17 @@ int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen)
     }
     if (!(r.consumer = runner_new_consumer(&r, errbuf, errlen)))
         goto done;
+    runner_broker_answered(&r);
     tly_metrics_set(r.metrics, TLY_G_READY, 1);
     tly_log("info", "started",
             "pipeline=%s input=%s output=%s changelog=%s group=%s instance=%s strategy=%s db=%s",
             cfg->pipeline, r.topics.input.name, r.topics.output.name,
             cfg->changelog ? r.topics.changelog.name : "off", cfg->group_id, cfg->instance_id,
             tly_emit_strategy_name(cfg->strategy), r.db_path);
-    rc = runner_loop(&r, &recovery, errbuf, errlen);
+    while ((rc = runner_loop(&r, &recovery, errbuf, errlen)) < 0 && r.restart &&
+           !(cfg->stop && *cfg->stop))
+        if (runner_start_over(&r, &rcfg, &recovery, errbuf, errlen) < 0)
+            break;
 done:
     tly_http_stop(http);
     runner_close(&r, &rcfg, &recovery);

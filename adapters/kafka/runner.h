@@ -104,6 +104,11 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline);
  *       (default 1); TALLY_CRASH_AT=after_flush right after the first
  *       log_compacted flush's Kafka commit, before the database forgets
  *       what it emitted.
+ *   TALLY_STALL_AT=STEP TALLY_STALL_MS=N
+ *       the same steps (after_flush aside): at the TALLY_CRASH_BATCH-th batch
+ *       the daemon sleeps N ms instead, once, its transaction open - a stall
+ *       the broker ends by aborting that transaction after
+ *       --transaction-timeout.
  *   TALLY_WATCHDOG_MS=N
  *       replaces a consumer without partitions after N ms instead of 60 s. */
 int tly_runner_run(const tly_runner_config *cfg, char *errbuf, size_t errlen);

@@ -59,6 +59,7 @@ struct assignment {
     int64_t unassigned_since; /* the watchdog: since when no partition is assigned */
     int64_t last_watch;
     int64_t watchdog_ms; /* replace a consumer without partitions this long */
+    int64_t lost_ms;     /* the last time the group took the partitions away (lost) */
     bool closing;        /* the revocation of a shutdown keeps the rows */
     char error[1200];    /* a partition could not be taken over: fatal */
 };
@@ -79,10 +80,19 @@ struct runner {
      * (-1: none since the partition was taken or dropped) */
     int64_t changelog_offsets[TLY_MAX_PARTITIONS];
     bool delivery_failed;
+    /* a transaction expired during a stall: start over in-process (batch.c,
+     * runner.c) instead of exiting */
+    bool restart;
+    long restarts;
+    /* the last time the cluster answered (monotonic): a committed batch, a
+     * probe (housekeeping.c); /readyz and tally_broker_up read it */
+    int64_t broker_ok_ms, last_probe;
     char delivery_error[256];
     /* crash points (runner.h) */
     const char *crash_at;
     long crash_batch;
+    const char *stall_at; /* TALLY_STALL_AT: sleep there instead, once */
+    int64_t stall_ms;
     /* totals for the progress and shutdown lines */
     long batches;
     int64_t applied, rejected, skipped, late, changes, outputs, aborted;
@@ -152,5 +162,6 @@ int runner_maybe_snapshot(struct runner *r, char *errbuf, size_t errlen);
 int runner_finish_snapshot(struct runner *r, char *errbuf, size_t errlen);
 void runner_prune(struct runner *r);
 void runner_update_gauges(struct runner *r);
+void runner_broker_answered(struct runner *r);
 
 #endif
