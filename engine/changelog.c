@@ -378,10 +378,28 @@ err:
     return -1;
 }
 
+int tly_replayer_defer_indexes(tly_replayer *r, char *errbuf, size_t errlen)
+{
+    /* a target that never held a changelog row: its state tables are empty,
+     * or hold what no replay can conflict with (checked per table) */
+    if (r->next_seq != 1)
+        return 0;
+    return tly_store_defer_indexes(r->store, errbuf, errlen);
+}
+
+int tly_replayer_finish(tly_replayer *r, char *errbuf, size_t errlen)
+{
+    return tly_store_restore_indexes(r->store, errbuf, errlen);
+}
+
 void tly_replayer_close(tly_replayer *r)
 {
+    char ignored[256];
     if (!r)
         return;
+    /* after an error: the indexes come back now, or at the next open */
+    if (r->store)
+        tly_store_restore_indexes(r->store, ignored, sizeof(ignored));
     for (int i = 0; i < r->pipeline_count; i++)
         tly_pipeline_close(r->pipelines[i]);
     sqlite3_finalize(r->insert_row);

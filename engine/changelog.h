@@ -140,6 +140,17 @@ void tly_replayer_stop_at_gaps(tly_replayer *replayer, int on);
  * the changelog partition they were read from, say. Default 0. */
 void tly_replayer_default_partition(tly_replayer *replayer, int partition);
 
+/* For a rebuild of a target that holds no changelog (a new database): leaves
+ * out the secondary indexes of the empty state tables until
+ * tly_replayer_finish builds them, once (see tly_store_defer_indexes). Call
+ * outside a transaction. Returns how many indexes wait, or -1 with errbuf. */
+int tly_replayer_defer_indexes(tly_replayer *replayer, char *errbuf, size_t errlen);
+
+/* Builds the indexes tly_replayer_defer_indexes left out; outside a
+ * transaction. tly_replayer_close does too, ignoring errors (the next open of
+ * the database retries). Returns 0 or -1 with errbuf. */
+int tly_replayer_finish(tly_replayer *replayer, char *errbuf, size_t errlen);
+
 /* The replayer's store, for transactions (borrowed). */
 tly_store *tly_replayer_store(tly_replayer *replayer);
 

@@ -226,8 +226,23 @@ int cmd_replay(int argc, char **argv)
         goto done;
     }
     tly_replayer_stop_at_gaps(r.replayer, !o.warn_gaps);
-    if (replay_read(&r, input) < 0)
+    if (tly_replayer_defer_indexes(r.replayer, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally replay: %s\n", err);
         goto done;
+    }
+    if (replay_read(&r, input) < 0) {
+        /* what was committed before the stop gets its indexes too */
+        if (r.in_txn)
+            tly_store_rollback(tly_replayer_store(r.replayer));
+        r.in_txn = 0;
+        if (tly_replayer_finish(r.replayer, err, sizeof(err)) < 0)
+            fprintf(stderr, "tally replay: %s\n", err);
+        goto done;
+    }
+    if (tly_replayer_finish(r.replayer, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally replay: %s\n", err);
+        goto done;
+    }
     printf("replayed input=%s rows=%lld changed=%lld unchanged=%lld gaps=%lld last_seq=%lld\n",
            r.input_name, (long long)r.rows, (long long)r.changed, (long long)(r.rows - r.changed),
            (long long)r.gaps, (long long)tly_replayer_last_seq(r.replayer));

@@ -137,6 +137,11 @@ for batch in 1 7 1000000; do
         "$(sq "$db" 'SELECT count(*), coalesce(max(seq), 0) FROM changelog')"
     actual_state "$db" >"$WORK/act.trunc"
     assert_files_eq "truncated, --batch $batch: state as of seq $((N - 1))" "$WORK/exp.trunc" "$WORK/act.trunc"
+    # a new database is filled without its secondary indexes, built at the end
+    assert_eq "truncated, --batch $batch: indexes built" "4|0" \
+        "$(sq "$db" "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_%'), (SELECT count(*) FROM meta WHERE key LIKE 'replay.%')")"
+    assert_eq "truncated, --batch $batch: the part index is whole" "1" \
+        "$(sq "$db" "SELECT count(*) FROM pragma_index_info('order_window_state_by_part')")"
 done
 run tally replay --db "$WORK/trunc7.db" "$WORK/all.jsonl"
 expect_rc "truncated, then the whole export" 0
