@@ -378,10 +378,28 @@ err:
     return -1;
 }
 
+int tly_replayer_defer_indexes(tly_replayer *r, char *errbuf, size_t errlen)
+{
+    /* a target that never held a changelog row: its state tables are empty,
+     * or hold what no replay can conflict with (checked per table) */
+    if (r->next_seq != 1)
+        return 0;
+    return tly_store_defer_indexes(r->store, errbuf, errlen);
+}
+
+int tly_replayer_finish(tly_replayer *r, char *errbuf, size_t errlen)
+{
+    return tly_store_restore_indexes(r->store, errbuf, errlen);
+}
+
 void tly_replayer_close(tly_replayer *r)
 {
+    char ignored[256];
     if (!r)
         return;
+    /* after an error: the indexes come back now, or at the next open */
+    if (r->store)
+        tly_store_restore_indexes(r->store, ignored, sizeof(ignored));
     for (int i = 0; i < r->pipeline_count; i++)
         tly_pipeline_close(r->pipelines[i]);
     sqlite3_finalize(r->insert_row);
@@ -797,7 +815,8 @@ static int fast_parse(const char *line, size_t len, struct fast_row *row)
     /* every field replay needs, sane, and not a counters row (its image is
      * read member by member: json-c) */
     if (p != end || (seen & (1 | 2 | 8 | 16 | 32 | 64)) != (1 | 2 | 8 | 16 | 32 | 64) ||
-        row->seq <= 0 || row->key_seq <= 0 || row->part < INT32_MIN || row->part > INT32_MAX ||
+        row->seq <= 0 || row->key_seq <= 0 || row->seq > TLY_CHANGELOG_MAX_SEQ ||
+        row->key_seq > TLY_CHANGELOG_MAX_SEQ || row->part < INT32_MIN || row->part > INT32_MAX ||
         (row->entity_len == sizeof(TLY_CHANGELOG_COUNTERS_ENTITY) - 1 &&
          memcmp(row->entity, TLY_CHANGELOG_COUNTERS_ENTITY, row->entity_len) == 0))
         return 0;
@@ -850,6 +869,21 @@ static int fast_row_strings(tly_replayer *r, const struct fast_row *f, struct re
     return 0;
 }
 
+/* A seq or key_seq as json-c read it: an integer from 1 to
+ * TLY_CHANGELOG_MAX_SEQ. json-c holds a larger integer as uint64 (int64
+ * reads it as INT64_MAX) and a much larger one as a double; both are refused
+ * here, before seq + 1 could overflow. Returns 0, or -1 with errbuf. */
+static int check_seq(const char *name, json_object *value, char *errbuf, size_t errlen)
+{
+    int64_t v = json_object_get_int64(value);
+    if (!json_object_is_type(value, json_type_int) || v < 1 || v > TLY_CHANGELOG_MAX_SEQ)
+        return tly_error(errbuf, errlen,
+                         "not a changelog row: %s must be an integer from 1 to %lld, not %.40s",
+                         name, (long long)TLY_CHANGELOG_MAX_SEQ,
+                         json_object_to_json_string_ext(value, JSON_C_TO_STRING_PLAIN));
+    return 0;
+}
+
 /* Reads a line with json-c into *row (strings borrowed from *tree, which
  * the caller puts). Returns 0, or -1 with errbuf for a line that is not a
  * changelog row. */
@@ -860,23 +894,30 @@ static int json_row(tly_replayer *r, const char *line, size_t len, json_object *
 
     json_tokener_reset(r->tokener);
     *tree = json_tokener_parse_ex(r->tokener, line, (int)len);
-    if (!*tree)
-        return tly_error(errbuf, errlen, "not JSON: %s",
-                         json_tokener_error_desc(json_tokener_get_error(r->tokener)));
-    seq = member(*tree, "seq", json_type_int);
+    if (!*tree) {
+        enum json_tokener_error e = json_tokener_get_error(r->tokener);
+        /* json-c says "continue" for text that stops inside a value */
+        if (e == json_tokener_continue)
+            return tly_error(errbuf, errlen,
+                             "not JSON: the line ends inside its JSON (truncated?)");
+        return tly_error(errbuf, errlen, "not JSON: %s", json_tokener_error_desc(e));
+    }
     entity = member(*tree, "entity", json_type_string);
     key = member(*tree, "key", json_type_string);
-    key_seq = member(*tree, "key_seq", json_type_int);
     image = member(*tree, "image", json_type_object);
     changed_ms = member(*tree, "changed_ms", json_type_int);
     part = member(*tree, "part", json_type_int);
     if (!json_object_object_get_ex(*tree, "delta", &delta))
         delta = NULL;
-    if (!seq || !entity || !key || !key_seq || !image || !changed_ms ||
-        json_object_get_int64(seq) <= 0 || json_object_get_int64(key_seq) <= 0)
+    if (!json_object_object_get_ex(*tree, "seq", &seq) ||
+        !json_object_object_get_ex(*tree, "key_seq", &key_seq) || !entity || !key || !image ||
+        !changed_ms)
         return tly_error(errbuf, errlen,
                          "not a changelog row: needs seq, entity, key, key_seq, image, "
                          "changed_ms (see tally changelog export --help)");
+    if (check_seq("seq", seq, errbuf, errlen) < 0 ||
+        check_seq("key_seq", key_seq, errbuf, errlen) < 0)
+        return -1;
     row->seq = json_object_get_int64(seq);
     row->entity = json_object_get_string(entity);
     row->key = json_object_get_string(key);
@@ -902,6 +943,7 @@ static int apply_row(tly_replayer *r, const struct replay_row *row, tly_replay_o
     sqlite3 *db = tly_store_db(r->store);
     tly_pipeline *pipeline = NULL;
     bool counters = row->counters_image != NULL;
+    sqlite3_int64 written;
 
     if (r->only_entity && strcmp(r->only_entity, row->entity) != 0 && !counters) {
         outcome->foreign = 1;
@@ -915,10 +957,12 @@ static int apply_row(tly_replayer *r, const struct replay_row *row, tly_replay_o
         for (int i = 0; i < r->pipeline_count && !pipeline; i++)
             if (strcmp(tly_pipeline_entity(r->pipelines[i]), row->entity) == 0)
                 pipeline = r->last_pipeline = r->pipelines[i];
-        if (!pipeline)
+        if (!pipeline) {
+            outcome->bad_line = 1;
             return tly_error(errbuf, errlen,
                              "unknown entity \"%s\" (pass its pipeline file with --pipeline-file)",
                              row->entity);
+        }
     }
     outcome->seq = row->seq;
     if (outcome->seq > r->next_seq) {
@@ -929,11 +973,17 @@ static int apply_row(tly_replayer *r, const struct replay_row *row, tly_replay_o
             return 0;
         }
     }
+    written = sqlite3_total_changes64(db);
     if (counters ? replay_counters(r, row->key, row->counters_image, &outcome->changed, errbuf,
                                    errlen) < 0
                  : tly_pipeline_replay_image(pipeline, row->image, row->key_seq, row->part,
-                                             &outcome->changed, errbuf, errlen) < 0)
+                                             &outcome->changed, errbuf, errlen) < 0) {
+        /* SQLite undoes a failed statement's own changes: when no statement
+         * of this row completed, the transaction holds nothing of it (an
+         * image without a NOT NULL column, say) */
+        outcome->bad_line = sqlite3_total_changes64(db) == written;
         return -1;
+    }
     sqlite3_bind_int64(r->insert_row, 1, outcome->seq);
     sqlite3_bind_text(r->insert_row, 2, row->entity, -1, SQLITE_STATIC);
     sqlite3_bind_text(r->insert_row, 3, row->key, -1, SQLITE_STATIC);
@@ -970,6 +1020,7 @@ int tly_replayer_apply_line(tly_replayer *r, const char *line, size_t len,
         if (fast_row_strings(r, &fast, &row) < 0)
             return tly_error(errbuf, errlen, "out of memory");
     } else if (json_row(r, line, len, &tree, &row, errbuf, errlen) < 0) {
+        outcome->bad_line = 1;
         goto done;
     }
     rc = apply_row(r, &row, outcome, errbuf, errlen);

@@ -42,6 +42,10 @@
  *
  *   part        the input partition that made the row (also its changelog
  *               partition in Kafka); null in exports of older databases
+ *
+ * seq and key_seq are integers from 1 to TLY_CHANGELOG_MAX_SEQ: a line with
+ * anything else is a bad line, so the seq after the last one replayed and the
+ * next key_seq of a key can never overflow.
  */
 #ifndef TLY_CHANGELOG_H
 #define TLY_CHANGELOG_H
@@ -50,6 +54,10 @@
 
 #include <stdint.h>
 #include <stdio.h>
+
+/* 2^62 - 1: far beyond any changelog written at any rate, and far enough
+ * below INT64_MAX that seq + 1 and key_seq + 1 stay integers. */
+#define TLY_CHANGELOG_MAX_SEQ INT64_C(4611686018427387903)
 
 /* Writes every changelog row with seq > since_seq of the database at db_path to
  * out, one per line. Uses its own read-only connection and one read transaction:
@@ -95,6 +103,10 @@ typedef struct tly_replay_outcome {
     int held;         /* 1: the row was not applied because it follows a gap and
                          the replayer stops at gaps */
     int foreign;      /* 1: the row belongs to another entity (see only_entity) */
+    int bad_line;     /* on an error: 1 when the line itself was refused (not a
+                         changelog row, a field out of range, an unknown entity,
+                         an image the state table rejects) and nothing of it was
+                         written, so what came before can be committed */
 } tly_replay_outcome;
 
 /* Opens the database at db_path for replay (its own connection, triggers off,
@@ -128,6 +140,17 @@ void tly_replayer_stop_at_gaps(tly_replayer *replayer, int on);
  * the changelog partition they were read from, say. Default 0. */
 void tly_replayer_default_partition(tly_replayer *replayer, int partition);
 
+/* For a rebuild of a target that holds no changelog (a new database): leaves
+ * out the secondary indexes of the empty state tables until
+ * tly_replayer_finish builds them, once (see tly_store_defer_indexes). Call
+ * outside a transaction. Returns how many indexes wait, or -1 with errbuf. */
+int tly_replayer_defer_indexes(tly_replayer *replayer, char *errbuf, size_t errlen);
+
+/* Builds the indexes tly_replayer_defer_indexes left out; outside a
+ * transaction. tly_replayer_close does too, ignoring errors (the next open of
+ * the database retries). Returns 0 or -1 with errbuf. */
+int tly_replayer_finish(tly_replayer *replayer, char *errbuf, size_t errlen);
+
 /* The replayer's store, for transactions (borrowed). */
 tly_store *tly_replayer_store(tly_replayer *replayer);
 
@@ -136,7 +159,8 @@ tly_store *tly_replayer_store(tly_replayer *replayer);
 int64_t tly_replayer_last_seq(tly_replayer *replayer);
 
 /* Replays one export line. Returns 0 and fills *outcome, or -1 with errbuf for a
- * line that is not a changelog row or names an unknown entity. */
+ * line that is not a changelog row or names an unknown entity (outcome.bad_line
+ * says whether the transaction holds nothing of the line). */
 int tly_replayer_apply_line(tly_replayer *replayer, const char *line, size_t len,
                             tly_replay_outcome *outcome, char *errbuf, size_t errlen);
 

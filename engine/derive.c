@@ -297,10 +297,12 @@ static char *replay_sql(const char *table, const struct columns *c)
     sqlite3_str_appendf(s, "INSERT INTO main.\"%w\" (", table);
     for (int i = 0; i < c->n; i++)
         sqlite3_str_appendf(s, "\"%w\", ", c->names[i]);
-    sqlite3_str_appendall(s, "key_seq, part)\nSELECT ");
+    /* VALUES, not SELECT: a one-row insert runs without a statement journal
+     * (an INSERT ... SELECT opens and releases one per row replayed) */
+    sqlite3_str_appendall(s, "key_seq, part)\nVALUES (");
     for (int i = 0; i < c->n; i++)
         sqlite3_str_appendf(s, "json_extract(:image, '$.\"%q\"'), ", c->names[i]);
-    sqlite3_str_appendall(s, ":key_seq, :partition WHERE true\nON CONFLICT (");
+    sqlite3_str_appendall(s, ":key_seq, :partition)\nON CONFLICT (");
     append_pk_list(s, c, "");
     sqlite3_str_appendall(s, ") DO UPDATE SET ");
     for (int i = 0; i < c->n; i++)

@@ -209,6 +209,128 @@ static void configure_sqlite(void)
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 }
 
+/* Builds again, in one transaction, the indexes a rebuild dropped
+ * (tly_store_defer_indexes) and forgets them. Runs on every open, before the
+ * migrations (which may expect them), so a rebuild that stopped half way -
+ * killed, say - leaves no database without its indexes. */
+static int restore_indexes(sqlite3 *db, char *errbuf, size_t errlen)
+{
+    sqlite3_stmt *stmt = NULL;
+    char *msg = NULL;
+    int rc;
+
+    /* a new database has no meta table yet, and nothing to restore */
+    if (user_version(db) == 0 ||
+        tly_store_query_int(
+            db, "SELECT count(*) FROM meta WHERE key GLOB '" TLY_DEFERRED_INDEX "*'", 0) == 0)
+        return 0;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key GLOB '" TLY_DEFERRED_INDEX "*'",
+                            -1, &stmt, NULL);
+    while (rc == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW)
+        rc = sqlite3_exec(db, (const char *)sqlite3_column_text(stmt, 0), NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        if (!msg)
+            msg = sqlite3_mprintf("%s", sqlite3_errmsg(db));
+        sqlite3_finalize(stmt);
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        goto fail;
+    }
+    sqlite3_finalize(stmt);
+    if (sqlite3_exec(db, "DELETE FROM meta WHERE key GLOB '" TLY_DEFERRED_INDEX "*'", NULL, NULL,
+                     &msg) != SQLITE_OK) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        goto fail;
+    }
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK)
+        goto fail;
+    return 0;
+fail:
+    set_error(errbuf, errlen, "cannot build the indexes a rebuild left out: %s%s",
+              msg ? msg : sqlite3_errmsg(db), "");
+    sqlite3_free(msg);
+    return -1;
+}
+
+int tly_store_restore_indexes(tly_store *store, char *errbuf, size_t errlen)
+{
+    return restore_indexes(store->db, errbuf, errlen);
+}
+
+int tly_store_defer_indexes(tly_store *store, char *errbuf, size_t errlen)
+{
+    sqlite3 *db = store->db;
+    sqlite3_stmt *next = NULL, *save = NULL;
+    char *msg = NULL, *last = NULL;
+    int rc, dropped = 0;
+
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK)
+        goto fail;
+    /* One index at a time, the query reset before each drop (a DROP cannot
+     * run while sqlite_master is being read). Non-unique indexes only: a
+     * unique one decides conflicts; sqlite_master's own (sql NULL) are
+     * primary keys and UNIQUE constraints. */
+    rc = sqlite3_prepare_v2(db,
+                            "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' "
+                            "AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%' "
+                            "AND tbl_name NOT IN ('changelog', 'meta') AND name > ?1 "
+                            "ORDER BY name LIMIT 1",
+                            -1, &next, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "INSERT INTO meta (key, value) VALUES (?1, ?2)", -1, &save,
+                                NULL);
+    while (rc == SQLITE_OK) {
+        char *name, *probe, *drop, *key, *create;
+        sqlite3_bind_text(next, 1, last ? last : "", -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(next) != SQLITE_ROW)
+            break;
+        name = sqlite3_mprintf("%s", (const char *)sqlite3_column_text(next, 0));
+        probe = sqlite3_mprintf("SELECT count(*) FROM (SELECT 1 FROM main.\"%w\" LIMIT 1)",
+                                (const char *)sqlite3_column_text(next, 1));
+        create = sqlite3_mprintf("%s", (const char *)sqlite3_column_text(next, 2));
+        sqlite3_reset(next);
+        drop = sqlite3_mprintf("DROP INDEX main.\"%w\"", name);
+        key = sqlite3_mprintf(TLY_DEFERRED_INDEX "%s", name);
+        /* only an empty table's: a full one's would cost more to build again
+         * than it saves */
+        if (!name || !probe || !create || !drop || !key) {
+            rc = SQLITE_NOMEM;
+        } else if (tly_store_query_int(db, probe, 1) == 0) {
+            sqlite3_bind_text(save, 1, key, -1, SQLITE_STATIC);
+            sqlite3_bind_text(save, 2, create, -1, SQLITE_STATIC);
+            rc = sqlite3_step(save) == SQLITE_DONE ? SQLITE_OK : SQLITE_ERROR;
+            sqlite3_reset(save);
+            if (rc == SQLITE_OK)
+                rc = sqlite3_exec(db, drop, NULL, NULL, &msg);
+            dropped += rc == SQLITE_OK;
+        }
+        sqlite3_free(last);
+        last = name;
+        sqlite3_free(probe);
+        sqlite3_free(create);
+        sqlite3_free(drop);
+        sqlite3_free(key);
+    }
+    sqlite3_free(last);
+    sqlite3_finalize(next);
+    sqlite3_finalize(save);
+    if (rc != SQLITE_OK) {
+        if (!msg)
+            msg = sqlite3_mprintf("%s", sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        goto fail;
+    }
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK)
+        goto fail;
+    return dropped;
+fail:
+    set_error(errbuf, errlen, "cannot leave the indexes out: %s%s", msg ? msg : sqlite3_errmsg(db),
+              "");
+    sqlite3_free(msg);
+    return -1;
+}
+
 int tly_store_open(const char *path, const tly_store_options *opts, tly_store **out, char *errbuf,
                    size_t errlen)
 {
@@ -260,7 +382,8 @@ int tly_store_open(const char *path, const tly_store_options *opts, tly_store **
         goto err;
     }
     target = opts->migrate_to > 0 ? opts->migrate_to : tly_store_latest_schema_version();
-    if (migrate(store->db, target, errbuf, errlen) < 0)
+    if (restore_indexes(store->db, errbuf, errlen) < 0 ||
+        migrate(store->db, target, errbuf, errlen) < 0)
         goto err;
     /* Must come before any statement is prepared: triggers are compiled into
      * statements when they are prepared. */

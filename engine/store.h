@@ -73,6 +73,19 @@ int tly_store_meta_set_int(tly_store *store, const char *key, int64_t value);
 int tly_store_meta_set_text(tly_store *store, const char *key, const char *value);
 int tly_store_meta_add_int(tly_store *store, const char *key, int64_t delta);
 
+/* A bulk rebuild into empty state tables (tally replay into a new database)
+ * fills them faster without their secondary indexes and builds those once at
+ * the end (measured: 1M new keys 4.6 s -> 3.3 s, plus 0.26 s to build the
+ * index). tly_store_defer_indexes drops every non-unique index of an empty
+ * table (not of changelog or meta) and records its CREATE statement in meta
+ * under TLY_DEFERRED_INDEX<name>, in one transaction; returns how many, or -1
+ * with errbuf. tly_store_restore_indexes builds them again and forgets them,
+ * in one transaction (0 or -1 with errbuf); tly_store_open does too, so a
+ * rebuild that stopped half way leaves no database without its indexes. */
+#define TLY_DEFERRED_INDEX "replay.deferred_index."
+int tly_store_defer_indexes(tly_store *store, char *errbuf, size_t errlen);
+int tly_store_restore_indexes(tly_store *store, char *errbuf, size_t errlen);
+
 /* Highest changelog seq ever assigned in this database (0 for none). */
 int64_t tly_store_last_seq(tly_store *store);
 

@@ -81,10 +81,10 @@ WHERE enrich_seen.first_seen_ms <= excluded.first_seen_ms - :dedup_window_ms;
 DELETE FROM temp.enrich_stage;
 
 -- @replay
+-- VALUES: a one-row INSERT runs without a statement journal (see orders.sql).
 INSERT INTO enrich_seen (order_id, store_id, event_ms, first_seen_ms, record, key_seq, part)
-SELECT :image ->> '$.order_id', :image ->> '$.store_id', :image ->> '$.event_ms',
-       :image ->> '$.first_seen_ms', :image -> '$.record', :key_seq, :partition
-WHERE true
+VALUES (:image ->> '$.order_id', :image ->> '$.store_id', :image ->> '$.event_ms',
+        :image ->> '$.first_seen_ms', :image -> '$.record', :key_seq, :partition)
 ON CONFLICT (order_id) DO UPDATE SET store_id = excluded.store_id, event_ms = excluded.event_ms,
                                      first_seen_ms = excluded.first_seen_ms,
                                      record = excluded.record, key_seq = excluded.key_seq,

@@ -24,6 +24,10 @@ static const char replay_usage[] =
     "stops there with exit status 1; everything before the gap stays applied, which is\n"
     "a consistent earlier state. With --on-gap warn it reports the gap and goes on.\n"
     "\n"
+    "A line that is not a changelog row (truncated, say, or with a seq or key_seq\n"
+    "that is not an integer from 1 to 2^62-1) stops the replay with exit status 1,\n"
+    "its line number and what is wrong; every row before it stays applied.\n"
+    "\n"
     "  --db PATH              target database (created if missing)\n"
     "  --on-gap fail|warn     see above\n"
     "  --batch N              rows per transaction (default 200000)\n"
@@ -137,10 +141,23 @@ static int replay_line(struct replay *r, const char *line, size_t len)
         r->in_txn = 1;
     }
     if (tly_replayer_apply_line(r->replayer, line, len, &outcome, err, sizeof(err)) < 0) {
+        if (!outcome.bad_line) {
+            fprintf(stderr,
+                    "tally replay: %s line %lld: %s; stopped (the rows of the current "
+                    "transaction are rolled back, those before it stay applied)\n",
+                    r->input_name, (long long)r->line_no, err);
+            return -1;
+        }
+        /* nothing of the line was written: what came before is a consistent
+         * state, as before a gap, and is kept */
+        if (replay_commit(r) < 0)
+            return -1;
         fprintf(stderr,
-                "tally replay: %s line %lld: %s; stopped (rows before this batch "
-                "are applied)\n",
-                r->input_name, (long long)r->line_no, err);
+                "tally replay: %s line %lld: %s. Stopped there: the %lld rows before it are "
+                "applied (up to seq %lld). Fix or remove the line and replay the file again; "
+                "rows already applied change nothing.\n",
+                r->input_name, (long long)r->line_no, err, (long long)r->rows,
+                (long long)tly_replayer_last_seq(r->replayer));
         return -1;
     }
     if (outcome.gap_from && replay_gap(r, &outcome) < 0)
@@ -209,8 +226,23 @@ int cmd_replay(int argc, char **argv)
         goto done;
     }
     tly_replayer_stop_at_gaps(r.replayer, !o.warn_gaps);
-    if (replay_read(&r, input) < 0)
+    if (tly_replayer_defer_indexes(r.replayer, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally replay: %s\n", err);
         goto done;
+    }
+    if (replay_read(&r, input) < 0) {
+        /* what was committed before the stop gets its indexes too */
+        if (r.in_txn)
+            tly_store_rollback(tly_replayer_store(r.replayer));
+        r.in_txn = 0;
+        if (tly_replayer_finish(r.replayer, err, sizeof(err)) < 0)
+            fprintf(stderr, "tally replay: %s\n", err);
+        goto done;
+    }
+    if (tly_replayer_finish(r.replayer, err, sizeof(err)) < 0) {
+        fprintf(stderr, "tally replay: %s\n", err);
+        goto done;
+    }
     printf("replayed input=%s rows=%lld changed=%lld unchanged=%lld gaps=%lld last_seq=%lld\n",
            r.input_name, (long long)r.rows, (long long)r.changed, (long long)(r.rows - r.changed),
            (long long)r.gaps, (long long)tly_replayer_last_seq(r.replayer));

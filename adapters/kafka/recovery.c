@@ -409,7 +409,9 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
     if (!cfg->dry_run) {
         if (recovery_open_replayer(cfg, entity, &c.replayer, errbuf, errlen) < 0)
             goto done;
-        if (tly_store_begin(tly_replayer_store(c.replayer), errbuf, errlen) < 0)
+        /* a new database: empty tables, their indexes built at the end */
+        if (tly_replayer_defer_indexes(c.replayer, errbuf, errlen) < 0 ||
+            tly_store_begin(tly_replayer_store(c.replayer), errbuf, errlen) < 0)
             goto done;
         in_txn = true;
     }
@@ -422,6 +424,8 @@ int tly_recovery_replay(const tly_recovery_config *cfg, const char *entity,
     if (in_txn && recovery_replay_commit(&c, errbuf, errlen) < 0)
         goto done;
     in_txn = false;
+    if (c.replayer && tly_replayer_finish(c.replayer, errbuf, errlen) < 0)
+        goto done;
     if (rep->records_replayed > 0 && rep->chosen < 0 && strcmp(rep->source, "local") != 0)
         rep->source = "changelog";
     rc = 0;

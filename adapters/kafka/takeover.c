@@ -275,7 +275,10 @@ tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *en
      * any transaction of the previous owner to end), so the end read here
      * holds every batch those offsets count. */
     memcpy(offsets, after, TLY_MAX_PARTITIONS * sizeof(int64_t));
-    if (tly_store_begin(store, errbuf, errlen) < 0)
+    /* a new database's first take-over fills empty tables: their indexes
+     * are built once at the end (kept by a kill: the next open builds them) */
+    if (tly_replayer_defer_indexes(replayer, errbuf, errlen) < 0 ||
+        tly_store_begin(store, errbuf, errlen) < 0)
         goto done;
     read = !cfg->brokers
                ? 0 /* offline: the snapshots only */
@@ -285,7 +288,8 @@ tly_take_result tly_recovery_take(const tly_recovery_config *cfg, const char *en
         tly_store_rollback(store);
         goto done;
     }
-    if (record_takes(store, takes, count, records, started, errbuf, errlen) < 0)
+    if (tly_replayer_finish(replayer, errbuf, errlen) < 0 ||
+        record_takes(store, takes, count, records, started, errbuf, errlen) < 0)
         goto done;
     rc = TLY_TAKE_DONE;
 done:

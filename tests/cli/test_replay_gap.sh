@@ -3,7 +3,9 @@
 # fail (the default) replay stops with exit status 1 and a message about the
 # gap, and - as 'tally replay --help' and the message itself promise -
 # everything before the gap stays applied: a consistent state as of the last
-# seq before the gap. With --on-gap warn it goes on and counts the gap.
+# seq before the gap. With --on-gap warn it goes on and counts the gap. A bad
+# line (truncated, a seq out of range) stops it the same way, after every row
+# before it is committed.
 source "$(dirname "$0")/../lib/assert.sh"
 
 SRC=$WORK/source.db
@@ -114,5 +116,56 @@ fail_case "fail --on-gap fail --batch 1" "$WORK/fail1.db" --on-gap fail --batch 
 fail_case "fail --batch 7" "$WORK/fail7.db" --batch 7
 # The default batch (10000 rows) holds the whole export in one transaction.
 fail_case "fail, default batch" "$WORK/fail-default.db"
+
+# --- a bad line ------------------------------------------------------------------
+# An export whose last line is cut short (a copy that stopped, say) and one with
+# a seq that would overflow: every line before the bad one is applied and
+# committed, whatever --batch, then the replay stops with exit status 1, the
+# line number and what is wrong. Replaying the repaired file completes it.
+head -c -40 "$WORK/all.jsonl" >"$WORK/truncated.jsonl"
+assert_eq "truncated file: last line cut" "$((N - 1))" "$(wc -l <"$WORK/truncated.jsonl")"
+expected_state "$((N - 1))" >"$WORK/exp.trunc"
+for batch in 1 7 1000000; do
+    db=$WORK/trunc$batch.db
+    run tally replay --db "$db" --batch $batch "$WORK/truncated.jsonl"
+    expect_rc "truncated, --batch $batch: exit status" 1
+    assert_contains "truncated, --batch $batch: names the line" "$ERR" "truncated.jsonl line $N:"
+    assert_contains "truncated, --batch $batch: says why" "$ERR" "the line ends inside its JSON"
+    assert_contains "truncated, --batch $batch: says what is kept" "$ERR" "the $((N - 1)) rows before it are applied"
+    assert_not_contains "truncated, --batch $batch: no success summary" "$OUT" "replayed"
+    assert_eq "truncated, --batch $batch: changelog holds seq 1..$((N - 1))" "$((N - 1))|$((N - 1))" \
+        "$(sq "$db" 'SELECT count(*), coalesce(max(seq), 0) FROM changelog')"
+    actual_state "$db" >"$WORK/act.trunc"
+    assert_files_eq "truncated, --batch $batch: state as of seq $((N - 1))" "$WORK/exp.trunc" "$WORK/act.trunc"
+    # a new database is filled without its secondary indexes, built at the end
+    assert_eq "truncated, --batch $batch: indexes built" "4|0" \
+        "$(sq "$db" "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE '%_by_%'), (SELECT count(*) FROM meta WHERE key LIKE 'replay.%')")"
+    assert_eq "truncated, --batch $batch: the part index is whole" "1" \
+        "$(sq "$db" "SELECT count(*) FROM pragma_index_info('order_window_state_by_part')")"
+done
+run tally replay --db "$WORK/trunc7.db" "$WORK/all.jsonl"
+expect_rc "truncated, then the whole export" 0
+assert_eq "truncated, then the whole export: one row changed" 1 "$(summary_field changed "$OUT")"
+actual_state "$WORK/trunc7.db" >"$WORK/act.trunc"
+assert_files_eq "truncated, then the whole export: source state" "$WORK/exp.full" "$WORK/act.trunc"
+
+B=$((N / 4))
+awk -v b="$B" 'NR == b { sub(/"seq":[0-9]+/, "\"seq\":9223372036854775807") } { print }' \
+    "$WORK/all.jsonl" >"$WORK/bigseq.jsonl"
+assert_contains "bigseq file" "$(sed -n "${B}p" "$WORK/bigseq.jsonl")" '"seq":9223372036854775807,'
+run tally replay --db "$WORK/bigseq.db" --on-gap warn "$WORK/bigseq.jsonl"
+expect_rc "seq 2^63-1: exit status" 1
+assert_contains "seq 2^63-1: names the line and the field" "$ERR" \
+    "bigseq.jsonl line $B: not a changelog row: seq must be an integer from 1 to 4611686018427387903, not 9223372036854775807"
+assert_eq "seq 2^63-1: rows before it applied" "$((B - 1))|$((B - 1))" \
+    "$(sq "$WORK/bigseq.db" 'SELECT count(*), coalesce(max(seq), 0) FROM changelog')"
+expected_state "$((B - 1))" >"$WORK/exp.big"
+actual_state "$WORK/bigseq.db" >"$WORK/act.big"
+assert_files_eq "seq 2^63-1: state as of seq $((B - 1))" "$WORK/exp.big" "$WORK/act.big"
+# the database still takes the rest
+run tally replay --db "$WORK/bigseq.db" "$WORK/all.jsonl"
+expect_rc "seq 2^63-1, then the whole export" 0
+actual_state "$WORK/bigseq.db" >"$WORK/act.big"
+assert_files_eq "seq 2^63-1, then the whole export: source state" "$WORK/exp.full" "$WORK/act.big"
 
 finish

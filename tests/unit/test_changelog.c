@@ -272,10 +272,79 @@ static void test_damaged_lines(void)
         CHECK_MSG(tly_replayer_apply_line(r, bad[i], strlen(bad[i]), &out, err, sizeof(err)) < 0,
                   "accepted %s", bad[i]);
         CHECK_MSG(strstr(err, why[i]) != NULL, "line %d: %s", i, err);
+        CHECK_MSG(out.bad_line == 1, "line %d not reported as a bad line", i);
     }
     /* nothing was written */
     CHECK_INT(tly_replayer_last_seq(r), 0);
 end:
+    tly_replayer_close(r);
+}
+
+/* seq and key_seq out of 1..TLY_CHANGELOG_MAX_SEQ, or not integers: bad
+ * lines, whichever reader sees them, and nothing moves - before, 2^63-1
+ * overflowed the seq after it. The bounds themselves are accepted. */
+static void test_seq_range(void)
+{
+    struct fixture fx;
+    tly_replayer *r = NULL;
+    tly_replay_outcome out;
+    char err[256] = "", line[512];
+    static const char *const row =
+        "{\"seq\":%s,\"entity\":\"order_window\",\"key\":\"s1#p1#0\",\"key_seq\":%s,"
+        "\"image\":{\"store_id\":\"s1\",\"product_id\":\"p1\",\"window_start_ms\":0,"
+        "\"sum_micros\":5,\"count\":1},\"delta\":null,\"changed_ms\":1,\"part\":0}";
+    const char *bad[][3] = {
+        {"9223372036854775807", "1",
+         "seq must be an integer from 1 to 4611686018427387903, not "
+         "9223372036854775807"},
+        {"9223372036854775808", "1", "seq must be an integer"},
+        {"99999999999999999999999", "1", "seq must be an integer"},
+        {"4611686018427387904", "1", "seq must be an integer"},
+        {"-3", "1", "seq must be an integer from 1 to 4611686018427387903, not -3"},
+        {"-9223372036854775808", "1", "seq must be an integer"},
+        {"0", "1", "seq must be an integer"},
+        {"2.0", "1", "seq must be an integer"},
+        {"1e3", "1", "seq must be an integer"},
+        {"\"7\"", "1", "seq must be an integer"},
+        {"null", "1", "seq must be an integer"},
+        {"1", "9223372036854775807", "key_seq must be an integer from 1 to"},
+        {"1", "4611686018427387904", "key_seq must be an integer"},
+        {"1", "-1", "key_seq must be an integer"},
+        {"1", "0", "key_seq must be an integer"},
+        {"1", "1.5", "key_seq must be an integer"},
+        {"1", "[1]", "key_seq must be an integer"},
+    };
+
+    fixture_init(&fx);
+    CHECK_MSG(tly_replayer_open(fx.target, NULL, &r, err, sizeof(err)) == 0, "%s", err);
+    CHECK(tly_store_begin(tly_replayer_store(r), err, sizeof(err)) == 0);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(line, sizeof(line), row, bad[i][0], bad[i][1]);
+        err[0] = '\0';
+        CHECK_MSG(tly_replayer_apply_line(r, line, strlen(line), &out, err, sizeof(err)) < 0,
+                  "accepted seq %s key_seq %s", bad[i][0], bad[i][1]);
+        CHECK_MSG(strstr(err, bad[i][2]) != NULL, "seq %s key_seq %s: %s", bad[i][0], bad[i][1],
+                  err);
+        CHECK_MSG(out.bad_line == 1, "seq %s key_seq %s: not a bad line", bad[i][0], bad[i][1]);
+        CHECK_INT(tly_replayer_last_seq(r), 0);
+    }
+    CHECK_INT(tly_store_query_int(tly_store_db(tly_replayer_store(r)),
+                                  "SELECT count(*) FROM order_window_state", -1),
+              0);
+    /* the largest seq and key_seq are rows (a gap, here) */
+    snprintf(line, sizeof(line), row, "4611686018427387903", "4611686018427387903");
+    CHECK_MSG(tly_replayer_apply_line(r, line, strlen(line), &out, err, sizeof(err)) == 0, "%s",
+              err);
+    CHECK_INT(out.changed, 1);
+    CHECK_INT(out.gap_from, 1);
+    CHECK_INT(tly_replayer_last_seq(r), TLY_CHANGELOG_MAX_SEQ);
+    CHECK_INT(tly_store_query_int(tly_store_db(tly_replayer_store(r)),
+                                  "SELECT key_seq FROM order_window_state", -1),
+              TLY_CHANGELOG_MAX_SEQ);
+    CHECK(tly_store_commit(tly_replayer_store(r), err, sizeof(err)) == 0);
+end:
+    if (r)
+        tly_store_rollback(tly_replayer_store(r));
     tly_replayer_close(r);
 }
 
@@ -578,6 +647,7 @@ static const tly_testcase cases[] = {{"scan_lines_match_export", test_scan_lines
                                      {"export_replay_roundtrip", test_export_replay_roundtrip},
                                      {"since_and_gaps", test_since_and_gaps},
                                      {"damaged_lines", test_damaged_lines},
+                                     {"seq_range", test_seq_range},
                                      {"line_spellings", test_line_spellings},
                                      {"replay_restores_positions", test_replay_restores_positions},
                                      {NULL, NULL}};

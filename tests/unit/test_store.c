@@ -268,6 +268,69 @@ end:
     tly_store_close(store);
 }
 
+static int64_t raw_int(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    int64_t v = -1;
+    if (sqlite3_open(path, &db) == SQLITE_OK)
+        v = tly_store_query_int(db, sql, -1);
+    sqlite3_close(db);
+    return v;
+}
+
+#define INDEX_EXISTS(name)                                                                         \
+    "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = '" name "'"
+
+/* A rebuild leaves out the non-unique indexes of empty tables only, and they
+ * come back - with tly_store_restore_indexes, or at the next open when the
+ * rebuild stopped before (a kill: the store is closed without restoring). */
+static void test_deferred_indexes(void)
+{
+    const char *dir = tly_test_dir();
+    char *path = path_in(dir, "defer.db"), err[256];
+    tly_store *store = NULL;
+
+    CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK(tly_store_exec(store,
+                         "CREATE TABLE full_t (k TEXT PRIMARY KEY, v INTEGER);"
+                         "CREATE INDEX full_t_by_v ON full_t (v);"
+                         "INSERT INTO full_t VALUES ('a', 1);"
+                         "CREATE TABLE empty_t (k TEXT PRIMARY KEY, v INTEGER, w INTEGER);"
+                         "CREATE INDEX empty_t_by_v ON empty_t (v);"
+                         "CREATE UNIQUE INDEX empty_t_by_w ON empty_t (w);",
+                         err, sizeof(err)) == 0);
+    /* empty_t_by_v and the 4 of the built-in state tables */
+    CHECK_INT(tly_store_defer_indexes(store, err, sizeof(err)), 5);
+    tly_store_close(store);
+    store = NULL;
+    CHECK_INT(raw_int(path, INDEX_EXISTS("empty_t_by_v")), 0);
+    CHECK_INT(raw_int(path, INDEX_EXISTS("order_window_state_by_part")), 0);
+    CHECK_INT(raw_int(path, INDEX_EXISTS("empty_t_by_w")), 1);
+    CHECK_INT(raw_int(path, INDEX_EXISTS("full_t_by_v")), 1);
+    CHECK_INT(raw_int(path, "SELECT count(*) FROM meta WHERE key GLOB 'replay.deferred_index.*'"),
+              5);
+    /* the next open builds them */
+    CHECK_MSG(tly_store_open(path, NULL, &store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_store_query_int(tly_store_db(store), INDEX_EXISTS("empty_t_by_v"), -1), 1);
+    CHECK_INT(
+        tly_store_query_int(tly_store_db(store), INDEX_EXISTS("order_window_state_by_part"), -1),
+        1);
+    CHECK_INT(tly_store_query_int(tly_store_db(store),
+                                  "SELECT count(*) FROM meta WHERE key GLOB 'replay.*'", -1),
+              0);
+    /* and an explicit restore does the same */
+    CHECK_INT(tly_store_defer_indexes(store, err, sizeof(err)), 5);
+    CHECK_INT(tly_store_query_int(tly_store_db(store), INDEX_EXISTS("empty_t_by_v"), -1), 0);
+    CHECK_MSG(tly_store_restore_indexes(store, err, sizeof(err)) == 0, "%s", err);
+    CHECK_INT(tly_store_query_int(tly_store_db(store), INDEX_EXISTS("empty_t_by_v"), -1), 1);
+    CHECK_INT(tly_store_query_int(tly_store_db(store),
+                                  "SELECT count(*) FROM meta WHERE key GLOB 'replay.*'", -1),
+              0);
+    CHECK_MSG(tly_store_restore_indexes(store, err, sizeof(err)) == 0, "%s", err);
+end:
+    tly_store_close(store);
+}
+
 static const tly_testcase cases[] = {{"open_creates_wal_database", test_open_creates_wal_database},
                                      {"synchronous_option", test_synchronous_option},
                                      {"refuses_newer_schema", test_refuses_newer_schema},
@@ -276,6 +339,7 @@ static const tly_testcase cases[] = {{"open_creates_wal_database", test_open_cre
                                      {"migrates_order_windows", test_migrates_order_windows},
                                      {"background_checkpoint", test_background_checkpoint},
                                      {"meta", test_meta},
+                                     {"deferred_indexes", test_deferred_indexes},
                                      {NULL, NULL}};
 
 int main(int argc, char **argv)
