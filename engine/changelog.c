@@ -780,7 +780,7 @@ static int fast_parse(const char *line, size_t len, struct fast_row *row)
             }
         } else if (NAME_IS("entity") || NAME_IS("key")) {
             bit = NAME_IS("entity") ? 16 : 32;
-            if (*p != '"' || !(p = scan_string(p, end)))
+            if (p >= end || *p != '"' || !(p = scan_string(p, end)))
                 return 0;
             if (bit == 16)
                 row->entity = value + 1, row->entity_len = (size_t)(p - value - 2);
