@@ -252,18 +252,18 @@ done:
 
 /* /readyz: NULL when ready, else why not (the 503's body). Not ready while
  * the state is recovered, while the cluster has not answered for
- * READY_CONTACT_MS (nothing can commit: the daemon probes it every 2 s when
+ * 5 s (nothing can commit: the daemon probes it every 2 s when
  * no batch commits, adapters/kafka/housekeeping.c), and while the group
  * gives this instance no partition (it has nothing current to serve). */
 static const char *readiness(tly_metrics *m)
 {
-    static const int64_t contact_ms = 10000;
+    static const int64_t contact_ms = 5000;
     int64_t contact = tly_metrics_get(m, TLY_G_BROKER_CONTACT_MS);
 
     if (!tly_metrics_get(m, TLY_G_READY))
         return "recovering\n";
     if (contact > 0 && tly_clock_wall_ms() - contact > contact_ms)
-        return "broker unreachable (no answer for more than 10 s)\n";
+        return "broker unreachable (no answer for more than 5 s)\n";
     if (tly_metrics_get(m, TLY_G_PARTITIONS_HELD) <= 0)
         return "no partitions assigned\n";
     return NULL;
