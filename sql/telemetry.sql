@@ -85,11 +85,15 @@ WHERE excluded.received_at_ms > vehicle_sensor_state.received_at_ms
    OR (excluded.received_at_ms = vehicle_sensor_state.received_at_ms
        AND excluded.value IS NOT vehicle_sensor_state.value);
 -- The vehicles whose staged reading won changed; a reading that lost to a
--- newer one changed nothing.
-INSERT OR IGNORE INTO temp.telemetry_changed (vin)
-SELECT s.vin FROM temp.telemetry_stage AS s
-JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
-WHERE v.received_at_ms = s.received_at_ms AND v.value = s.value;
+-- newer one changed nothing. Vehicle by vehicle, so that the first reading
+-- found answers for the other sensors and the state is only read at the
+-- staged keys (joined reading by reading, SQLite scanned the whole state).
+INSERT INTO temp.telemetry_changed (vin)
+SELECT d.vin FROM (SELECT DISTINCT vin FROM temp.telemetry_stage) AS d
+WHERE EXISTS (SELECT 1 FROM temp.telemetry_stage AS s
+              JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
+              WHERE s.vin = d.vin AND v.received_at_ms = s.received_at_ms
+                AND v.value = s.value);
 -- One changelog row per changed vehicle with its whole state (format in
 -- migrations/007_telemetry_changelog.sql).
 INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms, part)
