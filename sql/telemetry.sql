@@ -73,14 +73,27 @@ WHERE excluded.received_at_ms > received_at_ms
    OR (excluded.received_at_ms = received_at_ms AND excluded.value IS NOT value);
 
 -- @merge
+-- A staged reading that will win moves its row to the reading's partition
+-- first, and only where the partition differs: the merge below then leaves
+-- part alone, since an update that sets part (even to the same value) also
+-- rewrites the row's entry in vehicle_sensor_state_by_part and runs the
+-- vehicle_sensor_state_moved trigger, which cost about as much as the merge
+-- itself. (Same rows moved, same trigger runs: the condition is the merge's.)
+INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq, part)
+SELECT v.vin, v.sensor, v.value, v.received_at_ms, v.produced_at_ms, v.key_seq, s.part
+FROM temp.telemetry_stage AS s
+CROSS JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
+WHERE v.part <> s.part
+  AND (s.received_at_ms > v.received_at_ms
+       OR (s.received_at_ms = v.received_at_ms AND s.value IS NOT v.value))
+ON CONFLICT DO UPDATE SET part = excluded.part;
 INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq, part)
 SELECT vin, sensor, value, received_at_ms, produced_at_ms, 1, part
 FROM temp.telemetry_stage WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value,
                           received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms,
-                          key_seq = vehicle_sensor_state.key_seq + 1,
-                          part = excluded.part
+                          key_seq = vehicle_sensor_state.key_seq + 1
 WHERE excluded.received_at_ms > vehicle_sensor_state.received_at_ms
    OR (excluded.received_at_ms = vehicle_sensor_state.received_at_ms
        AND excluded.value IS NOT vehicle_sensor_state.value);
