@@ -63,8 +63,11 @@ INSERT INTO temp.telemetry_clock (id, max_event_ms) VALUES (1, :received_at)
 ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 
 -- @stage
+-- Once per event, its readings as the rows of tly_each (engine/members.h):
+-- one statement run for all 30 readings of a full record. Each row is
+-- upserted in the event's order, as one run per reading would.
 INSERT INTO temp.telemetry_stage (vin, sensor, value, received_at_ms, produced_at_ms, part)
-VALUES (:vin, :sensor, :value, :received_at, :produced_at, :partition)
+SELECT :vin, key, value, :received_at, :produced_at, :partition FROM tly_each(:each) WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value,
                           received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms,

@@ -467,6 +467,11 @@ static void test_bad_pipeline_files(void)
         {"-- @entity e\n-- @stage\nSELECT 1;\n", "@pipeline"},
         {"-- @pipeline x\n-- @entity e\n-- @stage\nSELEKT 1;\n", "syntax error"},
         {"-- @pipeline x\n-- @entity e\n-- @stage\nSELECT 1;\n", "needs @state and @fold"},
+        {"-- @pipeline x\n-- @entity e\n-- @field k id id required\n-- @each n v data\n"
+         "-- @setup\nCREATE TEMP TABLE IF NOT EXISTS s (k, n, v);\n-- @stage\n"
+         "INSERT INTO s SELECT :k, key, value FROM tly_each(:each);\n"
+         "INSERT INTO s VALUES (:k, :n, :v);\n-- @merge\nSELECT 1;\n",
+         "statement 2 does not read tly_each(:each)"},
     };
     const char *dir = tly_test_dir();
     char path[256], db_path[256], err[256];
