@@ -87,8 +87,8 @@ static int members_filter(sqlite3_vtab_cursor *cur, int idx_num, const char *idx
 {
     members_cursor *c = (members_cursor *)cur;
     (void)idx_str;
-    c->list = idx_num == 1 && argc == 1 ? sqlite3_value_pointer(argv[0], TLY_MEMBERS_POINTER)
-                                        : NULL;
+    c->list =
+        idx_num == 1 && argc == 1 ? sqlite3_value_pointer(argv[0], TLY_MEMBERS_POINTER) : NULL;
     c->at = 0;
     return SQLITE_OK;
 }
