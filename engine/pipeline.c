@@ -38,8 +38,12 @@
  *               skip_empty   required, and an empty string skips the event
  *   -- @each KEY VALUE PATH [except NAME,...]
  *                            run @stage once per member of the object at PATH,
- *                            with :KEY = member name and :VALUE = its JSON text
- *                            (one @each per file: a second is refused)
+ *                            with :KEY = member name and :VALUE = its JSON text;
+ *                            or, when every @stage statement reads the table
+ *                            tly_each(:each) instead, once per event, with
+ *                            one row (key, value) per member in the event's
+ *                            order (engine/members.h). One @each per file: a
+ *                            second is refused
  *
  * Sections start with "-- @NAME" alone on a line (NAME one of those below)
  * and run to the next section. A section may hold several statements; they
@@ -118,6 +122,7 @@
 #include "derive.h"
 #include "embedded_sql.h"
 #include "jsonscan.h"
+#include "members.h"
 #include "timestamp.h"
 #include "utf8.h"
 
@@ -134,7 +139,7 @@
 #define MAX_PARAMS 16
 #define MAX_ALTERNATIVES 4
 #define MAX_SEGMENTS 8
-#define MAX_STATEMENTS 8
+#define MAX_STATEMENTS 12
 #define MAX_EXCEPT 16
 #define MAX_TIME_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
 #define SECTION_COUNT 11
@@ -168,8 +173,9 @@ struct bound_statement {
     sqlite3_stmt *stmt;
     int field_index[MAX_FIELDS];
     int each_key_index, each_value_index;
-    int event_index;     /* :event, the raw event */
-    int partition_index; /* :partition, the event's input partition */
+    int each_members_index; /* :each, the event's members for tly_each */
+    int event_index;        /* :event, the raw event */
+    int partition_index;    /* :partition, the event's input partition */
 };
 
 struct section {
@@ -201,6 +207,11 @@ struct tly_pipeline {
     struct path each_path;
     int except_count;
     char *except[MAX_EXCEPT];
+    /* @stage reads tly_each(:each): it runs once per event over this list */
+    bool stage_per_event;
+    tly_member *members;
+    int member_cap;
+    tly_member_list member_list;
     struct section check, stage, merge, replay, emit, late, flush, flushed;
     bool windowed; /* run @late per event and flush closed windows only */
     sqlite3_stmt *last_seq;
@@ -519,6 +530,10 @@ static int resolve_parameters(tly_pipeline *p, const char *section_name, struct 
                     b->each_value_index = i;
                     known = true;
                 }
+                if (!known && p->has_each && s == &p->stage && strcmp(name, "each") == 0) {
+                    b->each_members_index = i;
+                    known = true;
+                }
                 if (!known && strcmp(name, "event") == 0) {
                     b->event_index = i;
                     known = true;
@@ -801,7 +816,8 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         sqlite3_free(msg);
         goto done;
     }
-    if (derive_sections(p, section_sql, errbuf, errlen) < 0)
+    if (derive_sections(p, section_sql, errbuf, errlen) < 0 ||
+        tly_members_register(p->db, errbuf, errlen) < 0)
         goto done;
     if (prepare_section(p, "check", section_sql[1], &p->check, errbuf, errlen) < 0 ||
         (!p->derived &&
@@ -822,6 +838,20 @@ int tly_pipeline_open(tly_store *store, const char *name, const char *const *par
         resolve_parameters(p, "flush", &p->flush, false, false, errbuf, errlen) < 0 ||
         resolve_parameters(p, "flushed", &p->flushed, false, false, errbuf, errlen) < 0)
         goto done;
+    for (int k = 0; k < p->stage.count; k++)
+        if (p->stage.statements[k].each_members_index)
+            p->stage_per_event = true;
+    for (int k = 0; k < p->stage.count; k++)
+        if (p->stage_per_event && !p->stage.statements[k].each_members_index) {
+            /* one run per event for some statements and per member for the
+             * others would interleave them differently from the file */
+            tly_error(errbuf, errlen,
+                      "%s @stage: statement %d does not read tly_each(:each) while another "
+                      "does; read the members through tly_each(:each) in every @stage "
+                      "statement, or bind :%s and :%s in all of them",
+                      p->source_name, k + 1, p->each_key, p->each_value);
+            goto done;
+        }
     for (int k = 0; k < p->merge.count; k++) {
         int columns = sqlite3_column_count(p->merge.statements[k].stmt);
         if (columns != 0 && columns != 2) {
@@ -967,6 +997,7 @@ void tly_pipeline_close(tly_pipeline *p)
     free_path(&p->each_path);
     free(p->each_key);
     free(p->each_value);
+    free(p->members);
     free(p->name);
     free(p->entity);
     free(p->input_topic);
@@ -1417,6 +1448,60 @@ static int run_verdicts(tly_pipeline *p, struct section *s, const struct value *
     return SQLITE_DONE;
 }
 
+/* Appends one member to p->members. Returns 0, or -1 when out of memory. */
+static int add_member(tly_pipeline *p, const char *key, size_t key_len, const char *value,
+                      size_t value_len)
+{
+    tly_member *m;
+    if (p->member_list.count == p->member_cap) {
+        int cap = p->member_cap ? p->member_cap * 2 : 64;
+        tly_member *grown = realloc(p->members, (size_t)cap * sizeof(*grown));
+        if (!grown)
+            return -1;
+        p->members = grown;
+        p->member_cap = cap;
+    }
+    m = &p->members[p->member_list.count++];
+    m->key = key;
+    m->key_len = (int)key_len;
+    m->value = value;
+    m->value_len = (int)value_len;
+    p->member_list.members = p->members;
+    return 0;
+}
+
+/* The event's @each members, those not excepted, in the event's order, into
+ * p->member_list for tly_each: from the fast reader's nodes (scan, with the
+ * object at node `scanned`) or from json-c's object `members`, with the same
+ * texts the per-member statements are bound to. Returns 0, or -1 when out of
+ * memory. */
+static int collect_members(tly_pipeline *p, tly_jsonscan *scan, int scanned, json_object *members)
+{
+    p->member_list.count = 0;
+    p->member_list.members = p->members;
+    if (scan) {
+        const tly_jnode *n;
+        for (int m = tly_jsonscan_node(scan, scanned)->child; m >= 0; m = n->next) {
+            n = tly_jsonscan_node(scan, m);
+            if (!is_excepted(p, n->key, n->key_len) &&
+                add_member(p, n->key, n->key_len, n->raw, n->raw_len) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    json_object_object_foreach(members, key, member)
+    {
+        const char *member_json;
+        if (is_excepted(p, key, strlen(key)))
+            continue;
+        member_json = json_object_to_json_string_ext(member, JSON_C_TO_STRING_PLAIN |
+                                                                 JSON_C_TO_STRING_NOSLASHESCAPE);
+        if (add_member(p, key, strlen(key), member_json, strlen(member_json)) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Runs @check, @late (windowed) and @stage for one event. Returns SQLITE_DONE when it was staged
  * (or skipped/rejected, see result), else the SQLite error of a statement. */
 static int stage_event(tly_pipeline *p, const tly_event *ev, tly_event_result *result)
@@ -1470,6 +1555,19 @@ decoded:
     if (p->derived)
         tly_derive_fold_begin(p->db, &p->derivation, ev->partition);
     if (!p->has_each) {
+        rc = run_section(&p->stage);
+        goto done;
+    }
+    if (p->stage_per_event) {
+        if (collect_members(p, root ? NULL : p->scan, scanned_members, members) < 0) {
+            rc = SQLITE_NOMEM;
+            goto done;
+        }
+        for (int k = 0; k < p->stage.count; k++) {
+            struct bound_statement *b = &p->stage.statements[k];
+            sqlite3_bind_pointer(b->stmt, b->each_members_index, &p->member_list,
+                                 TLY_MEMBERS_POINTER, NULL);
+        }
         rc = run_section(&p->stage);
         goto done;
     }

@@ -63,8 +63,11 @@ INSERT INTO temp.telemetry_clock (id, max_event_ms) VALUES (1, :received_at)
 ON CONFLICT DO UPDATE SET max_event_ms = max(max_event_ms, excluded.max_event_ms);
 
 -- @stage
+-- Once per event, its readings as the rows of tly_each (engine/members.h):
+-- one statement run for all 30 readings of a full record. Each row is
+-- upserted in the event's order, as one run per reading would.
 INSERT INTO temp.telemetry_stage (vin, sensor, value, received_at_ms, produced_at_ms, part)
-VALUES (:vin, :sensor, :value, :received_at, :produced_at, :partition)
+SELECT :vin, key, value, :received_at, :produced_at, :partition FROM tly_each(:each) WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value,
                           received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms,
@@ -73,23 +76,40 @@ WHERE excluded.received_at_ms > received_at_ms
    OR (excluded.received_at_ms = received_at_ms AND excluded.value IS NOT value);
 
 -- @merge
+-- A staged reading that will win moves its row to the reading's partition
+-- first, and only where the partition differs: the merge below then leaves
+-- part alone, since an update that sets part (even to the same value) also
+-- rewrites the row's entry in vehicle_sensor_state_by_part and runs the
+-- vehicle_sensor_state_moved trigger, which cost about as much as the merge
+-- itself. (Same rows moved, same trigger runs: the condition is the merge's.)
+INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq, part)
+SELECT v.vin, v.sensor, v.value, v.received_at_ms, v.produced_at_ms, v.key_seq, s.part
+FROM temp.telemetry_stage AS s
+CROSS JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
+WHERE v.part <> s.part
+  AND (s.received_at_ms > v.received_at_ms
+       OR (s.received_at_ms = v.received_at_ms AND s.value IS NOT v.value))
+ON CONFLICT DO UPDATE SET part = excluded.part;
 INSERT INTO vehicle_sensor_state (vin, sensor, value, received_at_ms, produced_at_ms, key_seq, part)
 SELECT vin, sensor, value, received_at_ms, produced_at_ms, 1, part
 FROM temp.telemetry_stage WHERE true
 ON CONFLICT DO UPDATE SET value = excluded.value,
                           received_at_ms = excluded.received_at_ms,
                           produced_at_ms = excluded.produced_at_ms,
-                          key_seq = vehicle_sensor_state.key_seq + 1,
-                          part = excluded.part
+                          key_seq = vehicle_sensor_state.key_seq + 1
 WHERE excluded.received_at_ms > vehicle_sensor_state.received_at_ms
    OR (excluded.received_at_ms = vehicle_sensor_state.received_at_ms
        AND excluded.value IS NOT vehicle_sensor_state.value);
 -- The vehicles whose staged reading won changed; a reading that lost to a
--- newer one changed nothing.
-INSERT OR IGNORE INTO temp.telemetry_changed (vin)
-SELECT s.vin FROM temp.telemetry_stage AS s
-JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
-WHERE v.received_at_ms = s.received_at_ms AND v.value = s.value;
+-- newer one changed nothing. Vehicle by vehicle, so that the first reading
+-- found answers for the other sensors and the state is only read at the
+-- staged keys (joined reading by reading, SQLite scanned the whole state).
+INSERT INTO temp.telemetry_changed (vin)
+SELECT d.vin FROM (SELECT DISTINCT vin FROM temp.telemetry_stage) AS d
+WHERE EXISTS (SELECT 1 FROM temp.telemetry_stage AS s
+              JOIN vehicle_sensor_state AS v ON v.vin = s.vin AND v.sensor = s.sensor
+              WHERE s.vin = d.vin AND v.received_at_ms = s.received_at_ms
+                AND v.value = s.value);
 -- One changelog row per changed vehicle with its whole state (format in
 -- migrations/007_telemetry_changelog.sql).
 INSERT INTO changelog (entity, key, key_seq, image, delta, changed_ms, part)

@@ -317,6 +317,75 @@ end:
     tly_store_close(store);
 }
 
+/* A reading that wins moves its state row to the reading's input partition
+ * (and counts it in state.rows_moved); one that loses, or repeats the state's
+ * reading exactly, moves nothing. */
+static void test_telemetry_partition_moves(void)
+{
+    tly_store *store = open_store("telemetry_moves.db");
+    tly_pipeline *p = NULL;
+    char err[256];
+    static const struct {
+        int batch, partition;
+        const char *line;
+    } input[] = {
+        {1, 0, "{\"data\":{\"id\":\"VIN1\",\"speed\":1,\"door\":\"a\"},\"received_at\":1000}"},
+        {1, 0, "{\"data\":{\"id\":\"VIN2\",\"speed\":1},\"received_at\":1000}"},
+        /* newer: wins, moves to 1 */
+        {2, 1, "{\"data\":{\"id\":\"VIN1\",\"speed\":2},\"received_at\":2000}"},
+        /* the state's own reading again: changes nothing, moves nothing */
+        {2, 2, "{\"data\":{\"id\":\"VIN1\",\"door\":\"a\"},\"received_at\":1000}"},
+        /* older: loses */
+        {2, 3, "{\"data\":{\"id\":\"VIN1\",\"door\":\"b\"},\"received_at\":500}"},
+        {2, 3, "{\"data\":{\"id\":\"VIN2\",\"speed\":0},\"received_at\":999}"},
+        /* same time, another value: wins, moves to 4 */
+        {3, 4, "{\"data\":{\"id\":\"VIN1\",\"door\":\"c\"},\"received_at\":1000}"},
+        /* same partition: wins, nothing moves */
+        {3, 0, "{\"data\":{\"id\":\"VIN2\",\"speed\":3},\"received_at\":3000}"},
+    };
+    size_t n = sizeof(input) / sizeof(*input);
+
+    CHECK(store);
+    CHECK_MSG(tly_pipeline_open(store, "telemetry", NULL, 0, &p, err, sizeof(err)) == 0, "%s", err);
+    for (int batch = 1; batch <= 3; batch++) {
+        tly_event events[8] = {{0}};
+        tly_event_result results[8];
+        size_t count = 0;
+        for (size_t i = 0; i < n; i++)
+            if (input[i].batch == batch) {
+                events[count].data = input[i].line;
+                events[count].len = strlen(input[i].line);
+                events[count].partition = input[i].partition;
+                count++;
+            }
+        CHECK_MSG(tly_pipeline_apply(p, events, count, results, NULL, err, sizeof(err)) == 0, "%s",
+                  err);
+        for (size_t i = 0; i < count; i++)
+            CHECK_INT(results[i].status, TLY_EVENT_APPLIED);
+        if (batch == 2) {
+            CHECK_STR(query_text(store,
+                                 "SELECT group_concat(vin || '.' || sensor || '=' || value "
+                                 "|| '@' || part || '#' || key_seq, ' ') FROM "
+                                 "(SELECT * FROM vehicle_sensor_state ORDER BY vin, sensor)"),
+                      "VIN1.door=\"a\"@0#1 VIN1.speed=2@1#2 VIN2.speed=1@0#1");
+            CHECK_INT(query_int(store, "SELECT value FROM meta WHERE key = 'state.rows_moved'"), 1);
+        }
+    }
+    CHECK_STR(query_text(store,
+                         "SELECT group_concat(vin || '.' || sensor || '=' || value || '@' || "
+                         "part || '#' || key_seq, ' ') FROM "
+                         "(SELECT * FROM vehicle_sensor_state ORDER BY vin, sensor)"),
+              "VIN1.door=\"c\"@4#2 VIN1.speed=2@1#2 VIN2.speed=3@0#2");
+    CHECK_INT(query_int(store, "SELECT value FROM meta WHERE key = 'state.rows_moved'"), 2);
+    /* VIN1 changed in all three batches (the repeated door counts as seen), VIN2 in 1 and 3 */
+    CHECK_STR(query_text(store, "SELECT group_concat(key || ':' || key_seq || ':' || part, ' ') "
+                                "FROM (SELECT * FROM changelog ORDER BY seq)"),
+              "VIN1:2:0 VIN2:1:0 VIN1:3:1 VIN1:4:4 VIN2:2:0");
+end:
+    tly_pipeline_close(p);
+    tly_store_close(store);
+}
+
 /* A third pipeline is a SQL file, not C: page views counted per page, with a
  * CHECK constraint in its own table that only the database can enforce. */
 static const char clicks_sql[] =
@@ -398,6 +467,11 @@ static void test_bad_pipeline_files(void)
         {"-- @entity e\n-- @stage\nSELECT 1;\n", "@pipeline"},
         {"-- @pipeline x\n-- @entity e\n-- @stage\nSELEKT 1;\n", "syntax error"},
         {"-- @pipeline x\n-- @entity e\n-- @stage\nSELECT 1;\n", "needs @state and @fold"},
+        {"-- @pipeline x\n-- @entity e\n-- @field k id id required\n-- @each n v data\n"
+         "-- @setup\nCREATE TEMP TABLE IF NOT EXISTS s (k, n, v);\n-- @stage\n"
+         "INSERT INTO s SELECT :k, key, value FROM tly_each(:each);\n"
+         "INSERT INTO s VALUES (:k, :n, :v);\n-- @merge\nSELECT 1;\n",
+         "statement 2 does not read tly_each(:each)"},
     };
     const char *dir = tly_test_dir();
     char path[256], db_path[256], err[256];
@@ -785,6 +859,7 @@ static const tly_testcase cases[] = {
     {"orders_coalesce_per_batch", test_orders_coalesce_per_batch},
     {"orders_malformed", test_orders_malformed},
     {"telemetry_latest_wins", test_telemetry_latest_wins},
+    {"telemetry_partition_moves", test_telemetry_partition_moves},
     {"user_pipeline_and_isolation", test_user_pipeline_and_isolation},
     {"bad_pipeline_files", test_bad_pipeline_files},
     {"reader_sees_consistent_state", test_reader_sees_consistent_state},
