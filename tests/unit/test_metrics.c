@@ -456,6 +456,8 @@ static void test_gauges(void)
         {TLY_G_PARTITIONS_HELD, "tally_partitions_held", 3, 3},
         {TLY_G_REBALANCE_MS, "tally_rebalance_duration_seconds", 2, 0.002},
         {TLY_G_ROWS_MOVED, "tally_state_rows_moved", 5, 5},
+        {TLY_G_BROKER_CONTACT_MS, "tally_broker_last_contact_timestamp_seconds", 1796490000000LL,
+         1796490000.0},
     };
     tly_metrics *m = tly_metrics_new("orders");
     char *text = NULL, series[160], type[160];
