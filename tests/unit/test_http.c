@@ -160,9 +160,9 @@ static void test_serves_page(void)
 {
     const char *path = TLY_TEST_PAGE_HTML; /* set by tests/CMakeLists.txt */
     tly_metrics *metrics = tly_metrics_new("telemetry");
-    tly_http_config cfg = {"127.0.0.1:0", NULL,         "/nonexistent/telemetry.db",
-                           "telemetry",   1000,         10,
-                           metrics,       "page<views>"};
+    tly_http_config cfg = {"127.0.0.1:0", NULL,          "/nonexistent/telemetry.db",
+                           "telemetry",   1000,          10,
+                           metrics,       "page<views>", 0};
     tly_http *http = NULL;
     char err[512] = "", *file = NULL, *reply = NULL, *expected = NULL;
     const char *body_tag, *body;
