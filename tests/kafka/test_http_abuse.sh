@@ -141,7 +141,9 @@ echo "$opened" >"$out.tmp" && mv "$out.tmp" "$out"
 exec sleep 600
 EOF
 t_hold=$SECONDS
-timeout 120 bash "$WORK/hold.sh" "$PORT" "$HOLD" "$WORK/held" 2>"$WORK/hold.err" &
+# (not under timeout: the holder itself must be the tracked pid, so that
+# killing it closes the connections)
+bash "$WORK/hold.sh" "$PORT" "$HOLD" "$WORK/held" 2>"$WORK/hold.err" &
 HOLD_PID=$!
 bg_track "$HOLD_PID"
 POLL_EVERY=0.1 poll_until 60 "$PID" "$HOLD connections opened" test -s "$WORK/held"
