@@ -315,10 +315,11 @@ static bool authorized(struct tly_http *h, struct evhttp_request *req)
 
 static bool conn_alive(const struct conn *c)
 {
-    bufferevent_data_cb readcb = NULL;
-    /* evhttp clears the callbacks when it frees the connection */
-    bufferevent_getcb(c->bev, &readcb, NULL, NULL, NULL);
-    return readcb != NULL;
+    bufferevent_event_cb eventcb = NULL;
+    /* evhttp clears the callbacks when it frees the connection. Not the read
+     * callback: evhttp clears that one alone while it writes an answer. */
+    bufferevent_getcb(c->bev, NULL, NULL, &eventcb, NULL);
+    return eventcb != NULL;
 }
 
 static void conn_unlink_free(struct tly_http *h, struct conn *c)
