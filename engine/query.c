@@ -2,6 +2,7 @@
 #include "query.h"
 #include "error.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -13,7 +14,7 @@ struct tly_query {
     sqlite3 *db;
     tly_query_options opts;
     int64_t deadline_ms;
-    bool timed_out;
+    bool timed_out, cancelled;
     char denied[160];      /* why the authorizer refused, for the error message */
     tly_query_error error; /* what the last failed run failed on */
 };
@@ -102,6 +103,10 @@ static int authorize(void *ctx, int action, const char *a, const char *b, const 
 static int on_progress(void *ctx)
 {
     tly_query *q = ctx;
+    if (q->opts.cancel && atomic_load(q->opts.cancel)) {
+        q->cancelled = true;
+        return 1;
+    }
     if (q->deadline_ms && now_ms() > q->deadline_ms) {
         q->timed_out = true;
         return 1;
@@ -125,6 +130,9 @@ int tly_query_open(const char *path, const tly_query_options *opts, tly_query **
         goto err;
     }
     sqlite3_busy_timeout(q->db, 5000);
+    if (q->opts.max_length > 0)
+        sqlite3_limit(q->db, SQLITE_LIMIT_LENGTH,
+                      q->opts.max_length < INT_MAX ? (int)q->opts.max_length : INT_MAX);
     sqlite3_db_config(q->db, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
     sqlite3_db_config(q->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
     /* A query's temporary b-trees (ORDER BY, DISTINCT) must not grow without
@@ -184,7 +192,7 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
     *truncated = 0;
     q->error = TLY_QUERY_ERR_SQL;
     q->denied[0] = '\0';
-    q->timed_out = false;
+    q->timed_out = q->cancelled = false;
     q->deadline_ms = q->opts.timeout_ms > 0 ? now_ms() + q->opts.timeout_ms : 0;
     rc = sqlite3_prepare_v2(q->db, sql, -1, &stmt, &tail);
     if (rc != SQLITE_OK) {
@@ -228,7 +236,14 @@ int64_t tly_query_run(tly_query *q, const char *sql, const tly_query_sink *sink,
             break;
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        if (q->timed_out) {
+        if (q->cancelled) {
+            q->error = TLY_QUERY_ERR_CANCELLED;
+            tly_error(errbuf, errlen, "query cancelled (the server is stopping)");
+        } else if (rc == SQLITE_TOOBIG) {
+            q->error = TLY_QUERY_ERR_TOOBIG;
+            tly_error(errbuf, errlen, "a value of the result is longer than %lld bytes",
+                      (long long)q->opts.max_length);
+        } else if (q->timed_out) {
             q->error = TLY_QUERY_ERR_TIMEOUT;
             tly_error(errbuf, errlen, "query interrupted after %lld ms (the time limit)",
                       (long long)q->opts.timeout_ms);

@@ -13,6 +13,7 @@
 #define TLY_QUERY_H
 
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,11 +25,20 @@ typedef enum tly_query_error {
     TLY_QUERY_ERR_DENIED,   /* a write, ATTACH, PRAGMA that changes something... */
     TLY_QUERY_ERR_TIMEOUT,  /* interrupted at timeout_ms */
     TLY_QUERY_ERR_INTERNAL, /* out of memory */
+    TLY_QUERY_ERR_TOOBIG,   /* a value longer than max_length */
+    TLY_QUERY_ERR_CANCELLED /* *cancel was set */
 } tly_query_error;
 
 typedef struct tly_query_options {
     int64_t timeout_ms; /* 0 = no limit */
     int64_t max_rows;   /* 0 = no limit */
+    /* SQLITE_LIMIT_LENGTH: no string, blob or row longer than this many bytes
+     * is ever built (zeroblob(1e9) fails at once instead of allocating it).
+     * 0 = SQLite's default (1,000,000,000). */
+    int64_t max_length;
+    /* Non-NULL: the statement stops soon after *cancel becomes true (read
+     * from another thread). */
+    const atomic_bool *cancel;
 } tly_query_options;
 
 /* Callbacks for tly_query_run. Each returns 0 to go on, non-zero to stop. */

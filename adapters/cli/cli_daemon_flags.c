@@ -116,6 +116,8 @@ static const struct flag flags[] = {
      .min = 1, .max = 3600000},
     {"query-max-rows", VALUE, .accepted = ALL, .read = read_int64, CFG(query_max_rows), .min = 1,
      .max = 100000000},
+    {"query-max-bytes", VALUE, .accepted = ALL, .read = read_int64, CFG(query_max_bytes),
+     .min = 131072, .max = 1073741824},
     /* the log settings are process-wide: set as soon as they are read */
     {"log-level", VALUE, .accepted = ALL, .read = read_choice, .choice = tly_log_set_level,
      .error = "--log-level must be debug, info, warn or error, not \"%s\""},

@@ -54,6 +54,8 @@ static const char enrich_usage[] =
     "  --http-token T           require \"Authorization: Bearer T\" on /query and /metrics\n"
     "  --query-timeout-ms N     interrupt a /query after N ms (default 5000)\n"
     "  --query-max-rows N       return at most N rows from /query (default 10000)\n"
+    "  --query-max-bytes N      answer /query with at most N bytes of JSON, 413 beyond\n"
+    "                           (default 16777216; no value may be longer either)\n"
     "  --log-level L            debug, info (default), warn or error ($TALLY_LOG_LEVEL)\n"
     "  --log-format F           logfmt (default) or json ($TALLY_LOG_FORMAT)\n"
     "\n"

@@ -70,6 +70,8 @@ static const char run_usage[] =
     "                           (default: $TALLY_HTTP_TOKEN, else none)\n"
     "  --query-timeout-ms N     interrupt a /query after N ms (default 5000)\n"
     "  --query-max-rows N       return at most N rows from /query (default 10000)\n"
+    "  --query-max-bytes N      answer /query with at most N bytes of JSON, 413 beyond\n"
+    "                           (default 16777216; no value may be longer either)\n"
     "  --strategy S             when outputs go out (telemetry; orders is always inline):\n"
     "                             inline         each batch's changed records\n"
     "                             log_compacted  every --flush-interval, the latest record\n"

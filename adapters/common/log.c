@@ -8,6 +8,7 @@
 #include "log.h"
 #include "clock.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,6 +127,29 @@ static void json_pairs(FILE *out, const char *rest)
                 json_string(out, v, (size_t)(p - v));
         }
     }
+}
+
+int tly_log_limit_take(tly_log_limit *limit, int per_second, long long *suppressed)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    struct timespec ts;
+    int ok;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    pthread_mutex_lock(&lock);
+    if (limit->second != (long long)ts.tv_sec) {
+        limit->second = (long long)ts.tv_sec;
+        limit->written = 0;
+    }
+    ok = limit->written < per_second;
+    if (ok) {
+        limit->written++;
+        *suppressed = limit->suppressed;
+        limit->suppressed = 0;
+    } else {
+        limit->suppressed++;
+    }
+    pthread_mutex_unlock(&lock);
+    return ok;
 }
 
 const char *tly_log_quote(const char *value, char *buf, size_t buflen)

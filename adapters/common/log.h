@@ -20,6 +20,19 @@ int tly_log_set_level(const char *level);
  * an unknown format. */
 int tly_log_set_format(const char *format);
 
+/* A rate limit for one kind of line that can repeat without end (an accept
+ * error, a library's warning): at most `per_second` lines a second, the rest
+ * counted and not written. Zero-initialise; thread-safe. */
+typedef struct tly_log_limit {
+    long long second;     /* the current second (monotonic) */
+    long long written;    /* lines let through in it */
+    long long suppressed; /* lines held back since the last one let through */
+} tly_log_limit;
+
+/* Returns 1 when a line may be written now, with *suppressed set to how many
+ * were held back before it (say so in the line); 0 when it must be dropped. */
+int tly_log_limit_take(tly_log_limit *limit, int per_second, long long *suppressed);
+
 /* Writes value as a quoted logfmt string into buf and returns buf. */
 const char *tly_log_quote(const char *value, char *buf, size_t buflen);
 

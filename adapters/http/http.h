@@ -11,14 +11,29 @@
  * set; the probes and the page do not (the page asks for the token and sends
  * it itself). Each /query opens its own read-only connection (engine/query.h:
  * read-only file, query_only, defensive, authorizer), is interrupted after
- * query_timeout_ms and returns at most max_rows rows. Requests are served one
- * at a time on the HTTP thread, so a slow query delays a scrape by at most
- * the query timeout. */
+ * query_timeout_ms, returns at most max_rows rows and at most max_bytes bytes
+ * of JSON (413 beyond; no single value may be longer either).
+ *
+ * Built to keep answering the probes whatever clients do:
+ *   - /query runs on 2 worker threads with 8 more waiting at most (503 and
+ *     Retry-After: 1 beyond); everything else is answered on the HTTP
+ *     thread at once, never behind a query.
+ *   - A request (line, headers and body) must arrive whole within 10 s of
+ *     the connection (or of the previous answer on a kept-alive one), however
+ *     it trickles in; the request line and headers are 8 KiB at most.
+ *   - Connections stop at a ceiling below RLIMIT_NOFILE (a quarter of it, at
+ *     least 128 descriptors, stay for SQLite, snapshots and Kafka): a new
+ *     connection over it closes the oldest idle one, and with none idle the
+ *     listener rests 250 ms. An accept() that fails (EMFILE) rests it too.
+ *   - JSON is always valid: text and blobs are JSON strings of their bytes,
+ *     each byte that is not part of valid UTF-8 replaced by U+FFFD; a real
+ *     that is not finite (1e999) is null. */
 #ifndef TLY_HTTP_H
 #define TLY_HTTP_H
 
 #include "metrics.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +49,7 @@ typedef struct tly_http_config {
     tly_metrics *metrics; /* borrowed; must outlive the server */
     const char *table;    /* the state table the page lists (a pipeline file's
                              @state table), or NULL for a built-in pipeline's */
+    int64_t max_bytes;    /* a /query answer's size at most; 0: no limit */
 } tly_http_config;
 
 /* Parses an --http address, "HOST:PORT", without resolving anything.
@@ -51,6 +67,10 @@ typedef struct tly_http_config {
  * when there is no colon, PORT is empty, not a number or out of range, or
  * HOST does not fit in hostlen. */
 int tly_http_parse_listen(const char *listen, char *host, size_t hostlen, int *port);
+
+/* True when the --http address is a loopback one (127.0.0.0/8, ::1,
+ * localhost): only this host can reach it. */
+bool tly_http_loopback(const char *listen);
 
 /* Binds and starts serving on a thread of its own. Returns 0 and *out, or -1
  * with errbuf (address in use, bad address). */

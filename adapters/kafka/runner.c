@@ -59,6 +59,7 @@ void tly_runner_config_init(tly_runner_config *cfg, const char *pipeline)
     cfg->batch_size = 1;
     cfg->query_timeout_ms = 5000;
     cfg->query_max_rows = 10000;
+    cfg->query_max_bytes = 16 << 20;
     cfg->session_timeout_ms = 45000;
     cfg->transaction_timeout_ms = 60000;
 }
@@ -121,7 +122,8 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
      * "recovering" while the state is brought back. */
     if (cfg->http_listen) {
         tly_http_config hc = {cfg->http_listen,      cfg->http_token,     r->db_path, cfg->pipeline,
-                              cfg->query_timeout_ms, cfg->query_max_rows, r->metrics, NULL};
+                              cfg->query_timeout_ms, cfg->query_max_rows, r->metrics, NULL,
+                              cfg->query_max_bytes};
         tly_pipeline_info info;
         if (cfg->pipeline_file &&
             tly_pipeline_describe(cfg->pipeline_file, &info, errbuf, errlen) == 0 &&
@@ -134,6 +136,12 @@ static int runner_open(struct runner *r, const tly_runner_config *cfg, tly_http 
         } else {
             tly_log("info", "http_listening", "address=%s port=%d token=%s", cfg->http_listen,
                     tly_http_port(*http), cfg->http_token ? "required" : "none");
+            if (!cfg->http_token && !tly_http_loopback(cfg->http_listen))
+                tly_log("warn", "http_unauthenticated",
+                        "address=%s reason=\"/query and /metrics answer anyone who can reach "
+                        "this address\" fix=\"set --http-token (or TALLY_HTTP_TOKEN), or bind "
+                        "127.0.0.1\"",
+                        cfg->http_listen);
         }
     }
     return 0;

@@ -80,6 +80,7 @@ typedef struct tly_runner_config {
     const char *http_token;         /* bearer token for /query and /metrics, or NULL */
     int64_t query_timeout_ms;       /* /query: interrupt after this (default 5000) */
     int64_t query_max_rows;         /* /query: at most this many rows (default 10000) */
+    int64_t query_max_bytes;        /* /query: an answer's bytes at most (default 16 MiB) */
     int manage_topics;              /* 1: create missing output/internal topics (default);
                                    0: they exist already (the demo's mock cluster has
                                    no Admin API) */

@@ -97,6 +97,7 @@ static int check_run_defaults(const tly_runner_config *c, const struct cli_daemo
     CHECK(c->http_token == NULL);
     CHECK_INT(c->query_timeout_ms, 5000);
     CHECK_INT(c->query_max_rows, 10000);
+    CHECK_INT(c->query_max_bytes, 16 << 20);
     CHECK_INT(c->manage_topics, 1);
     CHECK_INT(x->dry_run, 0);
     return 0;
@@ -201,9 +202,9 @@ end:;
         "--changelog", "off", "--snapshot-dir", "/snap", "--snapshot-interval", "0",               \
         "--snapshot-keep", "9", "--changelog-retention", "1h", "--allow-empty", "--http",          \
         "0.0.0.0:9999", "--http-token", "tok", "--query-timeout-ms", "1500", "--query-max-rows",   \
-        "42", "--log-level", "info", "--strategy", "window_stream", "--allowed-lateness", "5s",    \
-        "--batch-size", "8", "--flush-interval", "3s", "--log-format", "logfmt",                   \
-        "--session-timeout", "10s", "--transaction-timeout", "2m"
+        "42", "--query-max-bytes", "200000", "--log-level", "info", "--strategy", "window_stream", \
+        "--allowed-lateness", "5s", "--batch-size", "8", "--flush-interval", "3s", "--log-format", \
+        "logfmt", "--session-timeout", "10s", "--transaction-timeout", "2m"
 
 static int check_run_every_flag(const tly_runner_config *c)
 {
@@ -229,6 +230,7 @@ static int check_run_every_flag(const tly_runner_config *c)
     CHECK_STR(c->http_token, "tok");
     CHECK_INT(c->query_timeout_ms, 1500);
     CHECK_INT(c->query_max_rows, 42);
+    CHECK_INT(c->query_max_bytes, 200000);
     CHECK_INT(c->strategy, TLY_EMIT_WINDOW_STREAM);
     CHECK_INT(c->allowed_lateness_ms, 5000);
     CHECK_INT(c->batch_size, 8);
@@ -556,7 +558,7 @@ static void test_run_and_recover_alike(void)
                       "--%s: taken by none", name);
         }
     }
-    CHECK_INT(n, 34); /* every long flag; -X has none */
+    CHECK_INT(n, 35); /* every long flag; -X has none */
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_ENRICH, "window-size"), CLI_DAEMON_FLAG_REJECTED);
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_ENRICH, "batch-size"), CLI_DAEMON_FLAG_UNKNOWN);
     CHECK_INT(cli_daemon_flag_use(CLI_DAEMON_ENRICH, "dedup-window"), CLI_DAEMON_FLAG_ACCEPTED);

@@ -88,6 +88,22 @@ static void test_listen_host_length(void)
 end:;
 }
 
+/* Which --http addresses only this host can reach (no warning without a
+ * token). */
+static void test_loopback(void)
+{
+    static const char *const loop[] = {"127.0.0.1:9464", ":9464",    "127.1.2.3:1",
+                                       "localhost:80",   "::1:9464", NULL};
+    static const char *const open_to_all[] = {
+        "0.0.0.0:9464", "10.0.0.5:9464", "::9464", "example.com:80",
+        "128.0.0.1:1",  "nocolon",       NULL};
+    for (const char *const *a = loop; *a; a++)
+        CHECK_MSG(tly_http_loopback(*a), "%s is loopback", *a);
+    for (const char *const *a = open_to_all; *a; a++)
+        CHECK_MSG(!tly_http_loopback(*a), "%s is not loopback", *a);
+end:;
+}
+
 /* ---- GET / -------------------------------------------------------------- */
 
 /* The whole file at path (malloc'ed, NUL-terminated), or NULL. */
@@ -160,9 +176,9 @@ static void test_serves_page(void)
 {
     const char *path = TLY_TEST_PAGE_HTML; /* set by tests/CMakeLists.txt */
     tly_metrics *metrics = tly_metrics_new("telemetry");
-    tly_http_config cfg = {"127.0.0.1:0", NULL,         "/nonexistent/telemetry.db",
-                           "telemetry",   1000,         10,
-                           metrics,       "page<views>"};
+    tly_http_config cfg = {"127.0.0.1:0", NULL,          "/nonexistent/telemetry.db",
+                           "telemetry",   1000,          10,
+                           metrics,       "page<views>", 0};
     tly_http *http = NULL;
     char err[512] = "", *file = NULL, *reply = NULL, *expected = NULL;
     const char *body_tag, *body;
@@ -201,6 +217,7 @@ end:
 static const tly_testcase cases[] = {{"listen_accepts", test_listen_accepts},
                                      {"listen_rejects", test_listen_rejects},
                                      {"listen_host_length", test_listen_host_length},
+                                     {"loopback", test_loopback},
                                      {"serves_page", test_serves_page},
                                      {NULL, NULL}};
 
