@@ -587,10 +587,7 @@ int runner_watch_consumer(struct runner *r, char *errbuf, size_t errlen)
      * consumer can block for minutes (and SIGTERM with it), and a new one
      * could not join anyway. */
     {
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(r->producer, 0, NULL, &md, 2000);
-        if (md)
-            rd_kafka_metadata_destroy(md);
+        rd_kafka_resp_err_t err = runner_probe_cluster(r, 2000);
         if (err) {
             tly_log("warn", "consumer_watchdog",
                     "reason=\"no partitions for %lld s, but the "

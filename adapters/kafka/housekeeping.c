@@ -233,22 +233,32 @@ void runner_broker_answered(struct runner *r)
     tly_metrics_set(r->metrics, TLY_G_BROKER_CONTACT_MS, tly_clock_wall_ms());
 }
 
+/* One metadata request through the producer, waiting at most timeout_ms:
+ * does the cluster answer? An answer counts as contact. */
+rd_kafka_resp_err_t runner_probe_cluster(struct runner *r, int timeout_ms)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(r->producer, 0, NULL, &md, timeout_ms);
+
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (!err)
+        runner_broker_answered(r);
+    return err;
+}
+
 /* Without committed batches (an idle input, a broker away) nothing says
- * whether the cluster answers: a metadata request every PROBE_MS does. It
- * blocks the loop for at most a second, and only when the loop has had no
- * answer for PROBE_MS anyway. */
+ * whether the cluster answers: a probe every PROBE_MS does. It blocks the
+ * loop for at most a second, and only when the loop has had no answer for
+ * PROBE_MS anyway. */
 static void probe_broker(struct runner *r, int64_t now)
 {
     static const int64_t probe_ms = 2000;
-    const struct rd_kafka_metadata *md = NULL;
 
     if (!r->producer || now - r->broker_ok_ms < probe_ms || now - r->last_probe < probe_ms)
         return;
     r->last_probe = now;
-    if (rd_kafka_metadata(r->producer, 0, NULL, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR)
-        runner_broker_answered(r);
-    if (md)
-        rd_kafka_metadata_destroy(md);
+    runner_probe_cluster(r, 1000);
 }
 
 void runner_update_gauges(struct runner *r)

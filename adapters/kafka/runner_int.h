@@ -163,5 +163,6 @@ int runner_finish_snapshot(struct runner *r, char *errbuf, size_t errlen);
 void runner_prune(struct runner *r);
 void runner_update_gauges(struct runner *r);
 void runner_broker_answered(struct runner *r);
+rd_kafka_resp_err_t runner_probe_cluster(struct runner *r, int timeout_ms);
 
 #endif
